@@ -1,0 +1,1 @@
+"""SimPersona runtime on Ray and the user entry points (CLI, simulation, evaluation)."""

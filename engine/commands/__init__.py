@@ -1,0 +1,1 @@
+"""Subcommands of the `simpersona` CLI, discovered by engine.cli."""

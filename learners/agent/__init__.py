@@ -1,0 +1,1 @@
+"""Persona-token shopping agent: vocabulary, two-stage fine-tuning, policies."""

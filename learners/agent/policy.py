@@ -1,0 +1,53 @@
+"""The one interface every shopping policy implements (LLM agent, Markov chain, random).
+
+The simulation engine batches requests from many envs into one ``act`` call; a policy answers each
+request with one of that request's valid actions (or, for free generation, text that the env then
+parses strictly against its valid actions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ActRequest:
+    """What a policy sees for one simulated buyer at one step."""
+
+    observation: str
+    """The page as text (envs/render.py), identical in training traces and in simulation."""
+    valid_actions: tuple[str, ...]
+    """The actions the page can perform; a scoring policy picks exactly one of these."""
+    persona: int | None = None
+    """The buyer's persona code (codebook index), or None for a no-persona policy."""
+    goal: str | None = None
+    """Target product id for goal-oriented tasks, else None."""
+    history: tuple[str, ...] = ()
+    """The buyer's previous actions in this episode, oldest first."""
+    seed: int = 0
+    """Per-request seed (derived from run seed, buyer and step) so sampling is order-independent."""
+
+
+@dataclass(frozen=True)
+class ActResult:
+    """A policy's answer to one request."""
+
+    action: str
+    """The chosen action text."""
+    logprob: float | None = None
+    """Log-probability of the chosen action under the policy, when it has one."""
+    tokens: int = 0
+    """Tokens processed for this request (prompt + candidates or generation), for throughput stats."""
+    info: dict = field(default_factory=dict)
+    """Backend-specific extras (e.g. all candidate scores)."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A shopping policy: many requests in, one result per request out, in the same order."""
+
+    def act(self, requests: Sequence[ActRequest]) -> list[ActResult]:
+        """Answer every request; must not raise for a well-formed request (pick a valid action)."""
+        ...

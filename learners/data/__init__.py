@@ -1,0 +1,1 @@
+"""Clickstream data pipeline: adapters, validation and quarantine, sessions, buyer features."""

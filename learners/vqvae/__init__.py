@@ -1,0 +1,1 @@
+"""Behaviour-aware VQ-VAE buyer types: model, Ray Train fit, assignment, report."""
