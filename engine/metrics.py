@@ -54,7 +54,10 @@ class ActionCounts:
     took: Mapping[str, int]
 
 
-def _stratum_shares(counts: Mapping[str, ActionCounts], members: Sequence[str], actions: Sequence[str]):
+def stratum_action_shares(
+    counts: Mapping[str, ActionCounts], members: Sequence[str], actions: Sequence[str]
+) -> dict[str, float]:
+    """Share of the pooled buyers of ``members`` that took each action at least once."""
     buyers = sum(counts[m].buyers for m in members)
     if buyers == 0:
         return {a: 0.0 for a in actions}
@@ -85,8 +88,8 @@ def action_rate_alignment(
         members = [m for m in merchants if strata[m] == s]
         if not members:
             continue
-        sim_share = _stratum_shares(sim, members, actions)
-        real_share = _stratum_shares(real, members, actions)
+        sim_share = stratum_action_shares(sim, members, actions)
+        real_share = stratum_action_shares(real, members, actions)
         cells[s] = {a: alignment(sim_share[a], real_share[a]) for a in actions}
     values = [v for row in cells.values() for v in row.values()]
     return cells, float(np.mean(values)) if values else float("nan")

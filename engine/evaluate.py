@@ -1,0 +1,219 @@
+"""Compare simulated buyers with real ones, per merchant and overall (metrics in engine/metrics.py).
+
+Real side: a prepared directory (buyers, events, sessions). Simulated side: a rollouts directory
+written by ``simpersona simulate`` (one row per simulated step). A simulated buyer is one episode; a
+real buyer is one user at one merchant over the whole log, which is what DESIGN.md compares.
+
+Action types are compared only over the kinds the real source records: a source without search or
+cart events cannot say how often real buyers search, so simulated navigation of that kind is left out
+of JS and session lengths (it still counts for the invalid-action rate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from engine import metrics as M
+
+
+@dataclass
+class MerchantStats:
+    """What the metrics need about one merchant's buyers, real or simulated."""
+
+    buyers: int
+    converted: int
+    took: dict[str, int]
+    """Buyers who took each action kind at least once."""
+    kind_counts: dict[str, int]
+    """Events (real) or valid steps (simulated) of each kind."""
+    lengths: list[int] = field(default_factory=list)
+    """Events per session (real) or kept steps per episode (simulated)."""
+
+    @property
+    def conversion_rate(self) -> float:
+        return self.converted / self.buyers if self.buyers else 0.0
+
+
+def _read(path: Path, columns: list[str]) -> pl.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is this a prepared/rollouts directory?")
+    return pl.read_parquet(path, columns=columns)
+
+
+def real_stats(data_dir: str | Path, merchants: list[str] | None = None) -> dict[str, MerchantStats]:
+    """Per-merchant statistics of real buyers from a prepared directory."""
+    data = Path(data_dir)
+    buyers = _read(data / "buyers.parquet", ["merchant_id", "buyer_id", "converted"])
+    events = _read(data / "events.parquet", ["merchant_id", "buyer_id", "event_type"])
+    sessions = _read(data / "sessions.parquet", ["merchant_id", "n_events"])
+    if merchants is not None:
+        keep = pl.Series(merchants, dtype=pl.String)
+        buyers = buyers.filter(pl.col("merchant_id").is_in(keep))
+        events = events.filter(pl.col("merchant_id").is_in(keep))
+        sessions = sessions.filter(pl.col("merchant_id").is_in(keep))
+    took = (
+        events.unique(["merchant_id", "buyer_id", "event_type"]).group_by("merchant_id", "event_type").len()
+    )
+    kinds = events.group_by("merchant_id", "event_type").len()
+    return _assemble(
+        buyers.group_by("merchant_id").agg(pl.len().alias("buyers"), pl.col("converted").sum()),
+        took,
+        kinds,
+        sessions.group_by("merchant_id").agg(pl.col("n_events").alias("lengths")),
+        kind_col="event_type",
+    )
+
+
+def rollout_parts(rollouts_dir: str | Path) -> list[Path]:
+    """The Parquet parts of a simulation run (``OUT/rollouts/*.parquet``, or a folder of parts)."""
+    root = Path(rollouts_dir)
+    parts = sorted((root / "rollouts").glob("*.parquet")) or sorted(root.glob("*.parquet"))
+    if not parts:
+        raise FileNotFoundError(
+            f"no rollout parts under {root}: run `simpersona simulate --out {root}` first"
+        )
+    return parts
+
+
+def sim_stats(rollouts_dir: str | Path, real_kinds: set[str] | None = None) -> dict[str, MerchantStats]:
+    """Per-merchant statistics of simulated buyers; ``real_kinds`` restricts the kinds compared."""
+    columns = ["sim_buyer_id", "merchant_id", "action_kind", "valid"]
+    steps = pl.concat([pl.read_parquet(p, columns=columns) for p in rollout_parts(rollouts_dir)])
+    buyers = steps.group_by("merchant_id").agg(
+        pl.col("sim_buyer_id").n_unique().alias("buyers"),
+        pl.col("sim_buyer_id")
+        .filter(pl.col("valid") & (pl.col("action_kind") == "purchase"))
+        .n_unique()
+        .alias("converted"),
+    )
+    kept = steps.filter(pl.col("valid"))
+    if real_kinds is not None:
+        kept = kept.filter(pl.col("action_kind").is_in(pl.Series(sorted(real_kinds), dtype=pl.String)))
+    took = (
+        kept.unique(["merchant_id", "sim_buyer_id", "action_kind"])
+        .group_by("merchant_id", "action_kind")
+        .len()
+    )
+    kinds = kept.group_by("merchant_id", "action_kind").len()
+    lengths = (
+        kept.group_by("merchant_id", "sim_buyer_id")
+        .len()
+        .group_by("merchant_id")
+        .agg(pl.col("len").alias("lengths"))
+    )
+    return _assemble(buyers, took, kinds, lengths, kind_col="action_kind")
+
+
+def _assemble(buyers, took, kinds, lengths, kind_col: str) -> dict[str, MerchantStats]:
+    out = {
+        r["merchant_id"]: MerchantStats(int(r["buyers"]), int(r["converted"]), {}, {})
+        for r in buyers.iter_rows(named=True)
+    }
+    for r in took.iter_rows(named=True):
+        out[r["merchant_id"]].took[r[kind_col]] = int(r["len"])
+    for r in kinds.iter_rows(named=True):
+        out[r["merchant_id"]].kind_counts[r[kind_col]] = int(r["len"])
+    for r in lengths.iter_rows(named=True):
+        out[r["merchant_id"]].lengths = [int(x) for x in r["lengths"] if x > 0]
+    return out
+
+
+def fidelity(sim: Mapping[str, MerchantStats], real: Mapping[str, MerchantStats]) -> dict:
+    """All sim-vs-real metrics of one system over the merchants both sides have."""
+    merchants = sorted(set(sim) & set(real))
+    if not merchants:
+        raise ValueError(f"no merchant in common: simulated {sorted(sim)[:5]}..., real {sorted(real)[:5]}...")
+    cra_per, cra = M.conversion_rate_alignment(
+        {m: sim[m].conversion_rate for m in merchants}, {m: real[m].conversion_rate for m in merchants}
+    )
+    sim_counts = {m: M.ActionCounts(sim[m].buyers, sim[m].took) for m in merchants}
+    real_counts = {m: M.ActionCounts(real[m].buyers, real[m].took) for m in merchants}
+    cells, ara = M.action_rate_alignment(sim_counts, real_counts)
+    strata = M.conversion_strata({m: real[m].conversion_rate for m in merchants})
+    shares = {}
+    for stratum, row in cells.items():
+        members = [m for m in merchants if strata[m] == stratum]
+        sim_share = M.stratum_action_shares(sim_counts, members, list(row))
+        real_share = M.stratum_action_shares(real_counts, members, list(row))
+        shares[stratum] = {a: {"sim": sim_share[a], "real": real_share[a]} for a in row}
+    js_action = [
+        M.categorical_js(sim[m].kind_counts, real[m].kind_counts)
+        for m in merchants
+        if sum(sim[m].kind_counts.values()) and sum(real[m].kind_counts.values())
+    ]
+    js_length = [
+        M.length_js(sim[m].lengths, real[m].lengths) for m in merchants if sim[m].lengths and real[m].lengths
+    ]
+    return {
+        "merchants": len(merchants),
+        "cra": cra,
+        "cra_per_merchant": cra_per,
+        "cr_sim": {m: sim[m].conversion_rate for m in merchants},
+        "cr_real": {m: real[m].conversion_rate for m in merchants},
+        "ara": ara,
+        "ara_cells": cells,
+        "ara_shares": shares,
+        "js_action": float(np.mean(js_action)) if js_action else float("nan"),
+        "js_length": float(np.mean(js_length)) if js_length else float("nan"),
+    }
+
+
+def step_quality(rollouts_dir: str | Path) -> dict:
+    """Invalid-action rate, goal success (with a CI over seeds) and variation of behaviour across types."""
+    steps = pl.concat([pl.read_parquet(p) for p in rollout_parts(rollouts_dir)], how="diagonal_relaxed")
+    out: dict = {"invalid_rate": M.invalid_action_rate(steps["valid"].to_numpy()), "steps": steps.height}
+    if "goal" in steps.columns and steps["goal"].is_not_null().any():
+        goals = steps.filter(pl.col("goal").is_not_null())
+        seed_col = "seed" if "seed" in goals.columns else None
+        per_buyer = goals.group_by(["sim_buyer_id", *([seed_col] if seed_col else [])]).agg(
+            (pl.col("reward").max() > 0).alias("success")
+        )
+        if seed_col and per_buyer[seed_col].n_unique() > 1:
+            rates = per_buyer.group_by(seed_col).agg(pl.col("success").mean())["success"].to_list()
+            ci = M.success_rate_ci(rates)
+        else:
+            ci = M.wilson_interval(int(per_buyer["success"].sum()), per_buyer.height)
+        out["goal_success"] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n}
+    if "code" in steps.columns and steps["code"].is_not_null().any():
+        per_buyer = steps.group_by("sim_buyer_id").agg(
+            pl.col("code").first(),
+            pl.len().alias("steps"),
+            (pl.col("valid") & (pl.col("action_kind") == "product_view")).sum().alias("product_views"),
+            (pl.col("valid") & (pl.col("action_kind") == "purchase"))
+            .any()
+            .cast(pl.Float64)
+            .alias("converted"),
+        )
+        variation = {}
+        for metric in ("steps", "product_views", "converted"):
+            groups = {int(k): g[metric].to_list() for (k,), g in per_buyer.group_by("code")}
+            try:
+                v = M.variation_across_types(groups)
+            except ValueError:
+                continue
+            variation[metric] = {
+                "kruskal_h": v.statistic,
+                "p_value": v.p_value,
+                "largest_pair": list(v.largest_pair),
+                "cliffs_delta": v.cliffs_delta,
+                "cohens_d": v.cohens_d,
+            }
+        out["variation_across_types"] = variation
+        buyers_per_code = per_buyer.group_by("code").len()
+        took = (
+            steps.filter(pl.col("valid"))
+            .unique(["sim_buyer_id", "action_kind"])
+            .group_by("code", "action_kind")
+            .len()
+            .join(buyers_per_code, on="code", suffix="_buyers")
+        )
+        profile: dict[str, dict[str, float]] = {}
+        for r in took.iter_rows(named=True):
+            profile.setdefault(str(r["code"]), {})[r["action_kind"]] = r["len"] / r["len_buyers"]
+        out["type_profile"] = profile
+    return out

@@ -1,0 +1,175 @@
+"""The fidelity report: ``metrics.json``, a Markdown summary and one HTML page with PNG plots."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HEADLINE = ("cra", "ara", "js_action", "js_length", "invalid_rate", "goal_success")
+
+
+def headline(system: dict) -> dict[str, float | None]:
+    """The per-system figures of metrics.json: cra, ara, js_action, js_length, invalid_rate, goal_success."""
+    goal = system.get("goal_success")
+    return {
+        "cra": system.get("cra"),
+        "ara": system.get("ara"),
+        "js_action": system.get("js_action"),
+        "js_length": system.get("js_length"),
+        "invalid_rate": system.get("invalid_rate"),
+        "goal_success": goal["mean"] if isinstance(goal, dict) else goal,
+    }
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(systems: dict[str, dict]) -> str:
+    """The headline table, one row per system."""
+    rows = ["| system | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+    for name, system in systems.items():
+        h = headline(system)
+        rows.append(f"| {name} | " + " | ".join(_fmt(h[k]) for k in HEADLINE) + " |")
+    return "\n".join(rows)
+
+
+def _plot_conversion(systems: dict[str, dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    top = 0.0
+    for name, system in systems.items():
+        real, sim = system.get("cr_real", {}), system.get("cr_sim", {})
+        merchants = sorted(real)
+        xs, ys = [real[m] for m in merchants], [sim[m] for m in merchants]
+        ax.scatter(xs, ys, s=18, alpha=0.75, label=name)
+        top = max([top, *xs, *ys])
+    top = top * 1.05 or 1.0
+    ax.plot([0, top], [0, top], color="black", lw=1, ls="--", label="identity")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="real conversion rate", ylabel="simulated conversion rate")
+    ax.set_title("Conversion per merchant")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_strata(system: dict, name: str, path: Path) -> None:
+    shares = system.get("ara_shares", {})
+    strata = sorted(shares)
+    actions = sorted({a for row in shares.values() for a in row})
+    fig, axes = plt.subplots(1, max(len(strata), 1), figsize=(3.2 * max(len(strata), 1), 3.4), sharey=True)
+    axes = np.atleast_1d(axes)
+    x = np.arange(len(actions))
+    for ax, stratum in zip(axes, strata, strict=False):
+        row = shares[stratum]
+        ax.bar(x - 0.2, [row[a]["real"] for a in actions], 0.4, label="real")
+        ax.bar(x + 0.2, [row[a]["sim"] for a in actions], 0.4, label="simulated")
+        ax.set_xticks(x, actions, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"stratum {stratum}")
+    axes[0].set_ylabel("share of buyers taking the action")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Funnel rates by conversion stratum ({name})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_type_heatmap(system: dict, name: str, path: Path) -> bool:
+    profile = system.get("type_profile") or {}
+    if not profile:
+        return False
+    codes = sorted(profile, key=int)
+    kinds = sorted({k for row in profile.values() for k in row})
+    grid = np.array([[profile[c].get(k, 0.0) for k in kinds] for c in codes])
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(kinds), 1 + 0.25 * len(codes)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(kinds)), kinds, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(codes)), [f"type {c}" for c in codes], fontsize=7)
+    fig.colorbar(im, ax=ax, label="share of simulated buyers")
+    ax.set_title(f"Type × behaviour ({name})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_baselines(systems: dict[str, dict], path: Path) -> None:
+    keys = ("cra", "ara", "goal_success")
+    names = list(systems)
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for i, name in enumerate(names):
+        h = headline(systems[name])
+        values = [h[k] if h[k] is not None and not math.isnan(h[k]) else 0.0 for k in keys]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, keys)
+    ax.set_ylim(0, 1)
+    ax.set_title("Persona agent vs baselines (higher is better)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(systems: dict[str, dict], out: str | Path, main: str | None = None, notes: str = "") -> Path:
+    """Write REPORT/metrics.json, summary.md, index.html and the plots; returns the HTML path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not systems:
+        raise ValueError("nothing to report: no system was evaluated")
+    main = main or next(iter(systems))
+    (out / "metrics.json").write_text(
+        json.dumps({"systems": {n: headline(s) for n, s in systems.items()}, "details": systems}, indent=2)
+    )
+    plots = {"conversion.png": "Simulated vs real conversion per merchant"}
+    _plot_conversion(systems, out / "conversion.png")
+    plots["strata.png"] = f"Funnel rates by stratum ({main})"
+    _plot_strata(systems[main], main, out / "strata.png")
+    if _plot_type_heatmap(systems[main], main, out / "types.png"):
+        plots["types.png"] = f"Type × behaviour ({main})"
+    plots["baselines.png"] = "Baseline comparison"
+    _plot_baselines(systems, out / "baselines.png")
+
+    table = markdown_table(systems)
+    (out / "summary.md").write_text(
+        "# Fidelity report\n\n" + (notes + "\n\n" if notes else "") + table + "\n\n"
+        "cra: conversion-rate alignment (mean over merchants); ara: stratified action-rate alignment; "
+        "js_*: Jensen–Shannon divergence (bits, lower is better); invalid_rate: share of steps the page "
+        "could not perform; goal_success: share of goal tasks bought within 20 steps.\n"
+    )
+    rows = "".join(
+        "<tr><th>"
+        + html.escape(n)
+        + "</th>"
+        + "".join(f"<td>{_fmt(v)}</td>" for v in headline(s).values())
+        + "</tr>"
+        for n, s in systems.items()
+    )
+    figures = "".join(
+        f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
+        for f, c in plots.items()
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>SimPersona fidelity report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+figure{{display:inline-block;margin:1em}}img{{max-width:100%}}</style></head>
+<body><h1>SimPersona fidelity report</h1><p>{html.escape(notes)}</p>
+<table><tr><th>system</th>{"".join(f"<th>{k}</th>" for k in HEADLINE)}</tr>{rows}</table>
+{figures}
+<p>Details per merchant and stratum: <a href="metrics.json">metrics.json</a>, <a href="summary.md">summary.md</a>.</p>
+</body></html>
+"""
+    (out / "index.html").write_text(page)
+    return out / "index.html"

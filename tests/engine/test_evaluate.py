@@ -1,0 +1,98 @@
+"""Sim-vs-real evaluation and the HTML report on a hand-computed case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+
+from engine.evaluate import fidelity, real_stats, sim_stats, step_quality
+from engine.report import write_report
+
+
+@pytest.fixture()
+def case(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    events = pl.DataFrame(
+        {
+            "merchant_id": ["m1", "m1", "m1", "m2"],
+            "buyer_id": ["b1", "b1", "b2", "b3"],
+            "event_type": ["product_view", "purchase", "product_view", "product_view"],
+        }
+    )
+    events.write_parquet(data / "events.parquet")
+    pl.DataFrame(
+        {"merchant_id": ["m1", "m1", "m2"], "buyer_id": ["b1", "b2", "b3"], "converted": [True, False, False]}
+    ).write_parquet(data / "buyers.parquet")
+    pl.DataFrame({"merchant_id": ["m1", "m1", "m2"], "n_events": [2, 1, 1]}).write_parquet(
+        data / "sessions.parquet"
+    )
+    sim = tmp_path / "sim" / "rollouts"
+    sim.mkdir(parents=True)
+    steps = [
+        ("s1", "m1", 0, "product_view", True),
+        ("s1", "m1", 0, "purchase", True),
+        ("s2", "m1", 1, "product_view", True),
+        ("s2", "m1", 1, "search", True),
+        ("s2", "m1", 1, "add_to_cart", False),
+        ("s3", "m2", 1, "product_view", True),
+        ("s3", "m2", 1, "purchase", True),
+    ]
+    pl.DataFrame(
+        steps, schema=["sim_buyer_id", "merchant_id", "code", "action_kind", "valid"], orient="row"
+    ).with_columns(reward=pl.lit(0.0)).write_parquet(sim / "part-00000.parquet")
+    return data, sim.parent
+
+
+def test_fidelity_hand_case(case):
+    data, sim_dir = case
+    real = real_stats(data)
+    sim = sim_stats(sim_dir, real_kinds={"product_view", "purchase"})
+    assert sim["m1"].took == {"product_view": 2, "purchase": 1}  # search is not a real kind here
+    result = fidelity(sim, real)
+    assert result["cra_per_merchant"] == pytest.approx({"m1": 1.0, "m2": 0.0})
+    assert result["cra"] == pytest.approx(0.5)
+    assert result["ara_cells"]["B"] == pytest.approx({"product_view": 1.0, "purchase": 0.0})
+    assert result["ara"] == pytest.approx(0.75)
+    assert result["ara_shares"]["A"]["purchase"] == pytest.approx({"sim": 0.5, "real": 0.5})
+    quality = step_quality(sim_dir)
+    assert quality["invalid_rate"] == pytest.approx(1 / 7)
+    assert quality["type_profile"]["1"]["purchase"] == pytest.approx(0.5)
+
+
+def test_missing_rollouts_are_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="simpersona simulate"):
+        sim_stats(tmp_path)
+
+
+@pytest.mark.browser
+def test_report_renders_in_chromium(case, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which("chromium"):
+        pytest.fail("Debian chromium is missing: `make test` installs it")
+    data, sim_dir = case
+    system = fidelity(sim_stats(sim_dir, {"product_view", "purchase"}), real_stats(data)) | step_quality(
+        sim_dir
+    )
+    page_path = write_report({"persona": system, "uniform": system}, tmp_path / "report")
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["systems"]["persona"]["cra"] == pytest.approx(0.5)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+            ],
+        )
+        page = browser.new_page()
+        page.goto(page_path.as_uri())
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        browser.close()
+    assert len(widths) == 4 and all(w > 100 for w in widths)
