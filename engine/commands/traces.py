@@ -1,0 +1,36 @@
+"""Replay a prepared directory's real sessions through the storefront: the agent's training traces.
+
+  simpersona traces data/ --out traces/
+  simpersona traces data/ --out traces/ --merchants 2882,1271 --max-sessions 200
+
+Writes traces.parquet (one row per observation -> action step; inserted navigation marked
+real_event = false), replay_report.json (share of real events mapped to valid actions, the reasons
+for the rest) and manifest.json into --out, and prints the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from learners.config import add_config_args, build_config
+from learners.data.traces import TracesConfig, build_traces
+
+NAME = "traces"
+HELP = "replay real sessions through the storefront -> traces.parquet + replay_report.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA", help="a prepared directory (simpersona prepare --out)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--config", type=Path, help="YAML file of TracesConfig fields")
+    add_config_args(parser, TracesConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(TracesConfig, args, args.config)
+    report = build_traces(args.data, args.out, config)
+    for line in report.lines():
+        print(line)
+    print(f"  wrote {args.out}")
+    return 0

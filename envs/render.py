@@ -1,0 +1,164 @@
+"""Pages as structured views and as the compact text a small language model reads.
+
+``build_view(storefront, state) -> PageView`` gives the page's parts (title, status line, goal, body
+lines, category links, product rows, actions); ``render_text(view) -> str`` turns them into the text
+observation. The web storefront renders the same ``PageView`` as HTML, and the browser env reports
+``render_text`` of it, so text and browser envs observe identical text.
+
+Length is bounded by construction: at most PAGE_SIZE product rows (FEATURED + HOME_CATEGORIES links
+on home), ids of at most 64 characters, titles of at most 80, queries of at most 64; every observation
+stays under MAX_OBSERVATION_CHARS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from envs.storefront import SessionState, Storefront
+
+MAX_OBSERVATION_CHARS = 8192
+VIEW_CACHE = 8192
+"""Listing-page views kept per storefront before its cache is cleared."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProductRow:
+    """One product line of a listing or the cart."""
+
+    product_id: str
+    title: str
+    category_id: str
+    price: float | None
+    action: str
+    """The action that opens this product."""
+    quantity: int = 0
+    """Quantity in the cart (cart rows only)."""
+    line: str = field(init=False, compare=False)
+    """The row as one line of observation text."""
+
+    def __post_init__(self) -> None:
+        text = f"- product {self.product_id} | category {self.category_id} | price {_price(self.price)}"
+        if self.title != f"Product {self.product_id}":
+            text += f" | {self.title}"
+        object.__setattr__(self, "line", text + (f" | quantity {self.quantity}" if self.quantity else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class PageView:
+    """Everything a page shows, independent of how it is drawn (text or HTML)."""
+
+    kind: str
+    title: str
+    status: str
+    goal: str | None
+    lines: tuple[str, ...]
+    """Body text (product details, pagination, notices, banners), in order."""
+    links: tuple[tuple[str, str], ...]
+    """Category links as (label, action)."""
+    rows: tuple[ProductRow, ...]
+    actions: tuple[str, ...]
+
+
+def _price(price: float | None) -> str:
+    return "n/a" if price is None else f"{price:.2f}"
+
+
+def _row(storefront: Storefront, product_id: str, quantity: int = 0) -> ProductRow:
+    if not quantity:
+        hit = storefront.row_cache.get(product_id)
+        if hit is not None:
+            return hit
+    p = storefront.catalog.by_id[product_id]
+    row = ProductRow(p.product_id, p.title, p.category_id, p.price, "open product " + p.product_id, quantity)
+    if not quantity:
+        storefront.row_cache[product_id] = row
+    return row
+
+
+def _title(storefront: Storefront, state: SessionState) -> tuple[str, tuple[str, ...]]:
+    page = state.page
+    kind = page.kind
+    pages = storefront.n_pages(state)
+    where = f" (page {page.index + 1} of {pages})" if pages > 1 else ""
+    if kind == "home":
+        return "Home" + where, ()
+    if kind == "category":
+        return f"Category {page.arg}{where}", (f"{len(storefront.catalog.listing(page.arg or ''))} products",)
+    if kind == "search":
+        n = len(storefront.search_results(page.arg or ""))
+        return f'Search results for "{page.arg}"{where}', (f"{n} products found" if n else "No products found",)
+    if kind == "product":
+        p = storefront.catalog.by_id[page.arg or ""]
+        qty = state.in_cart(p.product_id)
+        return p.title, (
+            f"Product id: {p.product_id}",
+            f"Category: {p.category_id}",
+            f"Price: {_price(p.price)}",
+            f"In cart: {qty}" if qty else "Not in cart",
+            "In favourites" if p.product_id in state.favourites else "Not in favourites",
+        )
+    if kind == "cart":
+        return "Cart" + where, (f"{state.cart_items} items" if state.cart else "Your cart is empty",)
+    if kind == "checkout":
+        items = storefront.checkout_items(state)
+        total = sum((storefront.catalog.by_id[i].price or 0.0) * q for i, q in items)
+        return "Checkout", (f"{sum(q for _, q in items)} items, total {total:.2f}",)
+    bought = (page.arg or "").split("\t")
+    return "Order placed", (f"Thank you! Order of {len(bought)} items placed.",)
+
+
+def _parts(storefront: Storefront, state: SessionState) -> tuple:
+    """Title, lines, links and rows of a page (cached for listing pages, which depend on the page only)."""
+    page = state.page
+    if page.kind in ("home", "category", "search"):
+        hit = storefront.view_cache.get(page)
+        if hit is not None:
+            return hit
+    title, lines = _title(storefront, state)
+    links: tuple[tuple[str, str], ...] = ()
+    if page.kind in ("home", "category", "search"):
+        if page.kind == "home":
+            cats = storefront.catalog.by_category
+            links = tuple(
+                (f"Category {c} ({len(cats[c])} products)", "open category " + c) for c in storefront.home_categories(page.index)
+            )
+        rows = tuple(_row(storefront, p.product_id) for p in storefront.listing(page))
+        if len(storefront.view_cache) >= VIEW_CACHE:
+            storefront.view_cache.clear()
+        storefront.view_cache[page] = (title, lines, links, rows)
+    elif page.kind == "cart":
+        rows = tuple(_row(storefront, pid, qty) for pid, qty in storefront.cart_page(state))
+    elif page.kind == "checkout":
+        rows = tuple(_row(storefront, pid, qty) for pid, qty in storefront.checkout_items(state)[:10])
+    else:
+        rows = ()
+    return title, lines, links, rows
+
+
+def build_view(storefront: Storefront, state: SessionState, actions: list[str] | None = None) -> PageView:
+    """The structured view of the state's page (``actions``: its valid actions, if already known)."""
+    title, lines, links, rows = _parts(storefront, state)
+    status = f"Shop {storefront.merchant_id} | Cart: {state.cart_items} items | Favourites: {len(state.favourites)}"
+    goal = f"Goal: buy product {state.goal}" if state.goal is not None else None
+    if actions is None:
+        actions = storefront.valid_actions(state)
+    return PageView(state.page.kind, title, status, goal, lines, links, rows, tuple(actions))
+
+
+def render_text(view: PageView) -> str:
+    """The compact text observation of a page view."""
+    parts = [f"== {view.title} ==", view.status]
+    if view.goal:
+        parts.append(view.goal)
+    parts.extend(view.lines)
+    if view.links:
+        parts.append("Categories:")
+        parts.extend("- " + label for label, _ in view.links)
+    if view.rows:
+        parts.append("Products:")
+        parts.extend(r.line for r in view.rows)
+    parts.append("Actions:")
+    parts.extend(view.actions)
+    return "\n".join(parts)

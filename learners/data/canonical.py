@@ -1,0 +1,345 @@
+"""Canonicalization of a raw chunk under a SourceMapping, vectorised with pyarrow.compute.
+
+``canonicalize(chunk, mapping)`` returns (CANONICAL_EVENTS table, QUARANTINE table). Each row is
+checked in a fixed order (missing merchant_id, missing buyer_id, timestamp, valid range, event code,
+price); the first failing check is the row's quarantine reason. Only quarantined rows go through
+per-row Python (to format their reason and raw text).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import zoneinfo
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from learners.data.mapping import SourceMapping, TimestampSpec
+from learners.data.readers import RawChunk, quarantine_table
+from learners.data.schema import CANONICAL_EVENTS, QUARANTINE, TS_TYPE
+
+NAIVE_MS = pa.timestamp("ms")
+INT_TEXT = r"^-?[0-9]{1,15}$"
+NUMBER_TEXT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
+ISO_TEXT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+ZONE_SUFFIX = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+YEAR_JOIN = "|"
+TEXT_ID_FIELDS = ("session_id", "product_id", "category_id", "query")
+
+TimestampParser = Callable[[pa.Array], pa.Array]
+"""Source timestamp column -> timestamp[ms, UTC], null where a value cannot be read."""
+
+
+def as_text(values: pa.Array) -> pa.Array:
+    """A column as text exactly as the source wrote it; empty strings become null."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not pa.types.is_string(values.type):
+        values = values.cast(pa.string())
+    if values.null_count == len(values):
+        return values
+    empty = pc.equal(pc.binary_length(values), 0)
+    if pc.any(empty).as_py():
+        values = pc.if_else(empty, pa.scalar(None, pa.string()), values)
+    return values
+
+
+def _ms_array(ms: np.ndarray, valid: np.ndarray, tz: str | None) -> pa.Array:
+    return pa.array(ms, pa.int64(), mask=~valid).cast(pa.timestamp("ms", tz))
+
+
+def _strict_python(texts: list[str], fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Python's strict strptime for values Arrow's lenient parser may have normalised (e.g. Feb 30)."""
+    ms = np.zeros(len(texts), np.int64)
+    valid = np.zeros(len(texts), bool)
+    for i, text in enumerate(texts):
+        try:
+            value = dt.datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        ms[i] = (value - dt.datetime(1970, 1, 1)) // dt.timedelta(milliseconds=1)
+        valid[i] = True
+    return ms, valid
+
+
+def _parse_pattern(texts: pa.Array, fmt: str) -> pa.Array:
+    """strptime over the distinct values only; naive wall time (UTC when the pattern has %z)."""
+    encoded = pc.dictionary_encode(texts)
+    distinct = encoded.dictionary
+    parsed = pc.strptime(distinct, format=fmt, unit="ms", error_is_null=True)
+    aware = parsed.type.tz is not None
+    # %S of a millisecond timestamp prints fractions: format whole seconds for the round trip.
+    seconds = parsed.cast(pa.timestamp("s", parsed.type.tz), safe=False)
+    exact = pc.fill_null(pc.equal(pc.strftime(seconds, format=fmt), distinct), False).to_numpy(
+        zero_copy_only=False
+    )
+    ms = pc.fill_null(parsed.cast(pa.int64()), 0).to_numpy(zero_copy_only=False).copy()
+    valid = exact.copy()
+    suspects = np.flatnonzero(~exact)
+    if len(suspects):
+        redo_ms, redo_valid = _strict_python([distinct[int(i)].as_py() for i in suspects], fmt)
+        ms[suspects] = redo_ms
+        valid[suspects] = redo_valid
+    values = _ms_array(ms, valid, "UTC" if aware else None)
+    return pc.take(values, encoded.indices)
+
+
+def _parse_unix(texts: pa.Array, scale: int) -> pa.Array:
+    ok = pc.fill_null(pc.match_substring_regex(texts, INT_TEXT), False)
+    ints = pc.if_else(ok, texts, pa.scalar(None, pa.string())).cast(pa.int64())
+    return pc.multiply(ints, scale).cast(TS_TYPE)
+
+
+def _iso_python(texts: list[str | None], aware: bool) -> pa.Array:
+    out: list[dt.datetime | None] = []
+    for text in texts:
+        try:
+            value = dt.datetime.fromisoformat(text) if text is not None else None
+        except ValueError:
+            value = None
+        if value is not None and aware:
+            value = value.astimezone(dt.UTC)
+        out.append(value)
+    return pa.array(out, TS_TYPE if aware else NAIVE_MS)
+
+
+def _parse_iso(texts: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(instants of values with a zone, naive wall times of values without), each null elsewhere."""
+    ok = pc.fill_null(pc.match_substring_regex(texts, ISO_TEXT), False)
+    zoned = pc.and_(ok, pc.fill_null(pc.match_substring_regex(texts, ZONE_SUFFIX), False))
+    results = []
+    for subset, target in ((zoned, TS_TYPE), (pc.and_(ok, pc.invert(zoned)), NAIVE_MS)):
+        chosen = pc.if_else(subset, texts, pa.scalar(None, pa.string()))
+        try:
+            results.append(chosen.cast(target))
+        except pa.ArrowInvalid:
+            results.append(_iso_python(chosen.to_pylist(), aware=target.tz is not None))
+    return results[0], results[1]
+
+
+def _finish(naive: pa.Array | None, aware: pa.Array | None, spec: TimestampSpec) -> pa.Array:
+    """Combine wall times and instants into timestamp[ms, UTC] (midnight UTC of the date for day resolution)."""
+    parts = []
+    if naive is not None:
+        if spec.resolution == "day":
+            parts.append(pc.floor_temporal(naive, unit="day").cast(TS_TYPE))
+        else:
+            parts.append(
+                pc.assume_timezone(naive, spec.timezone, ambiguous="earliest", nonexistent="earliest").cast(
+                    TS_TYPE
+                )
+            )
+    if aware is not None:
+        aware = aware.cast(TS_TYPE)
+        if spec.resolution == "day":
+            local = pc.local_timestamp(aware.cast(pa.timestamp("ms", spec.timezone)))
+            aware = pc.floor_temporal(local, unit="day").cast(TS_TYPE)
+        parts.append(aware)
+    return parts[0] if len(parts) == 1 else pc.coalesce(*parts)
+
+
+def parse_timestamps(values: pa.Array, spec: TimestampSpec) -> pa.Array:
+    """Read a timestamp column under the mapping's spec -> timestamp[ms, UTC], null where unreadable."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    kind = values.type
+    if pa.types.is_timestamp(kind):
+        cast = values.cast(pa.timestamp("ms", kind.tz))
+        return _finish(cast if kind.tz is None else None, cast if kind.tz is not None else None, spec)
+    if pa.types.is_integer(kind) and spec.format in ("unix_s", "unix_ms"):
+        scale = 1000 if spec.format == "unix_s" else 1
+        return _finish(None, pc.multiply(values.cast(pa.int64()), scale).cast(TS_TYPE), spec)
+    texts = as_text(values)
+    if spec.format in ("unix_s", "unix_ms"):
+        return _finish(None, _parse_unix(texts, 1000 if spec.format == "unix_s" else 1), spec)
+    if spec.format == "iso":
+        aware, naive = _parse_iso(texts)
+        return _finish(naive, aware, spec)
+    fmt = spec.format
+    if spec.year is not None:
+        texts = pc.binary_join_element_wise(str(spec.year), texts, YEAR_JOIN)
+        fmt = f"%Y{YEAR_JOIN}{fmt}"
+    parsed = _parse_pattern(texts, fmt)
+    if parsed.type.tz is not None:
+        return _finish(None, parsed, spec)
+    return _finish(parsed, None, spec)
+
+
+def _bound_ms(bound: dt.datetime, spec: TimestampSpec) -> int:
+    zone = dt.UTC if spec.resolution == "day" else zoneinfo.ZoneInfo(spec.timezone)
+    instant = bound.replace(tzinfo=zone)
+    return int(instant.timestamp() * 1000)
+
+
+def describe_format(spec: TimestampSpec) -> str:
+    """How the mapping expects timestamps, for quarantine reasons."""
+    if spec.format == "unix_s":
+        return "unix seconds"
+    if spec.format == "unix_ms":
+        return "unix milliseconds"
+    if spec.format == "iso":
+        return "an ISO 8601 date/datetime"
+    year = f" with year {spec.year}" if spec.year is not None else ""
+    return f"format '{spec.format}'{year}"
+
+
+def _numbers(values: pa.Array) -> pa.Array:
+    """Prices as float64 (null when empty or not a number)."""
+    if (
+        pa.types.is_integer(values.type)
+        or pa.types.is_floating(values.type)
+        or pa.types.is_decimal(values.type)
+    ):
+        return values.cast(pa.float64())
+    texts = as_text(values)
+    ok = pc.fill_null(pc.match_substring_regex(texts, NUMBER_TEXT), False)
+    return pc.if_else(ok, texts, pa.scalar(None, pa.string())).cast(pa.float64())
+
+
+class _Checks:
+    """Per-row failure masks in check order, with the reason of each failing row."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.masks: list[np.ndarray] = []
+        self.describe: list[tuple[str | None, Callable[[int], str]]] = []
+
+    def add(self, mask: pa.Array, column: str | None, reason: Callable[[int], str]) -> None:
+        array = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+        if array.any():
+            self.masks.append(array)
+            self.describe.append((column, reason))
+
+    def first_failure(self) -> np.ndarray:
+        """Index of the first failing check per row, -1 when none fails."""
+        if not self.masks:
+            return np.full(self.n, -1, np.int64)
+        stacked = np.vstack(self.masks)
+        return np.where(stacked.any(axis=0), stacked.argmax(axis=0), -1)
+
+
+def _raw_text(chunk: RawChunk, columns: list[str], rows: np.ndarray) -> list[str]:
+    """The quarantined rows as the user wrote them (CSV) or as JSON of the mapped columns."""
+    picked = chunk.table.take(pa.array(rows, pa.int64())).to_pylist()
+    if chunk.delimiter is not None:
+        return [chunk.delimiter.join("" if v is None else str(v) for v in row.values()) for row in picked]
+    return [json.dumps({c: row.get(c) for c in columns}, default=str, ensure_ascii=False) for row in picked]
+
+
+def canonicalize(
+    chunk: RawChunk, mapping: SourceMapping, parse_ts: TimestampParser | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """Canonical events and quarantined rows of one raw chunk; ``parse_ts`` overrides timestamp reading."""
+    n = chunk.table.num_rows
+    if n == 0:
+        return CANONICAL_EVENTS.empty_table(), chunk.quarantine.cast(QUARANTINE)
+    table = chunk.table
+    fields = mapping.fields
+    checks = _Checks(n)
+    out: dict[str, pa.Array] = {}
+
+    def cell(column: str, i: int) -> object:
+        return table.column(column)[i].as_py()
+
+    for name in ("merchant_id", "buyer_id"):
+        source = fields[name]
+        if source.column is None:
+            out[name] = pa.repeat(pa.scalar(source.constant, pa.string()), n)
+            continue
+        out[name] = as_text(table.column(source.column))
+        checks.add(
+            pc.is_null(out[name]),
+            source.column,
+            lambda i, name=name, col=source.column: f"missing {name} (column '{col}' is empty)",
+        )
+
+    ts_col = fields["ts"].column
+    spec = mapping.timestamp
+    raw_ts = table.column(ts_col).combine_chunks()
+    ts = (parse_ts or (lambda v: parse_timestamps(v, spec)))(raw_ts)
+    ts_missing = pc.is_null(raw_ts) if not pa.types.is_string(raw_ts.type) else pc.is_null(as_text(raw_ts))
+    checks.add(ts_missing, ts_col, lambda i: f"missing timestamp (column '{ts_col}' is empty)")
+    checks.add(
+        pc.is_null(ts),
+        ts_col,
+        lambda i: (
+            f"unparseable timestamp {cell(ts_col, i)!r} in column '{ts_col}' (expected {describe_format(spec)})"
+        ),
+    )
+    if spec.min is not None or spec.max is not None:
+        ms = ts.cast(pa.int64())
+        low = _bound_ms(spec.min, spec) if spec.min is not None else None
+        high = _bound_ms(spec.max, spec) if spec.max is not None else None
+        outside = pc.or_(
+            pc.less(ms, low if low is not None else -(2**62)),
+            pc.greater(ms, high if high is not None else 2**62),
+        )
+        zone = "UTC" if spec.resolution == "day" else spec.timezone
+        bounds = f"{spec.min.isoformat() if spec.min else '-inf'} .. {spec.max.isoformat() if spec.max else '+inf'} ({zone})"
+        checks.add(
+            outside, ts_col, lambda i: f"timestamp {ts[i].as_py().isoformat()} outside valid range {bounds}"
+        )
+    out["ts"] = ts
+
+    code_col = mapping.event_type.column
+    codes = as_text(table.column(code_col))
+    known = list(mapping.event_type.map)
+    index = pc.index_in(codes, value_set=pa.array(known, pa.string()))
+    out["event_type"] = pc.take(pa.array(list(mapping.event_type.map.values()), pa.string()), index)
+    known_text = ", ".join(repr(k) for k in known)
+    checks.add(
+        pc.is_null(index),
+        code_col,
+        lambda i: (
+            f"unknown event code {codes[i].as_py() or ''!r} in column '{code_col}'; known codes: {known_text}"
+        ),
+    )
+
+    for name in TEXT_ID_FIELDS:
+        source = fields.get(name)
+        if source is None:
+            out[name] = pa.nulls(n, pa.string())
+        elif source.column is None:
+            out[name] = pa.repeat(pa.scalar(source.constant, pa.string()), n)
+        else:
+            out[name] = as_text(table.column(source.column))
+    price_source = fields.get("price")
+    if price_source is None:
+        out["price"] = pa.nulls(n, pa.float64())
+    else:
+        price_col = price_source.column
+        raw_price = table.column(price_col).combine_chunks()
+        present = pc.invert(
+            pc.is_null(as_text(raw_price) if pa.types.is_string(raw_price.type) else raw_price)
+        )
+        price = _numbers(raw_price)
+        bad = pc.or_kleene(
+            pc.is_null(price), pc.or_kleene(pc.less(price, 0.0), pc.invert(pc.is_finite(price)))
+        )
+        checks.add(
+            pc.and_(present, bad),
+            price_col,
+            lambda i: (
+                f"bad price {cell(price_col, i)!r} in column '{price_col}' (expected a non-negative number)"
+            ),
+        )
+        out["price"] = pc.if_else(pc.and_(present, pc.invert(bad)), price, pa.scalar(None, pa.float64()))
+    out["src_order"] = pa.array((np.int64(chunk.file_index) << np.int64(40)) | chunk.lines, pa.int64())
+
+    events = pa.Table.from_arrays([out[f.name] for f in CANONICAL_EVENTS], schema=CANONICAL_EVENTS)
+    failure = checks.first_failure()
+    bad_rows = np.flatnonzero(failure >= 0)
+    if not len(bad_rows):
+        return events, chunk.quarantine.cast(QUARANTINE)
+    events = events.filter(pa.array(failure < 0))
+    columns = [c for c, _ in (checks.describe[k] for k in failure[bad_rows])]
+    reasons = [checks.describe[k][1](int(i)) for k, i in zip(failure[bad_rows], bad_rows, strict=True)]
+    raws = _raw_text(chunk, mapping.columns_used(), bad_rows)
+    rejected = quarantine_table(chunk.file, chunk.lines[bad_rows].tolist(), columns, reasons, raws)
+    quarantine = pa.concat_tables([chunk.quarantine.cast(QUARANTINE), rejected])
+    return events, quarantine.sort_by([("line", "ascending")])

@@ -1,0 +1,364 @@
+"""The generic source mapping: one raw log format described in YAML, validated strictly.
+
+``load_mapping(path)`` reads a mapping file (``yaml.safe_load``); ``mapping_from_dict`` builds the same
+objects from a dict (tests, the synthetic generator, dedicated adapters). Every problem fails fast with
+a ``ValueError`` naming the mapping, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from learners.data.schema import EVENT_TYPES
+
+FORMATS = ("csv", "parquet", "jsonl")
+TIMESTAMP_KEYWORDS = ("unix_s", "unix_ms", "iso")
+RESOLUTIONS = ("second", "day")
+REQUIRED_FIELDS = ("merchant_id", "buyer_id", "ts")
+OPTIONAL_FIELDS = ("session_id", "product_id", "category_id", "price", "query")
+TOP_KEYS = ("name", "format", "csv", "fields", "timestamp", "event_type")
+CSV_KEYS = ("delimiter", "header", "columns")
+TIMESTAMP_KEYS = ("format", "year", "timezone", "resolution", "min", "max")
+EVENT_TYPE_KEYS = ("column", "map")
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How a CSV file is laid out."""
+
+    delimiter: str | None = None
+    """One character; None means from the extension (tab for .tsv, else comma)."""
+    header: bool = True
+    """Whether the first line names the columns."""
+    columns: tuple[str, ...] | None = None
+    """Column names in order, required when there is no header."""
+
+
+@dataclass(frozen=True)
+class FieldSource:
+    """Where a canonical field comes from: a source column or a constant."""
+
+    column: str | None = None
+    """The source column name."""
+    constant: str | None = None
+    """A fixed value for every row (e.g. the merchant of a single-store log)."""
+
+
+@dataclass(frozen=True)
+class TimestampSpec:
+    """How to read the timestamp column."""
+
+    format: str = "iso"
+    """A strptime pattern, or one of unix_s, unix_ms, iso."""
+    year: int | None = None
+    """The year of patterns that carry none (e.g. %m%d)."""
+    timezone: str = "UTC"
+    """IANA zone of naive timestamps and of the valid range bounds."""
+    resolution: str = "second"
+    """second, or day when only the date is known (ts is then midnight UTC of that date)."""
+    min: dt.datetime | None = None
+    """Earliest valid timestamp (inclusive, naive, in `timezone`); earlier rows are quarantined."""
+    max: dt.datetime | None = None
+    """Latest valid timestamp (inclusive, naive, in `timezone`); later rows are quarantined."""
+
+
+@dataclass(frozen=True)
+class EventTypeSpec:
+    """Which column holds the event code and what each code means."""
+
+    column: str
+    """The source column holding the event code."""
+    map: dict[str, str]
+    """Source code (as text) -> canonical event type (schema.EVENT_TYPES)."""
+
+
+@dataclass(frozen=True)
+class SourceMapping:
+    """A complete description of one raw log format."""
+
+    name: str
+    """A label used in manifests and messages."""
+    fields: dict[str, FieldSource]
+    """Canonical field -> its source; merchant_id, buyer_id and ts are always present."""
+    timestamp: TimestampSpec
+    """How to read timestamps."""
+    event_type: EventTypeSpec
+    """How to read event codes."""
+    format: str | None = None
+    """csv, parquet or jsonl; None means from each file's extension."""
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    """CSV layout (ignored for other formats)."""
+    source: str = "<mapping>"
+    """Where the mapping came from (a file path), for messages."""
+
+    @property
+    def day_resolution(self) -> bool:
+        """True when timestamps carry only a date."""
+        return self.timestamp.resolution == "day"
+
+    def columns_used(self) -> list[str]:
+        """Source columns the mapping reads, in a stable order without repeats."""
+        names = [src.column for src in self.fields.values() if src.column is not None]
+        names.append(self.event_type.column)
+        return list(dict.fromkeys(names))
+
+
+def _fail(source: str, key: str, problem: str, fix: str) -> ValueError:
+    return ValueError(f"mapping {source}: key '{key}': {problem}; fix: {fix}")
+
+
+def _check_keys(source: str, where: str, values: Any, known: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise _fail(
+            source,
+            where,
+            f"expected a mapping, got {type(values).__name__}",
+            f"give {where} as key: value lines",
+        )
+    unknown = sorted(str(k) for k in values if k not in known)
+    if unknown:
+        label = f"{where}." if where else ""
+        raise _fail(source, label + unknown[0], "unknown key", f"use one of {', '.join(known)}")
+    return values
+
+
+def _text(source: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(source, key, f"expected a non-empty string, got {value!r}", "quote the value in the YAML")
+    return value
+
+
+def _field_source(source: str, name: str, value: Any) -> FieldSource:
+    key = f"fields.{name}"
+    if isinstance(value, dict):
+        if set(value) != {"constant"}:
+            raise _fail(
+                source,
+                key,
+                f"expected a column name or {{constant: VALUE}}, got {value!r}",
+                "write e.g. {constant: shop1}",
+            )
+        constant = value["constant"]
+        if isinstance(constant, bool) or not isinstance(constant, (str, int)) or constant == "":
+            raise _fail(
+                source,
+                key,
+                f"constant must be a non-empty string or integer, got {constant!r}",
+                "quote the constant",
+            )
+        if name in ("ts", "price"):
+            raise _fail(source, key, "a constant is not allowed here", "name the source column")
+        return FieldSource(constant=str(constant))
+    return FieldSource(column=_text(source, key, value))
+
+
+def _datetime_bound(source: str, key: str, value: Any, is_max: bool) -> dt.datetime | None:
+    """A naive datetime; a date-only max means the end of that day (inclusive)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None)
+    if isinstance(value, dt.date):
+        day = dt.datetime(value.year, value.month, value.day)
+        return day + dt.timedelta(days=1, milliseconds=-1) if is_max else day
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise _fail(
+                source,
+                key,
+                f"cannot read {value!r} as an ISO date/datetime",
+                'write e.g. "2017-11-25" or "2017-12-03T23:59:59"',
+            ) from None
+        if len(value.strip()) <= 10:
+            return _datetime_bound(source, key, parsed.date(), is_max)
+        return parsed.replace(tzinfo=None)
+    raise _fail(source, key, f"expected an ISO date/datetime, got {value!r}", 'write e.g. "2017-11-25"')
+
+
+def _timestamp(source: str, values: Any) -> TimestampSpec:
+    values = _check_keys(source, "timestamp", values, TIMESTAMP_KEYS)
+    fmt = _text(source, "timestamp.format", values.get("format", "iso"))
+    if fmt not in TIMESTAMP_KEYWORDS and "%" not in fmt:
+        raise _fail(
+            source,
+            "timestamp.format",
+            f"{fmt!r} is neither a strptime pattern nor a keyword",
+            f"use a pattern like %Y-%m-%d or one of {', '.join(TIMESTAMP_KEYWORDS)}",
+        )
+    year = values.get("year")
+    if year is not None and (isinstance(year, bool) or not isinstance(year, int) or not 1 <= year <= 9999):
+        raise _fail(
+            source, "timestamp.year", f"expected a year like 2014, got {year!r}", "write the four-digit year"
+        )
+    has_year = "%Y" in fmt or "%y" in fmt
+    if "%" in fmt and not has_year and year is None:
+        raise _fail(source, "timestamp.year", f"pattern {fmt!r} has no year", "add timestamp.year")
+    if year is not None and (has_year or fmt in TIMESTAMP_KEYWORDS):
+        raise _fail(
+            source, "timestamp.year", f"format {fmt!r} already carries the year", "remove timestamp.year"
+        )
+    timezone = _text(source, "timestamp.timezone", values.get("timezone", "UTC"))
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise _fail(
+            source,
+            "timestamp.timezone",
+            f"unknown time zone {timezone!r}",
+            "use an IANA name such as UTC or Asia/Shanghai",
+        ) from None
+    resolution = values.get("resolution", "second")
+    if resolution not in RESOLUTIONS:
+        raise _fail(
+            source,
+            "timestamp.resolution",
+            f"expected one of {RESOLUTIONS}, got {resolution!r}",
+            "use second or day",
+        )
+    low = _datetime_bound(source, "timestamp.min", values.get("min"), is_max=False)
+    high = _datetime_bound(source, "timestamp.max", values.get("max"), is_max=True)
+    if low is not None and high is not None and low > high:
+        raise _fail(source, "timestamp.min", f"min {low} is after max {high}", "swap or correct the bounds")
+    return TimestampSpec(format=fmt, year=year, timezone=timezone, resolution=resolution, min=low, max=high)
+
+
+def _event_type(source: str, values: Any) -> EventTypeSpec:
+    values = _check_keys(source, "event_type", values, EVENT_TYPE_KEYS)
+    column = _text(source, "event_type.column", values.get("column"))
+    codes = values.get("map")
+    if not isinstance(codes, dict) or not codes:
+        raise _fail(
+            source,
+            "event_type.map",
+            f"expected a non-empty mapping of codes, got {codes!r}",
+            'write lines like "0": product_view',
+        )
+    mapped: dict[str, str] = {}
+    for code, event in codes.items():
+        if isinstance(code, bool) or not isinstance(code, (str, int)):
+            raise _fail(source, f"event_type.map.{code}", f"code {code!r} is not text", "quote the code")
+        if event not in EVENT_TYPES:
+            raise _fail(
+                source,
+                f"event_type.map.{code}",
+                f"{event!r} is not a canonical event type",
+                f"use one of {', '.join(EVENT_TYPES)}",
+            )
+        mapped[str(code)] = event
+    return EventTypeSpec(column=column, map=mapped)
+
+
+def _csv_options(source: str, values: Any) -> CsvOptions:
+    values = _check_keys(source, "csv", values, CSV_KEYS)
+    delimiter = values.get("delimiter")
+    if delimiter is not None and (
+        not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"'
+    ):
+        raise _fail(
+            source, "csv.delimiter", f"expected one character, got {delimiter!r}", 'write e.g. delimiter: ","'
+        )
+    header = values.get("header", True)
+    if not isinstance(header, bool):
+        raise _fail(
+            source,
+            "csv.header",
+            f"expected true or false, got {header!r}",
+            "write header: true or header: false",
+        )
+    columns = values.get("columns")
+    if columns is not None:
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns):
+            raise _fail(
+                source,
+                "csv.columns",
+                f"expected a list of column names, got {columns!r}",
+                "write columns: [a, b, c]",
+            )
+        if len(set(columns)) != len(columns):
+            raise _fail(source, "csv.columns", "column names repeat", "give each column a distinct name")
+        columns = tuple(columns)
+    if not header and columns is None:
+        raise _fail(
+            source, "csv.columns", "missing while csv.header is false", "list the column names in file order"
+        )
+    if header and columns is not None:
+        raise _fail(
+            source,
+            "csv.columns",
+            "given while csv.header is true (the header names the columns)",
+            "remove csv.columns or set header: false",
+        )
+    return CsvOptions(delimiter=delimiter, header=header, columns=columns)
+
+
+def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:
+    """Validate a parsed mapping and build it; ``source`` names it in error messages."""
+    values = _check_keys(source, "", values, TOP_KEYS)
+    name = _text(source, "name", values.get("name", Path(source).stem or "mapping"))
+    fmt = values.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise _fail(
+            source,
+            "format",
+            f"expected one of {', '.join(FORMATS)}, got {fmt!r}",
+            "fix the value or remove it to detect from the extension",
+        )
+    if "csv" in values and fmt not in (None, "csv"):
+        raise _fail(source, "csv", f"given for format {fmt!r}", "remove the csv section")
+    csv = _csv_options(source, values["csv"]) if "csv" in values else CsvOptions()
+    raw_fields = _check_keys(source, "fields", values.get("fields", {}), REQUIRED_FIELDS + OPTIONAL_FIELDS)
+    for required in REQUIRED_FIELDS:
+        if required not in raw_fields:
+            raise _fail(
+                source, f"fields.{required}", "missing (required)", f"name the source column of {required}"
+            )
+    fields = {name_: _field_source(source, name_, v) for name_, v in raw_fields.items()}
+    if "timestamp" not in values:
+        raise _fail(source, "timestamp", "missing (required)", "add a timestamp section with at least format")
+    if "event_type" not in values:
+        raise _fail(
+            source, "event_type", "missing (required)", "add an event_type section with column and map"
+        )
+    mapping = SourceMapping(
+        name=name,
+        fields=fields,
+        timestamp=_timestamp(source, values["timestamp"]),
+        event_type=_event_type(source, values["event_type"]),
+        format=fmt,
+        csv=csv,
+        source=source,
+    )
+    if csv.columns is not None:
+        missing = [c for c in mapping.columns_used() if c not in csv.columns]
+        if missing:
+            raise _fail(
+                source,
+                "csv.columns",
+                f"lacks column {missing[0]!r} named in fields/event_type",
+                f"add it to csv.columns ({', '.join(csv.columns)})",
+            )
+    return mapping
+
+
+def load_mapping(path: str | Path) -> SourceMapping:
+    """Read and validate a mapping YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"mapping {path}: cannot read the file ({err}); fix: pass a readable UTF-8 YAML file"
+        ) from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"mapping {path}: not valid YAML ({err}); fix: correct the syntax") from None
+    return mapping_from_dict(values, source=str(path))

@@ -1,0 +1,499 @@
+"""Streaming readers: CSV (plain or gzip, with or without header), Parquet and JSON lines.
+
+Each reader yields ``RawChunk``s: the structurally sound rows of a slice of one file as an Arrow table,
+the exact 1-based physical line of every row, and the rows that are broken as text (wrong column count,
+empty line, invalid UTF-8, broken quoting, bad JSON) already in the QUARANTINE schema. Invariant per
+chunk: rows_read == table.num_rows + quarantine.num_rows. Memory stays bounded by the chunk size.
+
+CSV lines end at \\n, \\r\\n or a lone \\r (as pyarrow reads them); a final newline at EOF ends the last
+row, it does not start a new one. Quoted values may hold delimiters but not line breaks: a line whose
+quoting does not close is quarantined, which keeps every row on one physical line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from learners.data.mapping import SourceMapping
+from learners.data.schema import QUARANTINE
+
+CSV_BLOCK_BYTES = 8 << 20
+PARQUET_BATCH_ROWS = 1 << 18
+JSONL_BATCH_LINES = 1 << 16
+
+# Known extensions -> format; each may also end in .gz.
+EXTENSION_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+GZIP_MAGIC = b"\x1f\x8b"
+READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
+
+
+@dataclass
+class RawChunk:
+    """Rows of one slice of a file before canonicalization."""
+
+    table: pa.Table
+    """The usable rows, one column per source column (text columns for CSV and JSONL)."""
+    lines: np.ndarray
+    """int64 1-based physical line (CSV/JSONL) or row (Parquet) of each table row."""
+    quarantine: pa.Table
+    """Rows of this slice already rejected by the reader (QUARANTINE schema)."""
+    file: str
+    """The file the rows come from."""
+    file_index: int
+    """Position of the file in the input list (the high bits of src_order)."""
+    delimiter: str | None = None
+    """CSV delimiter to rebuild a row's raw text; None means the raw text is shown as JSON."""
+
+    @property
+    def rows_read(self) -> int:
+        """Data rows of this slice (usable + rejected)."""
+        return self.table.num_rows + self.quarantine.num_rows
+
+
+def file_format(path: Path, mapping_format: str | None = None) -> str | None:
+    """The format of a file: the mapping's, else from its extension; None when unknown."""
+    if mapping_format is not None:
+        return mapping_format
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return EXTENSION_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def quarantine_table(
+    file: str, lines: list[int], columns: list[str | None], reasons: list[str], raws: list[str | None]
+) -> pa.Table:
+    """QUARANTINE rows from parallel lists."""
+    return pa.table(
+        {
+            "file": pa.array([file] * len(lines), pa.string()),
+            "line": pa.array(lines, pa.int64()),
+            "column": pa.array(columns, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "raw": pa.array(raws, pa.string()),
+        },
+        schema=QUARANTINE,
+    )
+
+
+def _cannot_read(path: Path, err: BaseException) -> ValueError:
+    return ValueError(
+        f"{path}: cannot read the file ({type(err).__name__}: {err}); fix: check that it exists, is readable and is not truncated or corrupt"
+    )
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    try:
+        with open(path, "rb") as probe:
+            magic = probe.read(2)
+        return gzip.open(path, "rb") if magic == GZIP_MAGIC else open(path, "rb")  # noqa: SIM115
+    except OSError as err:
+        raise _cannot_read(path, err) from None
+
+
+def _text_of(line: bytes) -> str:
+    return line.decode("utf-8", errors="backslashreplace")
+
+
+class _LineBlocks:
+    """A file-like object for pyarrow that hands out whole lines only.
+
+    It normalises line ends to \\n and blanks out lines pyarrow must not parse (empty lines, invalid
+    UTF-8, quoting that does not close on the line), remembering them by physical line number so the
+    reader can quarantine them with the right reason.
+    """
+
+    def __init__(self, stream: IO[bytes], path: Path, delimiter: str, first_line: int = 1):
+        self.stream = stream
+        self.path = path
+        self.delimiter = delimiter
+        self.next_line = first_line
+        self.carry = b""
+        self.eof = False
+        self.flagged: dict[int, tuple[str, str]] = {}
+        self.closed = False
+        self.position = 0
+
+    def _fill(self, nbytes: int) -> bytes:
+        """Up to about nbytes of whole lines (the last line of the file may lack its newline)."""
+        data = self.carry
+        while not self.eof:
+            try:
+                more = self.stream.read(max(nbytes, 1 << 16))
+            except READ_ERRORS as err:
+                raise _cannot_read(self.path, err) from None
+            if not more:
+                self.eof = True
+                break
+            data += more
+            cut = data.rfind(b"\n")
+            if cut >= 0 and len(data) >= nbytes:
+                self.carry = data[cut + 1 :]
+                return data[: cut + 1]
+        self.carry = b""
+        return data
+
+    def readline(self) -> bytes | None:
+        """The first line (the header), without its line end; None for an empty file."""
+        data = self._fill(1 << 16)
+        while b"\n" not in data and b"\r" not in data and not self.eof:
+            data += self._fill(1 << 16)
+        if not data:
+            return None
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        head, _, rest = data.partition(b"\n")
+        self.carry = rest + self.carry
+        self.next_line += 1
+        return head
+
+    def read(self, nbytes: int = -1) -> bytes:
+        block = self._fill(CSV_BLOCK_BYTES if nbytes is None or nbytes < 0 else nbytes)
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if block:
+            block = self._screen(block)
+        self.position += len(block)
+        return block
+
+    def _screen(self, block: bytes) -> bytes:
+        """Blank out and remember the lines pyarrow must not parse; count lines."""
+        n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        first = self.next_line
+        self.next_line += n_lines
+        try:
+            block.decode("utf-8")
+            valid_utf8 = True
+        except UnicodeDecodeError:
+            valid_utf8 = False
+        if valid_utf8 and not block.startswith(b"\n") and b"\n\n" not in block and b'"' not in block:
+            return block
+        lines = block.split(b"\n")
+        if block.endswith(b"\n"):
+            lines.pop()
+        for i, line in enumerate(lines):
+            reason = None
+            if not line:
+                reason = "empty line"
+            elif not valid_utf8 and not _is_utf8(line):
+                reason = "line is not valid UTF-8 text"
+            elif b'"' in line and not self._quotes_close(line):
+                reason = "a quoted value does not close on this line (values may not span lines)"
+            if reason is not None:
+                self.flagged[first + i] = (reason, _text_of(line))
+                lines[i] = b""
+        return b"\n".join(lines) + (b"\n" if block.endswith(b"\n") else b"")
+
+    def _quotes_close(self, line: bytes) -> bool:
+        try:
+            list(csv.reader([line.decode("utf-8")], delimiter=self.delimiter, strict=True))
+        except csv.Error:
+            return False
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _csv_delimiter(path: Path, mapping: SourceMapping) -> str:
+    if mapping.csv.delimiter is not None:
+        return mapping.csv.delimiter
+    return "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
+
+
+def _header_names(path: Path, header: bytes, delimiter: str) -> list[str]:
+    try:
+        text = header.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path}: line 1 (header) is not valid UTF-8 text; fix: save the file as UTF-8"
+        ) from None
+    return next(csv.reader([text], delimiter=delimiter))
+
+
+def _check_columns(path: Path, where: str, available: list[str], mapping: SourceMapping) -> None:
+    for column in mapping.columns_used():
+        if column not in available:
+            raise ValueError(
+                f"{path}: {where} has no column '{column}' named by mapping {mapping.source}; "
+                f"available columns: {', '.join(available) or '(none)'}; fix: correct the mapping or the file"
+            )
+
+
+def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
+    """Stream a CSV file (plain or gzip) in chunks with exact physical line numbers."""
+    delimiter = _csv_delimiter(path, mapping)
+    stream = _open_binary(path)
+    try:
+        blocks = _LineBlocks(stream, path, delimiter)
+        if mapping.csv.header:
+            header = blocks.readline()
+            if header is None:
+                return
+            names = _header_names(path, header, delimiter)
+            _check_columns(path, "line 1 (header)", names, mapping)
+        else:
+            names = list(mapping.csv.columns or ())
+        yield from _csv_chunks(path, file_index, blocks, names, delimiter, blocks.next_line - 1)
+    finally:
+        stream.close()
+
+
+def _csv_chunks(
+    path: Path, file_index: int, blocks: _LineBlocks, names: list[str], delimiter: str, offset: int
+) -> Iterator[RawChunk]:
+    skipped: dict[int, tuple[str, str]] = {}
+    expected = len(names)
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        if row.actual_columns < expected:
+            why = f"too few columns: expected {expected}, found {row.actual_columns} (line truncated?)"
+        else:
+            why = f"too many columns: expected {expected}, found {row.actual_columns} (unquoted delimiter in a value?)"
+        skipped[row.number + offset] = (why, row.text)
+        return "skip"
+
+    try:
+        reader = pacsv.open_csv(
+            blocks,
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=CSV_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as err:
+        if "Empty CSV file" in str(err):
+            yield from _flush_skipped(path, file_index, skipped, blocks, offset + 1)
+            return
+        raise _cannot_read(path, err) from None
+    cursor = offset + 1
+    file = str(path)
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except pa.ArrowException as err:
+            raise _cannot_read(path, err) from None
+        table = pa.Table.from_batches([batch])
+        lines = _row_lines(cursor, table.num_rows, skipped)
+        end = int(lines[-1]) + 1 if len(lines) else cursor
+        chunk = _split_flagged(table, lines, blocks.flagged, file, file_index, delimiter)
+        bad = sorted(k for k in skipped if k < end)
+        extra = quarantine_table(
+            file, bad, [None] * len(bad), [skipped[k][0] for k in bad], [skipped.pop(k)[1] for k in bad]
+        )
+        chunk.quarantine = pa.concat_tables([chunk.quarantine, extra]).sort_by("line")
+        cursor = end
+        yield chunk
+    yield from _flush_skipped(path, file_index, skipped, blocks, cursor)
+
+
+def _flush_skipped(
+    path: Path, file_index: int, skipped: dict[int, tuple[str, str]], blocks: _LineBlocks, cursor: int
+) -> Iterator[RawChunk]:
+    """Rejected rows after the last batch (e.g. a truncated final line) and flagged lines pyarrow never returned."""
+    rest = sorted(skipped)
+    reasons = {k: skipped[k] for k in rest}
+    reasons.update({k: v for k, v in blocks.flagged.items() if k >= cursor})
+    if not reasons:
+        return
+    keys = sorted(reasons)
+    table = quarantine_table(
+        str(path), keys, [None] * len(keys), [reasons[k][0] for k in keys], [reasons[k][1] for k in keys]
+    )
+    empty = pa.table({}, schema=pa.schema([]))
+    yield RawChunk(
+        table=empty, lines=np.zeros(0, np.int64), quarantine=table, file=str(path), file_index=file_index
+    )
+
+
+def _row_lines(cursor: int, n: int, skipped: dict[int, tuple[str, str]]) -> np.ndarray:
+    """Physical lines of n parsed rows starting at cursor, jumping over lines pyarrow rejected."""
+    holes = np.fromiter((k - cursor for k in skipped if k >= cursor), np.int64)
+    if not len(holes):
+        return np.arange(cursor, cursor + n, dtype=np.int64)
+    span = n + len(holes)
+    keep = np.ones(span, bool)
+    keep[holes[holes < span]] = False
+    return np.flatnonzero(keep)[:n].astype(np.int64) + cursor
+
+
+def _split_flagged(
+    table: pa.Table,
+    lines: np.ndarray,
+    flagged: dict[int, tuple[str, str]],
+    file: str,
+    file_index: int,
+    delimiter: str,
+) -> RawChunk:
+    """Move rows of flagged lines (empty, invalid UTF-8, broken quoting) to the quarantine."""
+    mask = (
+        np.isin(lines, np.fromiter(flagged, np.int64))
+        if flagged and len(lines)
+        else np.zeros(len(lines), bool)
+    )
+    if not mask.any():
+        return RawChunk(table, lines, quarantine_table(file, [], [], [], []), file, file_index, delimiter)
+    hit = [int(k) for k in lines[mask]]
+    reasons = [flagged.pop(k) for k in hit]
+    quarantine = quarantine_table(
+        file, hit, [None] * len(hit), [r[0] for r in reasons], [r[1] for r in reasons]
+    )
+    keep = pa.array(~mask)
+    return RawChunk(table.filter(keep), lines[~mask], quarantine, file, file_index, delimiter)
+
+
+def read_parquet(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
+    """Stream a Parquet file in row batches of the mapped columns; `line` is the 1-based row."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except READ_ERRORS as err:
+        raise _cannot_read(path, err) from None
+    _check_columns(path, "the Parquet schema", parquet.schema_arrow.names, mapping)
+    start = 1
+    empty = quarantine_table(str(path), [], [], [], [])
+    try:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=mapping.columns_used()):
+            n = batch.num_rows
+            yield RawChunk(
+                pa.Table.from_batches([batch]),
+                np.arange(start, start + n, dtype=np.int64),
+                empty,
+                str(path),
+                file_index,
+            )
+            start += n
+    except READ_ERRORS as err:
+        raise _cannot_read(path, err) from None
+
+
+def _json_text(value: object) -> str | None:
+    """A JSON scalar as source text: strings as they are, numbers as JSON writes them."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def read_jsonl(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
+    """Stream a JSON-lines file (plain or gzip): one object per line; bad lines are quarantined."""
+    columns = mapping.columns_used()
+    stream = _open_binary(path)
+    try:
+        line_no = 0
+        batch: list[bytes] = []
+        while True:
+            try:
+                raw = stream.readline()
+            except READ_ERRORS as err:
+                raise _cannot_read(path, err) from None
+            if raw:
+                batch.append(raw)
+            if batch and (not raw or len(batch) >= JSONL_BATCH_LINES):
+                yield _jsonl_chunk(path, file_index, columns, line_no + 1, batch)
+                line_no += len(batch)
+                batch = []
+            if not raw:
+                break
+    finally:
+        stream.close()
+
+
+def _jsonl_chunk(path: Path, file_index: int, columns: list[str], first: int, raws: list[bytes]) -> RawChunk:
+    values: dict[str, list[str | None]] = {c: [] for c in columns}
+    lines: list[int] = []
+    bad: tuple[list[int], list[str | None], list[str], list[str]] = ([], [], [], [])
+    for i, raw in enumerate(raws):
+        text = _text_of(raw.rstrip(b"\r\n"))
+        problem, column, row = _parse_json_line(raw, text, columns)
+        if problem is not None:
+            for store, item in zip(bad, (first + i, column, problem, text), strict=True):
+                store.append(item)
+            continue
+        lines.append(first + i)
+        for c in columns:
+            values[c].append(row[c])
+    table = pa.table({c: pa.array(v, pa.string()) for c, v in values.items()})
+    quarantine = quarantine_table(str(path), *bad)
+    return RawChunk(table, np.asarray(lines, np.int64), quarantine, str(path), file_index)
+
+
+def _parse_json_line(
+    raw: bytes, text: str, columns: list[str]
+) -> tuple[str | None, str | None, dict[str, str | None]]:
+    if not text.strip():
+        return "empty line", None, {}
+    if not _is_utf8(raw):
+        return "line is not valid UTF-8 text", None, {}
+    try:
+        obj = json.loads(text)
+    except ValueError as err:
+        return f"bad JSON: {err}", None, {}
+    if not isinstance(obj, dict):
+        return f"bad JSON: expected an object, found {type(obj).__name__}", None, {}
+    row: dict[str, str | None] = {}
+    for c in columns:
+        value = obj.get(c)
+        if isinstance(value, (dict, list)):
+            return f"bad JSON: column '{c}' holds a nested {type(value).__name__}, expected a scalar", c, {}
+        row[c] = _json_text(value)
+    return None, None, row
+
+
+def read_raw(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
+    """Stream one file by its format (the mapping's, else its extension; CSV when unknown)."""
+    if not path.is_file():
+        raise _cannot_read(
+            path,
+            FileNotFoundError("no such file")
+            if not path.exists()
+            else IsADirectoryError("not a regular file"),
+        )
+    fmt = file_format(path, mapping.format) or "csv"
+    if fmt == "parquet":
+        return read_parquet(path, file_index, mapping)
+    if fmt == "jsonl":
+        return read_jsonl(path, file_index, mapping)
+    return read_csv(path, file_index, mapping)

@@ -1,0 +1,204 @@
+"""Adapters on the real samples: counts documented in ../shared/data/DATA.md, and the dedicated
+adapters producing exactly the generic adapter's tables with the shipped mapping files."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import zoneinfo
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from learners.data.adapters import FORMATS, MappingAdapter, expand_inputs, get_adapter
+from learners.data.mapping import mapping_from_dict
+from learners.data.schema import CANONICAL_EVENTS, QUARANTINE
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
+
+
+def collect(adapter, paths):
+    """All events and quarantined rows; asserts the count invariant on every chunk."""
+    events, quarantine, rows_read = [], [], 0
+    for chunk in adapter.read(paths):
+        assert chunk.rows_read == chunk.events.num_rows + chunk.quarantine.num_rows
+        assert chunk.events.schema.equals(CANONICAL_EVENTS)
+        assert chunk.quarantine.schema.equals(QUARANTINE)
+        events.append(chunk.events)
+        quarantine.append(chunk.quarantine)
+        rows_read += chunk.rows_read
+    events_table = pa.concat_tables(events) if events else CANONICAL_EVENTS.empty_table()
+    quarantine_table = pa.concat_tables(quarantine) if quarantine else QUARANTINE.empty_table()
+    assert rows_read == events_table.num_rows + quarantine_table.num_rows
+    return events_table, quarantine_table, rows_read
+
+
+def physical_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def generic(name: str) -> MappingAdapter:
+    return get_adapter(mapping=EXAMPLES / f"{name}.yaml")
+
+
+def distinct_pairs(events: pa.Table) -> int:
+    return events.group_by(["merchant_id", "buyer_id"]).aggregate([]).num_rows
+
+
+def test_tmall_ijcai15_counts_from_data_md(real_file):
+    events, quarantine, rows_read = collect(generic("tmall-ijcai15"), [real_file("tmall-ijcai15")])
+    assert rows_read == 100_000
+    assert quarantine.num_rows == 0  # exact duplicate rows are real repeat views: all kept
+    assert distinct_pairs(events) == 23_469
+    assert pc.count_distinct(events["merchant_id"]).as_py() == 4_115
+    assert pc.count_distinct(events["buyer_id"]).as_py() == 710
+    counts = Counter(events["event_type"].to_pylist())
+    assert counts == {"product_view": 88_033, "add_to_cart": 70, "purchase": 6_928, "favorite": 4_969}
+
+
+def test_tmall_ijcai15_values_follow_the_source_text(real_file):
+    path = real_file("tmall-ijcai15")
+    events, _, _ = collect(generic("tmall-ijcai15"), [path])
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))[:500]
+    head = events.slice(0, 500).to_pylist()
+    for line, (row, event) in enumerate(zip(rows, head, strict=True), start=2):
+        assert event["buyer_id"] == row["user_id"] and event["merchant_id"] == row["seller_id"]
+        assert event["product_id"] == row["item_id"] and event["category_id"] == row["cat_id"]
+        day = dt.datetime.strptime("2014" + row["time_stamp"], "%Y%m%d").replace(tzinfo=dt.UTC)
+        assert event["ts"] == day
+        assert event["src_order"] == line
+
+
+def test_tmall_brand_counts_from_data_md(real_file):
+    events, quarantine, rows_read = collect(generic("tmall-brand"), [real_file("tmall-brand")])
+    assert rows_read == 182_880 and quarantine.num_rows == 0
+    assert distinct_pairs(events) == 57_655
+    assert pc.count_distinct(events["merchant_id"]).as_py() == 9_531
+    counts = Counter(events["event_type"].to_pylist())
+    assert counts == {"product_view": 174_539, "purchase": 6_984, "favorite": 1_204, "add_to_cart": 153}
+    assert events["product_id"].null_count == events.num_rows
+    assert events["price"].null_count == events.num_rows
+    days = pc.unique(events["ts"]).to_pylist()
+    assert min(days) >= dt.datetime(2014, 4, 15, tzinfo=dt.UTC) and max(days) <= dt.datetime(
+        2014, 8, 15, tzinfo=dt.UTC
+    )
+
+
+def test_rees46_truncated_last_line_is_quarantined(real_file):
+    path = real_file("rees46")
+    lines = physical_lines(path)
+    events, quarantine, rows_read = collect(generic("rees46"), [path])
+    assert rows_read == len(lines) - 1
+    assert quarantine.num_rows == 1
+    bad = quarantine.to_pylist()[0]
+    assert bad["line"] == len(lines) and bad["file"] == str(path)
+    assert "too few columns" in bad["reason"] and "truncated" in bad["reason"]
+    assert bad["raw"] == lines[-1]
+    assert set(events["merchant_id"].to_pylist()) == {"rees46"}
+    assert events["session_id"].null_count == 0
+    first = next(csv.DictReader(lines[:2]))
+    row = events.slice(0, 1).to_pylist()[0]
+    assert row["price"] == float(first["price"]) and row["session_id"] == first["user_session"]
+    assert row["ts"] == dt.datetime(2019, 10, 1, tzinfo=dt.UTC)
+
+
+def test_taobao_range_and_truncation(real_file):
+    path = real_file("taobao")
+    lines = physical_lines(path)
+    events, quarantine, rows_read = collect(generic("taobao"), [path])
+    assert rows_read == len(lines)  # no header
+    zone = zoneinfo.ZoneInfo("Asia/Shanghai")
+    low = dt.datetime(2017, 11, 25, tzinfo=zone).timestamp()
+    high = dt.datetime(2017, 12, 4, tzinfo=zone).timestamp()
+    expected_outside = {
+        number
+        for number, text in enumerate(lines, start=1)
+        if len(text.split(",")) == 5 and not low <= int(text.split(",")[4]) < high
+    }
+    by_line = {row["line"]: row for row in quarantine.to_pylist()}
+    assert set(by_line) == expected_outside | {len(lines)}
+    assert "too few columns" in by_line[len(lines)]["reason"] and by_line[len(lines)]["raw"] == lines[-1]
+    assert all(
+        "outside valid range" in by_line[n]["reason"] and by_line[n]["column"] == "timestamp"
+        for n in expected_outside
+    )
+    assert set(events["merchant_id"].to_pylist()) == {"taobao"}
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_dedicated_adapter_equals_generic_mapping(real_file, name):
+    path = real_file(name)
+    dedicated = get_adapter(format=name)
+    events, quarantine, rows = collect(dedicated, [path])
+    events_g, quarantine_g, rows_g = collect(generic(name), [path])
+    assert rows == rows_g
+    assert events.equals(events_g)
+    assert quarantine.equals(quarantine_g)
+    assert dedicated.name == name and dedicated.day_resolution == generic(name).day_resolution
+
+
+def test_output_is_deterministic(real_file):
+    path = real_file("rees46")
+    first = collect(generic("rees46"), [path])
+    second = collect(generic("rees46"), [path])
+    assert first[0].equals(second[0]) and first[1].equals(second[1])
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+SMALL = mapping_from_dict(
+    {
+        "name": "small",
+        "fields": {"merchant_id": "shop", "buyer_id": "user", "ts": "when"},
+        "timestamp": {"format": "unix_s"},
+        "event_type": {"column": "kind", "map": {"v": "product_view", "b": "purchase"}},
+    }
+)
+
+
+def test_src_order_carries_file_index_and_line(tmp_path):
+    one = write(tmp_path / "a.csv", "shop,user,when,kind\ns,u,10,v\ns,u,20,b\n")
+    two = write(tmp_path / "b.csv", "shop,user,when,kind\ns,u,30,v\n")
+    events, _, _ = collect(MappingAdapter(SMALL), [one, two])
+    assert events["src_order"].to_pylist() == [2, 3, (1 << 40) | 2]
+
+
+def test_expand_inputs_directories_sorted_and_filtered(tmp_path):
+    write(tmp_path / "d" / "b.csv", "x")
+    write(tmp_path / "d" / "sub" / "a.parquet", "x")
+    write(tmp_path / "d" / "notes.txt", "x")
+    write(tmp_path / "d" / "c.jsonl.gz", "x")
+    single = write(tmp_path / "single.dat", "x")
+    found = expand_inputs([tmp_path / "d", single])
+    assert found == [
+        tmp_path / "d" / "b.csv",
+        tmp_path / "d" / "c.jsonl.gz",
+        tmp_path / "d" / "sub" / "a.parquet",
+        single,
+    ]
+
+
+def test_expand_inputs_missing_path_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        expand_inputs([tmp_path / "nowhere.csv"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no"):
+        expand_inputs([tmp_path / "empty"])
+
+
+def test_get_adapter_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown format 'amazon'"):
+        get_adapter(format="amazon")
+    with pytest.raises(ValueError, match="exactly one"):
+        get_adapter()
+    with pytest.raises(ValueError, match="exactly one"):
+        get_adapter(format="taobao", mapping=EXAMPLES / "taobao.yaml")
+    assert get_adapter(mapping=EXAMPLES / "taobao.yaml").name == "taobao"
