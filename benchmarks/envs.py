@@ -1,8 +1,8 @@
 """Env throughput: steps per second of a random valid-action buyer, one process pinned to one core.
 
-  .venv/bin/python benchmarks/envs.py                        # in-memory catalogue
-  .venv/bin/python benchmarks/envs.py --data /tmp/prepared   # a prepared directory's busiest merchant
-  .venv/bin/python benchmarks/envs.py --sections text
+  .venv/bin/python -m benchmarks.envs                        # in-memory catalogue
+  .venv/bin/python -m benchmarks.envs --data /tmp/prepared   # a prepared directory's busiest merchant
+  .venv/bin/python -m benchmarks.envs --sections text
 
 Sections (run in order, each prints its figures and a baseline ratio measured in the same run):
 - text: ``simpersona/Storefront-v0`` through ``gymnasium.make`` (target >= 20,000 steps/s). Baselines:
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +23,9 @@ from pathlib import Path
 import gymnasium as gym
 import pyarrow.parquet as pq
 
-# Run as a script, this file's folder comes first on sys.path and this file would shadow the `envs`
-# package it measures; the repository root goes there instead.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import envs  # noqa: E402
-from envs.catalog import Catalog  # noqa: E402
-from envs.storefront import SEARCH_TEMPLATE, Storefront  # noqa: E402
+import envs
+from envs.catalog import Catalog
+from envs.storefront import SEARCH_TEMPLATE, Storefront
 
 TEXT_TARGET = 20_000
 

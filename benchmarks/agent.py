@@ -1,0 +1,166 @@
+"""Agent benchmark: training throughput on Ray Train with 1 and 2 workers, and action-scoring
+throughput of LLMPolicy at batch sizes 1, 8 and 64 (the batching ratio), on storefront traces.
+
+  .venv/bin/python -m benchmarks.agent [--sessions 60] [--base-model tiny] [--markdown FILE]
+
+Traces come from seeded random walks through a real storefront (envs/storefront.py), so pages and
+actions have the real format and length. Every figure, and each ratio's baseline, is measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+import torch
+
+from envs.catalog import Catalog, Product
+from envs.storefront import Storefront
+from learners.agent.base_models import load_base
+from learners.agent.examples import build_examples
+from learners.agent.llm_policy import LLMPolicy
+from learners.agent.offline_eval import requests_for
+from learners.agent.policy import ActRequest
+from learners.agent.random_policy import RandomPolicy
+from learners.agent.tokens import add_persona_tokens
+from learners.agent.train import AgentTrainConfig, train_agent
+
+
+def walk_traces(sessions: int, seed: int = 0, max_steps: int = 8) -> tuple[pa.Table, pa.Table]:
+    """Random-walk sessions of 8 buyers per merchant in two 40-product storefronts."""
+    policy = RandomPolicy()
+    rows: dict[str, list] = {
+        k: [] for k in ("merchant_id", "buyer_id", "session_id", "step", "observation", "action", "valid")
+    }
+    codes: dict[str, list] = {"merchant_id": [], "buyer_id": [], "code": []}
+    for merchant in ("m1", "m2"):
+        products = tuple(
+            Product(f"{merchant}-{i}", f"c{i % 5}", 5.0 + i, f"Item {i}", 1 / (1 + i)) for i in range(40)
+        )
+        shop = Storefront(Catalog(merchant, products))
+        for b in range(8):
+            codes["merchant_id"].append(merchant)
+            codes["buyer_id"].append(f"b{b}")
+            codes["code"].append(b % 4)
+        for s in range(sessions // 2):
+            state, buyer = shop.initial_state(), f"b{s % 8}"
+            for step in range(max_steps):
+                actions = tuple(a for a in shop.valid_actions(state) if not a.startswith("search"))
+                obs = shop.observe(state)
+                action = policy.act([ActRequest(obs, actions, seed=seed * 100003 + s * 101 + step)])[0].action
+                for key, value in zip(
+                    rows, (merchant, buyer, f"{buyer}-{s}", step, obs, action, True), strict=True
+                ):
+                    rows[key].append(value)
+                state, _ = shop.step(state, action)
+                if state.exited:
+                    break
+    traces = pa.table(rows).cast(
+        pa.schema(
+            [(k, pa.int32() if k == "step" else pa.bool_() if k == "valid" else pa.string()) for k in rows]
+        )
+    )
+    return traces, pa.table({**codes, "code": pa.array(codes["code"], pa.int32())})
+
+
+def train_throughput(traces, codes, workers: int, base_model: str, root: Path) -> dict:
+    config = AgentTrainConfig(
+        base_model=base_model,
+        workers=workers,
+        stage1_epochs=1,
+        stage2_epochs=1,
+        batch_size=8,
+        max_observation_tokens=256,
+        log_every=1000,
+    )
+    start = time.perf_counter()
+    result = train_agent(config, traces, codes, root / f"w{workers}", log=lambda _: None)
+    wall = time.perf_counter() - start
+    by_stage = {e["stage"]: e for e in result.epochs}
+    return {
+        "workers": workers,
+        "examples": result.examples,
+        "wall_s": wall,
+        "stage1": by_stage[1]["tokens_per_s"],
+        "stage2": by_stage[2]["tokens_per_s"],
+    }
+
+
+def scoring_throughput(traces, codes, base_model: str, batch: int, n_requests: int) -> dict:
+    examples = build_examples(traces, codes).examples
+    model, tok = load_base(base_model, examples.column("observation").to_pylist())
+    tokens = add_persona_tokens(model, tok, 4)
+    policy = LLMPolicy(model, tok, tokens, temperature=0.0)
+    requests = (requests_for(examples, "true") * (1 + n_requests // examples.num_rows))[:n_requests]
+    policy.act(requests[:batch])  # warm-up
+    candidates = sum(len(r.valid_actions) for r in requests)
+    start = time.perf_counter()
+    for i in range(0, n_requests, batch):
+        policy.act(requests[i : i + batch])
+    seconds = time.perf_counter() - start
+    return {
+        "batch": batch,
+        "requests": n_requests,
+        "candidates": candidates,
+        "seconds": seconds,
+        "candidates_per_s": candidates / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=60, help="random-walk sessions for training")
+    parser.add_argument("--base-model", default="tiny")
+    parser.add_argument("--score-requests", type=int, default=128)
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    traces, codes = walk_traces(args.sessions)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            train = [train_throughput(traces, codes, w, args.base_model, Path(tmp)) for w in (1, 2)]
+    finally:
+        ray.shutdown()
+    score = [scoring_throughput(traces, codes, args.base_model, b, args.score_requests) for b in (1, 8, 64)]
+
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); base model `{args.base_model}`; {traces.num_rows} trace steps.",
+        "",
+        "| Ray Train workers | examples | stage 1 tokens/s | stage 2 tokens/s | wall s (incl. start-up, export) |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {t['workers']} | {t['examples']} | {t['stage1']:,.0f} | {t['stage2']:,.0f} | {t['wall_s']:.1f} |"
+            for t in train
+        ),
+        "",
+        f"Stage-2 speed-up of 2 workers over 1 (same run): {train[1]['stage2'] / train[0]['stage2']:.2f}x",
+        "",
+        "| scoring batch (requests) | candidates | seconds | candidates/s |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {s['batch']} | {s['candidates']} | {s['seconds']:.2f} | {s['candidates_per_s']:,.0f} |"
+            for s in score
+        ),
+        "",
+        f"Batching ratio (batch 64 vs batch 1 candidates/s): {score[2]['candidates_per_s'] / score[0]['candidates_per_s']:.1f}x; "
+        f"batch 8 vs 1: {score[1]['candidates_per_s'] / score[0]['candidates_per_s']:.1f}x",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

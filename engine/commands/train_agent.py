@@ -1,0 +1,93 @@
+"""Fine-tune the persona agent in two stages on Ray Train: persona-token meaning, then the policy.
+
+  simpersona train-agent traces/ --personas codes/ --base-model tiny --workers 2 --out agent/
+  simpersona train-agent data/ --personas run/ --base-model Qwen/Qwen3-0.6B --lora --use-gpu --workers 4 --out agent/
+  simpersona train-agent traces/ --no-persona --base-model tiny-8x --out agent-8x/     # baseline
+  simpersona train-agent traces/ --personas codes/ --out agent/ --resume --stage2-epochs 4
+
+DATA: traces (a traces.parquet file or `simpersona traces --out` directory) or a prepared directory
+(replayed into traces first). --personas: a codes directory (`simpersona assign --out`) or a VQ-VAE
+run (`simpersona fit-personas --out`; DATA must then be the prepared directory). --base-model: tiny,
+tiny-8x (built locally), a Hugging Face hub id, or a local model directory.
+
+AGENT ends up a normal `save_pretrained` directory (+ tokenizer + persona_tokens.json) that
+transformers' Auto classes load; see learners/agent/train.py for everything else it holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from learners.agent.train import AgentTrainConfig, train_agent
+from learners.config import add_config_args, build_config
+
+NAME = "train-agent"
+HELP = "two-stage fine-tuning of the persona-token agent on real traces (Ray Train)"
+
+FLAG_FIELDS = ("no_persona", "lora", "use_gpu")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA", help="traces file/directory or prepared directory")
+    parser.add_argument("--personas", type=Path, metavar="RUN_OR_CODES", help="codes directory or VQ-VAE run")
+    parser.add_argument("--out", type=Path, required=True, metavar="AGENT", help="output directory")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in AGENT after its last checkpoint"
+    )
+    parser.add_argument("--config", type=Path, help="YAML file of AgentTrainConfig fields")
+    parser.add_argument(
+        "--no-persona",
+        dest="cfg__no_persona",
+        action="store_const",
+        const=True,
+        help="train without persona tokens (the no-persona baseline)",
+    )
+    parser.add_argument(
+        "--lora",
+        dest="cfg__lora",
+        action="store_const",
+        const=True,
+        help="stage 2 trains LoRA adapters plus the persona rows",
+    )
+    parser.add_argument(
+        "--use-gpu",
+        dest="cfg__use_gpu",
+        action="store_const",
+        const=True,
+        help="one GPU per Ray Train worker",
+    )
+    add_config_args(parser, AgentTrainConfig, skip=FLAG_FIELDS)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(AgentTrainConfig, args, args.config)
+    if not config.no_persona and args.personas is None and not args.resume:
+        raise ValueError("--personas RUN_OR_CODES is required (or --no-persona for the baseline)")
+    from transformers.utils import logging as hf_logging
+
+    from learners.agent.sources import load_personas, load_traces
+
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="train-agent-") as work:
+        traces, source, personas = None, "resumed", None
+        if not args.resume:
+            traces, source = load_traces(args.data, Path(work) / "traces")
+            if not config.no_persona:
+                personas = load_personas(args.personas, args.data, Path(work) / "codes")
+        result = train_agent(
+            config,
+            traces,
+            personas.codes if personas else None,
+            args.out,
+            codebook=personas.codebook if personas else None,
+            resume=args.resume,
+            source=source,
+        )
+    for e in result.epochs:
+        print(
+            f"  stage {e['stage']} epoch {e['epoch']}: loss {e['loss']:.4f}, {e['tokens_per_s']:,.0f} tokens/s"
+        )
+    print(f"{result.examples:,} examples ({result.quarantined:,} trace rows quarantined) -> {result.out_dir}")
+    return 0

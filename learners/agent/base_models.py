@@ -1,0 +1,126 @@
+"""Base language models for the agent: any Hugging Face id or directory, or a tiny local preset.
+
+``tiny`` and ``tiny-8x`` are built here, offline, with random weights: a Qwen3 architecture and a
+byte-level BPE tokenizer trained on the trace texts (so prompts tokenise compactly). They are what
+tests, the laptop demo and the paper's "larger no-persona baseline" (8x the parameters) use when no
+pretrained weights can be downloaded. Every other name goes to ``from_pretrained`` unchanged, so
+users with internet pass ``Qwen/Qwen3-0.6B`` and the like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+@dataclass(frozen=True)
+class TinyPreset:
+    """Shape of a locally built Qwen3 model."""
+
+    hidden_size: int
+    """Width of the residual stream (and of each token embedding)."""
+    num_layers: int
+    """Decoder layers."""
+    num_heads: int
+    """Query heads; head_dim = hidden_size / num_heads."""
+    num_kv_heads: int
+    """Key/value heads (grouped-query attention)."""
+    intermediate_size: int
+    """Width of the SwiGLU feed-forward block."""
+    vocab_size: int = 1024
+    """Target size of the BPE vocabulary trained on the corpus (smaller when the corpus is small)."""
+    max_positions: int = 2048
+    """Longest sequence the rotary embedding is configured for."""
+
+
+TINY_PRESETS: dict[str, TinyPreset] = {
+    # ~0.17M parameters with a full 1024-token vocabulary: trains in seconds on one CPU core.
+    "tiny": TinyPreset(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192),
+    # ~1.3M parameters, ~8x "tiny" at the same vocabulary (7.9x at 1024 tokens): the larger no-persona baseline.
+    "tiny-8x": TinyPreset(hidden_size=160, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=432),
+}
+
+
+def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 style: every byte representable) trained on ``corpus``."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+
+
+def build_tiny(
+    preset: str, corpus: Iterable[str], seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A randomly initialised Qwen3 model of a named preset and a tokenizer trained on ``corpus``."""
+    shape = TINY_PRESETS[preset]
+    tokenizer = train_bpe_tokenizer(corpus, shape.vocab_size)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        head_dim=shape.hidden_size // shape.num_heads,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = Qwen3ForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model, tokenizer
+
+
+def load_base(
+    model: str, corpus: Iterable[str] = (), seed: int = 0, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model and tokenizer for ``model``: a preset name (``tiny``, ``tiny-8x``), a Hugging
+    Face hub id, or a local ``save_pretrained`` directory. ``corpus`` trains a preset's tokenizer.
+
+    Loaded tokenizers without a pad token get their EOS as pad (batched scoring needs one).
+    """
+    if model in TINY_PRESETS:
+        return build_tiny(model, corpus, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lm = (
+        AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+        if dtype
+        else AutoModelForCausalLM.from_pretrained(model)
+    )
+    return lm, tokenizer
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied embedding and LM head counted once)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,111 @@
+"""``MarkovPolicy``: the per-type Markov-chain baseline, fitted on the same examples as the agent.
+
+P(next action kind | previous action kind, page kind, persona code) from counts, smoothed by
+interpolation with ever shorter contexts: (previous, page, code) -> (previous, page) -> (page) ->
+all kinds (add-one). At a step the policy restricts that distribution to the kinds the page offers,
+draws a kind (seeded by ``ActRequest.seed``), then a concrete action of that kind weighted by how often
+the training buyers took it, plus one (popular products and queries first). Saved and loaded as JSON;
+acting is pure Python and dictionary look-ups, so large engine tests can run it at scale.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from learners.agent.actions import ACTION_KINDS, SEARCH_PREFIX, SEARCH_TEMPLATE, action_kind, page_kind
+from learners.agent.policy import ActRequest, ActResult
+
+START = "start"
+"""Previous kind at the first step of a session."""
+NO_CODE = -1
+
+
+def _key(*parts: object) -> str:
+    return "|".join(map(str, parts))
+
+
+class MarkovPolicy:
+    """Counts of next action kinds per context, with interpolated smoothing (see module doc)."""
+
+    def __init__(
+        self, counts: dict[str, dict[str, int]], action_counts: dict[str, int], smoothing: float = 1.0
+    ) -> None:
+        self.counts = counts
+        self.action_counts = action_counts
+        self.smoothing = smoothing
+        totals = Counter()
+        for key, kinds in counts.items():
+            if key.count("|") == 0:  # the page-only level sums to the global counts
+                totals.update(kinds)
+        n = sum(totals.values())
+        self._base = {k: (totals[k] + 1) / (n + len(ACTION_KINDS)) for k in ACTION_KINDS}
+        self._queries = {a: c for a, c in action_counts.items() if a.startswith(SEARCH_PREFIX)}
+
+    @classmethod
+    def fit(cls, examples: pa.Table, smoothing: float = 1.0) -> MarkovPolicy:
+        """Fit on an examples table (examples.py: observation, action, history, code)."""
+        counts: dict[str, Counter] = defaultdict(Counter)
+        actions: Counter = Counter()
+        columns = [examples.column(c).to_pylist() for c in ("observation", "action", "history", "code")]
+        for observation, action, history, code in zip(*columns, strict=True):
+            prev = action_kind(history[-1]) if history else START
+            page = page_kind(observation)
+            kind = action_kind(action)
+            code = NO_CODE if code is None else code
+            for key in (_key(prev, page, code), _key(prev, page), _key(page)):
+                counts[key][kind] += 1
+            actions[action] += 1
+        return cls({k: dict(v) for k, v in counts.items()}, dict(actions), smoothing)
+
+    def probabilities(self, prev: str, page: str, code: int | None) -> dict[str, float]:
+        """P(kind | context) over ACTION_KINDS, smoothed (``smoothing=0``: raw frequencies where seen)."""
+        code = NO_CODE if code is None else code
+        p = dict(self._base)
+        for key in (_key(page), _key(prev, page), _key(prev, page, code)):
+            seen = self.counts.get(key, {})
+            n = sum(seen.values())
+            if n == 0:
+                continue
+            p = {k: (seen.get(k, 0) + self.smoothing * p[k]) / (n + self.smoothing) for k in ACTION_KINDS}
+        return p
+
+    def act(self, requests: Sequence[ActRequest]) -> list[ActResult]:
+        return [self._act_one(i, r) for i, r in enumerate(requests)]
+
+    def _act_one(self, i: int, r: ActRequest) -> ActResult:
+        if not r.valid_actions:
+            raise ValueError(f"request {i} has no valid actions: nothing to choose (the episode has ended)")
+        rng = np.random.default_rng(r.seed)
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for action in r.valid_actions:
+            by_kind[action_kind(action)].append(action)
+        prev = action_kind(r.history[-1]) if r.history else START
+        p = self.probabilities(prev, page_kind(r.observation), r.persona)
+        kinds = list(by_kind)
+        weights = np.array([p.get(k, 0.0) for k in kinds])
+        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(kinds), 1 / len(kinds))
+        j = int(rng.choice(len(kinds), p=weights))
+        options = by_kind[kinds[j]]
+        if options == [SEARCH_TEMPLATE] and self._queries:
+            options = list(self._queries)
+        counts = np.array([self.action_counts.get(a, 0) + 1.0 for a in options])
+        k = int(rng.choice(len(options), p=counts / counts.sum()))
+        logprob = float(np.log(weights[j]) + np.log(counts[k] / counts.sum()))
+        return ActResult(options[k], logprob, 0, {"kind": kinds[j]})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        payload = {"smoothing": self.smoothing, "counts": self.counts, "action_counts": self.action_counts}
+        path.write_text(json.dumps(payload, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> MarkovPolicy:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(payload["counts"], payload["action_counts"], payload["smoothing"])

@@ -1,0 +1,190 @@
+"""Offline evaluation of policies on held-out real traces (held-out buyers and held-out merchants).
+
+Per policy and split: next-action accuracy (exact action text), macro-F1 over action kinds, the
+Jensen-Shannon divergence between each persona type's predicted and real action-kind distributions
+(weighted by the type's steps; the type is the buyer's real code, also for policies that never see
+it), and the invalid-action rate (share of answers the page does not offer: 0 by construction for
+scoring policies, the paper's "browser crashes" for free generation).
+
+A policy is evaluated with the buyers' true codes, with mismatched codes (each replaced by a
+different code, uniformly; the paper's mismatched-persona baseline), or without codes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from scipy.spatial.distance import jensenshannon
+from sklearn.metrics import f1_score
+
+from learners.agent.actions import ACTION_KINDS, action_kind, is_offered
+from learners.agent.policy import ActRequest, Policy
+
+PERSONA_MODES = ("true", "mismatched", "none")
+
+
+@dataclass
+class PolicySpec:
+    """A policy to evaluate and which persona codes its requests carry."""
+
+    name: str
+    policy: Policy
+    personas: str = "true"
+    """``true`` (the buyer's code), ``mismatched`` (a different code) or ``none``."""
+
+
+@dataclass
+class EvalRow:
+    """The metrics of one policy on one split."""
+
+    policy: str
+    split: str
+    steps: int
+    accuracy: float
+    macro_f1: float
+    kind_js: float
+    invalid_rate: float
+
+
+def mismatched(codes: Sequence[int | None], num_codes: int, seed: int = 0) -> list[int | None]:
+    """Each code replaced by a different one, uniformly (codes stay None where they were None)."""
+    if num_codes < 2:
+        raise ValueError("mismatched personas need a codebook of at least 2 codes")
+    rng = np.random.default_rng(seed)
+    shifts = rng.integers(1, num_codes, size=len(codes))
+    return [None if c is None else int((c + s) % num_codes) for c, s in zip(codes, shifts, strict=True)]
+
+
+def requests_for(
+    examples: pa.Table, personas: str, num_codes: int | None = None, seed: int = 0
+) -> list[ActRequest]:
+    """One request per example row; request seeds are ``seed + row``."""
+    if personas not in PERSONA_MODES:
+        raise ValueError(f"personas must be one of {PERSONA_MODES}, got {personas!r}")
+    codes = examples.column("code").to_pylist()
+    if personas == "none":
+        codes = [None] * len(codes)
+    elif personas == "mismatched":
+        codes = mismatched(codes, num_codes or (max(c for c in codes if c is not None) + 1), seed)
+    cols = [examples.column(c).to_pylist() for c in ("observation", "valid_actions", "goal", "history")]
+    return [
+        ActRequest(obs, tuple(valid or ()), code, goal, tuple(history), seed + i)
+        for i, (obs, valid, goal, history, code) in enumerate(zip(*cols, codes, strict=True))
+    ]
+
+
+def kind_divergence(real: Sequence[str], predicted: Sequence[str], groups: Sequence[object]) -> float:
+    """Step-weighted mean over groups of the Jensen-Shannon divergence (base 2, in [0, 1]) between the
+    real and predicted action-kind distributions of the group."""
+    total, weighted = 0, 0.0
+    for group in set(groups):
+        idx = [i for i, g in enumerate(groups) if g == group]
+        r = Counter(real[i] for i in idx)
+        p = Counter(predicted[i] for i in idx)
+        a = np.array([r[k] for k in ACTION_KINDS], dtype=float)
+        b = np.array([p[k] for k in ACTION_KINDS], dtype=float)
+        weighted += len(idx) * float(jensenshannon(a / a.sum(), b / b.sum(), base=2) ** 2)
+        total += len(idx)
+    return weighted / total if total else float("nan")
+
+
+def evaluate(
+    spec: PolicySpec,
+    examples: pa.Table,
+    split: str,
+    batch_size: int = 64,
+    seed: int = 0,
+    num_codes: int | None = None,
+) -> EvalRow:
+    """Run ``spec.policy`` over every example of a split, ``batch_size`` requests per ``act`` call."""
+    requests = requests_for(examples, spec.personas, num_codes, seed)
+    answers: list[str] = []
+    for start in range(0, len(requests), batch_size):
+        answers += [r.action for r in spec.policy.act(requests[start : start + batch_size])]
+    real = examples.column("action").to_pylist()
+    real_kinds = [action_kind(a) for a in real]
+    kinds = [action_kind(a) for a in answers]
+    labels = sorted(set(real_kinds) | set(kinds))
+    n = len(real)
+    return EvalRow(
+        policy=spec.name,
+        split=split,
+        steps=n,
+        accuracy=sum(a == b for a, b in zip(answers, real, strict=True)) / n if n else float("nan"),
+        macro_f1=float(f1_score(real_kinds, kinds, labels=labels, average="macro", zero_division=0))
+        if n
+        else float("nan"),
+        kind_js=kind_divergence(real_kinds, kinds, examples.column("code").to_pylist()),
+        invalid_rate=sum(not is_offered(a, r.valid_actions) for a, r in zip(answers, requests, strict=True))
+        / n
+        if n
+        else float("nan"),
+    )
+
+
+def evaluate_all(
+    specs: Sequence[PolicySpec],
+    splits: dict[str, pa.Table],
+    batch_size: int = 64,
+    seed: int = 0,
+    num_codes: int | None = None,
+) -> list[EvalRow]:
+    """Every policy on every split."""
+    return [
+        evaluate(s, table, split, batch_size, seed, num_codes)
+        for split, table in splits.items()
+        for s in specs
+    ]
+
+
+def markdown_table(rows: Sequence[EvalRow]) -> str:
+    """The rows as a Markdown table (higher accuracy/F1 is better; lower JS and invalid rate)."""
+    lines = [
+        "| split | policy | steps | next-action acc. | kind macro-F1 | per-type kind JS | invalid rate |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.split} | {r.policy} | {r.steps} | {r.accuracy:.3f} | {r.macro_f1:.3f} | {r.kind_js:.3f} | {r.invalid_rate:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def standard_specs(
+    agent_dir: str | Path,
+    no_persona_dir: str | Path | None = None,
+    larger_dir: str | Path | None = None,
+    markov: Policy | None = None,
+    device: str = "cpu",
+) -> list[PolicySpec]:
+    """The paper's comparison: the persona agent (true and mismatched codes; scoring and free
+    generation), the no-persona agent, the larger no-persona model, the Markov chain and random."""
+    from learners.agent.llm_policy import LLMPolicy
+    from learners.agent.random_policy import RandomPolicy
+
+    def pair(name: str, directory, personas: str) -> list[PolicySpec]:
+        score = LLMPolicy.from_pretrained(directory, device=device, temperature=0.0)
+        generate = LLMPolicy(
+            score.model, score.tokenizer, score.tokens, score.fmt, mode="generate", temperature=0.0
+        )
+        return [
+            PolicySpec(f"{name} (score)", score, personas),
+            PolicySpec(f"{name} (generate)", generate, personas),
+        ]
+
+    specs = pair("persona agent", agent_dir, "true")
+    specs.append(PolicySpec("persona agent, mismatched codes (score)", specs[0].policy, "mismatched"))
+    specs.append(PolicySpec("persona agent, mismatched codes (generate)", specs[1].policy, "mismatched"))
+    if no_persona_dir:
+        specs += pair("no-persona agent", no_persona_dir, "none")
+    if larger_dir:
+        specs += pair("larger no-persona model", larger_dir, "none")
+    if markov is not None:
+        specs.append(PolicySpec("Markov chain (per type)", markov, "true"))
+    specs.append(PolicySpec("random", RandomPolicy(), "none"))
+    return specs

@@ -1,0 +1,118 @@
+"""The one prompt format of the agent, shared by training and serving.
+
+A prompt is, in this order (each part its own line block)::
+
+    <persona_3>                      (absent for a no-persona model)
+    Goal: buy product 812            (only when the buyer has a goal)
+    History: open product 7 | back   (the last ``history_len`` actions, oldest first; "none" if empty)
+    Page:
+    <observation without its goal line, at most max_observation_tokens tokens>
+    Action:
+
+and the target is `` <action text>`` followed by EOS. The loss covers the target tokens only.
+
+Token ids are the canonical form: each part is tokenised on its own and the ids are concatenated, so
+the persona token is always its own id, the observation budget is exact in tokens, and a candidate
+action's ids never merge with the prompt's last token (scoring and training see the same split).
+``render_prompt`` gives the same prompt as text, for reading and for servers that only take text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from learners.agent.tokens import PersonaTokens, persona_token
+
+GOAL_PREFIX = "Goal: buy product "
+"""How the prompt (and envs/render.py's goal line) states a goal."""
+IGNORE_INDEX = -100
+"""Label value the loss skips (prompt and padding positions)."""
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Lengths that shape the prompt; the same values must be used in training and serving."""
+
+    history_len: int = 5
+    """How many previous actions of the episode the prompt shows."""
+    max_observation_tokens: int = 512
+    """Observation tokens kept; a longer page keeps its first and last halves (title and actions)."""
+
+
+def _persona_part(persona: int | None, tokens: PersonaTokens | None) -> str:
+    if persona is None or tokens is None:
+        return ""
+    return persona_token(persona) + "\n"
+
+
+def _header(goal: str | None, history: Sequence[str], fmt: PromptFormat) -> str:
+    lines = []
+    if goal:
+        lines.append(GOAL_PREFIX + goal)
+    shown = list(history)[-fmt.history_len :] if fmt.history_len > 0 else []
+    lines.append("History: " + (" | ".join(shown) if shown else "none"))
+    lines.append("Page:")
+    return "\n".join(lines) + "\n"
+
+
+ACTION_CUE = "\nAction:"
+
+
+def page_text(observation: str) -> str:
+    """The observation without the page's own goal line: the goal comes from the request alone, so
+    goal-task pages (which show it) and replayed trace pages (which cannot) give the same prompt."""
+    if GOAL_PREFIX not in observation:
+        return observation
+    return "\n".join(line for line in observation.split("\n") if not line.startswith(GOAL_PREFIX))
+
+
+def render_prompt(
+    observation: str,
+    persona: int | None,
+    goal: str | None,
+    history: Sequence[str],
+    tokens: PersonaTokens | None,
+    fmt: PromptFormat,
+) -> str:
+    """The prompt as text (observation not cut); tokenising it may split parts differently than
+    ``encode_prompt`` at part boundaries, so models are fed ``encode_prompt`` ids."""
+    return _persona_part(persona, tokens) + _header(goal, history, fmt) + page_text(observation) + ACTION_CUE
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    observation: str,
+    persona: int | None,
+    goal: str | None,
+    history: Sequence[str],
+    tokens: PersonaTokens | None,
+    fmt: PromptFormat,
+) -> list[int]:
+    """Prompt token ids. ``persona`` is ignored when ``tokens`` is None (no-persona model)."""
+    ids: list[int] = []
+    if persona is not None and tokens is not None:
+        ids += [tokens.token_id(persona)] + _encode(tokenizer, "\n")
+    ids += _encode(tokenizer, _header(goal, history, fmt))
+    ids += _clip(_encode(tokenizer, page_text(observation)), fmt.max_observation_tokens)
+    ids += _encode(tokenizer, ACTION_CUE)
+    return ids
+
+
+def encode_target(tokenizer: PreTrainedTokenizerBase, action: str) -> list[int]:
+    """Target ids: the action text after one space, then EOS."""
+    return _encode(tokenizer, " " + action) + [tokenizer.eos_token_id]
+
+
+def _clip(ids: list[int], budget: int) -> list[int]:
+    """Keep the page's start (title, product details) and end (its action list) within ``budget``."""
+    if len(ids) <= budget:
+        return ids
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head) :]
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,361 @@
+"""Two-stage fine-tuning of the persona agent on Ray Train (``TorchTrainer``), or in-process.
+
+``train_agent`` builds the examples (examples.py), the base model with persona tokens (base_models.py,
+tokens.py), runs the per-worker loop (train_loop.py) on ``workers`` Ray Train workers (``0``: in this
+process, no Ray), and exports the final model. The output directory AGENT holds:
+
+    config.json, model.safetensors, tokenizer files   a normal ``save_pretrained`` model (Auto* load it)
+    persona_tokens.json                               code -> token string and id (absent: no-persona)
+    adapter/                                          the LoRA adapter with the persona rows (--lora)
+    manifest.json                                     config, inputs, row counts, per-epoch metrics
+    init/                                             the base model with tokens, before training
+    data/train.parquet, data/quarantine.parquet       examples and quarantined trace rows
+    eval/heldout_buyers.parquet, heldout_merchants    held-out examples (when the shares are > 0)
+    ray/ (Ray Train runs) or checkpoints/ (in-process) one checkpoint per stage and epoch
+
+AGENT must be on storage every worker can read (a local path on one machine; shared storage on a
+cluster), as Ray Train's own storage_path must be.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_model
+
+from learners.agent.base_models import load_base, parameter_count
+from learners.agent.examples import build_examples, split_examples
+from learners.agent.tokens import add_persona_tokens
+from learners.agent.train_loop import MODEL_FILE, CheckpointStore, LocalStore, load_init, run_stages
+from learners.config import config_to_dict
+
+MANIFEST_FILE = "manifest.json"
+RUN_NAME = "agent"
+# Fields that shape the model or its data: a resumed run must keep them.
+FIXED_ON_RESUME = (
+    "base_model",
+    "no_persona",
+    "lora",
+    "lora_rank",
+    "lora_alpha",
+    "seed",
+    "history_len",
+    "max_observation_tokens",
+    "goal_share",
+    "heldout_merchant_share",
+    "heldout_buyer_share",
+)
+
+
+@dataclass
+class AgentTrainConfig:
+    """How to fine-tune the persona agent."""
+
+    base_model: str = "tiny"
+    """Base model: ``tiny`` / ``tiny-8x`` (built locally), a Hugging Face hub id, or a local directory."""
+    no_persona: bool = False
+    """Train the same policy without persona tokens (the no-persona baseline); skips stage 1."""
+    lora: bool = False
+    """Stage 2 trains LoRA adapters (plus the persona rows) instead of all weights."""
+    lora_rank: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    stage1_epochs: int = 1
+    """Epochs of stage 1 (persona-token rows only)."""
+    stage2_epochs: int = 2
+    """Epochs of stage 2 (the policy)."""
+    stage1_lr: float = 5e-3
+    """Peak learning rate of stage 1 (new rows start far from trained values, so it is high)."""
+    stage2_lr: float = 1e-3
+    """Peak learning rate of stage 2 (about 2e-5 suits full fine-tuning of pretrained billion-scale models)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay in stage 2 (stage 1 always uses 0 so frozen rows stay bit-identical)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps at the start of each stage; constant afterwards."""
+    batch_size: int = 16
+    """Examples per optimizer step and worker."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    history_len: int = 5
+    """Previous actions shown in the prompt (prompt.py); serving must use the same value."""
+    max_observation_tokens: int = 512
+    """Observation tokens kept in the prompt; serving must use the same value."""
+    goal_share: float = 0.5
+    """Share of purchasing sessions whose examples show the hindsight goal (the bought product)."""
+    heldout_merchant_share: float = 0.0
+    """Share of merchants held out of training entirely (written to AGENT/eval/ for offline evaluation)."""
+    heldout_buyer_share: float = 0.0
+    """Share of the remaining merchants' buyers held out of training."""
+    workers: int = 1
+    """Ray Train workers (0: train in this process without Ray)."""
+    use_gpu: bool = False
+    """One GPU per worker (bf16 autocast)."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from by restarting at the latest checkpoint."""
+    seed: int = 0
+    """Seed of the tiny model's weights, token initialisation, goal sampling, splits and shuffles."""
+    log_every: int = 20
+    """Print a progress line every this many steps."""
+    max_examples: int | None = None
+    """Train on at most this many examples (the first, in trace order); None = all."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    """The exported model directory (AGENT)."""
+    epochs: list[dict] = field(default_factory=list)
+    """Metrics per finished stage and epoch of this invocation (loss, tokens, seconds, tokens_per_s)."""
+    examples: int = 0
+    """Training examples."""
+    quarantined: int = 0
+    """Trace rows quarantined while building examples."""
+
+
+def train_agent(
+    config: AgentTrainConfig,
+    traces: pa.Table | None,
+    codes: pa.Table | None,
+    out_dir: str | Path,
+    codebook: torch.Tensor | None = None,
+    resume: bool = False,
+    source: str = "traces",
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fine-tune an agent on ``traces`` (and persona ``codes``) into ``out_dir``; see the module doc.
+    With ``resume`` the examples and initial model saved in ``out_dir`` are reused (traces may be None)."""
+    out = Path(out_dir).resolve()
+    if codes is None and not config.no_persona and not resume:
+        raise ValueError(
+            "persona training needs codes (--personas CODES); pass --no-persona for the baseline"
+        )
+    manifest_path = out / MANIFEST_FILE
+    if resume:
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{out}: nothing to resume (no {MANIFEST_FILE}); drop --resume to start")
+        _check_resumable(config, json.loads(manifest_path.read_text())["config"], manifest_path)
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose a new --out")
+    init_dir, train_path = out / "init", out / "data" / "train.parquet"
+    if not resume:
+        if traces is None:
+            raise ValueError("a new run needs traces")
+        n_examples, n_quarantined = _prepare(
+            config, traces, None if config.no_persona else codes, codebook, out, source, log
+        )
+    else:
+        n_examples = pq.read_metadata(train_path).num_rows
+        n_quarantined = json.loads(manifest_path.read_text())["rows"]["quarantined"]
+    _write_manifest(manifest_path, config, source, n_examples, n_quarantined, [], finished=False)
+
+    cfg = config_to_dict(config)
+    if config.workers == 0:
+        store = LocalStore(out / "checkpoints")
+        run_stages(cfg, str(init_dir), str(train_path), store, 0, 1, _device(config.use_gpu), log)
+        epochs, latest = store.metrics, store.latest()
+    else:
+        epochs, latest = _fit_on_ray(config, cfg, init_dir, train_path, out)
+    _export(config, init_dir, latest, out)
+    _write_manifest(manifest_path, config, source, n_examples, n_quarantined, epochs, finished=True)
+    log(f"agent written to {out}")
+    return TrainResult(out, epochs, n_examples, n_quarantined)
+
+
+def _device(use_gpu: bool) -> torch.device:
+    if use_gpu and not torch.cuda.is_available():
+        raise ValueError("--use-gpu was given but torch sees no CUDA device")
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
+def _check_resumable(config: AgentTrainConfig, saved: dict, path: Path) -> None:
+    current = config_to_dict(config)
+    changed = [
+        f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in FIXED_ON_RESUME if saved.get(k) != current[k]
+    ]
+    if changed:
+        raise ValueError(
+            f"{path}: cannot resume with a different {', '.join(changed)}; use the run's values or a new --out"
+        )
+
+
+def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> tuple[int, int]:
+    """Examples, splits and the initial model (base + persona tokens) under ``out``."""
+    built = build_examples(traces, codes, goal_share=config.goal_share, seed=config.seed, source=source)
+    parts = split_examples(
+        built.examples, config.heldout_merchant_share, config.heldout_buyer_share, config.seed
+    )
+    train = parts["train"]
+    if config.max_examples is not None:
+        train = train.slice(0, config.max_examples)
+    if train.num_rows == 0:
+        raise ValueError(
+            f"{source}: no training examples left ({built.quarantine.num_rows} rows quarantined; "
+            "see data/quarantine.parquet)"
+        )
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(train, out / "data" / "train.parquet")
+    pq.write_table(built.quarantine, out / "data" / "quarantine.parquet")
+    for name in ("heldout_buyers", "heldout_merchants"):
+        if parts[name].num_rows:
+            (out / "eval").mkdir(exist_ok=True)
+            pq.write_table(parts[name], out / "eval" / f"{name}.parquet")
+    log(
+        f"{built.rows_read} trace rows: {built.examples.num_rows} examples, {built.quarantine.num_rows} quarantined; "
+        f"{train.num_rows} for training"
+    )
+
+    corpus = _corpus(train)
+    model, tokenizer = load_base(config.base_model, corpus, seed=config.seed)
+    init_dir = out / "init"
+    init_dir.mkdir(parents=True)
+    if codes is not None:
+        num_codes = _num_codes(codes, codebook)
+        tokens = add_persona_tokens(model, tokenizer, num_codes, codebook, seed=config.seed)
+        tokens.save(init_dir)
+    model.save_pretrained(init_dir)
+    tokenizer.save_pretrained(init_dir)
+    log(
+        f"base model {config.base_model}: {parameter_count(model):,} parameters, vocabulary {len(tokenizer):,}"
+    )
+    return train.num_rows, built.quarantine.num_rows
+
+
+def _corpus(examples: pa.Table) -> list[str]:
+    """Texts a locally built tokenizer is trained on: pages and actions as the prompts show them."""
+    return examples.column("observation").to_pylist() + [
+        " " + a for a in examples.column("action").to_pylist()
+    ]
+
+
+def _num_codes(codes: pa.Table, codebook: torch.Tensor | None) -> int:
+    if codebook is not None:
+        return int(codebook.shape[0])
+    values = [c for c in codes.column("code").to_pylist() if c is not None]
+    if not values or min(values) < 0:
+        raise ValueError("codes table: codes must be non-negative integers (simpersona assign writes them)")
+    return max(values) + 1
+
+
+def _fit_on_ray(config: AgentTrainConfig, cfg: dict, init_dir: Path, train_path: Path, out: Path):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"cfg": cfg, "init_dir": str(init_dir), "train_path": str(train_path)},
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(out / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    epochs = [dict(m) for m, _ in _reported(result)]
+    if result.checkpoint is None:
+        raise RuntimeError(f"{out}: Ray Train finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        latest = out / "checkpoints" / "final"
+        latest.mkdir(parents=True, exist_ok=True)
+        for item in Path(directory).iterdir():
+            (latest / item.name).write_bytes(item.read_bytes())
+    return epochs, latest
+
+
+def _reported(result) -> list[tuple[dict, object]]:
+    """The per-epoch metrics Ray Train kept, oldest first."""
+    return [(m, c) for c, m in (result.best_checkpoints or [])]
+
+
+def _ray_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    run_stages(
+        loop_config["cfg"],
+        loop_config["init_dir"],
+        loop_config["train_path"],
+        RayStore(),
+        context.get_world_rank(),
+        context.get_world_size(),
+        ray.train.torch.get_device(),
+        (lambda line: print(line, file=sys.stderr, flush=True))
+        if context.get_world_rank() == 0
+        else (lambda line: None),
+    )
+
+
+class RayStore(CheckpointStore):
+    """Checkpoints through ``ray.train.report``; the latest comes back from ``ray.train.get_checkpoint``."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        self._latest: Path | None = None
+        if checkpoint is not None:
+            self._latest = Path(checkpoint.to_directory())
+
+    def latest(self) -> Path | None:
+        return self._latest
+
+    def save(self, directory: Path | None, metrics: dict) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _export(config: AgentTrainConfig, init_dir: Path, checkpoint: Path | None, out: Path) -> None:
+    """The final checkpoint as a plain ``save_pretrained`` directory (LoRA merged; adapter kept)."""
+    from peft import get_peft_model
+
+    from learners.agent.tokens import persona_lora_config
+
+    model, tokenizer, tokens = load_init(str(init_dir), torch.device("cpu"))
+    if config.lora:
+        model = get_peft_model(model, persona_lora_config(model, tokens, config.lora_rank, config.lora_alpha))
+    if checkpoint is not None:
+        load_model(model, str(checkpoint / MODEL_FILE))
+    if config.lora:
+        model.save_pretrained(out / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if tokens is not None:
+        tokens.save(out)
+
+
+def _write_manifest(path: Path, config, source, n_examples, n_quarantined, epochs, finished: bool) -> None:
+    import ray
+    import transformers
+
+    previous = json.loads(path.read_text()).get("epochs", []) if path.exists() else []
+    payload = {
+        "config": config_to_dict(config),
+        "inputs": {"traces": source},
+        "rows": {"examples": n_examples, "quarantined": n_quarantined},
+        "epochs": previous + [e for e in epochs if e not in previous],
+        "finished": finished,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "ray": ray.__version__,
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -1,0 +1,113 @@
+"""Examples (history, hindsight goals, quarantine accounting) and the shared prompt format."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from learners.agent.actions import action_kind, listed_actions, page_kind
+from learners.agent.base_models import load_base
+from learners.agent.examples import build_examples, session_goal, split_examples
+from learners.agent.prompt import GOAL_PREFIX, IGNORE_INDEX, PromptFormat, encode_prompt, encode_target
+from learners.agent.tokens import add_persona_tokens
+from learners.agent.train_loop import collate
+
+
+def test_rows_read_equal_examples_plus_quarantine(traces_and_codes):
+    traces, codes = traces_and_codes
+    codes = codes.filter(pa.compute.not_equal(codes["buyer_id"], "u1"))  # one buyer without a code
+    built = build_examples(traces, codes)
+    assert built.rows_read == traces.num_rows == built.examples.num_rows + built.quarantine.num_rows
+    reasons = built.quarantine.column("reason").to_pylist()
+    invalid = sum(not v for v in traces.column("valid").to_pylist())
+    assert sum(r.startswith("action invalid") for r in reasons) == invalid
+    assert any(r.startswith("buyer has no persona code") for r in reasons)
+    assert set(built.quarantine.column("column").to_pylist()) <= {"valid", "code"}
+
+
+def test_history_is_the_sessions_earlier_actions(traces_and_codes):
+    traces, codes = traces_and_codes
+    ex = build_examples(traces, codes).examples.to_pylist()
+    for prev, row in zip(ex, ex[1:], strict=False):
+        if row["session_id"] == prev["session_id"] and row["buyer_id"] == prev["buyer_id"]:
+            assert row["history"] == prev["history"] + [prev["action"]]
+        else:
+            assert row["history"] == []
+    assert all(r["kind"] == action_kind(r["action"]) for r in ex)
+    assert all(r["action"] in r["valid_actions"] for r in ex)
+
+
+def test_hindsight_goal_is_the_bought_product(traces_and_codes):
+    assert (
+        session_goal(
+            ["open product a", "add to cart", "open product b", "go to cart", "checkout", "place order"]
+        )
+        == "a"
+    )
+    assert session_goal(["open product a", "buy now", "place order"]) == "a"
+    assert session_goal(["open product a", "add to cart", "exit"]) is None
+    traces, codes = traces_and_codes
+    ex = build_examples(traces, codes, goal_share=1.0).examples.to_pylist()
+    buying = {(r["buyer_id"], r["session_id"], r["merchant_id"]) for r in ex if r["action"] == "place order"}
+    assert buying, "fixture should contain purchasing sessions"
+    for r in ex:
+        key = (r["buyer_id"], r["session_id"], r["merchant_id"])
+        assert (r["goal"] is not None) == (key in buying)
+    none = build_examples(traces, codes, goal_share=0.0).examples
+    assert none.column("goal").null_count == none.num_rows
+
+
+def test_split_is_merchant_disjoint(traces_and_codes):
+    traces, codes = traces_and_codes
+    ex = build_examples(traces, codes).examples
+    parts = split_examples(ex, 0.5, 0.3, seed=1)
+    assert sum(p.num_rows for p in parts.values()) == ex.num_rows
+    held = set(parts["heldout_merchants"].column("merchant_id").to_pylist())
+    assert held.isdisjoint(parts["train"].column("merchant_id").to_pylist())
+    train_buyers = set(
+        zip(parts["train"]["merchant_id"].to_pylist(), parts["train"]["buyer_id"].to_pylist(), strict=True)
+    )
+    held_buyers = set(
+        zip(
+            parts["heldout_buyers"]["merchant_id"].to_pylist(),
+            parts["heldout_buyers"]["buyer_id"].to_pylist(),
+            strict=True,
+        )
+    )
+    assert train_buyers.isdisjoint(held_buyers)
+
+
+def test_page_parsing_matches_the_storefront(traces_and_codes):
+    traces, _ = traces_and_codes
+    kinds = {page_kind(o) for o in traces.column("observation").to_pylist()}
+    assert {"home", "product"} <= kinds and "other" not in kinds
+    assert listed_actions("== Cart ==\nx\nActions:\ncheckout\nhome") == ("checkout", "home")
+
+
+def test_prompt_persona_goal_and_target_only_loss(traces_and_codes):
+    traces, _ = traces_and_codes
+    model, tok = load_base("tiny", traces.column("observation").to_pylist()[:20])
+    tokens = add_persona_tokens(model, tok, 2)
+    fmt = PromptFormat(history_len=2, max_observation_tokens=40)
+    page = (
+        "== Home ==\n"
+        + GOAL_PREFIX
+        + "p9\n"
+        + "Products:\n"
+        + "- product p1\n" * 50
+        + "Actions:\nopen product p1"
+    )
+    ids = encode_prompt(tok, page, 1, "p3", ["home", "back", "open product p1"], tokens, fmt)
+    text = tok.decode(ids)
+    assert ids[0] == tokens.token_id(1)
+    assert "Goal: buy product p3" in text and "p9" not in text  # the request's goal, not the page's
+    assert "History: back | open product p1" in text
+    assert text.endswith("open product p1\nAction:")  # the page's action list survives the cut
+    no_persona = encode_prompt(tok, page, 1, None, [], None, fmt)
+    assert tokens.token_id(1) not in no_persona
+    target = encode_target(tok, "add to cart")
+    assert target[-1] == tok.eos_token_id
+    batch = collate([(ids, target), (no_persona, target)], tok.pad_token_id)
+    for row, prompt in enumerate((ids, no_persona)):
+        labelled = batch.labels[row][batch.labels[row] != IGNORE_INDEX].tolist()
+        assert labelled == target
+        assert (batch.labels[row][: len(prompt)] == IGNORE_INDEX).all()
