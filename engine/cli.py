@@ -1,16 +1,20 @@
 """The ``simpersona`` command line: one subcommand per module in ``engine/commands``.
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``;
-they are discovered here, so adding a command never edits this file.
+they are discovered here, so adding a command never edits this file. ``NAME`` and ``HELP`` are read
+from the module source, and only the chosen command is imported: the others pull in torch and Ray,
+which would cost every invocation many seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from engine import commands
 
@@ -25,26 +29,42 @@ Run `simpersona COMMAND --help` for each command's options.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_table() -> dict[str, tuple[str, str]]:
+    """Command name -> (module name, one-line help), read from the command modules' source."""
+    table = {}
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        source = Path(commands.__path__[0], f"{info.name}.py").read_text(encoding="utf-8")
+        constants = {
+            target.id: node.value.value
+            for node in ast.parse(source).body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        table[constants["NAME"]] = (info.name, constants["HELP"])
+    return table
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``chosen`` (or, when None, every command) gets its full arguments."""
     parser = argparse.ArgumentParser(
         prog="simpersona", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"engine.commands.{info.name}")
-        cmd = sub.add_parser(
-            module.NAME,
-            help=module.HELP,
-            description=(module.__doc__ or module.HELP).strip(),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(cmd)
-        cmd.set_defaults(_run=module.run)
+    for name, (module_name, help_text) in command_table().items():
+        cmd = sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if chosen is None or name == chosen:
+            module = importlib.import_module(f"engine.commands.{module_name}")
+            cmd.description = (module.__doc__ or help_text).strip()
+            module.add_arguments(cmd)
+            cmd.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in command_table() else "")
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -161,7 +161,7 @@ def test_parquet_typed_columns(tmp_path):
     reasons = {q["line"]: q for q in quarantine}
     assert reasons[2]["reason"].startswith("missing buyer_id") and reasons[2]["column"] == "user"
     assert (
-        reasons[3]["reason"].startswith("unknown event code 'x'")
+        reasons[3]["reason"].startswith("unknown event code in column 'kind'")
         and json.loads(reasons[3]["raw"])["kind"] == "x"
     )
 

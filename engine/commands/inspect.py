@@ -1,0 +1,112 @@
+"""Summarize a prepared directory: what went in, what was quarantined and why, merchants, buyer features.
+
+  simpersona inspect data/ --top 10
+
+Reads only the manifest, the quarantine, the merchant table and the buyers' feature column, the
+last in batches, so it stays fast and small on large directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from learners.data import schema
+
+NAME = "inspect"
+HELP = "print a readable summary of a prepared directory (counts, quarantine, merchants, features)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, metavar="DIR", help="a directory written by `simpersona prepare`")
+    parser.add_argument("--top", type=int, default=10, help="merchants and quarantine reasons to list (default: 10)")
+
+
+def _table(dir: Path, name: str) -> Path:
+    path = dir / schema.TABLE_FILES[name]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; re-run `simpersona prepare ... --out {dir}`")
+    return path
+
+
+def manifest_lines(manifest: dict) -> list[str]:
+    lines = [f"adapter {manifest['adapter']} ({manifest['ts_resolution']} resolution)", "inputs:"]
+    lines += [f"  {i['path']}  {i['bytes']:,} bytes  sha256 {i['sha256'][:16]}" for i in manifest["inputs"]]
+    lines.append("counts:")
+    lines += [f"  {k:<17}{v:>14,}" for k, v in manifest["counts"].items()]
+    return lines
+
+
+def quarantine_lines(dir: Path, top: int) -> list[str]:
+    rows = pl.read_parquet(_table(dir, "quarantine"))
+    if rows.height == 0:
+        return ["quarantine: empty"]
+    grouped = (
+        rows.group_by("reason", maintain_order=True)
+        .agg(pl.len().alias("n"), pl.all().first())
+        .sort(["n", "reason"], descending=[True, False])
+    )
+    lines = [f"quarantine: {rows.height:,} rows, {grouped.height:,} distinct reasons"]
+    for r in grouped.head(top).iter_rows(named=True):
+        column = f" column {r['column']}" if r["column"] else ""
+        lines.append(f"  {r['n']:>10,}  {r['reason']}")
+        lines.append(f"              e.g. {r['file']}:{r['line']}{column}: {r['raw']!r}")
+    return lines
+
+
+def merchant_lines(dir: Path, top: int) -> list[str]:
+    merchants = pl.read_parquet(_table(dir, "merchants"))
+    stages = schema.FUNNEL_STAGES[1:]
+    head = merchants.sort(["buyers", "merchant_id"], descending=[True, False]).head(top)
+    lines = [f"merchants: {merchants.height:,} (top {head.height} by buyers; funnel = share of buyers reaching)"]
+    header = f"  {'merchant':<16}{'buyers':>9}{'sessions':>10}{'events':>10}{'products':>9}{'conv':>7}"
+    lines.append(header + "".join(f"{s[:8]:>9}" for s in stages))
+    for r in head.iter_rows(named=True):
+        line = (
+            f"  {r['merchant_id'][:15]:<16}{r['buyers']:>9,}{r['sessions']:>10,}{r['events']:>10,}"
+            f"{r['products']:>9,}{r['conversion_rate']:>7.1%}"
+        )
+        lines.append(line + "".join(f"{r[f'rate_{s}']:>9.1%}" for s in stages))
+    return lines
+
+
+def feature_lines(dir: Path) -> list[str]:
+    """min / mean / max of each buyer feature, streamed over the buyers file's batches."""
+    file = pq.ParquetFile(_table(dir, "buyers"))
+    lo = np.full(schema.N_FEATURES, np.inf)
+    hi = np.full(schema.N_FEATURES, -np.inf)
+    total = np.zeros(schema.N_FEATURES)
+    n = 0
+    for batch in file.iter_batches(columns=["features"], batch_size=1 << 16):
+        values = batch.column(0).values.to_numpy(zero_copy_only=False).reshape(-1, schema.N_FEATURES)
+        if len(values):
+            lo = np.minimum(lo, values.min(axis=0))
+            hi = np.maximum(hi, values.max(axis=0))
+            total += values.sum(axis=0, dtype=np.float64)
+            n += len(values)
+    if n == 0:
+        return ["buyer features: no buyers"]
+    lines = [f"buyer features ({n:,} buyers):  {'min':>9}{'mean':>9}{'max':>9}"]
+    for i, name in enumerate(schema.FEATURE_NAMES):
+        lines.append(f"  {name:<28}{lo[i]:>9.3f}{total[i] / n:>9.3f}{hi[i]:>9.3f}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.dir / schema.MANIFEST_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {args.dir} is not a complete `simpersona prepare` output")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    sections = [
+        manifest_lines(manifest),
+        quarantine_lines(args.dir, args.top),
+        merchant_lines(args.dir, args.top),
+        feature_lines(args.dir),
+    ]
+    print("\n\n".join("\n".join(s) for s in sections))
+    return 0

@@ -1,0 +1,345 @@
+"""Raw logs -> a prepared directory: events, quarantine, sessions, buyers, catalogs, merchants, manifest.
+
+Bounded memory for inputs of any size: adapter chunks stream in; each canonical event gets its
+buyer's hash bucket and, once more than ``partition_rows`` events have arrived, is spilled to that
+bucket's Arrow IPC file (partitions.py). Runs of consecutive buckets then come back as partitions of
+complete buyers, each ordered, sessionized and featurized on its own (``partition_tables``: the
+pure table function the Ray path calls too) and streamed into Parquet files by a writer thread.
+Catalogs and the merchant summary merge the partitions' partial aggregates at the end.
+
+Every output is ordered by buyer hash (hence by bucket), independent of how buckets are grouped
+into partitions, so the same input and config give byte-identical Parquet files, and the Ray path
+(prepare_ray.py) gives equal tables. The manifest is written last and checks the row accounting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from learners.config import config_to_dict
+from learners.data import schema
+from learners.data.adapter import Adapter, CanonicalChunk
+from learners.data.catalogs import (
+    build_catalogs,
+    build_merchants,
+    catalog_partial,
+    catalogs_table,
+    merchant_partial,
+    merchants_table,
+    merge_catalog_partials,
+)
+from learners.data.features import buyer_frame, buyers_table
+from learners.data.partitions import BuyerPartitions, assign_buckets
+from learners.data.sessions import events_table, order_frame, sessions_table
+
+_QUARANTINE_FLUSH_ROWS = 100_000
+_MAX_PENDING_WRITES = 3
+
+
+@dataclass
+class PrepareConfig:
+    """How `simpersona prepare` turns canonical events into the prepared tables."""
+
+    max_seq_len: int = 256
+    """Most recent events kept per buyer in event_seq/gap_seq (the encoder's input length)."""
+    session_gap_s: int = schema.SESSION_GAP_SECONDS
+    """Inactivity (seconds) after which a new session starts when the source has no session ids; a gap of exactly this long stays in the session."""
+    partition_rows: int = 2_000_000
+    """Events processed together in one partition; smaller inputs are never spilled (peak memory about 1 KB per event)."""
+    n_buckets: int = 256
+    """Hash buckets of buyers spilled to disk; partitions are runs of consecutive buckets (outputs do not depend on it)."""
+    spill_dir: str | None = None
+    """Directory for the temporary spill files (default: the system temp dir)."""
+    compression: str = "zstd"
+    """Parquet compression codec of the outputs (zstd, snappy, gzip, lz4, none)."""
+    use_ray: bool = False
+    """Distribute the work with Ray Data (also automatic inside a connected multi-node Ray cluster)."""
+
+
+@dataclass
+class PartitionResult:
+    """What one partition of complete buyers contributes to the outputs."""
+
+    events: pa.Table
+    sessions: pa.Table
+    buyers: pa.Table
+    catalog_partial: pa.Table
+    merchant_partial: pa.Table
+
+
+def partition_tables(
+    events: pa.Table, *, day_resolution: bool, config: PrepareConfig
+) -> Iterator[tuple[str, pa.Table]]:
+    """Canonical events of complete buyers -> this partition's tables, as (PartitionResult field,
+    table) pairs in the order they are ready (so a caller can write one while the next is built)."""
+    frame = pl.from_arrow(events)
+    assert isinstance(frame, pl.DataFrame)
+    ordered = order_frame(frame, day_resolution=day_resolution, session_gap_s=config.session_gap_s)
+    yield "events", events_table(ordered)
+    yield "sessions", sessions_table(ordered)
+    buyers = buyer_frame(ordered, max_seq_len=config.max_seq_len)
+    yield "buyers", buyers_table(buyers)
+    yield "catalog_partial", catalog_partial(ordered).to_arrow()
+    yield "merchant_partial", merchant_partial(buyers).to_arrow()
+
+
+def build_partition(events: pa.Table, *, day_resolution: bool, config: PrepareConfig) -> PartitionResult:
+    """Canonical events of complete buyers -> this partition's outputs."""
+    return PartitionResult(**dict(partition_tables(events, day_resolution=day_resolution, config=config)))
+
+
+def check_chunk(chunk: CanonicalChunk) -> None:
+    """Raise when an adapter breaks the rows-read invariant (a bug, never bad input)."""
+    kept, quarantined = chunk.events.num_rows, chunk.quarantine.num_rows
+    if chunk.rows_read != kept + quarantined:
+        raise RuntimeError(
+            f"adapter chunk lost rows: rows_read={chunk.rows_read} != kept {kept} + quarantined {quarantined}"
+        )
+
+
+class OutputWriters:
+    """Streaming Parquet writers for a prepared dir's per-partition tables and quarantine.
+
+    Writes run on one background thread (in submission order; pyarrow releases the GIL), so a
+    partition's events are compressed while its sessions and buyers are being built.
+    """
+
+    STREAMED = {
+        "events": schema.EVENTS,
+        "sessions": schema.SESSIONS,
+        "buyers": schema.BUYERS,
+        "quarantine": schema.QUARANTINE,
+    }
+
+    def __init__(self, out: Path, compression: str) -> None:
+        self.out = out
+        self.compression = compression
+        self._writers = {
+            name: pq.ParquetWriter(out / schema.TABLE_FILES[name], table_schema, compression=compression)
+            for name, table_schema in self.STREAMED.items()
+        }
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self._pending: deque[Future[None]] = deque()
+        self._quarantine: list[pa.Table] = []
+        self.rows: Counter[str] = Counter()
+        self.quarantine_reasons: Counter[str] = Counter()
+
+    def __enter__(self) -> OutputWriters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.shutdown(wait=True)
+        for writer in self._writers.values():
+            writer.close()
+
+    def add_quarantine(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._quarantine.append(table.cast(schema.QUARANTINE))
+        for item in table["reason"].value_counts().to_pylist():
+            self.quarantine_reasons[item["values"]] += item["counts"]
+        if sum(t.num_rows for t in self._quarantine) >= _QUARANTINE_FLUSH_ROWS:
+            self._flush_quarantine()
+
+    def _flush_quarantine(self) -> None:
+        if self._quarantine:
+            self.write("quarantine", pa.concat_tables(self._quarantine))
+            self._quarantine = []
+
+    def write(self, name: str, table: pa.Table) -> None:
+        """Queue ``table`` for the ``name`` file; at most a few tables wait, bounding memory."""
+        while len(self._pending) >= _MAX_PENDING_WRITES:
+            self._pending.popleft().result()
+        self._pending.append(self._thread.submit(self._writers[name].write_table, table))
+        self.rows[name] += table.num_rows
+
+    def add_partition(self, tables: Iterable[tuple[str, pa.Table]]) -> PartitionResult:
+        """Write a partition's streamed tables as they come; returns the whole PartitionResult."""
+        result: dict[str, pa.Table] = {}
+        for name, table in tables:
+            if name in self.STREAMED:
+                self.write(name, table)
+            result[name] = table
+        return PartitionResult(**result)
+
+    def finish(self, catalogs: pa.Table, merchants: pa.Table) -> None:
+        """Flush and close the streamed files, then write catalogs and merchants."""
+        self._flush_quarantine()
+        while self._pending:
+            self._pending.popleft().result()
+        for writer in self._writers.values():
+            writer.close()
+        for name, table in (("catalogs", catalogs), ("merchants", merchants)):
+            pq.write_table(table, self.out / schema.TABLE_FILES[name], compression=self.compression)
+            self.rows[name] = table.num_rows
+
+
+class PartialAggregates:
+    """Catalog and merchant partials collected from partitions, compacted as they grow."""
+
+    def __init__(self, compact_rows: int) -> None:
+        self.compact_rows = compact_rows
+        self.catalog: list[pl.DataFrame] = []
+        self.merchant: list[pl.DataFrame] = []
+
+    def add(self, result: PartitionResult) -> None:
+        for target, table in (
+            (self.catalog, result.catalog_partial),
+            (self.merchant, result.merchant_partial),
+        ):
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            target.append(frame)
+        if sum(f.height for f in self.catalog) > self.compact_rows:
+            self.catalog = [merge_catalog_partials(self.catalog)]
+
+    def tables(self) -> tuple[pa.Table, pa.Table]:
+        catalogs = build_catalogs(self.catalog)
+        return catalogs_table(catalogs), merchants_table(build_merchants(self.merchant, catalogs))
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Path, size and sha256 of an input file, for the manifest."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def build_manifest(
+    inputs: Sequence[Path],
+    adapter: Adapter,
+    config: PrepareConfig,
+    counts: dict[str, int],
+    quarantine_reasons: Counter[str],
+) -> dict[str, Any]:
+    """The prepared directory's manifest; raises when rows_read != rows_kept + rows_quarantined."""
+    if counts["rows_read"] != counts["rows_kept"] + counts["rows_quarantined"]:
+        raise RuntimeError(
+            f"row accounting broken: rows_read {counts['rows_read']} != kept {counts['rows_kept']}"
+            f" + quarantined {counts['rows_quarantined']}"
+        )
+    if counts["events"] != counts["rows_kept"]:
+        raise RuntimeError(f"events written {counts['events']} != rows kept {counts['rows_kept']}")
+    return {
+        "adapter": adapter.name,
+        "ts_resolution": "day" if adapter.day_resolution else "second",
+        "inputs": [file_digest(Path(p)) for p in inputs],
+        "config": config_to_dict(config),
+        "versions": {
+            "python": platform.python_version(),
+            "pyarrow": pa.__version__,
+            "polars": pl.__version__,
+            "simpersona": _version("simpersona"),
+        },
+        "counts": counts,
+        "quarantine_by_reason": dict(sorted(quarantine_reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "tables": dict(schema.TABLE_FILES),
+    }
+
+
+def finish_outputs(
+    writers: OutputWriters,
+    partials: PartialAggregates,
+    *,
+    inputs: Sequence[Path],
+    adapter: Adapter,
+    config: PrepareConfig,
+    rows_read: int,
+    rows_kept: int,
+) -> dict[str, Any]:
+    """Write catalogs, merchants and the manifest (last, so its presence marks a complete directory)."""
+    catalogs, merchants = partials.tables()
+    writers.finish(catalogs, merchants)
+    counts = {
+        "rows_read": rows_read,
+        "rows_kept": rows_kept,
+        "rows_quarantined": writers.rows["quarantine"],
+        "events": writers.rows["events"],
+        "sessions": writers.rows["sessions"],
+        "buyers": writers.rows["buyers"],
+        "merchants": writers.rows["merchants"],
+        "products": writers.rows["catalogs"],
+    }
+    manifest = build_manifest(inputs, adapter, config, counts, writers.quarantine_reasons)
+    (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def use_ray(config: PrepareConfig) -> bool:
+    """Ray when asked for, or when this process is connected to a multi-node Ray cluster."""
+    if config.use_ray:
+        return True
+    ray = sys.modules.get("ray")  # never import Ray just to find out it is not running
+    if ray is None or not ray.is_initialized():
+        return False
+    return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
+
+
+def prepare(
+    inputs: Sequence[Path], adapter: Adapter, config: PrepareConfig, out: Path, progress: bool = False
+) -> dict[str, Any]:
+    """Run the pipeline from input files to the prepared directory ``out``; returns the manifest."""
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise ValueError("prepare: no input files given; pass one or more files or directories")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # A manifest marks a complete directory: drop an old one before overwriting its tables.
+    (out / schema.MANIFEST_FILE).unlink(missing_ok=True)
+    if use_ray(config):
+        from learners.data.prepare_ray import prepare_with_ray
+
+        return prepare_with_ray(inputs, adapter, config, out, progress=progress)
+    partials = PartialAggregates(compact_rows=config.partition_rows)
+    rows_read = rows_kept = 0
+    with (
+        OutputWriters(out, config.compression) as writers,
+        BuyerPartitions(config.n_buckets, config.partition_rows, config.spill_dir) as partitions,
+    ):
+        with tqdm(desc="read", unit=" rows", unit_scale=True, disable=not progress) as bar:
+            for chunk in adapter.read(inputs):
+                check_chunk(chunk)
+                rows_read += chunk.rows_read
+                rows_kept += chunk.events.num_rows
+                if chunk.events.num_rows:
+                    partitions.add(assign_buckets(chunk.events, config.n_buckets))
+                writers.add_quarantine(chunk.quarantine)
+                bar.update(chunk.rows_read)
+        with tqdm(total=len(partitions), desc="build", unit=" partitions", disable=not progress) as bar:
+            for events in partitions.partitions():
+                tables = partition_tables(events, day_resolution=adapter.day_resolution, config=config)
+                partials.add(writers.add_partition(tables))
+                bar.update(1)
+        return finish_outputs(
+            writers,
+            partials,
+            inputs=inputs,
+            adapter=adapter,
+            config=config,
+            rows_read=rows_read,
+            rows_kept=rows_kept,
+        )

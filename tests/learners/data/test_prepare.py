@@ -1,0 +1,269 @@
+"""The prepare pipeline: accounting, partition-independent and byte-identical outputs, real samples."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from learners.data import schema
+from learners.data.adapter import CanonicalChunk
+from learners.data.partitions import assign_buckets
+from learners.data.prepare import PrepareConfig, prepare
+from tests.learners.data.test_features import random_events
+
+
+class CanonicalParquetAdapter:
+    """Test source: Parquet files already in CANONICAL_EVENTS; rows with a null buyer are quarantined."""
+
+    name = "canonical-parquet"
+
+    def __init__(self, day_resolution: bool = False, chunk_rows: int = 700) -> None:
+        self.day_resolution = day_resolution
+        self.chunk_rows = chunk_rows
+
+    def read(self, inputs: Sequence[Path]) -> Iterator[CanonicalChunk]:
+        for index, path in enumerate(inputs):
+            table = pq.read_table(path)
+            for start in range(0, table.num_rows, self.chunk_rows):
+                part = table.slice(start, self.chunk_rows)
+                bad = part["buyer_id"].is_null()
+                lines = np.arange(start + 1, start + 1 + part.num_rows)
+                events = part.filter(pa.compute.invert(bad))
+                events = events.set_column(
+                    events.schema.get_field_index("src_order"),
+                    "src_order",
+                    pa.array((index << 40) | lines[~bad.to_numpy(zero_copy_only=False)], pa.int64()),
+                )
+                quarantined = part.filter(bad)
+                quarantine = pa.table(
+                    {
+                        "file": [str(path)] * quarantined.num_rows,
+                        "line": lines[bad.to_numpy(zero_copy_only=False)],
+                        "column": ["buyer_id"] * quarantined.num_rows,
+                        "reason": ["missing buyer_id"] * quarantined.num_rows,
+                        "raw": [str(r) for r in quarantined.to_pylist()],
+                    },
+                    schema=schema.QUARANTINE,
+                )
+                yield CanonicalChunk(
+                    events=events.cast(schema.CANONICAL_EVENTS),
+                    quarantine=quarantine,
+                    rows_read=part.num_rows,
+                )
+
+
+def write_inputs(tmp: Path, day_resolution: bool = False) -> list[Path]:
+    """Two canonical input files; a few rows lack a buyer id."""
+    paths = []
+    for i, seed in enumerate((5, 6)):
+        table = random_events(seed, day_resolution, n=1500)
+        loose = schema.CANONICAL_EVENTS.field("buyer_id").with_nullable(True)
+        table = table.cast(schema.CANONICAL_EVENTS.set(1, loose))
+        buyer = table["buyer_id"].to_pylist()
+        for j in range(3, len(buyer), 400):
+            buyer[j] = None
+        table = table.set_column(1, loose, pa.array(buyer, pa.string()))
+        path = tmp / f"part-{i}.parquet"
+        pq.write_table(table, path)
+        paths.append(path)
+    return paths
+
+
+def read_outputs(out: Path) -> dict[str, pa.Table]:
+    return {name: pq.read_table(out / file) for name, file in schema.TABLE_FILES.items()}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def test_counts_balance_and_manifest_describes_the_run(inputs: list[Path], tmp_path: Path) -> None:
+    config = PrepareConfig(partition_rows=500, n_buckets=8, max_seq_len=16)
+    manifest = prepare(inputs, CanonicalParquetAdapter(), config, tmp_path)
+    counts = manifest["counts"]
+    assert counts["rows_read"] == 3000
+    assert counts["rows_quarantined"] == 2 * 4
+    assert counts["rows_read"] == counts["rows_kept"] + counts["rows_quarantined"]
+    assert manifest["quarantine_by_reason"] == {"missing buyer_id": 8}
+    assert manifest == json.loads((tmp_path / schema.MANIFEST_FILE).read_text())
+    assert [i["path"] for i in manifest["inputs"]] == [str(p) for p in inputs]
+    assert all(len(i["sha256"]) == 64 and i["bytes"] > 0 for i in manifest["inputs"])
+    assert manifest["config"]["max_seq_len"] == 16 and manifest["ts_resolution"] == "second"
+    assert set(manifest["versions"]) == {"python", "pyarrow", "polars", "simpersona"}
+
+    tables = read_outputs(tmp_path)
+    for name, table_schema in {
+        "events": schema.EVENTS,
+        "sessions": schema.SESSIONS,
+        "buyers": schema.BUYERS,
+        "catalogs": schema.CATALOGS,
+        "merchants": schema.MERCHANTS,
+        "quarantine": schema.QUARANTINE,
+    }.items():
+        assert tables[name].schema.equals(table_schema), name
+    assert tables["events"].num_rows == counts["events"] == counts["rows_kept"]
+    assert tables["buyers"].num_rows == counts["buyers"]
+    assert sum(tables["buyers"]["n_events"].to_pylist()) == counts["events"]
+    assert sum(tables["sessions"]["n_events"].to_pylist()) == counts["events"]
+    assert sum(tables["buyers"]["n_sessions"].to_pylist()) == counts["sessions"]
+    assert sum(tables["merchants"]["buyers"].to_pylist()) == counts["buyers"]
+    assert max(len(s) for s in tables["buyers"]["event_seq"].to_pylist()) == 16
+    assert sorted(tables["quarantine"]["line"].to_pylist()) == sorted([4, 404, 804, 1204] * 2)
+
+
+def test_outputs_do_not_depend_on_partition_size(inputs: list[Path], tmp_path: Path) -> None:
+    adapter = CanonicalParquetAdapter()
+    prepare(inputs, adapter, PrepareConfig(partition_rows=10**9, n_buckets=8), tmp_path / "one")
+    prepare(inputs, adapter, PrepareConfig(partition_rows=1, n_buckets=8), tmp_path / "many")
+    one, many = read_outputs(tmp_path / "one"), read_outputs(tmp_path / "many")
+    for name in schema.TABLE_FILES:
+        assert one[name].equals(many[name]), name
+
+
+def test_every_buyer_lives_in_one_bucket_and_buckets_are_stable(inputs: list[Path]) -> None:
+    table = pq.read_table(inputs[0]).drop_null()
+    a = assign_buckets(table, 16)
+    b = assign_buckets(table.take(np.arange(table.num_rows)[::-1]), 16)
+    pairs = {
+        (m, u, k)
+        for m, u, k in zip(*(a[c].to_pylist() for c in ("merchant_id", "buyer_id", "_bucket")), strict=True)
+    }
+    assert len({(m, u) for m, u, _ in pairs}) == len(pairs)
+    assert sorted(a["_bucket"].to_pylist()) == sorted(b["_bucket"].to_pylist())
+    assert all(0 <= k < 16 for _, _, k in pairs)
+
+
+def test_two_runs_write_byte_identical_files(inputs: list[Path], tmp_path: Path) -> None:
+    config = PrepareConfig(partition_rows=700, n_buckets=8)
+    for run in ("a", "b"):
+        prepare(inputs, CanonicalParquetAdapter(), config, tmp_path / run)
+    for file in schema.TABLE_FILES.values():
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
+def test_a_chunk_that_loses_rows_is_a_bug(inputs: list[Path], tmp_path: Path) -> None:
+    class Lossy(CanonicalParquetAdapter):
+        def read(self, inputs: Sequence[Path]) -> Iterator[CanonicalChunk]:
+            for chunk in super().read(inputs):
+                yield CanonicalChunk(chunk.events, chunk.quarantine, chunk.rows_read + 1)
+
+    with pytest.raises(RuntimeError, match="lost rows"):
+        prepare(inputs, Lossy(), PrepareConfig(), tmp_path)
+
+
+def test_no_inputs_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no input files"):
+        prepare([], CanonicalParquetAdapter(), PrepareConfig(), tmp_path)
+
+
+# --- the real samples (../shared/data), expected figures from ../shared/data/DATA.md -----------------
+
+
+def physical_lines(path: Path) -> int:
+    data = path.read_bytes()
+    return data.count(b"\n") + (not data.endswith(b"\n"))
+
+
+@pytest.fixture(scope="module")
+def prepared_real(real_file, tmp_path_factory: pytest.TempPathFactory):
+    """Prepare a real sample once per module: (manifest, tables, path of the input)."""
+    from learners.data.adapters import get_adapter
+
+    cache: dict[str, tuple[dict, dict[str, pa.Table], Path]] = {}
+
+    def get(name: str) -> tuple[dict, dict[str, pa.Table], Path]:
+        if name not in cache:
+            path = real_file(name)
+            out = tmp_path_factory.mktemp(name)
+            manifest = prepare([path], get_adapter(name), PrepareConfig(), out)
+            cache[name] = (manifest, read_outputs(out), path)
+        return cache[name]
+
+    return get
+
+
+def event_counts(events: pa.Table) -> dict[str, int]:
+    return {r["values"]: r["counts"] for r in events["event_type"].value_counts().to_pylist()}
+
+
+def test_tmall_ijcai15_matches_the_documented_counts(prepared_real) -> None:
+    manifest, tables, _ = prepared_real("tmall-ijcai15")
+    counts = manifest["counts"]
+    assert counts["rows_read"] == 100_000 and counts["rows_quarantined"] == 0
+    assert counts["buyers"] == 23_469 and counts["merchants"] == 4_115
+    assert len(set(tables["events"]["buyer_id"].to_pylist())) == 710
+    assert event_counts(tables["events"]) == {
+        "product_view": 88_033,
+        "add_to_cart": 70,
+        "purchase": 6_928,
+        "favorite": 4_969,
+    }
+    converted = sum(tables["buyers"]["converted"].to_pylist()) / counts["buyers"]
+    assert round(converted, 3) == 0.183
+    assert sum(b >= 30 for b in tables["merchants"]["buyers"].to_pylist()) == 90
+    assert manifest["ts_resolution"] == "day"
+    # Day resolution: a session is a buyer's day.
+    sessions = tables["sessions"]
+    assert all(
+        s == e for s, e in zip(sessions["start"].to_pylist(), sessions["end"].to_pylist(), strict=True)
+    )
+
+
+def test_tmall_brand_matches_the_documented_counts(prepared_real) -> None:
+    manifest, tables, _ = prepared_real("tmall-brand")
+    counts = manifest["counts"]
+    assert counts["rows_read"] == 182_880 and counts["rows_quarantined"] == 0
+    assert counts["buyers"] == 57_655 and counts["merchants"] == 9_531
+    assert event_counts(tables["events"]) == {
+        "product_view": 174_539,
+        "purchase": 6_984,
+        "favorite": 1_204,
+        "add_to_cart": 153,
+    }
+    assert round(sum(tables["buyers"]["converted"].to_pylist()) / counts["buyers"], 3) == 0.078
+    assert sum(b >= 30 for b in tables["merchants"]["buyers"].to_pylist()) == 342
+    assert tables["catalogs"].num_rows == 0  # the source names no products
+
+
+@pytest.mark.parametrize("name", ["rees46", "taobao"])
+def test_truncated_last_row_is_quarantined_and_counts_balance(prepared_real, name: str) -> None:
+    manifest, tables, path = prepared_real(name)
+    counts = manifest["counts"]
+    has_header = name == "rees46"
+    last_line = physical_lines(path)
+    assert counts["rows_read"] == last_line - has_header
+    assert counts["rows_read"] == counts["rows_kept"] + counts["rows_quarantined"]
+    assert (
+        tables["quarantine"].num_rows
+        == counts["rows_quarantined"]
+        == sum(manifest["quarantine_by_reason"].values())
+    )
+    last = [r for r in tables["quarantine"].to_pylist() if r["line"] == last_line]
+    assert len(last) == 1 and last[0]["reason"] and last[0]["raw"]
+    assert tables["events"].num_rows == counts["rows_kept"]
+
+
+def test_rees46_keeps_source_sessions_and_prices(prepared_real) -> None:
+    _, tables, _ = prepared_real("rees46")
+    sessions = set(tables["events"]["session_id"].to_pylist())
+    assert not any(s.startswith("s") and s[1:].isdigit() for s in sessions)  # all ids from the source
+    catalog_prices = [p for p in tables["catalogs"]["price"].to_pylist() if p is not None]
+    assert catalog_prices and min(catalog_prices) >= 0
+
+
+def test_real_sample_outputs_are_byte_identical_across_runs(real_file, tmp_path: Path) -> None:
+    from learners.data.adapters import get_adapter
+
+    path = real_file("tmall-ijcai15")
+    config = PrepareConfig(partition_rows=30_000)  # spills, several partitions
+    for run in ("a", "b"):
+        prepare([path], get_adapter("tmall-ijcai15"), config, tmp_path / run)
+    for file in schema.TABLE_FILES.values():
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
