@@ -23,7 +23,7 @@ SimPersona: learn discrete buyer personas from raw clickstreams and simulate buy
 
 Typical flow:
   simpersona synth --out raw/ --buyers 5000 --merchants 12      # or bring your own logs
-  simpersona prepare raw/events.csv --mapping raw/mapping.yaml --out data/
+  simpersona prepare raw/logs --mapping raw/mapping.yaml --out data/
   simpersona inspect data/
 Run `simpersona COMMAND --help` for each command's options.
 """

@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 start=$(date +%s)
 
 simpersona synth --out "$OUT/raw" --buyers 3000 --merchants 12 --seed 7
-simpersona prepare "$OUT/raw" --mapping "$OUT/raw/mapping.yaml" --out "$OUT/data"
+simpersona prepare "$OUT/raw/logs" --mapping "$OUT/raw/mapping.yaml" --out "$OUT/data"
 simpersona inspect "$OUT/data"
 
 echo "demo finished in $(( $(date +%s) - start )) s; outputs under $OUT/"

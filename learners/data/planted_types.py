@@ -1,0 +1,162 @@
+"""The planted buyer types of the synthetic generator, and the raw action vocabulary they walk over.
+
+Each type is a Markov chain over RAW_ACTIONS with its own timing and product taste; the generator in
+learners/data/synth.py samples buyers from them. Types overlap on purpose (a good clustering recovers
+them, naive k-means on counts does not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RAW_ACTIONS: tuple[str, ...] = ("home", "search", "view", "fav", "cart", "uncart", "checkout", "buy")
+"""Source action codes; their position is the Markov state. END (= len) closes a visit."""
+ACTION_TO_EVENT: dict[str, str] = {
+    "home": "page_view",
+    "search": "search",
+    "view": "product_view",
+    "fav": "favorite",
+    "cart": "add_to_cart",
+    "uncart": "remove_from_cart",
+    "checkout": "checkout",
+    "buy": "purchase",
+}
+QUERY_FORMS = ("{}", "cheap {}", "{} sale", "best {} reviews")
+"""How buyers phrase a search for a category word."""
+
+
+@dataclass(frozen=True)
+class BuyerType:
+    """One planted buyer type: a Markov chain over RAW_ACTIONS and its timing and product taste."""
+
+    name: str
+    start: dict[str, float]
+    moves: dict[str, dict[str, float]]
+    """Transition weights from each action to the next action or "end"; missing actions go to "end"."""
+    visits: float
+    """Relative number of visits per buyer (scaled so the population meets events_per_buyer)."""
+    event_gap_s: float
+    """Median pause between events of a visit, seconds."""
+    visit_gap_h: float
+    """Mean pause between visits beyond the 30-minute minimum, hours."""
+    new_product: float
+    """Chance that a view shows another product rather than the current one."""
+    popularity_power: float
+    """Product choice weight is popularity ** power (high: the same hits; low: the long tail)."""
+    cheap_power: float
+    """... times (merchant median price / price) ** cheap_power."""
+    price_sensitivity: float
+    """An add-to-cart happens with chance min(1, (median / price) ** sensitivity), else another view."""
+    query_forms: tuple[int, ...]
+    """Indices into QUERY_FORMS this type searches with."""
+
+
+BUYER_TYPES: tuple[BuyerType, ...] = (
+    BuyerType(
+        "window_shopper",
+        start={"home": 0.6, "view": 0.3, "search": 0.1},
+        moves={
+            "home": {"view": 0.75, "search": 0.05, "home": 0.1, "end": 0.1},
+            "search": {"view": 0.8, "end": 0.2},
+            "view": {"view": 0.82, "home": 0.06, "fav": 0.01, "cart": 0.01, "end": 0.1},
+            "fav": {"view": 0.8, "end": 0.2},
+            "cart": {"view": 0.6, "uncart": 0.2, "end": 0.2},
+            "uncart": {"view": 0.6, "end": 0.4},
+        },
+        visits=1.3,
+        event_gap_s=15,
+        visit_gap_h=30,
+        new_product=0.25,
+        popularity_power=1.5,
+        cheap_power=0.0,
+        price_sensitivity=0.0,
+        query_forms=(0,),
+    ),
+    BuyerType(
+        "researcher",
+        start={"search": 0.5, "home": 0.3, "view": 0.2},
+        moves={
+            "home": {"search": 0.4, "view": 0.55, "end": 0.05},
+            "search": {"view": 0.9, "search": 0.05, "end": 0.05},
+            "view": {"view": 0.75, "search": 0.08, "fav": 0.1, "cart": 0.02, "end": 0.05},
+            "fav": {"view": 0.85, "end": 0.15},
+            "cart": {"checkout": 0.15, "view": 0.6, "uncart": 0.1, "end": 0.15},
+            "uncart": {"view": 0.7, "end": 0.3},
+            "checkout": {"buy": 0.6, "view": 0.2, "end": 0.2},
+            "buy": {"view": 0.3, "end": 0.7},
+        },
+        visits=1.4,
+        event_gap_s=90,
+        visit_gap_h=10,
+        new_product=0.9,
+        popularity_power=0.3,
+        cheap_power=0.0,
+        price_sensitivity=0.0,
+        query_forms=(0, 3),
+    ),
+    BuyerType(
+        "decisive_buyer",
+        start={"view": 0.6, "search": 0.3, "home": 0.1},
+        moves={
+            "home": {"view": 0.8, "search": 0.1, "end": 0.1},
+            "search": {"view": 0.9, "end": 0.1},
+            "view": {"cart": 0.45, "view": 0.3, "end": 0.25},
+            "fav": {"cart": 0.5, "end": 0.5},
+            "cart": {"checkout": 0.8, "view": 0.1, "end": 0.1},
+            "checkout": {"buy": 0.9, "end": 0.1},
+            "buy": {"view": 0.1, "end": 0.9},
+        },
+        visits=1.2,
+        event_gap_s=5,
+        visit_gap_h=72,
+        new_product=0.6,
+        popularity_power=1.0,
+        cheap_power=0.0,
+        price_sensitivity=0.0,
+        query_forms=(0,),
+    ),
+    BuyerType(
+        "cart_abandoner",
+        start={"view": 0.6, "home": 0.3, "search": 0.1},
+        moves={
+            "home": {"view": 0.85, "end": 0.15},
+            "search": {"view": 0.9, "end": 0.1},
+            "view": {"cart": 0.4, "view": 0.4, "fav": 0.02, "end": 0.18},
+            "fav": {"view": 0.6, "cart": 0.2, "end": 0.2},
+            "cart": {"uncart": 0.4, "view": 0.3, "checkout": 0.08, "end": 0.22},
+            "uncart": {"view": 0.45, "cart": 0.15, "end": 0.4},
+            "checkout": {"buy": 0.2, "view": 0.2, "end": 0.6},
+        },
+        visits=1.2,
+        event_gap_s=40,
+        visit_gap_h=40,
+        new_product=0.5,
+        popularity_power=1.0,
+        cheap_power=0.0,
+        price_sensitivity=0.0,
+        query_forms=(0,),
+    ),
+    BuyerType(
+        "deal_hunter",
+        start={"search": 0.7, "home": 0.2, "view": 0.1},
+        moves={
+            "home": {"search": 0.6, "view": 0.3, "end": 0.1},
+            "search": {"view": 0.7, "search": 0.2, "end": 0.1},
+            "view": {"view": 0.35, "search": 0.25, "cart": 0.2, "fav": 0.03, "end": 0.17},
+            "fav": {"view": 0.5, "end": 0.5},
+            "cart": {"checkout": 0.5, "uncart": 0.15, "view": 0.15, "end": 0.2},
+            "uncart": {"search": 0.4, "end": 0.6},
+            "checkout": {"buy": 0.75, "end": 0.25},
+            "buy": {"search": 0.4, "end": 0.6},
+        },
+        visits=1.0,
+        event_gap_s=10,
+        visit_gap_h=60,
+        new_product=0.7,
+        popularity_power=0.8,
+        cheap_power=2.0,
+        price_sensitivity=2.0,
+        query_forms=(1, 2),
+    ),
+)
+TYPE_NAMES: tuple[str, ...] = tuple(t.name for t in BUYER_TYPES)

@@ -1,0 +1,553 @@
+"""Synthetic clickstreams with planted buyer types, written in a raw log format of their own.
+
+``synthesize(config, out)`` writes into ``out``:
+
+- ``logs/events-00000.csv`` (or ``.parquet``), ``logs/events-00001...``: the raw log, ``rows_per_file`` rows per
+  part, one header line per CSV part. Columns:
+
+  ============  =====================================================================================
+  visitor       user id (text, e.g. ``1000042``); a user who shops at several shops is one visitor
+  shop          shop id (text, ``shop-007``); a buyer is visitor x shop
+  time          event time, second resolution: ISO 8601 UTC (``2024-03-01 08:15:02Z``) or, with
+                ``timestamp_format: unix_ms``, integer milliseconds since 1970 (multiples of 1000)
+  action        ``home`` ``search`` ``view`` ``fav`` ``cart`` ``uncart`` ``checkout`` ``buy``
+  item          product id (text), empty for home, search and checkout
+  category      category id (text) of the item, empty where item is
+  price         item price (float), empty where item is
+  search_terms  the query of a search event, empty otherwise
+  visit         visit (session) id, an integer unique over the whole log
+  ============  =====================================================================================
+
+  Rows of one part are in time order within each block of buyers (a block is a few hundred
+  thousand events); no order holds across blocks. Sessions never contain a gap of 30 minutes or more
+  and visits of one buyer are at least 30 minutes apart, so 30-minute sessionization recovers
+  ``visit``.
+- ``mapping.yaml``: the generic source mapping (docs: the mapping spec) for
+  ``simpersona prepare DIR/logs --mapping DIR/mapping.yaml``.
+- ``truth.parquet``: ``merchant_id, buyer_id, type_id (int8), type`` for every buyer in the log.
+- ``README.md``: this format, the config used and the planted types.
+
+With ``malformed_share > 0`` extra rows are added, each a copy of a real row with exactly one defect
+(unknown action code, empty visitor, negative price, or a time before the valid range); ``prepare``
+must quarantine exactly those rows, so the clean events and ``truth.parquet`` are unchanged.
+
+Each planted type is a Markov chain over the raw actions (with an END state), plus its own number of
+visits, pauses between events and between visits, product choice (popularity power, price
+preference) and price sensitivity when adding to cart. ``behaviour_noise`` mixes every chain with the
+population average so types overlap. Merchants draw their type mixture from a Dirichlet, their size
+from a Zipf law, and own a catalog (categories, log-normal prices, Zipf popularity).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import yaml
+
+from learners.config import config_to_dict
+from learners.data.planted_types import ACTION_TO_EVENT, BUYER_TYPES, QUERY_FORMS, RAW_ACTIONS, TYPE_NAMES
+
+LOGS_DIR = "logs"
+"""Sub-folder of the raw log parts, so `prepare DIR/logs` never picks up truth.parquet."""
+UNKNOWN_ACTION = "zoom"
+MALFORMED_KINDS: tuple[str, ...] = ("unknown_action", "missing_visitor", "negative_price", "time_out_of_range")
+RAW_COLUMNS: tuple[str, ...] = (
+    "visitor", "shop", "time", "action", "item", "category", "price", "search_terms", "visit",
+)
+
+_S = {name: i for i, name in enumerate(RAW_ACTIONS)}
+_END = len(RAW_ACTIONS)
+_ITEM_STATES = np.array([a in ("view", "fav", "cart", "uncart", "buy") for a in RAW_ACTIONS])
+_MAX_VISIT_EVENTS = 200
+_MIN_VISIT_GAP_S = 1801
+_MAX_EVENT_GAP_S = 1500
+_EVENTS_PER_BLOCK = 400_000
+_FIRST_VISITOR = 1_000_000
+_CATEGORY_WORDS = (
+    "shoes", "lamps", "phones", "mugs", "jackets", "tents", "watches", "pillows", "kettles", "books",
+    "toys", "rugs", "bags", "chairs", "gloves", "scarves", "pans", "cables", "plants", "candles",
+)
+
+
+
+
+@dataclass
+class SynthConfig:
+    """What `simpersona synth` generates."""
+
+    buyers: int = 5000
+    """Number of buyers (user x merchant pairs) in the log."""
+    merchants: int = 12
+    """Number of merchants (shops)."""
+    seed: int = 0
+    """Random seed; the same seed and config give byte-identical files."""
+    events_per_buyer: float = 20.0
+    """Target mean number of events per buyer (sets the number of visits per buyer)."""
+    file_format: str = "csv"
+    """Raw file format: csv or parquet."""
+    timestamp_format: str = "iso"
+    """How the time column is written: iso (text, UTC) or unix_ms (integer milliseconds)."""
+    rows_per_file: int = 1_000_000
+    """Rows per raw file part (events-00000, events-00001, ...)."""
+    malformed_share: float = 0.0
+    """Share of extra, deliberately malformed rows (each has one defect that prepare must quarantine)."""
+    products_per_merchant: int = 300
+    """Typical catalog size; each merchant's size is drawn log-normally around it."""
+    categories: int = 40
+    """Number of product categories shared by all merchants (each merchant sells a few)."""
+    user_overlap: float = 0.3
+    """Users are drawn per merchant from a pool of buyers * (1 - user_overlap), so some shop at several."""
+    mixture_concentration: float = 1.0
+    """Dirichlet concentration of merchants' type mixtures (small: merchants differ more)."""
+    behaviour_noise: float = 0.05
+    """Weight of the population-average chain mixed into every type's chain (types overlap more)."""
+    start_date: str = "2024-03-01"
+    """First day of the log (UTC)."""
+    days: int = 60
+    """Length of the log in days."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.buyers >= 1, "buyers must be >= 1"),
+            (self.merchants >= 1, "merchants must be >= 1"),
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.events_per_buyer >= 1, "events_per_buyer must be >= 1"),
+            (self.file_format in ("csv", "parquet"), "file_format must be csv or parquet"),
+            (self.timestamp_format in ("iso", "unix_ms"), "timestamp_format must be iso or unix_ms"),
+            (self.rows_per_file >= 1, "rows_per_file must be >= 1"),
+            (0.0 <= self.malformed_share < 1.0, "malformed_share must be in [0, 1)"),
+            (self.products_per_merchant >= 5, "products_per_merchant must be >= 5"),
+            (self.categories >= 1, "categories must be >= 1"),
+            (0.0 <= self.user_overlap < 1.0, "user_overlap must be in [0, 1)"),
+            (self.mixture_concentration > 0, "mixture_concentration must be > 0"),
+            (0.0 <= self.behaviour_noise <= 1.0, "behaviour_noise must be in [0, 1]"),
+            (self.days >= 1, "days must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SynthConfig: {message}")
+        try:
+            datetime.fromisoformat(self.start_date)
+        except ValueError as err:
+            raise ValueError(f"SynthConfig: start_date {self.start_date!r} is not an ISO date (YYYY-MM-DD)") from err
+
+
+@dataclass
+class _Chains:
+    """The types' Markov chains in array form (T types, A actions, END = A)."""
+
+    start_cdf: np.ndarray  # [T, A]
+    first_cum: np.ndarray  # [T, A, A + 1] after a visit's first event: END excluded (visits have >= 2 events)
+    next_cum: np.ndarray  # [T, A, A + 1] afterwards
+    lengths: np.ndarray  # [T] expected events per visit
+
+
+def _chains(noise: float) -> _Chains:
+    n_types, n_actions = len(BUYER_TYPES), len(RAW_ACTIONS)
+    start = np.zeros((n_types, n_actions))
+    trans = np.zeros((n_types, n_actions, n_actions + 1))
+    for t, bt in enumerate(BUYER_TYPES):
+        for name, w in bt.start.items():
+            start[t, _S[name]] = w
+        for a, name in enumerate(RAW_ACTIONS):
+            for nxt, w in bt.moves.get(name, {"end": 1.0}).items():
+                trans[t, a, _END if nxt == "end" else _S[nxt]] = w
+    start /= start.sum(1, keepdims=True)
+    trans /= trans.sum(2, keepdims=True)
+    trans = (1 - noise) * trans + noise * trans.mean(0, keepdims=True)
+    start = (1 - noise) * start + noise * start.mean(0, keepdims=True)
+    first = trans.copy()
+    first[:, :, _END] = 0.0
+    first /= first.sum(2, keepdims=True)
+    lengths = np.empty(n_types)
+    for t in range(n_types):
+        # Expected events from each action onwards: (I - Q)^-1 @ 1, Q the chain without END.
+        onwards = np.linalg.solve(np.eye(n_actions) - trans[t, :, :n_actions], np.ones(n_actions))
+        lengths[t] = 1.0 + start[t] @ first[t, :, :n_actions] @ onwards
+
+    def cumulative(p: np.ndarray) -> np.ndarray:
+        cum = np.cumsum(p, axis=-1)
+        cum[..., -1] = 1.0
+        return cum
+
+    return _Chains(cumulative(start), cumulative(first), cumulative(trans), lengths)
+
+
+@dataclass
+class _World:
+    """Merchants, catalogs and buyers: everything drawn before events (small next to the events)."""
+
+    merchant_names: pa.Array
+    mixtures: np.ndarray  # [M, T]
+    product_ids: pa.Array  # [P] global product index -> id text
+    product_category: np.ndarray  # [P] category index
+    product_price: np.ndarray  # [P]
+    product_cheap: np.ndarray  # [P] merchant median price / price
+    choice_cdf: np.ndarray  # per-(type, merchant) product CDFs, concatenated, offset by t * M + m
+    queries: pa.Array  # [C * len(QUERY_FORMS)] search text per category and wording
+    buyer_merchant: np.ndarray  # [B]
+    buyer_user: np.ndarray  # [B]
+    buyer_type: np.ndarray  # [B]
+
+
+def _build_world(cfg: SynthConfig, rng: np.random.Generator) -> _World:
+    n_m, n_t = cfg.merchants, len(BUYER_TYPES)
+    mixtures = rng.dirichlet(np.full(n_t, cfg.mixture_concentration), size=n_m)
+    sizes = 1.0 / np.arange(1, n_m + 1) ** 0.8
+    sizes = rng.permutation(sizes / sizes.sum())
+
+    cat_log_price = rng.uniform(math.log(5), math.log(300), size=cfg.categories)
+    n_products = np.maximum(5, np.round(cfg.products_per_merchant * rng.lognormal(0, 0.4, n_m))).astype(int)
+    categories, prices, cheap, cdfs = [], [], [], [[] for _ in range(n_t)]
+    for m in range(n_m):
+        n = n_products[m]
+        own = rng.choice(cfg.categories, size=min(cfg.categories, int(rng.integers(3, 9))), replace=False)
+        cat = own[rng.integers(0, len(own), n)]
+        price = np.round(np.floor(np.exp(cat_log_price[cat] + rng.normal(0, 0.5, n))) + 0.99, 2)
+        pop = 1.0 / rng.permutation(np.arange(1, n + 1)).astype(float)
+        rel = np.median(price) / price
+        for t, bt in enumerate(BUYER_TYPES):
+            w = pop**bt.popularity_power * rel**bt.cheap_power
+            cdf = np.cumsum(w / w.sum())
+            cdf[-1] = 1.0
+            cdfs[t].append((t * n_m + m) + cdf)
+        categories.append(cat)
+        prices.append(price)
+        cheap.append(rel)
+    total = int(n_products.sum())
+
+    merchant = rng.choice(n_m, size=cfg.buyers, p=sizes)
+    per_merchant = np.bincount(merchant, minlength=n_m)
+    pool = max(int(per_merchant.max()), int(round(cfg.buyers * (1 - cfg.user_overlap))))
+    user = np.empty(cfg.buyers, dtype=np.int64)
+    for m in range(n_m):
+        user[merchant == m] = rng.choice(pool, size=per_merchant[m], replace=False)
+    u = rng.random(cfg.buyers)
+    kind = (u[:, None] >= np.cumsum(mixtures, 1)[merchant]).sum(1).clip(0, n_t - 1).astype(np.int8)
+    order = np.lexsort((merchant, user))  # a user's buyers are adjacent, as in user-sorted logs
+
+    return _World(
+        merchant_names=pa.array([f"shop-{m:03d}" for m in range(n_m)]),
+        mixtures=mixtures,
+        product_ids=pa.array([str(100_000 + i) for i in range(total)]),
+        product_category=np.concatenate(categories),
+        product_price=np.concatenate(prices),
+        product_cheap=np.concatenate(cheap),
+        choice_cdf=np.concatenate([c for per_type in cdfs for c in per_type]),
+        queries=pa.array([form.format(_category_word(c)) for c in range(cfg.categories) for form in QUERY_FORMS]),
+        buyer_merchant=merchant[order],
+        buyer_user=user[order],
+        buyer_type=kind[order],
+    )
+
+
+def _walk_visits(
+    rng: np.random.Generator, world: _World, visit_type: np.ndarray, visit_merchant: np.ndarray,
+    chains: _Chains,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run all visits' chains in lock step: (visit index, action, product or -1) per event, visit-major."""
+    n_m = len(world.mixtures)
+    new_product = np.array([bt.new_product for bt in BUYER_TYPES])
+    sensitivity = np.array([bt.price_sensitivity for bt in BUYER_TYPES])
+    current = np.full(len(visit_type), -1, dtype=np.int64)
+    idx = np.arange(len(visit_type))
+    state = (rng.random(len(idx))[:, None] >= chains.start_cdf[visit_type]).sum(1)
+    rows, actions, products = [], [], []
+    for step in range(_MAX_VISIT_EVENTS):
+        if len(idx) == 0:
+            break
+        kind = visit_type[idx]
+        cur = current[idx]
+        fresh = (state == _S["search"]) | (_ITEM_STATES[state] & (cur < 0))
+        fresh |= (state == _S["view"]) & (rng.random(len(idx)) < new_product[kind])
+        pick = np.flatnonzero(fresh)
+        key = kind[pick] * n_m + visit_merchant[idx[pick]] + rng.random(len(pick))
+        # The CDF array holds one copy of all products per type: fold the index back to a product.
+        cur[pick] = np.searchsorted(world.choice_cdf, key, side="right") % len(world.product_price)
+        current[idx] = cur
+        rows.append(idx)
+        actions.append(state.astype(np.int8))
+        products.append(np.where(_ITEM_STATES[state] | (state == _S["search"]), cur, -1))
+
+        cum = chains.first_cum if step == 0 else chains.next_cum
+        nxt = (rng.random(len(idx))[:, None] >= cum[kind, state]).sum(1)
+        picky = (nxt == _S["cart"]) & (sensitivity[kind] > 0) & (cur >= 0)
+        accept = rng.random(len(idx)) < np.minimum(1.0, world.product_cheap[cur] ** sensitivity[kind])
+        nxt[picky & ~accept] = _S["view"]
+        if step == _MAX_VISIT_EVENTS - 1:
+            break
+        keep = nxt != _END
+        idx, state = idx[keep], nxt[keep]
+    rows_a = np.concatenate(rows)
+    order = np.argsort(rows_a, kind="stable")
+    return rows_a[order], np.concatenate(actions)[order], np.concatenate(products)[order]
+
+
+def _segment_starts(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+
+def _block_events(
+    cfg: SynthConfig, world: _World, lo: int, hi: int, visit_base: int, seed_parts: tuple[int, int],
+    chains: _Chains, visit_scale: float,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Events of buyers [lo, hi) as numpy columns (buyer, seconds from start, action, product, visit id)."""
+    rng = np.random.default_rng(seed_parts)
+    b_type = world.buyer_type[lo:hi].astype(np.int64)
+    n_b = hi - lo
+    rel_visits = np.array([bt.visits for bt in BUYER_TYPES])[b_type] * visit_scale
+    activity = rng.gamma(6.0, 1 / 6, n_b)  # per-buyer spread around the type's mean
+    n_visits = 2 + rng.poisson(np.maximum(rel_visits * activity - 2, 0)).clip(0, 98)
+    v_buyer = np.repeat(np.arange(n_b), n_visits)
+    v_type = b_type[v_buyer]
+    v_merchant = world.buyer_merchant[lo:hi][v_buyer]
+
+    e_visit, e_action, e_product = _walk_visits(rng, world, v_type, v_merchant, chains)
+    per_visit = np.bincount(e_visit, minlength=len(v_buyer))
+    first = _segment_starts(per_visit)
+
+    # Pauses within a visit stay under 30 minutes; visits of a buyer are at least 30 minutes apart.
+    pace = rng.lognormal(0.0, 0.3, n_b)
+    median_gap = np.array([bt.event_gap_s for bt in BUYER_TYPES])[v_type] * pace[v_buyer]
+    gap = np.clip(np.round(rng.lognormal(np.log(median_gap[e_visit]), 0.9)), 1, _MAX_EVENT_GAP_S)
+    gap[first] = 0
+    offset = np.cumsum(gap)
+    offset -= np.repeat(offset[first], per_visit)
+    duration = offset[first + per_visit - 1]
+
+    visit_gap_mean = np.array([bt.visit_gap_h for bt in BUYER_TYPES])[v_type] * 3600 * pace[v_buyer]
+    extra = rng.exponential(visit_gap_mean)
+    b_first = _segment_starts(n_visits)
+    extra[b_first] = 0
+    fixed = np.bincount(v_buyer, weights=duration + _MIN_VISIT_GAP_S, minlength=n_b) - _MIN_VISIT_GAP_S
+    window = cfg.days * 86_400 - 1
+    extra_sum = np.bincount(v_buyer, weights=extra, minlength=n_b)
+    squeeze = np.clip((window - fixed) / np.maximum(extra_sum, 1.0), 0.0, 1.0)
+    step = np.where(np.arange(len(v_buyer)) == b_first[v_buyer], 0.0, _MIN_VISIT_GAP_S + np.floor(extra * squeeze[v_buyer]))
+    prev_duration = np.concatenate([[0.0], duration[:-1]])
+    step += np.where(step > 0, prev_duration, 0.0)
+    v_start = np.cumsum(step)
+    v_start -= np.repeat(v_start[b_first], n_visits)
+    span = v_start[b_first + n_visits - 1] + duration[b_first + n_visits - 1]
+    b_start = np.floor(rng.random(n_b) * np.maximum(window - span, 0))
+    ts = (b_start[v_buyer] + v_start)[e_visit] + offset
+
+    columns = {
+        "buyer": v_buyer[e_visit] + lo,
+        "ts": ts.astype(np.int64),
+        "action": e_action,
+        "product": e_product,
+        "visit": e_visit.astype(np.int64) + visit_base,
+    }
+    return columns, len(v_buyer)
+
+
+def _malformed(rng: np.random.Generator, cols: dict[str, np.ndarray], share: float) -> dict[str, np.ndarray]:
+    """Copies of random rows, each with one defect; kind k as in MALFORMED_KINDS."""
+    n = len(cols["ts"])
+    pick = rng.integers(0, n, rng.binomial(n, share)) if share > 0 else np.zeros(0, dtype=np.int64)
+    bad = {k: v[pick] for k, v in cols.items()}
+    bad["kind"] = rng.integers(0, len(MALFORMED_KINDS), len(pick)).astype(np.int8)
+    return bad
+
+
+def _table(cfg: SynthConfig, world: _World, cols: dict[str, np.ndarray], epoch: int) -> pa.Table:
+    """The raw rows of one block, as Arrow, in time order; a 'kind' column (-1 clean) marks defects."""
+    kind = cols.get("kind", np.full(len(cols["ts"]), -1, dtype=np.int8))
+    order = np.argsort(cols["ts"], kind="stable")
+    buyer, action, product = cols["buyer"][order], cols["action"][order].astype(np.int64), cols["product"][order]
+    kind = kind[order]
+    ts = cols["ts"][order] + epoch
+    has_item = _ITEM_STATES[action] & (product >= 0)
+    is_search = action == _S["search"]
+    safe_product = np.where(product >= 0, product, 0)
+    category = world.product_category[safe_product]
+
+    action = np.where(kind == 0, len(RAW_ACTIONS), action)
+    ts = np.where(kind == 3, ts - 25 * 365 * 86_400, ts)
+    price = np.where(kind == 2, -world.product_price[safe_product], world.product_price[safe_product])
+    visitor = pa.array(world.buyer_user[buyer] + _FIRST_VISITOR, mask=kind == 1).cast(pa.string())
+    if cfg.timestamp_format == "unix_ms":
+        time_col = pa.array(ts * 1000, type=pa.int64())
+    else:
+        time_col = pa.array(ts, type=pa.timestamp("s", tz="UTC"))
+        if cfg.file_format == "parquet":
+            time_col = time_col.cast(pa.string())
+    query_index = (category * len(QUERY_FORMS) + _query_form(buyer, world, ts)).astype(np.int64)
+    return pa.table(
+        {
+            "visitor": visitor,
+            "shop": world.merchant_names.take(pa.array(world.buyer_merchant[buyer])),
+            "time": time_col,
+            "action": pa.array([*RAW_ACTIONS, UNKNOWN_ACTION]).take(pa.array(action)),
+            "item": world.product_ids.take(pa.array(safe_product, mask=~has_item)),
+            "category": pa.array(category, mask=~has_item).cast(pa.string()),
+            "price": pa.array(price, mask=~has_item & (kind != 2)),
+            "search_terms": world.queries.take(pa.array(query_index, mask=~is_search)),
+            "visit": pa.array(cols["visit"][order]),
+        }
+    )
+
+
+def _query_form(buyer: np.ndarray, world: _World, ts: np.ndarray) -> np.ndarray:
+    """Which query wording a search uses: one of its type's forms, varied by time."""
+    forms = [bt.query_forms for bt in BUYER_TYPES]
+    table = np.array([[f[i % len(f)] for i in range(2)] for f in forms])
+    return table[world.buyer_type[buyer], ts % 2]
+
+
+def _category_word(c: int) -> str:
+    word = _CATEGORY_WORDS[c % len(_CATEGORY_WORDS)]
+    return word if c < len(_CATEGORY_WORDS) else f"{word} {c // len(_CATEGORY_WORDS) + 1}"
+
+
+class _PartWriter:
+    """Streams tables into events-NNNNN parts of exactly rows_per_file rows (the last may be shorter)."""
+
+    def __init__(self, out: Path, cfg: SynthConfig) -> None:
+        self.out, self.cfg = out, cfg
+        self.files: list[Path] = []
+        self._writer: pacsv.CSVWriter | pq.ParquetWriter | None = None
+        self._rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self._writer is None:
+                path = self.out / LOGS_DIR / f"events-{len(self.files):05d}.{self.cfg.file_format}"
+                if self.cfg.file_format == "csv":
+                    options = pacsv.WriteOptions(quoting_style="needed", batch_size=65_536)
+                    self._writer = pacsv.CSVWriter(path, table.schema, write_options=options)
+                else:
+                    self._writer = pq.ParquetWriter(path, table.schema)
+                self.files.append(path)
+                self._rows = 0
+            take = min(table.num_rows, self.cfg.rows_per_file - self._rows)
+            self._writer.write_table(table.slice(0, take))
+            self._rows += take
+            table = table.slice(take)
+            if self._rows == self.cfg.rows_per_file:
+                self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def synthesize(config: SynthConfig, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Write the raw log parts, mapping.yaml, truth.parquet and README.md into ``out``; return a summary."""
+    from tqdm import tqdm
+
+    began = time.perf_counter()
+    out = Path(out)
+    (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    for stale in [*(out / LOGS_DIR).glob("events-*.csv"), *(out / LOGS_DIR).glob("events-*.parquet")]:
+        stale.unlink()  # parts of an earlier run would otherwise join this log
+    rng = np.random.default_rng(config.seed)
+    world = _build_world(config, rng)
+    chains = _chains(config.behaviour_noise)
+    n_types = len(BUYER_TYPES)
+    shares = np.bincount(world.buyer_type, minlength=n_types) / config.buyers
+    rel_visits = np.array([bt.visits for bt in BUYER_TYPES])
+    visit_scale = config.events_per_buyer / float((shares * rel_visits * chains.lengths).sum())
+    block = max(1, int(_EVENTS_PER_BLOCK // config.events_per_buyer))
+    epoch = int(datetime.fromisoformat(config.start_date).replace(tzinfo=UTC).timestamp())
+
+    writer = _PartWriter(out, config)
+    visits = events = 0
+    bad_kinds = np.zeros(len(MALFORMED_KINDS), dtype=np.int64)
+    last_ts = 0
+    with tqdm(total=config.buyers, unit="buyer", desc="synth", disable=not progress) as bar:
+        for i, lo in enumerate(range(0, config.buyers, block)):
+            hi = min(config.buyers, lo + block)
+            cols, n_visits = _block_events(config, world, lo, hi, visits, (config.seed, i), chains, visit_scale)
+            bad = _malformed(np.random.default_rng((config.seed, i, 1)), cols, config.malformed_share)
+            visits += n_visits
+            events += len(cols["ts"])
+            last_ts = max(last_ts, int(cols["ts"].max()))
+            bad_kinds += np.bincount(bad["kind"], minlength=len(MALFORMED_KINDS))
+            merged = {k: np.concatenate([v, bad[k]]) for k, v in cols.items()}
+            merged["kind"] = np.concatenate([np.full(len(cols["ts"]), -1, dtype=np.int8), bad["kind"]])
+            writer.write(_table(config, world, merged, epoch))
+            bar.update(hi - lo)
+    writer.close()
+
+    truth = pa.table(
+        {
+            "merchant_id": world.merchant_names.take(pa.array(world.buyer_merchant)),
+            "buyer_id": pa.array(world.buyer_user + _FIRST_VISITOR).cast(pa.string()),
+            "type_id": pa.array(world.buyer_type, type=pa.int8()),
+            "type": pa.array(TYPE_NAMES).take(pa.array(world.buyer_type.astype(np.int64))),
+        }
+    )
+    pq.write_table(truth, out / "truth.parquet")
+    start = datetime.fromtimestamp(epoch, UTC)
+    last_day = max(start + timedelta(days=config.days - 1), datetime.fromtimestamp(epoch + last_ts, UTC))
+    mapping = source_mapping(config, last_day.strftime("%Y-%m-%dT23:59:59"))
+    (out / "mapping.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    type_counts = {name: int(n) for name, n in zip(TYPE_NAMES, np.bincount(world.buyer_type, minlength=n_types), strict=True)}
+    summary = {
+        "out": str(out),
+        "files": [str(p.relative_to(out)) for p in writer.files],
+        "events": events,
+        "malformed_rows": int(bad_kinds.sum()),
+        "malformed_by_kind": dict(zip(MALFORMED_KINDS, map(int, bad_kinds), strict=True)),
+        "rows": events + int(bad_kinds.sum()),
+        "buyers": config.buyers,
+        "users": int(len(np.unique(world.buyer_user))),
+        "merchants": config.merchants,
+        "visits": visits,
+        "products": len(world.product_ids),
+        "types": type_counts,
+        "seconds": round(time.perf_counter() - began, 3),
+    }
+    (out / "README.md").write_text(_readme(config, summary), encoding="utf-8")
+    return summary
+
+
+def source_mapping(config: SynthConfig, max_time: str) -> dict[str, Any]:
+    """The generic mapping (the mapping spec's YAML, as a dict) that reads this generator's log."""
+    mapping: dict[str, Any] = {"name": "simpersona-synth", "format": config.file_format}
+    if config.file_format == "csv":
+        mapping["csv"] = {"delimiter": ",", "header": True}
+    mapping["fields"] = {
+        "merchant_id": "shop",
+        "buyer_id": "visitor",
+        "ts": "time",
+        "session_id": "visit",
+        "product_id": "item",
+        "category_id": "category",
+        "price": "price",
+        "query": "search_terms",
+    }
+    mapping["timestamp"] = {
+        "format": config.timestamp_format,
+        "timezone": "UTC",
+        "resolution": "second",
+        "min": config.start_date,
+        "max": max_time,
+    }
+    mapping["event_type"] = {"column": "action", "map": dict(ACTION_TO_EVENT)}
+    return mapping
+
+
+def _readme(config: SynthConfig, summary: dict[str, Any]) -> str:
+    types = "\n".join(f"- `{bt.name}` (type_id {i}): {summary['types'][bt.name]} buyers" for i, bt in enumerate(BUYER_TYPES))
+    return (
+        "# Synthetic clickstream (simpersona synth)\n\n"
+        f"Read it with `simpersona prepare DIR/{LOGS_DIR} --mapping DIR/mapping.yaml --out PREPARED`.\n"
+        "Planted buyer types are in `truth.parquet`; never feed it to a model as a feature.\n\n"
+        f"## Format\n{__doc__}\n"
+        f"## Planted types\n{types}\n\n"
+        f"## Config\n```yaml\n{yaml.safe_dump(config_to_dict(config), sort_keys=False)}```\n\n"
+        f"## Counts\n```yaml\n{yaml.safe_dump({k: v for k, v in summary.items() if k not in ('seconds', 'out')}, sort_keys=False)}```\n"
+    )
