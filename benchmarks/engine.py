@@ -1,0 +1,233 @@
+"""Simulation engine throughput on this box, each figure next to a baseline measured in the same run.
+
+  .venv/bin/python benchmarks/engine.py --markdown engine-bench.md
+  .venv/bin/python benchmarks/engine.py --quick            # smaller sizes, a minute or two
+
+Sections:
+- engine vs in-process: the same buyers, envs and Markov policy played by ``simulate`` (2 env runners,
+  1 policy server, Ray) and by a plain loop in this process (``EpisodePlayer.play`` with the policy
+  called directly). Targets: >= 0.8x at small work, > 1x once the work uses both cores.
+- LLM agent: a tiny agent (H6's ``tiny`` preset with persona tokens, untrained weights; the speed does
+  not depend on the training) through the transformers backend, engine vs in-process.
+- serving: many concurrent single-request ``act`` calls to one ``PolicyServer`` with the tiny agent,
+  micro-batched (max_batch_size 64) vs batch size 1. Target >= 8x.
+- capacity: N text envs stepped in lock-step in one process (random policy): tick time and memory per
+  env (RSS growth / N). Target: 10,000 envs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Run as a script, this folder comes first on sys.path and this file would shadow the `engine`
+# package it measures; the repository root goes there instead.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import ray  # noqa: E402
+
+from engine.driver import SimulationConfig, build_population, simulate  # noqa: E402
+from engine.env_runner import EnvSpec, EpisodePlayer  # noqa: E402
+from engine.policy_server import PolicyServer, PolicySpec, policy_factory  # noqa: E402
+from learners.agent.markov_policy import MarkovPolicy  # noqa: E402
+from learners.agent.random_policy import RandomPolicy  # noqa: E402
+from learners.data.schema import CATALOGS, TABLE_FILES  # noqa: E402
+
+MARKOV_COUNTS = {
+    "home": {"product_view": 6, "page_view": 2, "search": 1, "exit": 1},
+    "category": {"product_view": 7, "page_view": 2, "exit": 1},
+    "search": {"product_view": 7, "page_view": 2, "exit": 1},
+    "product": {"add_to_cart": 4, "page_view": 4, "favorite": 1, "exit": 2},
+    "cart": {"checkout": 6, "page_view": 2, "exit": 1},
+    "checkout": {"purchase": 8, "exit": 1},
+}
+
+
+def write_world(root: Path, merchants: int, products: int, codes: int = 16) -> tuple[Path, Path]:
+    """A prepared directory (catalogs.parquet) and merchant_distributions.parquet."""
+    rng = np.random.default_rng(0)
+    rows = [
+        {"merchant_id": f"m{m}", "product_id": f"p{i}", "category_id": f"c{i % 12}", "price": float(rng.uniform(1, 99)),
+         "n_views": int(rng.integers(1, 100)), "n_carts": 1, "n_purchases": 1, "popularity": float(rng.random())}
+        for m in range(merchants) for i in range(products)
+    ]
+    data = root / "prepared"
+    data.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=CATALOGS), data / TABLE_FILES["catalogs"])
+    dist = []
+    for m in range(merchants):
+        p = rng.dirichlet(np.ones(codes))
+        dist += [{"merchant_id": f"m{m}", "code": c, "p": float(p[c]), "n": 1} for c in range(codes)]
+    path = root / "merchant_distributions.parquet"
+    pq.write_table(pa.Table.from_pylist(dist), path)
+    return data, path
+
+
+def write_tiny_agent(directory: Path, data: Path, codes: int = 16) -> Path:
+    """H6's tiny preset with persona tokens, saved like an exported agent (weights untrained)."""
+    from learners.agent.base_models import build_tiny
+    from learners.agent.tokens import add_persona_tokens
+
+    corpus = [r.observation for r in sample_requests(data, 64)]
+    model, tokenizer = build_tiny("tiny", corpus, seed=0)
+    tokens = add_persona_tokens(model, tokenizer, codes, seed=0)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    tokens.save(directory)
+    return directory
+
+
+def sample_requests(data: Path, n: int):
+    """Real requests: the first pages of ``n`` buyers walking the storefront with the random policy."""
+    config = SimulationConfig(data=str(data), distributions=str(data.parent / "merchant_distributions.parquet"),
+                              buyers_per_merchant=n // 4 + 1)
+    player = EpisodePlayer(EnvSpec(kwargs={"data": str(data)}), max_envs=n, max_steps=3)
+    requests = []
+
+    def record(reqs):
+        requests.extend(reqs)
+        return RandomPolicy().act(reqs)
+
+    player.play(build_population(config)[:n], record)
+    return requests
+
+
+def in_process(config: SimulationConfig, factory) -> dict[str, float]:
+    """The plain loop: same buyers and envs, the policy called directly, one process."""
+    buyers = build_population(config)
+    policy = factory()
+    player = EpisodePlayer(EnvSpec(kwargs={"data": config.data}), config.envs_per_runner, config.max_steps)
+    start = time.perf_counter()
+    table = player.play(buyers, policy.act)
+    wall = time.perf_counter() - start
+    return {"buyers": len(buyers), "steps": table.num_rows, "wall_s": wall}
+
+
+def on_engine(config: SimulationConfig, factory) -> dict[str, float]:
+    start = time.perf_counter()
+    manifest = simulate(config, policy=factory)
+    wall = time.perf_counter() - start
+    return {"buyers": manifest["buyers_completed"], "steps": manifest["steps"], "wall_s": wall,
+            "tokens": manifest["tokens"]}
+
+
+def serving(factory, requests, max_batch_size: int, calls: int) -> float:
+    """Requests/s of ``calls`` concurrent single-request calls to one server."""
+    server = PolicyServer.options(num_cpus=1).remote(factory, max_batch_size=max_batch_size, max_wait_ms=5)
+    ray.get(server.act.remote([requests[0]]), timeout=300)  # loaded and warm
+    batch = [requests[i % len(requests)] for i in range(calls)]
+    start = time.perf_counter()
+    ray.get([server.act.remote([r]) for r in batch], timeout=1200)
+    wall = time.perf_counter() - start
+    stats = ray.get(server.get_stats.remote(), timeout=60)
+    ray.kill(server)
+    return calls / wall, stats["mean_batch"]
+
+
+def capacity(data: Path, n_envs: int, ticks: int) -> dict[str, float]:
+    """N envs in lock-step in this process: memory per env and time per tick of all N."""
+    config = SimulationConfig(data=str(data), distributions=str(data.parent / "merchant_distributions.parquet"),
+                              buyers_per_merchant=n_envs // 4 + 1)
+    buyers = build_population(config)[:n_envs]
+    gc.collect()
+    rss0 = psutil.Process().memory_info().rss
+    player = EpisodePlayer(EnvSpec(kwargs={"data": str(data)}), max_envs=n_envs, max_steps=ticks)
+    policy = RandomPolicy()
+    tick_times: list[float] = []
+
+    def act(reqs):
+        now = time.perf_counter()
+        tick_times.append(now)
+        return policy.act(reqs)
+
+    start = time.perf_counter()
+    table = player.play(buyers, act)
+    wall = time.perf_counter() - start
+    rss1 = psutil.Process().memory_info().rss
+    gaps = np.diff(tick_times) if len(tick_times) > 1 else np.array([wall])
+    return {"envs": player.envs_built, "steps": table.num_rows, "wall_s": wall,
+            "tick_s": float(np.median(gaps)), "kib_per_env": (rss1 - rss0) / 1024 / max(player.envs_built, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    args = parser.parse_args(argv)
+    q = args.quick
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows: list[tuple[str, str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data, dist = write_world(root, merchants=4, products=200)
+        markov_path = MarkovPolicy(MARKOV_COUNTS, {}, smoothing=0.5).save(root / "markov.json")
+        markov = policy_factory(PolicySpec("markov", str(markov_path)))
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        base = SimulationConfig(data=str(data), distributions=str(dist), max_steps=20, runners=2, runner_num_cpus=1,
+                                policy_num_cpus=1, chunk_size=250, envs_per_runner=256, progress=False)
+
+        for label, per_merchant in (("small", 50 if q else 100), ("large", 500 if q else 2500)):
+            config = replace(base, buyers_per_merchant=per_merchant, out=str(root / f"markov-{label}"))
+            local = in_process(config, markov)
+            eng = on_engine(config, markov)
+            ratio = local["wall_s"] / eng["wall_s"]
+            rows.append((f"Markov, {label}: {eng['buyers']} buyers, {eng['steps']} steps",
+                         f"engine {eng['buyers'] / eng['wall_s']:.0f} buyers/s, {eng['steps'] / eng['wall_s']:.0f} steps/s",
+                         f"in-process {local['buyers'] / local['wall_s']:.0f} buyers/s, "
+                         f"{local['steps'] / local['wall_s']:.0f} steps/s",
+                         f"{ratio:.2f}x (target {'>= 0.8' if label == 'small' else '> 1'})"))
+            print(rows[-1], flush=True)
+
+        agent = write_tiny_agent(root / "agent", data)
+        llm = policy_factory(PolicySpec("transformers", str(agent), options={"temperature": 1.0}))
+        config = replace(base, buyers_per_merchant=10 if q else 40, max_steps=10, out=str(root / "llm"), chunk_size=40,
+                         envs_per_runner=64, max_batch_size=64)
+        local = in_process(config, llm)
+        eng = on_engine(config, llm)
+        rows.append((f"tiny LLM agent: {eng['buyers']} buyers, {eng['steps']} steps",
+                     f"engine {eng['buyers'] / eng['wall_s']:.1f} buyers/s, {eng['steps'] / eng['wall_s']:.0f} steps/s,"
+                     f" {eng['tokens'] / eng['wall_s']:.0f} tokens/s",
+                     f"in-process {local['buyers'] / local['wall_s']:.1f} buyers/s, "
+                     f"{local['steps'] / local['wall_s']:.0f} steps/s", f"{local['wall_s'] / eng['wall_s']:.2f}x"))
+        print(rows[-1], flush=True)
+
+        requests = sample_requests(data, 64)
+        calls = 128 if q else 512
+        batched, mean_batch = serving(llm, requests, 64, calls)
+        single, _ = serving(llm, requests, 1, calls // 4)
+        rows.append((f"serving the tiny agent: {calls} concurrent 1-request calls",
+                     f"micro-batched {batched:.0f} req/s (mean batch {mean_batch:.1f})",
+                     f"batch size 1: {single:.0f} req/s", f"{batched / single:.1f}x (target >= 8)"))
+        print(rows[-1], flush=True)
+        ray.shutdown()
+
+        for n in ((1000, 10_000) if not q else (1000, 3000)):
+            cap = capacity(data, n, ticks=5)
+            rows.append((f"{cap['envs']} text envs in one process, lock-step",
+                         f"{cap['tick_s'] * 1000:.0f} ms per tick of all envs, {cap['steps'] / cap['wall_s']:.0f} steps/s",
+                         f"{cap['kib_per_env']:.1f} KiB RSS per env", "target 10,000 envs"))
+            print(rows[-1], flush=True)
+
+    table = ["| case | measured | baseline (same run) | ratio / target |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    text = "\n".join(table)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(f"# Engine benchmark ({os.cpu_count()} CPUs)\n\n{text}\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

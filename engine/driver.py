@@ -1,0 +1,453 @@
+"""The simulation driver: population -> chunks -> env runners -> Parquet parts + manifest.
+
+Every chunk of buyers is played by one runner and written as one Parquet part named after the chunk
+(atomically: temp file, then rename), so a chunk is in the output exactly once or not at all. A dead
+or hung runner is replaced and its chunks retried; a dead policy replica is replaced by the router.
+``resume`` reads the written parts and plays only the missing chunks. Buyer seeds depend only on the
+run seed and the buyer's index, so the rollouts do not depend on how many runners play them.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from engine.env_runner import EnvRunner, EnvSpec
+from engine.policy_server import (
+    ACTOR_FAILURES,
+    PolicyFactory,
+    PolicyRouter,
+    PolicySpec,
+    ServingConfig,
+    policy_factory,
+)
+from engine.population import PopulationSampler, SimBuyer
+from learners.config import config_to_dict
+
+ROLLOUTS_DIR = "rollouts"
+MANIFEST = "manifest.json"
+# A custom resource is requested in this amount so that it acts as a placement label, not a quota.
+LABEL_AMOUNT = 0.001
+# Fields that decide what is simulated; a resumed run must agree with the manifest on all of them.
+RESULT_FIELDS = ("data", "distributions", "merchants", "buyers_per_merchant", "seed", "stratified",
+                 "smoothing", "codebook_size", "env_id", "max_steps", "use_persona", "policy",
+                 "policy_path", "temperature", "chunk_size")
+
+
+@dataclass
+class SimulationConfig:
+    """One simulation run: who is simulated, with which policy, on how many actors, written where."""
+
+    out: str = "sim-out"
+    """Output directory: rollouts/part-*.parquet and manifest.json."""
+    data: str | None = None
+    """Prepared directory the storefront env reads (passed to the env as data=...)."""
+    distributions: str | None = None
+    """merchant_distributions.parquet (merchant_id, code, p, n) from the VQ-VAE assignment step."""
+    merchants: list[str] = field(default_factory=list)
+    """Merchants to simulate (comma-separated on the command line); empty means all in distributions."""
+    buyers_per_merchant: int = 100
+    """Simulated buyers per merchant."""
+    seed: int = 0
+    """Run seed; population, buyer and step seeds all derive from it."""
+    stratified: bool = True
+    """Sample codes by exact largest-remainder quotas (true) or i.i.d. from each merchant's distribution."""
+    smoothing: float = 0.0
+    """Additive smoothing over all codebook entries, so codes unseen at a merchant can still be drawn."""
+    codebook_size: int | None = None
+    """Number of codes K (default: largest code in distributions + 1); matters with smoothing."""
+    env_id: str = "simpersona/Storefront-v0"
+    """Registered Gymnasium id of the storefront env (text or browser)."""
+    env_modules: list[str] = field(default_factory=lambda: ["envs"])
+    """Modules imported inside each runner so that they register env_id."""
+    max_steps: int = 20
+    """Steps after which an episode is truncated."""
+    use_persona: bool = True
+    """Give the policy each buyer's persona code; false is the no-persona baseline."""
+    policy: str = "markov"
+    """Policy backend: random, markov, transformers or vllm."""
+    policy_path: str | None = None
+    """Markov chain JSON or save_pretrained agent directory for the policy backend."""
+    policy_device: str = "cpu"
+    """Torch device of the transformers backend (cuda on GPU nodes)."""
+    temperature: float | None = None
+    """Sampling temperature of LLM backends over action scores (0 = greedy); none keeps the backend's."""
+    policy_replicas: int = 1
+    """Policy server replicas behind the least-loaded router."""
+    policy_num_cpus: float = 1.0
+    """CPUs reserved per policy replica."""
+    policy_num_gpus: float = 0.0
+    """GPUs per policy replica (set 1 for GPU backends on a cluster)."""
+    policy_resource: str | None = None
+    """Custom Ray resource that marks policy nodes (see cluster.yaml); none places anywhere."""
+    max_batch_size: int = 64
+    """Most requests a policy replica answers in one batch."""
+    max_wait_ms: float = 5.0
+    """How long a replica waits for more requests after the first one before running a batch."""
+    runners: int = 2
+    """Env runner actors."""
+    runner_num_cpus: float = 1.0
+    """CPUs reserved per env runner."""
+    runner_resource: str | None = None
+    """Custom Ray resource that marks env-runner nodes (see cluster.yaml); none places anywhere."""
+    envs_per_runner: int = 256
+    """Episodes a runner steps concurrently (its envs); all their observations go in one policy request."""
+    chunk_size: int = 128
+    """Buyers per work chunk (one Parquet part each)."""
+    chunks_per_runner: int = 2
+    """Chunks queued per runner at once (the bounded work queue)."""
+    call_timeout_s: float = 120.0
+    """Timeout of every policy call and result fetch."""
+    chunk_timeout_s: float = 1800.0
+    """A chunk running longer than this is taken as hung: its runner is replaced and the chunk retried."""
+    max_retries: int = 3
+    """Attempts per chunk beyond the first before the run fails."""
+    ray_address: str | None = None
+    """Ray cluster address ("auto" inside a cluster job); none starts or reuses a local instance."""
+    resume: bool = False
+    """Continue a run in `out` from its manifest and written parts."""
+    progress: bool = True
+    """Show a progress bar and print the per-merchant summary."""
+
+
+def policy_spec(config: SimulationConfig) -> PolicySpec:
+    options = {} if config.temperature is None else {"temperature": config.temperature}
+    return PolicySpec(backend=config.policy, path=config.policy_path, device=config.policy_device, options=options)
+
+
+def env_spec(config: SimulationConfig) -> EnvSpec:
+    kwargs = {"data": config.data} if config.data else {}
+    return EnvSpec(env_id=config.env_id, kwargs=kwargs, modules=tuple(config.env_modules))
+
+
+def serving_config(config: SimulationConfig) -> ServingConfig:
+    return ServingConfig(
+        replicas=config.policy_replicas,
+        max_batch_size=config.max_batch_size,
+        max_wait_ms=config.max_wait_ms,
+        num_cpus=config.policy_num_cpus,
+        num_gpus=config.policy_num_gpus,
+        resources={config.policy_resource: LABEL_AMOUNT} if config.policy_resource else {},
+        call_timeout_s=config.call_timeout_s,
+        max_retries=config.max_retries,
+    )
+
+
+def build_population(config: SimulationConfig) -> list[SimBuyer]:
+    if not config.distributions:
+        raise ValueError("simulation config: `distributions` is not set; point it at the"
+                         " merchant_distributions.parquet written by the VQ-VAE assignment step")
+    sampler = PopulationSampler.from_parquet(config.distributions, config.smoothing, config.codebook_size)
+    merchants = list(config.merchants) or sampler.merchants
+    return sampler.population(merchants, config.buyers_per_merchant, config.seed, config.stratified)
+
+
+def part_path(out: Path, chunk_id: int) -> Path:
+    return out / ROLLOUTS_DIR / f"part-{chunk_id:06d}.parquet"
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunTally:
+    """Running totals and per-merchant counts, fed chunk by chunk (also from parts on resume)."""
+
+    def __init__(self) -> None:
+        self.buyers = 0
+        self.steps = 0
+        self.invalid = 0
+        self.tokens = 0
+        self.merchants: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    def add(self, table: pa.Table) -> None:
+        self.steps += table.num_rows
+        self.invalid += table.num_rows - int(pc.sum(table["valid"]).as_py() or 0)
+        self.tokens += int(pc.sum(table["tokens"]).as_py() or 0)
+        per_buyer = table.group_by(["merchant_id", "sim_buyer_id"]).aggregate(
+            [("converted", "max"), ("valid", "count"), ("valid", "sum")])
+        self.buyers += per_buyer.num_rows
+        for m, conv, n, ok in zip(*(per_buyer[c].to_pylist() for c in (
+                "merchant_id", "converted_max", "valid_count", "valid_sum")), strict=True):
+            counts = self.merchants[m]
+            counts["buyers"] += 1
+            counts["converted"] += int(conv)
+            counts["steps"] += n
+            counts["invalid_steps"] += n - ok
+        kinds = table.group_by(["merchant_id", "action_kind", "sim_buyer_id"]).aggregate([])
+        for m, kind in zip(kinds["merchant_id"].to_pylist(), kinds["action_kind"].to_pylist(), strict=True):
+            self.merchants[m][f"kind:{kind}"] += 1
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per merchant: buyers, conversion rate, invalid-action rate, share of buyers taking each kind."""
+        out = {}
+        for m in sorted(self.merchants):
+            c = self.merchants[m]
+            out[m] = {
+                "buyers": c["buyers"],
+                "steps": c["steps"],
+                "invalid_steps": c["invalid_steps"],
+                "conversion_rate": c["converted"] / c["buyers"],
+                "invalid_rate": c["invalid_steps"] / max(c["steps"], 1),
+                "action_rates": {k[5:]: v / c["buyers"] for k, v in sorted(c.items()) if k.startswith("kind:")},
+            }
+        return out
+
+
+def format_summary(summary: dict[str, dict[str, Any]], max_kinds: int = 8) -> str:
+    """A fixed-width table: one row per merchant, funnel columns = share of buyers taking each action kind."""
+    totals: collections.Counter = collections.Counter()
+    for s in summary.values():
+        for k, rate in s["action_rates"].items():
+            totals[k] += rate * s["buyers"]
+    kinds = [k for k, _ in totals.most_common(max_kinds)]
+    head = ["merchant", "buyers", "conv", "invalid", *kinds]
+    lines = [" ".join(f"{h:>12}" for h in head)]
+    for m, s in summary.items():
+        cells = [m[:12], str(s["buyers"]), f"{s['conversion_rate']:.3f}", f"{s['invalid_rate']:.3f}",
+                 *(f"{s['action_rates'].get(k, 0.0):.3f}" for k in kinds)]
+        lines.append(" ".join(f"{c:>12}" for c in cells))
+    return "\n".join(lines)
+
+
+@dataclass
+class RunnerSlot:
+    """One runner position: its current actor and the chunks queued on it."""
+
+    handle: Any
+    in_flight: dict[Any, tuple[int, float]] = field(default_factory=dict)
+
+
+class Simulation:
+    """One run of ``simulate``: owns the actors, the work queue, the output and the tally."""
+
+    def __init__(self, config: SimulationConfig, env: EnvSpec, factory: PolicyFactory,
+                 on_chunk: Callable[[Simulation], None] | None = None) -> None:
+        self.config = config
+        self.on_chunk = on_chunk
+        self.env = env
+        self.factory = factory
+        self.out = Path(config.out)
+        self.buyers = build_population(config)
+        size = config.chunk_size
+        if size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {size}")
+        self.chunks = [self.buyers[i : i + size] for i in range(0, len(self.buyers), size)]
+        self.tally = RunTally()
+        self.done: set[int] = set()
+        self.attempts: collections.Counter = collections.Counter()
+        self.runner_restarts = 0
+        self.router_restarts = 0
+        self.policy_restarts = 0
+        self.slots: list[RunnerSlot] = []
+        self.elapsed_before = 0.0
+        self.started = time.monotonic()
+        self.router: Any = None
+
+    # ---- output -------------------------------------------------------------------------------
+    def prepare_output(self) -> None:
+        parts = self.out / ROLLOUTS_DIR
+        manifest = self.out / MANIFEST
+        existing = sorted(parts.glob("part-*.parquet")) if parts.exists() else []
+        if not self.config.resume:
+            if existing or manifest.exists():
+                raise ValueError(f"{self.out}: already holds a simulation (manifest or parts); pass --resume"
+                                 " true to continue it, or choose a new --out")
+            parts.mkdir(parents=True, exist_ok=True)
+            return
+        if not manifest.exists():
+            raise FileNotFoundError(f"{manifest}: nothing to resume; run without --resume first")
+        previous = json.loads(manifest.read_text(encoding="utf-8"))
+        mine = config_to_dict(self.config)
+        changed = [k for k in RESULT_FIELDS if previous["config"].get(k) != mine[k]]
+        if changed:
+            raise ValueError(f"{manifest}: cannot resume with a different {changed}; the manifest has"
+                             f" {[previous['config'].get(k) for k in changed]}")
+        self.elapsed_before = float(previous.get("elapsed_s", 0.0))
+        parts.mkdir(parents=True, exist_ok=True)
+        for path in existing:
+            chunk_id = int(path.stem.split("-")[1])
+            if chunk_id >= len(self.chunks):
+                raise ValueError(f"{path}: chunk {chunk_id} is outside this run's {len(self.chunks)} chunks")
+            self.tally.add(pq.read_table(path))
+            self.done.add(chunk_id)
+
+    def accept(self, chunk_id: int, table: pa.Table) -> None:
+        expected = sorted(b.sim_buyer_id for b in self.chunks[chunk_id])
+        got = sorted(set(table["sim_buyer_id"].to_pylist()))
+        if got != expected:
+            raise RuntimeError(f"chunk {chunk_id}: rollouts cover buyers {got[:5]}..., expected {expected[:5]}...")
+        path = part_path(self.out, chunk_id)
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        self.done.add(chunk_id)
+        self.tally.add(table)
+
+    def manifest(self, elapsed: float, complete: bool) -> dict[str, Any]:
+        t = self.tally
+        return {
+            "complete": complete,
+            "buyers_requested": len(self.buyers),
+            "buyers_completed": t.buyers,
+            "steps": t.steps,
+            "invalid_steps": t.invalid,
+            "tokens": t.tokens,
+            "seed": self.config.seed,
+            "chunks": len(self.chunks),
+            "chunks_done": sorted(self.done),
+            "runner_restarts": self.runner_restarts,
+            "router_restarts": self.router_restarts,
+            "policy_restarts": self.policy_restarts,
+            "elapsed_s": elapsed,
+            "merchants": t.summary(),
+            "config": config_to_dict(self.config),
+        }
+
+    # ---- actors -------------------------------------------------------------------------------
+    def start_router(self) -> Any:
+        router = PolicyRouter.remote(self.factory, serving_config(self.config))
+        ray.get(router.ready.remote(), timeout=max(self.config.call_timeout_s, 600.0))
+        return router
+
+    def start_runner(self) -> Any:
+        c = self.config
+        options: dict[str, Any] = {"num_cpus": c.runner_num_cpus}
+        if c.runner_resource:
+            options["resources"] = {c.runner_resource: LABEL_AMOUNT}
+        return EnvRunner.options(**options).remote(self.env, c.envs_per_runner, c.max_steps, c.use_persona)
+
+    def router_alive(self) -> bool:
+        try:
+            ray.get(self.router.ready.remote(), timeout=self.config.call_timeout_s)
+            return True
+        except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError):
+            return False
+
+    def replace_router(self) -> None:
+        # The replicas are owned by the router, so Ray ends them with it (actor fate-sharing).
+        ray.kill(self.router, no_restart=True)
+        self.router = self.start_router()
+        self.router_restarts += 1
+
+    def replace_runner(self, slot: RunnerSlot, queue: collections.deque) -> None:
+        for chunk_id, _ in slot.in_flight.values():
+            queue.appendleft(chunk_id)
+        slot.in_flight.clear()
+        ray.kill(slot.handle, no_restart=True)
+        slot.handle = self.start_runner()
+        self.runner_restarts += 1
+
+    def failed(self, chunk_id: int, err: BaseException, queue: collections.deque) -> None:
+        self.attempts[chunk_id] += 1
+        if self.attempts[chunk_id] > self.config.max_retries:
+            raise RuntimeError(f"chunk {chunk_id} failed {self.attempts[chunk_id]} times; last error: {err}") from err
+        queue.appendleft(chunk_id)
+
+    # ---- the run ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        self.prepare_output()
+        started = self.started = time.monotonic()
+        queue = collections.deque(i for i in range(len(self.chunks)) if i not in self.done)
+        bar = tqdm(total=len(self.buyers), initial=self.tally.buyers, unit="buyer", disable=not c.progress,
+                   dynamic_ncols=True, desc="simulate")
+        base = (self.tally.steps, self.tally.tokens)
+        # Runners start (in their own processes) while the router waits for the policy to load.
+        slots = self.slots = [RunnerSlot(self.start_runner()) for _ in range(max(1, c.runners))]
+        self.router = self.start_router()
+        try:
+            while queue or any(s.in_flight for s in slots):
+                self.submit(slots, queue)
+                refs = [r for s in slots for r in s.in_flight]
+                ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                for ref in ready:
+                    self.collect(ref, slots, queue, bar)
+                now = time.monotonic()
+                for slot in slots:
+                    if any(now - t0 > c.chunk_timeout_s for _, t0 in slot.in_flight.values()):
+                        self.replace_runner(slot, queue)
+                rate_s = max(time.monotonic() - started, 1e-9)
+                t = self.tally
+                bar.set_postfix_str(f"steps/s={(t.steps - base[0]) / rate_s:.0f} tok/s="
+                                    f"{(t.tokens - base[1]) / rate_s:.0f} invalid={t.invalid / max(t.steps, 1):.3f}",
+                                    refresh=False)
+            self.policy_restarts += ray.get(self.router.get_stats.remote(), timeout=c.call_timeout_s)["restarts"]
+        finally:
+            bar.close()
+            for slot in slots:
+                ray.kill(slot.handle, no_restart=True)
+            ray.kill(self.router, no_restart=True)
+        manifest = self.manifest(self.elapsed_before + time.monotonic() - started, complete=True)
+        write_json_atomic(self.out / MANIFEST, manifest)
+        if c.progress:
+            print(format_summary(manifest["merchants"]))
+        return manifest
+
+    def submit(self, slots: list[RunnerSlot], queue: collections.deque) -> None:
+        for slot in slots:
+            while queue and len(slot.in_flight) < max(1, self.config.chunks_per_runner):
+                chunk_id = queue.popleft()
+                ref = slot.handle.run_chunk.remote(self.chunks[chunk_id], self.router, self.config.call_timeout_s)
+                slot.in_flight[ref] = (chunk_id, time.monotonic())
+
+    def collect(self, ref: Any, slots: list[RunnerSlot], queue: collections.deque, bar: tqdm) -> None:
+        slot = next((s for s in slots if ref in s.in_flight), None)
+        if slot is None:  # its runner was replaced meanwhile and the chunk requeued
+            return
+        chunk_id, _ = slot.in_flight.pop(ref)
+        try:
+            table = ray.get(ref, timeout=self.config.call_timeout_s)
+        except ray.exceptions.RayTaskError as err:  # the chunk failed inside a live runner
+            if not self.router_alive():
+                self.replace_router()
+            self.failed(chunk_id, err, queue)
+            return
+        except ray.exceptions.RayError as err:  # the runner itself is gone (died, killed, unreachable)
+            slot.in_flight[ref] = (chunk_id, 0.0)
+            self.replace_runner(slot, queue)
+            self.attempts[chunk_id] += 1
+            if self.attempts[chunk_id] > self.config.max_retries:
+                raise RuntimeError(f"chunk {chunk_id}: runner lost {self.attempts[chunk_id]} times") from err
+            return
+        if chunk_id in self.done:
+            return
+        self.accept(chunk_id, table)
+        bar.update(len(self.chunks[chunk_id]))
+        elapsed = self.elapsed_before + time.monotonic() - self.started
+        write_json_atomic(self.out / MANIFEST, self.manifest(elapsed, complete=False))
+        if self.on_chunk is not None:
+            self.on_chunk(self)
+
+
+def simulate(config: SimulationConfig, env: EnvSpec | None = None, policy: PolicyFactory | None = None,
+             on_chunk: Callable[[Simulation], None] | None = None) -> dict[str, Any]:
+    """Run a simulation and return its manifest (also written to ``OUT/manifest.json``).
+
+    ``env`` and ``policy`` override the env and backend named in the config (custom storefronts,
+    custom policies); ``on_chunk`` is called after every written chunk (progress hooks, chaos tests).
+    """
+    run = Simulation(config, env or env_spec(config), policy or policy_factory(policy_spec(config)), on_chunk)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
+    try:
+        return run.run()
+    finally:
+        if started_ray:
+            ray.shutdown()
+

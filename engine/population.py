@@ -1,0 +1,146 @@
+"""Simulated buyer populations: merchant -> categorical over persona codes -> one code per buyer.
+
+A merchant's code distribution is its empirical share of buyers per codebook entry
+(``merchant_distributions.parquet``: merchant_id, code, p, n). Sampling is seeded per merchant from
+(run seed, merchant id), so adding a merchant to a run never changes another merchant's buyers, and
+every simulated buyer carries its own seed derived from (run seed, buyer index) so its episode does
+not depend on which runner plays it or when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DISTRIBUTION_COLUMNS = ("merchant_id", "code", "p")
+
+
+@dataclass(frozen=True)
+class SimBuyer:
+    """One simulated buyer: who it shops at, which persona it has, and its private seed."""
+
+    sim_buyer_id: int
+    """Global index of the buyer in the run's population (0..N-1); stable across runs of one config."""
+    merchant_id: str
+    """The storefront the buyer visits."""
+    code: int
+    """Persona code (codebook index) drawn from the merchant's distribution."""
+    seed: int
+    """Episode seed derived from (run seed, sim_buyer_id); the env and the policy derive from it."""
+
+
+def stable_hash(text: str) -> int:
+    """A 63-bit hash of a string that, unlike ``hash``, is the same in every process."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") >> 1
+
+
+def buyer_seed(run_seed: int, index: int) -> int:
+    """The episode seed of buyer ``index`` in a run seeded ``run_seed`` (order-independent)."""
+    return int(np.random.SeedSequence([run_seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The policy's sampling seed for one step of one buyer's episode."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def largest_remainder_counts(p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts summing to ``n`` closest to ``n * p`` (Hamilton's method; ties broken at random)."""
+    quotas = n * p
+    counts = np.floor(quotas).astype(np.int64)
+    short = n - int(counts.sum())
+    if short > 0:
+        remainders = quotas - counts
+        # Random secondary key so equal remainders do not always favour low codes.
+        order = np.lexsort((rng.random(len(p)), -remainders))
+        counts[order[:short]] += 1
+    return counts
+
+
+class PopulationSampler:
+    """Per-merchant categorical distributions over persona codes, and seeded sampling from them."""
+
+    def __init__(self, table: pa.Table, smoothing: float = 0.0, codebook_size: int | None = None,
+                 source: str = "merchant distributions") -> None:
+        missing = [c for c in DISTRIBUTION_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{source}: missing column(s) {missing}; expected {list(DISTRIBUTION_COLUMNS)}"
+                             " as written by the VQ-VAE's merchant distributions step")
+        if smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+        merchants = table.column("merchant_id").to_pylist()
+        codes = np.asarray(table.column("code").to_numpy(zero_copy_only=False), dtype=np.int64)
+        probs = np.asarray(table.column("p").to_numpy(zero_copy_only=False), dtype=np.float64)
+        for row, (m, c, p) in enumerate(zip(merchants, codes, probs, strict=True)):
+            if m is None or c < 0 or not np.isfinite(p) or p < 0:
+                raise ValueError(f"{source}: row {row} (merchant_id={m!r}, code={c}, p={p}) is invalid:"
+                                 " merchant_id must be set, code >= 0, p finite and >= 0")
+        k = int(codes.max()) + 1 if len(codes) else 0
+        if codebook_size is not None:
+            if codebook_size < k:
+                raise ValueError(f"{source}: code {k - 1} does not fit codebook_size={codebook_size}")
+            k = codebook_size
+        self.codebook_size = k
+        self.smoothing = float(smoothing)
+        self._probs: dict[str, np.ndarray] = {}
+        for m in sorted(set(merchants)):
+            self._probs[m] = np.zeros(k)
+        for m, c, p in zip(merchants, codes, probs, strict=True):
+            self._probs[m][c] += p
+        for m, vec in self._probs.items():
+            vec += self.smoothing
+            total = vec.sum()
+            if total <= 0:
+                raise ValueError(f"{source}: merchant {m!r} has no probability mass; give it rows with p > 0"
+                                 " or use smoothing > 0")
+            vec /= total
+
+    @classmethod
+    def from_parquet(cls, path: str | Path, smoothing: float = 0.0,
+                     codebook_size: int | None = None) -> PopulationSampler:
+        """Load ``merchant_distributions.parquet`` (merchant_id, code, p, n)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: merchant distributions not found; run the VQ-VAE assignment"
+                                    " step first (it writes merchant_distributions.parquet)")
+        return cls(pq.read_table(path), smoothing=smoothing, codebook_size=codebook_size, source=str(path))
+
+    @property
+    def merchants(self) -> list[str]:
+        """Merchant ids with a distribution, sorted."""
+        return list(self._probs)
+
+    def probabilities(self, merchant_id: str) -> np.ndarray:
+        """The merchant's categorical over codes (length ``codebook_size``, sums to 1)."""
+        try:
+            return self._probs[merchant_id].copy()
+        except KeyError:
+            raise ValueError(f"merchant {merchant_id!r} has no code distribution; known merchants:"
+                             f" {self.merchants[:10]}{' ...' if len(self._probs) > 10 else ''}") from None
+
+    def sample_codes(self, merchant_id: str, n: int, seed: int, stratified: bool = True) -> np.ndarray:
+        """``n`` codes for one merchant: exact largest-remainder quotas shuffled, or i.i.d. draws."""
+        p = self.probabilities(merchant_id)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, stable_hash(merchant_id)]))
+        if not stratified:
+            return rng.choice(len(p), size=n, p=p).astype(np.int64)
+        counts = largest_remainder_counts(p, n, rng)
+        codes = np.repeat(np.arange(len(p), dtype=np.int64), counts)
+        rng.shuffle(codes)
+        return codes
+
+    def population(self, merchants: Sequence[str], buyers_per_merchant: int, seed: int,
+                   stratified: bool = True) -> list[SimBuyer]:
+        """The run's buyers, merchant after merchant in the given order, with global ids and seeds."""
+        buyers: list[SimBuyer] = []
+        for merchant in merchants:
+            for code in self.sample_codes(merchant, buyers_per_merchant, seed, stratified):
+                index = len(buyers)
+                buyers.append(SimBuyer(index, merchant, int(code), buyer_seed(seed, index)))
+        return buyers

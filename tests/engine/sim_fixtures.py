@@ -1,0 +1,126 @@
+"""Shared pieces of the engine tests: a tiny prepared storefront, code distributions, test policies.
+
+Policies here are test doubles only (the package's own live in learners/agent); Ray workers import
+this module by name, as the tests run from the repository root.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from learners.agent.policy import ActRequest, ActResult
+from learners.data.schema import CATALOGS, TABLE_FILES
+
+MERCHANTS = ("m1", "m2")
+
+
+def write_prepared(directory: Path, merchants: Sequence[str] = MERCHANTS, products: int = 6) -> Path:
+    """A minimal prepared directory for the real text env: catalogs.parquet with a few products."""
+    rows = [
+        {"merchant_id": m, "product_id": f"p{i}", "category_id": f"c{i % 2}", "price": 10.0 + i,
+         "n_views": 10 - i, "n_carts": 2, "n_purchases": 1, "popularity": (products - i) / products}
+        for m in merchants for i in range(products)
+    ]
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=CATALOGS), directory / TABLE_FILES["catalogs"])
+    return directory
+
+
+def write_distributions(path: Path, merchants: Sequence[str] = MERCHANTS, codes: int = 4) -> Path:
+    """merchant_distributions.parquet: each merchant with a different categorical over ``codes`` codes."""
+    rows = []
+    for j, m in enumerate(merchants):
+        weights = np.arange(1, codes + 1, dtype=float)[:: 1 if j % 2 == 0 else -1]
+        for c, w in enumerate(weights / weights.sum()):
+            rows.append({"merchant_id": m, "code": c, "p": float(w), "n": int(w * 100)})
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+class UniformPolicy:
+    """Picks a valid action uniformly with the request's own seed (independent of batch order);
+    records the batch sizes it was called with and can sleep per batch like a slow model."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.batch_sizes: list[int] = []
+        self.lock = threading.Lock()
+
+    def act(self, requests: Sequence[ActRequest]) -> list[ActResult]:
+        with self.lock:
+            self.batch_sizes.append(len(requests))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = []
+        for r in requests:
+            i = int(np.random.default_rng(r.seed).integers(len(r.valid_actions)))
+            out.append(ActResult(r.valid_actions[i], float(-np.log(len(r.valid_actions))),
+                                 len(r.observation.split())))
+        return out
+
+
+def uniform_policy() -> UniformPolicy:
+    return UniformPolicy()
+
+
+def storefront_pages(data: Path, merchants: Sequence[str] = MERCHANTS, steps: int = 6, seed: int = 0) -> list[ActRequest]:
+    """Requests built from real pages of the text env (random walks): observations, actions, personas."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the storefront)
+
+    env = gym.make("simpersona/Storefront-v0", data=str(data))
+    rng = np.random.default_rng(seed)
+    out = []
+    for j, merchant in enumerate(merchants):
+        obs, info = env.reset(seed=seed + j, options={"merchant": merchant})
+        history: list[str] = []
+        for step in range(steps):
+            actions = tuple(info["valid_actions"])
+            out.append(ActRequest(obs, actions, persona=(j + step) % 4, history=tuple(history), seed=seed + step))
+            action = actions[int(rng.integers(len(actions)))]
+            obs, _, terminated, truncated, info = env.step(action)
+            history.append(action)
+            if terminated or truncated:
+                obs, info = env.reset(seed=seed + 100 + step, options={"merchant": merchant})
+                history = []
+    return out
+
+
+def write_tiny_agent(directory: Path, data: Path, num_codes: int = 4, seed: int = 0) -> Path:
+    """An untrained tiny agent exported like train-agent's (save_pretrained + persona tokens).
+
+    The shape is the ``tiny`` preset's except for 2 heads of 32 dimensions: vLLM's CPU attention only
+    supports head sizes 32, 64, 80, ... and the preset's 4 x 16 would not load there.
+    """
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from learners.agent.base_models import TINY_PRESETS, train_bpe_tokenizer
+    from learners.agent.tokens import add_persona_tokens
+
+    corpus = [r.observation for r in storefront_pages(data, steps=12)]
+    corpus += [" ".join(r.valid_actions) for r in storefront_pages(data)]
+    shape = TINY_PRESETS["tiny"]
+    tokenizer = train_bpe_tokenizer(corpus, shape.vocab_size)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+        max_position_embeddings=shape.max_positions, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    tokens = add_persona_tokens(model, tokenizer, num_codes, seed=seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    tokens.save(directory)
+    return directory

