@@ -1,0 +1,101 @@
+"""VQ-VAE benchmark: Ray Train fit throughput with 1 and 2 workers, and assignment throughput beside
+scikit-learn ``KMeans.predict`` on the same standardised features (the ratio).
+
+  .venv/bin/python -m benchmarks.vqvae [--buyers 20000] [--data DIR] [--markdown FILE]
+
+Without --data, planted-type data is generated with `simpersona synth` + `prepare` in a temp dir.
+Every figure, and each ratio's baseline, is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from engine.cli import main as cli
+from learners.vqvae.assign import CodeAssigner
+from learners.vqvae.dataset import buyers_path, read_buyers, rows_from_table
+from learners.vqvae.fit import VQVAEConfig, fit_codebook
+from learners.vqvae.kmeans_baseline import fit_kmeans
+
+
+def synth_data(root: Path, buyers: int) -> Path:
+    raw, data = root / "raw", root / "data"
+    cli(["synth", "--out", str(raw), "--buyers", str(buyers), "--merchants", "16", "--seed", "0"])
+    cli(["prepare", str(raw / "logs"), "--mapping", str(raw / "mapping.yaml"),
+         "--out", str(data), "--no-progress"])
+    return data
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--buyers", type=int, default=20000)
+    parser.add_argument("--data", type=Path, help="a prepared directory (default: synthetic)")
+    parser.add_argument("--codes", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = args.data or synth_data(root, args.buyers)
+        table = read_buyers(buyers_path(data))
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        rows_md = []
+        runs = {}
+        for workers in (1, 2):
+            config = VQVAEConfig(codes=args.codes, epochs=args.epochs, warmup_epochs=1, workers=workers)
+            start = time.perf_counter()
+            result = fit_codebook(data, config, root / f"run{workers}")
+            wall = time.perf_counter() - start
+            per_epoch = [h["buyers_per_s"] for h in result.history[1:]]
+            runs[workers] = statistics.mean(per_epoch)
+            rows_md.append((f"fit, {workers} Ray Train worker(s), buyers/s per quantized epoch",
+                            f"{runs[workers]:,.0f}", f"wall {wall:.1f} s incl. Ray Train start"))
+        ray.shutdown()
+        rows_md.append(("fit speed-up, 2 vs 1 workers", f"{runs[2] / runs[1]:.2f}x", "same data, same config"))
+
+        assigner = CodeAssigner(root / "run1")
+        rows = rows_from_table(table, assigner.max_seq_len)
+        batch = rows.batch(assigner.stats)
+        n = len(batch)
+        with torch.inference_mode():
+            t_model = best_of(lambda: assigner.model.assign(*batch.inputs()))
+        t_full = best_of(lambda: assigner.codes_of(table))
+        standardised = assigner.stats.apply(rows.features)
+        kmeans = fit_kmeans(standardised, args.codes, seed=0, n_init=1)
+        t_km = best_of(lambda: kmeans.predict(standardised))
+        rows_md += [
+            ("assign: encoder + nearest code (tensors ready)", f"{n / t_model:,.0f} buyers/s", f"{n:,} buyers"),
+            ("assign: BUYERS table -> codes table (incl. padding)", f"{n / t_full:,.0f} buyers/s", ""),
+            ("baseline: sklearn KMeans.predict, same features", f"{n / t_km:,.0f} buyers/s", ""),
+            ("ratio VQ-VAE encoder / KMeans.predict", f"{t_km / t_model:.3f}", "higher = VQ-VAE faster"),
+        ]
+    head = (f"VQ-VAE benchmark: {n:,} buyers, K={args.codes}, torch threads {torch.get_num_threads()}, "
+            f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    lines = [head, "", "| measure | value | note |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows_md]
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
