@@ -3,6 +3,7 @@
 Every chunk of buyers is played by one runner and written as one Parquet part named after the chunk
 (atomically: temp file, then rename), so a chunk is in the output exactly once or not at all. A dead
 or hung runner is replaced and its chunks retried; a dead policy replica is replaced by the router.
+The manifest reports start-up (until every actor answers) apart from the whole run's time.
 ``resume`` reads the written parts and plays only the missing chunks. Buyer seeds depend only on the
 run seed and the buyer's index, so the rollouts do not depend on how many runners play them.
 """
@@ -14,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from engine.policy_server import (
     ServingConfig,
     policy_factory,
 )
-from engine.population import PopulationSampler, SimBuyer
+from engine.population import PopulationSampler, SimBuyer, with_goals
+from envs.catalog import PreparedCatalogs
 from learners.config import config_to_dict
 
 ROLLOUTS_DIR = "rollouts"
@@ -43,7 +45,7 @@ LABEL_AMOUNT = 0.001
 # Fields that decide what is simulated; a resumed run must agree with the manifest on all of them.
 RESULT_FIELDS = ("data", "distributions", "merchants", "buyers_per_merchant", "seed", "stratified",
                  "smoothing", "codebook_size", "env_id", "max_steps", "use_persona", "policy",
-                 "policy_path", "temperature", "chunk_size")
+                 "policy_path", "temperature", "chunk_size", "replicates", "goal_tasks")
 
 
 @dataclass
@@ -62,6 +64,12 @@ class SimulationConfig:
     """Simulated buyers per merchant."""
     seed: int = 0
     """Run seed; population, buyer and step seeds all derive from it."""
+    replicates: int = 1
+    """Copies of the population drawn with run seeds seed, seed+1, ... (the rollouts' `seed` column);
+    several give per-seed rates, e.g. goal success with a confidence interval over seeds."""
+    goal_tasks: bool = False
+    """Goal-oriented shopping: every buyer gets a target product (popularity-weighted from its merchant's
+    catalogue in `data`, drawn from the buyer's seed); the env rewards buying it and stops after 20 steps."""
     stratified: bool = True
     """Sample codes by exact largest-remainder quotas (true) or i.i.d. from each merchant's distribution."""
     smoothing: float = 0.0
@@ -103,7 +111,10 @@ class SimulationConfig:
     runner_resource: str | None = None
     """Custom Ray resource that marks env-runner nodes (see cluster.yaml); none places anywhere."""
     envs_per_runner: int = 256
-    """Episodes a runner steps concurrently (its envs); all their observations go in one policy request."""
+    """Episodes a runner steps concurrently (its envs)."""
+    env_groups: int = 2
+    """Groups a runner's envs are split into; each group's observations go in one policy request, and
+    the runner steps one group while the policy answers another (1 = lock-step, no overlap)."""
     chunk_size: int = 128
     """Buyers per work chunk (one Parquet part each)."""
     chunks_per_runner: int = 2
@@ -151,7 +162,15 @@ def build_population(config: SimulationConfig) -> list[SimBuyer]:
                          " merchant_distributions.parquet written by the VQ-VAE assignment step")
     sampler = PopulationSampler.from_parquet(config.distributions, config.smoothing, config.codebook_size)
     merchants = list(config.merchants) or sampler.merchants
-    return sampler.population(merchants, config.buyers_per_merchant, config.seed, config.stratified)
+    buyers = sampler.population(merchants, config.buyers_per_merchant, config.seed, config.stratified,
+                                config.replicates)
+    if not config.goal_tasks:
+        return buyers
+    if not config.data:
+        raise ValueError("simulation config: goal_tasks needs `data` (the prepared directory whose"
+                         " catalogs.parquet the goal products are drawn from)")
+    catalogs = PreparedCatalogs(config.data, merchants)
+    return with_goals(buyers, {m: catalogs.get(m) for m in merchants})
 
 
 def part_path(out: Path, chunk_id: int) -> Path:
@@ -255,6 +274,7 @@ class Simulation:
         self.policy_restarts = 0
         self.slots: list[RunnerSlot] = []
         self.elapsed_before = 0.0
+        self.startup_s = 0.0
         self.started = time.monotonic()
         self.router: Any = None
 
@@ -273,7 +293,9 @@ class Simulation:
             raise FileNotFoundError(f"{manifest}: nothing to resume; run without --resume first")
         previous = json.loads(manifest.read_text(encoding="utf-8"))
         mine = config_to_dict(self.config)
-        changed = [k for k in RESULT_FIELDS if previous["config"].get(k) != mine[k]]
+        # A field missing from an older manifest had its default then.
+        defaults = {f.name: f.default for f in fields(SimulationConfig)}
+        changed = [k for k in RESULT_FIELDS if previous["config"].get(k, defaults[k]) != mine[k]]
         if changed:
             raise ValueError(f"{manifest}: cannot resume with a different {changed}; the manifest has"
                              f" {[previous['config'].get(k) for k in changed]}")
@@ -314,6 +336,7 @@ class Simulation:
             "router_restarts": self.router_restarts,
             "policy_restarts": self.policy_restarts,
             "elapsed_s": elapsed,
+            "startup_s": self.startup_s,
             "merchants": t.summary(),
             "config": config_to_dict(self.config),
         }
@@ -329,7 +352,8 @@ class Simulation:
         options: dict[str, Any] = {"num_cpus": c.runner_num_cpus}
         if c.runner_resource:
             options["resources"] = {c.runner_resource: LABEL_AMOUNT}
-        return EnvRunner.options(**options).remote(self.env, c.envs_per_runner, c.max_steps, c.use_persona)
+        return EnvRunner.options(**options).remote(self.env, c.envs_per_runner, c.max_steps, c.use_persona,
+                                                   c.env_groups)
 
     def router_alive(self) -> bool:
         try:
@@ -371,6 +395,8 @@ class Simulation:
         slots = self.slots = [RunnerSlot(self.start_runner()) for _ in range(max(1, c.runners))]
         self.router = self.start_router()
         try:
+            ray.get([s.handle.ping.remote() for s in slots], timeout=max(c.call_timeout_s, 600.0))
+            self.startup_s = time.monotonic() - started
             while queue or any(s.in_flight for s in slots):
                 self.submit(slots, queue)
                 refs = [r for s in slots for r in s.in_flight]
@@ -402,7 +428,8 @@ class Simulation:
         for slot in slots:
             while queue and len(slot.in_flight) < max(1, self.config.chunks_per_runner):
                 chunk_id = queue.popleft()
-                ref = slot.handle.run_chunk.remote(self.chunks[chunk_id], self.router, self.config.call_timeout_s)
+                ref = slot.handle.run_chunk.remote(self.chunks[chunk_id], self.router, self.config.call_timeout_s,
+                                                   self.config.max_retries)
                 slot.in_flight[ref] = (chunk_id, time.monotonic())
 
     def collect(self, ref: Any, slots: list[RunnerSlot], queue: collections.deque, bar: tqdm) -> None:

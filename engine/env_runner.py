@@ -1,9 +1,10 @@
-"""Env runners: Ray actors that each host many storefront envs and step them in lock-step ticks.
+"""Env runners: Ray actors that each host many storefront envs and step them in ticks.
 
-Per tick a runner sends the pending observation of every live episode in ONE request to the policy
-(a ``PolicyRouter`` or ``PolicyServer`` handle), applies the answers, and records one row per step.
-Episodes are seeded from their buyer's seed only, so a buyer's rollout is the same whichever runner
-plays it, next to whichever other buyers.
+A runner splits its envs into groups that take turns: while one group's observations are with the
+policy (ONE request per group per tick, sent straight to a policy replica), the runner steps the
+group whose answers came back, so the runner and the policy work at the same time. Episodes are
+seeded from their buyer's seed only, so a buyer's rollout is the same whichever runner plays it,
+in whichever group, next to whichever other buyers.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import importlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import pyarrow as pa
 import ray
 
+from engine.policy_server import ReplicaClient
 from engine.population import SimBuyer, step_seed
 from learners.agent.actions import action_kind
 from learners.agent.policy import ActRequest, ActResult
@@ -25,6 +27,7 @@ from learners.agent.policy import ActRequest, ActResult
 ROLLOUTS = pa.schema(
     [
         pa.field("sim_buyer_id", pa.int64(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),  # the run seed of the buyer's replicate
         pa.field("merchant_id", pa.string(), nullable=False),
         pa.field("code", pa.int32(), nullable=False),
         pa.field("step", pa.int32(), nullable=False),
@@ -38,11 +41,33 @@ ROLLOUTS = pa.schema(
         pa.field("truncated", pa.bool_(), nullable=False),
         pa.field("logprob", pa.float64()),
         pa.field("tokens", pa.int32(), nullable=False),
+        pa.field("goal", pa.string()),  # target product of a goal task; null when shopping freely
     ]
 )
 """One row per simulated step; a buyer's rows are its episode in step order."""
 
 Act = Callable[[list[ActRequest]], Sequence[ActResult]]
+
+
+class PolicyClient(Protocol):
+    """Asynchronous access to a policy: ``submit`` a batch now, ``fetch`` its answers later."""
+
+    def submit(self, requests: list[ActRequest]) -> Any: ...
+
+    def fetch(self, pending: Any) -> Sequence[ActResult]: ...
+
+
+class CallClient:
+    """A plain ``act`` callable as a ``PolicyClient`` (answers at submit time)."""
+
+    def __init__(self, act: Act) -> None:
+        self.act = act
+
+    def submit(self, requests: list[ActRequest]) -> Sequence[ActResult]:
+        return self.act(requests)
+
+    def fetch(self, pending: Sequence[ActResult]) -> Sequence[ActResult]:
+        return pending
 
 
 @dataclass(frozen=True)
@@ -77,12 +102,12 @@ class Episode:
     history: list[str] = field(default_factory=list)
     converted: bool = False
 
-    def request(self, use_persona: bool, goal: str | None) -> ActRequest:
+    def request(self, use_persona: bool) -> ActRequest:
         return ActRequest(
             observation=self.observation,
             valid_actions=tuple(self.info.get("valid_actions", ())),
             persona=self.buyer.code if use_persona else None,
-            goal=goal,
+            goal=self.buyer.goal,
             history=tuple(self.history),
             seed=step_seed(self.buyer.seed, len(self.history)),
         )
@@ -92,14 +117,15 @@ class EpisodePlayer:
     """Plays buyers' episodes over a reusable pool of envs; the loop shared by actors and local runs."""
 
     def __init__(self, env_spec: EnvSpec, max_envs: int = 256, max_steps: int = 20,
-                 use_persona: bool = True, goal: str | None = None) -> None:
-        if max_envs < 1 or max_steps < 1:
-            raise ValueError(f"max_envs and max_steps must be >= 1, got {max_envs}, {max_steps}")
+                 use_persona: bool = True, groups: int = 1) -> None:
+        if max_envs < 1 or max_steps < 1 or not 1 <= groups <= max_envs:
+            raise ValueError(f"need max_envs >= 1, max_steps >= 1 and 1 <= groups <= max_envs, got {max_envs},"
+                             f" {max_steps}, {groups}")
         self.env_spec = env_spec
         self.max_envs = max_envs
         self.max_steps = max_steps
         self.use_persona = use_persona
-        self.goal = goal
+        self.groups = groups
         self.free: list[gym.Env] = []
         self.envs_built = 0
 
@@ -112,30 +138,47 @@ class EpisodePlayer:
     def _start(self, buyer: SimBuyer) -> Episode:
         env = self._env()
         options: dict[str, Any] = {"merchant": buyer.merchant_id, "persona": buyer.code}
-        if self.goal is not None:
-            options["goal"] = self.goal
+        if buyer.goal is not None:
+            options["goal"] = buyer.goal
         observation, info = env.reset(seed=buyer.seed, options=options)
         return Episode(buyer, env, observation, dict(info))
 
-    def play(self, buyers: Sequence[SimBuyer], act: Act) -> pa.Table:
-        """Run every buyer's episode to its end (or ``max_steps``); the steps as a ROLLOUTS table."""
+    def play(self, buyers: Sequence[SimBuyer], policy: Act | PolicyClient) -> pa.Table:
+        """Run every buyer's episode to its end (or ``max_steps``); the steps as a ROLLOUTS table.
+
+        With ``groups`` > 1 the envs form that many groups of ``max_envs // groups``; each group's
+        batch is submitted as soon as its previous answers are applied, before the next group's
+        answers are awaited.
+        """
+        client = policy if hasattr(policy, "submit") else CallClient(policy)
         rows: dict[str, list] = {name: [] for name in ROLLOUTS.names}
         queue = list(reversed(buyers))
-        live: list[Episode] = []
-        while queue or live:
-            while queue and len(live) < self.max_envs:
-                live.append(self._start(queue.pop()))
-            results = act([e.request(self.use_persona, self.goal) for e in live])
-            if len(results) != len(live):
-                raise RuntimeError(f"policy answered {len(results)} of {len(live)} requests")
-            still: list[Episode] = []
-            for episode, result in zip(live, results, strict=True):
-                if self._step(episode, result, rows):
-                    still.append(episode)
-                else:
-                    self.free.append(episode.env)
-            live = still
+        size = self.max_envs // self.groups
+        live: list[list[Episode]] = [[] for _ in range(self.groups)]
+        pending: list[Any] = [None] * self.groups
+        while queue or any(p is not None for p in pending):
+            for g in range(self.groups):
+                if pending[g] is not None:
+                    results = client.fetch(pending[g])
+                    pending[g] = None
+                    live[g] = self._apply(live[g], results, rows)
+                while queue and len(live[g]) < size:
+                    live[g].append(self._start(queue.pop()))
+                if live[g]:
+                    pending[g] = client.submit([e.request(self.use_persona) for e in live[g]])
         return pa.table(rows, schema=ROLLOUTS)
+
+    def _apply(self, live: list[Episode], results: Sequence[ActResult], rows: dict[str, list]) -> list[Episode]:
+        """Step each episode with its answer; the episodes still running (finished ones free their env)."""
+        if len(results) != len(live):
+            raise RuntimeError(f"policy answered {len(results)} of {len(live)} requests")
+        still: list[Episode] = []
+        for episode, result in zip(live, results, strict=True):
+            if self._step(episode, result, rows):
+                still.append(episode)
+            else:
+                self.free.append(episode.env)
+        return still
 
     def _step(self, episode: Episode, result: ActResult, rows: dict[str, list]) -> bool:
         page = episode.info.get("page")
@@ -146,6 +189,7 @@ class EpisodePlayer:
         episode.converted = episode.converted or bool(info.get("converted", False))
         buyer = episode.buyer
         rows["sim_buyer_id"].append(buyer.sim_buyer_id)
+        rows["seed"].append(buyer.run_seed)
         rows["merchant_id"].append(buyer.merchant_id)
         rows["code"].append(buyer.code)
         rows["step"].append(step)
@@ -159,27 +203,28 @@ class EpisodePlayer:
         rows["truncated"].append(truncated)
         rows["logprob"].append(result.logprob)
         rows["tokens"].append(int(result.tokens))
+        rows["goal"].append(buyer.goal)
         episode.observation, episode.info = observation, dict(info)
         return not (terminated or truncated)
 
 
 @ray.remote
 class EnvRunner:
-    """A Ray actor hosting up to ``max_envs`` envs; plays one chunk of buyers per call."""
+    """A Ray actor hosting up to ``max_envs`` envs in ``groups`` groups; plays one chunk of buyers per call."""
 
     def __init__(self, env_spec: EnvSpec, max_envs: int = 256, max_steps: int = 20,
-                 use_persona: bool = True, goal: str | None = None) -> None:
-        self.player = EpisodePlayer(env_spec, max_envs, max_steps, use_persona, goal)
+                 use_persona: bool = True, groups: int = 2) -> None:
+        self.player = EpisodePlayer(env_spec, max_envs, max_steps, use_persona, min(groups, max_envs))
+        self.client: ReplicaClient | None = None
 
     def ping(self) -> dict[str, Any]:
         """Node id and process id, for placement checks and health probes."""
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
-    def run_chunk(self, buyers: Sequence[SimBuyer], policy: ray.actor.ActorHandle,
-                  call_timeout_s: float = 120.0) -> pa.Table:
-        """Play ``buyers`` against ``policy`` (anything with a remote ``act``); every remote call is bounded."""
-
-        def act(requests: list[ActRequest]) -> list[ActResult]:
-            return ray.get(policy.act.remote(requests), timeout=call_timeout_s)
-
-        return self.player.play(buyers, act)
+    def run_chunk(self, buyers: Sequence[SimBuyer], router: ray.actor.ActorHandle,
+                  call_timeout_s: float = 120.0, max_retries: int = 3) -> pa.Table:
+        """Play ``buyers`` against the replicas of ``router`` (a ``PolicyRouter``), calling them directly;
+        every remote call is bounded by ``call_timeout_s``."""
+        if self.client is None or self.client.router != router:  # the first chunk, or a new router
+            self.client = ReplicaClient(router, call_timeout_s, max_retries)
+        return self.player.play(buyers, self.client)

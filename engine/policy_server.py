@@ -6,9 +6,12 @@ and ``max_wait_ms`` after the first arrival, then calls the backend's ``Policy.a
 in a worker thread so the event loop keeps accepting calls meanwhile. A backend with its own
 continuous batching (vLLM) exposes ``act_async`` and is called per request instead.
 
-``PolicyRouter`` owns the replicas: it sends each call to the replica with the fewest requests in
-flight, and replaces a replica that died or stopped answering, retrying the call, so a dead policy
-server costs a restart, never a lost buyer.
+``PolicyRouter`` owns the replicas and replaces one that died or stopped answering, so a dead policy
+server costs a restart, never a lost buyer. Env runners do not send their batches through it (that
+would add two serialisation hops per tick): a ``ReplicaClient`` in the runner asks the router for
+the replica handles once, calls the replicas directly (round-robin), and after a failed or timed-out
+call asks the router to ``recover`` that replica, then retries on the handles it returns. The
+router's own ``act`` (least-loaded choice, same retries) serves callers without a client.
 """
 
 from __future__ import annotations
@@ -229,6 +232,14 @@ class PolicyRouter:
     async def replicas(self) -> list[ray.actor.ActorHandle]:
         return list(self.servers)
 
+    async def recover(self, index: int, server: ray.actor.ActorHandle) -> list[ray.actor.ActorHandle]:
+        """A caller's call to replica ``index`` (``server``) failed: replace it unless it answers a ping
+        (or was replaced already); the current replicas."""
+        current = self.servers[index]
+        if current == server and not await self._healthy(current):
+            self._replace(index, current)
+        return list(self.servers)
+
     async def get_stats(self) -> dict[str, Any]:
         per = await asyncio.gather(*(self._stats_of(s) for s in self.servers))
         return {"restarts": self.restarts, "replicas": list(per)}
@@ -272,3 +283,44 @@ class PolicyRouter:
             finally:
                 self.load[index] -= len(requests)
         raise RuntimeError(f"policy call failed after {self.serving.max_retries + 1} attempts") from error
+
+
+@dataclass
+class PendingCall:
+    """A batch sent to one replica, kept so that it can be sent again after a failure."""
+
+    requests: list[ActRequest]
+    index: int
+    server: ray.actor.ActorHandle
+    ref: ray.ObjectRef
+
+
+class ReplicaClient:
+    """Runner-side access to a router's replicas: direct calls, the router consulted only on failure."""
+
+    def __init__(self, router: ray.actor.ActorHandle, call_timeout_s: float = 120.0, max_retries: int = 3) -> None:
+        self.router = router
+        self.call_timeout_s = call_timeout_s
+        self.max_retries = max_retries
+        self.servers: list[ray.actor.ActorHandle] = ray.get(router.replicas.remote(), timeout=call_timeout_s)
+        self.turn = 0
+
+    def submit(self, requests: list[ActRequest]) -> PendingCall:
+        """Send ``requests`` to the next replica in turn; returns at once."""
+        index = self.turn % len(self.servers)
+        self.turn += 1
+        server = self.servers[index]
+        return PendingCall(requests, index, server, server.act.remote(requests))
+
+    def fetch(self, pending: PendingCall) -> list[ActResult]:
+        """The answers of ``pending``; a dead or hung replica is recovered and the batch sent again."""
+        error: BaseException | None = None
+        for _ in range(self.max_retries + 1):
+            try:
+                return ray.get(pending.ref, timeout=self.call_timeout_s)
+            except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError) as err:
+                error = err
+                self.servers = ray.get(self.router.recover.remote(pending.index, pending.server),
+                                       timeout=self.call_timeout_s)
+                pending = self.submit(pending.requests)
+        raise RuntimeError(f"policy call failed after {self.max_retries + 1} attempts") from error

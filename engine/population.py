@@ -4,21 +4,26 @@ A merchant's code distribution is its empirical share of buyers per codebook ent
 (``merchant_distributions.parquet``: merchant_id, code, p, n). Sampling is seeded per merchant from
 (run seed, merchant id), so adding a merchant to a run never changes another merchant's buyers, and
 every simulated buyer carries its own seed derived from (run seed, buyer index) so its episode does
-not depend on which runner plays it or when.
+not depend on which runner plays it or when. Goal tasks give each buyer a target product drawn from
+its merchant's catalogue, weighted by popularity, with a generator seeded by the buyer's seed only.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from envs.catalog import Catalog
+
 DISTRIBUTION_COLUMNS = ("merchant_id", "code", "p")
+GOAL_STREAM = 0x60A1
+"""Second SeedSequence entry of the goal draw, so it is independent of the episode's own stream."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,11 @@ class SimBuyer:
     code: int
     """Persona code (codebook index) drawn from the merchant's distribution."""
     seed: int
-    """Episode seed derived from (run seed, sim_buyer_id); the env and the policy derive from it."""
+    """Episode seed derived from (run seed, index in its replicate); the env and the policy derive from it."""
+    run_seed: int = 0
+    """The run seed the buyer was drawn with (differs between replicates of one run)."""
+    goal: str | None = None
+    """Target product id of a goal task, or None for free shopping."""
 
 
 def stable_hash(text: str) -> int:
@@ -48,6 +57,20 @@ def buyer_seed(run_seed: int, index: int) -> int:
 def step_seed(seed: int, step: int) -> int:
     """The policy's sampling seed for one step of one buyer's episode."""
     return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def goal_product(catalog: Catalog, seed: int) -> str:
+    """A buyer's target product: a popularity-weighted draw (uniform if no product has popularity)."""
+    weights = np.array([max(p.popularity, 0.0) for p in catalog.products], dtype=np.float64)
+    total = weights.sum()
+    p = weights / total if total > 0 else None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, GOAL_STREAM]))
+    return catalog.products[int(rng.choice(len(catalog.products), p=p))].product_id
+
+
+def with_goals(buyers: Sequence[SimBuyer], catalogs: Mapping[str, Catalog]) -> list[SimBuyer]:
+    """The buyers, each with a goal product from its merchant's catalogue (see ``goal_product``)."""
+    return [replace(b, goal=goal_product(catalogs[b.merchant_id], b.seed)) for b in buyers]
 
 
 def largest_remainder_counts(p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -136,11 +159,19 @@ class PopulationSampler:
         return codes
 
     def population(self, merchants: Sequence[str], buyers_per_merchant: int, seed: int,
-                   stratified: bool = True) -> list[SimBuyer]:
-        """The run's buyers, merchant after merchant in the given order, with global ids and seeds."""
+                   stratified: bool = True, replicates: int = 1) -> list[SimBuyer]:
+        """The run's buyers, merchant after merchant in the given order, with global ids and seeds.
+
+        Replicate ``r`` is the population of run seed ``seed + r`` (same buyers and seeds as a run with
+        that seed), its ids continuing after the previous replicate's.
+        """
+        if replicates < 1:
+            raise ValueError(f"replicates must be >= 1, got {replicates}")
         buyers: list[SimBuyer] = []
-        for merchant in merchants:
-            for code in self.sample_codes(merchant, buyers_per_merchant, seed, stratified):
-                index = len(buyers)
-                buyers.append(SimBuyer(index, merchant, int(code), buyer_seed(seed, index)))
+        for run_seed in range(seed, seed + replicates):
+            start = len(buyers)
+            for merchant in merchants:
+                for code in self.sample_codes(merchant, buyers_per_merchant, run_seed, stratified):
+                    index = len(buyers) - start
+                    buyers.append(SimBuyer(len(buyers), merchant, int(code), buyer_seed(run_seed, index), run_seed))
         return buyers

@@ -3,9 +3,13 @@
   simpersona simulate --config examples/sim.yaml
   simpersona simulate --config examples/sim.yaml --runners 8 --policy-replicas 2 --out runs/big
   simpersona simulate --config examples/sim.yaml --out runs/big --resume true   # after a crash
+  simpersona simulate --config examples/sim.yaml --goal-tasks true --replicates 5 --out runs/goals
 
 Writes OUT/rollouts/part-*.parquet (one row per simulated step) and OUT/manifest.json, and prints a
-per-merchant summary (simulated conversion and funnel rates). Every SimulationConfig field can be
+per-merchant summary (simulated conversion and funnel rates). Goal tasks add each buyer's target
+product (``goal`` column) and the env's reward (1 on the step that buys it); with several
+replicates the ``seed`` column tells the seeds apart, and ``simpersona evaluate`` reports the goal
+success rate with a confidence interval over them. Every SimulationConfig field can be
 set in the YAML file and overridden by its flag. On a cluster: `ray job submit -- simpersona
 simulate --config sim.yaml --ray-address auto`.
 """

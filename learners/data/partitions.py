@@ -5,7 +5,9 @@ Each event gets the hash bucket of its buyer ``(merchant_id, buyer_id)``: bucket
 bucket too, and any run of consecutive buckets holds complete buyers. ``BuyerPartitions`` keeps the
 first ``partition_rows`` events in memory; past that it spills every bucket to its own Arrow IPC
 file under a temp dir and later hands back runs of consecutive buckets of about ``partition_rows``
-events each.
+events each. Spills go out in batches of at least ``partition_rows / 4`` events: every spill writes
+one record batch per bucket, and many small batches cost more to write and to read back than the
+same rows in a few large ones.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ BUCKET = "_bucket"
 """Column added to canonical events: the buyer's hash bucket (int32)."""
 SPILL_SCHEMA = schema.CANONICAL_EVENTS.append(pa.field(BUCKET, pa.int32(), nullable=False))
 _HALF = 1 << 32
+_SPILL_BATCH_SHARE = 4
+"""Spill once this fraction (1/n) of ``partition_rows`` events has arrived."""
 
 
 def assign_buckets(events: pa.Table, n_buckets: int) -> pa.Table:
@@ -52,6 +56,7 @@ class BuyerPartitions:
         self.spill_dir = spill_dir
         self.counts = np.zeros(n_buckets, dtype=np.int64)
         self._memory: list[pa.Table] = []
+        self._memory_rows = 0
         self._root: Path | None = None
         self._writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
 
@@ -70,25 +75,29 @@ class BuyerPartitions:
     def add(self, events: pa.Table) -> None:
         """Take canonical events carrying ``_bucket`` (see assign_buckets)."""
         events = events.cast(SPILL_SCHEMA)
-        sizes = np.bincount(events[BUCKET].to_numpy(), minlength=self.n_buckets)
-        self.counts += sizes
+        self.counts += np.bincount(events[BUCKET].to_numpy(), minlength=self.n_buckets)
+        self._memory.append(events)
+        self._memory_rows += events.num_rows
         if not self.spilled:
-            self._memory.append(events)
-            if self.counts.sum() <= self.partition_rows:
+            if self._memory_rows <= self.partition_rows:
                 return
             if self.spill_dir:
                 Path(self.spill_dir).mkdir(parents=True, exist_ok=True)
             self._root = Path(tempfile.mkdtemp(prefix="simpersona-spill-", dir=self.spill_dir))
-            held, self._memory = self._memory, []
-            for table in held:
-                self._spill(table)
-            return
-        self._spill(events)
+        if self._memory_rows * _SPILL_BATCH_SHARE >= self.partition_rows:
+            self._spill()
 
-    def _spill(self, events: pa.Table) -> None:
+    def _spill(self) -> None:
+        """Write the held events, one record batch per non-empty bucket."""
         assert self._root is not None
+        if not self._memory:
+            return
+        events = pa.concat_tables(self._memory)
+        self._memory, self._memory_rows = [], 0
         buckets = events[BUCKET].to_numpy()
-        by_bucket = events.take(pa.array(np.argsort(buckets, kind="stable")))
+        # uint16 keys get numpy's radix sort: several times faster than sorting int32.
+        keys = buckets.astype(np.uint16) if self.n_buckets <= 1 << 16 else buckets
+        by_bucket = events.take(pa.array(np.argsort(keys, kind="stable"))).combine_chunks()
         sizes = np.bincount(buckets, minlength=self.n_buckets)
         start = 0
         for bucket in np.flatnonzero(sizes):
@@ -131,10 +140,11 @@ class BuyerPartitions:
             if self._memory:
                 yield pa.concat_tables(self._memory)
             return
+        self._spill()
         self._close_writers()
         assert self._root is not None
         for run in self.bucket_runs():
             yield pa.concat_tables(
                 pa.ipc.open_file(pa.memory_map(str(self._root / f"bucket-{b:05d}.arrow"))).read_all()
                 for b in run
-            )
+            ).combine_chunks()

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -49,6 +49,9 @@ from learners.data.sessions import events_table, order_frame, sessions_table
 
 _QUARANTINE_FLUSH_ROWS = 100_000
 _MAX_PENDING_WRITES = 3
+_READ_AHEAD_CHUNKS = 2
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -101,6 +104,21 @@ def partition_tables(
 def build_partition(events: pa.Table, *, day_resolution: bool, config: PrepareConfig) -> PartitionResult:
     """Canonical events of complete buyers -> this partition's outputs."""
     return PartitionResult(**dict(partition_tables(events, day_resolution=day_resolution, config=config)))
+
+
+def read_ahead(items: Iterable[T], depth: int = _READ_AHEAD_CHUNKS) -> Iterator[T]:
+    """``items`` in order, produced on a background thread up to ``depth`` items ahead.
+
+    Reading and canonicalizing (pyarrow, GIL released) then overlap the caller's bucketing and
+    spilling of the previous chunks.
+    """
+    iterator = iter(items)
+    end = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending = deque(pool.submit(next, iterator, end) for _ in range(max(depth, 1)))
+        while (item := pending.popleft().result()) is not end:
+            pending.append(pool.submit(next, iterator, end))
+            yield item
 
 
 def check_chunk(chunk: CanonicalChunk) -> None:
@@ -321,7 +339,7 @@ def prepare(
         BuyerPartitions(config.n_buckets, config.partition_rows, config.spill_dir) as partitions,
     ):
         with tqdm(desc="read", unit=" rows", unit_scale=True, disable=not progress) as bar:
-            for chunk in adapter.read(inputs):
+            for chunk in read_ahead(adapter.read(inputs)):
                 check_chunk(chunk)
                 rows_read += chunk.rows_read
                 rows_kept += chunk.events.num_rows

@@ -124,3 +124,23 @@ def write_tiny_agent(directory: Path, data: Path, num_codes: int = 4, seed: int 
     tokenizer.save_pretrained(directory)
     tokens.save(directory)
     return directory
+
+
+class GoalSeekingPolicy:
+    """Buys the request's goal product by the shortest path (open it, buy now, place order), except
+    that a seeded share ``wander`` of buyers (decided at their first step) only ever goes home."""
+
+    def __init__(self, wander: float = 0.0) -> None:
+        self.wander = wander
+
+    def act(self, requests: Sequence[ActRequest]) -> list[ActResult]:
+        return [ActResult(self._choose(r)) for r in requests]
+
+    def _choose(self, r: ActRequest) -> str:
+        if r.history[:1] == ("home",) or (not r.history and np.random.default_rng(r.seed).random() < self.wander):
+            return "home"
+        target = f"open product {r.goal}"
+        for action in ("place order", "buy now" if r.history[-1:] == (target,) else None, target):
+            if action in r.valid_actions:
+                return action
+        return "home"

@@ -1,9 +1,11 @@
-"""simulate(): Parquet parts + manifest, exactly-once, same rollouts with 1 or 3 runners, resume."""
+"""simulate(): Parquet parts + manifest, exactly-once, same rollouts with 1 or 3 runners, resume,
+goal tasks over several seeds."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import partial
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -11,8 +13,11 @@ import pytest
 import ray
 
 from engine.driver import SimulationConfig, format_summary, simulate
+from engine.evaluate import step_quality
+from engine.population import buyer_seed, goal_product
+from envs.catalog import PreparedCatalogs
 from learners.agent.markov_policy import MarkovPolicy
-from tests.engine.sim_fixtures import write_distributions, write_prepared
+from tests.engine.sim_fixtures import GoalSeekingPolicy, write_distributions, write_prepared
 
 BUYERS_PER_MERCHANT = 15
 
@@ -75,6 +80,8 @@ def test_one_and_three_runners_give_identical_rollouts(ray_local, base, tmp_path
         assert manifest["invalid_steps"] == a.num_rows - pc.sum(a["valid"]).as_py()
         assert manifest["chunks_done"] == list(range(-(-n // base.chunk_size)))
     assert json.loads((tmp_path / "one" / "manifest.json").read_text()) == one
+    assert 0 < one["startup_s"] < one["elapsed_s"]
+    assert a["goal"].null_count == a.num_rows and set(a["seed"].to_pylist()) == {base.seed}  # no goals asked
     # Exactly once: every buyer's steps are 0..k-1, no buyer missing or repeated.
     ids = a["sim_buyer_id"].to_pylist()
     steps = a["step"].to_pylist()
@@ -126,3 +133,39 @@ def test_resume_plays_only_missing_chunks(ray_local, base, tmp_path):
 def test_missing_distributions_is_a_clear_error(base, tmp_path):
     with pytest.raises(ValueError, match="distributions"):
         simulate(replace(base, out=str(tmp_path / "x"), distributions=None))
+
+
+def test_goal_tasks_give_each_buyer_its_target_and_per_seed_success(ray_local, base, tmp_path):
+    out = tmp_path / "goals"
+    config = replace(base, out=str(out), goal_tasks=True, replicates=3, max_steps=30, runners=2)
+    manifest = simulate(config, policy=partial(GoalSeekingPolicy, wander=0.4))
+    table = rollouts(out)
+    n = 2 * BUYERS_PER_MERCHANT
+    assert manifest["buyers_completed"] == 3 * n
+    catalogs = PreparedCatalogs(base.data)
+    buyers: dict[int, list[dict]] = {}
+    for row in table.to_pylist():
+        buyers.setdefault(row["sim_buyer_id"], []).append(row)
+    success: dict[int, list[bool]] = {}
+    for buyer_id, steps in buyers.items():
+        replicate, index = divmod(buyer_id, n)
+        assert {r["seed"] for r in steps} == {base.seed + replicate}
+        expected_goal = goal_product(catalogs.get(steps[0]["merchant_id"]), buyer_seed(base.seed + replicate, index))
+        assert {r["goal"] for r in steps} == {expected_goal}
+        bought = sum(r["reward"] for r in steps)
+        if bought:  # open the goal, buy now, place order: rewarded once, on the last step
+            assert [r["action"] for r in steps] == [f"open product {expected_goal}", "buy now", "place order"]
+            assert [r["reward"] for r in steps] == [0.0, 0.0, 1.0]
+        else:  # goal tasks stop after 20 steps although max_steps is 30
+            assert len(steps) == 20 and steps[-1]["truncated"]
+        success.setdefault(base.seed + replicate, []).append(bought > 0)
+    rates = [sum(v) / len(v) for _, v in sorted(success.items())]
+    assert len(rates) == 3 and all(0 < r < 1 for r in rates)
+    quality = step_quality(out)["goal_success"]
+    assert quality["n"] == 3 and quality["mean"] == pytest.approx(sum(rates) / 3)
+    assert quality["low"] <= quality["mean"] <= quality["high"]
+
+
+def test_goal_tasks_need_the_prepared_catalogs(base, tmp_path):
+    with pytest.raises(ValueError, match="goal_tasks needs `data`"):
+        simulate(replace(base, out=str(tmp_path / "g"), goal_tasks=True, data=None))

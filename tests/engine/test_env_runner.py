@@ -1,4 +1,5 @@
-"""EnvRunner: many envs per actor, one policy request per tick, order-independent rollouts."""
+"""EnvRunner: many envs per actor, one policy request per env group per tick, direct replica calls,
+order-independent rollouts."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pyarrow.compute as pc
 import pytest
 import ray
 
-from engine.env_runner import ROLLOUTS, EnvRunner, EnvSpec, EpisodePlayer
-from engine.policy_server import PolicyServer
+from engine.env_runner import ROLLOUTS, CallClient, EnvRunner, EnvSpec, EpisodePlayer
+from engine.policy_server import PolicyRouter, ServingConfig
 from engine.population import PopulationSampler
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.policy import ActResult
@@ -81,16 +82,56 @@ def test_invalid_actions_are_recorded(world):
     assert first["action_kind"].to_pylist() == ["other"] * 4
 
 
-def test_runner_actor_builds_envs_inside_and_uses_policy_server(ray_local, world):
+class RecordingClient(CallClient):
+    """Logs submits and fetches, to see how the groups' batches overlap."""
+
+    def __init__(self, act):
+        super().__init__(act)
+        self.log: list[tuple[str, int]] = []
+
+    def submit(self, requests):
+        self.log.append(("submit", len(requests)))
+        return super().submit(requests)
+
+    def fetch(self, pending):
+        self.log.append(("fetch", len(pending)))
+        return super().fetch(pending)
+
+
+def test_env_groups_overlap_and_do_not_change_rollouts(world):
     data, buyers = world
-    server = PolicyServer.remote(uniform_policy, max_batch_size=64, max_wait_ms=1)
-    runner = EnvRunner.remote(spec(data), max_envs=16, max_steps=5)
-    table = ray.get(runner.run_chunk.remote(buyers, server, 30.0), timeout=60)
+    lockstep = EpisodePlayer(spec(data), max_envs=10, max_steps=6).play(buyers, UniformPolicy().act)
+    client = RecordingClient(UniformPolicy().act)
+    grouped = EpisodePlayer(spec(data), max_envs=10, max_steps=6, groups=2).play(buyers, client)
+    assert sorted_rows(grouped) == sorted_rows(lockstep)
+    # Two groups of 5: both batches are out before the first answers are awaited, and a group's next
+    # batch is sent before the other group's answers are fetched.
+    assert client.log[:3] == [("submit", 5), ("submit", 5), ("fetch", 5)]
+    assert client.log[3][0] == "submit" and client.log[4][0] == "fetch"
+    outstanding = 0
+    for kind, n in client.log:
+        assert n <= 5
+        outstanding += 1 if kind == "submit" else -1
+        assert 0 <= outstanding <= 2
+    assert outstanding == 0 and sum(n for k, n in client.log if k == "fetch") == grouped.num_rows
+    with pytest.raises(ValueError, match="groups"):
+        EpisodePlayer(spec(data), max_envs=2, groups=3)
+
+
+def test_runner_actor_calls_replicas_directly(ray_local, world):
+    data, buyers = world
+    serving = ServingConfig(replicas=2, max_batch_size=64, max_wait_ms=1, num_cpus=0.5, call_timeout_s=30)
+    router = PolicyRouter.remote(uniform_policy, serving)
+    ray.get(router.ready.remote(), timeout=60)
+    runner = EnvRunner.remote(spec(data), max_envs=16, max_steps=5, groups=2)
+    table = ray.get(runner.run_chunk.remote(buyers, router, 30.0), timeout=60)
     local = EpisodePlayer(spec(data), max_envs=16, max_steps=5).play(buyers, UniformPolicy().act)
     assert sorted_rows(table) == sorted_rows(local)
-    stats = ray.get(server.get_stats.remote(), timeout=10)
-    ticks = stats["calls"]
-    assert stats["requests"] == table.num_rows and ticks <= 5 * 2  # 24 buyers over 16 envs: few ticks
+    per_replica = ray.get(router.get_stats.remote(), timeout=10)["replicas"]
+    # Batches went round-robin to both replicas, not through the router's own act.
+    assert sum(s["requests"] for s in per_replica) == table.num_rows
+    assert all(s["calls"] > 0 for s in per_replica)
+    assert sum(s["calls"] for s in per_replica) <= 2 * 5 * 2  # two groups, few ticks for 24 buyers
     assert "pid" in ray.get(runner.ping.remote(), timeout=10)
     ray.kill(runner)
-    ray.kill(server)
+    ray.kill(router)

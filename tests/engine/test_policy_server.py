@@ -12,6 +12,7 @@ from engine.policy_server import (
     PolicyRouter,
     PolicyServer,
     PolicySpec,
+    ReplicaClient,
     ServingConfig,
     build_policy,
     policy_factory,
@@ -108,6 +109,35 @@ def test_router_replaces_a_dead_replica_and_retries(ray_local):
     ray.kill(replica)
     assert ray.get(router.act.remote([request(3)]), timeout=60)[0].action == expected_action(request(3))
     assert ray.get(router.get_stats.remote(), timeout=10)["restarts"] == 1
+    ray.kill(router)
+
+
+def test_replica_client_calls_replicas_in_turn_and_recovers_a_dead_one(ray_local):
+    serving = ServingConfig(replicas=2, max_batch_size=8, max_wait_ms=0, num_cpus=0.5, call_timeout_s=30)
+    router = PolicyRouter.remote(UniformPolicy, serving)
+    ray.get(router.ready.remote(), timeout=60)
+    client = ReplicaClient(router, call_timeout_s=30, max_retries=2)
+    first, second = client.submit([request(0)]), client.submit([request(1), request(2)])
+    assert (first.index, second.index) == (0, 1)
+    assert [a.action for a in client.fetch(second)] == [expected_action(request(i)) for i in (1, 2)]
+    assert [a.action for a in client.fetch(first)] == [expected_action(request(0))]
+    doomed = client.servers[0]
+    ray.kill(doomed)
+    pending = client.submit([request(3)])  # lands on the dead replica
+    assert pending.server == doomed
+    assert client.fetch(pending)[0].action == expected_action(request(3))
+    assert doomed not in client.servers and ray.get(router.get_stats.remote(), timeout=30)["restarts"] == 1
+    ray.kill(router)
+
+
+def test_replica_client_times_out_a_hung_call_and_keeps_a_live_replica(ray_local):
+    serving = ServingConfig(replicas=1, max_batch_size=4, max_wait_ms=0, num_cpus=0.5, call_timeout_s=30)
+    router = PolicyRouter.remote(partial(UniformPolicy, delay_s=3.0), serving)
+    ray.get(router.ready.remote(), timeout=60)
+    client = ReplicaClient(router, call_timeout_s=0.5, max_retries=1)
+    with pytest.raises(RuntimeError, match="failed after 2 attempts"):
+        client.fetch(client.submit([request(0)]))
+    assert ray.get(router.get_stats.remote(), timeout=30)["restarts"] == 0  # it answered pings: not replaced
     ray.kill(router)
 
 

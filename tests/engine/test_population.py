@@ -1,4 +1,5 @@
-"""PopulationSampler: seeded, stratified quotas exact, i.i.d. draws match the distribution at large N."""
+"""PopulationSampler: seeded, stratified quotas exact, i.i.d. draws match the distribution at large N;
+replicates; goal products."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from engine.population import PopulationSampler, buyer_seed, largest_remainder_counts
+from engine.population import (
+    PopulationSampler,
+    buyer_seed,
+    goal_product,
+    largest_remainder_counts,
+    with_goals,
+)
+from envs.catalog import Catalog
 
 P_A = {0: 0.5, 1: 0.3, 2: 0.15, 3: 0.05}
 P_B = {2: 0.7, 4: 0.3}
@@ -89,3 +97,30 @@ def test_from_parquet_and_errors(tmp_path):
     bad = table().set_column(2, "p", pa.array([0.5, -0.3, 0.15, 0.05, 0.7, 0.3]))
     with pytest.raises(ValueError, match="row 1"):
         PopulationSampler(bad)
+
+
+def test_replicates_are_the_populations_of_consecutive_seeds():
+    s = PopulationSampler(table())
+    both = s.population(["A", "B"], 10, seed=5, replicates=2)
+    assert [b.sim_buyer_id for b in both] == list(range(40))
+    assert [b.run_seed for b in both] == [5] * 20 + [6] * 20
+    alone = s.population(["A", "B"], 10, seed=6)
+    assert [(b.merchant_id, b.code, b.seed) for b in both[20:]] == [(b.merchant_id, b.code, b.seed) for b in alone]
+    with pytest.raises(ValueError, match="replicates"):
+        s.population(["A"], 3, seed=0, replicates=0)
+
+
+def test_goal_products_are_seeded_and_popularity_weighted():
+    popularity = [0.5, 0.3, 0.2, 0.0]
+    catalog = Catalog.from_records("A", [{"product_id": f"p{i}", "popularity": w} for i, w in enumerate(popularity)])
+    seeds = [buyer_seed(1, i) for i in range(20_000)]
+    goals = [goal_product(catalog, s) for s in seeds]
+    assert goals[:50] == [goal_product(catalog, s) for s in seeds[:50]]  # a function of the buyer's seed
+    counts = np.array([goals.count(f"p{i}") for i in range(4)])
+    assert counts[3] == 0  # no popularity, never a goal
+    _, pvalue = stats.chisquare(counts[:3], len(goals) * np.array(popularity[:3]))
+    assert pvalue > 1e-4
+    flat = Catalog.from_records("A", [{"product_id": f"q{i}", "popularity": 0.0} for i in range(3)])
+    assert {goal_product(flat, s) for s in seeds[:200]} == {"q0", "q1", "q2"}  # uniform when nothing is popular
+    buyers = with_goals(PopulationSampler(table()).population(["A"], 5, seed=2), {"A": catalog})
+    assert [b.goal for b in buyers] == [goal_product(catalog, b.seed) for b in buyers]

@@ -14,7 +14,7 @@ import pytest
 from learners.data import schema
 from learners.data.adapter import CanonicalChunk
 from learners.data.partitions import assign_buckets
-from learners.data.prepare import PrepareConfig, prepare
+from learners.data.prepare import PrepareConfig, prepare, read_ahead
 from tests.learners.data.test_features import random_events
 
 
@@ -122,9 +122,13 @@ def test_outputs_do_not_depend_on_partition_size(inputs: list[Path], tmp_path: P
     adapter = CanonicalParquetAdapter()
     prepare(inputs, adapter, PrepareConfig(partition_rows=10**9, n_buckets=8), tmp_path / "one")
     prepare(inputs, adapter, PrepareConfig(partition_rows=1, n_buckets=8), tmp_path / "many")
-    one, many = read_outputs(tmp_path / "one"), read_outputs(tmp_path / "many")
-    for name in schema.TABLE_FILES:
-        assert one[name].equals(many[name]), name
+    # Spills held back until a quarter of partition_rows has arrived, several per partition.
+    prepare(inputs, adapter, PrepareConfig(partition_rows=700, n_buckets=8), tmp_path / "batched")
+    one = read_outputs(tmp_path / "one")
+    for other in ("many", "batched"):
+        tables = read_outputs(tmp_path / other)
+        for name in schema.TABLE_FILES:
+            assert one[name].equals(tables[name]), (other, name)
 
 
 def test_every_buyer_lives_in_one_bucket_and_buckets_are_stable(inputs: list[Path]) -> None:
@@ -156,6 +160,21 @@ def test_a_chunk_that_loses_rows_is_a_bug(inputs: list[Path], tmp_path: Path) ->
 
     with pytest.raises(RuntimeError, match="lost rows"):
         prepare(inputs, Lossy(), PrepareConfig(), tmp_path)
+
+
+def test_read_ahead_keeps_order_and_raises_the_producers_error() -> None:
+    assert list(read_ahead(iter(range(7)), depth=3)) == list(range(7))
+    assert list(read_ahead(iter([]))) == []
+
+    def broken() -> Iterator[int]:
+        yield 1
+        raise ValueError("bad file")
+
+    seen = []
+    with pytest.raises(ValueError, match="bad file"):
+        for item in read_ahead(broken()):
+            seen.append(item)
+    assert seen == [1]
 
 
 def test_no_inputs_is_a_clear_error(tmp_path: Path) -> None:
