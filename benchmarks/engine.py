@@ -1,8 +1,8 @@
 """Simulation engine throughput on this box, each figure next to a baseline measured in the same run.
 
-  .venv/bin/python benchmarks/engine.py --markdown engine-bench.md
-  .venv/bin/python benchmarks/engine.py --quick            # smaller sizes, a minute or two
-  .venv/bin/python benchmarks/engine.py --sections markov  # only the Markov engine-vs-loop rows
+  .venv/bin/python -m benchmarks.engine --markdown engine-bench.md
+  .venv/bin/python -m benchmarks.engine --quick            # smaller sizes, a minute or two
+  .venv/bin/python -m benchmarks.engine --sections markov  # only the Markov engine-vs-loop rows
 
 Sections:
 - markov: the same buyers, envs and Markov policy played by ``simulate`` (2 env runners with 2 env
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -34,20 +33,14 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
-# Run as a script, this folder comes first on sys.path and this file would shadow the `engine`
-# package it measures; the repository root goes there instead.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import ray  # noqa: E402
-
-from engine.driver import SimulationConfig, build_population, simulate  # noqa: E402
-from engine.env_runner import EnvSpec, EpisodePlayer  # noqa: E402
-from engine.policy_server import PolicyServer, PolicySpec, policy_factory  # noqa: E402
-from learners.agent.markov_policy import MarkovPolicy  # noqa: E402
-from learners.agent.random_policy import RandomPolicy  # noqa: E402
-from learners.data.schema import CATALOGS, TABLE_FILES  # noqa: E402
+from engine.driver import SimulationConfig, build_population, simulate
+from engine.env_runner import EnvSpec, EpisodePlayer
+from engine.policy_server import PolicyServer, PolicySpec, policy_factory
+from learners.agent.markov_policy import MarkovPolicy
+from learners.agent.random_policy import RandomPolicy
+from learners.data.schema import CATALOGS, TABLE_FILES
 
 SECTIONS = ("markov", "llm", "serving", "capacity")
 MARKOV_COUNTS = {
