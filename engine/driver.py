@@ -106,8 +106,8 @@ class SimulationConfig:
     """How long a replica waits for more requests after the first one before running a batch."""
     runners: int = 2
     """Env runner actors."""
-    runner_num_cpus: float = 1.0
-    """CPUs reserved per env runner."""
+    runner_num_cpus: float = 0.5
+    """CPUs reserved per env runner (runners mostly wait on the policy, so half a CPU each by default)."""
     runner_resource: str | None = None
     """Custom Ray resource that marks env-runner nodes (see cluster.yaml); none places anywhere."""
     envs_per_runner: int = 256
@@ -461,6 +461,17 @@ class Simulation:
             self.on_chunk(self)
 
 
+def check_cpus(config: SimulationConfig, available: float) -> None:
+    """Fail fast when the actors cannot all be placed: Ray would otherwise wait for CPUs forever."""
+    needed = config.runners * config.runner_num_cpus + config.policy_replicas * config.policy_num_cpus
+    if needed > available + 1e-9:
+        raise ValueError(
+            f"the simulation reserves {needed:g} CPUs ({config.runners} runners x {config.runner_num_cpus:g} + "
+            f"{config.policy_replicas} policy replicas x {config.policy_num_cpus:g}) but the Ray cluster has "
+            f"{available:g}; lower --runners, --runner-num-cpus or --policy-num-cpus, or add nodes"
+        )
+
+
 def simulate(config: SimulationConfig, env: EnvSpec | None = None, policy: PolicyFactory | None = None,
              on_chunk: Callable[[Simulation], None] | None = None) -> dict[str, Any]:
     """Run a simulation and return its manifest (also written to ``OUT/manifest.json``).
@@ -473,6 +484,7 @@ def simulate(config: SimulationConfig, env: EnvSpec | None = None, policy: Polic
     if started_ray:
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
     try:
+        check_cpus(config, ray.cluster_resources().get("CPU", 0.0))
         return run.run()
     finally:
         if started_ray:

@@ -169,3 +169,12 @@ def test_goal_tasks_give_each_buyer_its_target_and_per_seed_success(ray_local, b
 def test_goal_tasks_need_the_prepared_catalogs(base, tmp_path):
     with pytest.raises(ValueError, match="goal_tasks needs `data`"):
         simulate(replace(base, out=str(tmp_path / "g"), goal_tasks=True, data=None))
+
+
+def test_unplaceable_actors_fail_fast_with_the_fix():
+    from engine.driver import SimulationConfig, check_cpus
+
+    config = SimulationConfig(runners=2, runner_num_cpus=1.0, policy_replicas=1, policy_num_cpus=1.0)
+    check_cpus(config, available=3.0)
+    with pytest.raises(ValueError, match=r"reserves 3 CPUs.*has 2.*--runners"):
+        check_cpus(config, available=2.0)
