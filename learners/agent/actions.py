@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from envs.storefront import SEARCH_TEMPLATE, normalize_action, search_query
 from learners.data.schema import EVENT_TYPES
 
 EXIT = "exit"
@@ -19,9 +20,8 @@ OTHER = "other"
 ACTION_KINDS: tuple[str, ...] = (*EVENT_TYPES, EXIT, OTHER)
 """Every kind ``action_kind`` can return, in a fixed order (metrics index by position)."""
 
-SEARCH_TEMPLATE = 'search "<query>"'
-"""How a page lists "search for anything" (envs/storefront.py); the policy fills in the query."""
-SEARCH_PREFIX = 'search "'
+SEARCH_PREFIX = SEARCH_TEMPLATE.split('"')[0] + '"'
+"""What every search action starts with; the page lists SEARCH_TEMPLATE and the policy fills the query."""
 
 _EXACT = {
     "add to cart": "add_to_cart",
@@ -94,14 +94,7 @@ def listed_actions(observation: str) -> tuple[str, ...]:
 def is_offered(action: str, valid_actions: Sequence[str]) -> bool:
     """Whether an action text is one the page offers (exact after whitespace normalisation; a
     ``search "q"`` with a non-empty, quote-free query matches the page's search template)."""
-    action = " ".join(action.split())
-    if action in valid_actions and action != SEARCH_TEMPLATE:
-        return True
-    query = action[len(SEARCH_PREFIX) : -1]
-    return (
-        SEARCH_TEMPLATE in valid_actions
-        and action.startswith(SEARCH_PREFIX)
-        and action.endswith('"')
-        and len(query) > 0
-        and '"' not in query
-    )
+    action = normalize_action(action)
+    if action == SEARCH_TEMPLATE:
+        return False
+    return action in valid_actions or (SEARCH_TEMPLATE in valid_actions and search_query(action) is not None)

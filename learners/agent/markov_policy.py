@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from learners.agent.actions import ACTION_KINDS, SEARCH_PREFIX, SEARCH_TEMPLATE, action_kind, page_kind
 from learners.agent.policy import ActRequest, ActResult
+from learners.agent.random_policy import fill_search
 
 START = "start"
 """Previous kind at the first step of a session."""
@@ -45,7 +46,9 @@ class MarkovPolicy:
                 totals.update(kinds)
         n = sum(totals.values())
         self._base = {k: (totals[k] + 1) / (n + len(ACTION_KINDS)) for k in ACTION_KINDS}
-        self._queries = {a: c for a, c in action_counts.items() if a.startswith(SEARCH_PREFIX)}
+        self._queries = {
+            a: c for a, c in action_counts.items() if a.startswith(SEARCH_PREFIX) and a != SEARCH_TEMPLATE
+        }
 
     @classmethod
     def fit(cls, examples: pa.Table, smoothing: float = 1.0) -> MarkovPolicy:
@@ -92,8 +95,9 @@ class MarkovPolicy:
         weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(kinds), 1 / len(kinds))
         j = int(rng.choice(len(kinds), p=weights))
         options = by_kind[kinds[j]]
-        if options == [SEARCH_TEMPLATE] and self._queries:
-            options = list(self._queries)
+        if options == [SEARCH_TEMPLATE]:
+            # Training queries when there were any, else one the page suggests: never the template.
+            options = list(self._queries) or [fill_search(SEARCH_TEMPLATE, r.observation, rng)]
         counts = np.array([self.action_counts.get(a, 0) + 1.0 for a in options])
         k = int(rng.choice(len(options), p=counts / counts.sum()))
         logprob = float(np.log(weights[j]) + np.log(counts[k] / counts.sum()))

@@ -106,6 +106,14 @@ def encode_target(tokenizer: PreTrainedTokenizerBase, action: str) -> list[int]:
     return _encode(tokenizer, " " + action) + [tokenizer.eos_token_id]
 
 
+def encode_targets(tokenizer: PreTrainedTokenizerBase, actions: Sequence[str]) -> list[list[int]]:
+    """``encode_target`` of many actions in one tokenizer call."""
+    if not actions:
+        return []
+    batch = tokenizer([" " + a for a in actions], add_special_tokens=False)["input_ids"]
+    return [list(ids) + [tokenizer.eos_token_id] for ids in batch]
+
+
 def _clip(ids: list[int], budget: int) -> list[int]:
     """Keep the page's start (title, product details) and end (its action list) within ``budget``."""
     if len(ids) <= budget:

@@ -1,12 +1,42 @@
-"""``RandomPolicy``: a uniform draw over the page's valid actions (the floor every policy must beat)."""
+"""``RandomPolicy``: a uniform draw over the page's valid actions (the floor every policy must beat).
+
+A page lists ``search "<query>"`` as a template, which the env rejects as such; a policy without a
+query model fills it with ``page_query``: a product or category id the page mentions (the storefront's
+search matches ids), drawn with the request's seed.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
+from envs.storefront import MAX_QUERY_CHARS
+from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE
 from learners.agent.policy import ActRequest, ActResult
+
+_IDS = re.compile(r"\b(?:product|category)(?: id)?:? ([^\s|\"()]+)", re.IGNORECASE)
+FALLBACK_QUERY = "product"
+"""The query when a page names no product or category (and has no other word)."""
+
+
+def page_query(observation: str, rng: np.random.Generator) -> str:
+    """A search query taken from the page: one of the product or category ids it mentions, else one
+    of its words, else ``FALLBACK_QUERY``; never empty, never with a double quote, at most
+    ``MAX_QUERY_CHARS`` characters."""
+    words = sorted(set(_IDS.findall(observation)))
+    if not words:
+        words = sorted({w.replace('"', "") for w in observation.split()} - {""})
+    words = [w[:MAX_QUERY_CHARS] for w in words] or [FALLBACK_QUERY]
+    return words[int(rng.integers(len(words)))]
+
+
+def fill_search(action: str, observation: str, rng: np.random.Generator) -> str:
+    """``action`` itself, or for the search template a ``search "q"`` with ``page_query``'s q."""
+    if action != SEARCH_TEMPLATE:
+        return action
+    return f'{SEARCH_PREFIX}{page_query(observation, rng)}"'
 
 
 class RandomPolicy:
@@ -19,6 +49,8 @@ class RandomPolicy:
                 raise ValueError(
                     f"request {i} has no valid actions: nothing to choose (the episode has ended)"
                 )
-            k = int(np.random.default_rng(r.seed).integers(len(r.valid_actions)))
-            results.append(ActResult(r.valid_actions[k], float(-np.log(len(r.valid_actions)))))
+            rng = np.random.default_rng(r.seed)
+            k = int(rng.integers(len(r.valid_actions)))
+            action = fill_search(r.valid_actions[k], r.observation, rng)
+            results.append(ActResult(action, float(-np.log(len(r.valid_actions)))))
         return results

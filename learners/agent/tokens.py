@@ -28,11 +28,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig
 from tokenizers import AddedToken
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 PERSONA_TOKENS_FILE = "persona_tokens.json"
 
@@ -162,6 +165,8 @@ def persona_lora_config(
     model: PreTrainedModel, tokens: PersonaTokens | None, rank: int, alpha: int, dropout: float = 0.0
 ) -> LoraConfig:
     """LoRA on every linear layer; the persona rows are trainable and saved inside the adapter."""
+    from peft import LoraConfig  # training only: scoring and serving a merged agent need no peft
+
     indices: dict[str, list[int]] | None = None
     if tokens is not None:
         ids = list(tokens.token_ids)

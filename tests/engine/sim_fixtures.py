@@ -95,29 +95,13 @@ def storefront_pages(data: Path, merchants: Sequence[str] = MERCHANTS, steps: in
 
 
 def write_tiny_agent(directory: Path, data: Path, num_codes: int = 4, seed: int = 0) -> Path:
-    """An untrained tiny agent exported like train-agent's (save_pretrained + persona tokens).
-
-    The shape is the ``tiny`` preset's except for 2 heads of 32 dimensions: vLLM's CPU attention only
-    supports head sizes 32, 64, 80, ... and the preset's 4 x 16 would not load there.
-    """
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from learners.agent.base_models import TINY_PRESETS, train_bpe_tokenizer
+    """An untrained tiny agent exported like train-agent's (save_pretrained + persona tokens)."""
+    from learners.agent.base_models import load_base
     from learners.agent.tokens import add_persona_tokens
 
     corpus = [r.observation for r in storefront_pages(data, steps=12)]
     corpus += [" ".join(r.valid_actions) for r in storefront_pages(data)]
-    shape = TINY_PRESETS["tiny"]
-    tokenizer = train_bpe_tokenizer(corpus, shape.vocab_size)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-        max_position_embeddings=shape.max_positions, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
+    model, tokenizer = load_base("tiny", corpus, seed=seed)
     tokens = add_persona_tokens(model, tokenizer, num_codes, seed=seed)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

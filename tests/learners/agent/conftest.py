@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from envs.catalog import Catalog, Product
 from envs.storefront import SEARCH_TEMPLATE, Storefront
@@ -81,3 +82,13 @@ def make_traces(
 @pytest.fixture(scope="session")
 def traces_and_codes() -> tuple[pa.Table, pa.Table]:
     return make_traces()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny models' ops are too small to split: on a shared 2-core box a second intra-op thread
+    mostly waits for the first (measured: test_policies.py 75 s with 2 threads, 7 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

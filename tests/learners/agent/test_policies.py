@@ -5,19 +5,22 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
+from envs.storefront import SEARCH_TEMPLATE
 from learners.agent.actions import action_kind, is_offered, page_kind
 from learners.agent.base_models import load_base
 from learners.agent.examples import build_examples
-from learners.agent.llm_policy import LLMPolicy
+from learners.agent.llm_policy import PADDING_SLACK, LLMPolicy, length_groups
 from learners.agent.markov_policy import START, MarkovPolicy
 from learners.agent.policy import ActRequest, Policy
 from learners.agent.prompt import PromptFormat, encode_prompt, encode_target
-from learners.agent.random_policy import RandomPolicy
+from learners.agent.random_policy import FALLBACK_QUERY, RandomPolicy, page_query
 from learners.agent.tokens import add_persona_tokens
+from tests.learners.agent.conftest import storefront
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +165,104 @@ def test_generation_is_parsed_strictly(llm, examples):
         [ActRequest(requests[0].observation, requests[0].valid_actions, None)]
     )
     assert none_persona[0].action in requests[0].valid_actions
+
+
+def test_chunked_and_grouped_scoring_agree(llm, examples):
+    model, tok, tokens = llm
+    requests = _requests(examples, n=10)
+    whole = LLMPolicy(model, tok, tokens, temperature=0.0).score(requests)
+    chunked = LLMPolicy(model, tok, tokens, temperature=0.0, max_requests_per_forward=3).score(requests)
+    one_by_one = [LLMPolicy(model, tok, tokens, temperature=0.0).score([r])[0] for r in requests]
+    for a, b, c in zip(whole, chunked, one_by_one, strict=True):
+        assert list(a) == pytest.approx(list(c), abs=1e-5)
+        assert list(b) == pytest.approx(list(c), abs=1e-5)
+
+
+def test_length_groups_cover_every_request_once_within_the_padding_slack():
+    lengths = [int(x) for x in np.random.default_rng(0).integers(1, 400, size=200)]
+    groups = length_groups(lengths, max_size=16)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        assert len(group) <= 16
+        if len(group) > 1:
+            assert len(group) * max(lengths[i] for i in group) <= PADDING_SLACK * sum(
+                lengths[i] for i in group
+            )
+    assert len(length_groups([100] * 64)) == 1  # equal lengths never pad
+
+
+def test_cached_generation_matches_full_recomputation(llm, examples):
+    model, tok, tokens = llm
+    fmt = PromptFormat(history_len=3, max_observation_tokens=200)
+    requests = _requests(examples, n=4)
+    policy = LLMPolicy(model, tok, tokens, fmt, mode="generate", temperature=0.0, max_new_tokens=5)
+    for request, result in zip(requests, policy.act(requests), strict=True):
+        ids = encode_prompt(
+            tok, request.observation, request.persona, request.goal, request.history, tokens, fmt
+        )
+        generated: list[int] = []
+        for _ in range(5):
+            with torch.no_grad():
+                token = int(model(torch.tensor([ids + generated])).logits[0, -1].argmax())
+            if token == tok.eos_token_id:
+                break
+            generated.append(token)
+            if "\n" in tok.decode(generated, skip_special_tokens=True):
+                break
+        assert result.info["generated"] == tok.decode(generated, skip_special_tokens=True)
+        assert result.tokens == len(ids) + len(generated)
+
+
+def _storefront_states(shop):
+    """A home, category, product, cart and search page of a real storefront."""
+    home = shop.initial_state()
+    category, _ = shop.step(home, "open category c1")
+    product, _ = shop.step(home, f"open product {shop.catalog.products[2].product_id}")
+    in_cart, _ = shop.step(product, "add to cart")
+    cart, _ = shop.step(in_cart, "go to cart")
+    search, _ = shop.step(home, 'search "Product"')
+    return [home, category, product, cart, search]
+
+
+def test_policies_fill_the_search_template_with_a_valid_query(llm, examples):
+    model, tok, tokens = llm
+    shop = storefront("m1")
+    with_queries = pa.table(
+        {
+            "observation": [shop.observe(shop.initial_state())] * 2,
+            "action": ['search "c1"', 'search "<query>"'],
+            "history": [[], []],
+            "code": [0, 0],
+        }
+    )
+    policies: dict[str, Policy] = {
+        "random": RandomPolicy(),
+        "markov (no training queries)": MarkovPolicy.fit(examples),
+        "markov (training queries)": MarkovPolicy.fit(with_queries),
+        "llm-score": LLMPolicy(model, tok, tokens, temperature=1.0),
+    }
+    for state in _storefront_states(shop):
+        observation, actions = shop.observe(state), tuple(shop.valid_actions(state))
+        assert SEARCH_TEMPLATE in actions
+        for name, policy in policies.items():
+            # The LLM's whole-page choices are checked above; here it only has to search.
+            seeds = range(40) if name != "llm-score" else ()
+            full = [ActRequest(observation, actions, 0, None, (), seed) for seed in seeds]
+            only_search = [
+                ActRequest(observation, (SEARCH_TEMPLATE,), 0, None, (), seed) for seed in range(4)
+            ]
+            results = policy.act(full + only_search)
+            for result in results:
+                assert result.action != SEARCH_TEMPLATE, name
+                assert shop.is_valid(state, result.action), (name, result.action)
+            assert all(r.action.startswith('search "') for r in results[len(full) :]), name
+    # The page's own ids are the queries, so the search finds something on the storefront.
+    home = shop.initial_state()
+    query = RandomPolicy().act([ActRequest(shop.observe(home), (SEARCH_TEMPLATE,), seed=1)])[0].action
+    assert shop.search_results(query[len('search "') : -1])
+
+
+def test_page_query_falls_back_without_ids():
+    rng = np.random.default_rng(0)
+    assert page_query('== Checkout ==\nsay "hi"', rng) in {"==", "Checkout", "say", "hi"}
+    assert page_query("", rng) == FALLBACK_QUERY

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,3 +82,12 @@ def test_lora_adapter_carries_the_persona_rows(tmp_path):
     fresh.resize_token_embeddings(len(tok), mean_resizing=False)
     loaded = PeftModel.from_pretrained(fresh, tmp_path)
     assert torch.allclose(loaded(x).logits, expected, atol=1e-5)
+
+
+def test_scoring_and_prompt_modules_import_without_peft():
+    # The vLLM CPU venv imports these modules and has no peft: a None entry makes `import peft` fail.
+    code = (
+        "import sys; sys.modules['peft'] = None; "
+        "import learners.agent.prompt, learners.agent.tokens, learners.agent.llm_policy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
