@@ -57,9 +57,18 @@ def write_world(root: Path, merchants: int, products: int, codes: int = 16) -> t
     """A prepared directory (catalogs.parquet) and merchant_distributions.parquet."""
     rng = np.random.default_rng(0)
     rows = [
-        {"merchant_id": f"m{m}", "product_id": f"p{i}", "category_id": f"c{i % 12}", "price": float(rng.uniform(1, 99)),
-         "n_views": int(rng.integers(1, 100)), "n_carts": 1, "n_purchases": 1, "popularity": float(rng.random())}
-        for m in range(merchants) for i in range(products)
+        {
+            "merchant_id": f"m{m}",
+            "product_id": f"p{i}",
+            "category_id": f"c{i % 12}",
+            "price": float(rng.uniform(1, 99)),
+            "n_views": int(rng.integers(1, 100)),
+            "n_carts": 1,
+            "n_purchases": 1,
+            "popularity": float(rng.random()),
+        }
+        for m in range(merchants)
+        for i in range(products)
     ]
     data = root / "prepared"
     data.mkdir(parents=True, exist_ok=True)
@@ -89,8 +98,11 @@ def write_tiny_agent(directory: Path, data: Path, codes: int = 16) -> Path:
 
 def sample_requests(data: Path, n: int):
     """Real requests: the first pages of ``n`` buyers walking the storefront with the random policy."""
-    config = SimulationConfig(data=str(data), distributions=str(data.parent / "merchant_distributions.parquet"),
-                              buyers_per_merchant=n // 4 + 1)
+    config = SimulationConfig(
+        data=str(data),
+        distributions=str(data.parent / "merchant_distributions.parquet"),
+        buyers_per_merchant=n // 4 + 1,
+    )
     player = EpisodePlayer(EnvSpec(kwargs={"data": str(data)}), max_envs=n, max_steps=3)
     requests = []
 
@@ -117,11 +129,18 @@ def on_engine(config: SimulationConfig, factory) -> dict[str, float]:
     start = time.perf_counter()
     manifest = simulate(config, policy=factory)
     wall = time.perf_counter() - start
-    return {"buyers": manifest["buyers_completed"], "steps": manifest["steps"], "wall_s": wall,
-            "startup_s": manifest["startup_s"], "tokens": manifest["tokens"]}
+    return {
+        "buyers": manifest["buyers_completed"],
+        "steps": manifest["steps"],
+        "wall_s": wall,
+        "startup_s": manifest["startup_s"],
+        "tokens": manifest["tokens"],
+    }
 
 
-def markov_rows(base: SimulationConfig, factory, sizes: list[int], root: Path) -> list[tuple[str, str, str, str]]:
+def markov_rows(
+    base: SimulationConfig, factory, sizes: list[int], root: Path
+) -> list[tuple[str, str, str, str]]:
     """Engine vs the plain loop at each work size (buyers per merchant)."""
     rows = []
     for i, per_merchant in enumerate(sizes):
@@ -130,12 +149,16 @@ def markov_rows(base: SimulationConfig, factory, sizes: list[int], root: Path) -
         eng = on_engine(config, factory)
         work_s = eng["wall_s"] - eng["startup_s"]
         target = ">= 0.8" if i == 0 else "> 1"
-        rows.append((f"Markov: {eng['buyers']} buyers, {eng['steps']} steps",
-                     f"engine {eng['buyers'] / eng['wall_s']:.0f} buyers/s with start-up ({eng['startup_s']:.1f} s),"
-                     f" {eng['buyers'] / work_s:.0f} buyers/s without",
-                     f"in-process {local['buyers'] / local['wall_s']:.0f} buyers/s ({local['wall_s']:.1f} s)",
-                     f"{local['wall_s'] / eng['wall_s']:.2f}x with start-up (target {target});"
-                     f" {local['wall_s'] / work_s:.2f}x without"))
+        rows.append(
+            (
+                f"Markov: {eng['buyers']} buyers, {eng['steps']} steps",
+                f"engine {eng['buyers'] / eng['wall_s']:.0f} buyers/s with start-up ({eng['startup_s']:.1f} s),"
+                f" {eng['buyers'] / work_s:.0f} buyers/s without",
+                f"in-process {local['buyers'] / local['wall_s']:.0f} buyers/s ({local['wall_s']:.1f} s)",
+                f"{local['wall_s'] / eng['wall_s']:.2f}x with start-up (target {target});"
+                f" {local['wall_s'] / work_s:.2f}x without",
+            )
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -155,8 +178,11 @@ def serving(factory, requests, max_batch_size: int, calls: int) -> float:
 
 def capacity(data: Path, n_envs: int, ticks: int) -> dict[str, float]:
     """N envs in lock-step in this process: memory per env and time per tick of all N."""
-    config = SimulationConfig(data=str(data), distributions=str(data.parent / "merchant_distributions.parquet"),
-                              buyers_per_merchant=n_envs // 4 + 1)
+    config = SimulationConfig(
+        data=str(data),
+        distributions=str(data.parent / "merchant_distributions.parquet"),
+        buyers_per_merchant=n_envs // 4 + 1,
+    )
     buyers = build_population(config)[:n_envs]
     gc.collect()
     rss0 = psutil.Process().memory_info().rss
@@ -174,16 +200,24 @@ def capacity(data: Path, n_envs: int, ticks: int) -> dict[str, float]:
     wall = time.perf_counter() - start
     rss1 = psutil.Process().memory_info().rss
     gaps = np.diff(tick_times) if len(tick_times) > 1 else np.array([wall])
-    return {"envs": player.envs_built, "steps": table.num_rows, "wall_s": wall,
-            "tick_s": float(np.median(gaps)), "kib_per_env": (rss1 - rss0) / 1024 / max(player.envs_built, 1)}
+    return {
+        "envs": player.envs_built,
+        "steps": table.num_rows,
+        "wall_s": wall,
+        "tick_s": float(np.median(gaps)),
+        "kib_per_env": (rss1 - rss0) / 1024 / max(player.envs_built, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
     args = parser.parse_args(argv)
     q = args.quick
     sections = set(args.sections.split(","))
@@ -197,8 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         markov_path = MarkovPolicy(MARKOV_COUNTS, {}, smoothing=0.5).save(root / "markov.json")
         markov = policy_factory(PolicySpec("markov", str(markov_path)))
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        base = SimulationConfig(data=str(data), distributions=str(dist), max_steps=20, runners=2, runner_num_cpus=1,
-                                policy_num_cpus=1, chunk_size=250, envs_per_runner=256, progress=False)
+        base = SimulationConfig(
+            data=str(data),
+            distributions=str(dist),
+            max_steps=20,
+            runners=2,
+            runner_num_cpus=1,
+            policy_num_cpus=1,
+            chunk_size=250,
+            envs_per_runner=256,
+            progress=False,
+        )
 
         if "markov" in sections:
             sizes = [100, 500] if q else [100, 500, 2500]
@@ -208,15 +251,27 @@ def main(argv: list[str] | None = None) -> int:
             agent = write_tiny_agent(root / "agent", data)
             llm = policy_factory(PolicySpec("transformers", str(agent), options={"temperature": 1.0}))
         if "llm" in sections:
-            config = replace(base, buyers_per_merchant=10 if q else 40, max_steps=10, out=str(root / "llm"), chunk_size=40,
-                             envs_per_runner=64, max_batch_size=64)
+            config = replace(
+                base,
+                buyers_per_merchant=10 if q else 40,
+                max_steps=10,
+                out=str(root / "llm"),
+                chunk_size=40,
+                envs_per_runner=64,
+                max_batch_size=64,
+            )
             local = in_process(config, llm)
             eng = on_engine(config, llm)
-            rows.append((f"tiny LLM agent: {eng['buyers']} buyers, {eng['steps']} steps",
-                         f"engine {eng['buyers'] / eng['wall_s']:.1f} buyers/s, {eng['steps'] / eng['wall_s']:.0f} steps/s,"
-                         f" {eng['tokens'] / eng['wall_s']:.0f} tokens/s",
-                         f"in-process {local['buyers'] / local['wall_s']:.1f} buyers/s, "
-                         f"{local['steps'] / local['wall_s']:.0f} steps/s", f"{local['wall_s'] / eng['wall_s']:.2f}x"))
+            rows.append(
+                (
+                    f"tiny LLM agent: {eng['buyers']} buyers, {eng['steps']} steps",
+                    f"engine {eng['buyers'] / eng['wall_s']:.1f} buyers/s, {eng['steps'] / eng['wall_s']:.0f} steps/s,"
+                    f" {eng['tokens'] / eng['wall_s']:.0f} tokens/s",
+                    f"in-process {local['buyers'] / local['wall_s']:.1f} buyers/s, "
+                    f"{local['steps'] / local['wall_s']:.0f} steps/s",
+                    f"{local['wall_s'] / eng['wall_s']:.2f}x",
+                )
+            )
             print(rows[-1], flush=True)
 
         if "serving" in sections:
@@ -224,17 +279,27 @@ def main(argv: list[str] | None = None) -> int:
             calls = 128 if q else 512
             batched, mean_batch = serving(llm, requests, 64, calls)
             single, _ = serving(llm, requests, 1, calls // 4)
-            rows.append((f"serving the tiny agent: {calls} concurrent 1-request calls",
-                         f"micro-batched {batched:.0f} req/s (mean batch {mean_batch:.1f})",
-                         f"batch size 1: {single:.0f} req/s", f"{batched / single:.1f}x (target >= 8)"))
+            rows.append(
+                (
+                    f"serving the tiny agent: {calls} concurrent 1-request calls",
+                    f"micro-batched {batched:.0f} req/s (mean batch {mean_batch:.1f})",
+                    f"batch size 1: {single:.0f} req/s",
+                    f"{batched / single:.1f}x (target >= 8)",
+                )
+            )
             print(rows[-1], flush=True)
         ray.shutdown()
 
         for n in ((1000, 10_000) if not q else (1000, 3000)) if "capacity" in sections else ():
             cap = capacity(data, n, ticks=5)
-            rows.append((f"{cap['envs']} text envs in one process, lock-step",
-                         f"{cap['tick_s'] * 1000:.0f} ms per tick of all envs, {cap['steps'] / cap['wall_s']:.0f} steps/s",
-                         f"{cap['kib_per_env']:.1f} KiB RSS per env", "target 10,000 envs"))
+            rows.append(
+                (
+                    f"{cap['envs']} text envs in one process, lock-step",
+                    f"{cap['tick_s'] * 1000:.0f} ms per tick of all envs, {cap['steps'] / cap['wall_s']:.0f} steps/s",
+                    f"{cap['kib_per_env']:.1f} KiB RSS per env",
+                    "target 10,000 envs",
+                )
+            )
             print(rows[-1], flush=True)
 
     table = ["| case | measured | baseline (same run) | ratio / target |", "|---|---|---|---|"]

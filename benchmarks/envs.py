@@ -34,8 +34,15 @@ def demo_catalog(n: int = 2000) -> Catalog:
     rng = random.Random(0)
     return Catalog.from_records(
         "bench",
-        [{"product_id": str(10_000 + i), "category_id": str(i % 40), "price": rng.uniform(1, 99), "popularity": rng.random()}
-         for i in range(n)],
+        [
+            {
+                "product_id": str(10_000 + i),
+                "category_id": str(i % 40),
+                "price": rng.uniform(1, 99),
+                "popularity": rng.random(),
+            }
+            for i in range(n)
+        ],
     )
 
 
@@ -105,17 +112,25 @@ def bench_text(args: argparse.Namespace) -> None:
     sf_products = len(sf.catalog.products)
     where = f"{args.data}, merchant {kwargs['merchant']}" if args.data else "in-memory catalogue"
     where += f", {sf_products:,} products"
-    print(f"[text] simpersona/Storefront-v0 ({where}): {env_rate:,.0f} steps/s "
-          f"(target {TEXT_TARGET:,}: {'met' if env_rate >= TEXT_TARGET else 'NOT met'})")
-    print(f"[text]   bare storefront model: {model_rate:,.0f} steps/s (env / model = {env_rate / model_rate:.2f})")
-    print(f"[text]   baseline CartPole-v1 via gymnasium.make: {cart_rate:,.0f} steps/s "
-          f"(env / CartPole = {env_rate / cart_rate:.2f})")
+    print(
+        f"[text] simpersona/Storefront-v0 ({where}): {env_rate:,.0f} steps/s "
+        f"(target {TEXT_TARGET:,}: {'met' if env_rate >= TEXT_TARGET else 'NOT met'})"
+    )
+    print(
+        f"[text]   bare storefront model: {model_rate:,.0f} steps/s (env / model = {env_rate / model_rate:.2f})"
+    )
+    print(
+        f"[text]   baseline CartPole-v1 via gymnasium.make: {cart_rate:,.0f} steps/s "
+        f"(env / CartPole = {env_rate / cart_rate:.2f})"
+    )
 
 
 def bench_browser(args: argparse.Namespace) -> None:
     from benchmarks.envs_browser import describe, run_browser_bench
 
-    figures = run_browser_bench(steps=args.browser_steps, envs=args.browser_envs, contexts=args.browser_contexts)
+    figures = run_browser_bench(
+        steps=args.browser_steps, envs=args.browser_envs, contexts=args.browser_contexts
+    )
     print("[browser]", json.dumps(figures))
     print("[browser]", describe(figures))
 
@@ -124,14 +139,22 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"text": bench_text,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, help="a prepared directory (default: an in-memory catalogue)")
-    parser.add_argument("--merchant", help="with --data: the merchant (default: the one with the most events)")
+    parser.add_argument(
+        "--merchant", help="with --data: the merchant (default: the one with the most events)"
+    )
     parser.add_argument("--steps", type=int, default=50_000, help="timed steps per measurement")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {list(SECTIONS)}")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {list(SECTIONS)}"
+    )
     parser.add_argument("--browser-steps", type=int, default=60, help="browser steps per env")
     parser.add_argument("--browser-envs", type=int, default=4, help="browser envs stepped concurrently")
-    parser.add_argument("--browser-contexts", type=int, default=8, help="contexts opened for the memory figure")
+    parser.add_argument(
+        "--browser-contexts", type=int, default=8, help="contexts opened for the memory figure"
+    )
     args = parser.parse_args()
     for name in args.sections.split(","):
         if name not in SECTIONS:

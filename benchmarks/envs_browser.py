@@ -25,7 +25,12 @@ MERCHANT = "bench"
 
 def bench_catalog(n_products: int = 500, n_categories: int = 40) -> Catalog:
     records = [
-        {"product_id": f"p{i}", "category_id": f"c{i % n_categories}", "price": 1.0 + i % 97, "popularity": 1 / (i + 1)}
+        {
+            "product_id": f"p{i}",
+            "category_id": f"c{i % n_categories}",
+            "price": 1.0 + i % 97,
+            "popularity": 1 / (i + 1),
+        }
         for i in range(n_products)
     ]
     return Catalog.from_records(MERCHANT, records)

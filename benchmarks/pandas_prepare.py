@@ -42,8 +42,15 @@ def read_inputs(inputs: list[Path], mapping: SourceMapping) -> tuple[pd.DataFram
             names = list(mapping.csv.columns) if mapping.csv.columns else None
             with open(path, "rb") as fh:
                 lines = sum(1 for _ in fh) - (1 if mapping.csv.header else 0)
-            df = pd.read_csv(path, sep=mapping.csv.delimiter or ",", header=header, names=names, dtype=str,
-                             keep_default_na=False, on_bad_lines="skip")
+            df = pd.read_csv(
+                path,
+                sep=mapping.csv.delimiter or ",",
+                header=header,
+                names=names,
+                dtype=str,
+                keep_default_na=False,
+                on_bad_lines="skip",
+            )
             skipped += lines - len(df)
         df["_file"] = str(path)
         df["_line"] = np.arange(len(df)) + (2 if mapping.csv.header else 1)
@@ -54,7 +61,9 @@ def read_inputs(inputs: list[Path], mapping: SourceMapping) -> tuple[pd.DataFram
 def parse_ts(raw: pd.Series, mapping: SourceMapping) -> pd.Series:
     spec = mapping.timestamp
     if spec.format in ("unix_s", "unix_ms"):
-        ts = pd.to_datetime(pd.to_numeric(raw, errors="coerce"), unit="s" if spec.format == "unix_s" else "ms", utc=True)
+        ts = pd.to_datetime(
+            pd.to_numeric(raw, errors="coerce"), unit="s" if spec.format == "unix_s" else "ms", utc=True
+        )
     elif spec.format == "iso":
         ts = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
     elif spec.year is not None:
@@ -128,20 +137,35 @@ def sessions_table(ev: pd.DataFrame) -> pd.DataFrame:
         is_cart=ev["event_type"] == "add_to_cart",
         is_buy=ev["event_type"] == "purchase",
     ).groupby(["merchant_id", "buyer_id", "session_id"], sort=False)
-    s = g.agg(start=("ts", "min"), end=("ts", "max"), n_events=("ts", "size"), n_product_views=("is_view", "sum"),
-              n_carts=("is_cart", "sum"), n_purchases=("is_buy", "sum"), depth=("depth", "max")).reset_index()
+    s = g.agg(
+        start=("ts", "min"),
+        end=("ts", "max"),
+        n_events=("ts", "size"),
+        n_product_views=("is_view", "sum"),
+        n_carts=("is_cart", "sum"),
+        n_purchases=("is_buy", "sum"),
+        depth=("depth", "max"),
+    ).reset_index()
     s["converted"] = s["n_purchases"] > 0
     return s
 
 
 def buyers_table(ev: pd.DataFrame, max_seq_len: int) -> pd.DataFrame:
     keys = ["merchant_id", "buyer_id"]
-    counts = pd.crosstab([ev["merchant_id"], ev["buyer_id"]], ev["event_type"]).reindex(columns=list(EVENT_TYPES), fill_value=0)
+    counts = pd.crosstab([ev["merchant_id"], ev["buyer_id"]], ev["event_type"]).reindex(
+        columns=list(EVENT_TYPES), fill_value=0
+    )
     g = ev.groupby(keys, sort=False)
     b = g.agg(
-        n_events=("ts", "size"), n_sessions=("session_id", "nunique"), first_ts=("ts", "min"), last_ts=("ts", "max"),
-        n_products=("product_id", "nunique"), n_categories=("category_id", "nunique"), mean_price=("price", "mean"),
-        depth=("depth", "max"), mean_gap_s=("gap_s", "mean"),
+        n_events=("ts", "size"),
+        n_sessions=("session_id", "nunique"),
+        first_ts=("ts", "min"),
+        last_ts=("ts", "max"),
+        n_products=("product_id", "nunique"),
+        n_categories=("category_id", "nunique"),
+        mean_price=("price", "mean"),
+        depth=("depth", "max"),
+        mean_gap_s=("gap_s", "mean"),
     )
     b["active_days"] = ev.assign(day=ev["ts"].dt.floor("D")).groupby(keys, sort=False)["day"].nunique()
     b = b.join(counts)
@@ -159,8 +183,9 @@ def buyers_table(ev: pd.DataFrame, max_seq_len: int) -> pd.DataFrame:
     b["n_purchases"] = b["purchase"]
     b["converted"] = b["purchase"] > 0
     tail = ev.groupby(keys, sort=False).tail(max_seq_len)
-    seqs = tail.assign(code=tail["event_type"].map({t: i for i, t in enumerate(EVENT_TYPES)}),
-                       lgap=np.log1p(tail["gap_s"])).groupby(keys, sort=False)
+    seqs = tail.assign(
+        code=tail["event_type"].map({t: i for i, t in enumerate(EVENT_TYPES)}), lgap=np.log1p(tail["gap_s"])
+    ).groupby(keys, sort=False)
     b["event_seq"] = seqs["code"].agg(list)
     b["gap_seq"] = seqs["lgap"].agg(list)
     return b.reset_index()
@@ -168,34 +193,47 @@ def buyers_table(ev: pd.DataFrame, max_seq_len: int) -> pd.DataFrame:
 
 def catalogs_table(ev: pd.DataFrame) -> pd.DataFrame:
     prod = ev[ev["product_id"].notna()]
-    c = prod.assign(
-        is_view=prod["event_type"] == "product_view",
-        is_cart=prod["event_type"] == "add_to_cart",
-        is_buy=prod["event_type"] == "purchase",
-    ).groupby(["merchant_id", "product_id"]).agg(
-        category_id=("category_id", "first"), price=("price", "median"), n_events=("event_type", "size"),
-        n_views=("is_view", "sum"), n_carts=("is_cart", "sum"), n_purchases=("is_buy", "sum"),
-    ).reset_index()
+    c = (
+        prod.assign(
+            is_view=prod["event_type"] == "product_view",
+            is_cart=prod["event_type"] == "add_to_cart",
+            is_buy=prod["event_type"] == "purchase",
+        )
+        .groupby(["merchant_id", "product_id"])
+        .agg(
+            category_id=("category_id", "first"),
+            price=("price", "median"),
+            n_events=("event_type", "size"),
+            n_views=("is_view", "sum"),
+            n_carts=("is_cart", "sum"),
+            n_purchases=("is_buy", "sum"),
+        )
+        .reset_index()
+    )
     c["popularity"] = c["n_events"] / c.groupby("merchant_id")["n_events"].transform("sum")
     return c.drop(columns="n_events")
 
 
 def merchants_table(ev: pd.DataFrame, buyers: pd.DataFrame) -> pd.DataFrame:
     g = ev.groupby("merchant_id")
-    m = pd.DataFrame({
-        "buyers": buyers.groupby("merchant_id").size(),
-        "sessions": g["session_id"].nunique(),
-        "events": g.size(),
-        "products": g["product_id"].nunique(),
-        "conversion_rate": buyers.groupby("merchant_id")["converted"].mean(),
-    })
+    m = pd.DataFrame(
+        {
+            "buyers": buyers.groupby("merchant_id").size(),
+            "sessions": g["session_id"].nunique(),
+            "events": g.size(),
+            "products": g["product_id"].nunique(),
+            "conversion_rate": buyers.groupby("merchant_id")["converted"].mean(),
+        }
+    )
     for stage, depth in zip(FUNNEL_STAGES[1:], range(1, 6), strict=True):
         m[f"rate_{stage}"] = (buyers["depth"] >= depth).groupby(buyers["merchant_id"]).mean()
     return m.reset_index()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("inputs", nargs="+", type=Path)
     parser.add_argument("--mapping", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
@@ -213,12 +251,24 @@ def main(argv: list[str] | None = None) -> int:
     catalogs = catalogs_table(events)
     merchants = merchants_table(events, buyers)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, df in [("events", events), ("sessions", sessions), ("buyers", buyers), ("catalogs", catalogs),
-                     ("merchants", merchants), ("quarantine", quarantine)]:
+    for name, df in [
+        ("events", events),
+        ("sessions", sessions),
+        ("buyers", buyers),
+        ("catalogs", catalogs),
+        ("merchants", merchants),
+        ("quarantine", quarantine),
+    ]:
         df.to_parquet(args.out / f"{name}.parquet", index=False)
-    counts = {"rows_read": rows_read, "events": len(events), "rows_quarantined": len(quarantine) + skipped,
-              "buyers": len(buyers), "sessions": len(sessions), "merchants": len(merchants),
-              "seconds": time.perf_counter() - began}
+    counts = {
+        "rows_read": rows_read,
+        "events": len(events),
+        "rows_quarantined": len(quarantine) + skipped,
+        "buyers": len(buyers),
+        "sessions": len(sessions),
+        "merchants": len(merchants),
+        "seconds": time.perf_counter() - began,
+    }
     (args.out / "counts.json").write_text(json.dumps(counts, indent=2))
     print(json.dumps(counts))
     return 0

@@ -30,8 +30,17 @@ from learners.vqvae.kmeans_baseline import fit_kmeans
 def synth_data(root: Path, buyers: int) -> Path:
     raw, data = root / "raw", root / "data"
     cli(["synth", "--out", str(raw), "--buyers", str(buyers), "--merchants", "16", "--seed", "0"])
-    cli(["prepare", str(raw / "logs"), "--mapping", str(raw / "mapping.yaml"),
-         "--out", str(data), "--no-progress"])
+    cli(
+        [
+            "prepare",
+            str(raw / "logs"),
+            "--mapping",
+            str(raw / "mapping.yaml"),
+            "--out",
+            str(data),
+            "--no-progress",
+        ]
+    )
     return data
 
 
@@ -45,7 +54,9 @@ def best_of(fn, repeats: int = 3) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--buyers", type=int, default=20000)
     parser.add_argument("--data", type=Path, help="a prepared directory (default: synthetic)")
     parser.add_argument("--codes", type=int, default=32)
@@ -66,10 +77,17 @@ def main() -> None:
             wall = time.perf_counter() - start
             per_epoch = [h["buyers_per_s"] for h in result.history[1:]]
             runs[workers] = statistics.mean(per_epoch)
-            rows_md.append((f"fit, {workers} Ray Train worker(s), buyers/s per quantized epoch",
-                            f"{runs[workers]:,.0f}", f"wall {wall:.1f} s incl. Ray Train start"))
+            rows_md.append(
+                (
+                    f"fit, {workers} Ray Train worker(s), buyers/s per quantized epoch",
+                    f"{runs[workers]:,.0f}",
+                    f"wall {wall:.1f} s incl. Ray Train start",
+                )
+            )
         ray.shutdown()
-        rows_md.append(("fit speed-up, 2 vs 1 workers", f"{runs[2] / runs[1]:.2f}x", "same data, same config"))
+        rows_md.append(
+            ("fit speed-up, 2 vs 1 workers", f"{runs[2] / runs[1]:.2f}x", "same data, same config")
+        )
 
         assigner = CodeAssigner(root / "run1")
         rows = rows_from_table(table, assigner.max_seq_len)
@@ -82,13 +100,19 @@ def main() -> None:
         kmeans = fit_kmeans(standardised, args.codes, seed=0, n_init=1)
         t_km = best_of(lambda: kmeans.predict(standardised))
         rows_md += [
-            ("assign: encoder + nearest code (tensors ready)", f"{n / t_model:,.0f} buyers/s", f"{n:,} buyers"),
+            (
+                "assign: encoder + nearest code (tensors ready)",
+                f"{n / t_model:,.0f} buyers/s",
+                f"{n:,} buyers",
+            ),
             ("assign: BUYERS table -> codes table (incl. padding)", f"{n / t_full:,.0f} buyers/s", ""),
             ("baseline: sklearn KMeans.predict, same features", f"{n / t_km:,.0f} buyers/s", ""),
             ("ratio VQ-VAE encoder / KMeans.predict", f"{t_km / t_model:.3f}", "higher = VQ-VAE faster"),
         ]
-    head = (f"VQ-VAE benchmark: {n:,} buyers, K={args.codes}, torch threads {torch.get_num_threads()}, "
-            f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    head = (
+        f"VQ-VAE benchmark: {n:,} buyers, K={args.codes}, torch threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    )
     lines = [head, "", "| measure | value | note |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows_md]
     text = "\n".join(lines)

@@ -27,14 +27,20 @@ from learners.vqvae.metrics import type_metrics
 from learners.vqvae.report import truth_labels
 
 GRID = [
-    {"codes": 16}, {"codes": 32}, {"codes": 64}, {"codes": 128},
-    {"codes": 32, "beta": 1.0}, {"codes": 32, "beta": 0.05},
+    {"codes": 16},
+    {"codes": 32},
+    {"codes": 64},
+    {"codes": 128},
+    {"codes": 32, "beta": 1.0},
+    {"codes": 32, "beta": 0.05},
     {"codes": 32, "encoder": "transformer"},
 ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--buyers", type=int, default=3000)
     parser.add_argument("--events-per-buyer", type=float, default=40.0)
     parser.add_argument("--epochs", type=int, default=10)
@@ -43,20 +49,58 @@ def main() -> None:
     torch.set_num_threads(1)  # as in a 1-CPU Ray Train worker: deterministic and comparable
     with tempfile.TemporaryDirectory() as tmp:
         raw, data = Path(tmp) / "raw", Path(tmp) / "data"
-        cli(["synth", "--out", str(raw), "--buyers", str(args.buyers), "--merchants", "8", "--seed", "0",
-             "--events-per-buyer", str(args.events_per_buyer)])
-        cli(["prepare", str(raw / "logs"), "--mapping", str(raw / "mapping.yaml"),
-             "--out", str(data), "--no-progress"])
+        cli(
+            [
+                "synth",
+                "--out",
+                str(raw),
+                "--buyers",
+                str(args.buyers),
+                "--merchants",
+                "8",
+                "--seed",
+                "0",
+                "--events-per-buyer",
+                str(args.events_per_buyer),
+            ]
+        )
+        cli(
+            [
+                "prepare",
+                str(raw / "logs"),
+                "--mapping",
+                str(raw / "mapping.yaml"),
+                "--out",
+                str(data),
+                "--no-progress",
+            ]
+        )
         rows = load_rows(data, VQVAEConfig().max_seq_len)
         ids = pa.table({"merchant_id": rows.merchant_id, "buyer_id": rows.buyer_id})
         truth = truth_labels(raw / "truth.parquet", ids)
     stats = FeatureStats.fit(rows.features)
     batch = rows.batch(stats)
     standardised = stats.apply(rows.features)
-    cols = ["encoder", "K", "beta", "in use", "perplexity", "CH", "coherence", "NMI", "k-means NMI",
-            "k-means CH", "fit s"]
-    lines = [f"VQ-VAE sweep: {len(batch):,} synthetic buyers with planted types, {args.epochs} epochs "
-             f"(4 warm-up), batch 64", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    cols = [
+        "encoder",
+        "K",
+        "beta",
+        "in use",
+        "perplexity",
+        "CH",
+        "coherence",
+        "NMI",
+        "k-means NMI",
+        "k-means CH",
+        "fit s",
+    ]
+    lines = [
+        f"VQ-VAE sweep: {len(batch):,} synthetic buyers with planted types, {args.epochs} epochs "
+        f"(4 warm-up), batch 64",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     print("\n".join(lines), flush=True)
     for overrides in GRID:
         config = VQVAEConfig(**{"epochs": args.epochs, "warmup_epochs": 4, "batch_size": 64, **overrides})
@@ -69,9 +113,11 @@ def main() -> None:
         codes = work.model.assign(*batch.inputs()).numpy().astype(np.int64)
         vq = type_metrics(codes, config.codes, standardised, rows.features, rows.converted, truth)
         km = run_baseline(rows, stats, config.codes, truth=truth).metrics
-        line = (f"| {config.encoder} | {config.codes} | {config.beta} | {vq['utilisation']:.0%} | "
-                f"{vq['perplexity']:.1f} | {vq['calinski_harabasz']:.0f} | {vq['coherence']:.4f} | "
-                f"{vq['nmi']:.3f} | {km['nmi']:.3f} | {km['calinski_harabasz']:.0f} | {seconds:.0f} |")
+        line = (
+            f"| {config.encoder} | {config.codes} | {config.beta} | {vq['utilisation']:.0%} | "
+            f"{vq['perplexity']:.1f} | {vq['calinski_harabasz']:.0f} | {vq['coherence']:.4f} | "
+            f"{vq['nmi']:.3f} | {km['nmi']:.3f} | {km['calinski_harabasz']:.0f} | {seconds:.0f} |"
+        )
         lines.append(line)
         print(line, flush=True)
     if args.markdown:

@@ -43,9 +43,25 @@ MANIFEST = "manifest.json"
 # A custom resource is requested in this amount so that it acts as a placement label, not a quota.
 LABEL_AMOUNT = 0.001
 # Fields that decide what is simulated; a resumed run must agree with the manifest on all of them.
-RESULT_FIELDS = ("data", "distributions", "merchants", "buyers_per_merchant", "seed", "stratified",
-                 "smoothing", "codebook_size", "env_id", "max_steps", "use_persona", "policy",
-                 "policy_path", "temperature", "chunk_size", "replicates", "goal_tasks")
+RESULT_FIELDS = (
+    "data",
+    "distributions",
+    "merchants",
+    "buyers_per_merchant",
+    "seed",
+    "stratified",
+    "smoothing",
+    "codebook_size",
+    "env_id",
+    "max_steps",
+    "use_persona",
+    "policy",
+    "policy_path",
+    "temperature",
+    "chunk_size",
+    "replicates",
+    "goal_tasks",
+)
 
 
 @dataclass
@@ -135,7 +151,9 @@ class SimulationConfig:
 
 def policy_spec(config: SimulationConfig) -> PolicySpec:
     options = {} if config.temperature is None else {"temperature": config.temperature}
-    return PolicySpec(backend=config.policy, path=config.policy_path, device=config.policy_device, options=options)
+    return PolicySpec(
+        backend=config.policy, path=config.policy_path, device=config.policy_device, options=options
+    )
 
 
 def env_spec(config: SimulationConfig) -> EnvSpec:
@@ -158,17 +176,22 @@ def serving_config(config: SimulationConfig) -> ServingConfig:
 
 def build_population(config: SimulationConfig) -> list[SimBuyer]:
     if not config.distributions:
-        raise ValueError("simulation config: `distributions` is not set; point it at the"
-                         " merchant_distributions.parquet written by the VQ-VAE assignment step")
+        raise ValueError(
+            "simulation config: `distributions` is not set; point it at the"
+            " merchant_distributions.parquet written by the VQ-VAE assignment step"
+        )
     sampler = PopulationSampler.from_parquet(config.distributions, config.smoothing, config.codebook_size)
     merchants = list(config.merchants) or sampler.merchants
-    buyers = sampler.population(merchants, config.buyers_per_merchant, config.seed, config.stratified,
-                                config.replicates)
+    buyers = sampler.population(
+        merchants, config.buyers_per_merchant, config.seed, config.stratified, config.replicates
+    )
     if not config.goal_tasks:
         return buyers
     if not config.data:
-        raise ValueError("simulation config: goal_tasks needs `data` (the prepared directory whose"
-                         " catalogs.parquet the goal products are drawn from)")
+        raise ValueError(
+            "simulation config: goal_tasks needs `data` (the prepared directory whose"
+            " catalogs.parquet the goal products are drawn from)"
+        )
     catalogs = PreparedCatalogs(config.data, merchants)
     return with_goals(buyers, {m: catalogs.get(m) for m in merchants})
 
@@ -198,10 +221,13 @@ class RunTally:
         self.invalid += table.num_rows - int(pc.sum(table["valid"]).as_py() or 0)
         self.tokens += int(pc.sum(table["tokens"]).as_py() or 0)
         per_buyer = table.group_by(["merchant_id", "sim_buyer_id"]).aggregate(
-            [("converted", "max"), ("valid", "count"), ("valid", "sum")])
+            [("converted", "max"), ("valid", "count"), ("valid", "sum")]
+        )
         self.buyers += per_buyer.num_rows
-        for m, conv, n, ok in zip(*(per_buyer[c].to_pylist() for c in (
-                "merchant_id", "converted_max", "valid_count", "valid_sum")), strict=True):
+        for m, conv, n, ok in zip(
+            *(per_buyer[c].to_pylist() for c in ("merchant_id", "converted_max", "valid_count", "valid_sum")),
+            strict=True,
+        ):
             counts = self.merchants[m]
             counts["buyers"] += 1
             counts["converted"] += int(conv)
@@ -222,7 +248,9 @@ class RunTally:
                 "invalid_steps": c["invalid_steps"],
                 "conversion_rate": c["converted"] / c["buyers"],
                 "invalid_rate": c["invalid_steps"] / max(c["steps"], 1),
-                "action_rates": {k[5:]: v / c["buyers"] for k, v in sorted(c.items()) if k.startswith("kind:")},
+                "action_rates": {
+                    k[5:]: v / c["buyers"] for k, v in sorted(c.items()) if k.startswith("kind:")
+                },
             }
         return out
 
@@ -237,8 +265,13 @@ def format_summary(summary: dict[str, dict[str, Any]], max_kinds: int = 8) -> st
     head = ["merchant", "buyers", "conv", "invalid", *kinds]
     lines = [" ".join(f"{h:>12}" for h in head)]
     for m, s in summary.items():
-        cells = [m[:12], str(s["buyers"]), f"{s['conversion_rate']:.3f}", f"{s['invalid_rate']:.3f}",
-                 *(f"{s['action_rates'].get(k, 0.0):.3f}" for k in kinds)]
+        cells = [
+            m[:12],
+            str(s["buyers"]),
+            f"{s['conversion_rate']:.3f}",
+            f"{s['invalid_rate']:.3f}",
+            *(f"{s['action_rates'].get(k, 0.0):.3f}" for k in kinds),
+        ]
         lines.append(" ".join(f"{c:>12}" for c in cells))
     return "\n".join(lines)
 
@@ -254,8 +287,13 @@ class RunnerSlot:
 class Simulation:
     """One run of ``simulate``: owns the actors, the work queue, the output and the tally."""
 
-    def __init__(self, config: SimulationConfig, env: EnvSpec, factory: PolicyFactory,
-                 on_chunk: Callable[[Simulation], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: SimulationConfig,
+        env: EnvSpec,
+        factory: PolicyFactory,
+        on_chunk: Callable[[Simulation], None] | None = None,
+    ) -> None:
         self.config = config
         self.on_chunk = on_chunk
         self.env = env
@@ -285,8 +323,10 @@ class Simulation:
         existing = sorted(parts.glob("part-*.parquet")) if parts.exists() else []
         if not self.config.resume:
             if existing or manifest.exists():
-                raise ValueError(f"{self.out}: already holds a simulation (manifest or parts); pass --resume"
-                                 " true to continue it, or choose a new --out")
+                raise ValueError(
+                    f"{self.out}: already holds a simulation (manifest or parts); pass --resume"
+                    " true to continue it, or choose a new --out"
+                )
             parts.mkdir(parents=True, exist_ok=True)
             return
         if not manifest.exists():
@@ -297,8 +337,10 @@ class Simulation:
         defaults = {f.name: f.default for f in fields(SimulationConfig)}
         changed = [k for k in RESULT_FIELDS if previous["config"].get(k, defaults[k]) != mine[k]]
         if changed:
-            raise ValueError(f"{manifest}: cannot resume with a different {changed}; the manifest has"
-                             f" {[previous['config'].get(k) for k in changed]}")
+            raise ValueError(
+                f"{manifest}: cannot resume with a different {changed}; the manifest has"
+                f" {[previous['config'].get(k) for k in changed]}"
+            )
         self.elapsed_before = float(previous.get("elapsed_s", 0.0))
         parts.mkdir(parents=True, exist_ok=True)
         for path in existing:
@@ -312,7 +354,9 @@ class Simulation:
         expected = sorted(b.sim_buyer_id for b in self.chunks[chunk_id])
         got = sorted(set(table["sim_buyer_id"].to_pylist()))
         if got != expected:
-            raise RuntimeError(f"chunk {chunk_id}: rollouts cover buyers {got[:5]}..., expected {expected[:5]}...")
+            raise RuntimeError(
+                f"chunk {chunk_id}: rollouts cover buyers {got[:5]}..., expected {expected[:5]}..."
+            )
         path = part_path(self.out, chunk_id)
         tmp = path.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp)
@@ -352,8 +396,9 @@ class Simulation:
         options: dict[str, Any] = {"num_cpus": c.runner_num_cpus}
         if c.runner_resource:
             options["resources"] = {c.runner_resource: LABEL_AMOUNT}
-        return EnvRunner.options(**options).remote(self.env, c.envs_per_runner, c.max_steps, c.use_persona,
-                                                   c.env_groups)
+        return EnvRunner.options(**options).remote(
+            self.env, c.envs_per_runner, c.max_steps, c.use_persona, c.env_groups
+        )
 
     def router_alive(self) -> bool:
         try:
@@ -379,7 +424,9 @@ class Simulation:
     def failed(self, chunk_id: int, err: BaseException, queue: collections.deque) -> None:
         self.attempts[chunk_id] += 1
         if self.attempts[chunk_id] > self.config.max_retries:
-            raise RuntimeError(f"chunk {chunk_id} failed {self.attempts[chunk_id]} times; last error: {err}") from err
+            raise RuntimeError(
+                f"chunk {chunk_id} failed {self.attempts[chunk_id]} times; last error: {err}"
+            ) from err
         queue.appendleft(chunk_id)
 
     # ---- the run ------------------------------------------------------------------------------
@@ -388,8 +435,14 @@ class Simulation:
         self.prepare_output()
         started = self.started = time.monotonic()
         queue = collections.deque(i for i in range(len(self.chunks)) if i not in self.done)
-        bar = tqdm(total=len(self.buyers), initial=self.tally.buyers, unit="buyer", disable=not c.progress,
-                   dynamic_ncols=True, desc="simulate")
+        bar = tqdm(
+            total=len(self.buyers),
+            initial=self.tally.buyers,
+            unit="buyer",
+            disable=not c.progress,
+            dynamic_ncols=True,
+            desc="simulate",
+        )
         base = (self.tally.steps, self.tally.tokens)
         # Runners start (in their own processes) while the router waits for the policy to load.
         slots = self.slots = [RunnerSlot(self.start_runner()) for _ in range(max(1, c.runners))]
@@ -409,10 +462,14 @@ class Simulation:
                         self.replace_runner(slot, queue)
                 rate_s = max(time.monotonic() - started, 1e-9)
                 t = self.tally
-                bar.set_postfix_str(f"steps/s={(t.steps - base[0]) / rate_s:.0f} tok/s="
-                                    f"{(t.tokens - base[1]) / rate_s:.0f} invalid={t.invalid / max(t.steps, 1):.3f}",
-                                    refresh=False)
-            self.policy_restarts += ray.get(self.router.get_stats.remote(), timeout=c.call_timeout_s)["restarts"]
+                bar.set_postfix_str(
+                    f"steps/s={(t.steps - base[0]) / rate_s:.0f} tok/s="
+                    f"{(t.tokens - base[1]) / rate_s:.0f} invalid={t.invalid / max(t.steps, 1):.3f}",
+                    refresh=False,
+                )
+            self.policy_restarts += ray.get(self.router.get_stats.remote(), timeout=c.call_timeout_s)[
+                "restarts"
+            ]
         finally:
             bar.close()
             for slot in slots:
@@ -428,8 +485,9 @@ class Simulation:
         for slot in slots:
             while queue and len(slot.in_flight) < max(1, self.config.chunks_per_runner):
                 chunk_id = queue.popleft()
-                ref = slot.handle.run_chunk.remote(self.chunks[chunk_id], self.router, self.config.call_timeout_s,
-                                                   self.config.max_retries)
+                ref = slot.handle.run_chunk.remote(
+                    self.chunks[chunk_id], self.router, self.config.call_timeout_s, self.config.max_retries
+                )
                 slot.in_flight[ref] = (chunk_id, time.monotonic())
 
     def collect(self, ref: Any, slots: list[RunnerSlot], queue: collections.deque, bar: tqdm) -> None:
@@ -472,8 +530,12 @@ def check_cpus(config: SimulationConfig, available: float) -> None:
         )
 
 
-def simulate(config: SimulationConfig, env: EnvSpec | None = None, policy: PolicyFactory | None = None,
-             on_chunk: Callable[[Simulation], None] | None = None) -> dict[str, Any]:
+def simulate(
+    config: SimulationConfig,
+    env: EnvSpec | None = None,
+    policy: PolicyFactory | None = None,
+    on_chunk: Callable[[Simulation], None] | None = None,
+) -> dict[str, Any]:
     """Run a simulation and return its manifest (also written to ``OUT/manifest.json``).
 
     ``env`` and ``policy`` override the env and backend named in the config (custom storefronts,
@@ -489,4 +551,3 @@ def simulate(config: SimulationConfig, env: EnvSpec | None = None, policy: Polic
     finally:
         if started_ray:
             ray.shutdown()
-

@@ -116,11 +116,19 @@ class Episode:
 class EpisodePlayer:
     """Plays buyers' episodes over a reusable pool of envs; the loop shared by actors and local runs."""
 
-    def __init__(self, env_spec: EnvSpec, max_envs: int = 256, max_steps: int = 20,
-                 use_persona: bool = True, groups: int = 1) -> None:
+    def __init__(
+        self,
+        env_spec: EnvSpec,
+        max_envs: int = 256,
+        max_steps: int = 20,
+        use_persona: bool = True,
+        groups: int = 1,
+    ) -> None:
         if max_envs < 1 or max_steps < 1 or not 1 <= groups <= max_envs:
-            raise ValueError(f"need max_envs >= 1, max_steps >= 1 and 1 <= groups <= max_envs, got {max_envs},"
-                             f" {max_steps}, {groups}")
+            raise ValueError(
+                f"need max_envs >= 1, max_steps >= 1 and 1 <= groups <= max_envs, got {max_envs},"
+                f" {max_steps}, {groups}"
+            )
         self.env_spec = env_spec
         self.max_envs = max_envs
         self.max_steps = max_steps
@@ -168,7 +176,9 @@ class EpisodePlayer:
                     pending[g] = client.submit([e.request(self.use_persona) for e in live[g]])
         return pa.table(rows, schema=ROLLOUTS)
 
-    def _apply(self, live: list[Episode], results: Sequence[ActResult], rows: dict[str, list]) -> list[Episode]:
+    def _apply(
+        self, live: list[Episode], results: Sequence[ActResult], rows: dict[str, list]
+    ) -> list[Episode]:
         """Step each episode with its answer; the episodes still running (finished ones free their env)."""
         if len(results) != len(live):
             raise RuntimeError(f"policy answered {len(results)} of {len(live)} requests")
@@ -212,8 +222,14 @@ class EpisodePlayer:
 class EnvRunner:
     """A Ray actor hosting up to ``max_envs`` envs in ``groups`` groups; plays one chunk of buyers per call."""
 
-    def __init__(self, env_spec: EnvSpec, max_envs: int = 256, max_steps: int = 20,
-                 use_persona: bool = True, groups: int = 2) -> None:
+    def __init__(
+        self,
+        env_spec: EnvSpec,
+        max_envs: int = 256,
+        max_steps: int = 20,
+        use_persona: bool = True,
+        groups: int = 2,
+    ) -> None:
         self.player = EpisodePlayer(env_spec, max_envs, max_steps, use_persona, min(groups, max_envs))
         self.client: ReplicaClient | None = None
 
@@ -221,8 +237,13 @@ class EnvRunner:
         """Node id and process id, for placement checks and health probes."""
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
-    def run_chunk(self, buyers: Sequence[SimBuyer], router: ray.actor.ActorHandle,
-                  call_timeout_s: float = 120.0, max_retries: int = 3) -> pa.Table:
+    def run_chunk(
+        self,
+        buyers: Sequence[SimBuyer],
+        router: ray.actor.ActorHandle,
+        call_timeout_s: float = 120.0,
+        max_retries: int = 3,
+    ) -> pa.Table:
         """Play ``buyers`` against the replicas of ``router`` (a ``PolicyRouter``), calling them directly;
         every remote call is bounded by ``call_timeout_s``."""
         if self.client is None or self.client.router != router:  # the first chunk, or a new router

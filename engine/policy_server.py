@@ -54,7 +54,9 @@ def build_policy(spec: PolicySpec) -> Policy:
 
         return RandomPolicy(**spec.options)
     if spec.backend in ("markov", "transformers", "vllm") and not spec.path:
-        raise ValueError(f"policy backend {spec.backend!r} needs a path (policy_path in the simulation config)")
+        raise ValueError(
+            f"policy backend {spec.backend!r} needs a path (policy_path in the simulation config)"
+        )
     if spec.backend == "markov":
         from learners.agent.markov_policy import MarkovPolicy
 
@@ -167,8 +169,10 @@ class PolicyServer:
             start = time.perf_counter()
             answers = list(self.policy.act(part))
             if len(answers) != len(part):
-                raise RuntimeError(f"policy {type(self.policy).__name__} returned {len(answers)} results"
-                                   f" for {len(part)} requests")
+                raise RuntimeError(
+                    f"policy {type(self.policy).__name__} returned {len(answers)} results"
+                    f" for {len(part)} requests"
+                )
             self._count(len(part), answers, time.perf_counter() - start)
             results.extend(answers)
         return results
@@ -298,7 +302,9 @@ class PendingCall:
 class ReplicaClient:
     """Runner-side access to a router's replicas: direct calls, the router consulted only on failure."""
 
-    def __init__(self, router: ray.actor.ActorHandle, call_timeout_s: float = 120.0, max_retries: int = 3) -> None:
+    def __init__(
+        self, router: ray.actor.ActorHandle, call_timeout_s: float = 120.0, max_retries: int = 3
+    ) -> None:
         self.router = router
         self.call_timeout_s = call_timeout_s
         self.max_retries = max_retries
@@ -320,7 +326,8 @@ class ReplicaClient:
                 return ray.get(pending.ref, timeout=self.call_timeout_s)
             except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError) as err:
                 error = err
-                self.servers = ray.get(self.router.recover.remote(pending.index, pending.server),
-                                       timeout=self.call_timeout_s)
+                self.servers = ray.get(
+                    self.router.recover.remote(pending.index, pending.server), timeout=self.call_timeout_s
+                )
                 pending = self.submit(pending.requests)
         raise RuntimeError(f"policy call failed after {self.max_retries + 1} attempts") from error

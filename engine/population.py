@@ -89,12 +89,19 @@ def largest_remainder_counts(p: np.ndarray, n: int, rng: np.random.Generator) ->
 class PopulationSampler:
     """Per-merchant categorical distributions over persona codes, and seeded sampling from them."""
 
-    def __init__(self, table: pa.Table, smoothing: float = 0.0, codebook_size: int | None = None,
-                 source: str = "merchant distributions") -> None:
+    def __init__(
+        self,
+        table: pa.Table,
+        smoothing: float = 0.0,
+        codebook_size: int | None = None,
+        source: str = "merchant distributions",
+    ) -> None:
         missing = [c for c in DISTRIBUTION_COLUMNS if c not in table.column_names]
         if missing:
-            raise ValueError(f"{source}: missing column(s) {missing}; expected {list(DISTRIBUTION_COLUMNS)}"
-                             " as written by the VQ-VAE's merchant distributions step")
+            raise ValueError(
+                f"{source}: missing column(s) {missing}; expected {list(DISTRIBUTION_COLUMNS)}"
+                " as written by the VQ-VAE's merchant distributions step"
+            )
         if smoothing < 0:
             raise ValueError(f"smoothing must be >= 0, got {smoothing}")
         merchants = table.column("merchant_id").to_pylist()
@@ -102,8 +109,10 @@ class PopulationSampler:
         probs = np.asarray(table.column("p").to_numpy(zero_copy_only=False), dtype=np.float64)
         for row, (m, c, p) in enumerate(zip(merchants, codes, probs, strict=True)):
             if m is None or c < 0 or not np.isfinite(p) or p < 0:
-                raise ValueError(f"{source}: row {row} (merchant_id={m!r}, code={c}, p={p}) is invalid:"
-                                 " merchant_id must be set, code >= 0, p finite and >= 0")
+                raise ValueError(
+                    f"{source}: row {row} (merchant_id={m!r}, code={c}, p={p}) is invalid:"
+                    " merchant_id must be set, code >= 0, p finite and >= 0"
+                )
         k = int(codes.max()) + 1 if len(codes) else 0
         if codebook_size is not None:
             if codebook_size < k:
@@ -120,18 +129,23 @@ class PopulationSampler:
             vec += self.smoothing
             total = vec.sum()
             if total <= 0:
-                raise ValueError(f"{source}: merchant {m!r} has no probability mass; give it rows with p > 0"
-                                 " or use smoothing > 0")
+                raise ValueError(
+                    f"{source}: merchant {m!r} has no probability mass; give it rows with p > 0"
+                    " or use smoothing > 0"
+                )
             vec /= total
 
     @classmethod
-    def from_parquet(cls, path: str | Path, smoothing: float = 0.0,
-                     codebook_size: int | None = None) -> PopulationSampler:
+    def from_parquet(
+        cls, path: str | Path, smoothing: float = 0.0, codebook_size: int | None = None
+    ) -> PopulationSampler:
         """Load ``merchant_distributions.parquet`` (merchant_id, code, p, n)."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: merchant distributions not found; run the VQ-VAE assignment"
-                                    " step first (it writes merchant_distributions.parquet)")
+            raise FileNotFoundError(
+                f"{path}: merchant distributions not found; run the VQ-VAE assignment"
+                " step first (it writes merchant_distributions.parquet)"
+            )
         return cls(pq.read_table(path), smoothing=smoothing, codebook_size=codebook_size, source=str(path))
 
     @property
@@ -144,8 +158,10 @@ class PopulationSampler:
         try:
             return self._probs[merchant_id].copy()
         except KeyError:
-            raise ValueError(f"merchant {merchant_id!r} has no code distribution; known merchants:"
-                             f" {self.merchants[:10]}{' ...' if len(self._probs) > 10 else ''}") from None
+            raise ValueError(
+                f"merchant {merchant_id!r} has no code distribution; known merchants:"
+                f" {self.merchants[:10]}{' ...' if len(self._probs) > 10 else ''}"
+            ) from None
 
     def sample_codes(self, merchant_id: str, n: int, seed: int, stratified: bool = True) -> np.ndarray:
         """``n`` codes for one merchant: exact largest-remainder quotas shuffled, or i.i.d. draws."""
@@ -158,8 +174,14 @@ class PopulationSampler:
         rng.shuffle(codes)
         return codes
 
-    def population(self, merchants: Sequence[str], buyers_per_merchant: int, seed: int,
-                   stratified: bool = True, replicates: int = 1) -> list[SimBuyer]:
+    def population(
+        self,
+        merchants: Sequence[str],
+        buyers_per_merchant: int,
+        seed: int,
+        stratified: bool = True,
+        replicates: int = 1,
+    ) -> list[SimBuyer]:
         """The run's buyers, merchant after merchant in the given order, with global ids and seeds.
 
         Replicate ``r`` is the population of run seed ``seed + r`` (same buyers and seeds as a run with
@@ -173,5 +195,7 @@ class PopulationSampler:
             for merchant in merchants:
                 for code in self.sample_codes(merchant, buyers_per_merchant, run_seed, stratified):
                     index = len(buyers) - start
-                    buyers.append(SimBuyer(len(buyers), merchant, int(code), buyer_seed(run_seed, index), run_seed))
+                    buyers.append(
+                        SimBuyer(len(buyers), merchant, int(code), buyer_seed(run_seed, index), run_seed)
+                    )
         return buyers

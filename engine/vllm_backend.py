@@ -49,8 +49,15 @@ def saved_prompt_format(agent_dir: Path) -> PromptFormat:
 class VLLMPolicy:
     """An exported agent served by ``vllm``'s ``AsyncLLM``; ``act_async`` for servers, ``act`` for scripts."""
 
-    def __init__(self, agent_dir: str | Path, temperature: float = 1.0, length_normalize: bool = False,
-                 max_model_len: int = 2048, dtype: str = "float32", **engine_options: Any) -> None:
+    def __init__(
+        self,
+        agent_dir: str | Path,
+        temperature: float = 1.0,
+        length_normalize: bool = False,
+        max_model_len: int = 2048,
+        dtype: str = "float32",
+        **engine_options: Any,
+    ) -> None:
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -66,15 +73,27 @@ class VLLMPolicy:
         self.length_normalize = length_normalize
         # The CPU build reserves this much KV cache (GiB); its default does not fit small boxes.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        args = AsyncEngineArgs(model=str(directory), dtype=dtype, max_model_len=max_model_len,
-                               enforce_eager=True, **engine_options)
+        args = AsyncEngineArgs(
+            model=str(directory),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            enforce_eager=True,
+            **engine_options,
+        )
         self.engine = AsyncLLM.from_engine_args(args)
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def prompt_ids(self, request: ActRequest) -> list[int]:
-        return encode_prompt(self.tokenizer, request.observation, request.persona, request.goal,
-                             request.history, self.tokens, self.fmt)
+        return encode_prompt(
+            self.tokenizer,
+            request.observation,
+            request.persona,
+            request.goal,
+            request.history,
+            self.tokens,
+            self.fmt,
+        )
 
     def target_ids(self, candidate: str) -> list[int]:
         if candidate == SEARCH_TEMPLATE:
@@ -85,8 +104,9 @@ class VLLMPolicy:
         from vllm.inputs import TokensPrompt
 
         final = None
-        async for output in self.engine.generate(TokensPrompt(prompt_token_ids=token_ids), params,
-                                                 f"simpersona-{next(self._ids)}"):
+        async for output in self.engine.generate(
+            TokensPrompt(prompt_token_ids=token_ids), params, f"simpersona-{next(self._ids)}"
+        ):
             final = output
         return final
 
@@ -103,8 +123,9 @@ class VLLMPolicy:
     async def _query(self, prompt: list[int], seed: int) -> tuple[str, int]:
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=MAX_QUERY_TOKENS, temperature=max(self.temperature, 0.0),
-                                seed=seed, stop=['"'])
+        params = SamplingParams(
+            max_tokens=MAX_QUERY_TOKENS, temperature=max(self.temperature, 0.0), seed=seed, stop=['"']
+        )
         output = await self._run(prompt, params)
         completion = output.outputs[0]
         return completion.text, len(completion.token_ids)
@@ -119,7 +140,9 @@ class VLLMPolicy:
 
     async def _act_one(self, index: int, request: ActRequest) -> ActResult:
         if not request.valid_actions:
-            raise ValueError(f"request {index} has no valid actions: nothing to choose (the episode has ended)")
+            raise ValueError(
+                f"request {index} has no valid actions: nothing to choose (the episode has ended)"
+            )
         prompt = self.prompt_ids(request)
         targets = [self.target_ids(c) for c in request.valid_actions]
         scores = np.asarray(await asyncio.gather(*(self._score_pair(prompt, t) for t in targets)))
@@ -153,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Score shopping requests with an exported agent on vLLM.")
     parser.add_argument("agent", type=Path, help="save_pretrained agent directory (with persona_tokens.json)")
     parser.add_argument("requests", type=Path, help="JSON list of ActRequest fields")
-    parser.add_argument("out", type=Path, help="JSON file to write: one {action, logprob, scores} per request")
+    parser.add_argument(
+        "out", type=Path, help="JSON file to write: one {action, logprob, scores} per request"
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(ActRequest)}
@@ -163,16 +188,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = set(item) - fields
         if unknown:
             raise SystemExit(f"{args.requests}: request {i} has unknown field(s) {sorted(unknown)}")
-        requests.append(ActRequest(**{**item, "valid_actions": tuple(item["valid_actions"]),
-                                      "history": tuple(item.get("history", ()))}))
+        requests.append(
+            ActRequest(
+                **{
+                    **item,
+                    "valid_actions": tuple(item["valid_actions"]),
+                    "history": tuple(item.get("history", ())),
+                }
+            )
+        )
     policy = VLLMPolicy(args.agent, temperature=args.temperature)
     try:
         results = policy.act(requests)
     finally:
         policy.shutdown()
         del policy  # while the interpreter is whole: AsyncLLM's finaliser fails at exit
-    payload = [{"action": r.action, "logprob": r.logprob, "scores": r.info["scores"], "tokens": r.tokens}
-               for r in results]
+    payload = [
+        {"action": r.action, "logprob": r.logprob, "scores": r.info["scores"], "tokens": r.tokens}
+        for r in results
+    ]
     args.out.write_text(json.dumps(payload) + "\n", encoding="utf-8")
     return 0
 

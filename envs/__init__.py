@@ -23,7 +23,9 @@ def register_envs() -> None:
     if BROWSER_STOREFRONT_ID not in registry:
         # An entry point string, so `import envs` does not import Playwright.
         register(
-            id=BROWSER_STOREFRONT_ID, entry_point="envs.browser_env:BrowserStorefrontEnv", disable_env_checker=False
+            id=BROWSER_STOREFRONT_ID,
+            entry_point="envs.browser_env:BrowserStorefrontEnv",
+            disable_env_checker=False,
         )
 
 

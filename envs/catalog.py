@@ -103,7 +103,9 @@ class Catalog:
         object.__setattr__(self, "_rank", {p.product_id: i for i, p in enumerate(ordered)})
 
     @classmethod
-    def from_records(cls, merchant_id: str, records: Iterable[Mapping[str, object]], source: str = "records") -> Catalog:
+    def from_records(
+        cls, merchant_id: str, records: Iterable[Mapping[str, object]], source: str = "records"
+    ) -> Catalog:
         """Build from dicts with ``product_id`` and optional ``category_id, price, title, popularity``."""
         products = []
         for i, row in enumerate(records, start=1):
@@ -133,12 +135,16 @@ class Catalog:
             with open(path, newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
                 if not reader.fieldnames or "product_id" not in reader.fieldnames:
-                    raise ValueError(f"{path}: line 1: the header needs a product_id column (got {reader.fieldnames})")
+                    raise ValueError(
+                        f"{path}: line 1: the header needs a product_id column (got {reader.fieldnames})"
+                    )
                 rows = list(reader)
         if rows and "merchant_id" in rows[0]:
             rows = [r for r in rows if str(r["merchant_id"]) == merchant_id]
             if not rows:
-                raise ValueError(f"{path}: no row has merchant_id {merchant_id!r}; pass one of the file's merchants")
+                raise ValueError(
+                    f"{path}: no row has merchant_id {merchant_id!r}; pass one of the file's merchants"
+                )
         return cls.from_records(merchant_id, rows, source=str(path))
 
     @classmethod
@@ -146,7 +152,9 @@ class Catalog:
         """One placeholder product per category, popularity = the category's share of events."""
         counts: dict[str, int] = {}
         for cat, n in category_counts.items():
-            key = PLACEHOLDER_CATEGORY if cat in (None, "") else _check_id(str(cat), "category_id", merchant_id)
+            key = (
+                PLACEHOLDER_CATEGORY if cat in (None, "") else _check_id(str(cat), "category_id", merchant_id)
+            )
             counts[key] = counts.get(key, 0) + int(n)
         if not counts:
             counts = {PLACEHOLDER_CATEGORY: 1}
@@ -172,7 +180,9 @@ class Catalog:
             line = bisect.bisect_right(self._starts, pos) - 1
             if not found or found[-1] != line:
                 found.append(line)
-            pos = self._blob.find(q, (self._starts[line + 1] if line + 1 < len(self._starts) else len(self._blob)))
+            pos = self._blob.find(
+                q, (self._starts[line + 1] if line + 1 < len(self._starts) else len(self._blob))
+            )
         in_category = [self._rank[p.product_id] for p in self.by_category.get(query.strip(), ())[:limit]]
         order = sorted(set(found) | set(in_category))
         exact = self.by_id.get(query.strip())
@@ -202,7 +212,9 @@ class PreparedCatalogs:
         self.data_dir = Path(data_dir)
         path = self.data_dir / CATALOGS_FILE
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no catalogs.parquet; run `simpersona prepare ... --out {self.data_dir}` first")
+            raise FileNotFoundError(
+                f"{path}: no catalogs.parquet; run `simpersona prepare ... --out {self.data_dir}` first"
+            )
         self._filters = [("merchant_id", "in", list(merchants))] if merchants else None
         table = pq.read_table(path, filters=self._filters)
         table = table.filter(pc.is_valid(table.column("product_id"))).sort_by("merchant_id")
@@ -243,7 +255,9 @@ class PreparedCatalogs:
             elif merchant in self._placeholder_counts():
                 hit = Catalog.placeholder(merchant, self._placeholder_counts()[merchant])
             else:
-                raise ValueError(f"{self.data_dir}: no catalog and no events for merchant {merchant!r}; check the id")
+                raise ValueError(
+                    f"{self.data_dir}: no catalog and no events for merchant {merchant!r}; check the id"
+                )
             self._built[merchant] = hit
         return hit
 

@@ -88,7 +88,9 @@ def _title(storefront: Storefront, state: SessionState) -> tuple[str, tuple[str,
         return f"Category {page.arg}{where}", (f"{len(storefront.catalog.listing(page.arg or ''))} products",)
     if kind == "search":
         n = len(storefront.search_results(page.arg or ""))
-        return f'Search results for "{page.arg}"{where}', (f"{n} products found" if n else "No products found",)
+        return f'Search results for "{page.arg}"{where}', (
+            f"{n} products found" if n else "No products found",
+        )
     if kind == "product":
         p = storefront.catalog.by_id[page.arg or ""]
         qty = state.in_cart(p.product_id)
@@ -122,7 +124,8 @@ def _parts(storefront: Storefront, state: SessionState) -> tuple:
         if page.kind == "home":
             cats = storefront.catalog.by_category
             links = tuple(
-                (f"Category {c} ({len(cats[c])} products)", "open category " + c) for c in storefront.home_categories(page.index)
+                (f"Category {c} ({len(cats[c])} products)", "open category " + c)
+                for c in storefront.home_categories(page.index)
             )
         rows = tuple(_row(storefront, p.product_id) for p in storefront.listing(page))
         if len(storefront.view_cache) >= VIEW_CACHE:

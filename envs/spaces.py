@@ -23,7 +23,9 @@ class UnicodeText(Space[str]):
 
     def __init__(self, max_length: int, min_length: int = 0, seed: int | np.random.Generator | None = None):
         if not 0 <= min_length <= max_length:
-            raise ValueError(f"UnicodeText needs 0 <= min_length <= max_length, got {min_length}, {max_length}")
+            raise ValueError(
+                f"UnicodeText needs 0 <= min_length <= max_length, got {min_length}, {max_length}"
+            )
         self.max_length = max_length
         self.min_length = min_length
         super().__init__(shape=None, dtype=None, seed=seed)

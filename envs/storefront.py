@@ -202,7 +202,9 @@ class Storefront:
     def home_categories(self, index: int) -> tuple[str, ...]:
         hit = self._home_cache.get(index)
         if hit is None:
-            hit = self._home_cache[index] = self.catalog.categories[index * HOME_CATEGORIES : (index + 1) * HOME_CATEGORIES]
+            hit = self._home_cache[index] = self.catalog.categories[
+                index * HOME_CATEGORIES : (index + 1) * HOME_CATEGORIES
+            ]
         return hit
 
     def n_pages(self, state: SessionState) -> int:
@@ -308,7 +310,9 @@ class Storefront:
         page = state.page
         if action.startswith(OPEN_PRODUCT):
             p = self.catalog.by_id[action[len(OPEN_PRODUCT) :]]
-            return self.navigate(state, Page("product", p.product_id)), Event("product_view", p.product_id, p.category_id)
+            return self.navigate(state, Page("product", p.product_id)), Event(
+                "product_view", p.product_id, p.category_id
+            )
         if action.startswith(OPEN_CATEGORY):
             new = Page("category", action[len(OPEN_CATEGORY) :])
             return self.navigate(state, new), self._page_event(new)
@@ -333,7 +337,11 @@ class Storefront:
         if action == ADD_TO_CART:
             p = self.catalog.by_id[pid]
             qty = state.in_cart(pid)
-            cart = tuple((i, q + 1) if i == pid else (i, q) for i, q in state.cart) if qty else (*state.cart, (pid, 1))
+            cart = (
+                tuple((i, q + 1) if i == pid else (i, q) for i, q in state.cart)
+                if qty
+                else (*state.cart, (pid, 1))
+            )
             return replace(state, cart=cart), Event("add_to_cart", pid, p.category_id)
         if action == REMOVE_FROM_CART:
             return self._remove(state, pid)
@@ -343,7 +351,9 @@ class Storefront:
             return replace(state, favourites=favs), Event("favorite", pid, p.category_id)
         if action == BUY_NOW:
             p = self.catalog.by_id[pid]
-            return self.navigate(state, Page("checkout", pid)), Event("checkout", pid, p.category_id, products=(pid,))
+            return self.navigate(state, Page("checkout", pid)), Event(
+                "checkout", pid, p.category_id, products=(pid,)
+            )
         if action == CHECKOUT:
             items = tuple(i for i, _ in state.cart)
             return self.navigate(state, Page("checkout")), Event("checkout", products=items)
@@ -357,7 +367,9 @@ class Storefront:
         page = state.page
         if page.kind == "cart" and page.index > 0 and page.index * PAGE_SIZE >= len(cart):
             page = Page("cart", None, page.index - 1)  # the emptied last page folds onto the one before
-        return replace(state, cart=cart, page=page), Event("remove_from_cart", pid, self.catalog.by_id[pid].category_id)
+        return replace(state, cart=cart, page=page), Event(
+            "remove_from_cart", pid, self.catalog.by_id[pid].category_id
+        )
 
     def _place_order(self, state: SessionState) -> tuple[SessionState, Event]:
         items = self.checkout_items(state)
@@ -374,7 +386,9 @@ class Storefront:
             cart=cart,
             purchased=(*state.purchased, *bought),
         )
-        return new, Event("purchase", first.product_id if len(bought) == 1 else None, first.category_id, products=bought)
+        return new, Event(
+            "purchase", first.product_id if len(bought) == 1 else None, first.category_id, products=bought
+        )
 
     # ---- observation ---------------------------------------------------------------------------
     def view(self, state: SessionState, actions: list[str] | None = None) -> PageView:

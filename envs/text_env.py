@@ -38,7 +38,9 @@ def prepared_catalogs(data_dir: str) -> PreparedCatalogs:
 
 
 @functools.lru_cache(maxsize=1024)
-def shared_storefront(data_dir: str, merchant: str, storefront_cls: type[Storefront] = Storefront) -> Storefront:
+def shared_storefront(
+    data_dir: str, merchant: str, storefront_cls: type[Storefront] = Storefront
+) -> Storefront:
     """One storefront per (directory, merchant, class) in a process: the hundreds of envs an env
     runner hosts share its catalog and listing caches instead of each reading Parquet."""
     return storefront_cls(prepared_catalogs(data_dir).get(merchant))
@@ -51,7 +53,9 @@ def merchant_ids(data_dir: str) -> tuple[str, ...]:
     if not path.exists():
         path = Path(data_dir) / CATALOGS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{data_dir}: no {MERCHANTS_FILE} or {CATALOGS_FILE}; run `simpersona prepare` first")
+        raise FileNotFoundError(
+            f"{data_dir}: no {MERCHANTS_FILE} or {CATALOGS_FILE}; run `simpersona prepare` first"
+        )
     return tuple(sorted(set(pq.read_table(path, columns=["merchant_id"]).column(0).to_pylist())))
 
 
@@ -110,13 +114,17 @@ class StorefrontEnv(gym.Env[str, str]):
         """The (shared) storefront of a merchant."""
         if self.data is None:
             if merchant not in self._local:
-                raise ValueError(f"merchant {merchant!r} is not among the given catalogs {sorted(self._local)[:5]}")
+                raise ValueError(
+                    f"merchant {merchant!r} is not among the given catalogs {sorted(self._local)[:5]}"
+                )
             return self._local[merchant]
         if merchant not in self.merchants:
             raise ValueError(f"merchant {merchant!r} is not in {self.data}")
         return shared_storefront(self.data, merchant, self.storefront_cls)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """Start a session. ``options``: ``merchant`` (default: the constructor's, else one drawn with
         the env's seeded generator), ``persona`` (int code), ``goal`` (product id or None)."""
         super().reset(seed=seed)

@@ -29,10 +29,14 @@ ENTRY_POINT = "envs.text_env:StorefrontEnv"
 def register_variant(env_id: str, storefront_cls: type[Storefront], **env_kwargs: Any) -> None:
     """Register ``storefront_cls`` as ``env_id`` (idempotent for the same class and arguments)."""
     if not (isinstance(storefront_cls, type) and issubclass(storefront_cls, Storefront)):
-        raise TypeError(f"{storefront_cls!r} is not a Storefront subclass; a variant must subclass envs.storefront.Storefront")
+        raise TypeError(
+            f"{storefront_cls!r} is not a Storefront subclass; a variant must subclass envs.storefront.Storefront"
+        )
     kwargs = {"storefront_cls": storefront_cls, **env_kwargs}
     if env_id in registry:
         if registry[env_id].kwargs == kwargs:
             return
-        raise ValueError(f"{env_id} is already registered with {registry[env_id].kwargs}; pick a new id or version")
+        raise ValueError(
+            f"{env_id} is already registered with {registry[env_id].kwargs}; pick a new id or version"
+        )
     register(id=env_id, entry_point=ENTRY_POINT, kwargs=kwargs)

@@ -38,14 +38,18 @@ class PromoStorefront(Storefront):
     def apply(self, state: SessionState, action: str) -> tuple[SessionState, Event | None]:
         if action == OPEN_DEAL:
             p = self.catalog.by_id[self.deal]
-            return self.navigate(state, Page("product", p.product_id)), Event("product_view", p.product_id, p.category_id)
+            return self.navigate(state, Page("product", p.product_id)), Event(
+                "product_view", p.product_id, p.category_id
+            )
         return super().apply(state, action)
 
     def view(self, state: SessionState, actions: list[str] | None = None) -> PageView:
         view = super().view(state, actions)
         if state.page.kind != "home":
             return view
-        return dataclasses.replace(view, lines=(f"Today's deal: product {self.deal} (use: {OPEN_DEAL})", *view.lines))
+        return dataclasses.replace(
+            view, lines=(f"Today's deal: product {self.deal} (use: {OPEN_DEAL})", *view.lines)
+        )
 
 
 register_variant(ENV_ID, PromoStorefront)
@@ -53,13 +57,21 @@ register_variant(ENV_ID, PromoStorefront)
 
 def demo_catalog() -> Catalog:
     return Catalog.from_records(
-        "demo", [{"product_id": str(100 + i), "category_id": f"c{i % 3}", "price": 5.0 + i, "popularity": 30 - i} for i in range(30)]
+        "demo",
+        [
+            {"product_id": str(100 + i), "category_id": f"c{i % 3}", "price": 5.0 + i, "popularity": 30 - i}
+            for i in range(30)
+        ],
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, help="a prepared directory (default: a small in-memory catalogue)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, help="a prepared directory (default: a small in-memory catalogue)"
+    )
     args = parser.parse_args(argv)
     env = gym.make(ENV_ID, data=args.data) if args.data else gym.make(ENV_ID, catalog=demo_catalog())
     merchant = env.unwrapped.merchants[0]

@@ -17,18 +17,24 @@ HELP = "assign buyers of a prepared directory to the persona codes of a fitted r
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, metavar="RUN", help="run directory of `simpersona fit-personas`")
+    parser.add_argument(
+        "run_dir", type=Path, metavar="RUN", help="run directory of `simpersona fit-personas`"
+    )
     parser.add_argument("data", type=Path, metavar="DATA", help="prepared directory (simpersona prepare)")
     parser.add_argument("--out", type=Path, required=True, help="output directory for the codes")
     parser.add_argument("--ray", action="store_true", help="stream the buyers through Ray Data map_batches")
-    parser.add_argument("--concurrency", type=int, default=2, help="Ray Data actors holding the model (--ray)")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="Ray Data actors holding the model (--ray)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from learners.vqvae.assign import assign
 
     result = assign(args.run_dir, args.data, args.out, use_ray=args.ray, concurrency=args.concurrency)
-    print(f"assigned {result.buyers_assigned:,} of {result.buyers_read:,} buyers "
-          f"({result.buyers_quarantined:,} quarantined) in {result.seconds:.2f} s "
-          f"({result.buyers_per_s:,.0f} buyers/s) -> {result.out}")
+    print(
+        f"assigned {result.buyers_assigned:,} of {result.buyers_read:,} buyers "
+        f"({result.buyers_quarantined:,} quarantined) in {result.seconds:.2f} s "
+        f"({result.buyers_per_s:,.0f} buyers/s) -> {result.out}"
+    )
     return 0

@@ -27,8 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--workers", type=int, help="Ray Train workers (default: config or 1)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--truth", type=Path, help="planted types (truth.parquet of `simpersona synth`) for NMI")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    parser.add_argument(
+        "--truth", type=Path, help="planted types (truth.parquet of `simpersona synth`) for NMI"
+    )
     parser.add_argument("--config", type=Path, help="YAML file of VQVAEConfig fields")
     parser.add_argument("--no-report", action="store_true", help="skip assignment and report")
     add_config_args(parser, VQVAEConfig, skip=("workers", "use_gpu"))
@@ -41,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if args.use_gpu:
         config = dataclasses.replace(config, use_gpu=True)
     if args.truth is not None and not args.truth.exists():
-        raise FileNotFoundError(f"{args.truth} not found (--truth expects truth.parquet of `simpersona synth`)")
+        raise FileNotFoundError(
+            f"{args.truth} not found (--truth expects truth.parquet of `simpersona synth`)"
+        )
     # Imported here so that `simpersona --help` does not import torch and Ray.
     from learners.vqvae.assign import assign
     from learners.vqvae.fit import fit_codebook
@@ -49,20 +55,31 @@ def run(args: argparse.Namespace) -> int:
 
     result = fit_codebook(args.data, config, args.out, resume=args.resume)
     last = result.history[-1] if result.history else {}
-    print(f"fitted {result.epochs_done} epochs -> {result.run_dir}  "
-          f"(codes in use {int(last.get('codes_in_use', 0))}/{config.codes}, "
-          f"perplexity {last.get('perplexity', 0.0):.1f})")
+    print(
+        f"fitted {result.epochs_done} epochs -> {result.run_dir}  "
+        f"(codes in use {int(last.get('codes_in_use', 0))}/{config.codes}, "
+        f"perplexity {last.get('perplexity', 0.0):.1f})"
+    )
     if config.stop_after_epoch and result.epochs_done < config.epochs:
         print(f"stopped after epoch {result.epochs_done}; continue with --resume")
         return 0
     if args.no_report:
         return 0
     assigned = assign(result.run_dir, args.data, result.run_dir)
-    print(f"assigned {assigned.buyers_assigned:,} buyers ({assigned.buyers_quarantined:,} quarantined) "
-          f"-> {result.run_dir / 'codes.parquet'}")
+    print(
+        f"assigned {assigned.buyers_assigned:,} buyers ({assigned.buyers_quarantined:,} quarantined) "
+        f"-> {result.run_dir / 'codes.parquet'}"
+    )
     metrics = write_report(result.run_dir, args.data, truth=args.truth, seed=config.seed)
     km = metrics["kmeans"]
-    for key in ("codes_in_use", "perplexity", "calinski_harabasz", "coherence", "nmi", "kruskal_conversion_p"):
+    for key in (
+        "codes_in_use",
+        "perplexity",
+        "calinski_harabasz",
+        "coherence",
+        "nmi",
+        "kruskal_conversion_p",
+    ):
         if key in metrics:
             print(f"  {key:22s} VQ-VAE {metrics[key]:.4g}   k-means {km[key]:.4g}")
     print(f"report: {result.run_dir / 'report.html'}")

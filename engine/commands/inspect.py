@@ -24,7 +24,9 @@ HELP = "print a readable summary of a prepared directory (counts, quarantine, me
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, metavar="DIR", help="a directory written by `simpersona prepare`")
-    parser.add_argument("--top", type=int, default=10, help="merchants and quarantine reasons to list (default: 10)")
+    parser.add_argument(
+        "--top", type=int, default=10, help="merchants and quarantine reasons to list (default: 10)"
+    )
 
 
 def _table(dir: Path, name: str) -> Path:
@@ -63,7 +65,9 @@ def merchant_lines(dir: Path, top: int) -> list[str]:
     merchants = pl.read_parquet(_table(dir, "merchants"))
     stages = schema.FUNNEL_STAGES[1:]
     head = merchants.sort(["buyers", "merchant_id"], descending=[True, False]).head(top)
-    lines = [f"merchants: {merchants.height:,} (top {head.height} by buyers; funnel = share of buyers reaching)"]
+    lines = [
+        f"merchants: {merchants.height:,} (top {head.height} by buyers; funnel = share of buyers reaching)"
+    ]
     header = f"  {'merchant':<16}{'buyers':>9}{'sessions':>10}{'events':>10}{'products':>9}{'conv':>7}"
     lines.append(header + "".join(f"{s[:8]:>9}" for s in stages))
     for r in head.iter_rows(named=True):

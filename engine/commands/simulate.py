@@ -27,14 +27,18 @@ HELP = "simulate buyers of each merchant with persona agents on Ray; rollouts to
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML file of SimulationConfig fields (examples/sim.yaml)")
+    parser.add_argument(
+        "--config", type=Path, help="YAML file of SimulationConfig fields (examples/sim.yaml)"
+    )
     add_config_args(parser, SimulationConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     config = build_config(SimulationConfig, args, args.config)
     manifest = simulate(config)
-    print(f"simulated {manifest['buyers_completed']:,} of {manifest['buyers_requested']:,} buyers,"
-          f" {manifest['steps']:,} steps ({manifest['invalid_steps']:,} invalid) in {manifest['elapsed_s']:.1f} s;"
-          f" rollouts in {Path(config.out) / 'rollouts'}")
+    print(
+        f"simulated {manifest['buyers_completed']:,} of {manifest['buyers_requested']:,} buyers,"
+        f" {manifest['steps']:,} steps ({manifest['invalid_steps']:,} invalid) in {manifest['elapsed_s']:.1f} s;"
+        f" rollouts in {Path(config.out) / 'rollouts'}"
+    )
     return 0 if manifest["buyers_completed"] == manifest["buyers_requested"] else 1

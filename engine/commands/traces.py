@@ -21,7 +21,9 @@ HELP = "replay real sessions through the storefront -> traces.parquet + replay_r
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, metavar="DATA", help="a prepared directory (simpersona prepare --out)")
+    parser.add_argument(
+        "data", type=Path, metavar="DATA", help="a prepared directory (simpersona prepare --out)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--config", type=Path, help="YAML file of TracesConfig fields")
     add_config_args(parser, TracesConfig)

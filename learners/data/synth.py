@@ -59,9 +59,22 @@ from learners.data.planted_types import ACTION_TO_EVENT, BUYER_TYPES, QUERY_FORM
 LOGS_DIR = "logs"
 """Sub-folder of the raw log parts, so `prepare DIR/logs` never picks up truth.parquet."""
 UNKNOWN_ACTION = "zoom"
-MALFORMED_KINDS: tuple[str, ...] = ("unknown_action", "missing_visitor", "negative_price", "time_out_of_range")
+MALFORMED_KINDS: tuple[str, ...] = (
+    "unknown_action",
+    "missing_visitor",
+    "negative_price",
+    "time_out_of_range",
+)
 RAW_COLUMNS: tuple[str, ...] = (
-    "visitor", "shop", "time", "action", "item", "category", "price", "search_terms", "visit",
+    "visitor",
+    "shop",
+    "time",
+    "action",
+    "item",
+    "category",
+    "price",
+    "search_terms",
+    "visit",
 )
 
 _S = {name: i for i, name in enumerate(RAW_ACTIONS)}
@@ -73,11 +86,27 @@ _MAX_EVENT_GAP_S = 1500
 _EVENTS_PER_BLOCK = 400_000
 _FIRST_VISITOR = 1_000_000
 _CATEGORY_WORDS = (
-    "shoes", "lamps", "phones", "mugs", "jackets", "tents", "watches", "pillows", "kettles", "books",
-    "toys", "rugs", "bags", "chairs", "gloves", "scarves", "pans", "cables", "plants", "candles",
+    "shoes",
+    "lamps",
+    "phones",
+    "mugs",
+    "jackets",
+    "tents",
+    "watches",
+    "pillows",
+    "kettles",
+    "books",
+    "toys",
+    "rugs",
+    "bags",
+    "chairs",
+    "gloves",
+    "scarves",
+    "pans",
+    "cables",
+    "plants",
+    "candles",
 )
-
-
 
 
 @dataclass
@@ -138,7 +167,9 @@ class SynthConfig:
         try:
             datetime.fromisoformat(self.start_date)
         except ValueError as err:
-            raise ValueError(f"SynthConfig: start_date {self.start_date!r} is not an ISO date (YYYY-MM-DD)") from err
+            raise ValueError(
+                f"SynthConfig: start_date {self.start_date!r} is not an ISO date (YYYY-MM-DD)"
+            ) from err
 
 
 @dataclass
@@ -243,7 +274,9 @@ def _build_world(cfg: SynthConfig, rng: np.random.Generator) -> _World:
         product_price=np.concatenate(prices),
         product_cheap=np.concatenate(cheap),
         choice_cdf=np.concatenate([c for per_type in cdfs for c in per_type]),
-        queries=pa.array([form.format(_category_word(c)) for c in range(cfg.categories) for form in QUERY_FORMS]),
+        queries=pa.array(
+            [form.format(_category_word(c)) for c in range(cfg.categories) for form in QUERY_FORMS]
+        ),
         buyer_merchant=merchant[order],
         buyer_user=user[order],
         buyer_type=kind[order],
@@ -251,7 +284,10 @@ def _build_world(cfg: SynthConfig, rng: np.random.Generator) -> _World:
 
 
 def _walk_visits(
-    rng: np.random.Generator, world: _World, visit_type: np.ndarray, visit_merchant: np.ndarray,
+    rng: np.random.Generator,
+    world: _World,
+    visit_type: np.ndarray,
+    visit_merchant: np.ndarray,
     chains: _Chains,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run all visits' chains in lock step: (visit index, action, product or -1) per event, visit-major."""
@@ -297,8 +333,14 @@ def _segment_starts(counts: np.ndarray) -> np.ndarray:
 
 
 def _block_events(
-    cfg: SynthConfig, world: _World, lo: int, hi: int, visit_base: int, seed_parts: tuple[int, int],
-    chains: _Chains, visit_scale: float,
+    cfg: SynthConfig,
+    world: _World,
+    lo: int,
+    hi: int,
+    visit_base: int,
+    seed_parts: tuple[int, int],
+    chains: _Chains,
+    visit_scale: float,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Events of buyers [lo, hi) as numpy columns (buyer, seconds from start, action, product, visit id)."""
     rng = np.random.default_rng(seed_parts)
@@ -332,7 +374,11 @@ def _block_events(
     window = cfg.days * 86_400 - 1
     extra_sum = np.bincount(v_buyer, weights=extra, minlength=n_b)
     squeeze = np.clip((window - fixed) / np.maximum(extra_sum, 1.0), 0.0, 1.0)
-    step = np.where(np.arange(len(v_buyer)) == b_first[v_buyer], 0.0, _MIN_VISIT_GAP_S + np.floor(extra * squeeze[v_buyer]))
+    step = np.where(
+        np.arange(len(v_buyer)) == b_first[v_buyer],
+        0.0,
+        _MIN_VISIT_GAP_S + np.floor(extra * squeeze[v_buyer]),
+    )
     prev_duration = np.concatenate([[0.0], duration[:-1]])
     step += np.where(step > 0, prev_duration, 0.0)
     v_start = np.cumsum(step)
@@ -364,7 +410,11 @@ def _table(cfg: SynthConfig, world: _World, cols: dict[str, np.ndarray], epoch: 
     """The raw rows of one block, as Arrow, in time order; a 'kind' column (-1 clean) marks defects."""
     kind = cols.get("kind", np.full(len(cols["ts"]), -1, dtype=np.int8))
     order = np.argsort(cols["ts"], kind="stable")
-    buyer, action, product = cols["buyer"][order], cols["action"][order].astype(np.int64), cols["product"][order]
+    buyer, action, product = (
+        cols["buyer"][order],
+        cols["action"][order].astype(np.int64),
+        cols["product"][order],
+    )
     kind = kind[order]
     ts = cols["ts"][order] + epoch
     has_item = _ITEM_STATES[action] & (product >= 0)
@@ -469,7 +519,9 @@ def synthesize(config: SynthConfig, out: Path, progress: bool = False) -> dict[s
     with tqdm(total=config.buyers, unit="buyer", desc="synth", disable=not progress) as bar:
         for i, lo in enumerate(range(0, config.buyers, block)):
             hi = min(config.buyers, lo + block)
-            cols, n_visits = _block_events(config, world, lo, hi, visits, (config.seed, i), chains, visit_scale)
+            cols, n_visits = _block_events(
+                config, world, lo, hi, visits, (config.seed, i), chains, visit_scale
+            )
             bad = _malformed(np.random.default_rng((config.seed, i, 1)), cols, config.malformed_share)
             visits += n_visits
             events += len(cols["ts"])
@@ -494,7 +546,10 @@ def synthesize(config: SynthConfig, out: Path, progress: bool = False) -> dict[s
     last_day = max(start + timedelta(days=config.days - 1), datetime.fromtimestamp(epoch + last_ts, UTC))
     mapping = source_mapping(config, last_day.strftime("%Y-%m-%dT23:59:59"))
     (out / "mapping.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
-    type_counts = {name: int(n) for name, n in zip(TYPE_NAMES, np.bincount(world.buyer_type, minlength=n_types), strict=True)}
+    type_counts = {
+        name: int(n)
+        for name, n in zip(TYPE_NAMES, np.bincount(world.buyer_type, minlength=n_types), strict=True)
+    }
     summary = {
         "out": str(out),
         "files": [str(p.relative_to(out)) for p in writer.files],
@@ -541,7 +596,9 @@ def source_mapping(config: SynthConfig, max_time: str) -> dict[str, Any]:
 
 
 def _readme(config: SynthConfig, summary: dict[str, Any]) -> str:
-    types = "\n".join(f"- `{bt.name}` (type_id {i}): {summary['types'][bt.name]} buyers" for i, bt in enumerate(BUYER_TYPES))
+    types = "\n".join(
+        f"- `{bt.name}` (type_id {i}): {summary['types'][bt.name]} buyers" for i, bt in enumerate(BUYER_TYPES)
+    )
     return (
         "# Synthetic clickstream (simpersona synth)\n\n"
         f"Read it with `simpersona prepare DIR/{LOGS_DIR} --mapping DIR/mapping.yaml --out PREPARED`.\n"

@@ -67,7 +67,16 @@ TRACES = pa.schema(
         pa.field("page", pa.string(), nullable=False),
     ]
 )
-EVENT_COLUMNS = ("merchant_id", "buyer_id", "session_id", "seq", "event_type", "product_id", "category_id", "query")
+EVENT_COLUMNS = (
+    "merchant_id",
+    "buyer_id",
+    "session_id",
+    "seq",
+    "event_type",
+    "product_id",
+    "category_id",
+    "query",
+)
 FLUSH_ROWS = 50_000
 
 
@@ -113,7 +122,10 @@ class ReplayReport:
             lines.append(f"    {etype:<18} {c['mapped']:>9,} / {c['real']:,}")
         if self.unmapped_by_reason:
             lines.append("  not mapped:")
-            lines += [f"    {n:>9,}  {reason}" for reason, n in sorted(self.unmapped_by_reason.items(), key=lambda x: -x[1])]
+            lines += [
+                f"    {n:>9,}  {reason}"
+                for reason, n in sorted(self.unmapped_by_reason.items(), key=lambda x: -x[1])
+            ]
         return lines
 
 
@@ -148,7 +160,14 @@ def _route_to_product(sf: Storefront, state: SessionState, p: Product) -> list[s
     if "open category " + p.category_id in actions:
         routes.append(["open category " + p.category_id, *to_listing])
     else:
-        routes.append([HOME, *["next page"] * (cat_index // HOME_CATEGORIES), "open category " + p.category_id, *to_listing])
+        routes.append(
+            [
+                HOME,
+                *["next page"] * (cat_index // HOME_CATEGORIES),
+                "open category " + p.category_id,
+                *to_listing,
+            ]
+        )
     search = f'search "{p.product_id}"'
     routes.append([search] if state.page.kind != "checkout" else [BACK if state.history else HOME, search])
     return min(routes, key=len)
@@ -206,7 +225,9 @@ def plan_event(sf: Storefront, state: SessionState, ev: RealEvent) -> tuple[list
     if etype == "page_view":
         if ev.category_id is not None and ev.category_id in sf.catalog.by_category:
             action = "open category " + ev.category_id
-            return [action] if action in sf.valid_actions(state) else _category_from_home(sf, ev.category_id), None
+            return [action] if action in sf.valid_actions(state) else _category_from_home(
+                sf, ev.category_id
+            ), None
         return [HOME], None
     return [], f"unknown event type {etype!r}"
 
@@ -252,7 +273,11 @@ class TraceRows:
 
 
 def replay_session(
-    sf: Storefront, key: tuple[str, str, str], events: Sequence[RealEvent], rows: TraceRows, report: ReplayReport
+    sf: Storefront,
+    key: tuple[str, str, str],
+    events: Sequence[RealEvent],
+    rows: TraceRows,
+    report: ReplayReport,
 ) -> None:
     """Replay one session into ``rows`` and count its events in ``report``."""
     state = sf.initial_state()
@@ -267,8 +292,14 @@ def replay_session(
             new, event = sf.step(state, action, actions)
             is_real = real is not None and i == len(plan) - 1
             out.append(
-                (obs, action, is_real, None if event is None else event.event_type, real.seq if is_real else None,
-                 state.page.kind)  # type: ignore[union-attr]
+                (
+                    obs,
+                    action,
+                    is_real,
+                    None if event is None else event.event_type,
+                    real.seq if is_real else None,
+                    state.page.kind,
+                )  # type: ignore[union-attr]
             )
             state = new
         return state, out
@@ -323,7 +354,13 @@ def _sessions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], list[Rea
                 yield key, batch  # type: ignore[misc]
             key, batch = k, []
         batch.append(
-            RealEvent(cols["seq"][i], cols["event_type"][i], cols["product_id"][i], cols["category_id"][i], cols["query"][i])
+            RealEvent(
+                cols["seq"][i],
+                cols["event_type"][i],
+                cols["product_id"][i],
+                cols["category_id"][i],
+                cols["query"][i],
+            )
         )
     if batch:
         yield key, batch  # type: ignore[misc]
@@ -334,10 +371,14 @@ def read_events(data_dir: Path, merchants: Sequence[str] | None) -> pa.Table:
     interleave in a buyer's seq order, so the session id sorts before seq)."""
     path = data_dir / schema.TABLE_FILES["events"]
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no events table; run `simpersona prepare ... --out {data_dir}` first")
+        raise FileNotFoundError(
+            f"{path}: no events table; run `simpersona prepare ... --out {data_dir}` first"
+        )
     filters = [("merchant_id", "in", list(merchants))] if merchants else None
     table = pq.read_table(path, columns=list(EVENT_COLUMNS), filters=filters)
-    order = pc.sort_indices(table, [(k, "ascending") for k in ("merchant_id", "buyer_id", "session_id", "seq")])
+    order = pc.sort_indices(
+        table, [(k, "ascending") for k in ("merchant_id", "buyer_id", "session_id", "seq")]
+    )
     return table.take(order)
 
 
@@ -377,8 +418,12 @@ def build_traces(data_dir: str | Path, out: str | Path, config: TracesConfig) ->
         "kind": "traces",
         "inputs": {"prepared": str(data_dir.resolve())},
         "config": asdict(config),
-        "counts": {"sessions": report.sessions, "steps": report.steps, "real_events": report.real_events,
-                   "mapped_events": report.mapped_events},
+        "counts": {
+            "sessions": report.sessions,
+            "steps": report.steps,
+            "real_events": report.real_events,
+            "mapped_events": report.mapped_events,
+        },
         "files": [TRACES_FILE, REPORT_FILE],
     }
     (out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

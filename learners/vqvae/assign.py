@@ -69,7 +69,11 @@ class CodeAssigner:
                 parts.append(self.model.assign(*batch.select(index).inputs()))
         codes = torch.cat(parts).numpy() if parts else np.zeros(0, np.int64)
         out = pa.table(
-            {"merchant_id": rows.merchant_id, "buyer_id": rows.buyer_id, "code": pa.array(codes.astype(np.int32))},
+            {
+                "merchant_id": rows.merchant_id,
+                "buyer_id": rows.buyer_id,
+                "code": pa.array(codes.astype(np.int32)),
+            },
             schema=CODES,
         )
         return out, rows.quarantined.cast(QUARANTINE)
@@ -136,15 +140,23 @@ def _assign_with_ray(run_dir: Path, path: Path, concurrency: int) -> tuple[pa.Ta
             batch_size=16384,
             concurrency=concurrency,
         )
-        parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
-                 for b in mapped.iter_batches(batch_format="pyarrow", batch_size=None)]
+        parts = [
+            pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+            for b in mapped.iter_batches(batch_format="pyarrow", batch_size=None)
+        ]
     finally:
         if started:
             ray.shutdown()
-    everything = pa.concat_tables(parts) if parts else pa.table({n: [] for n in ("merchant_id", "buyer_id", "code", "reason")})
+    everything = (
+        pa.concat_tables(parts)
+        if parts
+        else pa.table({n: [] for n in ("merchant_id", "buyer_id", "code", "reason")})
+    )
     bad = everything.column("code").to_numpy() < 0
     codes = everything.filter(pa.array(~bad)).select(["merchant_id", "buyer_id", "code"]).cast(CODES)
-    quarantined = everything.filter(pa.array(bad)).select(["merchant_id", "buyer_id", "reason"]).cast(QUARANTINE)
+    quarantined = (
+        everything.filter(pa.array(bad)).select(["merchant_id", "buyer_id", "reason"]).cast(QUARANTINE)
+    )
     return codes, quarantined
 
 
@@ -174,7 +186,11 @@ def assign(
         "run": str(run_dir.resolve()),
         "data": str(Path(data_dir).resolve()),
         "ray": use_ray,
-        "counts": {"buyers_read": read, "buyers_assigned": codes.num_rows, "buyers_quarantined": quarantined.num_rows},
+        "counts": {
+            "buyers_read": read,
+            "buyers_assigned": codes.num_rows,
+            "buyers_quarantined": quarantined.num_rows,
+        },
         "seconds": seconds,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -104,7 +104,10 @@ def load_weights(directory: str | Path, model: BuyerVQVAE, device: torch.device 
 
 
 def load_state(
-    directory: str | Path, model: BuyerVQVAE, optimizer: torch.optim.Optimizer, device: torch.device | str = "cpu"
+    directory: str | Path,
+    model: BuyerVQVAE,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str = "cpu",
 ) -> TrainingState:
     """Restore model, optimizer and RNG states saved by ``save_state``; returns the JSON state."""
     directory = Path(directory)

@@ -50,7 +50,9 @@ class FeatureStats:
         )
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"feature_names": list(FEATURE_NAMES), "mean": self.mean, "std": self.std}))
+        path.write_text(
+            json.dumps({"feature_names": list(FEATURE_NAMES), "mean": self.mean, "std": self.std})
+        )
 
     @classmethod
     def load(cls, path: Path) -> FeatureStats:
@@ -85,8 +87,16 @@ class BuyerBatch:
         return BuyerBatch(*(t[index] for t in self.tensors()))
 
     def tensors(self) -> tuple[Tensor, ...]:
-        return (self.features, self.events, self.gaps, self.lengths, self.converted, self.depth,
-                self.transitions, self.gap_hist)
+        return (
+            self.features,
+            self.events,
+            self.gaps,
+            self.lengths,
+            self.converted,
+            self.depth,
+            self.transitions,
+            self.gap_hist,
+        )
 
     def inputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return (self.features, self.events, self.gaps, self.lengths)
@@ -124,7 +134,9 @@ class BuyerRows:
         )
 
 
-def behaviour_targets(events: np.ndarray, gaps: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def behaviour_targets(
+    events: np.ndarray, gaps: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-buyer transition and gap distributions of the padded sequences (tokens = event code + 1)."""
     n, width = events.shape
     valid = np.arange(width)[None, :] < lengths[:, None]
@@ -167,7 +179,9 @@ def read_buyers(path: str | Path, columns: tuple[str, ...] = READ_COLUMNS) -> pa
     return pq.read_table(path, columns=list(columns))
 
 
-def _padded(values: np.ndarray, offsets: np.ndarray, max_len: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+def _padded(
+    values: np.ndarray, offsets: np.ndarray, max_len: int, dtype: type
+) -> tuple[np.ndarray, np.ndarray]:
     """The last ``max_len`` items of each list, left-aligned in a zero-padded matrix, and the lengths."""
     starts, ends = offsets[:-1], offsets[1:]
     lengths = np.minimum(ends - starts, max_len)

@@ -116,7 +116,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 class WorkerTraining:
     """One worker's training state and epoch loop (rank 0 of 1 without Ray)."""
 
-    def __init__(self, config: VQVAEConfig, data: BuyerBatch, stats: FeatureStats, device: torch.device) -> None:
+    def __init__(
+        self, config: VQVAEConfig, data: BuyerBatch, stats: FeatureStats, device: torch.device
+    ) -> None:
         self.config = config
         self.data = data
         self.stats = stats
@@ -172,7 +174,9 @@ class WorkerTraining:
         start = time.perf_counter()
         self.model.train()
         per_worker = len(self.data) // self.world
-        order = epoch_permutation(len(self.data), cfg.seed, epoch)[self.rank : per_worker * self.world : self.world]
+        order = epoch_permutation(len(self.data), cfg.seed, epoch)[
+            self.rank : per_worker * self.world : self.world
+        ]
         local_batch = max(1, cfg.batch_size // self.world)
         restarts_before = int(self.model.quantizer.restarts)
         totals = torch.zeros(3, dtype=torch.float64)  # recon * n, commit * n, n
@@ -187,7 +191,9 @@ class WorkerTraining:
             loss.backward()
             self.optimizer.step()
             n = len(index)
-            totals += torch.tensor([recon.item() * n, out.quant.commitment_loss.item() * n, n], dtype=torch.float64)
+            totals += torch.tensor(
+                [recon.item() * n, out.quant.commitment_loss.item() * n, n], dtype=torch.float64
+            )
             usage += torch.bincount(out.quant.codes.cpu(), minlength=cfg.codes).double()
         if self.world > 1:
             dist.all_reduce(totals)
@@ -244,7 +250,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             work.restore(Path(directory))
     # The EMA statistics are all-reduced inside the quantizer; DDP need not copy rank 0's buffers.
-    work.wrap(lambda m: ray.train.torch.prepare_model(m, parallel_strategy_kwargs={"forward_sync_buffers": False}))
+    work.wrap(
+        lambda m: ray.train.torch.prepare_model(m, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    )
     last = config.epochs if config.stop_after_epoch <= 0 else min(config.epochs, config.stop_after_epoch)
     rank = ray.train.get_context().get_world_rank()
     while work.epochs_done < last:
@@ -258,7 +266,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=None)
 
 
-def fit_codebook(data_dir: str | Path, config: VQVAEConfig, out: str | Path, resume: bool = False) -> FitResult:
+def fit_codebook(
+    data_dir: str | Path, config: VQVAEConfig, out: str | Path, resume: bool = False
+) -> FitResult:
     """Fit the VQ-VAE on ``DATA/buyers.parquet`` with Ray Train and write the run directory ``out``.
 
     ``out`` receives model.safetensors + state.json (the fitted model), history.json and

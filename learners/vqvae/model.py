@@ -137,10 +137,14 @@ class BuyerVQVAE(nn.Module):
         self.project = nn.Sequential(
             nn.Linear(2 * shape.hidden, shape.hidden), nn.GELU(), nn.Linear(shape.hidden, shape.code_dim)
         )
-        self.quantizer = EMAQuantizer(shape.codes, shape.code_dim, decay=decay, beta=beta,
-                                      dead_after=dead_after, seed=seed)
+        self.quantizer = EMAQuantizer(
+            shape.codes, shape.code_dim, decay=decay, beta=beta, dead_after=dead_after, seed=seed
+        )
         self.decoder = nn.Sequential(
-            nn.Linear(shape.code_dim, shape.hidden), nn.GELU(), nn.Linear(shape.hidden, shape.hidden), nn.GELU()
+            nn.Linear(shape.code_dim, shape.hidden),
+            nn.GELU(),
+            nn.Linear(shape.hidden, shape.hidden),
+            nn.GELU(),
         )
         self.features_out = nn.Linear(shape.hidden, N_FEATURES)
         self.converted_out = nn.Linear(shape.hidden, 1)

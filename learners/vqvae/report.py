@@ -28,12 +28,26 @@ from learners.vqvae.kmeans_baseline import run_baseline  # noqa: E402
 from learners.vqvae.metrics import coherence_per_type, event_distributions, type_metrics  # noqa: E402
 
 FUNNEL = ("product_view", "favorite", "add_to_cart", "checkout", "purchase")
-GAP_BINS = (("< 1 min", 0.0, np.log1p(60)), ("1-30 min", np.log1p(60), np.log1p(1800)),
-            ("30 min-1 day", np.log1p(1800), np.log1p(86400)), ("> 1 day", np.log1p(86400), np.inf))
+GAP_BINS = (
+    ("< 1 min", 0.0, np.log1p(60)),
+    ("1-30 min", np.log1p(60), np.log1p(1800)),
+    ("30 min-1 day", np.log1p(1800), np.log1p(86400)),
+    ("> 1 day", np.log1p(86400), np.inf),
+)
 HEATMAP_FEATURES = (
-    "log_n_events", "log_n_sessions", "share_search", "share_product_view", "share_favorite",
-    "share_add_to_cart", "share_purchase", "log_mean_gap_s", "repeat_view_share", "cart_per_view",
-    "purchase_per_view", "log_mean_price", "depth_frac",
+    "log_n_events",
+    "log_n_sessions",
+    "share_search",
+    "share_product_view",
+    "share_favorite",
+    "share_add_to_cart",
+    "share_purchase",
+    "log_mean_gap_s",
+    "repeat_view_share",
+    "cart_per_view",
+    "purchase_per_view",
+    "log_mean_price",
+    "depth_frac",
 )
 
 
@@ -68,26 +82,35 @@ def type_profiles(rows: BuyerRows, codes: np.ndarray, categories: dict[int, list
     for code in np.unique(codes):
         m = codes == code
         gaps = rows.gaps[m][valid_gap[m]]
-        gap_profile = {name: float(((gaps >= lo) & (gaps < hi)).mean()) if gaps.size else 0.0
-                       for name, lo, hi in GAP_BINS}
-        profiles.append(TypeProfile(
-            code=int(code),
-            buyers=int(m.sum()),
-            share=float(m.mean()),
-            conversion=float(rows.converted[m].mean()),
-            events_per_buyer=float(n_events[m].mean()),
-            funnel={t: float((feats[m, _col(f"log_n_{t}")] > 0).mean()) for t in FUNNEL},
-            gap_profile=gap_profile,
-            median_gap_s=float(np.expm1(np.median(feats[m, _col("log_mean_gap_s")]))),
-            coherence=coh[int(code)],
-            top_categories=categories.get(int(code), []),
-        ))
+        gap_profile = {
+            name: float(((gaps >= lo) & (gaps < hi)).mean()) if gaps.size else 0.0
+            for name, lo, hi in GAP_BINS
+        }
+        profiles.append(
+            TypeProfile(
+                code=int(code),
+                buyers=int(m.sum()),
+                share=float(m.mean()),
+                conversion=float(rows.converted[m].mean()),
+                events_per_buyer=float(n_events[m].mean()),
+                funnel={t: float((feats[m, _col(f"log_n_{t}")] > 0).mean()) for t in FUNNEL},
+                gap_profile=gap_profile,
+                median_gap_s=float(np.expm1(np.median(feats[m, _col("log_mean_gap_s")]))),
+                coherence=coh[int(code)],
+                top_categories=categories.get(int(code), []),
+            )
+        )
     population = TypeProfile(
-        code=-1, buyers=len(codes), share=1.0, conversion=float(rows.converted.mean()),
+        code=-1,
+        buyers=len(codes),
+        share=1.0,
+        conversion=float(rows.converted.mean()),
         events_per_buyer=float(n_events.mean()),
         funnel={t: float((feats[:, _col(f"log_n_{t}")] > 0).mean()) for t in FUNNEL},
-        gap_profile={}, median_gap_s=float(np.expm1(np.median(feats[:, _col("log_mean_gap_s")]))),
-        coherence=0.0, top_categories=[],
+        gap_profile={},
+        median_gap_s=float(np.expm1(np.median(feats[:, _col("log_mean_gap_s")]))),
+        coherence=0.0,
+        top_categories=[],
     )
     for p in profiles:
         p.description = describe(p, population)
@@ -112,9 +135,10 @@ def describe(p: TypeProfile, population: TypeProfile) -> str:
     if population.median_gap_s > 0 and p.median_gap_s > 0:
         speed = p.median_gap_s / population.median_gap_s
         pace = "; fast pace" if speed < 0.67 else ("; slow, deliberate pace" if speed > 1.5 else "")
-    converts = "never converts" if p.conversion == 0 else f"converts at {_ratio_words(conv)} ({p.conversion:.0%})"
-    return (f"{converts}; {reach}; {p.events_per_buyer:.1f} events per buyer ({_ratio_words(activity)})"
-            f"{pace}")
+    converts = (
+        "never converts" if p.conversion == 0 else f"converts at {_ratio_words(conv)} ({p.conversion:.0%})"
+    )
+    return f"{converts}; {reach}; {p.events_per_buyer:.1f} events per buyer ({_ratio_words(activity)}){pace}"
 
 
 def top_categories(data_dir: Path, codes: pa.Table, k: int = 3) -> dict[int, list[str]]:
@@ -127,9 +151,11 @@ def top_categories(data_dir: Path, codes: pa.Table, k: int = 3) -> dict[int, lis
     assert isinstance(code_frame, pl.DataFrame)
     counts = (
         events.join(code_frame.lazy(), on=["merchant_id", "buyer_id"])
-        .group_by("code", "category_id").len()
+        .group_by("code", "category_id")
+        .len()
         .sort(["code", "len", "category_id"], descending=[False, True, False])
-        .group_by("code", maintain_order=True).head(k)
+        .group_by("code", maintain_order=True)
+        .head(k)
         .collect()
     )
     out: dict[int, list[str]] = {}
@@ -146,7 +172,9 @@ def truth_labels(truth_path: Path, codes: pa.Table) -> np.ndarray:
     joined = frame.join(truth, on=["merchant_id", "buyer_id"], how="left", maintain_order="left")
     missing = int(joined["type_id"].null_count())
     if missing:
-        raise ValueError(f"{truth_path}: {missing} assigned buyers have no planted type; is it this data's truth?")
+        raise ValueError(
+            f"{truth_path}: {missing} assigned buyers have no planted type; is it this data's truth?"
+        )
     return joined["type_id"].to_numpy().astype(np.int64)
 
 
@@ -179,7 +207,12 @@ def _plots(run: Path, rows: BuyerRows, codes: np.ndarray, k: int, dist: pl.DataF
     plt.close(fig)
     files["heatmap"] = "plots/heatmap.png"
 
-    top = dist.group_by("merchant_id").agg(pl.col("n").sum()).sort(["n", "merchant_id"], descending=[True, False]).head(6)
+    top = (
+        dist.group_by("merchant_id")
+        .agg(pl.col("n").sum())
+        .sort(["n", "merchant_id"], descending=[True, False])
+        .head(6)
+    )
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for i, merchant in enumerate(top["merchant_id"].to_list()):
         mix = dist.filter(pl.col("merchant_id") == merchant).sort("code")
@@ -187,7 +220,9 @@ def _plots(run: Path, rows: BuyerRows, codes: np.ndarray, k: int, dist: pl.DataF
         for code, p in zip(mix["code"].to_list(), mix["p"].to_list(), strict=True):
             ax.bar(i, p, bottom=bottom, color=plt.cm.tab20(code % 20))
             bottom += p
-    ax.set_xticks(range(top.height), [str(m)[:12] for m in top["merchant_id"].to_list()], rotation=30, fontsize=7)
+    ax.set_xticks(
+        range(top.height), [str(m)[:12] for m in top["merchant_id"].to_list()], rotation=30, fontsize=7
+    )
     ax.set(ylabel="share of buyers", title="Merchant type mixtures (largest merchants; colour = code)")
     fig.tight_layout()
     fig.savefig(plots / "merchants.png", dpi=90)
@@ -205,11 +240,29 @@ def _fmt(v: Any) -> str:
 def _tables(profiles: list[TypeProfile], vq: dict[str, float], km: dict[str, float]) -> list[list[list[str]]]:
     keys = [k for k in vq if k in km]
     side = [["metric", "VQ-VAE", "k-means"]] + [[k, _fmt(vq[k]), _fmt(km[k])] for k in keys]
-    head = ["type", "share", "conversion", "events/buyer", *(f"reach {t}" for t in FUNNEL),
-            *(f"gaps {n}" for n, _, _ in GAP_BINS), "coherence", "top categories"]
-    body = [[str(p.code), f"{p.share:.1%}", f"{p.conversion:.1%}", f"{p.events_per_buyer:.1f}",
-             *(f"{p.funnel[t]:.0%}" for t in FUNNEL), *(f"{p.gap_profile[n]:.0%}" for n, _, _ in GAP_BINS),
-             f"{p.coherence:.3f}", ", ".join(p.top_categories)] for p in profiles]
+    head = [
+        "type",
+        "share",
+        "conversion",
+        "events/buyer",
+        *(f"reach {t}" for t in FUNNEL),
+        *(f"gaps {n}" for n, _, _ in GAP_BINS),
+        "coherence",
+        "top categories",
+    ]
+    body = [
+        [
+            str(p.code),
+            f"{p.share:.1%}",
+            f"{p.conversion:.1%}",
+            f"{p.events_per_buyer:.1f}",
+            *(f"{p.funnel[t]:.0%}" for t in FUNNEL),
+            *(f"{p.gap_profile[n]:.0%}" for n, _, _ in GAP_BINS),
+            f"{p.coherence:.3f}",
+            ", ".join(p.top_categories),
+        ]
+        for p in profiles
+    ]
     return [side, [head, *body]]
 
 
@@ -225,7 +278,9 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(run_dir: str | Path, data_dir: str | Path, truth: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+def write_report(
+    run_dir: str | Path, data_dir: str | Path, truth: str | Path | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Assign the training buyers, measure VQ-VAE and k-means, write the report; returns metrics.json."""
     run, data = Path(run_dir), Path(data_dir)
     assigner = CodeAssigner(run)
@@ -242,22 +297,46 @@ def write_report(run_dir: str | Path, data_dir: str | Path, truth: str | Path | 
     assert isinstance(dist, pl.DataFrame)
     profiles = type_profiles(rows, codes, top_categories(data, codes_table))
     plots = _plots(run, rows, codes, k, dist)
-    metrics = {**vq, "buyers": len(codes), "kmeans": km,
-               "types": {str(p.code): {"share": p.share, "conversion": p.conversion, "description": p.description}
-                         for p in profiles}}
+    metrics = {
+        **vq,
+        "buyers": len(codes),
+        "kmeans": km,
+        "types": {
+            str(p.code): {"share": p.share, "conversion": p.conversion, "description": p.description}
+            for p in profiles
+        },
+    }
     (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
     side, per_type = _tables(profiles, vq, km)
     descriptions = [f"- **type {p.code}** ({p.share:.1%} of buyers): {p.description}" for p in profiles]
-    md = [f"# Buyer types of {run.name}", "", f"{len(codes):,} buyers of `{data}`, K = {k}.", "",
-          "## VQ-VAE vs k-means baseline (same features, same K)", "", _markdown_table(side), "",
-          "## Types", "", *descriptions, "", _markdown_table(per_type), "",
-          *(f"![{name}]({path})" for name, path in plots.items()), ""]
+    md = [
+        f"# Buyer types of {run.name}",
+        "",
+        f"{len(codes):,} buyers of `{data}`, K = {k}.",
+        "",
+        "## VQ-VAE vs k-means baseline (same features, same K)",
+        "",
+        _markdown_table(side),
+        "",
+        "## Types",
+        "",
+        *descriptions,
+        "",
+        _markdown_table(per_type),
+        "",
+        *(f"![{name}]({path})" for name, path in plots.items()),
+        "",
+    ]
     (run / "report.md").write_text("\n".join(md))
-    body = (f"<h1>Buyer types of {html.escape(run.name)}</h1><p>{len(codes):,} buyers, K = {k}.</p>"
-            f"<h2>VQ-VAE vs k-means baseline</h2>{_html_table(side)}<h2>Types</h2><ul>"
-            + "".join(f"<li><b>type {p.code}</b> ({p.share:.1%}): {html.escape(p.description)}</li>" for p in profiles)
-            + f"</ul>{_html_table(per_type)}"
-            + "".join(f'<h3>{name}</h3><img src="{path}" alt="{name}">' for name, path in plots.items()))
+    body = (
+        f"<h1>Buyer types of {html.escape(run.name)}</h1><p>{len(codes):,} buyers, K = {k}.</p>"
+        f"<h2>VQ-VAE vs k-means baseline</h2>{_html_table(side)}<h2>Types</h2><ul>"
+        + "".join(
+            f"<li><b>type {p.code}</b> ({p.share:.1%}): {html.escape(p.description)}</li>" for p in profiles
+        )
+        + f"</ul>{_html_table(per_type)}"
+        + "".join(f'<h3>{name}</h3><img src="{path}" alt="{name}">' for name, path in plots.items())
+    )
     (run / "report.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>Buyer types</title><style>"
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"

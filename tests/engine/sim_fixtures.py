@@ -24,9 +24,18 @@ MERCHANTS = ("m1", "m2")
 def write_prepared(directory: Path, merchants: Sequence[str] = MERCHANTS, products: int = 6) -> Path:
     """A minimal prepared directory for the real text env: catalogs.parquet with a few products."""
     rows = [
-        {"merchant_id": m, "product_id": f"p{i}", "category_id": f"c{i % 2}", "price": 10.0 + i,
-         "n_views": 10 - i, "n_carts": 2, "n_purchases": 1, "popularity": (products - i) / products}
-        for m in merchants for i in range(products)
+        {
+            "merchant_id": m,
+            "product_id": f"p{i}",
+            "category_id": f"c{i % 2}",
+            "price": 10.0 + i,
+            "n_views": 10 - i,
+            "n_carts": 2,
+            "n_purchases": 1,
+            "popularity": (products - i) / products,
+        }
+        for m in merchants
+        for i in range(products)
     ]
     directory.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=CATALOGS), directory / TABLE_FILES["catalogs"])
@@ -61,8 +70,11 @@ class UniformPolicy:
         out = []
         for r in requests:
             i = int(np.random.default_rng(r.seed).integers(len(r.valid_actions)))
-            out.append(ActResult(r.valid_actions[i], float(-np.log(len(r.valid_actions))),
-                                 len(r.observation.split())))
+            out.append(
+                ActResult(
+                    r.valid_actions[i], float(-np.log(len(r.valid_actions))), len(r.observation.split())
+                )
+            )
         return out
 
 
@@ -70,7 +82,9 @@ def uniform_policy() -> UniformPolicy:
     return UniformPolicy()
 
 
-def storefront_pages(data: Path, merchants: Sequence[str] = MERCHANTS, steps: int = 6, seed: int = 0) -> list[ActRequest]:
+def storefront_pages(
+    data: Path, merchants: Sequence[str] = MERCHANTS, steps: int = 6, seed: int = 0
+) -> list[ActRequest]:
     """Requests built from real pages of the text env (random walks): observations, actions, personas."""
     import gymnasium as gym
 
@@ -84,7 +98,9 @@ def storefront_pages(data: Path, merchants: Sequence[str] = MERCHANTS, steps: in
         history: list[str] = []
         for step in range(steps):
             actions = tuple(info["valid_actions"])
-            out.append(ActRequest(obs, actions, persona=(j + step) % 4, history=tuple(history), seed=seed + step))
+            out.append(
+                ActRequest(obs, actions, persona=(j + step) % 4, history=tuple(history), seed=seed + step)
+            )
             action = actions[int(rng.integers(len(actions)))]
             obs, _, terminated, truncated, info = env.step(action)
             history.append(action)
@@ -121,7 +137,9 @@ class GoalSeekingPolicy:
         return [ActResult(self._choose(r)) for r in requests]
 
     def _choose(self, r: ActRequest) -> str:
-        if r.history[:1] == ("home",) or (not r.history and np.random.default_rng(r.seed).random() < self.wander):
+        if r.history[:1] == ("home",) or (
+            not r.history and np.random.default_rng(r.seed).random() < self.wander
+        ):
             return "home"
         target = f"open product {r.goal}"
         for action in ("place order", "buy now" if r.history[-1:] == (target,) else None, target):

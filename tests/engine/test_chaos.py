@@ -15,13 +15,6 @@ from tests.engine.sim_fixtures import UniformPolicy, write_distributions, write_
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("chaos")
     return SimulationConfig(
@@ -54,7 +47,8 @@ def rows(out):
 def reference(base):
     """The same buyers played in this process, without Ray: what an undisturbed run must write."""
     table = EpisodePlayer(env_spec(base), max_envs=base.envs_per_runner, max_steps=base.max_steps).play(
-        build_population(base), UniformPolicy().act)
+        build_population(base), UniformPolicy().act
+    )
     return table.sort_by([("sim_buyer_id", "ascending"), ("step", "ascending")]).to_pylist()
 
 
@@ -84,11 +78,14 @@ def kill_router(sim):
     ray.kill(sim.router)
 
 
-@pytest.mark.parametrize("action, counter", [
-    (kill_runner, "runner_restarts"),
-    (kill_policy_server, "policy_restarts"),
-    (kill_router, "router_restarts"),
-])
+@pytest.mark.parametrize(
+    "action, counter",
+    [
+        (kill_runner, "runner_restarts"),
+        (kill_policy_server, "policy_restarts"),
+        (kill_router, "router_restarts"),
+    ],
+)
 def test_run_survives_and_every_buyer_appears_once(ray_local, base, reference, tmp_path, action, counter):
     manifest = simulate(replace(base, out=str(tmp_path)), policy=slow_policy, on_chunk=once(action))
     assert manifest[counter] >= 1

@@ -10,7 +10,6 @@ from functools import partial
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from engine.driver import SimulationConfig, format_summary, simulate
 from engine.evaluate import step_quality
@@ -20,13 +19,6 @@ from learners.agent.markov_policy import MarkovPolicy
 from tests.engine.sim_fixtures import GoalSeekingPolicy, write_distributions, write_prepared
 
 BUYERS_PER_MERCHANT = 15
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +86,18 @@ def test_one_and_three_runners_give_identical_rollouts(ray_local, base, tmp_path
 def test_columns_and_per_merchant_summary(ray_local, base, markov_json, tmp_path):
     manifest = simulate(replace(base, out=str(tmp_path / "o"), policy="markov", policy_path=str(markov_json)))
     table = rollouts(tmp_path / "o")
-    for col in ("sim_buyer_id", "merchant_id", "code", "step", "action", "action_kind", "valid",
-                "converted", "page", "reward"):
+    for col in (
+        "sim_buyer_id",
+        "merchant_id",
+        "code",
+        "step",
+        "action",
+        "action_kind",
+        "valid",
+        "converted",
+        "page",
+        "reward",
+    ):
         assert col in table.column_names
     # Per merchant conversion = share of its buyers whose last row says converted (naive recount).
     for m in ("m1", "m2"):
@@ -109,7 +111,9 @@ def test_columns_and_per_merchant_summary(ray_local, base, markov_json, tmp_path
     text = format_summary(manifest["merchants"])
     assert "m1" in text.splitlines()[1] and "conv" in text.splitlines()[0]
     # Codes follow the merchants' distributions (stratified quotas of 15 over p ∝ 1..4 and 4..1).
-    codes_m1 = {r["sim_buyer_id"]: r["code"] for r in table.filter(pc.equal(table["merchant_id"], "m1")).to_pylist()}
+    codes_m1 = {
+        r["sim_buyer_id"]: r["code"] for r in table.filter(pc.equal(table["merchant_id"], "m1")).to_pylist()
+    }
     counts = [list(codes_m1.values()).count(c) for c in range(4)]
     assert sum(counts) == 15 and all(abs(c - 15 * (k + 1) / 10) < 1 for k, c in enumerate(counts))
 
@@ -150,7 +154,9 @@ def test_goal_tasks_give_each_buyer_its_target_and_per_seed_success(ray_local, b
     for buyer_id, steps in buyers.items():
         replicate, index = divmod(buyer_id, n)
         assert {r["seed"] for r in steps} == {base.seed + replicate}
-        expected_goal = goal_product(catalogs.get(steps[0]["merchant_id"]), buyer_seed(base.seed + replicate, index))
+        expected_goal = goal_product(
+            catalogs.get(steps[0]["merchant_id"]), buyer_seed(base.seed + replicate, index)
+        )
         assert {r["goal"] for r in steps} == {expected_goal}
         bought = sum(r["reward"] for r in steps)
         if bought:  # open the goal, buy now, place order: rewarded once, on the last step

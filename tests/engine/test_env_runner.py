@@ -16,13 +16,6 @@ from tests.engine.sim_fixtures import UniformPolicy, uniform_policy, write_distr
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     data = write_prepared(root / "prepared")
@@ -51,7 +44,9 @@ def test_player_one_request_per_tick_and_episode_rows(world):
         rows = table.filter(pc.equal(table["sim_buyer_id"], b.sim_buyer_id))
         steps = rows["step"].to_pylist()
         assert steps == list(range(len(steps))) and 1 <= len(steps) <= 6
-        assert set(rows["code"].to_pylist()) == {b.code} and set(rows["merchant_id"].to_pylist()) == {b.merchant_id}
+        assert set(rows["code"].to_pylist()) == {b.code} and set(rows["merchant_id"].to_pylist()) == {
+            b.merchant_id
+        }
         ended = rows["terminated"][-1].as_py() or rows["truncated"][-1].as_py()
         assert ended and not any(rows["terminated"].to_pylist()[:-1])
     # The uniform policy picks listed actions; only the unfilled search template is not performable.

@@ -21,15 +21,10 @@ from learners.agent.policy import ActRequest
 from tests.engine.sim_fixtures import UniformPolicy, storefront_pages, write_prepared, write_tiny_agent
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def request(i: int, n_actions: int = 5) -> ActRequest:
-    return ActRequest(observation=f"page {i}", valid_actions=tuple(f"a{i}-{k}" for k in range(n_actions)), seed=i)
+    return ActRequest(
+        observation=f"page {i}", valid_actions=tuple(f"a{i}-{k}" for k in range(n_actions)), seed=i
+    )
 
 
 def expected_action(r: ActRequest) -> str:
@@ -89,8 +84,9 @@ def test_router_spreads_load_over_replicas(ray_local):
 
 
 def test_router_times_out_a_slow_call_without_replacing_a_live_replica(ray_local):
-    serving = ServingConfig(replicas=1, max_batch_size=4, max_wait_ms=0, num_cpus=0.5, call_timeout_s=0.5,
-                            max_retries=1)
+    serving = ServingConfig(
+        replicas=1, max_batch_size=4, max_wait_ms=0, num_cpus=0.5, call_timeout_s=0.5, max_retries=1
+    )
     router = PolicyRouter.remote(partial(UniformPolicy, delay_s=3.0), serving)
     ray.get(router.ready.remote(), timeout=60)
     with pytest.raises(RuntimeError, match="failed after 2 attempts"):
@@ -158,7 +154,9 @@ def tiny_agent(tmp_path_factory):
 def test_transformers_backend_batches_and_matches_in_process_choices(ray_local, tiny_agent):
     path, requests = tiny_agent
     spec = PolicySpec(backend="transformers", path=str(path), options={"temperature": 0.0})
-    server = PolicyServer.options(num_cpus=0.5).remote(policy_factory(spec), max_batch_size=64, max_wait_ms=300)
+    server = PolicyServer.options(num_cpus=0.5).remote(
+        policy_factory(spec), max_batch_size=64, max_wait_ms=300
+    )
     answers = ray.get([server.act.remote([r]) for r in requests], timeout=300)
     local = build_policy(spec)
     for r, (answer,) in zip(requests, answers, strict=True):

@@ -25,8 +25,14 @@ P_B = {2: 0.7, 4: 0.3}
 
 def table() -> pa.Table:
     rows = [("A", c, p) for c, p in P_A.items()] + [("B", c, p) for c, p in P_B.items()]
-    return pa.table({"merchant_id": [r[0] for r in rows], "code": [r[1] for r in rows],
-                     "p": [r[2] for r in rows], "n": [int(r[2] * 100) for r in rows]})
+    return pa.table(
+        {
+            "merchant_id": [r[0] for r in rows],
+            "code": [r[1] for r in rows],
+            "p": [r[2] for r in rows],
+            "n": [int(r[2] * 100) for r in rows],
+        }
+    )
 
 
 def test_probabilities_normalised_and_smoothed():
@@ -105,14 +111,18 @@ def test_replicates_are_the_populations_of_consecutive_seeds():
     assert [b.sim_buyer_id for b in both] == list(range(40))
     assert [b.run_seed for b in both] == [5] * 20 + [6] * 20
     alone = s.population(["A", "B"], 10, seed=6)
-    assert [(b.merchant_id, b.code, b.seed) for b in both[20:]] == [(b.merchant_id, b.code, b.seed) for b in alone]
+    assert [(b.merchant_id, b.code, b.seed) for b in both[20:]] == [
+        (b.merchant_id, b.code, b.seed) for b in alone
+    ]
     with pytest.raises(ValueError, match="replicates"):
         s.population(["A"], 3, seed=0, replicates=0)
 
 
 def test_goal_products_are_seeded_and_popularity_weighted():
     popularity = [0.5, 0.3, 0.2, 0.0]
-    catalog = Catalog.from_records("A", [{"product_id": f"p{i}", "popularity": w} for i, w in enumerate(popularity)])
+    catalog = Catalog.from_records(
+        "A", [{"product_id": f"p{i}", "popularity": w} for i, w in enumerate(popularity)]
+    )
     seeds = [buyer_seed(1, i) for i in range(20_000)]
     goals = [goal_product(catalog, s) for s in seeds]
     assert goals[:50] == [goal_product(catalog, s) for s in seeds[:50]]  # a function of the buyer's seed
@@ -121,6 +131,10 @@ def test_goal_products_are_seeded_and_popularity_weighted():
     _, pvalue = stats.chisquare(counts[:3], len(goals) * np.array(popularity[:3]))
     assert pvalue > 1e-4
     flat = Catalog.from_records("A", [{"product_id": f"q{i}", "popularity": 0.0} for i in range(3)])
-    assert {goal_product(flat, s) for s in seeds[:200]} == {"q0", "q1", "q2"}  # uniform when nothing is popular
+    assert {goal_product(flat, s) for s in seeds[:200]} == {
+        "q0",
+        "q1",
+        "q2",
+    }  # uniform when nothing is popular
     buyers = with_goals(PopulationSampler(table()).population(["A"], 5, seed=2), {"A": catalog})
     assert [b.goal for b in buyers] == [goal_product(catalog, b.seed) for b in buyers]

@@ -33,7 +33,11 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     done = subprocess.run(
         [str(VLLM_PYTHON), "-m", "engine.vllm_backend", str(agent), str(request_file), str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     served = json.loads(out.read_text(encoding="utf-8"))

@@ -94,28 +94,52 @@ def test_catalog_file_errors_name_the_problem(tmp_path):
 def test_placeholder_catalog_has_one_item_per_category():
     catalog = Catalog.placeholder("brand", {"7": 30, None: 10, "9": 60})
     assert catalog.is_placeholder
-    assert [p.product_id for p in catalog.products] == [placeholder_id("9"), placeholder_id("7"), placeholder_id("all")]
+    assert [p.product_id for p in catalog.products] == [
+        placeholder_id("9"),
+        placeholder_id("7"),
+        placeholder_id("all"),
+    ]
     assert catalog.product_for(None, "7").product_id == placeholder_id("7")
     assert catalog.product_for(None, None).product_id == placeholder_id("all")
 
 
 def test_load_catalogs_builds_placeholders_for_merchants_without_products(tmp_path):
     catalog_rows = [
-        {"merchant_id": "a", "product_id": r["product_id"], "category_id": r["category_id"], "price": r["price"],
-         "n_views": 1, "n_carts": 0, "n_purchases": 0, "popularity": r["popularity"]}
+        {
+            "merchant_id": "a",
+            "product_id": r["product_id"],
+            "category_id": r["category_id"],
+            "price": r["price"],
+            "n_views": 1,
+            "n_carts": 0,
+            "n_purchases": 0,
+            "popularity": r["popularity"],
+        }
         for r in product_records(5)
     ]
     ts = pa.scalar(0, pa.timestamp("ms", tz="UTC")).as_py()
     events = [
-        {"merchant_id": "b", "buyer_id": "u", "session_id": "s", "ts": ts, "seq": i, "event_type": "product_view",
-         "product_id": None, "category_id": None, "price": None, "query": None}
+        {
+            "merchant_id": "b",
+            "buyer_id": "u",
+            "session_id": "s",
+            "ts": ts,
+            "seq": i,
+            "event_type": "product_view",
+            "product_id": None,
+            "category_id": None,
+            "price": None,
+            "query": None,
+        }
         for i in range(3)
     ]
     root = write_prepared(tmp_path / "prep", catalog_rows, events)
     catalogs = load_catalogs(root)
     assert set(catalogs) == {"a", "b"}
     assert not catalogs["a"].is_placeholder and len(catalogs["a"].products) == 5
-    assert catalogs["b"].is_placeholder and [p.product_id for p in catalogs["b"].products] == [placeholder_id("all")]
+    assert catalogs["b"].is_placeholder and [p.product_id for p in catalogs["b"].products] == [
+        placeholder_id("all")
+    ]
     with pytest.raises(ValueError, match="no catalog and no events"):
         load_catalogs(root, ["zz"])
 
@@ -125,7 +149,11 @@ def test_listing_pages_cover_the_category_in_order(shop):
     state = shop.step(shop.initial_state(), f"open category {cat}")[0]
     seen = []
     while True:
-        seen.extend(a.removeprefix("open product ") for a in shop.valid_actions(state) if a.startswith("open product "))
+        seen.extend(
+            a.removeprefix("open product ")
+            for a in shop.valid_actions(state)
+            if a.startswith("open product ")
+        )
         if "next page" not in shop.valid_actions(state):
             break
         state = shop.step(state, "next page")[0]
@@ -198,7 +226,7 @@ def test_back_returns_to_the_previous_page(shop):
 
 def test_cart_pages_bound_the_cart_listing(shop):
     s = shop.initial_state()
-    for p in shop.catalog.products[:PAGE_SIZE + 3]:
+    for p in shop.catalog.products[: PAGE_SIZE + 3]:
         s, _ = shop.step(s, f'search "{p.product_id}"')
         s, _ = shop.step(s, f"open product {p.product_id}")
         s, _ = shop.step(s, "add to cart")
@@ -214,7 +242,13 @@ def test_cart_pages_bound_the_cart_listing(shop):
 
 def test_random_walks_are_deterministic_and_observations_bounded():
     long = [
-        {"product_id": f"{i:064d}", "category_id": f"{i % 3:064d}", "price": 1.0, "title": "t" * 200, "popularity": i}
+        {
+            "product_id": f"{i:064d}",
+            "category_id": f"{i % 3:064d}",
+            "price": 1.0,
+            "title": "t" * 200,
+            "popularity": i,
+        }
         for i in range(40)
     ]
     shop = Storefront(Catalog.from_records("m", long))
@@ -252,8 +286,12 @@ def test_state_is_a_value(shop):
 def test_search_matches_a_naive_scan():
     rng = random.Random(3)
     records = [
-        {"product_id": str(rng.randrange(10**5)), "category_id": str(rng.randrange(9)),
-         "title": rng.choice(["Red phone", "blue Phone case", "lamp", None]), "popularity": rng.random()}
+        {
+            "product_id": str(rng.randrange(10**5)),
+            "category_id": str(rng.randrange(9)),
+            "title": rng.choice(["Red phone", "blue Phone case", "lamp", None]),
+            "popularity": rng.random(),
+        }
         for _ in range(500)
     ]
     catalog = Catalog.from_records("m", list({r["product_id"]: r for r in records}.values()))
@@ -262,9 +300,23 @@ def test_search_matches_a_naive_scan():
         q = " ".join(query.lower().split())
         exact = catalog.by_id.get(query.strip())
         hits = [exact] if exact else []
-        hits += [p for p in catalog.products if p is not exact and (q in p.product_id or q == p.category_id or q in p.title.lower())]
+        hits += [
+            p
+            for p in catalog.products
+            if p is not exact and (q in p.product_id or q == p.category_id or q in p.title.lower())
+        ]
         return tuple(hits[:limit])
 
-    for query in ["1", "12", "phone", " PHONE ", "3", "lamp", "oduct 1", "zzz", catalog.products[7].product_id]:
+    for query in [
+        "1",
+        "12",
+        "phone",
+        " PHONE ",
+        "3",
+        "lamp",
+        "oduct 1",
+        "zzz",
+        catalog.products[7].product_id,
+    ]:
         for limit in (5, 100, 1000):
             assert catalog.search(query, limit) == naive(query, limit), (query, limit)

@@ -16,7 +16,10 @@ from tests.envs.test_storefront import product_records, write_prepared
 
 
 def catalogs() -> list[Catalog]:
-    return [Catalog.from_records("m1", product_records(30, seed=1)), Catalog.from_records("m2", product_records(12, seed=2))]
+    return [
+        Catalog.from_records("m1", product_records(30, seed=1)),
+        Catalog.from_records("m2", product_records(12, seed=2)),
+    ]
 
 
 def make_env(**kwargs) -> gym.Env:
@@ -52,9 +55,13 @@ def test_make_from_prepared_directory(tmp_path):
 def test_info_reports_page_actions_cart_and_context():
     env = make_env()
     obs, info = env.reset(seed=0, options={"merchant": "m1", "persona": 7, "goal": None})
-    assert info["page"] == "home" and info["merchant"] == "m1" and info["persona"] == 7 and info["goal"] is None
+    assert (
+        info["page"] == "home" and info["merchant"] == "m1" and info["persona"] == 7 and info["goal"] is None
+    )
     assert all(a in obs for a in info["valid_actions"])
-    pid = next(a for a in info["valid_actions"] if a.startswith("open product ")).removeprefix("open product ")
+    pid = next(a for a in info["valid_actions"] if a.startswith("open product ")).removeprefix(
+        "open product "
+    )
     env.step(f"open product {pid}")
     _, _, _, _, info = env.step("add to cart")
     assert info["cart"] == ((pid, 1),) and info["event"] == "add_to_cart" and info["valid"]
@@ -80,7 +87,10 @@ def test_buying_the_goal_pays_one_and_terminates():
     env = make_env()
     goal = catalogs()[0].products[-1].product_id
     env.reset(seed=0, options={"merchant": "m1", "goal": goal})
-    rewards = [env.step(a)[1] for a in (f'search "{goal}"', f"open product {goal}", "add to cart", "go to cart", "checkout")]
+    rewards = [
+        env.step(a)[1]
+        for a in (f'search "{goal}"', f"open product {goal}", "add to cart", "go to cart", "checkout")
+    ]
     _, reward, terminated, truncated, info = env.step("place order")
     assert rewards == [0.0] * 5 and reward == 1.0 and terminated and not truncated and info["converted"]
 

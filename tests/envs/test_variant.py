@@ -64,7 +64,10 @@ def test_register_variant_refuses_conflicts_and_non_storefronts():
 
 def test_custom_storefront_example_runs():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "custom_storefront.py")], capture_output=True, text=True, timeout=120
+        [sys.executable, str(ROOT / "examples" / "custom_storefront.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "Today's deal" in result.stdout and "reward=1.0" in result.stdout

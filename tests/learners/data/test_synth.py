@@ -68,18 +68,23 @@ def argmax_type(stats: pl.DataFrame, column: str) -> str:
 
 @pytest.mark.parametrize("file_format", ["csv", "parquet"])
 def test_same_seed_gives_byte_identical_files(tmp_path: Path, file_format: str) -> None:
-    config = SynthConfig(buyers=400, merchants=4, seed=3, rows_per_file=3000, file_format=file_format,
-                         malformed_share=0.01)
+    config = SynthConfig(
+        buyers=400, merchants=4, seed=3, rows_per_file=3000, file_format=file_format, malformed_share=0.01
+    )
     first = synthesize(config, tmp_path / "a")
     synthesize(config, tmp_path / "b")
     names = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(first["files"]) > 1, "the test wants several parts"
-    assert names == sorted(str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert names == sorted(
+        str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*") if p.is_file()
+    )
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     other = SynthConfig(buyers=400, merchants=4, seed=4, rows_per_file=3000, file_format=file_format)
     synthesize(other, tmp_path / "c")
-    assert (tmp_path / "a" / first["files"][0]).read_bytes() != (tmp_path / "c" / first["files"][0]).read_bytes()
+    assert (tmp_path / "a" / first["files"][0]).read_bytes() != (
+        tmp_path / "c" / first["files"][0]
+    ).read_bytes()
 
 
 def test_truth_covers_every_buyer_of_the_log(clean_log: tuple[Path, dict, pl.DataFrame]) -> None:
@@ -89,7 +94,10 @@ def test_truth_covers_every_buyer_of_the_log(clean_log: tuple[Path, dict, pl.Dat
     assert truth.select("merchant_id", "buyer_id").n_unique() == truth.height
     in_log = raw.select("shop", "visitor").unique()
     assert in_log.height == truth.height
-    assert in_log.join(truth, left_on=["shop", "visitor"], right_on=["merchant_id", "buyer_id"]).height == truth.height
+    assert (
+        in_log.join(truth, left_on=["shop", "visitor"], right_on=["merchant_id", "buyer_id"]).height
+        == truth.height
+    )
     assert raw.height == summary["events"] == summary["rows"]
     # Some users shop at several merchants; then they are several buyers.
     assert truth.group_by("buyer_id").len()["len"].max() > 1
@@ -120,7 +128,9 @@ def test_planted_types_behave_differently(buyer_stats: pl.DataFrame) -> None:
 def test_merchants_have_different_type_mixtures(clean_log: tuple[Path, dict, pl.DataFrame]) -> None:
     out, _, _ = clean_log
     truth = pl.read_parquet(out / "truth.parquet")
-    table = truth.pivot(on="type", index="merchant_id", values="buyer_id", aggregate_function="len").fill_null(0)
+    table = truth.pivot(
+        on="type", index="merchant_id", values="buyer_id", aggregate_function="len"
+    ).fill_null(0)
     counts = table.drop("merchant_id").to_numpy()
     assert counts.shape == (SMALL["merchants"], 5)
     _, p_value, _, _ = chi2_contingency(counts)
@@ -187,14 +197,31 @@ def test_cli_writes_log_and_reports_errors(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize(("file_format", "malformed_share"), [("parquet", 0.0), ("csv", 0.02)])
-def test_prepare_reads_the_log_with_its_mapping(tmp_path: Path, file_format: str, malformed_share: float) -> None:
+def test_prepare_reads_the_log_with_its_mapping(
+    tmp_path: Path, file_format: str, malformed_share: float
+) -> None:
     raw = tmp_path / "raw"
-    config = SynthConfig(buyers=800, merchants=4, seed=5, file_format=file_format, rows_per_file=7000,
-                         malformed_share=malformed_share, timestamp_format="unix_ms" if file_format == "parquet" else "iso")
+    config = SynthConfig(
+        buyers=800,
+        merchants=4,
+        seed=5,
+        file_format=file_format,
+        rows_per_file=7000,
+        malformed_share=malformed_share,
+        timestamp_format="unix_ms" if file_format == "parquet" else "iso",
+    )
     summary = synthesize(config, raw)
     parts = [str(raw / name) for name in summary["files"]]
     prepared = tmp_path / "prepared"
-    args = ["prepare", *parts, "--mapping", str(raw / "mapping.yaml"), "--out", str(prepared), "--no-progress"]
+    args = [
+        "prepare",
+        *parts,
+        "--mapping",
+        str(raw / "mapping.yaml"),
+        "--out",
+        str(prepared),
+        "--no-progress",
+    ]
     assert cli_main(args) == 0
     manifest = json.loads((prepared / "manifest.json").read_text())
     counts = manifest["counts"]

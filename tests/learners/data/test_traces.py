@@ -20,14 +20,27 @@ TS = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def catalog_rows(merchant: str, n: int = 45) -> list[dict]:
-    return [{"merchant_id": merchant, **r, "n_views": 1, "n_carts": 0, "n_purchases": 0} for r in product_records(n)]
+    return [
+        {"merchant_id": merchant, **r, "n_views": 1, "n_carts": 0, "n_purchases": 0}
+        for r in product_records(n)
+    ]
 
 
 def events_of(merchant: str, buyer: str, session: str, rows: list[tuple]) -> list[dict]:
     """rows: (event_type, product_id, category_id, query)."""
     return [
-        {"merchant_id": merchant, "buyer_id": buyer, "session_id": session, "ts": TS, "seq": i, "event_type": t,
-         "product_id": p, "category_id": c, "price": None, "query": q}
+        {
+            "merchant_id": merchant,
+            "buyer_id": buyer,
+            "session_id": session,
+            "ts": TS,
+            "seq": i,
+            "event_type": t,
+            "product_id": p,
+            "category_id": c,
+            "price": None,
+            "query": q,
+        }
         for i, (t, p, c, q) in enumerate(rows)
     ]
 
@@ -39,23 +52,41 @@ def prepared(tmp_path):
     first = catalog.products[0].product_id
     a, b = catalog.products[1].product_id, catalog.products[2].product_id
     events = [
-        *events_of("shop", "u1", "s1", [
-            ("product_view", deep.product_id, None, None),
-            ("product_view", deep.product_id, None, None),  # a repeat view of the page one is on
-            ("add_to_cart", a, None, None),  # a cart event without a view first
-            ("add_to_cart", b, None, None),
-            ("purchase", deep.product_id, None, None),  # bought without a cart event ("buy now")
-            ("checkout", None, None, None),
-            ("purchase", None, None, None),
-            ("remove_from_cart", first, None, None),  # never carted in this session
-            ("favorite", first, None, None),
-            ("search", None, None, 'red "phone"'),
-            ("page_view", None, deep.category_id, None),
-            ("refund", first, None, None),
-        ]),
-        *events_of("shop", "u2", "s2", [("product_view", "not-in-catalog", None, None), ("purchase", first, None, None)]),
-        *events_of("brand", "u1", "s3", [("product_view", None, "7", None), ("favorite", None, None, None),
-                                         ("purchase", None, "7", None)]),
+        *events_of(
+            "shop",
+            "u1",
+            "s1",
+            [
+                ("product_view", deep.product_id, None, None),
+                ("product_view", deep.product_id, None, None),  # a repeat view of the page one is on
+                ("add_to_cart", a, None, None),  # a cart event without a view first
+                ("add_to_cart", b, None, None),
+                ("purchase", deep.product_id, None, None),  # bought without a cart event ("buy now")
+                ("checkout", None, None, None),
+                ("purchase", None, None, None),
+                ("remove_from_cart", first, None, None),  # never carted in this session
+                ("favorite", first, None, None),
+                ("search", None, None, 'red "phone"'),
+                ("page_view", None, deep.category_id, None),
+                ("refund", first, None, None),
+            ],
+        ),
+        *events_of(
+            "shop",
+            "u2",
+            "s2",
+            [("product_view", "not-in-catalog", None, None), ("purchase", first, None, None)],
+        ),
+        *events_of(
+            "brand",
+            "u1",
+            "s3",
+            [
+                ("product_view", None, "7", None),
+                ("favorite", None, None, None),
+                ("purchase", None, "7", None),
+            ],
+        ),
     ]
     return write_prepared(tmp_path / "prep", catalog_rows("shop"), events), events
 
@@ -134,13 +165,22 @@ def test_navigation_takes_the_shortest_route():
         return actions
 
     # a tie between the category link and search goes to browsing; the deep item is searched
-    assert plan(home, "product_view", browsable) == [f"open category {cat}", f"open product {browsable.product_id}"]
-    assert plan(home, "product_view", deep) == [f'search "{deep.product_id}"', f"open product {deep.product_id}"]
+    assert plan(home, "product_view", browsable) == [
+        f"open category {cat}",
+        f"open product {browsable.product_id}",
+    ]
+    assert plan(home, "product_view", deep) == [
+        f'search "{deep.product_id}"',
+        f"open product {deep.product_id}",
+    ]
     on_page = sf.step(sf.step(home, f"open category {cat}")[0], f"open product {browsable.product_id}")[0]
     assert plan(on_page, "product_view", browsable) == ["back", f"open product {browsable.product_id}"]
     assert plan(on_page, "favorite", browsable) == ["favorite"]
     assert plan(home, "purchase", browsable) == [
-        f"open category {cat}", f"open product {browsable.product_id}", "buy now", "place order"
+        f"open category {cat}",
+        f"open product {browsable.product_id}",
+        "buy now",
+        "place order",
     ]
 
 

@@ -99,8 +99,18 @@ def planted_data(tmp_path_factory) -> tuple[Path, pa.Table, np.ndarray]:
     return write_prepared(tmp_path_factory.mktemp("planted"), table), table, types
 
 
-TINY = dict(codes=8, code_dim=6, hidden=16, event_dim=8, max_seq_len=16, epochs=3, warmup_epochs=1,
-            batch_size=64, dead_after=5, workers=2)
+TINY = dict(
+    codes=8,
+    code_dim=6,
+    hidden=16,
+    event_dim=8,
+    max_seq_len=16,
+    epochs=3,
+    warmup_epochs=1,
+    batch_size=64,
+    dead_after=5,
+    workers=2,
+)
 
 
 @pytest.fixture(scope="session")

@@ -69,8 +69,17 @@ def test_funnel_features_weigh_more_than_counts():
 def test_training_loop_lowers_the_loss_and_uses_the_codebook():
     rows = rows_from_table(make_buyers(300, seed=5)[0], 16)
     stats = FeatureStats.fit(rows.features)
-    config = VQVAEConfig(codes=8, code_dim=6, hidden=16, event_dim=8, max_seq_len=16, epochs=4,
-                         warmup_epochs=1, batch_size=32, dead_after=5)
+    config = VQVAEConfig(
+        codes=8,
+        code_dim=6,
+        hidden=16,
+        event_dim=8,
+        max_seq_len=16,
+        epochs=4,
+        warmup_epochs=1,
+        batch_size=32,
+        dead_after=5,
+    )
     work = WorkerTraining(config, rows.batch(stats), stats, torch.device("cpu"))
     history = [work.run_epoch() for _ in range(config.epochs)]
     assert bool(work.model.quantizer.initialised)
@@ -86,8 +95,11 @@ def test_quarantines_unusable_rows_with_reasons():
     feats[2] = [float("nan")] * N_FEATURES
     import pyarrow as pa
 
-    table = table.set_column(table.schema.get_field_index("features"), table.schema.field("features"),
-                             pa.array(feats, table.schema.field("features").type))
+    table = table.set_column(
+        table.schema.get_field_index("features"),
+        table.schema.field("features"),
+        pa.array(feats, table.schema.field("features").type),
+    )
     rows = rows_from_table(table, 8)
     assert rows.rows_read == 6 and len(rows.lengths) == 5
     assert rows.quarantine == {"non-finite features": 1}

@@ -13,19 +13,74 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def test_vqvae_recovers_planted_types_better_than_kmeans(ray_local, tmp_path, capsys):
     raw, data, run = tmp_path / "raw", tmp_path / "data", tmp_path / "run"
-    assert main(["synth", "--out", str(raw), "--buyers", "3000", "--merchants", "8", "--seed", "0",
-                 "--events-per-buyer", "40"]) == 0
-    assert main(["prepare", str(raw / "logs"), "--mapping", str(raw / "mapping.yaml"),
-                 "--out", str(data), "--no-progress"]) == 0
-    assert main(["fit-personas", str(data), "--codes", "16", "--workers", "1", "--epochs", "10",
-                 "--warmup-epochs", "4", "--batch-size", "64", "--out", str(run),
-                 "--truth", str(raw / "truth.parquet")]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(raw),
+                "--buyers",
+                "3000",
+                "--merchants",
+                "8",
+                "--seed",
+                "0",
+                "--events-per-buyer",
+                "40",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prepare",
+                str(raw / "logs"),
+                "--mapping",
+                str(raw / "mapping.yaml"),
+                "--out",
+                str(data),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "fit-personas",
+                str(data),
+                "--codes",
+                "16",
+                "--workers",
+                "1",
+                "--epochs",
+                "10",
+                "--warmup-epochs",
+                "4",
+                "--batch-size",
+                "64",
+                "--out",
+                str(run),
+                "--truth",
+                str(raw / "truth.parquet"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["nmi"] >= 0.85
     assert metrics["nmi"] > metrics["kmeans"]["nmi"]
     assert metrics["codes_in_use"] >= 8
-    for name in ("report.md", "report.html", "plots/usage.png", "plots/heatmap.png", "plots/merchants.png",
-                 "codes.parquet", "merchant_distributions.parquet"):
+    for name in (
+        "report.md",
+        "report.html",
+        "plots/usage.png",
+        "plots/heatmap.png",
+        "plots/merchants.png",
+        "codes.parquet",
+        "merchant_distributions.parquet",
+    ):
         assert (run / name).exists(), name
     assert "k-means" in (run / "report.md").read_text()
     assert "nmi" in capsys.readouterr().out
