@@ -30,20 +30,10 @@ import numpy as np
 
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE
 from learners.agent.policy import ActRequest, ActResult
-from learners.agent.prompt import PromptFormat, encode_prompt, encode_target
-from learners.agent.tokens import PERSONA_TOKENS_FILE, PersonaTokens
+from learners.agent.prompt import encode_target, request_prompt_ids, saved_prompt_format
+from learners.agent.tokens import agent_persona_tokens
 
 MAX_QUERY_TOKENS = 16
-
-
-def saved_prompt_format(agent_dir: Path) -> PromptFormat:
-    """The prompt format an exported agent was trained with (its manifest), else the default."""
-    manifest = agent_dir / "manifest.json"
-    if manifest.exists():
-        saved = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
-        if "history_len" in saved:
-            return PromptFormat(saved["history_len"], saved["max_observation_tokens"])
-    return PromptFormat()
 
 
 class VLLMPolicy:
@@ -64,10 +54,7 @@ class VLLMPolicy:
 
         directory = Path(agent_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
-        self.tokens: PersonaTokens | None = None
-        if (directory / PERSONA_TOKENS_FILE).exists():
-            self.tokens = PersonaTokens.load(directory)
-            self.tokens.check(self.tokenizer)
+        self.tokens = agent_persona_tokens(directory, self.tokenizer)
         self.fmt = saved_prompt_format(directory)
         self.temperature = temperature
         self.length_normalize = length_normalize
@@ -85,15 +72,7 @@ class VLLMPolicy:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def prompt_ids(self, request: ActRequest) -> list[int]:
-        return encode_prompt(
-            self.tokenizer,
-            request.observation,
-            request.persona,
-            request.goal,
-            request.history,
-            self.tokens,
-            self.fmt,
-        )
+        return request_prompt_ids(self.tokenizer, request, self.tokens, self.fmt)
 
     def target_ids(self, candidate: str) -> list[int]:
         if candidate == SEARCH_TEMPLATE:

@@ -30,7 +30,6 @@ The packed candidate pass passes its own 4-D mask, which the eager and SDPA atte
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +47,9 @@ from transformers import (
 from envs.storefront import MAX_QUERY_CHARS
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE, is_offered
 from learners.agent.policy import ActRequest, ActResult
-from learners.agent.prompt import PromptFormat, encode_prompt, encode_targets
+from learners.agent.prompt import PromptFormat, encode_targets, request_prompt_ids, saved_prompt_format
 from learners.agent.random_policy import fill_search
-from learners.agent.tokens import PERSONA_TOKENS_FILE, PersonaTokens
+from learners.agent.tokens import PersonaTokens, agent_persona_tokens
 
 MAX_QUERY_TOKENS = 16
 PADDING_SLACK = 1.25
@@ -100,28 +99,12 @@ class LLMPolicy:
         """Load an exported agent (train.py) or any causal LM directory / hub id (then no persona)."""
         model = AutoModelForCausalLM.from_pretrained(agent_dir).to(device)
         tokenizer = AutoTokenizer.from_pretrained(agent_dir)
-        tokens = None
-        fmt = kwargs.pop("fmt", None)
-        directory = Path(agent_dir)
-        if (directory / PERSONA_TOKENS_FILE).exists():
-            tokens = PersonaTokens.load(directory)
-            tokens.check(tokenizer)
-        manifest = directory / "manifest.json"
-        if fmt is None and manifest.exists():
-            saved = json.loads(manifest.read_text())["config"]
-            fmt = PromptFormat(saved["history_len"], saved["max_observation_tokens"])
-        return cls(model, tokenizer, tokens, fmt or PromptFormat(), **kwargs)
+        fmt = kwargs.pop("fmt", None) or saved_prompt_format(agent_dir)
+        tokens = agent_persona_tokens(agent_dir, tokenizer)
+        return cls(model, tokenizer, tokens, fmt, **kwargs)
 
     def prompt_ids(self, request: ActRequest) -> list[int]:
-        return encode_prompt(
-            self.tokenizer,
-            request.observation,
-            request.persona,
-            request.goal,
-            request.history,
-            self.tokens,
-            self.fmt,
-        )
+        return request_prompt_ids(self.tokenizer, request, self.tokens, self.fmt)
 
     def act(self, requests: Sequence[ActRequest]) -> list[ActResult]:
         if not requests:

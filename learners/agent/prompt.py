@@ -19,11 +19,14 @@ action's ids never merge with the prompt's last token (scoring and training see 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from learners.agent.policy import ActRequest
 from learners.agent.tokens import PersonaTokens, persona_token
 
 GOAL_PREFIX = "Goal: buy product "
@@ -124,3 +127,22 @@ def _clip(ids: list[int], budget: int) -> list[int]:
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def request_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, request: ActRequest, tokens: PersonaTokens | None, fmt: PromptFormat
+) -> list[int]:
+    """``encode_prompt`` of one policy request (the form every serving backend uses)."""
+    return encode_prompt(
+        tokenizer, request.observation, request.persona, request.goal, request.history, tokens, fmt
+    )
+
+
+def saved_prompt_format(agent_dir: str | Path) -> PromptFormat:
+    """The prompt format an exported agent was trained with (its manifest), else the default."""
+    manifest = Path(agent_dir) / "manifest.json"
+    if manifest.exists():
+        saved = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
+        if "history_len" in saved:
+            return PromptFormat(saved["history_len"], saved["max_observation_tokens"])
+    return PromptFormat()

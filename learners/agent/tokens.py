@@ -95,6 +95,15 @@ class PersonaTokens:
                 )
 
 
+def agent_persona_tokens(directory: str | Path, tokenizer: PreTrainedTokenizerBase) -> PersonaTokens | None:
+    """The persona tokens saved with an agent, checked against its tokenizer; None for a no-persona model."""
+    if not (Path(directory) / PERSONA_TOKENS_FILE).exists():
+        return None
+    tokens = PersonaTokens.load(directory)
+    tokens.check(tokenizer)
+    return tokens
+
+
 def add_persona_tokens(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
