@@ -29,7 +29,7 @@ from envs.browser_pool import BrowserPool, BrowserPoolConfig, ContextLease, orig
 from envs.catalog import Catalog
 from envs.render import MAX_OBSERVATION_CHARS, render_text
 from envs.spaces import UnicodeText
-from envs.text_env import MAX_ACTION_CHARS, NO_PERSONA, merchant_ids
+from envs.text_env import MAX_ACTION_CHARS, NO_PERSONA, EpisodeRules, check_render_mode, merchant_ids
 from envs.web.page_reader import (
     EXTRACT_JS,
     ControlRef,
@@ -79,10 +79,8 @@ class BrowserStorefrontEnv(gym.Env[str, str]):
             raise ValueError(
                 "BrowserStorefrontEnv needs a server, or exactly one of data=PREPARED_DIR or catalog="
             )
-        if invalid_action not in ("count", "terminate"):
-            raise ValueError(f"invalid_action must be 'count' or 'terminate', got {invalid_action!r}")
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.rules = EpisodeRules(max_steps, goal_max_steps, invalid_action, end_on_purchase)
+        check_render_mode(render_mode)
         self._own_server = server is None
         if server is None:
             if catalog is not None:
@@ -102,10 +100,6 @@ class BrowserStorefrontEnv(gym.Env[str, str]):
                 f"merchant {merchant!r} is not served by {self.server.url} ({self.server.merchants[:5]})"
             )
         self.default_merchant = merchant
-        self.max_steps = max_steps
-        self.goal_max_steps = goal_max_steps
-        self.invalid_action = invalid_action
-        self.end_on_purchase = end_on_purchase
         self.step_timeout_s = step_timeout_s
         self.render_mode = render_mode
         self.observation_space = UnicodeText(MAX_OBSERVATION_CHARS)
@@ -223,10 +217,13 @@ class BrowserStorefrontEnv(gym.Env[str, str]):
         )
         if purchased:
             self.purchased.update(self.page_read.ordered)
-        terminated = (valid and action == sf.EXIT) or (purchased and self.end_on_purchase)
-        terminated = terminated or (not valid and self.invalid_action == "terminate")
-        limit = self.goal_max_steps if self.goal is not None else self.max_steps
-        truncated = not terminated and self.steps >= limit
+        terminated, truncated = self.rules.end(
+            exited=valid and action == sf.EXIT,
+            purchased=purchased,
+            valid=valid,
+            steps=self.steps,
+            goal=self.goal is not None,
+        )
         obs, info = self._observe(valid=valid, event=event)
         return obs, 1.0 if newly else 0.0, terminated, truncated, {**info, **extra}
 

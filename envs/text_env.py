@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,36 @@ def merchant_ids(data_dir: str) -> tuple[str, ...]:
     return tuple(sorted(set(pq.read_table(path, columns=["merchant_id"]).column(0).to_pylist())))
 
 
+@dataclass(frozen=True)
+class EpisodeRules:
+    """When an episode ends; the text and the browser env share these so both end alike."""
+
+    max_steps: int = 50
+    """Steps before truncation without a goal."""
+    goal_max_steps: int = 20
+    """Steps before truncation in a goal task."""
+    invalid_action: str = "count"
+    """'count' an invalid action and go on, or 'terminate' the episode."""
+    end_on_purchase: bool = True
+    """Whether placing an order ends the episode."""
+
+    def __post_init__(self) -> None:
+        if self.invalid_action not in ("count", "terminate"):
+            raise ValueError(f"invalid_action must be 'count' or 'terminate', got {self.invalid_action!r}")
+
+    def end(self, *, exited: bool, purchased: bool, valid: bool, steps: int, goal: bool) -> tuple[bool, bool]:
+        """(terminated, truncated) after a step."""
+        terminated = exited or (purchased and self.end_on_purchase)
+        terminated = terminated or (not valid and self.invalid_action == "terminate")
+        limit = self.goal_max_steps if goal else self.max_steps
+        return terminated, not terminated and steps >= limit
+
+
+def check_render_mode(render_mode: str | None) -> None:
+    if render_mode not in (None, "ansi"):
+        raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+
+
 class StorefrontEnv(gym.Env[str, str]):
     """One simulated buyer session; see the module docstring for the contract."""
 
@@ -78,10 +109,8 @@ class StorefrontEnv(gym.Env[str, str]):
     ) -> None:
         if (data is None) == (catalog is None):
             raise ValueError("StorefrontEnv needs exactly one of data=PREPARED_DIR or catalog=Catalog(s)")
-        if invalid_action not in ("count", "terminate"):
-            raise ValueError(f"invalid_action must be 'count' or 'terminate', got {invalid_action!r}")
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.rules = EpisodeRules(max_steps, goal_max_steps, invalid_action, end_on_purchase)
+        check_render_mode(render_mode)
         self.data = None if data is None else str(Path(data).resolve())
         self.storefront_cls = storefront_cls
         self._local: dict[str, Storefront] = {}
@@ -95,10 +124,6 @@ class StorefrontEnv(gym.Env[str, str]):
         if merchant is not None and merchant not in self.merchants:
             raise ValueError(f"merchant {merchant!r} is not in {self.data or 'the given catalogs'}")
         self.default_merchant = merchant
-        self.max_steps = max_steps
-        self.goal_max_steps = goal_max_steps
-        self.invalid_action = invalid_action
-        self.end_on_purchase = end_on_purchase
         self.render_mode = render_mode
         self.observation_space = UnicodeText(MAX_OBSERVATION_CHARS)
         self.action_space = UnicodeText(MAX_ACTION_CHARS)
@@ -155,10 +180,13 @@ class StorefrontEnv(gym.Env[str, str]):
         purchased = event is not None and event.event_type == "purchase"
         reward = 1.0 if purchased and sf.goal_reached(state) and not sf.goal_reached(self.state) else 0.0
         self.state = state
-        terminated = state.exited or (purchased and self.end_on_purchase)
-        terminated = terminated or (not valid and self.invalid_action == "terminate")
-        limit = self.goal_max_steps if state.goal is not None else self.max_steps
-        truncated = not terminated and self.steps >= limit
+        terminated, truncated = self.rules.end(
+            exited=state.exited,
+            purchased=purchased,
+            valid=valid,
+            steps=self.steps,
+            goal=state.goal is not None,
+        )
         obs, info = self._observe(valid=valid, event=event)
         return obs, reward, terminated, truncated, info
 
