@@ -5,16 +5,21 @@
   .venv/bin/python -m benchmarks.engine --sections markov  # only the Markov engine-vs-loop rows
 
 Sections:
-- markov: the same buyers, envs and Markov policy played by ``simulate`` (2 env runners with 2 env
-  groups each, 1 policy server, Ray) and by a plain loop in this process (``EpisodePlayer.play``,
-  lock-step, the policy called directly), at growing work sizes. The ratio that meets the targets
-  (>= 0.8x at small work, > 1x once the work uses both cores) is the engine's whole wall time,
-  start-up included (the fair one at equal work); the ratio without the start-up (until every actor
-  answers; ``manifest["startup_s"]``) is shown next to it. Ray itself is started beforehand.
+- markov: the same buyers, envs and Markov policy played by ``simulate`` (2 env runners, each chunk a
+  Ray task with its own copy of the policy: ``policy_placement`` auto; the driver plays chunks too
+  until a runner returns one) and by a plain loop in this process (``EpisodePlayer.play``, lock-step, the policy
+  called directly), at growing work sizes. The ratio that meets the targets (>= 0.8x at small work,
+  > 1x once the work uses both cores) is the engine's whole wall time, start-up included (the fair
+  one at equal work; population, Parquet parts and manifest included too); the ratio without the
+  start-up (until every actor answers; ``manifest["startup_s"]``, 0 with no actors) is next to it.
+  ``--server-placement`` adds the same run with the policy on one shared server replica. Ray itself
+  is started beforehand.
 - LLM agent: a tiny agent (H6's ``tiny`` preset with persona tokens, untrained weights; the speed does
   not depend on the training) through the transformers backend, engine vs in-process.
 - serving: many concurrent single-request ``act`` calls to one ``PolicyServer`` with the tiny agent,
-  micro-batched (max_batch_size 64) vs batch size 1. Target >= 8x.
+  micro-batched (max_batch_size 64) vs batch size 1. Target >= 8x. Next to it, where a request's time
+  goes in one process at batch 1 vs 64 (prompt ids, candidate scoring, whole ``act``) and the bare
+  model forward of one prompt at batch 1 vs 64: the most that batching the model itself can gain.
 - capacity: N text envs stepped in lock-step in one process (random policy): tick time and memory per
   env (RSS growth / N). Target: 10,000 envs.
 """
@@ -125,7 +130,8 @@ def in_process(config: SimulationConfig, factory) -> dict[str, float]:
     return {"buyers": len(buyers), "steps": table.num_rows, "wall_s": wall}
 
 
-def on_engine(config: SimulationConfig, factory) -> dict[str, float]:
+def on_engine(config: SimulationConfig, factory=None) -> dict[str, float]:
+    """``simulate`` with ``factory`` (a custom policy: served), or with the config's own backend."""
     start = time.perf_counter()
     manifest = simulate(config, policy=factory)
     wall = time.perf_counter() - start
@@ -135,32 +141,87 @@ def on_engine(config: SimulationConfig, factory) -> dict[str, float]:
         "wall_s": wall,
         "startup_s": manifest["startup_s"],
         "tokens": manifest["tokens"],
+        "chunks": manifest["chunks"],
+        "driver_chunks": manifest["driver_chunks"],
     }
 
 
 def markov_rows(
-    base: SimulationConfig, factory, sizes: list[int], root: Path
+    base: SimulationConfig, factory, sizes: list[int], root: Path, placements: tuple[str, ...]
 ) -> list[tuple[str, str, str, str]]:
-    """Engine vs the plain loop at each work size (buyers per merchant)."""
+    """Engine vs the plain loop at each work size (buyers per merchant), per policy placement.
+
+    The first engine run of the Ray session is its own row: its workers import the engine and the env
+    (task runners' start-up); later runs reuse those workers. Placements run one after another, since
+    a server run's actors take over pooled workers and end them. Each engine run comes right after its
+    in-process baseline, so both see the same load."""
+    runs = [(p, n, "") for p in placements for n in sizes]
+    runs.insert(0, (placements[0], sizes[0], ", first run of the session"))
     rows = []
-    for i, per_merchant in enumerate(sizes):
-        config = replace(base, buyers_per_merchant=per_merchant, out=str(root / f"markov-{per_merchant}"))
-        local = in_process(config, factory)
-        eng = on_engine(config, factory)
+    for placement, per_merchant, note in runs:
+        config = replace(base, buyers_per_merchant=per_merchant)
+        base_s = in_process(config, factory)["wall_s"]
+        out = str(root / f"markov-{per_merchant}-{placement}{'-first' if note else ''}")
+        eng = on_engine(replace(config, out=out, policy_placement=placement))
         work_s = eng["wall_s"] - eng["startup_s"]
-        target = ">= 0.8" if i == 0 else "> 1"
+        target = ">= 0.8" if per_merchant == sizes[0] else "> 1"
         rows.append(
             (
-                f"Markov: {eng['buyers']} buyers, {eng['steps']} steps",
-                f"engine {eng['buyers'] / eng['wall_s']:.0f} buyers/s with start-up ({eng['startup_s']:.1f} s),"
-                f" {eng['buyers'] / work_s:.0f} buyers/s without",
-                f"in-process {local['buyers'] / local['wall_s']:.0f} buyers/s ({local['wall_s']:.1f} s)",
-                f"{local['wall_s'] / eng['wall_s']:.2f}x with start-up (target {target});"
-                f" {local['wall_s'] / work_s:.2f}x without",
+                f"Markov ({placement}{note}): {eng['buyers']} buyers, {eng['steps']} steps",
+                f"engine {eng['buyers'] / eng['wall_s']:.0f} buyers/s ({eng['wall_s']:.2f} s, of which"
+                f" start-up {eng['startup_s']:.2f} s; driver played {eng['driver_chunks']} of {eng['chunks']} chunks)",
+                f"in-process {eng['buyers'] / base_s:.0f} buyers/s ({base_s:.2f} s)",
+                f"{base_s / eng['wall_s']:.2f}x with start-up (target {target});"
+                f" {base_s / work_s:.2f}x without; load {os.getloadavg()[0]:.1f}",
             )
         )
         print(rows[-1], flush=True)
     return rows
+
+
+def best_ms_per_request(run, requests: int, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best / requests * 1000
+
+
+def batching_ceiling(agent: Path, requests) -> dict[str, float]:
+    """Where a request's time goes in this process (one thread, like a 1-CPU server), batch 1 vs 64:
+    prompt token ids, candidate scoring (the policy's two forward passes), the whole ``act`` (plus
+    search-query decoding), and the bare model forward of one prompt-sized input, whose batch-64 / 1
+    ratio bounds what batching the model can gain."""
+    import torch
+
+    from learners.agent.llm_policy import LLMPolicy
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        policy = LLMPolicy.from_pretrained(agent, temperature=1.0)
+        n = len(requests)
+        prompts = [policy.prompt_ids(r) for r in requests]
+        width = round(sum(map(len, prompts)) / n)
+        one = torch.full((1, width), policy.pad_id, dtype=torch.long)
+        many = one.expand(n, -1).contiguous()
+        policy.act(requests[:2])  # warm
+        with torch.inference_mode():
+            out = {
+                "prompt_tokens": width,
+                "prompt_ids": best_ms_per_request(lambda: [policy.prompt_ids(r) for r in requests], n),
+                "forward_1": best_ms_per_request(lambda: [policy.model(input_ids=one) for _ in range(n)], n),
+                "forward_n": best_ms_per_request(lambda: policy.model(input_ids=many), n),
+            }
+        pairs = list(zip(requests, prompts, strict=True))
+        out["score_1"] = best_ms_per_request(lambda: [policy.score([r], [p]) for r, p in pairs], n)
+        out["score_n"] = best_ms_per_request(lambda: policy.score(requests, prompts), n)
+        out["act_1"] = best_ms_per_request(lambda: [policy.act([r]) for r in requests], n)
+        out["act_n"] = best_ms_per_request(lambda: policy.act(requests), n)
+        return out
+    finally:
+        torch.set_num_threads(threads)
 
 
 def serving(factory, requests, max_batch_size: int, calls: int) -> float:
@@ -218,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
+    parser.add_argument(
+        "--server-placement", action="store_true", help="markov: also run with the policy on a server replica"
+    )
     args = parser.parse_args(argv)
     q = args.quick
     sections = set(args.sections.split(","))
@@ -234,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         base = SimulationConfig(
             data=str(data),
             distributions=str(dist),
+            policy="markov",
+            policy_path=str(markov_path),
             max_steps=20,
             runners=2,
             runner_num_cpus=1,
@@ -245,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if "markov" in sections:
             sizes = [100, 500] if q else [100, 500, 2500]
-            rows += markov_rows(base, markov, sizes, root)
+            placements = ("auto", "server") if args.server_placement else ("auto",)
+            rows += markov_rows(base, markov, sizes, root, placements)
 
         if sections & {"llm", "serving"}:
             agent = write_tiny_agent(root / "agent", data)
@@ -284,7 +351,22 @@ def main(argv: list[str] | None = None) -> int:
                     f"serving the tiny agent: {calls} concurrent 1-request calls",
                     f"micro-batched {batched:.0f} req/s (mean batch {mean_batch:.1f})",
                     f"batch size 1: {single:.0f} req/s",
-                    f"{batched / single:.1f}x (target >= 8)",
+                    f"{batched / single:.1f}x (target >= 8); load {os.getloadavg()[0]:.1f}",
+                )
+            )
+            print(rows[-1], flush=True)
+            sample = requests[:64]
+            c = batching_ceiling(agent, sample)
+            rows.append(
+                (
+                    f"where the tiny agent's time goes, ms per request, {len(sample)} requests in one"
+                    f" process: batch 1 / batch {len(sample)}",
+                    f"act {c['act_1']:.2f} / {c['act_n']:.2f}; candidate scoring {c['score_1']:.2f} /"
+                    f" {c['score_n']:.2f}; prompt ids {c['prompt_ids']:.2f} (per request either way)",
+                    f"bare model forward of a {c['prompt_tokens']}-token prompt: {c['forward_1']:.2f} /"
+                    f" {c['forward_n']:.2f}",
+                    f"act {c['act_1'] / c['act_n']:.1f}x, scoring {c['score_1'] / c['score_n']:.1f}x, model"
+                    f" forward {c['forward_1'] / c['forward_n']:.1f}x; load {os.getloadavg()[0]:.1f}",
                 )
             )
             print(rows[-1], flush=True)

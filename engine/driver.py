@@ -3,7 +3,17 @@
 Every chunk of buyers is played by one runner and written as one Parquet part named after the chunk
 (atomically: temp file, then rename), so a chunk is in the output exactly once or not at all. A dead
 or hung runner is replaced and its chunks retried; a dead policy replica is replaced by the router.
-The manifest reports start-up (until every actor answers) apart from the whole run's time.
+
+Cheap policies (random, Markov) run inside the runners (``policy_placement``): each chunk is a Ray
+task that builds the policy and plays in its worker, ``runners`` at a time, so N runners use N cores
+and no actor has to start (Ray reuses its pooled workers; a lost worker costs a retried chunk). Until
+the first of those chunks comes back (workers new to the run import the engine first), the driver
+plays chunks too (``driver_plays``): queued ones, then ones already sent, the first copy to finish
+being the one written (a chunk's rollouts depend on its buyers' seeds only). LLM
+backends sit behind the shared micro-batching policy server, played by runner actors; those actors
+and the server start concurrently and chunks go to each runner as soon as it answers. The manifest
+reports start-up (until every actor answers; none with the policy in the runners) apart from the
+whole run's time.
 ``resume`` reads the written parts and plays only the missing chunks. Buyer seeds depend only on the
 run seed and the buyer's index, so the rollouts do not depend on how many runners play them.
 """
@@ -25,7 +35,7 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from engine.env_runner import EnvRunner, EnvSpec
+from engine.env_runner import EnvRunner, EnvSpec, EpisodePlayer, play_chunk
 from engine.policy_server import (
     ACTOR_FAILURES,
     PolicyFactory,
@@ -62,6 +72,9 @@ RESULT_FIELDS = (
     "replicates",
     "goal_tasks",
 )
+PLACEMENTS = ("auto", "runner", "server")
+IN_RUNNER_BACKENDS = ("random", "markov")
+"""Backends that ``policy_placement="auto"`` runs inside the runners: cheap per request, no weights."""
 
 
 @dataclass
@@ -108,6 +121,14 @@ class SimulationConfig:
     """Torch device of the transformers backend (cuda on GPU nodes)."""
     temperature: float | None = None
     """Sampling temperature of LLM backends over action scores (0 = greedy); none keeps the backend's."""
+    policy_placement: str = "auto"
+    """Where the policy runs: "runner" (a copy in every env runner, called in process: each runner
+    uses its own core), "server" (shared micro-batching replicas behind a router, for LLMs), or "auto":
+    runner for the random and markov backends, server for the others and for a custom policy factory."""
+    driver_plays: bool = True
+    """With the policy in the runners: until a runner returns its first chunk, the driver plays chunks
+    too (queued ones, then ones already sent; the first copy to finish is written), so a short run does
+    not wait for workers to start. Off whenever runner_resource pins the runners to certain nodes."""
     policy_replicas: int = 1
     """Policy server replicas behind the least-loaded router."""
     policy_num_cpus: float = 1.0
@@ -121,7 +142,7 @@ class SimulationConfig:
     max_wait_ms: float = 5.0
     """How long a replica waits for more requests after the first one before running a batch."""
     runners: int = 2
-    """Env runner actors."""
+    """Env runners: actors with a policy server, else chunks played at once as tasks."""
     runner_num_cpus: float = 0.5
     """CPUs reserved per env runner (runners mostly wait on the policy, so half a CPU each by default)."""
     runner_resource: str | None = None
@@ -134,7 +155,7 @@ class SimulationConfig:
     chunk_size: int = 128
     """Buyers per work chunk (one Parquet part each)."""
     chunks_per_runner: int = 2
-    """Chunks queued per runner at once (the bounded work queue)."""
+    """Chunks queued per runner actor at once (the bounded work queue); a task runner plays one."""
     call_timeout_s: float = 120.0
     """Timeout of every policy call and result fetch."""
     chunk_timeout_s: float = 1800.0
@@ -147,6 +168,15 @@ class SimulationConfig:
     """Continue a run in `out` from its manifest and written parts."""
     progress: bool = True
     """Show a progress bar and print the per-merchant summary."""
+
+
+def in_runner(config: SimulationConfig, custom_policy: bool = False) -> bool:
+    """Whether the policy runs inside the env runners (see ``policy_placement``)."""
+    if config.policy_placement not in PLACEMENTS:
+        raise ValueError(f"policy_placement must be one of {PLACEMENTS}, got {config.policy_placement!r}")
+    if config.policy_placement == "auto":
+        return not custom_policy and config.policy in IN_RUNNER_BACKENDS
+    return config.policy_placement == "runner"
 
 
 def policy_spec(config: SimulationConfig) -> PolicySpec:
@@ -282,6 +312,8 @@ class RunnerSlot:
 
     handle: Any
     in_flight: dict[Any, tuple[int, float]] = field(default_factory=dict)
+    ready: bool = False
+    """The actor has answered once (chunks are handed only to ready runners)."""
 
 
 class Simulation:
@@ -293,8 +325,10 @@ class Simulation:
         env: EnvSpec,
         factory: PolicyFactory,
         on_chunk: Callable[[Simulation], None] | None = None,
+        local: bool = False,
     ) -> None:
         self.config = config
+        self.local = local
         self.on_chunk = on_chunk
         self.env = env
         self.factory = factory
@@ -310,6 +344,10 @@ class Simulation:
         self.runner_restarts = 0
         self.router_restarts = 0
         self.policy_restarts = 0
+        self.driver_chunks = 0
+        self.runner_chunks = 0
+        self.driver_player: EpisodePlayer | None = None
+        self.driver_policy: Any = None
         self.slots: list[RunnerSlot] = []
         self.elapsed_before = 0.0
         self.startup_s = 0.0
@@ -379,6 +417,8 @@ class Simulation:
             "runner_restarts": self.runner_restarts,
             "router_restarts": self.router_restarts,
             "policy_restarts": self.policy_restarts,
+            "policy_placement": "runner" if self.local else "server",
+            "driver_chunks": self.driver_chunks,
             "elapsed_s": elapsed,
             "startup_s": self.startup_s,
             "merchants": t.summary(),
@@ -386,17 +426,25 @@ class Simulation:
         }
 
     # ---- actors -------------------------------------------------------------------------------
-    def start_router(self) -> Any:
-        router = PolicyRouter.remote(self.factory, serving_config(self.config))
-        ray.get(router.ready.remote(), timeout=max(self.config.call_timeout_s, 600.0))
-        return router
+    def start_timeout_s(self) -> float:
+        return max(self.config.call_timeout_s, 600.0)
 
-    def start_runner(self) -> Any:
+    def start_router(self) -> Any:
+        return PolicyRouter.remote(self.factory, serving_config(self.config))
+
+    def runner_options(self) -> dict[str, Any]:
         c = self.config
         options: dict[str, Any] = {"num_cpus": c.runner_num_cpus}
         if c.runner_resource:
             options["resources"] = {c.runner_resource: LABEL_AMOUNT}
-        return EnvRunner.options(**options).remote(
+        return options
+
+    def start_runner(self) -> Any:
+        """A runner actor; None with the policy in the runners (chunks are then tasks)."""
+        if self.local:
+            return None
+        c = self.config
+        return EnvRunner.options(**self.runner_options()).remote(
             self.env, c.envs_per_runner, c.max_steps, c.use_persona, c.env_groups
         )
 
@@ -411,14 +459,20 @@ class Simulation:
         # The replicas are owned by the router, so Ray ends them with it (actor fate-sharing).
         ray.kill(self.router, no_restart=True)
         self.router = self.start_router()
+        ray.get(self.router.ready.remote(), timeout=self.start_timeout_s())
         self.router_restarts += 1
 
     def replace_runner(self, slot: RunnerSlot, queue: collections.deque) -> None:
-        for chunk_id, _ in slot.in_flight.values():
+        for ref, (chunk_id, _) in slot.in_flight.items():
             queue.appendleft(chunk_id)
+            if slot.handle is None:  # a task: end its worker
+                ray.cancel(ref, force=True)
         slot.in_flight.clear()
-        ray.kill(slot.handle, no_restart=True)
+        if slot.handle is not None:
+            ray.kill(slot.handle, no_restart=True)
         slot.handle = self.start_runner()
+        # Chunks queue on the new actor while it starts; a failed start shows as a lost runner.
+        slot.ready = True
         self.runner_restarts += 1
 
     def failed(self, chunk_id: int, err: BaseException, queue: collections.deque) -> None:
@@ -444,19 +498,36 @@ class Simulation:
             desc="simulate",
         )
         base = (self.tally.steps, self.tally.tokens)
-        # Runners start (in their own processes) while the router waits for the policy to load.
-        slots = self.slots = [RunnerSlot(self.start_runner()) for _ in range(max(1, c.runners))]
-        self.router = self.start_router()
+        # Every actor starts at once; each probe answers when its actor is up (None: the policy server).
+        slots = self.slots = [
+            RunnerSlot(self.start_runner(), ready=self.local) for _ in range(max(1, c.runners))
+        ]
+        probes: dict[Any, RunnerSlot | None] = {}
+        if not self.local:
+            probes = {s.handle.ping.remote(): s for s in slots}
+            self.router = self.start_router()
+            probes[self.router.ready.remote()] = None
         try:
-            ray.get([s.handle.ping.remote() for s in slots], timeout=max(c.call_timeout_s, 600.0))
-            self.startup_s = time.monotonic() - started
-            while queue or any(s.in_flight for s in slots):
+            while len(self.done) < len(self.chunks):
                 self.submit(slots, queue)
-                refs = [r for s in slots for r in s.in_flight]
-                ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                refs = [*probes, *(r for s in slots for r in s.in_flight)]
+                chunk_id = self.driver_chunk(slots, queue)
+                if chunk_id is not None:
+                    self.play_in_driver(chunk_id, bar)
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                else:
+                    ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
                 for ref in ready:
-                    self.collect(ref, slots, queue, bar)
+                    if ref in probes:
+                        self.started_actor(ref, probes)
+                    else:
+                        self.collect(ref, slots, queue, bar)
                 now = time.monotonic()
+                if probes and now - started > self.start_timeout_s():
+                    raise RuntimeError(
+                        f"{len(probes)} actors did not start within {self.start_timeout_s():.0f} s;"
+                        " check that the cluster has the CPUs and resources they ask for"
+                    )
                 for slot in slots:
                     if any(now - t0 > c.chunk_timeout_s for _, t0 in slot.in_flight.values()):
                         self.replace_runner(slot, queue)
@@ -467,27 +538,81 @@ class Simulation:
                     f"{(t.tokens - base[1]) / rate_s:.0f} invalid={t.invalid / max(t.steps, 1):.3f}",
                     refresh=False,
                 )
-            self.policy_restarts += ray.get(self.router.get_stats.remote(), timeout=c.call_timeout_s)[
-                "restarts"
-            ]
+            if self.router is not None:
+                stats = ray.get(self.router.get_stats.remote(), timeout=c.call_timeout_s)
+                self.policy_restarts += stats["restarts"]
         finally:
             bar.close()
             for slot in slots:
-                ray.kill(slot.handle, no_restart=True)
-            ray.kill(self.router, no_restart=True)
+                if slot.handle is not None:
+                    ray.kill(slot.handle, no_restart=True)
+                    continue
+                # Copies of chunks the driver played first, or chunks cut short by a failure; the
+                # interrupt leaves the pooled worker alive for the next chunk or run.
+                for ref in slot.in_flight:
+                    ray.cancel(ref)
+            if self.router is not None:
+                ray.kill(self.router, no_restart=True)
         manifest = self.manifest(self.elapsed_before + time.monotonic() - started, complete=True)
         write_json_atomic(self.out / MANIFEST, manifest)
         if c.progress:
             print(format_summary(manifest["merchants"]))
         return manifest
 
+    def started_actor(self, probe: Any, probes: dict[Any, RunnerSlot | None]) -> None:
+        """A start-up probe answered: its runner takes chunks from now on; start-up ends with the last."""
+        slot = probes.pop(probe)
+        try:
+            ray.get(probe, timeout=self.config.call_timeout_s)
+        except ray.exceptions.RayError as err:  # a constructor failed: the config is wrong, not the run
+            what = "the policy server" if slot is None else "an env runner"
+            raise RuntimeError(f"{what} failed to start: {err}") from err
+        if slot is not None:
+            slot.ready = True
+        if not probes:
+            self.startup_s = time.monotonic() - self.started
+
+    def driver_chunk(self, slots: list[RunnerSlot], queue: collections.deque) -> int | None:
+        """The chunk the driver plays now, if any (see ``driver_plays``): queued, else the newest sent."""
+        c = self.config
+        # Runners pinned to labelled nodes mean the work belongs there, not on the driver's node.
+        if not (self.local and c.driver_plays) or c.runner_resource or self.runner_chunks:
+            return None
+        if queue:
+            return queue.popleft()
+        sent = [chunk_id for s in slots for chunk_id, _ in s.in_flight.values() if chunk_id not in self.done]
+        return sent[-1] if sent else None
+
+    def play_in_driver(self, chunk_id: int, bar: tqdm) -> None:
+        """Play one chunk in this process with a policy built here."""
+        if self.driver_player is None:
+            c = self.config
+            self.driver_player = EpisodePlayer(self.env, c.envs_per_runner, c.max_steps, c.use_persona)
+            self.driver_policy = self.factory()
+        table = self.driver_player.play(self.chunks[chunk_id], self.driver_policy.act)
+        self.driver_chunks += 1
+        self.finish(chunk_id, table, bar)
+
     def submit(self, slots: list[RunnerSlot], queue: collections.deque) -> None:
+        c = self.config
+        # A queued task would start at once on a free CPU slot: task runners hold one chunk each.
+        depth = 1 if self.local else max(1, c.chunks_per_runner)
         for slot in slots:
-            while queue and len(slot.in_flight) < max(1, self.config.chunks_per_runner):
+            while slot.ready and queue and len(slot.in_flight) < depth:
                 chunk_id = queue.popleft()
-                ref = slot.handle.run_chunk.remote(
-                    self.chunks[chunk_id], self.router, self.config.call_timeout_s, self.config.max_retries
-                )
+                if slot.handle is None:
+                    ref = play_chunk.options(**self.runner_options()).remote(
+                        self.env,
+                        self.chunks[chunk_id],
+                        self.factory,
+                        c.envs_per_runner,
+                        c.max_steps,
+                        c.use_persona,
+                    )
+                else:
+                    ref = slot.handle.run_chunk.remote(
+                        self.chunks[chunk_id], self.router, c.call_timeout_s, c.max_retries
+                    )
                 slot.in_flight[ref] = (chunk_id, time.monotonic())
 
     def collect(self, ref: Any, slots: list[RunnerSlot], queue: collections.deque, bar: tqdm) -> None:
@@ -495,10 +620,12 @@ class Simulation:
         if slot is None:  # its runner was replaced meanwhile and the chunk requeued
             return
         chunk_id, _ = slot.in_flight.pop(ref)
+        if chunk_id in self.done:  # the driver played it first: this copy is not needed
+            return
         try:
             table = ray.get(ref, timeout=self.config.call_timeout_s)
         except ray.exceptions.RayTaskError as err:  # the chunk failed inside a live runner
-            if not self.router_alive():
+            if self.router is not None and not self.router_alive():
                 self.replace_router()
             self.failed(chunk_id, err, queue)
             return
@@ -509,8 +636,11 @@ class Simulation:
             if self.attempts[chunk_id] > self.config.max_retries:
                 raise RuntimeError(f"chunk {chunk_id}: runner lost {self.attempts[chunk_id]} times") from err
             return
-        if chunk_id in self.done:
-            return
+        self.runner_chunks += 1
+        self.finish(chunk_id, table, bar)
+
+    def finish(self, chunk_id: int, table: pa.Table, bar: tqdm) -> None:
+        """Write a played chunk, count it, update the manifest and call the chunk hook."""
         self.accept(chunk_id, table)
         bar.update(len(self.chunks[chunk_id]))
         elapsed = self.elapsed_before + time.monotonic() - self.started
@@ -519,13 +649,15 @@ class Simulation:
             self.on_chunk(self)
 
 
-def check_cpus(config: SimulationConfig, available: float) -> None:
-    """Fail fast when the actors cannot all be placed: Ray would otherwise wait for CPUs forever."""
-    needed = config.runners * config.runner_num_cpus + config.policy_replicas * config.policy_num_cpus
+def check_cpus(config: SimulationConfig, available: float, server: bool = True) -> None:
+    """Fail fast when the actors cannot all be placed: Ray would otherwise wait for CPUs forever.
+    ``server``: the policy runs on server replicas (else inside the runners, which need no more)."""
+    replicas = config.policy_replicas if server else 0
+    needed = config.runners * config.runner_num_cpus + replicas * config.policy_num_cpus
     if needed > available + 1e-9:
         raise ValueError(
             f"the simulation reserves {needed:g} CPUs ({config.runners} runners x {config.runner_num_cpus:g} + "
-            f"{config.policy_replicas} policy replicas x {config.policy_num_cpus:g}) but the Ray cluster has "
+            f"{replicas} policy replicas x {config.policy_num_cpus:g}) but the Ray cluster has "
             f"{available:g}; lower --runners, --runner-num-cpus or --policy-num-cpus, or add nodes"
         )
 
@@ -539,14 +671,16 @@ def simulate(
     """Run a simulation and return its manifest (also written to ``OUT/manifest.json``).
 
     ``env`` and ``policy`` override the env and backend named in the config (custom storefronts,
-    custom policies); ``on_chunk`` is called after every written chunk (progress hooks, chaos tests).
+    custom policies; a custom policy is served unless ``policy_placement="runner"``); ``on_chunk`` is called after every written chunk (progress hooks, chaos tests).
     """
-    run = Simulation(config, env or env_spec(config), policy or policy_factory(policy_spec(config)), on_chunk)
+    local = in_runner(config, custom_policy=policy is not None)
+    factory = policy or policy_factory(policy_spec(config))
+    run = Simulation(config, env or env_spec(config), factory, on_chunk, local)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
     try:
-        check_cpus(config, ray.cluster_resources().get("CPU", 0.0))
+        check_cpus(config, ray.cluster_resources().get("CPU", 0.0), server=not local)
         return run.run()
     finally:
         if started_ray:

@@ -2,7 +2,10 @@
 
 A runner splits its envs into groups that take turns: while one group's observations are with the
 policy (ONE request per group per tick, sent straight to a policy replica), the runner steps the
-group whose answers came back, so the runner and the policy work at the same time. Episodes are
+group whose answers came back, so the runner and the policy work at the same time. A cheap policy
+(random, Markov) is instead played by ``play_chunk``, a Ray task that builds the policy in its worker
+and calls it in process: no server round trip, every chunk on its own core, and no actor to start
+(Ray reuses its pooled worker processes from chunk to chunk and from run to run). Episodes are
 seeded from their buyer's seed only, so a buyer's rollout is the same whichever runner plays it,
 in whichever group, next to whichever other buyers.
 """
@@ -19,7 +22,7 @@ import gymnasium as gym
 import pyarrow as pa
 import ray
 
-from engine.policy_server import ReplicaClient
+from engine.policy_server import PolicyFactory, ReplicaClient
 from engine.population import SimBuyer, step_seed
 from learners.agent.actions import action_kind
 from learners.agent.policy import ActRequest, ActResult
@@ -216,6 +219,20 @@ class EpisodePlayer:
         rows["goal"].append(buyer.goal)
         episode.observation, episode.info = observation, dict(info)
         return not (terminated or truncated)
+
+
+@ray.remote(max_retries=0)  # the driver retries lost chunks itself, counting them
+def play_chunk(
+    env_spec: EnvSpec,
+    buyers: Sequence[SimBuyer],
+    policy: PolicyFactory,
+    max_envs: int = 256,
+    max_steps: int = 20,
+    use_persona: bool = True,
+) -> pa.Table:
+    """Play ``buyers`` in this worker against ``policy()`` built here and called in process (lock-step:
+    a policy in the same process answers at once, so env groups would gain nothing)."""
+    return EpisodePlayer(env_spec, max_envs, max_steps, use_persona).play(buyers, policy().act)
 
 
 @ray.remote

@@ -1,8 +1,11 @@
 """Compare simulated buyers with real ones, per merchant and overall (metrics in engine/metrics.py).
 
-Real side: a prepared directory (buyers, events, sessions). Simulated side: a rollouts directory
-written by ``simpersona simulate`` (one row per simulated step). A simulated buyer is one episode; a
-real buyer is one user at one merchant over the whole log, which is what DESIGN.md compares.
+Real side: a prepared directory (events, sessions). Simulated side: a rollouts directory written by
+``simpersona simulate`` (one row per simulated step). A simulated buyer is one episode, a single
+visit to the storefront, so by default a real "buyer" is one session too (``unit="session"``):
+conversion is the share of visits that buy, and action rates are shares of visits. With
+``unit="buyer"`` a real buyer is one user's whole history at the merchant, several visits, whose
+conversion a one-visit episode cannot be expected to match.
 
 Action types are compared only over the kinds the real source records: a source without search or
 cart events cannot say how often real buyers search, so simulated navigation of that kind is left out
@@ -13,12 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from engine import metrics as M
+
+UNITS = ("session", "buyer")
+"""What one real buyer is when compared with one simulated episode: a visit, or a whole history."""
 
 
 @dataclass
@@ -45,23 +52,42 @@ def _read(path: Path, columns: list[str]) -> pl.DataFrame:
     return pl.read_parquet(path, columns=columns)
 
 
-def real_stats(data_dir: str | Path, merchants: list[str] | None = None) -> dict[str, MerchantStats]:
-    """Per-merchant statistics of real buyers from a prepared directory."""
+def real_stats(
+    data_dir: str | Path,
+    merchants: list[str] | None = None,
+    unit: str = "session",
+    since: datetime | None = None,
+) -> dict[str, MerchantStats]:
+    """Per-merchant statistics of real buyers from a prepared directory.
+
+    ``unit="session"`` counts each visit as one buyer (a simulated episode is one visit);
+    ``unit="buyer"`` counts a user's whole history at the merchant. ``since`` keeps the sessions that
+    start at or after it (the later window of the strict protocol).
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     data = Path(data_dir)
-    buyers = _read(data / "buyers.parquet", ["merchant_id", "buyer_id", "converted"])
-    events = _read(data / "events.parquet", ["merchant_id", "buyer_id", "event_type"])
-    sessions = _read(data / "sessions.parquet", ["merchant_id", "n_events"])
+    key = ["merchant_id", "buyer_id", "session_id"]
+    events = _read(data / "events.parquet", [*key, "event_type"])
+    sessions = _read(data / "sessions.parquet", [*key, "start", "n_events"])
     if merchants is not None:
         keep = pl.Series(merchants, dtype=pl.String)
-        buyers = buyers.filter(pl.col("merchant_id").is_in(keep))
         events = events.filter(pl.col("merchant_id").is_in(keep))
         sessions = sessions.filter(pl.col("merchant_id").is_in(keep))
-    took = (
-        events.unique(["merchant_id", "buyer_id", "event_type"]).group_by("merchant_id", "event_type").len()
+    if since is not None:
+        sessions = sessions.filter(pl.col("start") >= since)
+        events = events.join(sessions.select(key), on=key, how="semi")
+    per = key if unit == "session" else key[:2]
+    buyers = (
+        events.group_by(per)
+        .agg((pl.col("event_type") == "purchase").any().alias("converted"))
+        .group_by("merchant_id")
+        .agg(pl.len().alias("buyers"), pl.col("converted").sum())
     )
+    took = events.unique([*per, "event_type"]).group_by("merchant_id", "event_type").len()
     kinds = events.group_by("merchant_id", "event_type").len()
     return _assemble(
-        buyers.group_by("merchant_id").agg(pl.len().alias("buyers"), pl.col("converted").sum()),
+        buyers,
         took,
         kinds,
         sessions.group_by("merchant_id").agg(pl.col("n_events").alias("lengths")),

@@ -1,14 +1,16 @@
 """Training examples for the agent: real trace steps joined with buyers' persona codes.
 
 One example per kept trace step: the page the buyer saw, the action they took, the actions they had
-taken before in that session, their persona code, and a hindsight goal: in a session that ends in a
-purchase, the purchased product is the goal of every step of that session (the agent learns what a
-buyer who wants product X does), shown for a seeded share of such sessions so the agent also learns
-to act without a goal.
+taken before in that session, their persona code, and a hindsight goal. Every step is an example
+without a goal, so goal-free examples keep the real rates (of purchase, above all); a seeded share of
+the sessions that end in a purchase is added once more with the purchased product as the goal of
+every step (the agent learns what a buyer who wants product X does). Showing the goal on the original
+rows instead would leave mostly non-buying sessions goal-free, and a free-shopping agent would then
+under-buy.
 
 Rows that cannot teach the policy are quarantined with a reason, never dropped silently: steps the
 page could not perform (``valid`` false), empty observations or actions, and, for persona training,
-buyers without a code. rows read = examples + quarantined rows.
+buyers without a code. rows read + goal copies = examples + quarantined rows.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ EXAMPLES = pa.schema(
 
 @dataclass
 class ExampleSet:
-    """Examples plus what was quarantined; ``rows_read == examples.num_rows + quarantine.num_rows``."""
+    """Examples plus what was quarantined: ``rows_read + goal_copies == examples + quarantine`` rows."""
 
     examples: pa.Table
     """Rows in the EXAMPLES schema, ordered by merchant, buyer, session, step."""
@@ -54,6 +56,8 @@ class ExampleSet:
     """Rows in the QUARANTINE schema (``line`` = 0-based row of the traces table)."""
     rows_read: int
     """Trace rows read."""
+    goal_copies: int = 0
+    """Examples that are goal-shown copies of steps of purchase sessions."""
 
 
 def _stable_unit(*parts: object) -> float:
@@ -142,15 +146,20 @@ def build_examples(
 
     histories: list[list[str]] = []
     goals: list[str | None] = []
+    copied: list[int] = []
+    start = 0
     for (merchant, buyer, session), group in kept.group_by(
         ["merchant_id", "buyer_id", "session_id"], maintain_order=True
     ):
         actions = group["action"].to_list()
-        goal = session_goal(actions)
-        if goal is not None and _stable_unit(seed, merchant, buyer, session) >= goal_share:
-            goal = None
         histories += [actions[:i] for i in range(len(actions))]
-        goals += [goal] * len(actions)
+        goal = session_goal(actions)
+        if goal is not None and _stable_unit(seed, merchant, buyer, session) < goal_share:
+            copied += range(start, start + len(actions))
+            goals += [goal] * len(actions)
+        else:
+            goals += [None] * len(actions)
+        start += len(actions)
 
     examples = kept.select(
         pl.col("merchant_id").cast(pl.String),
@@ -166,6 +175,14 @@ def build_examples(
         pl.Series("goal", goals, dtype=pl.String),
         pl.col("code").cast(pl.Int32),
         pl.col("valid_actions").cast(pl.List(pl.String)),
+    )
+    # Goal-free originals of every step, then the goal-shown copies, each right after its original.
+    copies = examples[copied]
+    examples = (
+        pl.concat([examples.with_columns(pl.lit(None, dtype=pl.String).alias("goal")), copies])
+        .with_columns(pl.col("goal").is_not_null().alias("_copy"))
+        .sort(["merchant_id", "buyer_id", "session_id", "_copy", "step"], maintain_order=True)
+        .drop("_copy")
     )
     quarantine = pa.table(
         {
@@ -185,7 +202,7 @@ def build_examples(
         },
         schema=QUARANTINE,
     )
-    return ExampleSet(examples.to_arrow().cast(EXAMPLES), quarantine, traces.num_rows)
+    return ExampleSet(examples.to_arrow().cast(EXAMPLES), quarantine, traces.num_rows, copies.height)
 
 
 def split_examples(

@@ -220,10 +220,13 @@ class LLMPolicy:
             for i, (query, n) in zip(searches, queries, strict=True):
                 query = query.split('"', 1)[0].strip()[:MAX_QUERY_CHARS]
                 old = results[i]
-                info = {**old.info, "query_tokens": n, "query_fallback": not query}
-                if query:
+                # Trace replay reaches products by searching their ids, so generated queries tend to
+                # name products of the training storefronts; only a query the page mentions is kept.
+                grounded = bool(query) and query in requests[i].observation
+                info = {**old.info, "query_tokens": n, "query_fallback": not grounded}
+                if grounded:
                     action = f'{SEARCH_PREFIX}{query}"'
-                else:  # the env rejects the bare template: search for something the page names
+                else:  # search for something the page names (the env rejects the bare template)
                     rng = np.random.default_rng(requests[i].seed)
                     action = fill_search(SEARCH_TEMPLATE, requests[i].observation, rng)
                 results[i] = ActResult(action, old.logprob, old.tokens + n, info)

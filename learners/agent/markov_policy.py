@@ -4,7 +4,9 @@ P(next action kind | previous action kind, page kind, persona code) from counts,
 interpolation with ever shorter contexts: (previous, page, code) -> (previous, page) -> (page) ->
 all kinds (add-one). At a step the policy restricts that distribution to the kinds the page offers,
 draws a kind (seeded by ``ActRequest.seed``), then a concrete action of that kind weighted by how often
-the training buyers took it, plus one (popular products and queries first). Saved and loaded as JSON;
+the training buyers took it, plus one (popular products first). A search query comes from the page
+(``fill_search``): training queries name other storefronts' products (trace replay reaches a product
+by searching its id), which a held-out storefront does not have. Saved and loaded as JSON;
 acting is pure Python and dictionary look-ups, so large engine tests can run it at scale.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from learners.agent.actions import ACTION_KINDS, SEARCH_PREFIX, SEARCH_TEMPLATE, action_kind, page_kind
+from learners.agent.actions import ACTION_KINDS, SEARCH_TEMPLATE, action_kind, page_kind
 from learners.agent.policy import ActRequest, ActResult
 from learners.agent.random_policy import fill_search
 
@@ -46,9 +48,6 @@ class MarkovPolicy:
                 totals.update(kinds)
         n = sum(totals.values())
         self._base = {k: (totals[k] + 1) / (n + len(ACTION_KINDS)) for k in ACTION_KINDS}
-        self._queries = {
-            a: c for a, c in action_counts.items() if a.startswith(SEARCH_PREFIX) and a != SEARCH_TEMPLATE
-        }
 
     @classmethod
     def fit(cls, examples: pa.Table, smoothing: float = 1.0) -> MarkovPolicy:
@@ -96,8 +95,7 @@ class MarkovPolicy:
         j = int(rng.choice(len(kinds), p=weights))
         options = by_kind[kinds[j]]
         if options == [SEARCH_TEMPLATE]:
-            # Training queries when there were any, else one the page suggests: never the template.
-            options = list(self._queries) or [fill_search(SEARCH_TEMPLATE, r.observation, rng)]
+            options = [fill_search(SEARCH_TEMPLATE, r.observation, rng)]
         counts = np.array([self.action_counts.get(a, 0) + 1.0 for a in options])
         k = int(rng.choice(len(options), p=counts / counts.sum()))
         logprob = float(np.log(weights[j]) + np.log(counts[k] / counts.sum()))

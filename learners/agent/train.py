@@ -89,7 +89,7 @@ class AgentTrainConfig:
     max_observation_tokens: int = 512
     """Observation tokens kept in the prompt; serving must use the same value."""
     goal_share: float = 0.5
-    """Share of purchasing sessions whose examples show the hindsight goal (the bought product)."""
+    """Share of purchasing sessions added once more with the hindsight goal (the bought product) shown."""
     heldout_merchant_share: float = 0.0
     """Share of merchants held out of training entirely (written to AGENT/eval/ for offline evaluation)."""
     heldout_buyer_share: float = 0.0
@@ -210,8 +210,8 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> tu
             (out / "eval").mkdir(exist_ok=True)
             pq.write_table(parts[name], out / "eval" / f"{name}.parquet")
     log(
-        f"{built.rows_read} trace rows: {built.examples.num_rows} examples, {built.quarantine.num_rows} quarantined; "
-        f"{train.num_rows} for training"
+        f"{built.rows_read} trace rows: {built.examples.num_rows} examples ({built.goal_copies} of them"
+        f" goal-shown copies), {built.quarantine.num_rows} quarantined; {train.num_rows} for training"
     )
 
     corpus = _corpus(train)

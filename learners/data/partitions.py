@@ -144,7 +144,10 @@ class BuyerPartitions:
         self._close_writers()
         assert self._root is not None
         for run in self.bucket_runs():
-            yield pa.concat_tables(
-                pa.ipc.open_file(pa.memory_map(str(self._root / f"bucket-{b:05d}.arrow"))).read_all()
-                for b in run
-            ).combine_chunks()
+            paths = [self._root / f"bucket-{b:05d}.arrow" for b in run]
+            # Left in chunks: the consumer's pl.from_arrow rechunks anyway, so combining here would
+            # copy every row twice. The mappings stay valid after the files are unlinked, and
+            # unlinking each run as soon as it is read keeps the spill's disk and page cache small.
+            yield pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(path))).read_all() for path in paths)
+            for path in paths:
+                path.unlink()

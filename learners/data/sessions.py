@@ -101,6 +101,17 @@ def _day_permutation(keys: pl.DataFrame, perm: np.ndarray, buyer: np.ndarray) ->
     return perm[np.argsort(composite, kind="stable")]
 
 
+def _generated_session_ids(day_resolution: bool, session_gap_s: int) -> pl.Expr:
+    """``s0, s1, ...`` per buyer, by the module's rules, over rows in buyer order with ``_start``."""
+    if day_resolution:
+        boundary = pl.col("_start") | (pl.col("ts") != pl.col("ts").shift(1))
+    else:
+        gap_ms = (pl.col("ts") - pl.col("ts").shift(1)).dt.total_milliseconds()
+        boundary = pl.col("_start") | (gap_ms > session_gap_s * 1000)
+    runs = boundary.fill_null(True).cum_sum()
+    return pl.lit("s") + (runs - _first_in_run(runs, pl.col("_start"))).cast(pl.String)
+
+
 def order_frame(
     events: pl.DataFrame, *, day_resolution: bool, session_gap_s: int = schema.SESSION_GAP_SECONDS
 ) -> pl.DataFrame:
@@ -137,14 +148,11 @@ def order_frame(
     )
     row = pl.int_range(0, df.height, dtype=pl.Int64)
     seq = (row - _first_in_run(row, pl.col("_start"))).cast(pl.Int32)
-    if day_resolution:
-        boundary = pl.col("_start") | (pl.col("ts") != pl.col("ts").shift(1))
-    else:
-        gap_ms = (pl.col("ts") - pl.col("ts").shift(1)).dt.total_milliseconds()
-        boundary = pl.col("_start") | (gap_ms > session_gap_s * 1000)
-    runs = boundary.fill_null(True).cum_sum()
-    generated = pl.lit("s") + (runs - _first_in_run(runs, pl.col("_start"))).cast(pl.String)
-    df = df.with_columns(seq.alias("seq"), pl.coalesce(pl.col("session_id"), generated).alias("session_id"))
+    session_id = pl.col("session_id")
+    if df["session_id"].null_count():
+        # Formatting generated ids costs as much as the rest of the ordering: only when some are needed.
+        session_id = pl.coalesce(session_id, _generated_session_ids(day_resolution, session_gap_s))
+    df = df.with_columns(seq.alias("seq"), session_id.alias("session_id"))
     run_start = pl.col("_start") | (pl.col("session_id") != pl.col("session_id").shift(1))
     return df.with_columns((run_start.fill_null(True).cum_sum() - 1).alias(SESSION_RUN)).drop("_start")
 

@@ -120,6 +120,15 @@ class BuyerRows:
     quarantined: pa.Table | None = None
     """merchant_id, buyer_id, reason of every quarantined row."""
 
+    def inputs(self, stats: FeatureStats) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What the encoder reads (``BuyerBatch.inputs`` without computing the training targets)."""
+        return (
+            torch.from_numpy(stats.apply(self.features)),
+            torch.from_numpy(self.events),
+            torch.from_numpy(self.gaps),
+            torch.from_numpy(self.lengths),
+        )
+
     def batch(self, stats: FeatureStats) -> BuyerBatch:
         transitions, gap_hist = behaviour_targets(self.events, self.gaps, self.lengths)
         return BuyerBatch(

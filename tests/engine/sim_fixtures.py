@@ -6,6 +6,7 @@ this module by name, as the tests run from the repository root.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -80,6 +81,23 @@ class UniformPolicy:
 
 def uniform_policy() -> UniformPolicy:
     return UniformPolicy()
+
+
+class CrashOncePolicy(UniformPolicy):
+    """A ``UniformPolicy`` whose process dies (like a lost node) at the first batch of the first
+    process to create ``marker``; every later process plays normally."""
+
+    def __init__(self, marker: str, delay_s: float = 0.0) -> None:
+        super().__init__(delay_s)
+        self.marker = marker
+
+    def act(self, requests: Sequence[ActRequest]) -> list[ActResult]:
+        try:
+            with open(self.marker, "x"):
+                pass
+        except FileExistsError:
+            return super().act(requests)
+        os._exit(1)
 
 
 def storefront_pages(

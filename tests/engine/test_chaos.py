@@ -1,4 +1,5 @@
-"""Chaos: kill an env runner, a policy server replica, or the router mid-run; no buyer lost or repeated."""
+"""Chaos: kill an env runner, a policy server replica, or the router mid-run, or lose a task runner's
+worker; no buyer lost or repeated."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import ray
 
 from engine.driver import SimulationConfig, build_population, env_spec, simulate
 from engine.env_runner import EpisodePlayer
-from tests.engine.sim_fixtures import UniformPolicy, write_distributions, write_prepared
+from tests.engine.sim_fixtures import CrashOncePolicy, UniformPolicy, write_distributions, write_prepared
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +93,14 @@ def test_run_survives_and_every_buyer_appears_once(ray_local, base, reference, t
     assert manifest["buyers_completed"] == manifest["buyers_requested"] == 24
     got = rows(tmp_path)
     assert got == reference  # nothing lost, nothing duplicated, nothing changed by the retries
+
+
+def test_lost_task_runner_worker_is_retried(ray_local, base, reference, tmp_path):
+    # The policy inside the runners: a chunk's worker process dies mid-chunk, once.
+    crash = partial(CrashOncePolicy, str(tmp_path / "crashed"), delay_s=0.02)
+    config = replace(base, out=str(tmp_path / "out"), policy_placement="runner", driver_plays=False)
+    manifest = simulate(config, policy=crash)
+    assert (tmp_path / "crashed").exists() and manifest["runner_restarts"] == 1
+    assert manifest["policy_placement"] == "runner" and manifest["startup_s"] == 0.0
+    assert manifest["buyers_completed"] == manifest["buyers_requested"] == 24
+    assert rows(tmp_path / "out") == reference

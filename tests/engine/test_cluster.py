@@ -63,6 +63,7 @@ def test_simulation_places_actors_by_node_resources(cluster, tmp_path):
         buyers_per_merchant=8,
         max_steps=4,
         policy="random",
+        policy_placement="server",  # runner actors and a policy server, each on its own node type
         runners=2,
         runner_num_cpus=1,
         runner_resource="env_runner",

@@ -1,5 +1,5 @@
-"""simulate(): Parquet parts + manifest, exactly-once, same rollouts with 1 or 3 runners, resume,
-goal tasks over several seeds."""
+"""simulate(): Parquet parts + manifest, exactly-once, same rollouts with 1 or 3 runners and whatever
+the policy placement, resume, goal tasks over several seeds."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def base(tmp_path_factory):
         chunk_size=7,
         call_timeout_s=30,
         progress=False,
+        driver_plays=False,  # the runners play every chunk, unless a test says otherwise
     )
 
 
@@ -72,7 +73,7 @@ def test_one_and_three_runners_give_identical_rollouts(ray_local, base, tmp_path
         assert manifest["invalid_steps"] == a.num_rows - pc.sum(a["valid"]).as_py()
         assert manifest["chunks_done"] == list(range(-(-n // base.chunk_size)))
     assert json.loads((tmp_path / "one" / "manifest.json").read_text()) == one
-    assert 0 < one["startup_s"] < one["elapsed_s"]
+    assert one["startup_s"] == 0.0 < one["elapsed_s"]  # random runs in task runners: no actor to start
     assert a["goal"].null_count == a.num_rows and set(a["seed"].to_pylist()) == {base.seed}  # no goals asked
     # Exactly once: every buyer's steps are 0..k-1, no buyer missing or repeated.
     ids = a["sim_buyer_id"].to_pylist()
@@ -81,6 +82,29 @@ def test_one_and_three_runners_give_identical_rollouts(ray_local, base, tmp_path
     for i in range(n):
         mine = [s for b, s in zip(ids, steps, strict=True) if b == i]
         assert mine == list(range(len(mine)))
+
+
+def test_policy_placement_does_not_change_the_rollouts(ray_local, base, markov_json, tmp_path):
+    markov = replace(base, policy="markov", policy_path=str(markov_json), runners=2)
+    runs = {
+        "server": replace(markov, policy_placement="server"),
+        "runner": replace(markov, policy_placement="auto"),  # markov runs in the runners by default
+        "driver": replace(markov, policy_placement="runner", driver_plays=True),
+    }
+    manifests = {name: simulate(replace(c, out=str(tmp_path / name))) for name, c in runs.items()}
+    reference = rollouts(tmp_path / "server").to_pylist()
+    for name, manifest in manifests.items():
+        assert rollouts(tmp_path / name).to_pylist() == reference, name
+        assert manifest["policy_placement"] == ("runner" if name == "driver" else name)
+        assert manifest["buyers_completed"] == 2 * BUYERS_PER_MERCHANT
+        assert manifest["chunks_done"] == list(range(manifest["chunks"]))
+    # Start-up is the wait for the runner actors and the policy server; task runners have none.
+    assert 0 < manifests["server"]["startup_s"] < manifests["server"]["elapsed_s"]
+    assert manifests["runner"]["startup_s"] == 0.0
+    # No runner has returned a chunk when the loop starts, so the driver plays at least one itself;
+    # a chunk both it and a runner played is written once (chunks_done above, rollouts equal).
+    assert manifests["driver"]["driver_chunks"] >= 1
+    assert manifests["server"]["driver_chunks"] == manifests["runner"]["driver_chunks"] == 0
 
 
 def test_columns_and_per_merchant_summary(ray_local, base, markov_json, tmp_path):
@@ -184,3 +208,15 @@ def test_unplaceable_actors_fail_fast_with_the_fix():
     check_cpus(config, available=3.0)
     with pytest.raises(ValueError, match=r"reserves 3 CPUs.*has 2.*--runners"):
         check_cpus(config, available=2.0)
+    check_cpus(config, available=2.0, server=False)  # a policy inside the runners needs no replica
+
+
+def test_policy_placement_is_checked():
+    from engine.driver import in_runner
+
+    assert in_runner(SimulationConfig(policy="markov")) and in_runner(SimulationConfig(policy="random"))
+    assert not in_runner(SimulationConfig(policy="transformers"))
+    assert not in_runner(SimulationConfig(policy="markov"), custom_policy=True)
+    assert in_runner(SimulationConfig(policy="transformers", policy_placement="runner"))
+    with pytest.raises(ValueError, match="policy_placement"):
+        in_runner(SimulationConfig(policy_placement="gpu"))

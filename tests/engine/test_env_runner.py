@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 import pytest
 import ray
 
-from engine.env_runner import ROLLOUTS, CallClient, EnvRunner, EnvSpec, EpisodePlayer
+from engine.env_runner import ROLLOUTS, CallClient, EnvRunner, EnvSpec, EpisodePlayer, play_chunk
 from engine.policy_server import PolicyRouter, ServingConfig
 from engine.population import PopulationSampler
 from learners.agent.actions import SEARCH_TEMPLATE
@@ -130,3 +130,11 @@ def test_runner_actor_calls_replicas_directly(ray_local, world):
     assert "pid" in ray.get(runner.ping.remote(), timeout=10)
     ray.kill(runner)
     ray.kill(router)
+
+
+def test_chunk_task_builds_and_calls_its_policy_in_its_worker(ray_local, world):
+    data, buyers = world
+    table = ray.get(play_chunk.remote(spec(data), buyers, uniform_policy, 16, 5), timeout=60)
+    local = EpisodePlayer(spec(data), max_envs=16, max_steps=5).play(buyers, UniformPolicy().act)
+    assert table.schema == ROLLOUTS
+    assert sorted_rows(table) == sorted_rows(local)

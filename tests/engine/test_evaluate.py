@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -16,20 +17,26 @@ from engine.report import write_report
 def case(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
+    day1, day2 = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+    # b1 visits m1 twice and buys on the second visit; b2 and b3 visit once and only look.
     events = pl.DataFrame(
         {
-            "merchant_id": ["m1", "m1", "m1", "m2"],
-            "buyer_id": ["b1", "b1", "b2", "b3"],
-            "event_type": ["product_view", "purchase", "product_view", "product_view"],
+            "merchant_id": ["m1", "m1", "m1", "m1", "m2"],
+            "buyer_id": ["b1", "b1", "b1", "b2", "b3"],
+            "session_id": ["s0", "s1", "s1", "s0", "s0"],
+            "event_type": ["product_view", "product_view", "purchase", "product_view", "product_view"],
         }
     )
     events.write_parquet(data / "events.parquet")
     pl.DataFrame(
-        {"merchant_id": ["m1", "m1", "m2"], "buyer_id": ["b1", "b2", "b3"], "converted": [True, False, False]}
-    ).write_parquet(data / "buyers.parquet")
-    pl.DataFrame({"merchant_id": ["m1", "m1", "m2"], "n_events": [2, 1, 1]}).write_parquet(
-        data / "sessions.parquet"
-    )
+        {
+            "merchant_id": ["m1", "m1", "m1", "m2"],
+            "buyer_id": ["b1", "b1", "b2", "b3"],
+            "session_id": ["s0", "s1", "s0", "s0"],
+            "start": [day1, day2, day1, day2],
+            "n_events": [1, 2, 1, 1],
+        }
+    ).write_parquet(data / "sessions.parquet")
     sim = tmp_path / "sim" / "rollouts"
     sim.mkdir(parents=True)
     steps = [
@@ -49,7 +56,7 @@ def case(tmp_path):
 
 def test_fidelity_hand_case(case):
     data, sim_dir = case
-    real = real_stats(data)
+    real = real_stats(data, unit="buyer")
     sim = sim_stats(sim_dir, real_kinds={"product_view", "purchase"})
     assert sim["m1"].took == {"product_view": 2, "purchase": 1}  # search is not a real kind here
     result = fidelity(sim, real)
@@ -61,6 +68,23 @@ def test_fidelity_hand_case(case):
     quality = step_quality(sim_dir)
     assert quality["invalid_rate"] == pytest.approx(1 / 7)
     assert quality["type_profile"]["1"]["purchase"] == pytest.approx(0.5)
+
+
+def test_real_units_and_window(case):
+    data, _ = case
+    buyers = real_stats(data, unit="buyer")
+    assert (buyers["m1"].buyers, buyers["m1"].converted) == (2, 1)
+    assert buyers["m1"].took == {"product_view": 2, "purchase": 1}
+    visits = real_stats(data)  # one real buyer per session, like one simulated episode
+    assert (visits["m1"].buyers, visits["m1"].converted) == (3, 1)
+    assert visits["m1"].took == {"product_view": 3, "purchase": 1}
+    assert sorted(visits["m1"].lengths) == [1, 1, 2]
+    later = real_stats(data, since=datetime(2024, 1, 2, tzinfo=UTC))
+    assert (later["m1"].buyers, later["m1"].converted, later["m1"].conversion_rate) == (1, 1, 1.0)
+    assert later["m1"].kind_counts == {"product_view": 1, "purchase": 1}
+    assert (later["m2"].buyers, later["m2"].converted) == (1, 0)
+    with pytest.raises(ValueError, match="unit"):
+        real_stats(data, unit="user")
 
 
 def test_missing_rollouts_are_explained(tmp_path):
@@ -75,9 +99,9 @@ def test_report_renders_in_chromium(case, tmp_path):
     if not shutil.which("chromium"):
         pytest.fail("Debian chromium is missing: `make test` installs it")
     data, sim_dir = case
-    system = fidelity(sim_stats(sim_dir, {"product_view", "purchase"}), real_stats(data)) | step_quality(
-        sim_dir
-    )
+    system = fidelity(
+        sim_stats(sim_dir, {"product_view", "purchase"}), real_stats(data, unit="buyer")
+    ) | step_quality(sim_dir)
     page_path = write_report({"persona": system, "uniform": system}, tmp_path / "report")
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["systems"]["persona"]["cra"] == pytest.approx(0.5)

@@ -16,7 +16,9 @@ def test_rows_read_equal_examples_plus_quarantine(traces_and_codes):
     traces, codes = traces_and_codes
     codes = codes.filter(pa.compute.not_equal(codes["buyer_id"], "u1"))  # one buyer without a code
     built = build_examples(traces, codes)
-    assert built.rows_read == traces.num_rows == built.examples.num_rows + built.quarantine.num_rows
+    assert built.rows_read == traces.num_rows
+    assert built.rows_read + built.goal_copies == built.examples.num_rows + built.quarantine.num_rows
+    assert built.goal_copies == built.examples.num_rows - built.examples.column("goal").null_count
     reasons = built.quarantine.column("reason").to_pylist()
     invalid = sum(not v for v in traces.column("valid").to_pylist())
     assert sum(r.startswith("action invalid") for r in reasons) == invalid
@@ -27,8 +29,12 @@ def test_rows_read_equal_examples_plus_quarantine(traces_and_codes):
 def test_history_is_the_sessions_earlier_actions(traces_and_codes):
     traces, codes = traces_and_codes
     ex = build_examples(traces, codes).examples.to_pylist()
+
+    def episode(r: dict) -> tuple:  # a goal-shown copy is its own episode of the same session
+        return r["merchant_id"], r["buyer_id"], r["session_id"], r["goal"] is None
+
     for prev, row in zip(ex, ex[1:], strict=False):
-        if row["session_id"] == prev["session_id"] and row["buyer_id"] == prev["buyer_id"]:
+        if episode(row) == episode(prev):
             assert row["history"] == prev["history"] + [prev["action"]]
         else:
             assert row["history"] == []
@@ -47,13 +53,21 @@ def test_hindsight_goal_is_the_bought_product(traces_and_codes):
     assert session_goal(["open product a", "add to cart", "exit"]) is None
     traces, codes = traces_and_codes
     ex = build_examples(traces, codes, goal_share=1.0).examples.to_pylist()
-    buying = {(r["buyer_id"], r["session_id"], r["merchant_id"]) for r in ex if r["action"] == "place order"}
-    assert buying, "fixture should contain purchasing sessions"
-    for r in ex:
-        key = (r["buyer_id"], r["session_id"], r["merchant_id"])
-        assert (r["goal"] is not None) == (key in buying)
     none = build_examples(traces, codes, goal_share=0.0).examples
     assert none.column("goal").null_count == none.num_rows
+    buying = {(r["buyer_id"], r["session_id"], r["merchant_id"]) for r in ex if r["action"] == "place order"}
+    assert buying, "fixture should contain purchasing sessions"
+
+    def steps(rows, goal_shown: bool) -> list[tuple]:
+        return sorted(
+            (r["buyer_id"], r["session_id"], r["merchant_id"], r["step"], r["action"])
+            for r in rows
+            if (r["goal"] is not None) == goal_shown
+        )
+
+    # Every step once without a goal (the real rates), and the buying sessions once more with theirs.
+    assert steps(ex, goal_shown=False) == steps(none.to_pylist(), goal_shown=False)
+    assert steps(ex, goal_shown=True) == [s for s in steps(ex, goal_shown=False) if s[:3] in buying]
 
 
 def test_split_is_merchant_disjoint(traces_and_codes):

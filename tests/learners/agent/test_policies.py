@@ -230,7 +230,7 @@ def test_policies_fill_the_search_template_with_a_valid_query(llm, examples):
     with_queries = pa.table(
         {
             "observation": [shop.observe(shop.initial_state())] * 2,
-            "action": ['search "c1"', 'search "<query>"'],
+            "action": ['search "p-of-another-shop"', 'search "<query>"'],
             "history": [[], []],
             "code": [0, 0],
         }
@@ -255,6 +255,9 @@ def test_policies_fill_the_search_template_with_a_valid_query(llm, examples):
             for result in results:
                 assert result.action != SEARCH_TEMPLATE, name
                 assert shop.is_valid(state, result.action), (name, result.action)
+                if result.action.startswith('search "'):
+                    # Grounded in the page: never a query naming another storefront's product.
+                    assert result.action[len('search "') : -1] in observation, (name, result.action)
             assert all(r.action.startswith('search "') for r in results[len(full) :]), name
     # The page's own ids are the queries, so the search finds something on the storefront.
     home = shop.initial_state()

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from learners.data import schema
 from learners.data.adapter import CanonicalChunk
-from learners.data.partitions import assign_buckets
+from learners.data.partitions import BuyerPartitions, assign_buckets
 from learners.data.prepare import PrepareConfig, prepare, read_ahead
 from tests.learners.data.test_features import random_events
 
@@ -144,12 +145,54 @@ def test_every_buyer_lives_in_one_bucket_and_buckets_are_stable(inputs: list[Pat
     assert all(0 <= k < 16 for _, _, k in pairs)
 
 
+def test_spill_files_go_as_their_partition_is_read(inputs: list[Path], tmp_path: Path) -> None:
+    events = pq.read_table(inputs[0])
+    for field in schema.CANONICAL_EVENTS:
+        if not field.nullable:  # the inputs hold bad rows, which prepare would have quarantined
+            events = events.filter(pc.is_valid(events[field.name]))
+    events = assign_buckets(events, 8)
+    assert events.num_rows >= 400
+
+    def spilled() -> list[Path]:
+        return list(tmp_path.rglob("bucket-*.arrow"))
+
+    with BuyerPartitions(8, partition_rows=events.num_rows // 4, spill_dir=str(tmp_path)) as partitions:
+        for start in range(0, events.num_rows, 100):
+            partitions.add(events.slice(start, 100))
+        assert partitions.spilled and len(partitions) > 1
+        rows, left = 0, []
+        for table in partitions.partitions():
+            rows += table.num_rows
+            left.append(len(spilled()))
+        assert rows == events.num_rows
+        assert left == sorted(left, reverse=True) and left[0] > left[-1] and not spilled()
+    assert not list(tmp_path.iterdir())
+
+
 def test_two_runs_write_byte_identical_files(inputs: list[Path], tmp_path: Path) -> None:
     config = PrepareConfig(partition_rows=700, n_buckets=8)
     for run in ("a", "b"):
         prepare(inputs, CanonicalParquetAdapter(), config, tmp_path / run)
     for file in schema.TABLE_FILES.values():
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
+def test_merchant_filters_can_skip_row_groups(inputs: list[Path], tmp_path: Path) -> None:
+    """Readers filter prepared tables by merchant: every streamed table keeps merchant_id min/max
+    statistics (the writer drops those of the near-unique ids to save time)."""
+    prepare(inputs, CanonicalParquetAdapter(), PrepareConfig(partition_rows=700, n_buckets=8), tmp_path)
+    for name in ("events", "sessions", "buyers"):
+        metadata = pq.ParquetFile(tmp_path / schema.TABLE_FILES[name]).metadata
+        columns = [metadata.row_group(0).column(i) for i in range(metadata.num_columns)]
+        stats = {c.path_in_schema: c.statistics is not None and c.statistics.has_min_max for c in columns}
+        assert stats["merchant_id"], name
+        assert not stats["buyer_id"], name
+    events = pq.read_table(tmp_path / schema.TABLE_FILES["events"])
+    merchant = events["merchant_id"][0].as_py()
+    filtered = pq.read_table(
+        tmp_path / schema.TABLE_FILES["events"], filters=[("merchant_id", "=", merchant)]
+    )
+    assert filtered.equals(events.filter(pc.equal(events["merchant_id"], merchant)))
 
 
 def test_a_chunk_that_loses_rows_is_a_bug(inputs: list[Path], tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from learners.data.schema import EVENT_CODE, FEATURE_NAMES, N_FEATURES
 from learners.vqvae.dataset import FeatureStats, behaviour_targets, rows_from_table
 from learners.vqvae.fit import VQVAEConfig, WorkerTraining
-from learners.vqvae.model import BuyerVQVAE, ModelShape, feature_weights
+from learners.vqvae.model import N_TOKENS, BuyerVQVAE, ModelShape, feature_weights
 from tests.learners.vqvae.conftest import make_buyers
 
 
@@ -104,3 +104,22 @@ def test_quarantines_unusable_rows_with_reasons():
     assert rows.rows_read == 6 and len(rows.lengths) == 5
     assert rows.quarantine == {"non-finite features": 1}
     assert rows.quarantined.column("buyer_id").to_pylist() == ["b2"]
+
+
+def test_stepped_gru_state_equals_the_packed_gru():
+    torch.manual_seed(0)
+    encoder = BuyerVQVAE(shape("gru")).sequence
+    n, width = 37, 12
+    lengths = torch.randint(0, width + 1, (n,))
+    lengths[:3] = torch.tensor([0, 1, width])
+    events = torch.randint(1, N_TOKENS, (n, width)) * (torch.arange(width) < lengths[:, None])
+    gaps = torch.rand(n, width) * 8
+    with torch.no_grad():
+        packed = encoder.packed_state(events, gaps, lengths)
+        for block in (1, 5, 2048):
+            stepped = encoder.final_state(events, gaps, lengths, block=block)
+            assert torch.allclose(stepped, packed, atol=1e-5)
+        assert torch.equal(encoder(events, gaps, lengths), encoder.final_state(events, gaps, lengths))
+        assert encoder.final_state(events[:0], gaps[:0], lengths[:0]).shape == (0, 16)
+    with torch.enable_grad():
+        assert torch.equal(encoder(events, gaps, lengths), encoder.packed_state(events, gaps, lengths))

@@ -1,0 +1,539 @@
+"""The evaluation protocol end to end: merchant-disjoint split -> personas -> agents -> simulate -> evaluate.
+
+DESIGN.md's protocol, in order (each stage writes under ``OUT`` and is skipped when its output is
+already there, so an interrupted study continues where it stopped):
+
+1. ``data``: the prepared directory (``prepare`` of ``inputs`` when no ``data`` is given).
+2. ``split``: ``heldout`` merchants drawn (``seed``) among those with ``>= min_buyers`` buyers; the
+   codebook, the agents and the Markov chain see only the other merchants (``train-data``).
+3. ``personas``: the VQ-VAE fitted on the training merchants; every buyer assigned with its encoder
+   (same window: ``codes``). For the strict variant the held-out merchants' events before a cutoff
+   (the ``window_quantile`` of their event times) are prepared on their own and assigned
+   (``codes-early``): their code distribution comes from the earlier window, their real rates from
+   sessions starting at or after the cutoff.
+4. ``agents``: traces replayed from the training merchants; the persona agent, the same-size agent
+   without persona tokens and the larger no-persona model fine-tuned on them; the per-type Markov
+   chain fitted on the same examples as the persona agent. Only what the chosen systems use is built.
+5. ``simulate``: every system simulates ``sessions_per_merchant`` visits per held-out merchant, and
+   goal tasks (buy a target product within 20 steps) over ``goal_seeds`` seeds.
+6. ``evaluate``: one report per variant (``report/<variant>/``) and ``OUT/metrics.json``,
+   ``OUT/summary.md`` with every system's CRA, ARA, JS, invalid rate and goal success.
+
+A simulated buyer is one visit, so real rates are per session (``engine/evaluate.py``). The systems
+(``SYSTEMS``) differ only in policy, persona use and code distribution; everything else is shared.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from engine.cli import main as simpersona
+from engine.evaluate import fidelity, real_stats, sim_stats, step_quality
+from engine.report import headline, markdown_table, write_report
+from learners.config import config_to_dict
+from learners.data.merchant_split import eligible_merchants, filter_prepared, heldout_merchants
+from learners.data.windows import window_cutoff, window_prepared
+
+VARIANTS = ("strict", "same-window")
+RUN_ONLY_FIELDS = ("out", "workers", "runners", "envs_per_runner")
+"""Settings that change how fast a study runs, not what it finds: a study may continue with others."""
+
+
+@dataclass(frozen=True)
+class System:
+    """One simulated system of the study: which policy, which agent, which code distribution."""
+
+    policy: str
+    """Simulation backend: transformers, markov or random."""
+    agent: str | None
+    """Key of the trained artifact it uses (persona, no-persona, larger, markov) or none."""
+    use_persona: bool
+    """Whether the policy sees each buyer's persona code."""
+    codes: str
+    """Where the codes come from: own (the merchant's), other (another held-out merchant's), uniform."""
+
+
+SYSTEMS: dict[str, System] = {
+    "persona": System("transformers", "persona", True, "own"),
+    "mismatched-merchant": System("transformers", "persona", True, "other"),
+    "mismatched-uniform": System("transformers", "persona", True, "uniform"),
+    "no-persona": System("transformers", "no-persona", False, "own"),
+    "larger-no-persona": System("transformers", "larger", False, "own"),
+    "markov": System("markov", "markov", True, "own"),
+    "markov-mismatched-merchant": System("markov", "markov", True, "other"),
+    "random": System("random", None, False, "own"),
+}
+
+
+@dataclass
+class StudyConfig:
+    """One run of the evaluation protocol (``simpersona study CONFIG``)."""
+
+    out: str = "study"
+    """Study directory: every stage's output, the reports, metrics.json and summary.md."""
+    data: str | None = None
+    """Prepared directory of the real logs; none prepares `inputs` into OUT/data."""
+    inputs: list[str] = field(default_factory=list)
+    """Raw log files or directories, prepared when `data` is not set."""
+    format: str | None = None
+    """Source format of `inputs` (tmall-ijcai15, tmall-brand, rees46, taobao)."""
+    mapping: str | None = None
+    """YAML mapping of `inputs` (instead of `format`)."""
+    heldout: int = 42
+    """Held-out merchants (fewer when fewer have `min_buyers` buyers; the summary says so)."""
+    min_buyers: int = 30
+    """Held-out merchants, and training merchants replayed into traces, have at least this many buyers."""
+    seed: int = 0
+    """Seed of the split, the fits, the training and the simulations."""
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    """Protocol variants to evaluate: strict (earlier-window codes, later-window rates), same-window."""
+    window_quantile: float = 0.5
+    """Strict variant: the cutoff is this quantile of the held-out merchants' event times (day precision)."""
+    codes: int = 32
+    """Codebook size K."""
+    vq_epochs: int = 10
+    """VQ-VAE training epochs."""
+    workers: int = 1
+    """Ray Train workers of the VQ-VAE and agent fits."""
+    train_sessions: int = 6
+    """Sessions replayed into traces per training merchant."""
+    base_model: str = "tiny"
+    """Base model of the persona and no-persona agents."""
+    larger_model: str = "tiny-8x"
+    """Base model of the larger no-persona baseline."""
+    stage1_epochs: int = 1
+    """Agent stage-1 epochs (persona-token meaning)."""
+    stage2_epochs: int = 2
+    """Agent stage-2 epochs (the policy)."""
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    """Systems to simulate and compare (keys of engine.study.SYSTEMS); the first is the main one."""
+    sessions_per_merchant: int = 50
+    """Simulated visits per held-out merchant and system."""
+    max_steps: int = 30
+    """Steps after which a simulated visit is truncated."""
+    temperature: float = 1.0
+    """Sampling temperature of the LLM agents over the page's valid actions."""
+    goal_systems: list[str] = field(
+        default_factory=lambda: ["persona", "no-persona", "larger-no-persona", "markov"]
+    )
+    """Systems given goal tasks (buy a target product within 20 steps)."""
+    goal_merchants: int = 10
+    """Held-out merchants (the first ones, sorted) whose catalogues give the goal tasks."""
+    goal_buyers_per_merchant: int = 10
+    """Goal tasks per merchant and seed."""
+    goal_seeds: int = 3
+    """Seeds of the goal tasks; success is reported with a confidence interval over them."""
+    runners: int = 2
+    """Env runner actors per simulation."""
+    envs_per_runner: int = 128
+    """Concurrent episodes per runner."""
+
+
+class Study:
+    """Runs the protocol's stages for one StudyConfig; every command it runs is logged with its time."""
+
+    def __init__(self, config: StudyConfig) -> None:
+        unknown = [s for s in [*config.systems, *config.goal_systems] if s not in SYSTEMS]
+        if unknown:
+            raise ValueError(f"study config: unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+        bad = [v for v in config.variants if v not in VARIANTS]
+        if bad or not config.variants:
+            raise ValueError(f"study config: variants must be a non-empty subset of {VARIANTS}, got {bad}")
+        if config.data is None and not config.inputs:
+            raise ValueError("study config: set `data` (a prepared directory) or `inputs` (raw logs)")
+        self.config = config
+        self.out = Path(config.out)
+        self.log: list[dict] = []
+
+    def check_settings(self) -> None:
+        """Record the study's settings; refuse to continue a study in OUT that was run with others."""
+        path = self.out / "study-config.json"
+        mine = {k: v for k, v in config_to_dict(self.config).items() if k not in RUN_ONLY_FIELDS}
+        if path.exists():
+            theirs = json.loads(path.read_text())
+            changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            if changed:
+                raise ValueError(
+                    f"{self.out} holds a study run with other settings ({', '.join(changed)}); its outputs "
+                    "would be mixed with this one's: use another --out, or the settings in "
+                    f"{path}"
+                )
+        else:
+            path.write_text(json.dumps(mine, indent=2) + "\n")
+
+    def cli(self, what: str, argv: list[str], done: Path) -> None:
+        """Run ``simpersona ARGV`` unless ``done`` exists; log the command and its wall time."""
+        command = "simpersona " + shlex.join(argv)
+        if done.exists():
+            self.log.append({"stage": what, "command": command, "seconds": None, "skipped": True})
+            return
+        print(f"\n== {what}: {command}", flush=True)
+        start = time.perf_counter()
+        if simpersona(argv) != 0:
+            raise RuntimeError(f"study stage {what!r} failed: {command}")
+        self.log.append({"stage": what, "command": command, "seconds": round(time.perf_counter() - start, 1)})
+
+    def prepared(self) -> Path:
+        c = self.config
+        if c.data is not None:
+            return Path(c.data)
+        data = self.out / "data"
+        source = ["--format", c.format] if c.format else ["--mapping", str(c.mapping)]
+        self.cli(
+            "prepare",
+            ["prepare", *c.inputs, *source, "--out", str(data), "--no-progress"],
+            data / "manifest.json",
+        )
+        return data
+
+    def split(self, data: Path) -> dict:
+        """The held-out merchants and the training merchants' copy of the tables (split.json)."""
+        path = self.out / "split.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        c = self.config
+        eligible = eligible_merchants(data, c.min_buyers)
+        count = min(c.heldout, len(eligible) - 1)
+        held = heldout_merchants(data, count, c.min_buyers, c.seed)
+        kept = filter_prepared(data, self.out / "train-data", held)
+        split = {
+            "seed": c.seed,
+            "min_buyers": c.min_buyers,
+            "eligible": len(eligible),
+            "requested": c.heldout,
+            "heldout": held,
+            "traced": [m for m in eligible if m not in set(held)],
+            "training_rows": kept,
+        }
+        path.write_text(json.dumps(split, indent=2) + "\n")
+        return split
+
+    def personas(self, data: Path, split: dict) -> dict[str, Path]:
+        """Fit on the training merchants; distributions per variant (held-out merchants only)."""
+        c, run = self.config, self.out / "personas"
+        self.cli(
+            "fit personas (training merchants)",
+            ["fit-personas", str(self.out / "train-data"), "--out", str(run), "--codes", str(c.codes)]
+            + ["--epochs", str(c.vq_epochs), "--workers", str(c.workers), "--seed", str(c.seed)],
+            run / "model.safetensors",
+        )
+        codes = self.out / "codes"
+        self.cli(
+            "assign (same window)",
+            ["assign", str(run), str(data), "--out", str(codes)],
+            codes / "manifest.json",
+        )
+        dists = {"same-window": codes / "merchant_distributions.parquet"}
+        if "strict" in c.variants:
+            early, early_codes = self.out / "early-data", self.out / "codes-early"
+            window = self.window(data, split)
+            if not (early / "manifest.json").exists():
+                window_prepared(
+                    data, early, until=datetime.fromisoformat(window["cutoff"]), merchants=split["heldout"]
+                )
+            self.cli(
+                "assign (earlier window)",
+                ["assign", str(run), str(early), "--out", str(early_codes)],
+                early_codes / "manifest.json",
+            )
+            dists["strict"] = early_codes / "merchant_distributions.parquet"
+        return dists
+
+    def window(self, data: Path, split: dict) -> dict:
+        path = self.out / "window.json"
+        if not path.exists():
+            cut = window_cutoff(data, self.config.window_quantile, split["heldout"])
+            path.write_text(
+                json.dumps({"quantile": self.config.window_quantile, "cutoff": cut.isoformat()}) + "\n"
+            )
+        return json.loads(path.read_text())
+
+    def agents(self, split: dict) -> dict[str, Path]:
+        """Traces of the training merchants, the three agents and the Markov chain."""
+        c = self.config
+        traces = self.out / "traces"
+        config = self.out / "traces.yaml"
+        config.write_text(yaml.safe_dump({"merchants": split["traced"], "max_sessions": c.train_sessions}))
+        self.cli(
+            "traces (training merchants)",
+            ["traces", str(self.out / "train-data"), "--out", str(traces), "--config", str(config)],
+            traces / "traces.parquet",
+        )
+        needed = {SYSTEMS[s].agent for s in [*c.systems, *c.goal_systems]}
+        paths = {
+            "persona": self.out / "agent",
+            "no-persona": self.out / "agent-no-persona",
+            "larger": self.out / "agent-larger",
+            "markov": self.out / "markov.json",
+        }
+        common = ["--stage1-epochs", str(c.stage1_epochs), "--stage2-epochs", str(c.stage2_epochs)]
+        common += ["--workers", str(c.workers), "--seed", str(c.seed), "--log-every", "1000"]
+        trained = [
+            ("persona", ["--personas", str(self.out / "codes"), "--base-model", c.base_model]),
+            ("no-persona", ["--no-persona", "--base-model", c.base_model]),
+            ("larger", ["--no-persona", "--base-model", c.larger_model]),
+        ]
+        for key, flags in trained:
+            if key in needed:
+                self.cli(
+                    f"train {key} agent",
+                    ["train-agent", str(traces), *flags, "--out", str(paths[key]), *common],
+                    paths[key] / "manifest.json",
+                )
+        if "markov" in needed and not paths["markov"].exists():
+            self.fit_markov(traces, paths["markov"])
+        return paths
+
+    def fit_markov(self, traces: Path, out: Path) -> None:
+        """The per-type Markov chain, on the examples the persona agent is trained on."""
+        from learners.agent.examples import build_examples
+        from learners.agent.markov_policy import MarkovPolicy
+        from learners.agent.train import AgentTrainConfig
+
+        start, seed = time.perf_counter(), self.config.seed
+        codes = pq.read_table(self.out / "codes" / "codes.parquet")
+        built = build_examples(
+            pq.read_table(traces / "traces.parquet"), codes, AgentTrainConfig.goal_share, seed
+        )
+        MarkovPolicy.fit(built.examples).save(out)
+        self.log.append(
+            {
+                "stage": "fit Markov chain",
+                "command": f"MarkovPolicy.fit(build_examples(traces, codes, seed={seed})).save(markov.json)",
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+
+    def distributions(self, dists: dict[str, Path], split: dict) -> dict[tuple[str, str], Path]:
+        """Code distributions per (codes kind, variant), restricted to the held-out merchants."""
+        c, folder = self.config, self.out / "distributions"
+        folder.mkdir(parents=True, exist_ok=True)
+        held = pa.array(split["heldout"], pa.string())
+        out: dict[tuple[str, str], Path] = {}
+        for variant, source in dists.items():
+            table = pq.read_table(source)
+            own = table.filter(pc.is_in(table["merchant_id"], value_set=held))
+            out["own", variant] = folder / f"own-{variant}.parquet"
+            pq.write_table(own, out["own", variant])
+            out["other", variant] = folder / f"other-{variant}.parquet"
+            pq.write_table(other_merchants(own, c.seed), out["other", variant])
+        uniform = pa.table(
+            {
+                "merchant_id": np.repeat(split["heldout"], c.codes),
+                "code": np.tile(np.arange(c.codes, dtype=np.int64), len(split["heldout"])),
+                "p": np.full(len(split["heldout"]) * c.codes, 1.0 / c.codes),
+                "n": np.zeros(len(split["heldout"]) * c.codes, dtype=np.int64),
+            }
+        )
+        for variant in dists:
+            out["uniform", variant] = folder / "uniform.parquet"
+        pq.write_table(uniform, folder / "uniform.parquet")
+        goal_merchants = pa.array(split["heldout"][: self.config.goal_merchants], pa.string())
+        own = pq.read_table(out["own", "same-window"])
+        out["goal", "same-window"] = folder / "goal.parquet"
+        pq.write_table(
+            own.filter(pc.is_in(own["merchant_id"], value_set=goal_merchants)), out["goal", "same-window"]
+        )
+        return out
+
+    def simulate(
+        self, name: str, run: str, dist: Path, paths: dict[str, Path], data: Path, goals: bool
+    ) -> Path:
+        c, system = self.config, SYSTEMS[name]
+        out = self.out / ("goals" if goals else "sim") / f"{name}-{run}"
+        argv = ["simulate", "--out", str(out), "--data", str(data), "--distributions", str(dist)]
+        argv += ["--policy", system.policy, "--policy-path", str(paths[system.agent]) if system.agent else ""]
+        argv += ["--use-persona", str(system.use_persona).lower(), "--seed", str(c.seed)]
+        argv += [
+            "--runners",
+            str(c.runners),
+            "--envs-per-runner",
+            str(c.envs_per_runner),
+            "--progress",
+            "false",
+        ]
+        if system.policy == "transformers":
+            argv += ["--temperature", str(c.temperature)]
+        if goals:
+            argv += ["--goal-tasks", "true", "--replicates", str(c.goal_seeds)]
+            argv += ["--buyers-per-merchant", str(c.goal_buyers_per_merchant), "--max-steps", "20"]
+        else:
+            argv += ["--buyers-per-merchant", str(c.sessions_per_merchant), "--max-steps", str(c.max_steps)]
+        self.cli(f"simulate {name} ({'goal tasks' if goals else run})", argv, out / "manifest.json")
+        return out
+
+    def run(self) -> dict:
+        """All stages; returns the study's metrics (also in OUT/metrics.json)."""
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.check_settings()
+        started = time.perf_counter()
+        data = self.prepared()
+        split = self.split(data)
+        dists = self.personas(data, split)
+        paths = self.agents(split)
+        dist_files = self.distributions(dists, split)
+        runs: dict[tuple[str, str], Path] = {}
+        for variant in c.variants:
+            for name in c.systems:
+                system = SYSTEMS[name]
+                # Without persona codes, or with uniform ones, a run does not depend on the variant.
+                shared = not system.use_persona or system.codes == "uniform"
+                key = "shared" if shared else variant
+                if (name, key) not in runs:
+                    dist = dist_files[system.codes, "same-window" if shared else variant]
+                    runs[name, key] = self.simulate(name, key, dist, paths, data, goals=False)
+                runs[name, variant] = runs[name, key]
+        goals = {
+            name: self.simulate(name, "goals", dist_files["goal", "same-window"], paths, data, goals=True)
+            for name in c.goal_systems
+        }
+        result = self.evaluate(data, split, runs, goals)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        result["log"] = self.log
+        (self.out / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        (self.out / "summary.md").write_text(summary_markdown(result))
+        (self.out / "index.html").write_text(index_html(result))
+        return result
+
+    def evaluate(self, data: Path, split: dict, runs: dict, goals: dict[str, Path]) -> dict:
+        c = self.config
+        goal_success = {name: step_quality(path).get("goal_success") for name, path in goals.items()}
+        variants = {}
+        for variant in c.variants:
+            since = (
+                datetime.fromisoformat(self.window(data, split)["cutoff"]) if variant == "strict" else None
+            )
+            # Strict: only merchants whose buyers were seen in the earlier window have a code distribution.
+            own = pq.read_table(
+                self.out / "distributions" / f"own-{variant}.parquet", columns=["merchant_id"]
+            )
+            merchants = sorted(set(own["merchant_id"].to_pylist()))
+            real = real_stats(data, merchants, unit="session", since=since)
+            real_kinds = {k for stats in real.values() for k in stats.kind_counts}
+            systems = {}
+            for name in c.systems:
+                metrics = fidelity(sim_stats(runs[name, variant], real_kinds), real) | step_quality(
+                    runs[name, variant]
+                )
+                if name in goal_success:
+                    metrics["goal_success"] = goal_success[name]
+                systems[name] = metrics
+            window = (
+                f"codes from events before {since.date()}, real visits from then on"
+                if since
+                else "one window"
+            )
+            notes = (
+                f"{variant} variant ({window}); {len(split['heldout'])} held-out merchants (seed {c.seed}), "
+                f"one real buyer = one session; {c.sessions_per_merchant} simulated visits per merchant"
+            )
+            write_report(systems, self.out / "report" / variant, main=c.systems[0], notes=notes)
+            variants[variant] = {
+                "merchants": min(s["merchants"] for s in systems.values()),
+                "notes": notes,
+                "systems": {name: headline(s) for name, s in systems.items()},
+                "goal_success": goal_success,
+            }
+        return {
+            "config": config_to_dict(c),
+            "split": {k: v for k, v in split.items() if k != "traced"} | {"traced": len(split["traced"])},
+            "window": self.window(data, split) if "strict" in c.variants else None,
+            "variants": variants,
+            "targets": {v: targets(r["systems"], c.systems[0]) for v, r in variants.items()},
+        }
+
+
+def other_merchants(table: pa.Table, seed: int) -> pa.Table:
+    """Each merchant gets another merchant's code distribution (a seeded derangement of the merchants)."""
+    merchants = sorted(set(table["merchant_id"].to_pylist()))
+    if len(merchants) < 2:
+        raise ValueError("the mismatched-merchant baseline needs at least two held-out merchants")
+    order = np.random.default_rng(seed).permutation(len(merchants))
+    # Shifting a random cycle by one position leaves no merchant with its own distribution.
+    donor = {merchants[order[i]]: merchants[order[(i + 1) % len(order)]] for i in range(len(order))}
+    parts = []
+    for merchant in merchants:
+        rows = table.filter(pc.equal(table["merchant_id"], donor[merchant]))
+        parts.append(rows.set_column(0, "merchant_id", pa.array([merchant] * rows.num_rows, pa.string())))
+    return pa.concat_tables(parts)
+
+
+def targets(systems: dict[str, dict], main: str) -> dict[str, dict]:
+    """The issue's targets for the main system, each with the measured values and whether it is met."""
+    me = systems[main]
+    checks = {
+        "cra >= 0.85": (me["cra"], me["cra"] is not None and me["cra"] >= 0.85),
+        "ara >= 0.85": (me["ara"], me["ara"] is not None and me["ara"] >= 0.85),
+    }
+    for other in ("mismatched-merchant", "mismatched-uniform"):
+        if other in systems:
+            gap = me["ara"] - systems[other]["ara"]
+            checks[f"ara - {other} >= 0.15"] = (gap, gap >= 0.15)
+    larger = systems.get("larger-no-persona", {}).get("goal_success")
+    if larger is not None and me.get("goal_success") is not None:
+        checks["goal_success > larger-no-persona"] = (
+            me["goal_success"] - larger,
+            me["goal_success"] > larger,
+        )
+    return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()}
+
+
+def _value(target: dict) -> str:
+    return "–" if target["value"] is None else f"{target['value']:.3f}"
+
+
+def index_html(result: dict) -> str:
+    """One page over the variants: the target checks and links to each variant's full report."""
+    sections = []
+    for variant, r in result["variants"].items():
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{_value(t)}</td><td>{'met' if t['met'] else 'missed'}</td></tr>"
+            for name, t in result["targets"][variant].items()
+        )
+        sections.append(
+            f"<h2>{html.escape(variant)}</h2><p>{html.escape(r['notes'])}</p>"
+            f'<p><a href="report/{variant}/index.html">full report</a></p>'
+            f'<img src="report/{variant}/baselines.png" alt="baseline comparison, {variant}">'
+            f"<table><tr><th>target</th><th>value</th><th>met</th></tr>{rows}</table>"
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>SimPersona study</title>'
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;"
+        "padding:4px 8px}table{border-collapse:collapse}img{max-width:100%}</style></head><body>"
+        f"<h1>SimPersona study</h1><p>Held-out merchants: {len(result['split']['heldout'])}, split seed "
+        f'{result["split"]["seed"]}. Details: <a href="summary.md">summary.md</a>, '
+        f'<a href="metrics.json">metrics.json</a>.</p>{"".join(sections)}</body></html>\n'
+    )
+
+
+def summary_markdown(result: dict) -> str:
+    split = result["split"]
+    lines = [
+        "# Study summary",
+        "",
+        f"Held-out merchants: {len(split['heldout'])} (asked {split['requested']}; {split['eligible']} have"
+        f" >= {split['min_buyers']} buyers), split seed {split['seed']}; wall time {result['wall_s']} s.",
+    ]
+    for variant, r in result["variants"].items():
+        lines += ["", f"## {variant}", "", r["notes"] + f"; {r['merchants']} merchants compared.", ""]
+        lines += [markdown_table(r["systems"]), "", "| target | value | met |", "|---|---:|---|"]
+        for name, t in result["targets"][variant].items():
+            lines.append(f"| {name} | {_value(t)} | {'yes' if t['met'] else 'no'} |")
+    lines += ["", "## Commands", "", "| stage | command | s |", "|---|---|---:|"]
+    for entry in result["log"]:
+        seconds = "done before" if entry.get("skipped") else entry["seconds"]
+        lines.append(f"| {entry['stage']} | `{entry['command']}` | {seconds} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,140 @@
+"""`simpersona study`: the protocol end to end on a small synthetic log, with the Markov baselines."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from engine.cli import main as simpersona
+from engine.study import Study, StudyConfig, other_merchants, targets
+
+
+@pytest.fixture(scope="module")
+def study(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    argv = ["synth", "--out", str(root / "raw"), "--buyers", "600", "--merchants", "6", "--seed", "3"]
+    assert simpersona(argv) == 0
+    config = StudyConfig(
+        out=str(root / "study"),
+        inputs=[str(root / "raw" / "logs")],
+        mapping=str(root / "raw" / "mapping.yaml"),
+        heldout=2,
+        codes=4,
+        vq_epochs=2,
+        train_sessions=4,
+        systems=["markov", "markov-mismatched-merchant", "random"],
+        sessions_per_merchant=12,
+        goal_systems=["markov"],
+        goal_merchants=2,
+        goal_buyers_per_merchant=4,
+        goal_seeds=2,
+        envs_per_runner=16,
+    )
+    return config, Study(config).run()
+
+
+def test_held_out_merchants_are_never_seen_in_training(study):
+    config, result = study
+    out = config.out
+    held = set(result["split"]["heldout"])
+    assert len(held) == 2
+    for table in ("events", "buyers"):
+        trained = set(pl.read_parquet(f"{out}/train-data/{table}.parquet")["merchant_id"].unique())
+        assert trained and not trained & held
+    traced = set(pl.read_parquet(f"{out}/traces/traces.parquet")["merchant_id"].unique())
+    assert traced and not traced & held
+
+
+def test_strict_variant_codes_come_from_the_earlier_window(study):
+    config, result = study
+    cutoff = datetime.fromisoformat(result["window"]["cutoff"])
+    early = pl.read_parquet(f"{config.out}/early-data/events.parquet")
+    assert early.height > 0 and (early["ts"] < cutoff).all()
+    assert set(early["merchant_id"].unique()) <= set(result["split"]["heldout"])
+    full = pl.read_parquet(f"{config.out}/codes/merchant_distributions.parquet")
+    strict = pl.read_parquet(f"{config.out}/distributions/own-strict.parquet")
+    counts = strict.group_by("merchant_id").agg(pl.col("n").sum()).sort("merchant_id")
+    full_counts = (
+        full.filter(pl.col("merchant_id").is_in(counts["merchant_id"].to_list()))
+        .group_by("merchant_id")
+        .agg(pl.col("n").sum())
+        .sort("merchant_id")
+    )
+    # Fewer buyers are seen in the earlier window than over the whole log.
+    assert (counts["n"] <= full_counts["n"]).all() and counts["n"].sum() < full_counts["n"].sum()
+
+
+def test_every_system_is_reported_per_variant(study):
+    config, result = study
+    assert set(result["variants"]) == {"strict", "same-window"}
+    for variant, r in result["variants"].items():
+        assert list(r["systems"]) == config.systems
+        for metrics in r["systems"].values():
+            assert 0.0 <= metrics["cra"] <= 1.0 and 0.0 <= metrics["ara"] <= 1.0
+            assert metrics["invalid_rate"] == 0.0  # Markov and random only choose offered actions
+        assert r["systems"]["markov"]["goal_success"] is not None
+        assert r["systems"]["random"]["goal_success"] is None
+        report = json.loads(Path(config.out, "report", variant, "metrics.json").read_text())
+        assert set(report["systems"]) == set(config.systems)
+    index = Path(config.out, "index.html").read_text()
+    assert all(f"report/{v}/index.html" in index for v in result["variants"])
+    summary = Path(config.out, "summary.md").read_text()
+    assert "## strict" in summary and "## same-window" in summary and "simpersona fit-personas" in summary
+
+
+def test_rerun_skips_every_finished_stage(study):
+    config, result = study
+    again = Study(config).run()
+    assert all(entry.get("skipped") for entry in again["log"] if entry["stage"] != "fit Markov chain")
+    assert again["variants"] == result["variants"]
+
+
+def test_a_study_with_other_settings_is_not_continued(study):
+    config, _ = study
+    with pytest.raises(ValueError, match="other settings \\(seed\\)"):
+        Study(replace(config, seed=1)).run()
+
+
+def test_other_merchants_is_a_derangement():
+    merchants = [f"m{i}" for i in range(5)]
+    table = pa.table(
+        {
+            "merchant_id": np.repeat(merchants, 3),
+            "code": np.tile(np.arange(3), 5),
+            "p": np.random.default_rng(0).dirichlet(np.ones(3), 5).ravel(),
+            "n": np.arange(15),
+        }
+    )
+    mixed = other_merchants(table, seed=1)
+    own = {m: table.filter(pa.compute.equal(table["merchant_id"], m))["p"].to_pylist() for m in merchants}
+    donors = set()
+    for m in merchants:
+        p = mixed.filter(pa.compute.equal(mixed["merchant_id"], m))["p"].to_pylist()
+        donor = [d for d, q in own.items() if q == p]
+        assert donor and donor[0] != m
+        donors.add(donor[0])
+    assert donors == set(merchants)  # every distribution is used exactly once
+
+
+def test_targets_compare_the_main_system_with_its_baselines():
+    systems = {
+        "persona": {"cra": 0.9, "ara": 0.8, "goal_success": 0.5},
+        "mismatched-merchant": {"cra": 0.5, "ara": 0.6, "goal_success": None},
+        "larger-no-persona": {"cra": 0.4, "ara": 0.7, "goal_success": 0.6},
+    }
+    t = targets(systems, "persona")
+    assert t["cra >= 0.85"]["met"] and not t["ara >= 0.85"]["met"]
+    assert t["ara - mismatched-merchant >= 0.15"] == {"value": pytest.approx(0.2), "met": True}
+    assert t["goal_success > larger-no-persona"]["met"] is False
+
+
+def test_unknown_system_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown system"):
+        Study(StudyConfig(out=str(tmp_path), data=str(tmp_path), systems=["gpt"]))
