@@ -181,6 +181,9 @@ def fidelity(sim: Mapping[str, MerchantStats], real: Mapping[str, MerchantStats]
         "cra_per_merchant": cra_per,
         "cr_sim": {m: sim[m].conversion_rate for m in merchants},
         "cr_real": {m: real[m].conversion_rate for m in merchants},
+        "cr_corr": M.conversion_correlation(
+            {m: sim[m].conversion_rate for m in merchants}, {m: real[m].conversion_rate for m in merchants}
+        ),
         "ara": ara,
         "ara_cells": cells,
         "ara_shares": shares,

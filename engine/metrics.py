@@ -35,6 +35,17 @@ def conversion_rate_alignment(
     return per, float(np.mean(list(per.values())))
 
 
+def conversion_correlation(sim: Mapping[str, float], real: Mapping[str, float]) -> float:
+    """Pearson r of simulated vs real conversion over the merchants in both (nan when either side is
+    constant): whether the simulation ranks merchants like reality does, whatever its level."""
+    merchants = sorted(set(sim) & set(real))
+    x = np.array([sim[m] for m in merchants], dtype=float)
+    y = np.array([real[m] for m in merchants], dtype=float)
+    if len(merchants) < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def conversion_strata(real_cr: Mapping[str, float]) -> dict[str, str]:
     """Merchants split into four strata by real conversion-rate quartile; A is the highest.
 

@@ -13,11 +13,12 @@ matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-HEADLINE = ("cra", "ara", "js_action", "js_length", "invalid_rate", "goal_success")
+HEADLINE = ("cra", "ara", "js_action", "js_length", "invalid_rate", "goal_success", "cr_corr")
 
 
 def headline(system: dict) -> dict[str, float | None]:
-    """The per-system figures of metrics.json: cra, ara, js_action, js_length, invalid_rate, goal_success."""
+    """The per-system figures of metrics.json: cra, ara, js_action, js_length, invalid_rate, goal_success,
+    cr_corr."""
     goal = system.get("goal_success")
     return {
         "cra": system.get("cra"),
@@ -26,6 +27,7 @@ def headline(system: dict) -> dict[str, float | None]:
         "js_length": system.get("js_length"),
         "invalid_rate": system.get("invalid_rate"),
         "goal_success": goal["mean"] if isinstance(goal, dict) else goal,
+        "cr_corr": system.get("cr_corr"),
     }
 
 
@@ -146,7 +148,8 @@ def write_report(systems: dict[str, dict], out: str | Path, main: str | None = N
         "# Fidelity report\n\n" + (notes + "\n\n" if notes else "") + table + "\n\n"
         "cra: conversion-rate alignment (mean over merchants); ara: stratified action-rate alignment; "
         "js_*: Jensen–Shannon divergence (bits, lower is better); invalid_rate: share of steps the page "
-        "could not perform; goal_success: share of goal tasks bought within 20 steps.\n"
+        "could not perform; goal_success: share of goal tasks bought within 20 steps; cr_corr: Pearson r of "
+        "simulated vs real conversion across merchants.\n"
     )
     rows = "".join(
         "<tr><th>"

@@ -17,4 +17,4 @@ simpersona study examples/study-demo.yaml --out "$OUT/study" --inputs "$OUT/raw/
 
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"
-echo "reports: $OUT/study/report/same-window/index.html, $OUT/study/report/strict/index.html; summary: $OUT/study/summary.md"
+echo "open $OUT/study/index.html (targets and reports) and $OUT/study/personas/report.html (the buyer types)"

@@ -28,6 +28,16 @@ def test_cra_uses_merchants_present_in_both():
         M.conversion_rate_alignment({"x": 0.1}, {"y": 0.1})
 
 
+def test_conversion_correlation_hand_case():
+    real = {"a": 0.1, "b": 0.2, "c": 0.3}
+    # Twice the level, same ranking: perfectly correlated although no rate is aligned.
+    assert M.conversion_correlation({m: 2 * v for m, v in real.items()}, real) == pytest.approx(1.0)
+    # sim (0.3, 0.1, 0.2): deviations (1, -1, 0) against (-1, 0, 1), so r = -1 / 2.
+    assert M.conversion_correlation({"a": 0.3, "b": 0.1, "c": 0.2}, real) == pytest.approx(-0.5)
+    assert math.isnan(M.conversion_correlation({"a": 0.5, "b": 0.5, "c": 0.5}, real))
+    assert math.isnan(M.conversion_correlation({"a": 0.5}, real))
+
+
 def test_strata_are_quartiles_with_a_highest():
     real = {f"m{i}": i / 10 for i in range(1, 9)}
     strata = M.conversion_strata(real)
