@@ -18,17 +18,12 @@ HEADLINE = ("cra", "ara", "js_action", "js_length", "invalid_rate", "goal_succes
 
 def headline(system: dict) -> dict[str, float | None]:
     """The per-system figures of metrics.json: cra, ara, js_action, js_length, invalid_rate, goal_success,
-    cr_corr."""
+    cr_corr; None where a figure is undefined (JSON has no NaN)."""
     goal = system.get("goal_success")
-    return {
-        "cra": system.get("cra"),
-        "ara": system.get("ara"),
-        "js_action": system.get("js_action"),
-        "js_length": system.get("js_length"),
-        "invalid_rate": system.get("invalid_rate"),
-        "goal_success": goal["mean"] if isinstance(goal, dict) else goal,
-        "cr_corr": system.get("cr_corr"),
+    values = {k: system.get(k) for k in HEADLINE} | {
+        "goal_success": goal["mean"] if isinstance(goal, dict) else goal
     }
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
 def _fmt(value) -> str:
