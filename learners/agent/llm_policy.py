@@ -48,7 +48,7 @@ from envs.storefront import MAX_QUERY_CHARS
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE, is_offered
 from learners.agent.policy import ActRequest, ActResult
 from learners.agent.prompt import PromptFormat, encode_targets, request_prompt_ids, saved_prompt_format
-from learners.agent.random_policy import fill_search
+from learners.agent.random_policy import fill_search, page_queries
 from learners.agent.tokens import PersonaTokens, agent_persona_tokens
 
 MAX_QUERY_TOKENS = 16
@@ -221,8 +221,8 @@ class LLMPolicy:
                 query = query.split('"', 1)[0].strip()[:MAX_QUERY_CHARS]
                 old = results[i]
                 # Trace replay reaches products by searching their ids, so generated queries tend to
-                # name products of the training storefronts; only a query the page mentions is kept.
-                grounded = bool(query) and query in requests[i].observation
+                # name products of the training storefronts; only a query the page suggests is kept.
+                grounded = query in page_queries(requests[i].observation)
                 info = {**old.info, "query_tokens": n, "query_fallback": not grounded}
                 if grounded:
                     action = f'{SEARCH_PREFIX}{query}"'

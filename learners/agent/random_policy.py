@@ -21,14 +21,18 @@ FALLBACK_QUERY = "product"
 """The query when a page names no product or category (and has no other word)."""
 
 
-def page_query(observation: str, rng: np.random.Generator) -> str:
-    """A search query taken from the page: one of the product or category ids it mentions, else one
-    of its words, else ``FALLBACK_QUERY``; never empty, never with a double quote, at most
-    ``MAX_QUERY_CHARS`` characters."""
+def page_queries(observation: str) -> list[str]:
+    """The search queries a page suggests, sorted: the product or category ids it mentions, else its
+    words, else ``FALLBACK_QUERY``; never empty, none with a double quote or over ``MAX_QUERY_CHARS``."""
     words = sorted(set(_IDS.findall(observation)))
     if not words:
         words = sorted({w.replace('"', "") for w in observation.split()} - {""})
-    words = [w[:MAX_QUERY_CHARS] for w in words] or [FALLBACK_QUERY]
+    return [w[:MAX_QUERY_CHARS] for w in words] or [FALLBACK_QUERY]
+
+
+def page_query(observation: str, rng: np.random.Generator) -> str:
+    """One of ``page_queries``, drawn with ``rng``."""
+    words = page_queries(observation)
     return words[int(rng.integers(len(words)))]
 
 

@@ -127,13 +127,14 @@ def window_prepared(
     config = config or PrepareConfig(**{k: v for k, v in source.get("config", {}).items() if k != "use_ray"})
     events = data_dir / schema.TABLE_FILES["events"]
     manifest = prepare([events], adapter, config, Path(out))
+    source_events = pq.read_metadata(events).num_rows
     manifest["window"] = {
         "source": str(data_dir.resolve()),
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
         "merchants": None if merchants is None else sorted(merchants),
-        "source_events": pq.read_metadata(events).num_rows,
-        "events_outside": pq.read_metadata(events).num_rows - manifest["counts"]["rows_read"],
+        "source_events": source_events,
+        "events_outside": source_events - manifest["counts"]["rows_read"],
     }
     (Path(out) / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest

@@ -92,7 +92,7 @@ def test_every_system_is_reported_per_variant(study):
 def test_rerun_skips_every_finished_stage(study):
     config, result = study
     again = Study(config).run()
-    assert all(entry.get("skipped") for entry in again["log"] if entry["stage"] != "fit Markov chain")
+    assert again["log"] and all(entry.get("skipped") for entry in again["log"])
     assert again["variants"] == result["variants"]
 
 

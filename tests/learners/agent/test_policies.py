@@ -18,7 +18,7 @@ from learners.agent.llm_policy import PADDING_SLACK, LLMPolicy, length_groups
 from learners.agent.markov_policy import START, MarkovPolicy
 from learners.agent.policy import ActRequest, Policy
 from learners.agent.prompt import PromptFormat, encode_prompt, encode_target
-from learners.agent.random_policy import FALLBACK_QUERY, RandomPolicy, page_query
+from learners.agent.random_policy import FALLBACK_QUERY, RandomPolicy, page_queries, page_query
 from learners.agent.tokens import add_persona_tokens
 from tests.learners.agent.conftest import storefront
 
@@ -257,7 +257,10 @@ def test_policies_fill_the_search_template_with_a_valid_query(llm, examples):
                 assert shop.is_valid(state, result.action), (name, result.action)
                 if result.action.startswith('search "'):
                     # Grounded in the page: never a query naming another storefront's product.
-                    assert result.action[len('search "') : -1] in observation, (name, result.action)
+                    assert result.action[len('search "') : -1] in page_queries(observation), (
+                        name,
+                        result.action,
+                    )
             assert all(r.action.startswith('search "') for r in results[len(full) :]), name
     # The page's own ids are the queries, so the search finds something on the storefront.
     home = shop.initial_state()
