@@ -16,10 +16,12 @@ Sections:
   is started beforehand.
 - LLM agent: a tiny agent (H6's ``tiny`` preset with persona tokens, untrained weights; the speed does
   not depend on the training) through the transformers backend, engine vs in-process.
-- serving: many concurrent single-request ``act`` calls to one ``PolicyServer`` with the tiny agent,
-  micro-batched (max_batch_size 64) vs batch size 1. Target >= 8x. Next to it, where a request's time
-  goes in one process at batch 1 vs 64 (prompt ids, candidate scoring, whole ``act``) and the bare
-  model forward of one prompt at batch 1 vs 64: the most that batching the model itself can gain.
+- serving: a simulation's requests (256 buyers walking with the Markov policy, every step, in tick
+  order) sent concurrently to one ``PolicyServer`` with the tiny agent, micro-batched (max_batch_size
+  64) vs batch size 1 (a quarter of the requests, every fourth). Target >= 8x. Twice: one call per
+  request (every request pays Ray's per-call cost), and one call per 32 requests (a runner's tick, the
+  engine's shape). Next to it, where a request's time goes in one process at batch 1 vs 64 (prompt
+  ids, candidate scoring, whole ``act``) and the bare model forward of one prompt at batch 1 vs 64.
 - capacity: N text envs stepped in lock-step in one process (random policy): tick time and memory per
   env (RSS growth / N). Target: 10,000 envs.
 """
@@ -101,21 +103,23 @@ def write_tiny_agent(directory: Path, data: Path, codes: int = 16) -> Path:
     return directory
 
 
-def sample_requests(data: Path, n: int):
-    """Real requests: the first pages of ``n`` buyers walking the storefront with the random policy."""
+def sample_requests(data: Path, buyers: int, max_steps: int = 3, envs: int = 128):
+    """Real requests, in the order a runner sends them: ``buyers`` walking the storefront with the
+    Markov policy in lock-step groups of ``envs`` (every step of every tick, first pages to exits)."""
     config = SimulationConfig(
         data=str(data),
         distributions=str(data.parent / "merchant_distributions.parquet"),
-        buyers_per_merchant=n // 4 + 1,
+        buyers_per_merchant=buyers // 4 + 1,
     )
-    player = EpisodePlayer(EnvSpec(kwargs={"data": str(data)}), max_envs=n, max_steps=3)
+    player = EpisodePlayer(EnvSpec(kwargs={"data": str(data)}), max_envs=envs, max_steps=max_steps)
+    policy = MarkovPolicy(MARKOV_COUNTS, {}, smoothing=0.5)
     requests = []
 
     def record(reqs):
         requests.extend(reqs)
-        return RandomPolicy().act(reqs)
+        return policy.act(reqs)
 
-    player.play(build_population(config)[:n], record)
+    player.play(build_population(config)[:buyers], record)
     return requests
 
 
@@ -202,15 +206,15 @@ def batching_ceiling(agent: Path, requests) -> dict[str, float]:
     try:
         policy = LLMPolicy.from_pretrained(agent, temperature=1.0)
         n = len(requests)
-        prompts = [policy.prompt_ids(r) for r in requests]
-        width = round(sum(map(len, prompts)) / n)
+        prompts = [policy.prompt(r) for r in requests]
+        width = round(sum(len(page) + len(own) for page, own in prompts) / n)
         one = torch.full((1, width), policy.pad_id, dtype=torch.long)
         many = one.expand(n, -1).contiguous()
         policy.act(requests[:2])  # warm
         with torch.inference_mode():
             out = {
                 "prompt_tokens": width,
-                "prompt_ids": best_ms_per_request(lambda: [policy.prompt_ids(r) for r in requests], n),
+                "prompt_ids": best_ms_per_request(lambda: [policy.prompt(r) for r in requests], n),
                 "forward_1": best_ms_per_request(lambda: [policy.model(input_ids=one) for _ in range(n)], n),
                 "forward_n": best_ms_per_request(lambda: policy.model(input_ids=many), n),
             }
@@ -224,17 +228,17 @@ def batching_ceiling(agent: Path, requests) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
-def serving(factory, requests, max_batch_size: int, calls: int) -> float:
-    """Requests/s of ``calls`` concurrent single-request calls to one server."""
+def serving(factory, requests, max_batch_size: int, per_call: int = 1) -> tuple[float, float]:
+    """Requests/s of concurrent calls of ``per_call`` requests each to one server; its mean batch."""
     server = PolicyServer.options(num_cpus=1).remote(factory, max_batch_size=max_batch_size, max_wait_ms=5)
     ray.get(server.act.remote([requests[0]]), timeout=300)  # loaded and warm
-    batch = [requests[i % len(requests)] for i in range(calls)]
     start = time.perf_counter()
-    ray.get([server.act.remote([r]) for r in batch], timeout=1200)
+    calls = [requests[i : i + per_call] for i in range(0, len(requests), per_call)]
+    ray.get([server.act.remote(call) for call in calls], timeout=1200)
     wall = time.perf_counter() - start
     stats = ray.get(server.get_stats.remote(), timeout=60)
     ray.kill(server)
-    return calls / wall, stats["mean_batch"]
+    return len(requests) / wall, stats["mean_batch"]
 
 
 def capacity(data: Path, n_envs: int, ticks: int) -> dict[str, float]:
@@ -342,20 +346,22 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
 
         if "serving" in sections:
-            requests = sample_requests(data, 64)
-            calls = 128 if q else 512
-            batched, mean_batch = serving(llm, requests, 64, calls)
-            single, _ = serving(llm, requests, 1, calls // 4)
-            rows.append(
-                (
-                    f"serving the tiny agent: {calls} concurrent 1-request calls",
-                    f"micro-batched {batched:.0f} req/s (mean batch {mean_batch:.1f})",
-                    f"batch size 1: {single:.0f} req/s",
-                    f"{batched / single:.1f}x (target >= 8); load {os.getloadavg()[0]:.1f}",
+            requests = sample_requests(data, 64 if q else 256, max_steps=20)
+            for per_call in (1, 32):
+                batched, mean_batch = serving(llm, requests, 64, per_call)
+                single, _ = serving(llm, requests[::4], 1, per_call)
+                rows.append(
+                    (
+                        f"serving the tiny agent: {len(requests)} requests of a simulation in tick order,"
+                        f" {per_call} per concurrent call",
+                        f"micro-batched {batched:.0f} req/s (mean batch {mean_batch:.1f})",
+                        f"batch size 1: {single:.0f} req/s",
+                        f"{batched / single:.1f}x (target >= 8); load {os.getloadavg()[0]:.1f}",
+                    )
                 )
-            )
-            print(rows[-1], flush=True)
-            sample = requests[:64]
+                print(rows[-1], flush=True)
+            middle = len(requests) // 2
+            sample = requests[middle : middle + 64]
             c = batching_ceiling(agent, sample)
             rows.append(
                 (

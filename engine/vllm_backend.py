@@ -5,9 +5,11 @@ valid action) pair is the prompt's token ids (learners/agent/prompt.py, the trai
 by the action's target ids, and a candidate's score is the sum (or mean) of its target tokens' log-
 probabilities, read from vLLM's prompt logprobs. Pairs are submitted as separate engine requests, so
 vLLM batches them with every other in-flight request (and shares the prompt prefix through its prefix
-cache). Persona tokens are normal added tokens (special=False) and prompts go in as token ids, so
-vLLM's special-token skipping never touches them. The page's ``search "<query>"`` entry is scored by
-its prefix and, when chosen, the query is generated up to the closing quote.
+cache, which with the page-first prompt also holds every page that other buyers saw). Persona tokens
+are normal added tokens (special=False) and prompts go in as token ids, so vLLM's special-token
+skipping never touches them. The page's ``search "<query>"`` entry is scored by its prefix, and the
+queries the page suggests are scored as whole actions; when search is chosen its query is drawn from
+them, by the same rule as the transformers backend.
 
 On CPU, vLLM lives in its own venv (engine/scripts/install_vllm_cpu.sh -> .venv-vllm); on GPU nodes
 install the ``vllm`` extra. ``python -m engine.vllm_backend`` scores a JSON file of requests (the
@@ -29,11 +31,10 @@ from typing import Any
 import numpy as np
 
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE
-from learners.agent.policy import ActRequest, ActResult
+from learners.agent.policy import ActRequest, ActResult, choose
 from learners.agent.prompt import encode_target, request_prompt_ids, saved_prompt_format
+from learners.agent.random_policy import search_actions
 from learners.agent.tokens import agent_persona_tokens
-
-MAX_QUERY_TOKENS = 16
 
 
 class VLLMPolicy:
@@ -99,42 +100,24 @@ class VLLMPolicy:
         total = float(sum(picked))
         return total / len(target) if self.length_normalize else total
 
-    async def _query(self, prompt: list[int], seed: int) -> tuple[str, int]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(
-            max_tokens=MAX_QUERY_TOKENS, temperature=max(self.temperature, 0.0), seed=seed, stop=['"']
-        )
-        output = await self._run(prompt, params)
-        completion = output.outputs[0]
-        return completion.text, len(completion.token_ids)
-
-    def _choose(self, scores: np.ndarray, seed: int) -> int:
-        # The transformers backend's rule, so both backends pick the same action for the same scores.
-        if self.temperature <= 0:
-            return int(np.argmax(scores))
-        z = scores / self.temperature
-        p = np.exp(z - z.max())
-        return int(np.random.default_rng(seed).choice(len(p), p=p / p.sum()))
-
     async def _act_one(self, index: int, request: ActRequest) -> ActResult:
         if not request.valid_actions:
             raise ValueError(
                 f"request {index} has no valid actions: nothing to choose (the episode has ended)"
             )
         prompt = self.prompt_ids(request)
-        targets = [self.target_ids(c) for c in request.valid_actions]
+        n = len(request.valid_actions)
+        candidates = list(request.valid_actions)
+        if SEARCH_TEMPLATE in request.valid_actions:
+            candidates += search_actions(request.observation)
+        targets = [self.target_ids(c) for c in candidates]
         scores = np.asarray(await asyncio.gather(*(self._score_pair(prompt, t) for t in targets)))
-        k = self._choose(scores, request.seed)
+        k = choose(scores[:n], self.temperature, request.seed)
         action = request.valid_actions[k]
-        tokens = sum(len(prompt) + len(t) for t in targets)
-        info: dict[str, Any] = {"scores": scores.tolist(), "candidates": list(request.valid_actions)}
         if action == SEARCH_TEMPLATE:
-            text, n = await self._query(prompt + targets[k], request.seed)
-            query = text.split('"', 1)[0].strip()
-            action = f'{SEARCH_PREFIX}{query}"' if query else SEARCH_TEMPLATE
-            tokens += n
-            info["query_tokens"] = n
+            action = candidates[n + choose(scores[n:], self.temperature, (request.seed, 1))]
+        tokens = sum(len(prompt) + len(t) for t in targets)
+        info: dict[str, Any] = {"scores": scores[:n].tolist(), "candidates": list(request.valid_actions)}
         return ActResult(action, float(scores[k]), tokens, info)
 
     async def act_async(self, requests: Sequence[ActRequest]) -> list[ActResult]:

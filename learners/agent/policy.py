@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class ActRequest:
@@ -51,3 +53,13 @@ class Policy(Protocol):
     def act(self, requests: Sequence[ActRequest]) -> list[ActResult]:
         """Answer every request; must not raise for a well-formed request (pick a valid action)."""
         ...
+
+
+def choose(scores: np.ndarray, temperature: float, seed: int | Sequence[int]) -> int:
+    """The index a scoring policy picks: the argmax at ``temperature <= 0``, else a seeded draw from
+    the softmax of ``scores / temperature`` (every scoring backend uses this rule, so they agree)."""
+    if temperature <= 0:
+        return int(np.argmax(scores))
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    p = np.exp(z - z.max())
+    return int(np.random.default_rng(seed).choice(len(p), p=p / p.sum()))

@@ -2,19 +2,26 @@
 
 A prompt is, in this order (each part its own line block)::
 
-    <persona_3>                      (absent for a no-persona model)
-    Goal: buy product 812            (only when the buyer has a goal)
-    History: open product 7 | back   (the last ``history_len`` actions, oldest first; "none" if empty)
     Page:
     <observation without its goal line, at most max_observation_tokens tokens>
+    Goal: buy product 812            (only when the buyer has a goal)
+    History: open product 7 | back   (the last ``history_len`` actions, oldest first; "none" if empty)
+    <persona_3>                      (absent for a no-persona model)
     Action:
 
 and the target is `` <action text>`` followed by EOS. The loss covers the target tokens only.
+
+The page comes first because it is what buyers share: every buyer on the same page of a storefront
+has the same leading ids (``encode_page``), so a server computes that part once per distinct page in
+a batch (llm_policy.py) or keeps it in a prefix cache (vLLM); only the buyer's own part (goal,
+history, persona, cue: ``encode_buyer``) differs. The persona sits right before the cue, next to the
+decision it conditions.
 
 Token ids are the canonical form: each part is tokenised on its own and the ids are concatenated, so
 the persona token is always its own id, the observation budget is exact in tokens, and a candidate
 action's ids never merge with the prompt's last token (scoring and training see the same split).
 ``render_prompt`` gives the same prompt as text, for reading and for servers that only take text.
+Agents record ``PROMPT_LAYOUT`` in their manifest; serving refuses an agent trained on another layout.
 """
 
 from __future__ import annotations
@@ -45,23 +52,17 @@ class PromptFormat:
     """Observation tokens kept; a longer page keeps its first and last halves (title and actions)."""
 
 
-def _persona_part(persona: int | None, tokens: PersonaTokens | None) -> str:
-    if persona is None or tokens is None:
-        return ""
-    return persona_token(persona) + "\n"
+PROMPT_LAYOUT = "page-first"
+"""The layout above; an agent's manifest names the layout it was trained on."""
+PAGE_CUE = "Page:\n"
+ACTION_CUE = "\nAction:"
 
 
-def _header(goal: str | None, history: Sequence[str], fmt: PromptFormat) -> str:
-    lines = []
-    if goal:
-        lines.append(GOAL_PREFIX + goal)
+def _buyer_lines(goal: str | None, history: Sequence[str], fmt: PromptFormat) -> str:
+    lines = [GOAL_PREFIX + goal] if goal else []
     shown = list(history)[-fmt.history_len :] if fmt.history_len > 0 else []
     lines.append("History: " + (" | ".join(shown) if shown else "none"))
-    lines.append("Page:")
-    return "\n".join(lines) + "\n"
-
-
-ACTION_CUE = "\nAction:"
+    return "\n" + "\n".join(lines)
 
 
 def page_text(observation: str) -> str:
@@ -82,7 +83,30 @@ def render_prompt(
 ) -> str:
     """The prompt as text (observation not cut); tokenising it may split parts differently than
     ``encode_prompt`` at part boundaries, so models are fed ``encode_prompt`` ids."""
-    return _persona_part(persona, tokens) + _header(goal, history, fmt) + page_text(observation) + ACTION_CUE
+    persona_line = "\n" + persona_token(persona) if persona is not None and tokens is not None else ""
+    return PAGE_CUE + page_text(observation) + _buyer_lines(goal, history, fmt) + persona_line + ACTION_CUE
+
+
+def encode_page(tokenizer: PreTrainedTokenizerBase, observation: str, fmt: PromptFormat) -> list[int]:
+    """The prompt's leading ids, the same for every buyer on this page."""
+    return _encode(tokenizer, PAGE_CUE) + _clip(
+        _encode(tokenizer, page_text(observation)), fmt.max_observation_tokens
+    )
+
+
+def encode_buyer(
+    tokenizer: PreTrainedTokenizerBase,
+    persona: int | None,
+    goal: str | None,
+    history: Sequence[str],
+    tokens: PersonaTokens | None,
+    fmt: PromptFormat,
+) -> list[int]:
+    """The prompt's trailing ids, the buyer's own: goal, history, persona token and the action cue."""
+    ids = _encode(tokenizer, _buyer_lines(goal, history, fmt))
+    if persona is not None and tokens is not None:
+        ids += _encode(tokenizer, "\n") + [tokens.token_id(persona)]
+    return ids + _encode(tokenizer, ACTION_CUE)
 
 
 def encode_prompt(
@@ -95,13 +119,9 @@ def encode_prompt(
     fmt: PromptFormat,
 ) -> list[int]:
     """Prompt token ids. ``persona`` is ignored when ``tokens`` is None (no-persona model)."""
-    ids: list[int] = []
-    if persona is not None and tokens is not None:
-        ids += [tokens.token_id(persona)] + _encode(tokenizer, "\n")
-    ids += _encode(tokenizer, _header(goal, history, fmt))
-    ids += _clip(_encode(tokenizer, page_text(observation)), fmt.max_observation_tokens)
-    ids += _encode(tokenizer, ACTION_CUE)
-    return ids
+    return encode_page(tokenizer, observation, fmt) + encode_buyer(
+        tokenizer, persona, goal, history, tokens, fmt
+    )
 
 
 def encode_target(tokenizer: PreTrainedTokenizerBase, action: str) -> list[int]:
@@ -139,10 +159,19 @@ def request_prompt_ids(
 
 
 def saved_prompt_format(agent_dir: str | Path) -> PromptFormat:
-    """The prompt format an exported agent was trained with (its manifest), else the default."""
+    """The prompt format an exported agent was trained with (its manifest), else the default.
+
+    Raises ValueError for an agent trained on another prompt layout: its scores would be noise."""
     manifest = Path(agent_dir) / "manifest.json"
     if manifest.exists():
-        saved = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
+        payload = json.loads(manifest.read_text(encoding="utf-8"))
+        saved = payload.get("config", {})
         if "history_len" in saved:
+            layout = payload.get("prompt_layout", "persona-first")
+            if layout != PROMPT_LAYOUT:
+                raise ValueError(
+                    f"{manifest}: this agent was trained on the {layout} prompt layout, and this"
+                    f" version prompts {PROMPT_LAYOUT}; retrain it with `simpersona train-agent`"
+                )
             return PromptFormat(saved["history_len"], saved["max_observation_tokens"])
     return PromptFormat()

@@ -30,6 +30,11 @@ def page_queries(observation: str) -> list[str]:
     return [w[:MAX_QUERY_CHARS] for w in words] or [FALLBACK_QUERY]
 
 
+def search_actions(observation: str) -> list[str]:
+    """The page's search template filled with each of its ``page_queries``."""
+    return [f'{SEARCH_PREFIX}{q}"' for q in page_queries(observation)]
+
+
 def page_query(observation: str, rng: np.random.Generator) -> str:
     """One of ``page_queries``, drawn with ``rng``."""
     words = page_queries(observation)

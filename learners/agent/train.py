@@ -32,6 +32,7 @@ from safetensors.torch import load_model
 
 from learners.agent.base_models import load_base, parameter_count
 from learners.agent.examples import build_examples, split_examples
+from learners.agent.prompt import PROMPT_LAYOUT
 from learners.agent.tokens import add_persona_tokens
 from learners.agent.train_loop import MODEL_FILE, CheckpointStore, LocalStore, load_init, run_stages
 from learners.config import config_to_dict
@@ -143,7 +144,7 @@ def train_agent(
     if resume:
         if not manifest_path.exists():
             raise FileNotFoundError(f"{out}: nothing to resume (no {MANIFEST_FILE}); drop --resume to start")
-        _check_resumable(config, json.loads(manifest_path.read_text())["config"], manifest_path)
+        _check_resumable(config, json.loads(manifest_path.read_text()), manifest_path)
     elif out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose a new --out")
     init_dir, train_path = out / "init", out / "data" / "train.parquet"
@@ -177,11 +178,14 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cuda" if use_gpu else "cpu")
 
 
-def _check_resumable(config: AgentTrainConfig, saved: dict, path: Path) -> None:
-    current = config_to_dict(config)
+def _check_resumable(config: AgentTrainConfig, manifest: dict, path: Path) -> None:
+    saved, current = manifest["config"], config_to_dict(config)
     changed = [
         f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in FIXED_ON_RESUME if saved.get(k) != current[k]
     ]
+    layout = manifest.get("prompt_layout", "persona-first")
+    if layout != PROMPT_LAYOUT:
+        changed.append(f"prompt layout: {layout!r} -> {PROMPT_LAYOUT!r}")
     if changed:
         raise ValueError(
             f"{path}: cannot resume with a different {', '.join(changed)}; use the run's values or a new --out"
@@ -347,6 +351,7 @@ def _write_manifest(path: Path, config, source, n_examples, n_quarantined, epoch
     previous = json.loads(path.read_text()).get("epochs", []) if path.exists() else []
     payload = {
         "config": config_to_dict(config),
+        "prompt_layout": PROMPT_LAYOUT,
         "inputs": {"traces": source},
         "rows": {"examples": n_examples, "quarantined": n_quarantined},
         "epochs": previous + [e for e in epochs if e not in previous],

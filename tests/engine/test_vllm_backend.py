@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.llm_policy import LLMPolicy
 from tests.engine.sim_fixtures import storefront_pages, write_prepared, write_tiny_agent
 
@@ -26,7 +27,10 @@ pytestmark = pytest.mark.skipif(
 def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     data = write_prepared(tmp_path / "prepared")
     agent = write_tiny_agent(tmp_path / "agent", data)
-    requests = storefront_pages(data)
+    pages = storefront_pages(data)
+    # Search-only requests: the query each backend picks among the page's suggestions must agree too.
+    searches = [dataclasses.replace(r, valid_actions=(SEARCH_TEMPLATE,)) for r in pages[:6:2]]
+    requests = pages + searches
     request_file = tmp_path / "requests.json"
     request_file.write_text(json.dumps([dataclasses.asdict(r) for r in requests]), encoding="utf-8")
     out = tmp_path / "vllm.json"
@@ -46,3 +50,4 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     for request, got, want in zip(requests, served, reference, strict=True):
         assert got["scores"] == pytest.approx(want.info["scores"], abs=2e-3), request.observation[:60]
         assert got["action"] == want.action
+    assert all(r.action.startswith('search "') and r.action != SEARCH_TEMPLATE for r in reference[-3:])

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
+import pytest
 
 from learners.agent.actions import action_kind, listed_actions, page_kind
 from learners.agent.base_models import load_base
 from learners.agent.examples import build_examples, session_goal, split_examples
-from learners.agent.prompt import GOAL_PREFIX, IGNORE_INDEX, PromptFormat, encode_prompt, encode_target
+from learners.agent.prompt import (
+    GOAL_PREFIX,
+    IGNORE_INDEX,
+    PROMPT_LAYOUT,
+    PromptFormat,
+    encode_buyer,
+    encode_page,
+    encode_prompt,
+    encode_target,
+    saved_prompt_format,
+)
 from learners.agent.tokens import add_persona_tokens
 from learners.agent.train_loop import collate
 
@@ -112,12 +125,19 @@ def test_prompt_persona_goal_and_target_only_loss(traces_and_codes):
     )
     ids = encode_prompt(tok, page, 1, "p3", ["home", "back", "open product p1"], tokens, fmt)
     text = tok.decode(ids)
-    assert ids[0] == tokens.token_id(1)
+    cue = tok("\nAction:", add_special_tokens=False)["input_ids"]
+    assert ids[-len(cue) - 1] == tokens.token_id(1) and ids.count(tokens.token_id(1)) == 1
+    assert ids[-len(cue) :] == cue
+    assert text.startswith("Page:\n== Home ==")
     assert "Goal: buy product p3" in text and "p9" not in text  # the request's goal, not the page's
     assert "History: back | open product p1" in text
-    assert text.endswith("open product p1\nAction:")  # the page's action list survives the cut
+    assert "open product p1\nGoal: buy product p3\nHistory:" in text  # the action list survives the cut
     no_persona = encode_prompt(tok, page, 1, None, [], None, fmt)
     assert tokens.token_id(1) not in no_persona
+    # Buyers on the same page share the page's ids as the prompt's first part; their own part follows.
+    shared = encode_page(tok, page, fmt)
+    assert ids[: len(shared)] == shared == no_persona[: len(shared)]
+    assert ids == shared + encode_buyer(tok, 1, "p3", ["home", "back", "open product p1"], tokens, fmt)
     target = encode_target(tok, "add to cart")
     assert target[-1] == tok.eos_token_id
     batch = collate([(ids, target), (no_persona, target)], tok.pad_token_id)
@@ -125,3 +145,13 @@ def test_prompt_persona_goal_and_target_only_loss(traces_and_codes):
         labelled = batch.labels[row][batch.labels[row] != IGNORE_INDEX].tolist()
         assert labelled == target
         assert (batch.labels[row][: len(prompt)] == IGNORE_INDEX).all()
+
+
+def test_serving_refuses_an_agent_trained_on_another_prompt_layout(tmp_path):
+    config = {"history_len": 3, "max_observation_tokens": 64}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"config": config}))  # written before layouts were recorded
+    with pytest.raises(ValueError, match="persona-first prompt layout.*retrain"):
+        saved_prompt_format(tmp_path)
+    manifest.write_text(json.dumps({"config": config, "prompt_layout": PROMPT_LAYOUT}))
+    assert saved_prompt_format(tmp_path) == PromptFormat(3, 64)

@@ -14,8 +14,9 @@ from envs.storefront import SEARCH_TEMPLATE
 from learners.agent.actions import action_kind, is_offered, page_kind
 from learners.agent.base_models import load_base
 from learners.agent.examples import build_examples
-from learners.agent.llm_policy import PADDING_SLACK, LLMPolicy, length_groups
+from learners.agent.llm_policy import LLMPolicy
 from learners.agent.markov_policy import START, MarkovPolicy
+from learners.agent.packing import PADDING_SLACK, length_groups
 from learners.agent.policy import ActRequest, Policy
 from learners.agent.prompt import PromptFormat, encode_prompt, encode_target
 from learners.agent.random_policy import FALLBACK_QUERY, RandomPolicy, page_queries, page_query
@@ -61,13 +62,30 @@ def test_batched_scoring_matches_naive_loop(llm, examples):
             target = encode_target(tok, candidate if candidate != 'search "<query>"' else 'search "')
             if candidate == 'search "<query>"':
                 target = target[:-1]
-            ids = torch.tensor([prompt + target])
-            with torch.no_grad():
-                logp = torch.log_softmax(model(ids).logits[0].float(), -1)
-            naive.append(sum(float(logp[len(prompt) + j - 1, t]) for j, t in enumerate(target)))
+            naive.append(_naive_score(model, prompt, target))
         assert result.info["scores"] == pytest.approx(naive, abs=1e-4)
         best = request.valid_actions[max(range(len(naive)), key=naive.__getitem__)]
         assert result.action == best or (best == 'search "<query>"' and result.action.startswith('search "'))
+
+
+def _naive_score(model, prompt: list[int], target: list[int]) -> float:
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([prompt + target])).logits[0].float(), -1)
+    return sum(float(logp[len(prompt) + j - 1, t]) for j, t in enumerate(target))
+
+
+def test_search_query_is_the_best_scored_page_query(llm, examples):
+    model, tok, tokens = llm
+    fmt = PromptFormat(history_len=3, max_observation_tokens=200)
+    policy = LLMPolicy(model, tok, tokens, fmt, temperature=0.0)
+    pages = [r.observation for r in _requests(examples, n=4)]
+    requests = [ActRequest(page, (SEARCH_TEMPLATE,), 1, None, ("home",)) for page in pages]
+    for request, result in zip(requests, policy.act(requests), strict=True):
+        prompt = encode_prompt(tok, request.observation, 1, None, ("home",), tokens, fmt)
+        queries = page_queries(request.observation)
+        naive = [_naive_score(model, prompt, encode_target(tok, f'search "{q}"')) for q in queries]
+        assert len(queries) > 1
+        assert result.action == f'search "{queries[int(np.argmax(naive))]}"'
 
 
 def test_length_normalisation_and_seeded_sampling(llm, examples):
@@ -178,6 +196,44 @@ def test_chunked_and_grouped_scoring_agree(llm, examples):
         assert list(b) == pytest.approx(list(c), abs=1e-5)
 
 
+def _same_page_requests(examples) -> list[ActRequest]:
+    """Three pages, each seen by three buyers who differ in persona, goal and history."""
+    pages = _requests(examples, n=3)
+    buyers = [(0, None, ()), (1, "p1", ("home",)), (1, None, ("home", "back", "home"))]
+    return [
+        ActRequest(page.observation, page.valid_actions, code, goal, history, seed=7 * i + j)
+        for i, page in enumerate(pages)
+        for j, (code, goal, history) in enumerate(buyers)
+    ]
+
+
+def test_buyers_on_the_same_page_share_its_pass_and_score_as_alone(llm, examples):
+    model, tok, tokens = llm
+    requests = _same_page_requests(examples)
+    fed: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: fed.append(int(kw["input_ids"].numel())), with_kwargs=True
+    )
+    try:
+        policy = LLMPolicy(model, tok, tokens, temperature=0.0)
+        together = policy.score(requests)
+        shared_tokens = sum(fed)
+        fed.clear()
+        alone = [policy.score([r])[0] for r in requests]
+        alone_tokens = sum(fed)
+    finally:
+        hook.remove()
+    for a, b in zip(together, alone, strict=True):
+        assert list(a) == pytest.approx(list(b), abs=1e-5)
+    # Each distinct page ran once: fewer tokens went through the model than for the buyers one by one.
+    assert shared_tokens < alone_tokens
+    distinct = {tuple(policy.prompt(r)[0]) for r in requests}
+    requested = sum(len(page) + len(own) for page, own in map(policy.prompt, requests))
+    run = sum(map(len, distinct)) + sum(len(policy.prompt(r)[1]) for r in requests)
+    assert len(distinct) == 3 and policy.prefill.run == run + requested  # together, then alone
+    assert policy.prefill.requested == 2 * requested
+
+
 def test_length_groups_cover_every_request_once_within_the_padding_slack():
     lengths = [int(x) for x in np.random.default_rng(0).integers(1, 400, size=200)]
     groups = length_groups(lengths, max_size=16)
@@ -194,7 +250,7 @@ def test_length_groups_cover_every_request_once_within_the_padding_slack():
 def test_cached_generation_matches_full_recomputation(llm, examples):
     model, tok, tokens = llm
     fmt = PromptFormat(history_len=3, max_observation_tokens=200)
-    requests = _requests(examples, n=4)
+    requests = _requests(examples, n=2) + _same_page_requests(examples)[:3]
     policy = LLMPolicy(model, tok, tokens, fmt, mode="generate", temperature=0.0, max_new_tokens=5)
     for request, result in zip(requests, policy.act(requests), strict=True):
         ids = encode_prompt(
