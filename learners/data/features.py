@@ -57,9 +57,10 @@ def _aggregate(frame: pl.DataFrame, tail: int) -> pl.DataFrame:
         pl.col("buyer_id").first(),
         pl.len().alias("n_events"),
         pl.col("session_id").n_unique().alias("n_sessions"),
-        (pl.col(SESSION_RUN).max() - pl.col(SESSION_RUN).min() + 1).alias("_session_runs"),
-        ts.min().alias("first_ts"),
-        ts.max().alias("last_ts"),
+        # A buyer's rows are in time order, and runs are numbered in row order.
+        (pl.col(SESSION_RUN).last() - pl.col(SESSION_RUN).first() + 1).alias("_session_runs"),
+        ts.first().alias("first_ts"),
+        ts.last().alias("last_ts"),
         pl.col("product_id").drop_nulls().n_unique().alias("_n_products"),
         pl.col("category_id").drop_nulls().n_unique().alias("_n_categories"),
         pl.col("_day").n_unique().alias("_active_days"),

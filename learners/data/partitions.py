@@ -2,12 +2,13 @@
 
 Each event gets the hash bucket of its buyer ``(merchant_id, buyer_id)``: bucket = the range of
 ``sessions.buyer_hash`` values it falls in (not a residue), so ordering buyers by hash orders them by
-bucket too, and any run of consecutive buckets holds complete buyers. ``BuyerPartitions`` keeps the
-first ``partition_rows`` events in memory; past that it spills every bucket to its own Arrow IPC
-file under a temp dir and later hands back runs of consecutive buckets of about ``partition_rows``
-events each. Spills go out in batches of at least ``partition_rows / 4`` events: every spill writes
-one record batch per bucket, and many small batches cost more to write and to read back than the
-same rows in a few large ones.
+bucket too, and any run of consecutive buckets holds complete buyers. The hash and the event's code
+travel with the event (SPILL_SCHEMA), so ordering neither hashes again nor carries event names.
+``BuyerPartitions`` keeps the first ``partition_rows`` events in memory; past that it spills every
+bucket to its own Arrow IPC file under a temp dir (on a thread of its own) and later hands back runs
+of consecutive buckets of about ``partition_rows`` events each. Spills go out in batches of at least
+``partition_rows / 4`` events: every spill writes one record batch per bucket, and many small
+batches cost more to write and to read back than the same rows in a few large ones.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +24,37 @@ import polars as pl
 import pyarrow as pa
 
 from learners.data import schema
-from learners.data.sessions import buyer_hash
+from learners.data.sessions import BUYER_HASH, CODE, buyer_hash, event_codes
 
 BUCKET = "_bucket"
 """Column added to canonical events: the buyer's hash bucket (int32)."""
-SPILL_SCHEMA = schema.CANONICAL_EVENTS.append(pa.field(BUCKET, pa.int32(), nullable=False))
+SPILL_SCHEMA = pa.schema(
+    [f for f in schema.CANONICAL_EVENTS if f.name != "event_type"]
+    + [
+        pa.field(CODE, pa.int8(), nullable=False),
+        pa.field(BUYER_HASH, pa.uint64(), nullable=False),
+        pa.field(BUCKET, pa.int32(), nullable=False),
+    ]
+)
+"""Bucketed events: canonical events with ``event_type`` as its code, the buyer hash and bucket."""
 _HALF = 1 << 32
 _SPILL_BATCH_SHARE = 4
 """Spill once this fraction (1/n) of ``partition_rows`` events has arrived."""
 
 
 def assign_buckets(events: pa.Table, n_buckets: int) -> pa.Table:
-    """Canonical events plus ``_bucket``: which of ``n_buckets`` ranges of buyer hashes the buyer is in."""
+    """Canonical events -> SPILL_SCHEMA: ``_bucket`` is which of ``n_buckets`` ranges of buyer hashes
+    the buyer is in; ``_code`` and ``_hash`` as sessions.order_frame would compute them."""
     if not 1 <= n_buckets < _HALF:
         raise ValueError(f"n_buckets must be between 1 and {_HALF - 1}, got {n_buckets}")
-    frame = pl.from_arrow(events.select(["merchant_id", "buyer_id"]))
+    frame = pl.from_arrow(events.select(["merchant_id", "buyer_id", "event_type"]))
     assert isinstance(frame, pl.DataFrame)
-    buckets = frame.select(((buyer_hash() // _HALF) * n_buckets // _HALF).cast(pl.Int32))
-    return events.append_column(pa.field(BUCKET, pa.int32(), nullable=False), buckets.to_series().to_arrow())
+    keys = frame.select(event_codes().alias(CODE), buyer_hash().alias(BUYER_HASH)).with_columns(
+        ((pl.col(BUYER_HASH) // _HALF) * n_buckets // _HALF).cast(pl.Int32).alias(BUCKET)
+    )
+    columns = {name: events[name] for name in events.column_names if name != "event_type"}
+    columns.update({name: keys[name].to_arrow() for name in keys.columns})
+    return pa.Table.from_arrays([columns[name] for name in SPILL_SCHEMA.names], schema=SPILL_SCHEMA)
 
 
 class BuyerPartitions:
@@ -59,6 +74,8 @@ class BuyerPartitions:
         self._memory_rows = 0
         self._root: Path | None = None
         self._writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        self._spiller: ThreadPoolExecutor | None = None
+        self._spilling: Future[None] | None = None
 
     def __enter__(self) -> BuyerPartitions:
         return self
@@ -73,7 +90,7 @@ class BuyerPartitions:
         return self._root is not None
 
     def add(self, events: pa.Table) -> None:
-        """Take canonical events carrying ``_bucket`` (see assign_buckets)."""
+        """Take bucketed events (see assign_buckets)."""
         events = events.cast(SPILL_SCHEMA)
         self.counts += np.bincount(events[BUCKET].to_numpy(), minlength=self.n_buckets)
         self._memory.append(events)
@@ -88,12 +105,26 @@ class BuyerPartitions:
             self._spill()
 
     def _spill(self) -> None:
-        """Write the held events, one record batch per non-empty bucket."""
+        """Hand the held events to the spill thread (at most one batch in flight, bounding memory):
+        sorting and writing them overlap the reading of the next batch."""
         assert self._root is not None
         if not self._memory:
             return
         events = pa.concat_tables(self._memory)
         self._memory, self._memory_rows = [], 0
+        self._wait_for_spill()
+        if self._spiller is None:
+            self._spiller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spill")
+        self._spilling = self._spiller.submit(self._write_buckets, events)
+
+    def _wait_for_spill(self) -> None:
+        spilling, self._spilling = self._spilling, None
+        if spilling is not None:
+            spilling.result()
+
+    def _write_buckets(self, events: pa.Table) -> None:
+        """Write ``events``, one record batch per non-empty bucket."""
+        assert self._root is not None
         buckets = events[BUCKET].to_numpy()
         # uint16 keys get numpy's radix sort: several times faster than sorting int32.
         keys = buckets.astype(np.uint16) if self.n_buckets <= 1 << 16 else buckets
@@ -109,9 +140,15 @@ class BuyerPartitions:
             start += int(sizes[bucket])
 
     def _close_writers(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+        try:
+            self._wait_for_spill()
+        finally:
+            if self._spiller is not None:
+                self._spiller.shutdown(wait=True)
+                self._spiller = None
+            for writer in self._writers.values():
+                writer.close()
+            self._writers.clear()
 
     def bucket_runs(self) -> list[list[int]]:
         """Non-empty buckets grouped in order into runs of about ``partition_rows`` events."""
@@ -145,9 +182,11 @@ class BuyerPartitions:
         assert self._root is not None
         for run in self.bucket_runs():
             paths = [self._root / f"bucket-{b:05d}.arrow" for b in run]
-            # Left in chunks: the consumer's pl.from_arrow rechunks anyway, so combining here would
-            # copy every row twice. The mappings stay valid after the files are unlinked, and
-            # unlinking each run as soon as it is read keeps the spill's disk and page cache small.
-            yield pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(path))).read_all() for path in paths)
+            # One chunk per column: Arrow concatenates a thousand record batches several times
+            # faster than polars rechunks them after pl.from_arrow. The mappings stay valid after
+            # the files are unlinked, and unlinking each run as soon as it is read keeps the
+            # spill's disk and page cache small.
+            runs = (pa.ipc.open_file(pa.memory_map(str(path))).read_all() for path in paths)
+            yield pa.concat_tables(runs).combine_chunks()
             for path in paths:
                 path.unlink()

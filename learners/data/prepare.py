@@ -5,7 +5,9 @@ buyer's hash bucket and, once more than ``partition_rows`` events have arrived, 
 bucket's Arrow IPC file (partitions.py). Runs of consecutive buckets then come back as partitions of
 complete buyers, each ordered, sessionized and featurized on its own (``partition_tables``: the
 pure table function the Ray path calls too) and streamed into Parquet files by a writer thread.
-Catalogs and the merchant summary merge the partitions' partial aggregates at the end.
+Catalogs and the merchant summary merge the partitions' partial aggregates at the end. On two cores
+every stage overlaps another: reading with bucketing, bucketing with spilling, reading a partition
+back with building the previous one, building one table with another, and building with writing.
 
 Every output is ordered by buyer hash (hence by bucket), independent of how buckets are grouped
 into partitions, so the same input and config give byte-identical Parquet files, and the Ray path
@@ -57,6 +59,7 @@ near-unique ids (buyer, session) and timestamps are not: hashing them costs more
 the dictionary saves."""
 _MAX_PENDING_WRITES = 3
 _READ_AHEAD_CHUNKS = 2
+_TABLE_THREADS = 2
 
 T = TypeVar("T")
 
@@ -92,20 +95,32 @@ class PartitionResult:
     merchant_partial: pa.Table
 
 
+def _buyer_tables(ordered: pl.DataFrame, max_seq_len: int) -> tuple[pa.Table, pa.Table]:
+    buyers = buyer_frame(ordered, max_seq_len=max_seq_len)
+    return buyers_table(buyers), merchant_partial(buyers).to_arrow()
+
+
 def partition_tables(
-    events: pa.Table, *, day_resolution: bool, config: PrepareConfig
+    events: pa.Table | pl.DataFrame, *, day_resolution: bool, config: PrepareConfig
 ) -> Iterator[tuple[str, pa.Table]]:
-    """Canonical events of complete buyers -> this partition's tables, as (PartitionResult field,
-    table) pairs in the order they are ready (so a caller can write one while the next is built)."""
-    frame = pl.from_arrow(events)
+    """Canonical (or bucketed, see partitions.py) events of complete buyers -> this partition's
+    tables, as (PartitionResult field, table) pairs in a fixed order, each as soon as it is ready (so
+    a caller can write one while the next is built)."""
+    frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
     assert isinstance(frame, pl.DataFrame)
     ordered = order_frame(frame, day_resolution=day_resolution, session_gap_s=config.session_gap_s)
-    yield "events", events_table(ordered)
-    yield "sessions", sessions_table(ordered)
-    buyers = buyer_frame(ordered, max_seq_len=config.max_seq_len)
-    yield "buyers", buyers_table(buyers)
-    yield "catalog_partial", catalog_partial(ordered).to_arrow()
-    yield "merchant_partial", merchant_partial(buyers).to_arrow()
+    # The tables depend only on `ordered`, and polars releases the GIL: building them side by side
+    # keeps both cores busy where one table's work is sequential.
+    with ThreadPoolExecutor(max_workers=_TABLE_THREADS, thread_name_prefix="partition-table") as pool:
+        sessions = pool.submit(sessions_table, ordered)
+        buyers = pool.submit(_buyer_tables, ordered, config.max_seq_len)
+        catalog = pool.submit(lambda: catalog_partial(ordered).to_arrow())
+        yield "events", events_table(ordered)
+        yield "sessions", sessions.result()
+        buyers_result, merchant_result = buyers.result()
+        yield "buyers", buyers_result
+        yield "catalog_partial", catalog.result()
+        yield "merchant_partial", merchant_result
 
 
 def build_partition(events: pa.Table, *, day_resolution: bool, config: PrepareConfig) -> PartitionResult:
@@ -117,7 +132,7 @@ def read_ahead(items: Iterable[T], depth: int = _READ_AHEAD_CHUNKS) -> Iterator[
     """``items`` in order, produced on a background thread up to ``depth`` items ahead.
 
     Reading and canonicalizing (pyarrow, GIL released) then overlap the caller's bucketing and
-    spilling of the previous chunks.
+    spilling of the previous chunks; reading back a partition's spill overlaps building the last one.
     """
     iterator = iter(items)
     end = object()
@@ -126,6 +141,15 @@ def read_ahead(items: Iterable[T], depth: int = _READ_AHEAD_CHUNKS) -> Iterator[
         while (item := pending.popleft().result()) is not end:
             pending.append(pool.submit(next, iterator, end))
             yield item
+
+
+def frames(tables: Iterable[pa.Table]) -> Iterator[pl.DataFrame]:
+    """Each table as a polars frame, dropping the Arrow table first (its strings are copied)."""
+    for table in tables:
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        del table
+        yield frame
 
 
 def check_chunk(chunk: CanonicalChunk) -> None:
@@ -278,13 +302,14 @@ def _version(package: str) -> str | None:
 
 
 def build_manifest(
-    inputs: Sequence[Path],
+    inputs: Sequence[dict[str, Any]],
     adapter: Adapter,
     config: PrepareConfig,
     counts: dict[str, int],
     quarantine_reasons: Counter[str],
 ) -> dict[str, Any]:
-    """The prepared directory's manifest; raises when rows_read != rows_kept + rows_quarantined."""
+    """The prepared directory's manifest (``inputs``: file_digest of each input); raises when
+    rows_read != rows_kept + rows_quarantined."""
     if counts["rows_read"] != counts["rows_kept"] + counts["rows_quarantined"]:
         raise RuntimeError(
             f"row accounting broken: rows_read {counts['rows_read']} != kept {counts['rows_kept']}"
@@ -295,7 +320,7 @@ def build_manifest(
     return {
         "adapter": adapter.name,
         "ts_resolution": "day" if adapter.day_resolution else "second",
-        "inputs": [file_digest(Path(p)) for p in inputs],
+        "inputs": list(inputs),
         "config": config_to_dict(config),
         "versions": {
             "python": platform.python_version(),
@@ -320,6 +345,8 @@ def finish_outputs(
     rows_kept: int,
 ) -> dict[str, Any]:
     """Write catalogs, merchants and the manifest (last, so its presence marks a complete directory)."""
+    # Hashing the inputs and merging the partials overlap the writer thread's last writes.
+    digests = [file_digest(Path(p)) for p in inputs]
     catalogs, merchants = partials.tables()
     writers.finish(catalogs, merchants)
     counts = {
@@ -332,7 +359,7 @@ def finish_outputs(
         "merchants": writers.rows["merchants"],
         "products": writers.rows["catalogs"],
     }
-    manifest = build_manifest(inputs, adapter, config, counts, writers.quarantine_reasons)
+    manifest = build_manifest(digests, adapter, config, counts, writers.quarantine_reasons)
     (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -378,7 +405,7 @@ def prepare(
                 writers.add_quarantine(chunk.quarantine)
                 bar.update(chunk.rows_read)
         with tqdm(total=len(partitions), desc="build", unit=" partitions", disable=not progress) as bar:
-            for events in partitions.partitions():
+            for events in read_ahead(frames(partitions.partitions()), depth=1):
                 tables = partition_tables(events, day_resolution=adapter.day_resolution, config=config)
                 partials.add(writers.add_partition(tables))
                 bar.update(1)

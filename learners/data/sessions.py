@@ -34,6 +34,8 @@ BUYER_KEY = "_buyer"
 """Integer id of a buyer within one frame (0..n_buyers-1, in output order)."""
 BUYER_HASH = "_hash"
 """The buyer's u64 hash (``buyer_hash``); buyers are ordered by it."""
+CODE = "_code"
+"""The event's ``EVENT_CODE`` (int8)."""
 SESSION_RUN = "_session_run"
 """Index of the run of consecutive rows with one buyer and session id (a session, unless the
 source's sessions interleave)."""
@@ -118,17 +120,21 @@ def order_frame(
     """Sort canonical events into buyer order and fill ``seq``, ``session_id`` and helper columns.
 
     Buyers are ordered by ``buyer_hash`` (so by hash bucket first, see partitions.py), a buyer's
-    events by the module's rules. Returns the canonical columns except ``src_order`` plus ``seq``
-    (int32), ``_code`` (EVENT_CODE, int8), ``_hash``, ``_buyer`` (int64 buyer index, in output
-    order) and ``_session_run``; other extra input columns are dropped.
+    events by the module's rules. ``events`` may carry ``_code`` and ``_hash`` already (the spill
+    schema of partitions.py, whose ``event_type`` may then be absent). Returns the canonical columns
+    except ``src_order`` plus ``seq`` (int32), ``_code`` (EVENT_CODE, int8), ``_hash``, ``_buyer``
+    (int64 buyer index, in output order) and ``_session_run``; other extra input columns are dropped.
     """
-    df = events.with_columns(event_codes().alias("_code"), buyer_hash().alias(BUYER_HASH))
-    key_columns = ["merchant_id", "buyer_id", "ts", "src_order", BUYER_HASH, "_code", "product_id"]
+    computed = {CODE: event_codes(), BUYER_HASH: buyer_hash()}
+    df = events.with_columns(
+        expr.alias(name) for name, expr in computed.items() if name not in events.columns
+    )
+    key_columns = ["merchant_id", "buyer_id", "ts", "src_order", BUYER_HASH, CODE, "product_id"]
     keys = df.select(key_columns)
     # Gathering strings dominates the cost: carry the event code, not the name, through the sort.
     carried = [c for c in schema.CANONICAL_EVENTS.names if c not in ("event_type", "src_order")]
     # One chunk per column: gathering from a many-chunked frame costs several times more.
-    df = df.select(*carried, "_code", BUYER_HASH).rechunk()
+    df = df.select(*carried, CODE, BUYER_HASH).rechunk()
     for exact in (False, True):
         perm, buyer = _buyer_permutation(keys, exact)
         if day_resolution:
@@ -172,48 +178,57 @@ def sessionize(
 
 
 def session_frame(ordered: pl.DataFrame) -> pl.DataFrame:
-    """One row per session of an ordered frame (``schema.SESSIONS`` columns plus ``_buyer``)."""
-    code = pl.col("_code")
-    depth = code.replace_strict(
-        {schema.EVENT_CODE[t]: d for t, d in schema.FUNNEL_DEPTH.items()}, return_dtype=pl.Int8
+    """One row per session of an ordered frame (``schema.SESSIONS`` columns plus ``_buyer``).
+
+    A run's rows are consecutive and in time order, so its first row carries its ids, start and
+    first ``seq``, its last row its end; event counts and depth come from one bincount of (run,
+    code), cheaper than a group-by with an aggregation per column.
+    """
+    run = ordered[SESSION_RUN].to_numpy().astype(np.int64, copy=False)
+    n_runs = int(run[-1]) + 1 if len(run) else 0
+    firsts = np.flatnonzero(np.diff(run, prepend=-1))
+    lasts = np.append(firsts[1:], len(run))[:n_runs] - 1
+    counts = np.bincount(run * _RANKS + ordered[CODE].to_numpy(), minlength=n_runs * _RANKS).reshape(
+        n_runs, _RANKS
     )
-    counts = (
-        pl.len().cast(pl.Int32).alias("n_events"),
-        (code == schema.EVENT_CODE["product_view"]).sum().cast(pl.Int32).alias("n_product_views"),
-        (code == schema.EVENT_CODE["add_to_cart"]).sum().cast(pl.Int32).alias("n_carts"),
-        (code == schema.EVENT_CODE["purchase"]).sum().cast(pl.Int32).alias("n_purchases"),
-    )
-    runs = (
-        ordered.with_columns(pl.col(SESSION_RUN).set_sorted())
-        .group_by(SESSION_RUN)
-        .agg(
-            pl.col(BUYER_KEY).first(),
-            pl.col("session_id").first(),
-            pl.col("merchant_id").first(),
-            pl.col("buyer_id").first(),
-            pl.col("seq").min().alias("_first_seq"),
-            pl.col("ts").min().alias("start"),
-            pl.col("ts").max().alias("end"),
-            *counts,
-            depth.max().alias("depth"),
-        )
+    depth_of_code = np.array([schema.FUNNEL_DEPTH[t] for t in schema.EVENT_TYPES], np.int8)
+    runs = ordered.select(
+        BUYER_KEY,
+        "session_id",
+        "merchant_id",
+        "buyer_id",
+        pl.col("seq").alias("_first_seq"),
+        pl.col("ts").alias("start"),
+    )[firsts].with_columns(
+        pl.Series("end", ordered["ts"].gather(lasts)),
+        pl.Series("n_events", counts.sum(axis=1).astype(np.int32)),
+        *(
+            pl.Series(name, counts[:, schema.EVENT_CODE[t]].astype(np.int32))
+            for name, t in (
+                ("n_product_views", "product_view"),
+                ("n_carts", "add_to_cart"),
+                ("n_purchases", "purchase"),
+            )
+        ),
+        pl.Series("depth", np.where(counts > 0, depth_of_code, 0).max(axis=1, initial=0).astype(np.int8)),
     )
     if runs.select(pl.struct(BUYER_KEY, "session_id").is_duplicated().any()).item():
         # Interleaved source sessions: merge a session's runs.
-        runs = runs.group_by([BUYER_KEY, "session_id"]).agg(
-            pl.col("merchant_id").first(),
-            pl.col("buyer_id").first(),
-            pl.col("_first_seq").min(),
-            pl.col("start").min(),
-            pl.col("end").max(),
-            *(pl.col(c).sum() for c in ("n_events", "n_product_views", "n_carts", "n_purchases")),
-            pl.col("depth").max(),
+        runs = (
+            runs.group_by([BUYER_KEY, "session_id"])
+            .agg(
+                pl.col("merchant_id").first(),
+                pl.col("buyer_id").first(),
+                pl.col("_first_seq").min(),
+                pl.col("start").min(),
+                pl.col("end").max(),
+                *(pl.col(c).sum() for c in ("n_events", "n_product_views", "n_carts", "n_purchases")),
+                pl.col("depth").max(),
+            )
+            .sort([BUYER_KEY, "_first_seq"])
         )
-    return (
-        runs.with_columns((pl.col("n_purchases") > 0).alias("converted"))
-        .sort([BUYER_KEY, "_first_seq"])
-        .drop("_first_seq")
-    )
+    # Otherwise runs are sessions, already in buyer then first-event order.
+    return runs.with_columns((pl.col("n_purchases") > 0).alias("converted")).drop("_first_seq")
 
 
 def sessions_table(ordered: pl.DataFrame) -> pa.Table:
