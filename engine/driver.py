@@ -124,7 +124,8 @@ class SimulationConfig:
     policy_placement: str = "auto"
     """Where the policy runs: "runner" (a copy in every env runner, called in process: each runner
     uses its own core), "server" (shared micro-batching replicas behind a router, for LLMs), or "auto":
-    runner for the random and markov backends, server for the others and for a custom policy factory."""
+    runner for the random and markov backends, server for the others and for a custom policy factory.
+    A small transformers agent on a CPU-only box is faster as "runner" (benchmarks/RESULTS.md)."""
     driver_plays: bool = True
     """With the policy in the runners: until a runner returns its first chunk, the driver plays chunks
     too (queued ones, then ones already sent; the first copy to finish is written), so a short run does
