@@ -167,22 +167,21 @@ class LLMPolicy:
             trie = self._tries[key] = CandidateTrie.build(self.targets(candidates))
         return trie
 
-    def candidates(self, request: ActRequest, queries: bool = False) -> list[str]:
-        """The request's valid actions; with ``queries``, then its page's ``search_actions`` when the
-        page offers search."""
+    def candidates(self, request: ActRequest) -> list[str]:
+        """What scoring mode scores: the request's valid actions, then, when the page offers search,
+        its ``search_actions``."""
         actions = list(request.valid_actions)
-        if queries and SEARCH_TEMPLATE in request.valid_actions:
+        if SEARCH_TEMPLATE in request.valid_actions:
             actions += search_actions(request.observation)
         return actions
 
-    def score(
-        self, requests: Sequence[ActRequest], prompts: list[Prompt] | None = None, queries: bool = False
-    ) -> list[np.ndarray]:
-        """Per request, the score of each of its ``candidates`` (sum of target-token log-probs, or
-        their mean)."""
+    def score(self, requests: Sequence[ActRequest], prompts: list[Prompt] | None = None) -> list[np.ndarray]:
+        """Per request, the score of each valid action (sum of target-token log-probs, or their mean)."""
         prompts = prompts if prompts is not None else [self.prompt(r) for r in requests]
-        tries = [self.trie(self.candidates(r, queries)) for r in requests]
-        scores: list[np.ndarray] = [np.empty(0)] * len(requests)
+        return self._scores(prompts, [self.trie(r.valid_actions) for r in requests])
+
+    def _scores(self, prompts: list[Prompt], tries: list[CandidateTrie]) -> list[np.ndarray]:
+        scores: list[np.ndarray] = [np.empty(0)] * len(prompts)
         lengths = [len(page) + len(own) for page, own in prompts]
         for group in length_groups(lengths, self.max_requests_per_forward):
             found = self._candidate_scores([prompts[i] for i in group], [tries[i] for i in group])
@@ -275,17 +274,20 @@ class LLMPolicy:
                 raise ValueError(
                     f"request {i} has no valid actions: nothing to choose (the episode has ended)"
                 )
-        all_scores = self.score(requests, prompts, queries=True)
+        candidates = [self.candidates(r) for r in requests]
+        tries = [self.trie(c) for c in candidates]
+        all_scores = self._scores(prompts, tries)
         results: list[ActResult] = []
-        for r, prompt, scores in zip(requests, prompts, all_scores, strict=True):
+        for r, prompt, trie, scores, choices in zip(
+            requests, prompts, tries, all_scores, candidates, strict=True
+        ):
             n = len(r.valid_actions)
             k = choose(scores[:n], self.temperature, r.seed)
             action = r.valid_actions[k]
-            candidates = self.candidates(r, queries=True)
-            tokens = sum(map(len, prompt)) + sum(self.trie(candidates).lengths)
+            tokens = sum(map(len, prompt)) + sum(trie.lengths)
             info = {"scores": scores[:n].tolist(), "candidates": list(r.valid_actions)}
             if action == SEARCH_TEMPLATE:
-                action = candidates[n + choose(scores[n:], self.temperature, (r.seed, 1))]
+                action = choices[n + choose(scores[n:], self.temperature, (r.seed, 1))]
             results.append(ActResult(action, float(scores[k]), tokens, info))
         return results
 
