@@ -6,10 +6,11 @@ or hung runner is replaced and its chunks retried; a dead policy replica is repl
 
 Cheap policies (random, Markov) run inside the runners (``policy_placement``): each chunk is a Ray
 task that builds the policy and plays in its worker, ``runners`` at a time, so N runners use N cores
-and no actor has to start (Ray reuses its pooled workers; a lost worker costs a retried chunk). Until
-the first of those chunks comes back (workers new to the run import the engine first), the driver
-plays chunks too (``driver_plays``): queued ones, then ones already sent, the first copy to finish
-being the one written (a chunk's rollouts depend on its buyers' seeds only). LLM
+and no actor has to start (Ray reuses its pooled workers; a lost worker costs a retried chunk).
+The driver plays chunks too (``driver_plays``), standing in for one of the runners, so a short run
+does not wait for workers new to the run to import the engine: queued ones, then copies of ones
+already sent, the first copy to finish being the one written (a chunk's rollouts depend on its
+buyers' seeds only); between its ticks it collects the runners' chunks and sends them more. LLM
 backends sit behind the shared micro-batching policy server, played by runner actors; those actors
 and the server start concurrently and chunks go to each runner as soon as it answers. The manifest
 reports start-up (until every actor answers; none with the policy in the runners) apart from the
@@ -127,9 +128,10 @@ class SimulationConfig:
     runner for the random and markov backends, server for the others and for a custom policy factory.
     A small transformers agent on a CPU-only box is faster as "runner" (benchmarks/RESULTS.md)."""
     driver_plays: bool = True
-    """With the policy in the runners: until a runner returns its first chunk, the driver plays chunks
-    too (queued ones, then ones already sent; the first copy to finish is written), so a short run does
-    not wait for workers to start. Off whenever runner_resource pins the runners to certain nodes."""
+    """With the policy in the runners, the driver plays chunks too, standing in for one of the runners
+    (queued chunks, then copies of ones already sent; the first copy to finish is written): a short run
+    does not wait for workers to start, and the driver keeps the other runners fed between its ticks.
+    Off whenever runner_resource pins the runners to certain nodes."""
     policy_replicas: int = 1
     """Policy server replicas behind the least-loaded router."""
     policy_num_cpus: float = 1.0
@@ -346,7 +348,6 @@ class Simulation:
         self.router_restarts = 0
         self.policy_restarts = 0
         self.driver_chunks = 0
-        self.runner_chunks = 0
         self.driver_player: EpisodePlayer | None = None
         self.driver_policy: Any = None
         self.slots: list[RunnerSlot] = []
@@ -514,7 +515,7 @@ class Simulation:
                 refs = [*probes, *(r for s in slots for r in s.in_flight)]
                 chunk_id = self.driver_chunk(slots, queue)
                 if chunk_id is not None:
-                    self.play_in_driver(chunk_id, bar)
+                    self.play_in_driver(chunk_id, bar, lambda: self.take_finished(slots, queue, bar))
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 else:
                     ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
@@ -573,32 +574,57 @@ class Simulation:
         if not probes:
             self.startup_s = time.monotonic() - self.started
 
-    def driver_chunk(self, slots: list[RunnerSlot], queue: collections.deque) -> int | None:
-        """The chunk the driver plays now, if any (see ``driver_plays``): queued, else the newest sent."""
+    def driver_playing(self) -> bool:
+        """Whether the driver plays chunks (see ``driver_plays``)."""
         c = self.config
         # Runners pinned to labelled nodes mean the work belongs there, not on the driver's node.
-        if not (self.local and c.driver_plays) or c.runner_resource or self.runner_chunks:
+        return self.local and c.driver_plays and not c.runner_resource
+
+    def driver_chunk(self, slots: list[RunnerSlot], queue: collections.deque) -> int | None:
+        """The chunk the driver plays now, if any: queued, else the newest sent."""
+        if not self.driver_playing():
             return None
         if queue:
             return queue.popleft()
         sent = [chunk_id for s in slots for chunk_id, _ in s.in_flight.values() if chunk_id not in self.done]
         return sent[-1] if sent else None
 
-    def play_in_driver(self, chunk_id: int, bar: tqdm) -> None:
-        """Play one chunk in this process with a policy built here."""
+    def play_in_driver(self, chunk_id: int, bar: tqdm, between_ticks: Callable[[], None]) -> None:
+        """Play one chunk in this process with a policy built here, calling ``between_ticks`` before
+        each tick (so the runners get new chunks while the driver plays)."""
         if self.driver_player is None:
             c = self.config
             self.driver_player = EpisodePlayer(self.env, c.envs_per_runner, c.max_steps, c.use_persona)
             self.driver_policy = self.factory()
-        table = self.driver_player.play(self.chunks[chunk_id], self.driver_policy.act)
+        policy = self.driver_policy
+
+        def act(requests):
+            between_ticks()
+            return policy.act(requests)
+
+        table = self.driver_player.play(self.chunks[chunk_id], act)
+        if chunk_id in self.done:  # a runner's copy came back first
+            return
         self.driver_chunks += 1
         self.finish(chunk_id, table, bar)
+
+    def take_finished(self, slots: list[RunnerSlot], queue: collections.deque, bar: tqdm) -> None:
+        """Collect the chunks the runners have finished, without waiting, and send them more."""
+        refs = [ref for s in slots for ref in s.in_flight]
+        if refs:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                self.collect(ref, slots, queue, bar)
+        self.submit(slots, queue)
 
     def submit(self, slots: list[RunnerSlot], queue: collections.deque) -> None:
         c = self.config
         # A queued task would start at once on a free CPU slot: task runners hold one chunk each.
         depth = 1 if self.local else max(1, c.chunks_per_runner)
-        for slot in slots:
+        # While the driver plays it stands in for one runner, so runners + driver use `runners` cores
+        # (on a laptop with as many runners as cores, one more process would slow them all down).
+        active = slots[:-1] if len(slots) > 1 and self.driver_playing() else slots
+        for slot in active:
             while slot.ready and queue and len(slot.in_flight) < depth:
                 chunk_id = queue.popleft()
                 if slot.handle is None:
@@ -637,7 +663,6 @@ class Simulation:
             if self.attempts[chunk_id] > self.config.max_retries:
                 raise RuntimeError(f"chunk {chunk_id}: runner lost {self.attempts[chunk_id]} times") from err
             return
-        self.runner_chunks += 1
         self.finish(chunk_id, table, bar)
 
     def finish(self, chunk_id: int, table: pa.Table, bar: tqdm) -> None:

@@ -47,7 +47,7 @@ from learners.data.merchant_split import eligible_merchants, filter_prepared, he
 from learners.data.windows import window_cutoff, window_prepared
 
 VARIANTS = ("strict", "same-window")
-RUN_ONLY_FIELDS = ("out", "workers", "runners", "envs_per_runner")
+RUN_ONLY_FIELDS = ("out", "workers", "runners", "envs_per_runner", "policy_placement")
 """Settings that change how fast a study runs, not what it finds: a study may continue with others."""
 
 
@@ -139,6 +139,9 @@ class StudyConfig:
     """Env runner actors per simulation."""
     envs_per_runner: int = 128
     """Concurrent episodes per runner."""
+    policy_placement: str = "auto"
+    """Where the simulations' policies run (simulate's ``policy_placement``): "auto" serves LLM agents
+    from a policy server (GPUs); "runner" gives each runner a copy, faster on a CPU-only box."""
 
 
 class Study:
@@ -363,6 +366,8 @@ class Study:
             str(c.envs_per_runner),
             "--progress",
             "false",
+            "--policy-placement",
+            c.policy_placement,
         ]
         if system.policy == "transformers":
             argv += ["--temperature", str(c.temperature)]

@@ -91,7 +91,15 @@ def test_policy_placement_does_not_change_the_rollouts(ray_local, base, markov_j
         "runner": replace(markov, policy_placement="auto"),  # markov runs in the runners by default
         "driver": replace(markov, policy_placement="runner", driver_plays=True),
     }
-    manifests = {name: simulate(replace(c, out=str(tmp_path / name))) for name, c in runs.items()}
+    busy_slots: list[int] = []
+
+    def watch(sim):  # after every written chunk: which runner slots have a chunk in flight
+        busy_slots.extend(i for i, slot in enumerate(sim.slots) if slot.in_flight)
+
+    manifests = {
+        name: simulate(replace(c, out=str(tmp_path / name)), on_chunk=watch if name == "driver" else None)
+        for name, c in runs.items()
+    }
     reference = rollouts(tmp_path / "server").to_pylist()
     for name, manifest in manifests.items():
         assert rollouts(tmp_path / name).to_pylist() == reference, name
@@ -104,6 +112,8 @@ def test_policy_placement_does_not_change_the_rollouts(ray_local, base, markov_j
     # No runner has returned a chunk when the loop starts, so the driver plays at least one itself;
     # a chunk both it and a runner played is written once (chunks_done above, rollouts equal).
     assert manifests["driver"]["driver_chunks"] >= 1
+    # The driver stands in for the last runner: only the other one is sent chunks.
+    assert busy_slots and set(busy_slots) == {0}
     assert manifests["server"]["driver_chunks"] == manifests["runner"]["driver_chunks"] == 0
 
 

@@ -91,7 +91,8 @@ def test_every_system_is_reported_per_variant(study):
 
 def test_rerun_skips_every_finished_stage(study):
     config, result = study
-    again = Study(config).run()
+    # Settings of how a study runs, not of what it finds, may change between runs.
+    again = Study(replace(config, runners=1, policy_placement="runner")).run()
     assert again["log"] and all(entry.get("skipped") for entry in again["log"])
     assert again["variants"] == result["variants"]
 
