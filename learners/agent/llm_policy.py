@@ -8,15 +8,11 @@ buyer on that page; then one packed row per request on that cache: the buyer's o
 the trie of its candidates' tokens, under a 4-D mask that gives each score exactly the value of
 running prompt + candidate alone. The vocabulary projection runs only where a candidate token is
 predicted. Memory grows with the pages, the buyers' own tokens and the tries, not with candidates x
-prompt. The chosen action is policy.py's ``choose``: the argmax (``temperature=0``) or a draw from
-the softmax of the scores at ``temperature``, seeded by ``ActRequest.seed``.
-
-The page's ``search "<query>"`` entry is scored by the prefix ``search "`` alone (its probability is
-that of any search). The queries a page suggests (random_policy.py's ``search_actions``: the ids it
-names, which is what the storefront's search matches) are scored in the same pass, as whole actions;
-when search is chosen, the query is drawn from them by the same rule (seeded by ``(seed, 1)``). So the
-model picks its query among the grounded ones instead of decoding free text that may name a product
-of another storefront.
+prompt. What is scored, and how the action is picked, is scoring.py's: the valid actions and the
+searches the page suggests, as whole actions; the search template scores as the total probability of
+those searches; the pick is policy.py's ``choose``, the argmax (``temperature=0``) or a draw from the
+softmax of the scores at ``temperature``, seeded by ``ActRequest.seed``. So the model picks its query
+among the grounded ones instead of decoding free text that may name a product of another storefront.
 
 Generation mode: the action text is decoded on top of the prompt's KV cache (one token per forward
 pass for the whole batch) and parsed strictly against the valid actions (exact match after whitespace
@@ -46,11 +42,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE, is_offered
+from learners.agent.actions import is_offered
 from learners.agent.packing import NO_CANDIDATES, CandidateTrie, PackedSuffixes, length_groups, pack_suffixes
-from learners.agent.policy import ActRequest, ActResult, choose
+from learners.agent.policy import ActRequest, ActResult
 from learners.agent.prompt import PromptFormat, encode_buyer, encode_page, encode_targets, saved_prompt_format
-from learners.agent.random_policy import search_actions
+from learners.agent.scoring import action_scores, pick, scored_candidates
 from learners.agent.tokens import PersonaTokens, agent_persona_tokens
 
 TARGET_CACHE = 65536
@@ -146,16 +142,14 @@ class LLMPolicy:
 
     # ---- scoring --------------------------------------------------------------------------------
     def targets(self, candidates: Sequence[str]) -> list[list[int]]:
-        """Target ids of each candidate as scored: the action and EOS, or for the search template the
-        prefix ``search "`` without EOS (any query may follow). Cached per text."""
-        texts = [SEARCH_PREFIX if c == SEARCH_TEMPLATE else c for c in candidates]
-        missing = list(dict.fromkeys(t for t in texts if t not in self._targets))
+        """Target ids of each candidate as scored (the action and EOS), cached per text."""
+        missing = list(dict.fromkeys(c for c in candidates if c not in self._targets))
         if missing:
             if len(self._targets) + len(missing) > TARGET_CACHE:
                 self._targets.clear()
             for text, ids in zip(missing, encode_targets(self.tokenizer, missing), strict=True):
-                self._targets[text] = ids[:-1] if text == SEARCH_PREFIX else ids
-        return [self._targets[t] for t in texts]
+                self._targets[text] = ids
+        return [self._targets[c] for c in candidates]
 
     def trie(self, candidates: Sequence[str]) -> CandidateTrie:
         """The candidates' target ids as a trie (packing.py); cached per candidate set."""
@@ -167,18 +161,13 @@ class LLMPolicy:
             trie = self._tries[key] = CandidateTrie.build(self.targets(candidates))
         return trie
 
-    def candidates(self, request: ActRequest) -> list[str]:
-        """What scoring mode scores: the request's valid actions, then, when the page offers search,
-        its ``search_actions``."""
-        actions = list(request.valid_actions)
-        if SEARCH_TEMPLATE in request.valid_actions:
-            actions += search_actions(request.observation)
-        return actions
-
     def score(self, requests: Sequence[ActRequest], prompts: list[Prompt] | None = None) -> list[np.ndarray]:
-        """Per request, the score of each valid action (sum of target-token log-probs, or their mean)."""
+        """Per request, the score of each valid action (sum of target-token log-probs, or their mean;
+        the search template's from the page's searches, scoring.py)."""
         prompts = prompts if prompts is not None else [self.prompt(r) for r in requests]
-        return self._scores(prompts, [self.trie(r.valid_actions) for r in requests])
+        tries = [self.trie(scored_candidates(r)) for r in requests]
+        found = self._scores(prompts, tries)
+        return [action_scores(r, values) for r, values in zip(requests, found, strict=True)]
 
     def _scores(self, prompts: list[Prompt], tries: list[CandidateTrie]) -> list[np.ndarray]:
         scores: list[np.ndarray] = [np.empty(0)] * len(prompts)
@@ -274,21 +263,17 @@ class LLMPolicy:
                 raise ValueError(
                     f"request {i} has no valid actions: nothing to choose (the episode has ended)"
                 )
-        candidates = [self.candidates(r) for r in requests]
+        candidates = [scored_candidates(r) for r in requests]
         tries = [self.trie(c) for c in candidates]
         all_scores = self._scores(prompts, tries)
         results: list[ActResult] = []
         for r, prompt, trie, scores, choices in zip(
             requests, prompts, tries, all_scores, candidates, strict=True
         ):
-            n = len(r.valid_actions)
-            k = choose(scores[:n], self.temperature, r.seed)
-            action = r.valid_actions[k]
+            action, score, per_action = pick(r, choices, scores, self.temperature)
             tokens = sum(map(len, prompt)) + sum(trie.lengths)
-            info = {"scores": scores[:n].tolist(), "candidates": list(r.valid_actions)}
-            if action == SEARCH_TEMPLATE:
-                action = choices[n + choose(scores[n:], self.temperature, (r.seed, 1))]
-            results.append(ActResult(action, float(scores[k]), tokens, info))
+            info = {"scores": per_action.tolist(), "candidates": list(r.valid_actions)}
+            results.append(ActResult(action, score, tokens, info))
         return results
 
     # ---- generation -----------------------------------------------------------------------------

@@ -53,19 +53,22 @@ def test_batched_scoring_matches_naive_loop(llm, examples):
     requests = _requests(examples)
     policy = LLMPolicy(model, tok, tokens, fmt, temperature=0.0)
     results = policy.act(requests)
+    assert any(SEARCH_TEMPLATE in r.valid_actions for r in requests)
     for request, result in zip(requests, results, strict=True):
         naive = []
         prompt = encode_prompt(
             tok, request.observation, request.persona, request.goal, request.history, tokens, fmt
         )
         for candidate in request.valid_actions:
-            target = encode_target(tok, candidate if candidate != 'search "<query>"' else 'search "')
-            if candidate == 'search "<query>"':
-                target = target[:-1]
-            naive.append(_naive_score(model, prompt, target))
+            if candidate == SEARCH_TEMPLATE:  # the total probability of the page's own searches
+                searches = [f'search "{q}"' for q in page_queries(request.observation)]
+                scores = [_naive_score(model, prompt, encode_target(tok, q)) for q in searches]
+                naive.append(float(np.logaddexp.reduce(scores)))
+            else:
+                naive.append(_naive_score(model, prompt, encode_target(tok, candidate)))
         assert result.info["scores"] == pytest.approx(naive, abs=1e-4)
         best = request.valid_actions[max(range(len(naive)), key=naive.__getitem__)]
-        assert result.action == best or (best == 'search "<query>"' and result.action.startswith('search "'))
+        assert result.action == best or (best == SEARCH_TEMPLATE and result.action.startswith('search "'))
 
 
 def _naive_score(model, prompt: list[int], target: list[int]) -> float:
@@ -94,11 +97,11 @@ def test_length_normalisation_and_seeded_sampling(llm, examples):
     plain = LLMPolicy(model, tok, tokens, temperature=0.0).score(requests)
     normed = LLMPolicy(model, tok, tokens, temperature=0.0, length_normalize=True).score(requests)
     for r, a, b in zip(requests, plain, normed, strict=True):
-        lengths = [
-            len(encode_target(tok, c)) if c != 'search "<query>"' else len(encode_target(tok, 'search "')) - 1
-            for c in r.valid_actions
-        ]
-        assert list(b) == pytest.approx([s / n for s, n in zip(a, lengths, strict=True)], rel=1e-6)
+        whole = [i for i, c in enumerate(r.valid_actions) if c != SEARCH_TEMPLATE]
+        lengths = [len(encode_target(tok, r.valid_actions[i])) for i in whole]
+        assert list(b[whole]) == pytest.approx(
+            [a[i] / n for i, n in zip(whole, lengths, strict=True)], rel=1e-6
+        )
     sampler = LLMPolicy(model, tok, tokens, temperature=1.0)
     first = [x.action for x in sampler.act(requests)]
     again = [x.action for x in sampler.act(list(reversed(requests)))][::-1]
