@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import numpy as np
@@ -97,12 +98,26 @@ def test_router_times_out_a_slow_call_without_replacing_a_live_replica(ray_local
     ray.kill(router)
 
 
+def kill_replica(replica) -> None:
+    """Kill a policy server and wait until it is gone (``ray.kill`` returns before, and a call made
+    meanwhile may still be answered)."""
+    ray.kill(replica)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(replica.get_stats.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("a killed policy server still answers after 30 s")
+
+
 def test_router_replaces_a_dead_replica_and_retries(ray_local):
     serving = ServingConfig(replicas=1, max_batch_size=4, max_wait_ms=0, num_cpus=0.5, call_timeout_s=30)
     router = PolicyRouter.remote(UniformPolicy, serving)
     ray.get(router.ready.remote(), timeout=60)
     (replica,) = ray.get(router.replicas.remote(), timeout=10)
-    ray.kill(replica)
+    kill_replica(replica)
     assert ray.get(router.act.remote([request(3)]), timeout=60)[0].action == expected_action(request(3))
     assert ray.get(router.get_stats.remote(), timeout=10)["restarts"] == 1
     ray.kill(router)
@@ -118,7 +133,7 @@ def test_replica_client_calls_replicas_in_turn_and_recovers_a_dead_one(ray_local
     assert [a.action for a in client.fetch(second)] == [expected_action(request(i)) for i in (1, 2)]
     assert [a.action for a in client.fetch(first)] == [expected_action(request(0))]
     doomed = client.servers[0]
-    ray.kill(doomed)
+    kill_replica(doomed)
     pending = client.submit([request(3)])  # lands on the dead replica
     assert pending.server == doomed
     assert client.fetch(pending)[0].action == expected_action(request(3))
