@@ -8,10 +8,11 @@ Sections:
 - markov: the same buyers, envs and Markov policy played by ``simulate`` (2 env runners, each chunk a
   Ray task with its own copy of the policy: ``policy_placement`` auto; the driver plays chunks too,
   standing in for one of the runners) and by a plain loop in this process (``EpisodePlayer.play``,
-  lock-step, the policy called directly), at growing work sizes. The ratio that meets the targets (>= 0.8x at small work,
-  > 1x once the work uses both cores) is the engine's whole wall time, start-up included (the fair
-  one at equal work; population, Parquet parts and manifest included too); the ratio without the
-  start-up (until every actor answers; ``manifest["startup_s"]``, 0 with no actors) is next to it.
+  lock-step, the policy called directly), at growing work sizes. The ratio that meets the targets
+  (>= 0.8x at small work, > 1x once the work uses both cores) is the engine's whole wall time,
+  start-up included (the fair one at equal work; population, Parquet parts and manifest included
+  too); the ratio without the start-up (until every actor answers; ``manifest["startup_s"]``, 0 with
+  no actors) is next to it.
   ``--server-placement`` adds the same run with the policy on one shared server replica. Ray itself
   is started beforehand.
 - LLM agent: a tiny agent (H6's ``tiny`` preset with persona tokens, untrained weights; the speed does

@@ -512,12 +512,13 @@ class Simulation:
         try:
             while len(self.done) < len(self.chunks):
                 self.submit(slots, queue)
-                refs = [*probes, *(r for s in slots for r in s.in_flight)]
                 chunk_id = self.driver_chunk(slots, queue)
-                if chunk_id is not None:
+                ready = []
+                if chunk_id is not None:  # a run with the policy in the runners: no actor to probe
                     self.play_in_driver(chunk_id, bar, lambda: self.take_finished(slots, queue, bar))
-                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                    self.take_finished(slots, queue, bar)
                 else:
+                    refs = [*probes, *(r for s in slots for r in s.in_flight)]
                     ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
                 for ref in ready:
                     if ref in probes:

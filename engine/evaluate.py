@@ -154,13 +154,13 @@ def fidelity(sim: Mapping[str, MerchantStats], real: Mapping[str, MerchantStats]
     merchants = sorted(set(sim) & set(real))
     if not merchants:
         raise ValueError(f"no merchant in common: simulated {sorted(sim)[:5]}..., real {sorted(real)[:5]}...")
-    cra_per, cra = M.conversion_rate_alignment(
-        {m: sim[m].conversion_rate for m in merchants}, {m: real[m].conversion_rate for m in merchants}
-    )
+    cr_sim = {m: sim[m].conversion_rate for m in merchants}
+    cr_real = {m: real[m].conversion_rate for m in merchants}
+    cra_per, cra = M.conversion_rate_alignment(cr_sim, cr_real)
     sim_counts = {m: M.ActionCounts(sim[m].buyers, sim[m].took) for m in merchants}
     real_counts = {m: M.ActionCounts(real[m].buyers, real[m].took) for m in merchants}
     cells, ara = M.action_rate_alignment(sim_counts, real_counts)
-    strata = M.conversion_strata({m: real[m].conversion_rate for m in merchants})
+    strata = M.conversion_strata(cr_real)
     shares = {}
     for stratum, row in cells.items():
         members = [m for m in merchants if strata[m] == stratum]
@@ -179,11 +179,9 @@ def fidelity(sim: Mapping[str, MerchantStats], real: Mapping[str, MerchantStats]
         "merchants": len(merchants),
         "cra": cra,
         "cra_per_merchant": cra_per,
-        "cr_sim": {m: sim[m].conversion_rate for m in merchants},
-        "cr_real": {m: real[m].conversion_rate for m in merchants},
-        "cr_corr": M.conversion_correlation(
-            {m: sim[m].conversion_rate for m in merchants}, {m: real[m].conversion_rate for m in merchants}
-        ),
+        "cr_sim": cr_sim,
+        "cr_real": cr_real,
+        "cr_corr": M.conversion_correlation(cr_sim, cr_real),
         "ara": ara,
         "ara_cells": cells,
         "ara_shares": shares,

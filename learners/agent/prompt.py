@@ -158,6 +158,12 @@ def request_prompt_ids(
     )
 
 
+def trained_layout(manifest: dict) -> str:
+    """The prompt layout an agent's manifest names; agents from before layouts were recorded used
+    the persona-first one."""
+    return manifest.get("prompt_layout", "persona-first")
+
+
 def saved_prompt_format(agent_dir: str | Path) -> PromptFormat:
     """The prompt format an exported agent was trained with (its manifest), else the default.
 
@@ -167,7 +173,7 @@ def saved_prompt_format(agent_dir: str | Path) -> PromptFormat:
         payload = json.loads(manifest.read_text(encoding="utf-8"))
         saved = payload.get("config", {})
         if "history_len" in saved:
-            layout = payload.get("prompt_layout", "persona-first")
+            layout = trained_layout(payload)
             if layout != PROMPT_LAYOUT:
                 raise ValueError(
                     f"{manifest}: this agent was trained on the {layout} prompt layout, and this"

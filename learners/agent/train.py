@@ -32,7 +32,7 @@ from safetensors.torch import load_model
 
 from learners.agent.base_models import load_base, parameter_count
 from learners.agent.examples import build_examples, split_examples
-from learners.agent.prompt import PROMPT_LAYOUT
+from learners.agent.prompt import PROMPT_LAYOUT, trained_layout
 from learners.agent.tokens import add_persona_tokens
 from learners.agent.train_loop import MODEL_FILE, CheckpointStore, LocalStore, load_init, run_stages
 from learners.config import config_to_dict
@@ -183,7 +183,7 @@ def _check_resumable(config: AgentTrainConfig, manifest: dict, path: Path) -> No
     changed = [
         f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in FIXED_ON_RESUME if saved.get(k) != current[k]
     ]
-    layout = manifest.get("prompt_layout", "persona-first")
+    layout = trained_layout(manifest)
     if layout != PROMPT_LAYOUT:
         changed.append(f"prompt layout: {layout!r} -> {PROMPT_LAYOUT!r}")
     if changed:

@@ -4,6 +4,7 @@ training frequencies, and no policy ever returns an action the page does not off
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +20,13 @@ from learners.agent.markov_policy import START, MarkovPolicy
 from learners.agent.packing import PADDING_SLACK, length_groups
 from learners.agent.policy import ActRequest, Policy
 from learners.agent.prompt import PromptFormat, encode_prompt, encode_target
-from learners.agent.random_policy import FALLBACK_QUERY, RandomPolicy, page_queries, page_query
+from learners.agent.random_policy import (
+    FALLBACK_QUERY,
+    RandomPolicy,
+    page_queries,
+    page_query,
+    search_actions,
+)
 from learners.agent.tokens import add_persona_tokens
 from tests.learners.agent.conftest import storefront
 
@@ -95,13 +102,19 @@ def test_length_normalisation_and_seeded_sampling(llm, examples):
     model, tok, tokens = llm
     requests = _requests(examples, n=4)
     plain = LLMPolicy(model, tok, tokens, temperature=0.0).score(requests)
-    normed = LLMPolicy(model, tok, tokens, temperature=0.0, length_normalize=True).score(requests)
+    normer = LLMPolicy(model, tok, tokens, temperature=0.0, length_normalize=True)
+    normed = normer.score(requests)
+    assert any(SEARCH_TEMPLATE in r.valid_actions for r in requests)
     for r, a, b in zip(requests, plain, normed, strict=True):
         whole = [i for i, c in enumerate(r.valid_actions) if c != SEARCH_TEMPLATE]
         lengths = [len(encode_target(tok, r.valid_actions[i])) for i in whole]
         assert list(b[whole]) == pytest.approx(
             [a[i] / n for i, n in zip(whole, lengths, strict=True)], rel=1e-6
         )
+        if SEARCH_TEMPLATE in r.valid_actions:  # the logsumexp of the page's searches, each normalised
+            searches = replace(r, valid_actions=tuple(search_actions(r.observation)))
+            (each,) = normer.score([searches])
+            assert b[r.valid_actions.index(SEARCH_TEMPLATE)] == pytest.approx(np.logaddexp.reduce(each))
     sampler = LLMPolicy(model, tok, tokens, temperature=1.0)
     first = [x.action for x in sampler.act(requests)]
     again = [x.action for x in sampler.act(list(reversed(requests)))][::-1]
