@@ -12,7 +12,9 @@ Sections:
   (>= 0.8x at small work, > 1x once the work uses both cores) is the engine's whole wall time,
   start-up included (the fair one at equal work; population, Parquet parts and manifest included
   too); the ratio without the start-up (until every actor answers; ``manifest["startup_s"]``, 0 with
-  no actors) is next to it.
+  no actors) is next to it. Each row runs ``--repeats`` times and shows its median ratio and range;
+  the row of a Ray session's first run runs each repeat in a new process (a driver process sets up
+  Ray's serialization once, and a session's task workers import the engine once).
   ``--server-placement`` adds the same run with the policy on one shared server replica. Ray itself
   is started beforehand.
 - LLM agent: a tiny agent (H6's ``tiny`` preset with persona tokens, untrained weights; the speed does
@@ -36,6 +38,7 @@ import gc
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -49,7 +52,7 @@ import ray
 
 from engine.driver import SimulationConfig, build_population, simulate
 from engine.env_runner import EnvSpec, EpisodePlayer
-from engine.policy_server import PolicyServer, PolicySpec, policy_factory
+from engine.policy_server import PolicyFactory, PolicyServer, PolicySpec, policy_factory
 from learners.agent.markov_policy import MarkovPolicy
 from learners.agent.random_policy import RandomPolicy
 from learners.data.schema import CATALOGS, TABLE_FILES
@@ -155,23 +158,89 @@ def on_engine(config: SimulationConfig, factory=None) -> dict[str, float]:
     }
 
 
-def markov_rows(
-    base: SimulationConfig, factory, sizes: list[int], root: Path, placements: tuple[str, ...]
-) -> list[tuple[str, str, str, str]]:
-    """Engine vs the plain loop at each work size (buyers per merchant), per policy placement.
+def start_ray() -> None:
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
 
-    The first engine run of the Ray session is its own row: its workers import the engine and the env
-    (task runners' start-up); later runs reuse those workers. Placements run one after another, since
-    a server run's actors take over pooled workers and end them. Each engine run comes right after its
-    in-process baseline, so both see the same load."""
+
+def markov_setup(root: Path) -> tuple[SimulationConfig, PolicyFactory]:
+    """The Markov rows' world, policy and base config (2 task runners, 250-buyer chunks)."""
+    data, dist = write_world(root, merchants=4, products=200)
+    markov_path = MarkovPolicy(MARKOV_COUNTS, {}, smoothing=0.5).save(root / "markov.json")
+    base = SimulationConfig(
+        data=str(data),
+        distributions=str(dist),
+        policy="markov",
+        policy_path=str(markov_path),
+        max_steps=20,
+        runners=2,
+        runner_num_cpus=1,
+        policy_num_cpus=1,
+        chunk_size=250,
+        envs_per_runner=256,
+        progress=False,
+    )
+    return base, policy_factory(PolicySpec("markov", str(markov_path)))
+
+
+def markov_sample(
+    base: SimulationConfig, factory: PolicyFactory, per_merchant: int, placement: str, out: Path
+) -> tuple[float, float, dict[str, float]]:
+    """One engine run right after its in-process baseline: (ratio, in-process s, engine figures)."""
+    config = replace(base, buyers_per_merchant=per_merchant)
+    base_s = in_process(config, factory)["wall_s"]
+    eng = on_engine(replace(config, out=str(out), policy_placement=placement))
+    return base_s / eng["wall_s"], base_s, eng
+
+
+def first_run_sample(per_merchant: int, result: Path) -> None:
+    """A Ray session's first engine run in this (new) process, written to ``result`` as JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base, factory = markov_setup(Path(tmp))
+        start_ray()
+        try:
+            sample = markov_sample(base, factory, per_merchant, "auto", Path(tmp) / "out")
+        finally:
+            ray.shutdown()
+    result.write_text(json.dumps(sample), encoding="utf-8")
+
+
+def markov_rows(
+    base: SimulationConfig,
+    factory: PolicyFactory,
+    sizes: list[int],
+    root: Path,
+    placements: tuple[str, ...],
+    repeats: int,
+) -> list[tuple[str, str, str, str]]:
+    """Engine vs the plain loop at each work size (buyers per merchant), per policy placement; each
+    row ``repeats`` times, reported by its median ratio (and the range, since a small run lasts a few
+    tenths of a second and two cores shared with anything else move it a lot).
+
+    The first engine run of a Ray session is its own row, each repeat in a new process (only there
+    does the driver set up Ray's serialization, and do the task workers import the engine and the
+    env); later runs reuse both. Placements run one after another, since a server run's actors take
+    over pooled workers and end them. Each engine run comes right after its in-process baseline, so
+    both see the same load."""
     runs = [(p, n, "") for p in placements for n in sizes]
-    runs.insert(0, (placements[0], sizes[0], ", first run of the session"))
+    runs.insert(0, ("auto", sizes[0], ", first run of a Ray session in a new process"))
     rows = []
     for placement, per_merchant, note in runs:
-        config = replace(base, buyers_per_merchant=per_merchant)
-        base_s = in_process(config, factory)["wall_s"]
-        out = str(root / f"markov-{per_merchant}-{placement}{'-first' if note else ''}")
-        eng = on_engine(replace(config, out=out, policy_placement=placement))
+        samples = []
+        for k in range(repeats):
+            if note:
+                result = root / f"first-run-{k}.json"
+                command = [sys.executable, "-m", "benchmarks.engine", "--first-run-sample", str(result)]
+                subprocess.run([*command, "--per-merchant", str(per_merchant)], check=True, timeout=600)
+                samples.append(tuple(json.loads(result.read_text(encoding="utf-8"))))
+            else:
+                out = root / f"markov-{per_merchant}-{placement}-{k}"
+                samples.append(markov_sample(base, factory, per_merchant, placement, out))
+            print(
+                f"  {placement}, {per_merchant} per merchant{note}, run {k + 1}: {samples[-1][0]:.2f}x",
+                flush=True,
+            )
+        samples.sort(key=lambda sample: sample[0])
+        ratio, base_s, eng = samples[len(samples) // 2]
         work_s = eng["wall_s"] - eng["startup_s"]
         target = ">= 0.8" if per_merchant == sizes[0] else "> 1"
         rows.append(
@@ -180,8 +249,8 @@ def markov_rows(
                 f"engine {eng['buyers'] / eng['wall_s']:.0f} buyers/s ({eng['wall_s']:.2f} s, of which"
                 f" start-up {eng['startup_s']:.2f} s; driver played {eng['driver_chunks']} of {eng['chunks']} chunks)",
                 f"in-process {eng['buyers'] / base_s:.0f} buyers/s ({base_s:.2f} s)",
-                f"{base_s / eng['wall_s']:.2f}x with start-up (target {target});"
-                f" {base_s / work_s:.2f}x without; load {os.getloadavg()[0]:.1f}",
+                f"{ratio:.2f}x with start-up, median of {repeats} (range {samples[0][0]:.2f}-{samples[-1][0]:.2f};"
+                f" target {target}); {base_s / work_s:.2f}x without; load {os.getloadavg()[0]:.1f}",
             )
         )
         print(rows[-1], flush=True)
@@ -339,39 +408,33 @@ def main(argv: list[str] | None = None) -> int:
         help="serving: the vLLM venv's python for the vLLM row (skipped when absent)",
     )
     parser.add_argument(
+        "--repeats", type=int, default=5, help="markov: runs per row, reported by the median ratio"
+    )
+    parser.add_argument("--first-run-sample", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--per-merchant", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--server-placement", action="store_true", help="markov: also run with the policy on a server replica"
     )
     args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.first_run_sample:
+        first_run_sample(args.per_merchant, args.first_run_sample)
+        return 0
     q = args.quick
     sections = set(args.sections.split(","))
     if not sections <= set(SECTIONS):
         parser.error(f"--sections: unknown {sorted(sections - set(SECTIONS))}; choose from {SECTIONS}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data, dist = write_world(root, merchants=4, products=200)
-        markov_path = MarkovPolicy(MARKOV_COUNTS, {}, smoothing=0.5).save(root / "markov.json")
-        markov = policy_factory(PolicySpec("markov", str(markov_path)))
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        base = SimulationConfig(
-            data=str(data),
-            distributions=str(dist),
-            policy="markov",
-            policy_path=str(markov_path),
-            max_steps=20,
-            runners=2,
-            runner_num_cpus=1,
-            policy_num_cpus=1,
-            chunk_size=250,
-            envs_per_runner=256,
-            progress=False,
-        )
+        base, markov = markov_setup(root)
+        data = Path(base.data)
+        start_ray()
 
         if "markov" in sections:
             sizes = [100, 500] if q else [100, 500, 2500]
             placements = ("auto", "server") if args.server_placement else ("auto",)
-            rows += markov_rows(base, markov, sizes, root, placements)
+            rows += markov_rows(base, markov, sizes, root, placements, args.repeats)
 
         if sections & {"llm", "serving"}:
             agent = write_tiny_agent(root / "agent", data)
