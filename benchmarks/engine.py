@@ -12,11 +12,12 @@ Sections:
   (>= 0.8x at small work, > 1x once the work uses both cores) is the engine's whole wall time,
   start-up included (the fair one at equal work; population, Parquet parts and manifest included
   too); the ratio without the start-up (until every actor answers; ``manifest["startup_s"]``, 0 with
-  no actors) is next to it. Each row runs ``--repeats`` times and shows its median ratio and range;
-  the row of a Ray session's first run runs each repeat in a new process (a driver process sets up
-  Ray's serialization once, and a session's task workers import the engine once).
-  ``--server-placement`` adds the same run with the policy on one shared server replica. Ray itself
-  is started beforehand.
+  no actors) is next to it. Each row runs ``--repeats`` times (odd) and shows its median ratio and
+  range, after one throwaway in-process run (catalogue reads and storefront caches fill once per
+  process). The row of a Ray session's first run runs each repeat in a new process, before this one
+  starts Ray: a driver process sets up Ray's serialization once, and a session's task workers import
+  the engine once. For the other rows Ray is started beforehand.
+  ``--server-placement`` adds the same runs with the policy on one shared server replica.
 - LLM agent: a tiny agent (H6's ``tiny`` preset with persona tokens, untrained weights; the speed does
   not depend on the training) through the transformers backend, engine vs in-process.
 - serving: a simulation's requests (256 buyers walking with the Markov policy, every step, in tick
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +56,7 @@ from engine.driver import SimulationConfig, build_population, simulate
 from engine.env_runner import EnvSpec, EpisodePlayer
 from engine.policy_server import PolicyFactory, PolicyServer, PolicySpec, policy_factory
 from learners.agent.markov_policy import MarkovPolicy
+from learners.agent.policy import ActRequest
 from learners.agent.random_policy import RandomPolicy
 from learners.data.schema import CATALOGS, TABLE_FILES
 
@@ -192,16 +195,59 @@ def markov_sample(
     return base_s / eng["wall_s"], base_s, eng
 
 
+def warm_process(base: SimulationConfig, factory: PolicyFactory, per_merchant: int) -> None:
+    """A throwaway in-process run, so that the catalogue reads and storefront caches a process fills
+    once count for neither side of the first measured pair."""
+    in_process(replace(base, buyers_per_merchant=per_merchant), factory)
+
+
 def first_run_sample(per_merchant: int, result: Path) -> None:
     """A Ray session's first engine run in this (new) process, written to ``result`` as JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         base, factory = markov_setup(Path(tmp))
+        warm_process(base, factory, per_merchant)
         start_ray()
         try:
             sample = markov_sample(base, factory, per_merchant, "auto", Path(tmp) / "out")
         finally:
             ray.shutdown()
     result.write_text(json.dumps(sample), encoding="utf-8")
+
+
+def markov_row(
+    label: str, samples: list[tuple[float, float, dict[str, float]]], target: str
+) -> tuple[str, str, str, str]:
+    """A table row from repeated samples: the median one's figures, the ratios' range."""
+    samples = sorted(samples, key=lambda sample: sample[0])
+    ratio, base_s, eng = samples[len(samples) // 2]
+    work_s = eng["wall_s"] - eng["startup_s"]
+    return (
+        f"Markov ({label}): {eng['buyers']} buyers, {eng['steps']} steps",
+        f"engine {eng['buyers'] / eng['wall_s']:.0f} buyers/s ({eng['wall_s']:.2f} s, of which"
+        f" start-up {eng['startup_s']:.2f} s; driver played {eng['driver_chunks']} of {eng['chunks']} chunks)",
+        f"in-process {eng['buyers'] / base_s:.0f} buyers/s ({base_s:.2f} s)",
+        f"{ratio:.2f}x with start-up, median of {len(samples)} (range {samples[0][0]:.2f}-{samples[-1][0]:.2f};"
+        f" target {target}); {base_s / work_s:.2f}x without; load {os.getloadavg()[0]:.1f}",
+    )
+
+
+def first_run_row(per_merchant: int, root: Path, repeats: int) -> tuple[str, str, str, str]:
+    """The first engine run of a Ray session, each repeat in a new process: only there does the
+    driver set up Ray's serialization and do the task workers import the engine and the env. Run
+    while this process holds no Ray instance, so the box runs one at a time."""
+    samples = []
+    for k in range(repeats):
+        result = root / f"first-run-{k}.json"
+        command = [sys.executable, "-m", "benchmarks.engine", "--first-run-sample", str(result)]
+        subprocess.run([*command, "--per-merchant", str(per_merchant)], check=True, timeout=600)
+        samples.append(tuple(json.loads(result.read_text(encoding="utf-8"))))
+        print(
+            f"  first run of a Ray session, {per_merchant} per merchant, run {k + 1}: {samples[-1][0]:.2f}x",
+            flush=True,
+        )
+    row = markov_row("auto, first run of a Ray session in a new process", samples, ">= 0.8")
+    print(row, flush=True)
+    return row
 
 
 def markov_rows(
@@ -212,48 +258,26 @@ def markov_rows(
     placements: tuple[str, ...],
     repeats: int,
 ) -> list[tuple[str, str, str, str]]:
-    """Engine vs the plain loop at each work size (buyers per merchant), per policy placement; each
-    row ``repeats`` times, reported by its median ratio (and the range, since a small run lasts a few
-    tenths of a second and two cores shared with anything else move it a lot).
+    """Engine vs the plain loop at each work size (buyers per merchant), per policy placement, Ray
+    already started; each row ``repeats`` times, reported by its median ratio and the range (a small
+    run lasts a few tenths of a second, and two cores shared with anything else move it a lot).
 
-    The first engine run of a Ray session is its own row, each repeat in a new process (only there
-    does the driver set up Ray's serialization, and do the task workers import the engine and the
-    env); later runs reuse both. Placements run one after another, since a server run's actors take
-    over pooled workers and end them. Each engine run comes right after its in-process baseline, so
-    both see the same load."""
-    runs = [(p, n, "") for p in placements for n in sizes]
-    runs.insert(0, ("auto", sizes[0], ", first run of a Ray session in a new process"))
+    Placements run one after another, since a server run's actors take over pooled workers and end
+    them. Each engine run comes right after its in-process baseline, so both see the same load."""
+    warm_process(base, factory, sizes[0])
     rows = []
-    for placement, per_merchant, note in runs:
-        samples = []
-        for k in range(repeats):
-            if note:
-                result = root / f"first-run-{k}.json"
-                command = [sys.executable, "-m", "benchmarks.engine", "--first-run-sample", str(result)]
-                subprocess.run([*command, "--per-merchant", str(per_merchant)], check=True, timeout=600)
-                samples.append(tuple(json.loads(result.read_text(encoding="utf-8"))))
-            else:
+    for placement in placements:
+        for per_merchant in sizes:
+            samples = []
+            for k in range(repeats):
                 out = root / f"markov-{per_merchant}-{placement}-{k}"
                 samples.append(markov_sample(base, factory, per_merchant, placement, out))
-            print(
-                f"  {placement}, {per_merchant} per merchant{note}, run {k + 1}: {samples[-1][0]:.2f}x",
-                flush=True,
-            )
-        samples.sort(key=lambda sample: sample[0])
-        ratio, base_s, eng = samples[len(samples) // 2]
-        work_s = eng["wall_s"] - eng["startup_s"]
-        target = ">= 0.8" if per_merchant == sizes[0] else "> 1"
-        rows.append(
-            (
-                f"Markov ({placement}{note}): {eng['buyers']} buyers, {eng['steps']} steps",
-                f"engine {eng['buyers'] / eng['wall_s']:.0f} buyers/s ({eng['wall_s']:.2f} s, of which"
-                f" start-up {eng['startup_s']:.2f} s; driver played {eng['driver_chunks']} of {eng['chunks']} chunks)",
-                f"in-process {eng['buyers'] / base_s:.0f} buyers/s ({base_s:.2f} s)",
-                f"{ratio:.2f}x with start-up, median of {repeats} (range {samples[0][0]:.2f}-{samples[-1][0]:.2f};"
-                f" target {target}); {base_s / work_s:.2f}x without; load {os.getloadavg()[0]:.1f}",
-            )
-        )
-        print(rows[-1], flush=True)
+                print(
+                    f"  {placement}, {per_merchant} per merchant, run {k + 1}: {samples[-1][0]:.2f}x",
+                    flush=True,
+                )
+            rows.append(markov_row(placement, samples, ">= 0.8" if per_merchant == sizes[0] else "> 1"))
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -266,7 +290,7 @@ def best_ms_per_request(run, requests: int, repeats: int = 3) -> float:
     return best / requests * 1000
 
 
-def batching_ceiling(agent: Path, requests, batch: int = 64) -> dict[str, float]:
+def batching_ceiling(agent: Path, requests: Sequence[ActRequest], batch: int = 64) -> dict[str, float]:
     """Where a request's time goes in this process (one thread, like a 1-CPU server), on the serving
     rows' requests: all of them in tick order at ``batch`` per call vs every fourth alone (as served);
     the prompt tokens the model ran per request (a page runs once per batch however many buyers are
@@ -313,7 +337,9 @@ def batching_ceiling(agent: Path, requests, batch: int = 64) -> dict[str, float]
         torch.set_num_threads(threads)
 
 
-def vllm_serving(agent: Path, requests, root: Path, python: Path, limit: int) -> dict[str, float] | None:
+def vllm_serving(
+    agent: Path, requests: Sequence[ActRequest], root: Path, python: Path, limit: int
+) -> dict[str, float] | None:
     """benchmarks/vllm_serving.py in the vLLM venv on these requests (None, with a note, without it)."""
     if not python.exists():
         print(
@@ -325,7 +351,7 @@ def vllm_serving(agent: Path, requests, root: Path, python: Path, limit: int) ->
     write_requests(root / "requests.json", requests)
     out = root / "vllm-serving.json"
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
     command = [str(python), "-m", "benchmarks.vllm_serving", str(agent), str(root / "requests.json")]
     done = subprocess.run(
         [*command, "--limit", str(limit), "--out", str(out)],
@@ -417,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.repeats < 1 or args.repeats % 2 == 0:
+        parser.error(f"--repeats must be odd (its median is one of the runs), got {args.repeats}")
     if args.first_run_sample:
         first_run_sample(args.per_merchant, args.first_run_sample)
         return 0
@@ -429,10 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         base, markov = markov_setup(root)
         data = Path(base.data)
+        sizes = [100, 500] if q else [100, 500, 2500]
+        if "markov" in sections:
+            rows.append(first_run_row(sizes[0], root, args.repeats))
         start_ray()
 
         if "markov" in sections:
-            sizes = [100, 500] if q else [100, 500, 2500]
             placements = ("auto", "server") if args.server_placement else ("auto",)
             rows += markov_rows(base, markov, sizes, root, placements, args.repeats)
 

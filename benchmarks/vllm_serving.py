@@ -10,7 +10,9 @@ the transformers rows; on a GPU node run it directly on an agent and requests wr
 Every request's candidates go to the engine at once (``VLLMPolicy.act``), as a policy server does
 with concurrent calls. Continuous batching: vLLM's default ``max_num_seqs``, over the first ``limit``
 requests; one at a time: ``max_num_seqs=1``, over every fourth of them (the transformers rows'
-baseline takes every fourth too). A fresh engine each, warmed on one request first.
+baseline takes every fourth too). A fresh engine each, warmed on one request first. One engine
+request is one candidate prefix (engine/vllm_backend.py), so ``max_num_seqs=1`` is a stricter
+baseline than the transformers backend's batch size 1, which scores a whole buyer request per pass.
 """
 
 from __future__ import annotations

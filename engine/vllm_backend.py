@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from learners.agent.packing import CandidateTrie
 from learners.agent.policy import ActRequest, ActResult
 from learners.agent.prompt import encode_target, request_prompt_ids, saved_prompt_format
 from learners.agent.scoring import pick, scored_candidates
@@ -48,13 +49,21 @@ class VLLMPolicy:
         length_normalize: bool = False,
         max_model_len: int = 2048,
         dtype: str = "float32",
+        ids_per_request: int | None = None,
         **engine_options: Any,
     ) -> None:
+        """``ids_per_request``: most next-token ids scored by one engine request (default and upper
+        bound: vLLM's ``MAX_LOGPROB_TOKEN_IDS``); ``engine_options`` go to ``AsyncEngineArgs``."""
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
+        from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        ids_per_request = MAX_LOGPROB_TOKEN_IDS if ids_per_request is None else ids_per_request
+        if not 1 <= ids_per_request <= MAX_LOGPROB_TOKEN_IDS:
+            raise ValueError(f"ids_per_request must be in 1..{MAX_LOGPROB_TOKEN_IDS}, got {ids_per_request}")
+        self.ids_per_request = ids_per_request
         directory = Path(agent_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.tokens = agent_persona_tokens(directory, self.tokenizer)
@@ -75,9 +84,6 @@ class VLLMPolicy:
             **engine_options,
         )
         self.engine = AsyncLLM.from_engine_args(args)
-        # logprob_token_ids takes at most max_logprobs ids per request (-1: the whole vocabulary).
-        limit = self.engine.vllm_config.model_config.max_logprobs
-        self.ids_per_request = len(self.tokenizer) if limit == -1 else max(1, limit)
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -95,33 +101,44 @@ class VLLMPolicy:
         return final
 
     async def _next_logprobs(self, context: list[int], ids: list[int]) -> dict[int, float]:
-        """Log-probabilities of ``ids`` as the token after ``context`` (one decoding step)."""
+        """Log-probabilities of ``ids`` as the token after ``context``: one decoding step per
+        ``ids_per_request`` of them, all in flight at once."""
         from vllm import SamplingParams
 
-        found: dict[int, float] = {}
-        for lo in range(0, len(ids), self.ids_per_request):
-            part = ids[lo : lo + self.ids_per_request]
-            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=part)
-            step = (await self._run(context, params)).outputs[0].logprobs[0]
-            found.update((token, step[token].logprob) for token in part)
-        return found
+        step = self.ids_per_request
+        parts = [ids[lo : lo + step] for lo in range(0, len(ids), step)]
+        outputs = await asyncio.gather(
+            *(
+                self._run(context, SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=part))
+                for part in parts
+            )
+        )
+        return {
+            token: output.outputs[0].logprobs[0][token].logprob
+            for part, output in zip(parts, outputs, strict=True)
+            for token in part
+        }
 
     async def _candidate_scores(self, prompt: list[int], targets: list[list[int]]) -> np.ndarray:
         """Each target's summed (or mean) log-probability after ``prompt``: one engine request per
-        distinct target prefix, all in flight at once."""
-        following: dict[tuple[int, ...], set[int]] = {}
-        for target in targets:
-            for k, token in enumerate(target):
-                following.setdefault(tuple(target[:k]), set()).add(token)
-        prefixes = list(following)
-        steps = await asyncio.gather(
-            *(self._next_logprobs(prompt + list(p), sorted(following[p])) for p in prefixes)
-        )
-        logprobs = dict(zip(prefixes, steps, strict=True))
-        totals = np.array(
-            [sum(logprobs[tuple(t[:k])][token] for k, token in enumerate(t)) for t in targets], dtype=float
-        )
-        return totals / np.array([len(t) for t in targets]) if self.length_normalize else totals
+        node of the targets' trie (learners/agent/packing.py; the root is the prompt), all at once."""
+        trie = CandidateTrie.build(targets)
+        following: dict[int, set[int]] = {}
+        for node, token in zip(trie.pick_node, trie.pick_id, strict=True):
+            following.setdefault(node, set()).add(token)
+
+        def context(node: int) -> list[int]:
+            if node < 0:
+                return prompt
+            # Parents are numbered before their children, so index order is the path's order.
+            return prompt + [trie.ids[j] for j in trie.ancestors[node].nonzero().flatten().tolist()]
+
+        nodes = list(following)
+        steps = await asyncio.gather(*(self._next_logprobs(context(n), sorted(following[n])) for n in nodes))
+        found = dict(zip(nodes, steps, strict=True))
+        logprobs = [found[node][token] for node, token in zip(trie.pick_node, trie.pick_id, strict=True)]
+        totals = np.bincount(trie.pick_owner, weights=logprobs, minlength=len(targets))
+        return totals / np.array(trie.lengths) if self.length_normalize else totals
 
     async def _act_one(self, index: int, request: ActRequest) -> ActResult:
         if not request.valid_actions:
@@ -193,14 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument(
-        "--max-logprobs", type=int, default=20, help="ids scored per engine request (vLLM's max_logprobs)"
+        "--ids-per-request",
+        type=int,
+        help="most next-token ids one engine request scores (default: vLLM's bound)",
     )
     args = parser.parse_args(argv)
     try:
         requests = read_requests(args.requests)
     except ValueError as err:
         raise SystemExit(str(err)) from err
-    policy = VLLMPolicy(args.agent, temperature=args.temperature, max_logprobs=args.max_logprobs)
+    policy = VLLMPolicy(args.agent, temperature=args.temperature, ids_per_request=args.ids_per_request)
     try:
         results = policy.act(requests)
     finally:
