@@ -238,8 +238,8 @@ def first_run_row(per_merchant: int, root: Path, repeats: int) -> tuple[str, str
     samples = []
     for k in range(repeats):
         result = root / f"first-run-{k}.json"
-        command = [sys.executable, "-m", "benchmarks.engine", "--first-run-sample", str(result)]
-        subprocess.run([*command, "--per-merchant", str(per_merchant)], check=True, timeout=600)
+        sample_args = ["--first-run-sample", str(result), "--per-merchant", str(per_merchant)]
+        subprocess.run([sys.executable, "-m", "benchmarks.engine", *sample_args], check=True, timeout=600)
         samples.append(tuple(json.loads(result.read_text(encoding="utf-8"))))
         print(
             f"  first run of a Ray session, {per_merchant} per merchant, run {k + 1}: {samples[-1][0]:.2f}x",
@@ -281,7 +281,11 @@ def markov_rows(
     return rows
 
 
-def best_ms_per_request(run, requests: int, repeats: int = 3) -> float:
+TIMED_REPEATS = 3
+"""Runs of a timed call; the best counts."""
+
+
+def best_ms_per_request(run, requests: int, repeats: int = TIMED_REPEATS) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -320,18 +324,17 @@ def batching_ceiling(agent: Path, requests: Sequence[ActRequest], batch: int = 6
                 ),
                 "forward_n": best_ms_per_request(lambda: policy.model(input_ids=many), batch),
             }
-        out["act_n"] = best_ms_per_request(
-            lambda: [policy.act(requests[lo : lo + batch]) for lo in range(0, n, batch)], n
-        )
-        out["act_1"] = best_ms_per_request(lambda: [policy.act([r]) for r in single], len(single))
+        # The prompt tokens run are counted over the timed repeats themselves.
         for key, calls in (
-            ("tokens_n", [requests[lo : lo + batch] for lo in range(0, n, batch)]),
-            ("tokens_1", [[r] for r in single]),
+            ("n", [requests[lo : lo + batch] for lo in range(0, n, batch)]),
+            ("1", [[r] for r in single]),
         ):
+            served = sum(map(len, calls))
             policy.prefill = PrefillStats()
-            for call in calls:
-                policy.act(call)
-            out[key] = policy.prefill.run / sum(map(len, calls))
+            out[f"act_{key}"] = best_ms_per_request(
+                lambda calls=calls: [policy.act(call) for call in calls], served, TIMED_REPEATS
+            )
+            out[f"tokens_{key}"] = policy.prefill.run / (TIMED_REPEATS * served)
         return out
     finally:
         torch.set_num_threads(threads)
@@ -352,9 +355,9 @@ def vllm_serving(
     out = root / "vllm-serving.json"
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
-    command = [str(python), "-m", "benchmarks.vllm_serving", str(agent), str(root / "requests.json")]
     done = subprocess.run(
-        [*command, "--limit", str(limit), "--out", str(out)],
+        [str(python), "-m", "benchmarks.vllm_serving", str(agent), str(root / "requests.json")]
+        + ["--limit", str(limit), "--out", str(out)],
         cwd=repo,
         env=env,
         capture_output=True,
