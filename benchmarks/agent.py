@@ -1,5 +1,6 @@
-"""Agent benchmark: training throughput on Ray Train with 1 and 2 workers, and action-scoring
-throughput of LLMPolicy at batch sizes 1, 8 and 64 (the batching ratio), on storefront traces.
+"""Agent benchmark: training throughput on Ray Train with 1 and 2 workers, action-scoring
+throughput of LLMPolicy at batch sizes 1, 8 and 64 (the batching ratio), on storefront traces, and
+the scoring rule: two-level item scoring against the joint rule it replaced.
 
   .venv/bin/python -m benchmarks.agent [--sessions 60] [--base-model tiny] [--skip-train] [--threads N]
       [--markdown FILE]
@@ -10,6 +11,14 @@ candidates packed on their KV cache) and, as the baseline, the per-pair scoring 
 between their scores. Traces come from seeded random walks through a real storefront
 (envs/storefront.py), so pages and actions have the real format and length. Every figure, and each
 ratio's baseline, is measured here.
+
+The scoring rule row scores the same requests (home and search pages of a storefront no agent saw,
+4 personas) with learners/agent/scoring.py's two-level rule (``policy.score``) and with the joint rule
+it replaced (each item action's whole target log-likelihood; kept here only, ``joint_scores``), from
+the same forward passes: requests/s of each (median of timed repeats, rules alternating), and the
+share of the valid actions' probability (softmax of their scores) on ``open product`` actions, on home
+and on search pages; for the untrained tiny model and, unless ``--skip-train``, the agent trained
+by the 1-worker run.
 """
 
 from __future__ import annotations
@@ -17,24 +26,36 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import ray
 import torch
 
 from envs.catalog import Catalog, Product
-from envs.storefront import Storefront
+from envs.storefront import OPEN_PRODUCT, Storefront
+from learners.agent.actions import page_kind
 from learners.agent.base_models import load_base
 from learners.agent.examples import build_examples
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.offline_eval import requests_for
 from learners.agent.policy import ActRequest
-from learners.agent.random_policy import RandomPolicy
+from learners.agent.random_policy import RandomPolicy, page_queries
+from learners.agent.scoring import action_scores, candidate_scores, item_template, scored_candidates
 from learners.agent.tokens import add_persona_tokens
 from learners.agent.train import AgentTrainConfig, train_agent
+
+
+def shop_for(merchant: str) -> Storefront:
+    """A 40-product storefront whose product ids start with the merchant's (``m1-0``, ...)."""
+    products = tuple(
+        Product(f"{merchant}-{i}", f"c{i % 5}", 5.0 + i, f"Item {i}", 1 / (1 + i)) for i in range(40)
+    )
+    return Storefront(Catalog(merchant, products))
 
 
 def walk_traces(sessions: int, seed: int = 0, max_steps: int = 8) -> tuple[pa.Table, pa.Table]:
@@ -45,10 +66,7 @@ def walk_traces(sessions: int, seed: int = 0, max_steps: int = 8) -> tuple[pa.Ta
     }
     codes: dict[str, list] = {"merchant_id": [], "buyer_id": [], "code": []}
     for merchant in ("m1", "m2"):
-        products = tuple(
-            Product(f"{merchant}-{i}", f"c{i % 5}", 5.0 + i, f"Item {i}", 1 / (1 + i)) for i in range(40)
-        )
-        shop = Storefront(Catalog(merchant, products))
+        shop = shop_for(merchant)
         for b in range(8):
             codes["merchant_id"].append(merchant)
             codes["buyer_id"].append(f"b{b}")
@@ -100,8 +118,15 @@ def train_throughput(traces, codes, workers: int, base_model: str, root: Path) -
 @torch.inference_mode()
 def per_pair_scores(policy: LLMPolicy, requests: list[ActRequest]) -> list[list[float]]:
     """The replaced baseline: every (prompt, candidate) pair as one full left-padded sequence in one
-    forward pass, keeping the logits of the last (longest target + 1) columns."""
-    pairs = [(policy.prompt_ids(r), t) for r in requests for t in policy.targets(r.valid_actions)]
+    forward pass, keeping the logits of the last (longest target + 1) columns; its token
+    log-probabilities read by the same rule as ``policy.score`` (scoring.py: the same candidates,
+    ``candidate_scores``, ``action_scores``)."""
+    candidates = [scored_candidates(r) for r in requests]
+    pairs = [
+        (policy.prompt_ids(r), t)
+        for r, c in zip(requests, candidates, strict=True)
+        for t in policy.targets(c)
+    ]
     width = max(len(p) + len(t) for p, t in pairs)
     ids = torch.full((len(pairs), width), policy.pad_id, dtype=torch.long)
     mask = torch.zeros((len(pairs), width), dtype=torch.long)
@@ -115,13 +140,18 @@ def per_pair_scores(policy: LLMPolicy, requests: list[ActRequest]) -> list[list[
     ).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     flat = [
-        float(logprobs[row, -(len(t) + 1) : -1].gather(-1, torch.tensor(t)[:, None]).sum())
+        logprobs[row, -(len(t) + 1) : -1].gather(-1, torch.tensor(t)[:, None]).flatten().double().numpy()
         for row, (_, t) in enumerate(pairs)
     ]
     out, cursor = [], 0
-    for r in requests:
-        out.append(flat[cursor : cursor + len(r.valid_actions)])
-        cursor += len(r.valid_actions)
+    for r, c in zip(requests, candidates, strict=True):
+        tokens = flat[cursor : cursor + len(c)]
+        groups = policy.item_groups(c)
+        values = candidate_scores(
+            np.concatenate(tokens), [len(x) for x in tokens], groups, policy.length_normalize
+        )
+        out.append(action_scores(r, values).tolist())
+        cursor += len(c)
     return out
 
 
@@ -165,6 +195,98 @@ def scoring_policy(traces, codes, base_model: str, n_requests: int) -> tuple[LLM
     return LLMPolicy(model, tok, tokens, temperature=0.0), requests
 
 
+def joint_scores(policy: LLMPolicy, requests: list[ActRequest]) -> list[np.ndarray]:
+    """The replaced rule (the baseline only): every candidate, item actions included, scores its whole
+    target log-likelihood; the search template as scoring.py's. Same forward passes as ``score``."""
+    prompts = [policy.prompt(r) for r in requests]
+    tries = [policy.trie(scored_candidates(r)) for r in requests]
+    found = policy.token_logprobs(prompts, tries)
+    out = []
+    for r, trie, logprobs in zip(requests, tries, found, strict=True):
+        owner = np.repeat(np.arange(len(trie.lengths)), trie.lengths)
+        out.append(action_scores(r, np.bincount(owner, weights=logprobs, minlength=len(trie.lengths))))
+    return out
+
+
+def grounding_requests(merchant: str = "m9") -> list[ActRequest]:
+    """The home page and the search pages (for the queries the home page suggests, with 2+ results) of
+    a storefront the agents never saw, each for personas 0..3."""
+    shop = shop_for(merchant)
+    home = shop.initial_state()
+    pages = [(home, ())]
+    for query in page_queries(shop.observe(home)):
+        action = f'search "{query}"'
+        state, _ = shop.step(home, action)
+        if len(shop.listing(state.page)) > 1:
+            pages.append((state, (action,)))
+    return [
+        ActRequest(shop.observe(state), tuple(shop.valid_actions(state)), code, None, history, seed=i)
+        for i, ((state, history), code) in enumerate((p, c) for p in pages for c in range(4))
+    ]
+
+
+def grounding_comparison(policy: LLMPolicy, requests: list[ActRequest], repeats: int = 7) -> dict:
+    """Requests/s (median of ``repeats``, the two rules alternating) and the probability share of
+    ``open product`` actions on home and search pages, under the joint and the two-level rules."""
+    rules = {"joint": lambda reqs: joint_scores(policy, reqs), "two-level": policy.score}
+    times: dict[str, list[float]] = {name: [] for name in rules}
+    scores = {name: score(requests) for name, score in rules.items()}  # warm-up, and the figures
+    for k in range(repeats):
+        for name in list(rules)[:: 1 if k % 2 == 0 else -1]:
+            start = time.perf_counter()
+            rules[name](requests)
+            times[name].append(time.perf_counter() - start)
+    out: dict = {"requests": len(requests)}
+    kinds = [page_kind(r.observation) for r in requests]
+    for name, values in scores.items():
+        share, opens = [], []
+        for r, v in zip(requests, values, strict=True):
+            p = np.exp(v - v.max())
+            is_product = np.array([item_template(a) == OPEN_PRODUCT for a in r.valid_actions])
+            share.append(float(p[is_product].sum() / p.sum()))
+            opens.append(bool(is_product[int(np.argmax(v))]))
+        out[name] = {
+            "requests_per_s": len(requests) / statistics.median(times[name]),
+            "home": float(np.mean([s for s, k in zip(share, kinds, strict=True) if k == "home"])),
+            "search": float(np.mean([s for s, k in zip(share, kinds, strict=True) if k == "search"])),
+            "greedy_opens": float(np.mean(opens)),
+        }
+    plain = [
+        abs(a[i] - b[i])
+        for r, a, b in zip(requests, scores["joint"], scores["two-level"], strict=True)
+        for i, action in enumerate(r.valid_actions)
+        if item_template(action) is None
+    ]
+    out["plain_max_abs_diff"] = max(plain)
+    out["pages"] = {k: kinds.count(k) for k in ("home", "search")}
+    return out
+
+
+def grounding_lines(rows: list[tuple[str, dict]]) -> list[str]:
+    lines = [
+        "| model | scoring rule | requests/s | product-opening share, home pages | search pages "
+        "| greedy pick opens a product |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for model, g in rows:
+        for name in ("joint", "two-level"):
+            x = g[name]
+            label = "joint (replaced, baseline)" if name == "joint" else "two-level (scoring.py)"
+            lines.append(
+                f"| {model} | {label} | {x['requests_per_s']:,.1f} | {x['home']:.3g} | {x['search']:.3g} "
+                f"| {x['greedy_opens']:.3f} |"
+            )
+    lines.append("")
+    for model, g in rows:
+        ratio = g["two-level"]["requests_per_s"] / g["joint"]["requests_per_s"]
+        lines.append(
+            f"{model}: two-level / joint requests/s {ratio:.2f}x "
+            f"over {g['requests']} requests ({g['pages']['home']} home, {g['pages']['search']} search page "
+            f"requests); non-item actions' scores differ by at most {g['plain_max_abs_diff']:.1e}."
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=60, help="random-walk sessions for training")
@@ -186,12 +308,16 @@ def main() -> None:
     traces, codes = walk_traces(args.sessions)
     policy, requests = scoring_policy(traces, codes, args.base_model, args.score_requests)
     score = [scoring_throughput(policy, requests, b, args.baseline_requests) for b in (1, 8, 64)]
+    unseen = grounding_requests()
+    grounding = [(f"untrained `{args.base_model}`", grounding_comparison(policy, unseen))]
     train = []
     if not args.skip_train:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 train = [train_throughput(traces, codes, w, args.base_model, Path(tmp)) for w in (1, 2)]
+                trained = LLMPolicy.from_pretrained(Path(tmp) / "w1", temperature=0.0)
+                grounding.append(("trained agent (1-worker run)", grounding_comparison(trained, unseen)))
         finally:
             ray.shutdown()
 
@@ -230,6 +356,8 @@ def main() -> None:
         f"{score[2]['baseline_requests_per_s'] / score[0]['baseline_requests_per_s']:.1f}x. "
         f"Requests: {score[0]['requests']} prompt-shared, {score[0]['baseline_requests']} baseline "
         f"({score[2]['baseline_requests']} at batch 64).",
+        "",
+        *grounding_lines(grounding),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

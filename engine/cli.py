@@ -28,6 +28,8 @@ Typical flow:
 Run `simpersona COMMAND --help` for each command's options.
 """
 
+VERBOSE_HELP = "also show Ray's own logs on the console (they always go to ray.log in the run directory)"
+
 
 def command_table() -> dict[str, tuple[str, str]]:
     """Command name -> (module name, one-line help), read from the command modules' source."""
@@ -50,9 +52,13 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpersona", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in command_table().items():
         cmd = sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        # Also accepted after the command name; SUPPRESS keeps an absent one from resetting the
+        # value given before it.
+        cmd.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         if chosen is None or name == chosen:
             module = importlib.import_module(f"engine.commands.{module_name}")
             cmd.description = (module.__doc__ or help_text).strip()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ RESULT_FIELDS = (
     "distributions",
     "merchants",
     "buyers_per_merchant",
+    "buyers_per_real_session",
     "seed",
     "stratified",
     "smoothing",
@@ -91,7 +93,11 @@ class SimulationConfig:
     merchants: list[str] = field(default_factory=list)
     """Merchants to simulate (comma-separated on the command line); empty means all in distributions."""
     buyers_per_merchant: int = 100
-    """Simulated buyers per merchant."""
+    """Simulated buyers per merchant (the least, when `buyers_per_real_session` sizes them to the data)."""
+    buyers_per_real_session: float = 0.0
+    """When > 0, a merchant gets at least this many simulated buyers per real session in `data`
+    (merchants.parquet), so the simulation's own sampling error stays small next to the real side's;
+    0 gives every merchant `buyers_per_merchant`."""
     seed: int = 0
     """Run seed; population, buyer and step seeds all derive from it."""
     replicates: int = 1
@@ -207,6 +213,20 @@ def serving_config(config: SimulationConfig) -> ServingConfig:
     )
 
 
+def buyers_per_merchant(config: SimulationConfig, merchants: list[str]) -> dict[str, int]:
+    """Each merchant's simulated buyers: the fixed count, or sized to its real sessions."""
+    if config.buyers_per_real_session <= 0:
+        return {m: config.buyers_per_merchant for m in merchants}
+    if not config.data:
+        raise ValueError("simulation config: buyers_per_real_session needs `data` (the prepared directory)")
+    table = pq.read_table(Path(config.data) / "merchants.parquet", columns=["merchant_id", "sessions"])
+    sessions = dict(zip(table["merchant_id"].to_pylist(), table["sessions"].to_pylist(), strict=True))
+    return {
+        m: max(config.buyers_per_merchant, math.ceil(config.buyers_per_real_session * sessions.get(m, 0)))
+        for m in merchants
+    }
+
+
 def build_population(config: SimulationConfig) -> list[SimBuyer]:
     if not config.distributions:
         raise ValueError(
@@ -216,7 +236,7 @@ def build_population(config: SimulationConfig) -> list[SimBuyer]:
     sampler = PopulationSampler.from_parquet(config.distributions, config.smoothing, config.codebook_size)
     merchants = list(config.merchants) or sampler.merchants
     buyers = sampler.population(
-        merchants, config.buyers_per_merchant, config.seed, config.stratified, config.replicates
+        merchants, buyers_per_merchant(config, merchants), config.seed, config.stratified, config.replicates
     )
     if not config.goal_tasks:
         return buyers

@@ -190,6 +190,101 @@ def fidelity(sim: Mapping[str, MerchantStats], real: Mapping[str, MerchantStats]
     }
 
 
+LENGTH_CAP = 30
+"""Session lengths above this share the last bin of the length histogram (``metrics.length_js``)."""
+
+
+@dataclass
+class Units:
+    """Each merchant's units (real sessions or buyers, simulated visits) as rows of features.
+
+    A row is ``[1, converted, took[a] for a in actions, count[a] for a in actions, sessions of length
+    1..LENGTH_CAP]``, so a weighted sum of rows is everything the fidelity metrics need of a merchant
+    (``engine/batch_metrics.py``): the bootstrap resamples rows, never events.
+    """
+
+    actions: list[str]
+    """Action kinds of the took/count columns, shared by the real and simulated side."""
+    rows: dict[str, np.ndarray]
+    """Merchant -> (units, 2 + 2 * len(actions) + LENGTH_CAP) float matrix."""
+
+    def counts(self) -> dict[str, int]:
+        return {m: len(r) for m, r in self.rows.items()}
+
+
+def _unit_rows(
+    units: pl.DataFrame, kinds: pl.DataFrame, lengths: pl.DataFrame, actions: list[str], key: list[str]
+) -> dict[str, np.ndarray]:
+    """Feature rows from one row per unit (key, converted), its (key, kind, n) counts and its (key, length)."""
+    units = units.sort(key).with_row_index("u")
+    n, a = units.height, len(actions)
+    rows = np.zeros((n, 2 + 2 * a + LENGTH_CAP), dtype=np.float64)
+    rows[:, 0] = 1.0
+    rows[:, 1] = units["converted"].cast(pl.Float64).to_numpy()
+    code = pl.Series(actions, dtype=pl.String)
+    counted = kinds.join(units.select([*key, "u"]), on=key).filter(pl.col("kind").is_in(code))
+    if counted.height:
+        k = counted["kind"].replace_strict(actions, list(range(a)), return_dtype=pl.Int64).to_numpy()
+        u = counted["u"].to_numpy()
+        flat = np.bincount(u * a + k, weights=counted["n"].to_numpy().astype(float), minlength=n * a)
+        rows[:, 2 + a : 2 + 2 * a] = flat.reshape(n, a)
+        rows[:, 2 : 2 + a] = rows[:, 2 + a : 2 + 2 * a] > 0
+    sized = lengths.join(units.select([*key, "u"]), on=key).filter(pl.col("length") > 0)
+    if sized.height:
+        b = np.clip(sized["length"].to_numpy(), 1, LENGTH_CAP) - 1
+        flat = np.bincount(sized["u"].to_numpy() * LENGTH_CAP + b, minlength=n * LENGTH_CAP)
+        rows[:, 2 + 2 * a :] = flat.reshape(n, LENGTH_CAP)
+    merchants = units["merchant_id"].to_numpy()
+    cuts = np.flatnonzero(merchants[1:] != merchants[:-1]) + 1
+    starts = np.r_[0, cuts]
+    return {str(merchants[s]): block for s, block in zip(starts, np.split(rows, cuts), strict=True)}
+
+
+def real_units(
+    data_dir: str | Path,
+    merchants: list[str] | None = None,
+    unit: str = "session",
+    since: datetime | None = None,
+    actions: list[str] | None = None,
+) -> Units:
+    """``real_stats``'s buyers as feature rows (same unit, merchants and window); ``actions`` defaults
+    to the kinds these buyers took, and events of other kinds are left out of the kind columns."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    data = Path(data_dir)
+    key = ["merchant_id", "buyer_id", "session_id"]
+    events = _read(data / "events.parquet", [*key, "event_type"])
+    sessions = _read(data / "sessions.parquet", [*key, "start", "n_events"])
+    if merchants is not None:
+        keep = pl.Series(merchants, dtype=pl.String)
+        events = events.filter(pl.col("merchant_id").is_in(keep))
+        sessions = sessions.filter(pl.col("merchant_id").is_in(keep))
+    if since is not None:
+        sessions = sessions.filter(pl.col("start") >= since)
+        events = events.join(sessions.select(key), on=key, how="semi")
+    per = key if unit == "session" else key[:2]
+    if actions is None:
+        actions = sorted(events["event_type"].unique().to_list())
+    units = events.group_by(per).agg((pl.col("event_type") == "purchase").any().alias("converted"))
+    kinds = events.group_by([*per, "event_type"]).len().rename({"event_type": "kind", "len": "n"})
+    lengths = sessions.select([*per, pl.col("n_events").alias("length")])
+    return Units(actions, _unit_rows(units, kinds, lengths, actions, per))
+
+
+def sim_units(rollouts_dir: str | Path, actions: list[str]) -> Units:
+    """``sim_stats``'s visits as feature rows; only valid steps of ``actions`` (the real kinds) count."""
+    columns = ["sim_buyer_id", "merchant_id", "action_kind", "valid"]
+    steps = pl.concat([pl.read_parquet(p, columns=columns) for p in rollout_parts(rollouts_dir)])
+    key = ["merchant_id", "sim_buyer_id"]
+    units = steps.group_by(key).agg(
+        (pl.col("valid") & (pl.col("action_kind") == "purchase")).any().alias("converted")
+    )
+    kept = steps.filter(pl.col("valid") & pl.col("action_kind").is_in(pl.Series(actions, dtype=pl.String)))
+    kinds = kept.group_by([*key, "action_kind"]).len().rename({"action_kind": "kind", "len": "n"})
+    lengths = kept.group_by(key).len().rename({"len": "length"})
+    return Units(actions, _unit_rows(units, kinds, lengths, actions, key))
+
+
 def step_quality(rollouts_dir: str | Path) -> dict:
     """Invalid-action rate, goal success (with a CI over seeds) and variation of behaviour across types."""
     steps = pl.concat([pl.read_parquet(p) for p in rollout_parts(rollouts_dir)], how="diagonal_relaxed")

@@ -177,7 +177,7 @@ class PopulationSampler:
     def population(
         self,
         merchants: Sequence[str],
-        buyers_per_merchant: int,
+        buyers_per_merchant: int | Mapping[str, int],
         seed: int,
         stratified: bool = True,
         replicates: int = 1,
@@ -185,7 +185,8 @@ class PopulationSampler:
         """The run's buyers, merchant after merchant in the given order, with global ids and seeds.
 
         Replicate ``r`` is the population of run seed ``seed + r`` (same buyers and seeds as a run with
-        that seed), its ids continuing after the previous replicate's.
+        that seed), its ids continuing after the previous replicate's. ``buyers_per_merchant`` is one
+        count for all or a count per merchant.
         """
         if replicates < 1:
             raise ValueError(f"replicates must be >= 1, got {replicates}")
@@ -193,7 +194,12 @@ class PopulationSampler:
         for run_seed in range(seed, seed + replicates):
             start = len(buyers)
             for merchant in merchants:
-                for code in self.sample_codes(merchant, buyers_per_merchant, run_seed, stratified):
+                count = (
+                    buyers_per_merchant
+                    if isinstance(buyers_per_merchant, int)
+                    else buyers_per_merchant[merchant]
+                )
+                for code in self.sample_codes(merchant, count, run_seed, stratified):
                     index = len(buyers) - start
                     buyers.append(
                         SimBuyer(len(buyers), merchant, int(code), buyer_seed(run_seed, index), run_seed)

@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from engine.batch_metrics import LOWER_IS_BETTER, METRICS  # noqa: E402
+
 HEADLINE = ("cra", "ara", "js_action", "js_length", "invalid_rate", "goal_success", "cr_corr")
 
 
@@ -39,6 +41,149 @@ def markdown_table(systems: dict[str, dict]) -> str:
         h = headline(system)
         rows.append(f"| {name} | " + " | ".join(_fmt(h[k]) for k in HEADLINE) + " |")
     return "\n".join(rows)
+
+
+def _span(low, high) -> str:
+    return f"[{_fmt(low)}, {_fmt(high)}]"
+
+
+def interval_table(fidelity: dict) -> str:
+    """Every system's metrics as value [95% interval], then the ceiling and floor rows of the data."""
+    head = "| system | " + " | ".join(
+        f"{k} ({'lower' if k in LOWER_IS_BETTER else 'higher'} is better)" for k in METRICS
+    )
+    rows = [
+        head + " | conversion, simulated | conversion, real |",
+        "|---" + "|---:" * (len(METRICS) + 2) + "|",
+    ]
+    for name, row in fidelity["systems"].items():
+        cells = [row[k] for k in (*METRICS, "sim_conversion", "real_conversion")]
+        rows.append(
+            f"| {name} | "
+            + " | ".join(f"{_fmt(c['value'])} {_span(c['low'], c['high'])}" for c in cells)
+            + " |"
+        )
+    visits = fidelity["visits"]
+    labels = {
+        "ceiling": f"*ceiling* (perfect simulator, {visits['median']:.0f} visits per merchant)",
+        "ceiling_unlimited": "*ceiling* (perfect simulator, unlimited visits)",
+        "floor": f"*floor* (visits drawn from {fidelity['floor_pool']}' sessions)",
+    }
+    for key, label in labels.items():
+        cells = [fidelity["bounds"][k][key] for k in METRICS]
+        rows.append(
+            f"| {label} | "
+            + " | ".join(f"{_fmt(c['mean'])} {_span(c['low'], c['high'])}" for c in cells)
+            + " | – | – |"
+        )
+    return "\n".join(rows)
+
+
+def normalised_table(fidelity: dict) -> str:
+    """(value - floor) / (ceiling - floor) per system and metric: 1 = perfect, 0 = knows nothing."""
+    rows = ["| system | " + " | ".join(METRICS) + " |", "|---" + "|---:" * len(METRICS) + "|"]
+    for name, row in fidelity["systems"].items():
+        cells = [
+            f"{_fmt(row[k]['normalised'])} {_span(row[k]['normalised_low'], row[k]['normalised_high'])}"
+            for k in METRICS
+        ]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def effects_table(fidelity: dict) -> str:
+    """Paired differences main - other with 95% intervals; ** marks an interval that excludes 0."""
+    main = fidelity["effects"]["main"]
+    rows = ["| difference | " + " | ".join(METRICS) + " |", "|---" + "|---:" * len(METRICS) + "|"]
+    for other, diffs in fidelity["effects"]["vs"].items():
+        cells = []
+        for k in METRICS:
+            d = diffs[k]
+            mark = "**" if d["claimed"] else ""
+            cells.append(f"{mark}{_fmt(d['diff'])}{mark} {_span(d['low'], d['high'])}")
+        rows.append(f"| {main} − {other} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def html_table(markdown: str) -> str:
+    """A Markdown pipe table of this module as an HTML table (one source for both formats)."""
+    lines = [line.strip().strip("|").split(" | ") for line in markdown.splitlines() if line.startswith("|")]
+    head, body = lines[0], [row for row in lines[2:]]
+
+    def cell(text: str, tag: str) -> str:
+        text = html.escape(text.strip())
+        if text.startswith("**"):
+            text = "<b>" + text.replace("**", "", 2) + "</b>"
+        return f"<{tag}>{text.replace('*', '')}</{tag}>"
+
+    rows = "".join("<tr>" + "".join(cell(c, "td") for c in row) + "</tr>" for row in body)
+    return "<table><tr>" + "".join(cell(c, "th") for c in head) + f"</tr>{rows}</table>"
+
+
+def fidelity_html(fidelity: dict) -> str:
+    """``fidelity_text`` as HTML: a sentence, then each table."""
+    parts = []
+    for block in fidelity_text(fidelity).split("\n\n"):
+        parts.append(
+            html_table(block) if block.startswith("|") else f"<p>{html.escape(block.replace('**', ''))}</p>"
+        )
+    return "".join(parts)
+
+
+def fidelity_text(fidelity: dict) -> str:
+    """The three tables with one line each on how to read them."""
+    visits, real = fidelity["visits"], fidelity["real_units"]
+    return (
+        f"{fidelity['merchants']} merchants, {real['median']:.0f} real units (median; {real['min']}–"
+        f"{real['max']}) and {visits['median']:.0f} simulated visits per merchant; 95% intervals from a "
+        f"{fidelity['method']}, {fidelity['replicates']} replicates, seed {fidelity['seed']}. A system "
+        "inside the ceiling's interval cannot be told from a perfect simulator on this data.\n\n"
+        + interval_table(fidelity)
+        + "\n\nNormalised score (value − floor) / (ceiling − floor): 1 = as good as a perfect simulator, "
+        "0 = knows nothing about the merchant.\n\n"
+        + normalised_table(fidelity)
+        + (
+            "\n\nPaired differences (same merchant and real resamples); **bold**: the interval excludes 0, an "
+            "effect the data supports. For js_* a negative difference is better.\n\n"
+            + effects_table(fidelity)
+            if fidelity["effects"]["vs"]
+            else ""
+        )
+    )
+
+
+def plot_bounds(fidelity: dict, path: Path) -> None:
+    """One panel per metric: systems as points with intervals, the ceiling band and the floor line."""
+    names = list(fidelity["systems"])
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.1 * len(METRICS), 0.6 + 0.32 * len(names) + 1.2))
+    y = np.arange(len(names))
+    for ax, k in zip(axes, METRICS, strict=True):
+        bounds = fidelity["bounds"][k]
+        c, u, f = bounds["ceiling"], bounds["ceiling_unlimited"], bounds["floor"]
+        if c["low"] is not None:
+            ax.axvspan(c["low"], c["high"], color="tab:green", alpha=0.18, label="ceiling (95%)")
+            ax.axvline(c["mean"], color="tab:green", lw=1.2)
+        if u["mean"] is not None:
+            ax.axvline(u["mean"], color="tab:green", lw=1, ls=":", label="ceiling, unlimited visits")
+        if f["mean"] is not None:
+            ax.axvline(f["mean"], color="tab:red", lw=1.2, ls="--", label="floor")
+        for i, name in enumerate(names):
+            r = fidelity["systems"][name][k]
+            if r["value"] is None:
+                continue
+            lo = r["value"] - r["low"] if r["low"] is not None else 0
+            hi = r["high"] - r["value"] if r["high"] is not None else 0
+            ax.errorbar(
+                r["value"], i, xerr=[[max(lo, 0)], [max(hi, 0)]], fmt="o", color="black", ms=4, capsize=2
+            )
+        ax.set_yticks(y, names if ax is axes[0] else [""] * len(names), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{k} ({'lower' if k in LOWER_IS_BETTER else 'higher'} is better)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0].legend(fontsize=6, loc="lower left", bbox_to_anchor=(0, 1.12), ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot_conversion(systems: dict[str, dict], path: Path) -> None:
@@ -119,17 +264,29 @@ def _plot_baselines(systems: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(systems: dict[str, dict], out: str | Path, main: str | None = None, notes: str = "") -> Path:
-    """Write REPORT/metrics.json, summary.md, index.html and the plots; returns the HTML path."""
+def write_report(
+    systems: dict[str, dict],
+    out: str | Path,
+    main: str | None = None,
+    notes: str = "",
+    fidelity: dict | None = None,
+) -> Path:
+    """Write REPORT/metrics.json, summary.md, index.html and the plots; returns the HTML path.
+    ``fidelity`` (``engine.bootstrap.uncertainty``) adds intervals, ceiling and floor."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not systems:
         raise ValueError("nothing to report: no system was evaluated")
     main = main or next(iter(systems))
-    (out / "metrics.json").write_text(
-        json.dumps({"systems": {n: headline(s) for n, s in systems.items()}, "details": systems}, indent=2)
-    )
-    plots = {"conversion.png": "Simulated vs real conversion per merchant"}
+    report = {"systems": {n: headline(s) for n, s in systems.items()}, "details": systems}
+    (out / "metrics.json").write_text(json.dumps(report | {"fidelity": fidelity}, indent=2))
+    plots = {}
+    if fidelity is not None:
+        plot_bounds(fidelity, out / "fidelity.png")
+        plots["fidelity.png"] = (
+            "Each system with its 95% interval, the perfect simulator's band and the floor"
+        )
+    plots["conversion.png"] = "Simulated vs real conversion per merchant"
     _plot_conversion(systems, out / "conversion.png")
     plots["strata.png"] = f"Funnel rates by stratum ({main})"
     _plot_strata(systems[main], main, out / "strata.png")
@@ -139,8 +296,9 @@ def write_report(systems: dict[str, dict], out: str | Path, main: str | None = N
     _plot_baselines(systems, out / "baselines.png")
 
     table = markdown_table(systems)
+    bounded = fidelity_text(fidelity) + "\n\n" if fidelity is not None else ""
     (out / "summary.md").write_text(
-        "# Fidelity report\n\n" + (notes + "\n\n" if notes else "") + table + "\n\n"
+        "# Fidelity report\n\n" + (notes + "\n\n" if notes else "") + bounded + table + "\n\n"
         "cra: conversion-rate alignment (mean over merchants); ara: stratified action-rate alignment; "
         "js_*: Jensen–Shannon divergence (bits, lower is better); invalid_rate: share of steps the page "
         "could not perform; goal_success: share of goal tasks bought within 20 steps; cr_corr: Pearson r of "
@@ -164,6 +322,7 @@ def write_report(systems: dict[str, dict], out: str | Path, main: str | None = N
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 figure{{display:inline-block;margin:1em}}img{{max-width:100%}}</style></head>
 <body><h1>SimPersona fidelity report</h1><p>{html.escape(notes)}</p>
+{fidelity_html(fidelity) if fidelity is not None else ""}
 <table><tr><th>system</th>{"".join(f"<th>{k}</th>" for k in HEADLINE)}</tr>{rows}</table>
 {figures}
 <p>Details per merchant and stratum: <a href="metrics.json">metrics.json</a>, <a href="summary.md">summary.md</a>.</p>

@@ -1,8 +1,9 @@
 """vLLM backend: the agent's action scoring on vLLM's async engine (continuous batching).
 
 Same contract and numbers as the transformers backend (learners/agent/llm_policy.py): a candidate's
-score is the sum (or mean) of the log-probabilities of its target ids (the action and EOS) after the
-prompt's token ids (learners/agent/prompt.py, the training format). Every distinct prefix of a
+score is learners/agent/scoring.py's rule (``candidate_scores``: item actions in two levels) on the
+log-probabilities of its target ids (the action and EOS) after the prompt's token ids
+(learners/agent/prompt.py, the training format), or its mean. Every distinct prefix of a
 request's targets (the candidate trie's nodes, the empty one included) is one engine request: the
 prompt and that prefix, one decoding step, asking for the log-probabilities of exactly the ids the
 candidates continue with (``logprob_token_ids``). Those requests share the prompt through vLLM's
@@ -11,7 +12,9 @@ vLLM batches them all; scoring the whole candidate through ``prompt_logprobs`` i
 whole prompt again for every candidate, since vLLM skips reading the prefix cache for such requests.
 Persona tokens are normal added tokens (special=False) and prompts go in as token ids, so vLLM's
 special-token skipping never touches them. What is scored (the valid actions and the searches the page
-suggests) and how the action is picked is learners/agent/scoring.py's, as in the transformers backend.
+suggests), the rule that reads the token log-probabilities, and how the action is picked are
+learners/agent/scoring.py's, as in the transformers backend; an agent whose manifest names another
+scoring rule is refused.
 
 On CPU, vLLM lives in its own venv (engine/scripts/install_vllm_cpu.sh -> .venv-vllm); on GPU nodes
 install the ``vllm`` extra. ``python -m engine.vllm_backend`` scores a JSON file of requests (the
@@ -35,7 +38,13 @@ import numpy as np
 from learners.agent.packing import CandidateTrie
 from learners.agent.policy import ActRequest, ActResult
 from learners.agent.prompt import encode_target, request_prompt_ids, saved_prompt_format
-from learners.agent.scoring import pick, scored_candidates
+from learners.agent.scoring import (
+    candidate_scores,
+    check_scoring_rule,
+    item_groups,
+    pick,
+    scored_candidates,
+)
 from learners.agent.tokens import agent_persona_tokens
 
 
@@ -65,6 +74,7 @@ class VLLMPolicy:
             raise ValueError(f"ids_per_request must be in 1..{MAX_LOGPROB_TOKEN_IDS}, got {ids_per_request}")
         self.ids_per_request = ids_per_request
         directory = Path(agent_dir)
+        self.scoring_rule = check_scoring_rule(directory)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.tokens = agent_persona_tokens(directory, self.tokenizer)
         self.fmt = saved_prompt_format(directory)
@@ -119,9 +129,10 @@ class VLLMPolicy:
             for token in part
         }
 
-    async def _candidate_scores(self, prompt: list[int], targets: list[list[int]]) -> np.ndarray:
-        """Each target's summed (or mean) log-probability after ``prompt``: one engine request per
-        node of the targets' trie (learners/agent/packing.py; the root is the prompt), all at once."""
+    async def _token_logprobs(self, prompt: list[int], targets: list[list[int]]) -> np.ndarray:
+        """The log-probability of each target token after ``prompt`` (targets in order, each one's
+        tokens in order): one engine request per node of the targets' trie
+        (learners/agent/packing.py; the root is the prompt), all at once."""
         trie = CandidateTrie.build(targets)
         following: dict[int, set[int]] = {}
         for node, token in zip(trie.pick_node, trie.pick_id, strict=True):
@@ -136,9 +147,10 @@ class VLLMPolicy:
         nodes = list(following)
         steps = await asyncio.gather(*(self._next_logprobs(context(n), sorted(following[n])) for n in nodes))
         found = dict(zip(nodes, steps, strict=True))
-        logprobs = [found[node][token] for node, token in zip(trie.pick_node, trie.pick_id, strict=True)]
-        totals = np.bincount(trie.pick_owner, weights=logprobs, minlength=len(targets))
-        return totals / np.array(trie.lengths) if self.length_normalize else totals
+        return np.array(
+            [found[node][token] for node, token in zip(trie.pick_node, trie.pick_id, strict=True)],
+            dtype=np.float64,
+        )
 
     async def _act_one(self, index: int, request: ActRequest) -> ActResult:
         if not request.valid_actions:
@@ -148,7 +160,9 @@ class VLLMPolicy:
         prompt = self.prompt_ids(request)
         candidates = scored_candidates(request)
         targets = [encode_target(self.tokenizer, c) for c in candidates]
-        scores = await self._candidate_scores(prompt, targets)
+        logprobs = await self._token_logprobs(prompt, targets)
+        groups = item_groups(self.tokenizer, candidates, targets)
+        scores = candidate_scores(logprobs, [len(t) for t in targets], groups, self.length_normalize)
         action, score, per_action = pick(request, candidates, scores, self.temperature)
         tokens = len(prompt) + sum(map(len, targets))
         info: dict[str, Any] = {"scores": per_action.tolist(), "candidates": list(request.valid_actions)}
@@ -206,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("agent", type=Path, help="save_pretrained agent directory (with persona_tokens.json)")
     parser.add_argument("requests", type=Path, help="JSON list of ActRequest fields")
     parser.add_argument(
-        "out", type=Path, help="JSON file to write: one {action, logprob, scores} per request"
+        "out", type=Path, help="JSON file to write: one {action, logprob, scores, scoring} per request"
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument(
@@ -220,13 +234,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         raise SystemExit(str(err)) from err
     policy = VLLMPolicy(args.agent, temperature=args.temperature, ids_per_request=args.ids_per_request)
+    rule = policy.scoring_rule
     try:
         results = policy.act(requests)
     finally:
         policy.shutdown()
         del policy  # while the interpreter is whole: AsyncLLM's finaliser fails at exit
     payload = [
-        {"action": r.action, "logprob": r.logprob, "scores": r.info["scores"], "tokens": r.tokens}
+        {
+            "action": r.action,
+            "logprob": r.logprob,
+            "scores": r.info["scores"],
+            "tokens": r.tokens,
+            "scoring": rule,
+        }
         for r in results
     ]
     args.out.write_text(json.dumps(payload) + "\n", encoding="utf-8")

@@ -10,6 +10,7 @@ code, p, n), quarantine.parquet (buyers that could not be encoded, with the reas
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 
 NAME = "assign"
@@ -29,9 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.console_log import ray_session
     from learners.vqvae.assign import assign
 
-    result = assign(args.run_dir, args.data, args.out, use_ray=args.ray, concurrency=args.concurrency)
+    # Without --ray the buyers are encoded in this process: no Ray, nothing of its to route.
+    with ray_session(args.out, getattr(args, "verbose", False)) if args.ray else nullcontext():
+        result = assign(args.run_dir, args.data, args.out, use_ray=args.ray, concurrency=args.concurrency)
     print(
         f"assigned {result.buyers_assigned:,} of {result.buyers_read:,} buyers "
         f"({result.buyers_quarantined:,} quarantined) in {result.seconds:.2f} s "

@@ -49,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
             f"{args.truth} not found (--truth expects truth.parquet of `simpersona synth`)"
         )
     # Imported here so that `simpersona --help` does not import torch and Ray.
+    from engine.console_log import ray_session
     from learners.vqvae.assign import assign
     from learners.vqvae.fit import fit_codebook
     from learners.vqvae.report import write_report
 
-    result = fit_codebook(args.data, config, args.out, resume=args.resume)
+    with ray_session(args.out, getattr(args, "verbose", False)) as session:
+        result = fit_codebook(args.data, config, args.out, resume=args.resume, progress=session.progress)
     last = result.history[-1] if result.history else {}
     print(
         f"fitted {result.epochs_done} epochs -> {result.run_dir}  "

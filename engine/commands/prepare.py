@@ -2,9 +2,12 @@
 
   simpersona prepare logs/ --format tmall-ijcai15 --out data/
   simpersona prepare events.csv --mapping mapping.yaml --out data/ --max-seq-len 128
+  simpersona prepare events.csv --mapping mapping.yaml --check     # counts only, writes nothing
 
 Writes events, sessions, buyers, catalogs, merchants and quarantine tables (Parquet) and
-manifest.json into --out. Rows that cannot be used are quarantined with a reason, never dropped.
+manifest.json into --out. Rows that cannot be used are quarantined with a reason, never dropped;
+rows whose event code the mapping lists under event_type.drop are left out and counted per code.
+`simpersona mapping draft INPUT... --out mapping.yaml` proposes a mapping from a sample of your logs.
 """
 
 from __future__ import annotations
@@ -16,11 +19,22 @@ import time
 from pathlib import Path
 
 from learners.config import add_config_args, build_config
-from learners.data.prepare import PrepareConfig, prepare
+from learners.data.prepare import PrepareConfig, RowCheck, check_rows, prepare
+from learners.data.schema import event_vocabulary_lines
 
 NAME = "prepare"
 MAX_REASONS = 10
 HELP = "raw event logs -> events, sessions, buyers, catalogs, merchants (+ quarantine, manifest)"
+EPILOG = "\n".join(
+    [
+        "canonical event types (the values of a mapping's event_type.map), in funnel order:",
+        *event_vocabulary_lines("  "),
+        "",
+        "A mapping may also list codes to leave out on purpose: event_type: {column: C, map: {...},",
+        'drop: ["6", click]}. Their rows are counted per code in the manifest (rows_dropped_by_code), and',
+        "rows_read = rows_kept + rows_quarantined + rows_dropped.",
+    ]
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--format", help="a built-in source format, e.g. tmall-ijcai15, rees46")
     source.add_argument("--mapping", type=Path, help="a YAML mapping describing the source's columns")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.epilog = EPILOG
+    parser.add_argument("--out", type=Path, help="output directory (required unless --check)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the mapping against the data and print what would be kept, dropped and"
+        " quarantined (per reason and code); writes nothing",
+    )
     parser.add_argument("--ray", action="store_true", help="distribute with Ray Data (same outputs)")
     parser.add_argument("--config", type=Path, help="YAML file of PrepareConfig fields")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -45,11 +66,46 @@ def summary_lines(manifest: dict, elapsed_s: float) -> list[str]:
         f"  products {c['products']:,}",
         f"  quarantined {c['rows_quarantined']:,} rows",
     ]
-    reasons = list(manifest["quarantine_by_reason"].items())
-    lines += [f"    {n:>10,}  {reason}" for reason, n in reasons[:MAX_REASONS]]
-    if len(reasons) > MAX_REASONS:
-        rest = sum(n for _, n in reasons[MAX_REASONS:])
-        lines.append(f"    {rest:>10,}  ... {len(reasons) - MAX_REASONS} more reasons (see manifest.json)")
+    lines += _by_key_lines(manifest["quarantine_by_reason"], "reasons", "see manifest.json")
+    if c.get("rows_dropped"):
+        lines.append(f"  dropped on purpose {c['rows_dropped']:,} rows (event_type.drop)")
+        lines += _by_key_lines(_code_labels(manifest["rows_dropped_by_code"]), "codes", "see manifest.json")
+    return lines
+
+
+def _code_labels(by_code: dict[str, int]) -> dict[str, int]:
+    return {f"code {code!r}": n for code, n in by_code.items()}
+
+
+def _by_key_lines(counts: dict[str, int], what: str, where: str) -> list[str]:
+    items = list(counts.items())
+    lines = [f"    {n:>10,}  {key}" for key, n in items[:MAX_REASONS]]
+    if len(items) > MAX_REASONS:
+        rest = sum(n for _, n in items[MAX_REASONS:])
+        lines.append(f"    {rest:>10,}  ... {len(items) - MAX_REASONS} more {what} ({where})")
+    return lines
+
+
+def check_lines(check: RowCheck) -> list[str]:
+    """What `prepare --check` prints: the row accounting prepare would write, with examples."""
+    c = check.counts
+    lines = [
+        f"checked {c['rows_read']:,} rows: prepare would keep {c['rows_kept']:,}, quarantine"
+        f" {c['rows_quarantined']:,} and drop {c['rows_dropped']:,} (nothing written)",
+        f"  kept {c['rows_kept']:,} rows",
+        *(f"    {n:>10,}  {event}" for event, n in check.kept_by_event_type.items()),
+        f"  quarantined {c['rows_quarantined']:,} rows",
+    ]
+    for reason, n in list(check.quarantine_by_reason.items())[:MAX_REASONS]:
+        lines.append(f"    {n:>10,}  {reason}")
+        for row in check.examples.get(reason, []):
+            column = f" column '{row['column']}'" if row["column"] else ""
+            lines.append(f"                e.g. {row['file']}:{row['line']}{column}: {row['raw']}")
+    if len(check.quarantine_by_reason) > MAX_REASONS:
+        rest = list(check.quarantine_by_reason.values())[MAX_REASONS:]
+        lines.append(f"    {sum(rest):>10,}  ... {len(rest)} more reasons")
+    lines.append(f"  dropped on purpose {c['rows_dropped']:,} rows (event_type.drop)")
+    lines += _by_key_lines(_code_labels(check.rows_dropped_by_code), "codes", "all dropped on purpose")
     return lines
 
 
@@ -62,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
 
     adapter = get_adapter(args.format, args.mapping)
     inputs = expand_inputs(args.inputs)
+    if args.check:
+        for line in check_lines(check_rows(inputs, adapter)):
+            print(line)
+        return 0
+    if args.out is None:
+        raise ValueError("prepare: --out is missing; fix: pass --out DIR (or --check to only count rows)")
     start = time.perf_counter()
     manifest = prepare(inputs, adapter, config, args.out, progress=not args.no_progress)
     elapsed = time.perf_counter() - start

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.console_log import ray_session
 from engine.driver import SimulationConfig, simulate
 from learners.config import add_config_args, build_config
 
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = build_config(SimulationConfig, args, args.config)
-    manifest = simulate(config)
+    with ray_session(config.out, getattr(args, "verbose", False), address=config.ray_address):
+        manifest = simulate(config)
     print(
         f"simulated {manifest['buyers_completed']:,} of {manifest['buyers_requested']:,} buyers,"
         f" {manifest['steps']:,} steps ({manifest['invalid_steps']:,} invalid) in {manifest['elapsed_s']:.1f} s;"

@@ -3,9 +3,10 @@
   simpersona traces data/ --out traces/
   simpersona traces data/ --out traces/ --merchants 2882,1271 --max-sessions 200
 
-Writes traces.parquet (one row per observation -> action step; inserted navigation marked
+Writes traces.parquet (one row per observation -> action step; inserted navigation, and the
+add-to-carts inserted before removals of items added before the log's window, marked
 real_event = false), replay_report.json (share of real events mapped to valid actions, the reasons
-for the rest) and manifest.json into --out, and prints the report.
+for the rest, inserted_adds) and manifest.json into --out, and prints the report.
 """
 
 from __future__ import annotations

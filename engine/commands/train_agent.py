@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from learners.agent.train import AgentTrainConfig, train_agent
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--personas RUN_OR_CODES is required (or --no-persona for the baseline)")
     from transformers.utils import logging as hf_logging
 
+    from engine.console_log import ray_session
     from learners.agent.sources import load_personas, load_traces
 
     hf_logging.disable_progress_bar()
@@ -76,15 +78,20 @@ def run(args: argparse.Namespace) -> int:
             traces, source = load_traces(args.data, Path(work) / "traces")
             if not config.no_persona:
                 personas = load_personas(args.personas, args.data, Path(work) / "codes")
-        result = train_agent(
-            config,
-            traces,
-            personas.codes if personas else None,
-            args.out,
-            codebook=personas.codebook if personas else None,
-            resume=args.resume,
-            source=source,
-        )
+        # Ray starts once the inputs have been read (a bad one fails without it); --workers 0
+        # trains in this process without Ray and prints its progress here directly.
+        verbose = getattr(args, "verbose", False)
+        with ray_session(args.out, verbose) if config.workers > 0 else nullcontext() as logs:
+            result = train_agent(
+                config,
+                traces,
+                personas.codes if personas else None,
+                args.out,
+                codebook=personas.codebook if personas else None,
+                resume=args.resume,
+                source=source,
+                progress=logs.progress if logs else None,
+            )
     for e in result.epochs:
         print(
             f"  stage {e['stage']} epoch {e['epoch']}: loss {e['loss']:.4f}, {e['tokens_per_s']:,.0f} tokens/s"

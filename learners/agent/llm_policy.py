@@ -1,7 +1,8 @@
 """``LLMPolicy``: a fine-tuned causal LM acting through the Policy interface (transformers backend).
 
 Scoring mode (default): a candidate's score is the log-likelihood of its target ids (prompt.py, the
-training format) after the request's prompt ids, optionally divided by their count. Requests are
+training format) after the request's prompt ids, read by scoring.py's rule (``SCORING_RULE``: item
+actions in two levels, template then the page's items), optionally divided by their count. Requests are
 sorted by prompt length and cut into groups that waste little on padding; per group, two forward
 passes (packing.py): the group's distinct pages, each once, whose KV cache rows are copied to every
 buyer on that page; then one packed row per request on that cache: the buyer's own prompt tokens and
@@ -9,7 +10,9 @@ the trie of its candidates' tokens, under a 4-D mask that gives each score exact
 running prompt + candidate alone. The vocabulary projection runs only where a candidate token is
 predicted. Memory grows with the pages, the buyers' own tokens and the tries, not with candidates x
 prompt. What is scored, and how the action is picked, is scoring.py's: the valid actions and the
-searches the page suggests, as whole actions; the search template scores as the total probability of
+searches the page suggests; an item action (``open product P``) as its template's log-probability plus
+its id's log-softmax among the page's items of that template, which the trie's per-token
+log-probabilities give with no extra pass; the search template scores as the total probability of
 those searches; the pick is policy.py's ``choose``, the argmax (``temperature=0``) or a draw from the
 softmax of the scores at ``temperature``, seeded by ``ActRequest.seed``. So the model picks its query
 among the grounded ones instead of decoding free text that may name a product of another storefront.
@@ -46,7 +49,16 @@ from learners.agent.actions import is_offered
 from learners.agent.packing import NO_CANDIDATES, CandidateTrie, PackedSuffixes, length_groups, pack_suffixes
 from learners.agent.policy import ActRequest, ActResult
 from learners.agent.prompt import PromptFormat, encode_buyer, encode_page, encode_targets, saved_prompt_format
-from learners.agent.scoring import action_scores, pick, scored_candidates
+from learners.agent.scoring import (
+    SCORING_RULE,
+    ItemGroups,
+    action_scores,
+    candidate_scores,
+    check_scoring_rule,
+    item_groups,
+    pick,
+    scored_candidates,
+)
 from learners.agent.tokens import PersonaTokens, agent_persona_tokens
 
 TARGET_CACHE = 65536
@@ -100,6 +112,8 @@ class LLMPolicy:
         self._targets: dict[str, list[int]] = {}
         self._pages: dict[str, list[int]] = {}
         self._tries: dict[tuple[str, ...], CandidateTrie] = {}
+        self._groups: dict[tuple[str, ...], ItemGroups] = {}
+        self.scoring_rule = SCORING_RULE
         self.prefill = PrefillStats()
         # transformers renamed ``past_key_values`` to ``cache`` (5.x); the cache is filled in place.
         forward_args = inspect.signature(model.forward).parameters
@@ -107,7 +121,9 @@ class LLMPolicy:
 
     @classmethod
     def from_pretrained(cls, agent_dir: str | Path, device: str = "cpu", **kwargs) -> LLMPolicy:
-        """Load an exported agent (train.py) or any causal LM directory / hub id (then no persona)."""
+        """Load an exported agent (train.py) or any causal LM directory / hub id (then no persona).
+        Raises ValueError for an agent whose manifest names another scoring rule (scoring.py)."""
+        check_scoring_rule(agent_dir)
         model = AutoModelForCausalLM.from_pretrained(agent_dir).to(device)
         tokenizer = AutoTokenizer.from_pretrained(agent_dir)
         fmt = kwargs.pop("fmt", None) or saved_prompt_format(agent_dir)
@@ -161,25 +177,45 @@ class LLMPolicy:
             trie = self._tries[key] = CandidateTrie.build(self.targets(candidates))
         return trie
 
+    def item_groups(self, candidates: Sequence[str]) -> ItemGroups:
+        """The candidates' item groups (scoring.py's two-level rule); cached per candidate set."""
+        key = tuple(candidates)
+        groups = self._groups.get(key)
+        if groups is None:
+            if len(self._groups) >= PAGE_CACHE:
+                self._groups.clear()
+            groups = self._groups[key] = item_groups(self.tokenizer, candidates, self.targets(candidates))
+        return groups
+
     def score(self, requests: Sequence[ActRequest], prompts: list[Prompt] | None = None) -> list[np.ndarray]:
-        """Per request, the score of each valid action (sum of target-token log-probs, or their mean;
-        the search template's from the page's searches, scoring.py)."""
+        """Per request, the score of each valid action (scoring.py's rule on the target-token
+        log-probs, or its mean; the search template's from the page's searches)."""
         prompts = prompts if prompts is not None else [self.prompt(r) for r in requests]
-        tries = [self.trie(scored_candidates(r)) for r in requests]
-        found = self._scores(prompts, tries)
+        found = self._scores(prompts, [scored_candidates(r) for r in requests])
         return [action_scores(r, values) for r, values in zip(requests, found, strict=True)]
 
-    def _scores(self, prompts: list[Prompt], tries: list[CandidateTrie]) -> list[np.ndarray]:
-        scores: list[np.ndarray] = [np.empty(0)] * len(prompts)
+    def _scores(self, prompts: list[Prompt], candidates: list[list[str]]) -> list[np.ndarray]:
+        """Per request, each candidate's score under scoring.py's rule."""
+        tries = [self.trie(c) for c in candidates]
+        found = self.token_logprobs(prompts, tries)
+        return [
+            candidate_scores(values, trie.lengths, self.item_groups(c), self.length_normalize)
+            for values, trie, c in zip(found, tries, candidates, strict=True)
+        ]
+
+    def token_logprobs(self, prompts: list[Prompt], tries: list[CandidateTrie]) -> list[np.ndarray]:
+        """Per request, the log-probability of each target token of its trie's candidates (candidates
+        in order, each one's tokens in order): what a scoring rule reads."""
+        out: list[np.ndarray] = [np.empty(0)] * len(prompts)
         lengths = [len(page) + len(own) for page, own in prompts]
         for group in length_groups(lengths, self.max_requests_per_forward):
-            found = self._candidate_scores([prompts[i] for i in group], [tries[i] for i in group])
+            found = self._token_logprobs([prompts[i] for i in group], [tries[i] for i in group])
             for i, values in zip(group, found, strict=True):
-                scores[i] = values
-        return scores
+                out[i] = values
+        return out
 
     @torch.inference_mode()
-    def _candidate_scores(self, prompts: list[Prompt], tries: list[CandidateTrie]) -> list[np.ndarray]:
+    def _token_logprobs(self, prompts: list[Prompt], tries: list[CandidateTrie]) -> list[np.ndarray]:
         cache, page_real = self._page_cache(prompts)
         packed = pack_suffixes([len(page) for page, _ in prompts], [own for _, own in prompts], tries)
         hidden = self._run_suffixes(packed, cache, page_real, self.model.get_decoder()).last_hidden_state
@@ -187,14 +223,10 @@ class LLMPolicy:
         # The vocabulary projection runs only where a candidate token is predicted.
         where, inverse = torch.unique(rows * packed.width + cols, return_inverse=True)
         logits = self.model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[where]).float()
-        logp = (logits[inverse, ids] - torch.logsumexp(logits, dim=-1)[inverse]).double().cpu()
-        lengths = [n for trie in tries for n in trie.lengths]
-        totals = torch.zeros(len(lengths), dtype=torch.float64).index_add_(0, packed.pick_owner, logp)
-        if self.length_normalize:
-            totals /= torch.tensor(lengths, dtype=torch.float64)
-        bounds = np.cumsum([0] + [len(trie.lengths) for trie in tries])
-        values = totals.numpy()
-        return [values[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        logp = (logits[inverse, ids] - torch.logsumexp(logits, dim=-1)[inverse]).double().cpu().numpy()
+        # Picks are packed request by request, each trie's in candidate-then-token order.
+        bounds = np.cumsum([0] + [len(trie.pick_id) for trie in tries])
+        return [logp[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def _page_cache(self, prompts: list[Prompt]) -> tuple[DynamicCache, torch.Tensor]:
         """The pages' KV cache, one row per prompt, and which cached columns are real (batch, width).
@@ -265,7 +297,7 @@ class LLMPolicy:
                 )
         candidates = [scored_candidates(r) for r in requests]
         tries = [self.trie(c) for c in candidates]
-        all_scores = self._scores(prompts, tries)
+        all_scores = self._scores(prompts, candidates)
         results: list[ActResult] = []
         for r, prompt, trie, scores, choices in zip(
             requests, prompts, tries, all_scores, candidates, strict=True

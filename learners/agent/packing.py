@@ -5,7 +5,9 @@ one packed row per request on top of its page's KV cache. A packed row is the bu
 tokens (a chain, each token seeing those before it) and then the trie of the candidates' tokens,
 hanging from the chain's last token: candidates that start alike (``open product p1``, ``open product
 p2``) share their common tokens' columns. Each column sees its ancestors only and sits at the position
-it would have in ``prompt + candidate``, so a candidate's score equals running it alone.
+it would have in ``prompt + candidate``, so a candidate's score equals running it alone. The items of
+one template share its prefix nodes, so the template's own log-probability (scoring.py's two-level
+rule) comes from the same pass.
 
 ``length_groups`` cuts a batch into groups of similar prompt length, so padding stays small.
 """

@@ -26,7 +26,9 @@ def page_queries(observation: str) -> list[str]:
     words, else ``FALLBACK_QUERY``; never empty, none with a double quote or over ``MAX_QUERY_CHARS``."""
     words = sorted(set(_IDS.findall(observation)))
     if not words:
-        words = sorted({w.replace('"', "") for w in observation.split()} - {""})
+        # The page lists the template itself among its actions; its placeholder is no query.
+        text = observation.replace(SEARCH_TEMPLATE, " ")
+        words = sorted({w.replace('"', "") for w in text.split()} - {""})
     return [w[:MAX_QUERY_CHARS] for w in words] or [FALLBACK_QUERY]
 
 

@@ -13,15 +13,54 @@ including ids of other storefronts that the agent can never search for. Agents t
 replays, which reach products by searching their ids, put most of their mass there: on a Tmall
 study home page the prefix had log-probability -2.0 (0.76 of the valid actions' mass) and the page's
 own searches -13.0 together, and that agent searched in 94% of its simulated steps.
+
+Item actions score in two levels (``SCORING_RULE``). An item template (``open product P``, ``open
+category C``, ``remove product P``: the action grammar's per-item actions, envs/storefront.py) lists
+one action per item of the page. Scored whole, each pays for its id tokens, which a model cannot
+predict on a storefront it has never seen, while ``home`` or ``exit`` is one cheap token: on a Tmall
+home page all products together got P ~ 0.0000 of the valid actions' mass (issue measurement), so the
+agent never opened a product. So an item action scores::
+
+    log P(template prefix) + log_softmax over the page's items of that template (continuation score)
+
+where the prefix is the template's text as target tokens (`` open product``) and a continuation's
+score is the log-likelihood of the rest of its target (the id and EOS). The template keeps the mass
+the model gives it (the items' logsumexp equals log P(prefix)); the model's id preferences only rank
+the page's own items, so a page's only item of a template gets the template's whole mass (its
+whole-action score when the model puts all its id mass on it, more otherwise). Since
+log_softmax_j(cont)_i = score_i - logsumexp_j score_j for the whole-action scores, both backends get
+it from the same per-token log-probabilities (``candidate_scores``): the prefix tokens are the
+candidate trie's shared nodes (packing.py), so no extra pass runs. When a tokenizer merges the prefix
+with an id (the prefix ids are not a token-prefix of every item's target), that template's items are
+scored whole: a shorter, shared prefix would overlap other templates' mass (`` open`` also begins
+``open category``). Other actions, and the searches, score whole as before; with
+``length_normalize`` every candidate's rule score is divided by its target length.
+
+The rule reads the model's probabilities only, so it needs no retraining: an agent's manifest names
+the rule it is served with (``"scoring"``); agents from before the field was recorded are served with
+this rule, and an agent naming another rule is refused (``check_scoring_rule``).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from envs.storefront import OPEN_CATEGORY, OPEN_PRODUCT, REMOVE_PRODUCT
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.policy import ActRequest, choose
+from learners.agent.prompt import encode_target
 from learners.agent.random_policy import search_actions
+
+SCORING_RULE = "two-level-v1"
+"""The rule above; an agent's manifest names the rule it is served with (``"scoring"``)."""
+ITEM_TEMPLATES: tuple[str, ...] = (OPEN_PRODUCT, OPEN_CATEGORY, REMOVE_PRODUCT)
+"""The action grammar's per-item templates (envs/web/page_reader.py groups actions the same way)."""
 
 
 def scored_candidates(request: ActRequest) -> list[str]:
@@ -46,7 +85,8 @@ def pick(
     request: ActRequest, candidates: list[str], scores: np.ndarray, temperature: float
 ) -> tuple[str, float, np.ndarray]:
     """The chosen action (a search with its query filled in), its score, and each valid action's
-    score; ``candidates`` and ``scores`` are ``scored_candidates(request)`` and their scores."""
+    score; ``candidates`` and ``scores`` are ``scored_candidates(request)`` and their scores
+    (``candidate_scores``)."""
     per_action = action_scores(request, scores)
     k = choose(per_action, temperature, request.seed)
     if request.valid_actions[k] != SEARCH_TEMPLATE:
@@ -54,3 +94,82 @@ def pick(
     plain = len(request.valid_actions) - 1
     j = plain + choose(scores[plain:], temperature, (request.seed, 1))
     return candidates[j], float(scores[j]), per_action
+
+
+def item_template(action: str) -> str | None:
+    """The item template an action fills (``open product 12`` -> ``"open product "``), else None."""
+    for template in ITEM_TEMPLATES:
+        if action.startswith(template) and len(action) > len(template):
+            return template
+    return None
+
+
+@dataclass(frozen=True)
+class ItemGroups:
+    """Which scored candidates score in two levels: per item template of the page, its candidates'
+    indices and how many leading target tokens spell the template (its prefix)."""
+
+    members: tuple[tuple[int, ...], ...]
+    prefix_tokens: tuple[int, ...]
+
+
+def item_groups(
+    tokenizer: PreTrainedTokenizerBase, candidates: Sequence[str], targets: Sequence[Sequence[int]]
+) -> ItemGroups:
+    """The item groups of ``candidates`` (``scored_candidates``) whose ``targets`` (prompt.py's
+    ``encode_target``) all start with their template's prefix ids; a template whose prefix ids are
+    not a token-prefix of every item's target (the tokenizer merged across the boundary) is left
+    out, so its items score whole."""
+    found: dict[str, list[int]] = {}
+    for i, candidate in enumerate(candidates):
+        template = item_template(candidate)
+        if template is not None:
+            found.setdefault(template, []).append(i)
+    members, prefix_tokens = [], []
+    for template, group in found.items():
+        prefix = encode_target(tokenizer, template.rstrip())[:-1]  # the text, without EOS
+        k = len(prefix)
+        if k and all(len(targets[i]) > k and list(targets[i][:k]) == prefix for i in group):
+            members.append(tuple(group))
+            prefix_tokens.append(k)
+    return ItemGroups(tuple(members), tuple(prefix_tokens))
+
+
+def candidate_scores(
+    logprobs: np.ndarray, lengths: Sequence[int], groups: ItemGroups, length_normalize: bool = False
+) -> np.ndarray:
+    """Each candidate's score under ``SCORING_RULE`` from the log-probabilities of its target tokens
+    (``logprobs``: every candidate's tokens in order, candidates in order; ``lengths``: tokens per
+    candidate): the whole-target sum, or for a grouped item log P(prefix) plus the log-softmax of its
+    continuation among its group's; divided by the target length with ``length_normalize``."""
+    logprobs = np.asarray(logprobs, dtype=np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    scores = np.bincount(owner, weights=logprobs, minlength=len(lengths))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    for members, k in zip(groups.members, groups.prefix_tokens, strict=True):
+        index = np.array(members)
+        # The prefix tokens are the same tokens in the same context for every member (shared trie
+        # nodes): one member's sum is the template's log-probability.
+        first = starts[index[0]]
+        prefix = float(logprobs[first : first + k].sum())
+        cont = np.array([logprobs[starts[i] + k : starts[i] + lengths[i]].sum() for i in members])
+        scores[index] = prefix + cont - np.logaddexp.reduce(cont)
+    return scores / lengths if length_normalize else scores
+
+
+def check_scoring_rule(agent_dir: str | Path) -> str:
+    """The scoring rule an agent directory is served with: ``SCORING_RULE``, for an agent whose
+    manifest names it or names none (agents from before the field; the rule needs no retraining).
+
+    Raises ValueError for an agent whose manifest names another rule: this version serves only its own."""
+    manifest = Path(agent_dir) / "manifest.json"
+    if manifest.exists():
+        rule = json.loads(manifest.read_text(encoding="utf-8")).get("scoring", SCORING_RULE)
+        if rule != SCORING_RULE:
+            raise ValueError(
+                f"{manifest}: this agent is to be served with the {rule!r} scoring rule, and this"
+                f" version scores with {SCORING_RULE!r} only (learners/agent/scoring.py); serve it"
+                f' with the version that wrote it, or set its manifest\'s "scoring" to {SCORING_RULE!r}'
+            )
+    return SCORING_RULE

@@ -33,6 +33,7 @@ from safetensors.torch import load_model
 from learners.agent.base_models import load_base, parameter_count
 from learners.agent.examples import build_examples, split_examples
 from learners.agent.prompt import PROMPT_LAYOUT, trained_layout
+from learners.agent.scoring import SCORING_RULE
 from learners.agent.tokens import add_persona_tokens
 from learners.agent.train_loop import MODEL_FILE, CheckpointStore, LocalStore, load_init, run_stages
 from learners.config import config_to_dict
@@ -132,9 +133,12 @@ def train_agent(
     resume: bool = False,
     source: str = "traces",
     log: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Fine-tune an agent on ``traces`` (and persona ``codes``) into ``out_dir``; see the module doc.
-    With ``resume`` the examples and initial model saved in ``out_dir`` are reused (traces may be None)."""
+    With ``resume`` the examples and initial model saved in ``out_dir`` are reused (traces may be None).
+    ``log`` takes this process's lines; ``progress``, a picklable sink, the training progress lines of
+    Ray Train's rank 0 (default: that worker prints them to its stderr)."""
     out = Path(out_dir).resolve()
     if codes is None and not config.no_persona and not resume:
         raise ValueError(
@@ -145,7 +149,8 @@ def train_agent(
         if not manifest_path.exists():
             raise FileNotFoundError(f"{out}: nothing to resume (no {MANIFEST_FILE}); drop --resume to start")
         _check_resumable(config, json.loads(manifest_path.read_text()), manifest_path)
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.suffix != ".log" for p in out.iterdir()):
+        # Log files only (the CLI's ray.log, written before training starts) still count as empty.
         raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose a new --out")
     init_dir, train_path = out / "init", out / "data" / "train.parquet"
     if not resume:
@@ -165,7 +170,7 @@ def train_agent(
         run_stages(cfg, str(init_dir), str(train_path), store, 0, 1, _device(config.use_gpu), log)
         epochs, latest = store.metrics, store.latest()
     else:
-        epochs, latest = _fit_on_ray(config, cfg, init_dir, train_path, out)
+        epochs, latest = _fit_on_ray(config, cfg, init_dir, train_path, out, progress)
     _export(config, init_dir, latest, out)
     _write_manifest(manifest_path, config, source, n_examples, n_quarantined, epochs, finished=True)
     log(f"agent written to {out}")
@@ -250,13 +255,25 @@ def _num_codes(codes: pa.Table, codebook: torch.Tensor | None) -> int:
     return max(values) + 1
 
 
-def _fit_on_ray(config: AgentTrainConfig, cfg: dict, init_dir: Path, train_path: Path, out: Path):
+def _fit_on_ray(
+    config: AgentTrainConfig,
+    cfg: dict,
+    init_dir: Path,
+    train_path: Path,
+    out: Path,
+    progress: Callable[[str], None] | None = None,
+):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config={"cfg": cfg, "init_dir": str(init_dir), "train_path": str(train_path)},
+        train_loop_config={
+            "cfg": cfg,
+            "init_dir": str(init_dir),
+            "train_path": str(train_path),
+            "progress": progress,
+        },
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
         run_config=RunConfig(
             name=RUN_NAME,
@@ -289,6 +306,9 @@ def _ray_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     context = ray.train.get_context()
+    # Rank 0 alone reports progress (the ranks' lines would repeat each other), to the driver's sink
+    # when there is one: a worker's own output reaches the console only through Ray's forwarding.
+    progress = loop_config.get("progress") or (lambda line: print(line, file=sys.stderr, flush=True))
     run_stages(
         loop_config["cfg"],
         loop_config["init_dir"],
@@ -297,9 +317,7 @@ def _ray_worker(loop_config: dict) -> None:
         context.get_world_rank(),
         context.get_world_size(),
         ray.train.torch.get_device(),
-        (lambda line: print(line, file=sys.stderr, flush=True))
-        if context.get_world_rank() == 0
-        else (lambda line: None),
+        progress if context.get_world_rank() == 0 else (lambda line: None),
     )
 
 
@@ -352,6 +370,7 @@ def _write_manifest(path: Path, config, source, n_examples, n_quarantined, epoch
     payload = {
         "config": config_to_dict(config),
         "prompt_layout": PROMPT_LAYOUT,
+        "scoring": SCORING_RULE,
         "inputs": {"traces": source},
         "rows": {"examples": n_examples, "quarantined": n_quarantined},
         "epochs": previous + [e for e in epochs if e not in previous],

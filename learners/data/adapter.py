@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -12,7 +12,10 @@ import pyarrow as pa
 
 @dataclass
 class CanonicalChunk:
-    """One slice of input after canonicalization. Invariant: rows_read == events + quarantined rows."""
+    """One slice of input after canonicalization.
+
+    Invariant: rows_read == events + quarantined rows + rows dropped on purpose (``dropped``).
+    """
 
     events: pa.Table
     """Rows in the CANONICAL_EVENTS schema."""
@@ -20,6 +23,8 @@ class CanonicalChunk:
     """Rows in the QUARANTINE schema: every row of this slice that could not be used, with why."""
     rows_read: int
     """Data rows read from the input for this slice (header lines excluded)."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Source event code -> rows of this slice left out because the mapping drops that code."""
 
 
 class Adapter(Protocol):

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from learners.data.adapter import Adapter, CanonicalChunk
-from learners.data.canonical import TimestampParser, as_text, canonicalize
+from learners.data.canonical import TimestampParser, as_text, canonicalize, drop_declared
 from learners.data.mapping import (
     CsvOptions,
     EventTypeSpec,
@@ -44,8 +44,11 @@ class MappingAdapter:
         """Canonical chunks of each input file in order; file i's src_order carries i in its high bits."""
         for file_index, path in enumerate(inputs):
             for raw in read_raw(Path(path), file_index, self.mapping):
-                events, quarantine = canonicalize(raw, self.mapping, self.parse_ts)
-                yield CanonicalChunk(events=events, quarantine=quarantine, rows_read=raw.rows_read)
+                kept, dropped = drop_declared(raw, self.mapping)
+                events, quarantine = canonicalize(kept, self.mapping, self.parse_ts)
+                yield CanonicalChunk(
+                    events=events, quarantine=quarantine, rows_read=raw.rows_read, dropped=dropped
+                )
 
 
 def _month_day_ms(year: int, month: pa.Array, day: pa.Array) -> pa.Array:

@@ -3,11 +3,14 @@
 ``canonicalize(chunk, mapping)`` returns (CANONICAL_EVENTS table, QUARANTINE table). Each row is
 checked in a fixed order (missing merchant_id, missing buyer_id, timestamp, valid range, event code,
 price); the first failing check is the row's quarantine reason. Only quarantined rows go through
-per-row Python (to format their reason and raw text).
+per-row Python (to format their reason and raw text). Rows whose event code the mapping drops on
+purpose (``event_type.drop``) are taken out before any check by ``drop_declared``, which counts them
+per code: they are neither kept nor quarantined, whatever else is wrong with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import zoneinfo
@@ -233,6 +236,28 @@ def _raw_text(chunk: RawChunk, columns: list[str], rows: np.ndarray) -> list[str
     if chunk.delimiter is not None:
         return [chunk.delimiter.join("" if v is None else str(v) for v in row.values()) for row in picked]
     return [json.dumps({c: row.get(c) for c in columns}, default=str, ensure_ascii=False) for row in picked]
+
+
+def drop_declared(chunk: RawChunk, mapping: SourceMapping) -> tuple[RawChunk, dict[str, int]]:
+    """The chunk without the rows whose event code is in ``event_type.drop``, and their count per code.
+
+    The returned chunk keeps the reader's quarantine; its ``rows_read`` is the original's minus the
+    dropped rows, so rows_read = kept + quarantined + dropped still balances for the caller.
+    """
+    drop = mapping.event_type.drop
+    if not drop or chunk.table.num_rows == 0:
+        return chunk, {}
+    codes = as_text(chunk.table.column(mapping.event_type.column))
+    hit = pc.fill_null(pc.is_in(codes, value_set=pa.array(drop, pa.string())), False)
+    if not pc.any(hit).as_py():
+        return chunk, {}
+    counts = pc.value_counts(codes.filter(hit)).to_pylist()
+    dropped = {item["values"]: item["counts"] for item in counts}
+    keep = pc.invert(hit)
+    kept = dataclasses.replace(
+        chunk, table=chunk.table.filter(keep), lines=chunk.lines[keep.to_numpy(zero_copy_only=False)]
+    )
+    return kept, dict(sorted(dropped.items()))
 
 
 def canonicalize(

@@ -25,7 +25,7 @@ OPTIONAL_FIELDS = ("session_id", "product_id", "category_id", "price", "query")
 TOP_KEYS = ("name", "format", "csv", "fields", "timestamp", "event_type")
 CSV_KEYS = ("delimiter", "header", "columns")
 TIMESTAMP_KEYS = ("format", "year", "timezone", "resolution", "min", "max")
-EVENT_TYPE_KEYS = ("column", "map")
+EVENT_TYPE_KEYS = ("column", "map", "drop")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class EventTypeSpec:
     """The source column holding the event code."""
     map: dict[str, str]
     """Source code (as text) -> canonical event type (schema.EVENT_TYPES)."""
+    drop: tuple[str, ...] = ()
+    """Source codes (as text) whose rows are left out on purpose: counted per code, not quarantined."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,36 @@ def _event_type(source: str, values: Any) -> EventTypeSpec:
                 f"use one of {', '.join(EVENT_TYPES)}",
             )
         mapped[str(code)] = event
-    return EventTypeSpec(column=column, map=mapped)
+    return EventTypeSpec(column=column, map=mapped, drop=_dropped_codes(source, values.get("drop"), mapped))
+
+
+def _dropped_codes(source: str, values: Any, mapped: dict[str, str]) -> tuple[str, ...]:
+    """event_type.drop: codes whose rows are left out on purpose; none may also be mapped."""
+    if values is None:
+        return ()
+    if not isinstance(values, list):
+        raise _fail(
+            source, "event_type.drop", f"expected a list of codes, got {values!r}", 'write drop: ["6", click]'
+        )
+    dropped: list[str] = []
+    for code in values:
+        if isinstance(code, bool) or not isinstance(code, (str, int)) or code == "":
+            raise _fail(
+                source,
+                "event_type.drop",
+                f"code {code!r} is not a non-empty text or integer",
+                "quote the code",
+            )
+        text = str(code)
+        if text in mapped:
+            raise _fail(
+                source,
+                f"event_type.drop.{text}",
+                f"code {text!r} is both mapped (to {mapped[text]}) and dropped",
+                "keep it in event_type.map to use its rows or in event_type.drop to leave them out, not both",
+            )
+        dropped.append(text)
+    return tuple(dict.fromkeys(dropped))
 
 
 def _csv_options(source: str, values: Any) -> CsvOptions:

@@ -24,23 +24,29 @@ MERCHANT_TABLES = ("events", "sessions", "buyers", "catalogs", "merchants")
 """Tables of a prepared directory keyed by ``merchant_id`` (the quarantine is keyed by input line)."""
 
 
-def eligible_merchants(data_dir: str | Path, min_buyers: int) -> list[str]:
-    """Merchants of ``DATA/merchants.parquet`` with at least ``min_buyers`` buyers, sorted by id."""
+def eligible_merchants(data_dir: str | Path, min_buyers: int, min_sessions: int = 0) -> list[str]:
+    """Merchants of ``DATA/merchants.parquet`` with at least ``min_buyers`` buyers and ``min_sessions``
+    sessions, sorted by id. Sessions decide how precisely a merchant's real rates are known."""
     path = Path(data_dir) / TABLE_FILES["merchants"]
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `simpersona prepare ... --out {data_dir}` first")
-    table = pq.read_table(path, columns=["merchant_id", "buyers"])
-    keep = pc.greater_equal(table.column("buyers"), min_buyers)
+    table = pq.read_table(path, columns=["merchant_id", "buyers", "sessions"])
+    keep = pc.and_(
+        pc.greater_equal(table.column("buyers"), min_buyers),
+        pc.greater_equal(table.column("sessions"), min_sessions),
+    )
     return sorted(table.filter(keep).column("merchant_id").to_pylist())
 
 
-def heldout_merchants(data_dir: str | Path, count: int, min_buyers: int, seed: int) -> list[str]:
-    """``count`` merchants drawn uniformly (seeded) among those with ``>= min_buyers`` buyers, sorted."""
-    eligible = eligible_merchants(data_dir, min_buyers)
+def heldout_merchants(
+    data_dir: str | Path, count: int, min_buyers: int, seed: int, min_sessions: int = 0
+) -> list[str]:
+    """``count`` merchants drawn uniformly (seeded) among the eligible ones (``eligible_merchants``), sorted."""
+    eligible = eligible_merchants(data_dir, min_buyers, min_sessions)
     if not 0 < count <= len(eligible):
         raise ValueError(
             f"{data_dir}: cannot hold out {count} merchants; {len(eligible)} have >= {min_buyers} buyers "
-            "(lower the count or the buyer threshold)"
+            f"and >= {min_sessions} sessions (lower the count or the thresholds)"
         )
     chosen = np.random.default_rng(seed).choice(len(eligible), size=count, replace=False)
     return sorted(eligible[i] for i in chosen)

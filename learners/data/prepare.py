@@ -11,7 +11,9 @@ back with building the previous one, building one table with another, and buildi
 
 Every output is ordered by buyer hash (hence by bucket), independent of how buckets are grouped
 into partitions, so the same input and config give byte-identical Parquet files, and the Ray path
-(prepare_ray.py) gives equal tables. The manifest is written last and checks the row accounting.
+(prepare_ray.py) gives equal tables. The manifest is written last and checks the row accounting:
+rows_read = rows_kept + rows_quarantined + rows_dropped (rows a mapping leaves out on purpose, by code).
+``check_rows`` does that accounting alone, writing nothing (`simpersona prepare --check`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -155,9 +158,11 @@ def frames(tables: Iterable[pa.Table]) -> Iterator[pl.DataFrame]:
 def check_chunk(chunk: CanonicalChunk) -> None:
     """Raise when an adapter breaks the rows-read invariant (a bug, never bad input)."""
     kept, quarantined = chunk.events.num_rows, chunk.quarantine.num_rows
-    if chunk.rows_read != kept + quarantined:
+    dropped = sum(chunk.dropped.values())
+    if chunk.rows_read != kept + quarantined + dropped:
         raise RuntimeError(
             f"adapter chunk lost rows: rows_read={chunk.rows_read} != kept {kept} + quarantined {quarantined}"
+            f" + dropped {dropped}"
         )
 
 
@@ -307,13 +312,17 @@ def build_manifest(
     config: PrepareConfig,
     counts: dict[str, int],
     quarantine_reasons: Counter[str],
+    dropped_codes: Counter[str] | None = None,
 ) -> dict[str, Any]:
     """The prepared directory's manifest (``inputs``: file_digest of each input); raises when
-    rows_read != rows_kept + rows_quarantined."""
-    if counts["rows_read"] != counts["rows_kept"] + counts["rows_quarantined"]:
+    rows_read != rows_kept + rows_quarantined + rows_dropped."""
+    dropped_codes = dropped_codes or Counter()
+    counts.setdefault("rows_dropped", sum(dropped_codes.values()))
+    check_accounting(counts)
+    if counts["rows_dropped"] != sum(dropped_codes.values()):
         raise RuntimeError(
-            f"row accounting broken: rows_read {counts['rows_read']} != kept {counts['rows_kept']}"
-            f" + quarantined {counts['rows_quarantined']}"
+            f"row accounting broken: rows_dropped {counts['rows_dropped']} != the sum by code"
+            f" {sum(dropped_codes.values())}"
         )
     if counts["events"] != counts["rows_kept"]:
         raise RuntimeError(f"events written {counts['events']} != rows kept {counts['rows_kept']}")
@@ -329,9 +338,24 @@ def build_manifest(
             "simpersona": _version("simpersona"),
         },
         "counts": counts,
-        "quarantine_by_reason": dict(sorted(quarantine_reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "quarantine_by_reason": by_count(quarantine_reasons),
+        "rows_dropped_by_code": by_count(dropped_codes),
         "tables": dict(schema.TABLE_FILES),
     }
+
+
+def by_count(counter: Counter[str]) -> dict[str, int]:
+    """A counter as a dict, most frequent first (ties by key), as the manifest lists them."""
+    return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def check_accounting(counts: dict[str, int]) -> None:
+    """Raise unless rows_read == rows_kept + rows_quarantined + rows_dropped (a bug, never bad input)."""
+    if counts["rows_read"] != counts["rows_kept"] + counts["rows_quarantined"] + counts["rows_dropped"]:
+        raise RuntimeError(
+            f"row accounting broken: rows_read {counts['rows_read']} != kept {counts['rows_kept']}"
+            f" + quarantined {counts['rows_quarantined']} + dropped {counts['rows_dropped']}"
+        )
 
 
 def finish_outputs(
@@ -343,6 +367,7 @@ def finish_outputs(
     config: PrepareConfig,
     rows_read: int,
     rows_kept: int,
+    dropped_codes: Counter[str] | None = None,
 ) -> dict[str, Any]:
     """Write catalogs, merchants and the manifest (last, so its presence marks a complete directory)."""
     # Hashing the inputs and merging the partials overlap the writer thread's last writes.
@@ -353,13 +378,14 @@ def finish_outputs(
         "rows_read": rows_read,
         "rows_kept": rows_kept,
         "rows_quarantined": writers.rows["quarantine"],
+        "rows_dropped": sum((dropped_codes or Counter()).values()),
         "events": writers.rows["events"],
         "sessions": writers.rows["sessions"],
         "buyers": writers.rows["buyers"],
         "merchants": writers.rows["merchants"],
         "products": writers.rows["catalogs"],
     }
-    manifest = build_manifest(digests, adapter, config, counts, writers.quarantine_reasons)
+    manifest = build_manifest(digests, adapter, config, counts, writers.quarantine_reasons, dropped_codes)
     (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -391,6 +417,7 @@ def prepare(
         return prepare_with_ray(inputs, adapter, config, out, progress=progress)
     partials = PartialAggregates(compact_rows=config.partition_rows)
     rows_read = rows_kept = 0
+    dropped_codes: Counter[str] = Counter()
     with (
         OutputWriters(out, config.compression) as writers,
         BuyerPartitions(config.n_buckets, config.partition_rows, config.spill_dir) as partitions,
@@ -400,6 +427,7 @@ def prepare(
                 check_chunk(chunk)
                 rows_read += chunk.rows_read
                 rows_kept += chunk.events.num_rows
+                dropped_codes.update(chunk.dropped)
                 if chunk.events.num_rows:
                     partitions.add(assign_buckets(chunk.events, config.n_buckets))
                 writers.add_quarantine(chunk.quarantine)
@@ -417,4 +445,60 @@ def prepare(
             config=config,
             rows_read=rows_read,
             rows_kept=rows_kept,
+            dropped_codes=dropped_codes,
         )
+
+
+@dataclass
+class RowCheck:
+    """What `prepare` would do with every input row, without writing anything (``check_rows``)."""
+
+    counts: dict[str, int]
+    """rows_read, rows_kept, rows_quarantined, rows_dropped (the manifest's figures of the same name)."""
+    quarantine_by_reason: dict[str, int]
+    """Quarantined rows per reason, most frequent first (the manifest's quarantine_by_reason)."""
+    rows_dropped_by_code: dict[str, int]
+    """Rows left out on purpose per source event code (the manifest's rows_dropped_by_code)."""
+    kept_by_event_type: dict[str, int]
+    """Kept rows per canonical event type, in funnel order."""
+    examples: dict[str, list[dict[str, Any]]]
+    """Up to ``examples`` quarantined rows per reason (file, line, column, raw)."""
+
+
+def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> RowCheck:
+    """Read every input row through ``adapter`` and count what prepare would keep, quarantine and
+    drop (the same figures as its manifest), writing no table."""
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise ValueError("prepare: no input files given; pass one or more files or directories")
+    counts = dict.fromkeys(("rows_read", "rows_kept", "rows_quarantined", "rows_dropped"), 0)
+    reasons: Counter[str] = Counter()
+    dropped_codes: Counter[str] = Counter()
+    kept: Counter[str] = Counter()
+    shown: dict[str, list[dict[str, Any]]] = {}
+    for chunk in adapter.read(inputs):
+        check_chunk(chunk)
+        dropped = chunk.dropped
+        counts["rows_read"] += chunk.rows_read
+        counts["rows_kept"] += chunk.events.num_rows
+        counts["rows_quarantined"] += chunk.quarantine.num_rows
+        counts["rows_dropped"] += sum(dropped.values())
+        dropped_codes.update(dropped)
+        for item in chunk.events["event_type"].value_counts().to_pylist():
+            kept[item["values"]] += item["counts"]
+        for item in chunk.quarantine["reason"].value_counts().to_pylist():
+            reason = item["values"]
+            reasons[reason] += item["counts"]
+            rows = shown.setdefault(reason, [])
+            if len(rows) < examples:
+                some = chunk.quarantine.filter(pc.equal(chunk.quarantine["reason"], reason))
+                columns = ["file", "line", "column", "raw"]
+                rows.extend(some.slice(0, examples - len(rows)).select(columns).to_pylist())
+    check_accounting(counts)
+    return RowCheck(
+        counts=counts,
+        quarantine_by_reason=by_count(reasons),
+        rows_dropped_by_code=by_count(dropped_codes),
+        kept_by_event_type={t: kept[t] for t in schema.EVENT_TYPES if kept[t]},
+        examples=shown,
+    )

@@ -14,6 +14,8 @@ outputs equal the local path's tables row for row; Parquet row groups may be cut
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,7 @@ def read_file(batch: pa.Table, adapter: Adapter, n_buckets: int) -> Iterator[pa.
                     "chunk": pa.array([number], pa.int64()),
                     "rows_read": pa.array([chunk.rows_read], pa.int64()),
                     "rows_kept": pa.array([events.num_rows], pa.int64()),
+                    "dropped": pa.array([json.dumps(chunk.dropped)], pa.string()),
                     "events": pa.array([to_ipc(assign_buckets(events, n_buckets))], pa.large_binary()),
                     "quarantine": pa.array([to_ipc(chunk.quarantine)], pa.large_binary()),
                 }
@@ -150,11 +153,13 @@ def prepare_with_ray(
         )
         with OutputWriters(out, config.compression) as writers:
             rows_read = rows_kept = 0
-            meta = chunks.select_columns(["index", "rows_read", "rows_kept", "quarantine"])
+            dropped_codes: Counter[str] = Counter()
+            meta = chunks.select_columns(["index", "rows_read", "rows_kept", "dropped", "quarantine"])
             for batch in meta.iter_batches(batch_size=1, batch_format="pyarrow"):
                 index = batch["index"][0].as_py()
                 rows_read += batch["rows_read"][0].as_py()
                 rows_kept += batch["rows_kept"][0].as_py()
+                dropped_codes.update(json.loads(batch["dropped"][0].as_py()))
                 quarantine = from_ipc(batch["quarantine"][0].as_py())
                 writers.add_quarantine(_name_file_as_given(quarantine, items, inputs, index))
             partials = PartialAggregates(compact_rows=config.partition_rows)
@@ -185,6 +190,7 @@ def prepare_with_ray(
                 config=config,
                 rows_read=rows_read,
                 rows_kept=rows_kept,
+                dropped_codes=dropped_codes,
             )
     finally:
         context.enable_progress_bars, context.execution_options.preserve_order = saved

@@ -384,8 +384,10 @@ def _split_flagged(
     return RawChunk(table.filter(keep), lines[~mask], quarantine, file, file_index, delimiter)
 
 
-def read_parquet(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
-    """Stream a Parquet file in row batches of the mapped columns; `line` is the 1-based row."""
+def read_parquet(
+    path: Path, file_index: int, mapping: SourceMapping, columns: list[str] | None = None
+) -> Iterator[RawChunk]:
+    """Stream a Parquet file in row batches of the mapped columns (or ``columns``); `line` is the 1-based row."""
     try:
         parquet = pq.ParquetFile(path)
     except READ_ERRORS as err:
@@ -393,8 +395,9 @@ def read_parquet(path: Path, file_index: int, mapping: SourceMapping) -> Iterato
     _check_columns(path, "the Parquet schema", parquet.schema_arrow.names, mapping)
     start = 1
     empty = quarantine_table(str(path), [], [], [], [])
+    wanted = mapping.columns_used() if columns is None else columns
     try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=mapping.columns_used()):
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
             n = batch.num_rows
             yield RawChunk(
                 pa.Table.from_batches([batch]),
@@ -417,9 +420,12 @@ def _json_text(value: object) -> str | None:
     return json.dumps(value)
 
 
-def read_jsonl(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
-    """Stream a JSON-lines file (plain or gzip): one object per line; bad lines are quarantined."""
-    columns = mapping.columns_used()
+def read_jsonl(
+    path: Path, file_index: int, mapping: SourceMapping, columns: list[str] | None = None
+) -> Iterator[RawChunk]:
+    """Stream a JSON-lines file (plain or gzip): one object per line; bad lines are quarantined.
+    The table holds the mapped columns (or ``columns``), as text."""
+    columns = mapping.columns_used() if columns is None else columns
     stream = _open_binary(path)
     try:
         line_no = 0
@@ -482,8 +488,14 @@ def _parse_json_line(
     return None, None, row
 
 
-def read_raw(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
-    """Stream one file by its format (the mapping's, else its extension; CSV when unknown)."""
+def read_raw(
+    path: Path, file_index: int, mapping: SourceMapping, columns: list[str] | None = None
+) -> Iterator[RawChunk]:
+    """Stream one file by its format (the mapping's, else its extension; CSV when unknown).
+
+    ``columns`` (Parquet and JSON lines) reads those source columns instead of the mapping's; a CSV
+    table always holds every column of the file.
+    """
     if not path.is_file():
         raise _cannot_read(
             path,
@@ -493,7 +505,7 @@ def read_raw(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[Ra
         )
     fmt = file_format(path, mapping.format) or "csv"
     if fmt == "parquet":
-        return read_parquet(path, file_index, mapping)
+        return read_parquet(path, file_index, mapping, columns)
     if fmt == "jsonl":
-        return read_jsonl(path, file_index, mapping)
+        return read_jsonl(path, file_index, mapping, columns)
     return read_csv(path, file_index, mapping)

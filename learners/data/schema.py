@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-# The canonical event vocabulary, in funnel order. Sequence codes are the positions in this tuple.
-EVENT_TYPES: tuple[str, ...] = (
-    "page_view",
-    "search",
-    "product_view",
-    "favorite",
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout",
-    "purchase",
-)
+# The canonical event vocabulary, in funnel order, with what each type means: the one source of the
+# vocabulary text shown in `simpersona prepare --help`, the README and examples/mappings/*.yaml.
+EVENT_MEANINGS: dict[str, str] = {
+    "page_view": "a page that shows no single product (home, category listing, landing or content page)",
+    "search": "a search submitted in the store (the text, if logged, goes to the query field)",
+    "product_view": "a product's page seen, or a click on a product (the usual 'view', 'pv', 'click')",
+    "favorite": "a product saved for later: wish list, favourites, like, bookmark",
+    "add_to_cart": "a product put into the cart or basket",
+    "remove_from_cart": "a product taken out of the cart or basket",
+    "checkout": "checkout started: the step between the cart and a placed order",
+    "purchase": "an order placed or paid (one row per product bought: buy, order, sale)",
+}
+# Sequence codes are the positions in this tuple.
+EVENT_TYPES: tuple[str, ...] = tuple(EVENT_MEANINGS)
 EVENT_CODE: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
+
+
+def event_vocabulary_lines(prefix: str = "") -> list[str]:
+    """The canonical event types, one per line as ``NAME  meaning`` (aligned), each after ``prefix``."""
+    width = max(len(name) for name in EVENT_MEANINGS)
+    return [f"{prefix}{name:<{width}}  {meaning}" for name, meaning in EVENT_MEANINGS.items()]
+
 
 # Funnel depth reached by an event; a buyer's or session's depth is the maximum over its events.
 FUNNEL_DEPTH: dict[str, int] = {

@@ -11,7 +11,10 @@ cart event), the navigation the storefront needs is inserted first, as steps wit
   (``open category`` + ``next page``s), or ``search "<product id>"`` (the exact id is listed first);
 - a purchase buys through the checkout already open, else the cart when it holds exactly that
   product, else ``buy now`` on the product page (Tmall's purchases without a cart event);
-- a checkout goes through the cart when it holds something, else ``buy now``.
+- a checkout goes through the cart when it holds something, else ``buy now``;
+- a remove_from_cart of a product the replayed cart does not hold (added before the log's window
+  or session began) first adds it on its product page: the cut-off ``add to cart`` is inserted
+  (``real_event = False``) and counted in the report's ``inserted_adds``.
 
 A real event that no action can express is counted under a reason and skipped (never silently).
 Each session ends with an inserted ``exit``. Product-less events (tmall-brand) use the placeholder
@@ -100,6 +103,8 @@ class ReplayReport:
     mapped_events: int = 0
     steps: int = 0
     inserted_steps: int = 0
+    inserted_adds: int = 0
+    """Inserted ``add to cart`` steps: removals of products the replayed window never added."""
     unmapped_by_reason: dict[str, int] = field(default_factory=dict)
     by_event_type: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per real event type: ``{"real": n, "mapped": m}``."""
@@ -118,6 +123,11 @@ class ReplayReport:
             f"  real events mapped {self.mapped_events:,} / {self.real_events:,} ({self.mapped_share:.2%});"
             f" steps {self.steps:,} ({self.inserted_steps:,} inserted navigation/exit)",
         ]
+        if self.inserted_adds:
+            lines.append(
+                f"  {self.inserted_adds:,} remove_from_cart of products added before the window:"
+                " replayed after an inserted add-to-cart"
+            )
         for etype, c in sorted(self.by_event_type.items()):
             lines.append(f"    {etype:<18} {c['mapped']:>9,} / {c['real']:,}")
         if self.unmapped_by_reason:
@@ -197,7 +207,9 @@ def plan_event(sf: Storefront, state: SessionState, ev: RealEvent) -> tuple[list
             return _to_product_page(sf, state, p), None
         if etype == "remove_from_cart":
             if not state.in_cart(p.product_id):
-                return [], "remove_from_cart of a product that is not in the replayed cart"
+                # The add happened before the window (or session) began: put it back, so the real
+                # removal is replayed rather than dropped (the caller counts the inserted add).
+                return [*_to_product_page(sf, state, p), "add to cart", "remove from cart"], None
             if state.page.kind == "product" and state.page.arg == p.product_id:
                 return ["remove from cart"], None
             return _to_cart_line(sf, state, p.product_id, "remove product " + p.product_id), None
@@ -308,6 +320,8 @@ def replay_session(
         nonlocal step
         cols = rows.columns
         for obs, action, is_real, event_type, seq, page in steps:
+            # Only a removal of an item the window never added inserts an add-to-cart (plan_event).
+            report.inserted_adds += int(not is_real and event_type == "add_to_cart")
             cols["merchant_id"].append(key[0])
             cols["buyer_id"].append(key[1])
             cols["session_id"].append(key[2])
@@ -423,6 +437,7 @@ def build_traces(data_dir: str | Path, out: str | Path, config: TracesConfig) ->
             "steps": report.steps,
             "real_events": report.real_events,
             "mapped_events": report.mapped_events,
+            "inserted_adds": report.inserted_adds,
         },
         "files": [TRACES_FILE, REPORT_FILE],
     }

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -255,10 +256,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     last = config.epochs if config.stop_after_epoch <= 0 else min(config.epochs, config.stop_after_epoch)
     rank = ray.train.get_context().get_world_rank()
+    # The driver's sink prints each line once on its console; a worker's own print is forwarded by
+    # Ray (twice, with Ray Train's print patch) and only when the driver forwards worker output.
+    progress = loop_config.get("progress") or (lambda line: print(line, flush=True))
     while work.epochs_done < last:
         metrics = work.run_epoch()
         if rank == 0:
-            print(progress_line(metrics, config.epochs, config.codes), flush=True)
+            progress(progress_line(metrics, config.epochs, config.codes))
             with tempfile.TemporaryDirectory() as tmp:
                 save_state(Path(tmp), work.model, work.optimizer, work.state())
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -267,12 +271,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def fit_codebook(
-    data_dir: str | Path, config: VQVAEConfig, out: str | Path, resume: bool = False
+    data_dir: str | Path,
+    config: VQVAEConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Fit the VQ-VAE on ``DATA/buyers.parquet`` with Ray Train and write the run directory ``out``.
 
     ``out`` receives model.safetensors + state.json (the fitted model), history.json and
-    manifest.json; Ray Train's checkpoints live under ``out/train``.
+    manifest.json; Ray Train's checkpoints live under ``out/train``. ``progress``: a picklable
+    sink that rank 0 hands each epoch's progress line to (default: the worker prints it).
     """
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -295,7 +304,7 @@ def fit_codebook(
     try:
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": asdict(config), "data_dir": str(data_dir)},
+            train_loop_config={"config": asdict(config), "data_dir": str(data_dir), "progress": progress},
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
             run_config=RunConfig(
                 name=RUN_NAME,

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from engine.cli import main as simpersona
-from engine.study import Study, StudyConfig, other_merchants, targets
+from engine.study import Study, StudyConfig, explain, other_merchants, targets
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,10 @@ def study(ray_local, tmp_path_factory):
         vq_epochs=2,
         train_sessions=4,
         systems=["markov", "markov-mismatched-merchant", "random"],
+        min_sessions=10,
         sessions_per_merchant=12,
+        visits_per_real_session=0,
+        bootstrap=200,
         goal_systems=["markov"],
         goal_merchants=2,
         goal_buyers_per_merchant=4,
@@ -87,6 +90,29 @@ def test_every_system_is_reported_per_variant(study):
     assert all(f"report/{v}/index.html" in index for v in result["variants"])
     summary = Path(config.out, "summary.md").read_text()
     assert "## strict" in summary and "## same-window" in summary and "simpersona fit-personas" in summary
+    assert "*ceiling* (perfect simulator, 12 visits per merchant)" in summary and "*floor*" in summary
+    assert "markov − markov-mismatched-merchant" not in summary  # only the main system's baselines
+    assert "same-window: " in summary and "perfect simulator's" in summary
+    for variant, r in result["variants"].items():
+        bounded = r["fidelity"]
+        assert bounded["visits"]["median"] == 12 and bounded["floor_pool"] == "training merchants"
+        for metric, row in bounded["systems"]["markov"].items():
+            if row["value"] is not None and row["low"] is not None:
+                assert row["low"] <= row["value"] <= row["high"], (variant, metric)
+        assert Path(config.out, f"fidelity-{variant}.png").stat().st_size > 10_000
+        assert f'src="fidelity-{variant}.png"' in index
+
+
+def test_the_split_is_printed_and_a_greedy_one_refused(study, tmp_path, capsys):
+    config, result = study
+    split = result["split"]
+    assert split["min_sessions"] == 10 and split["eligible"] >= len(split["heldout"]) + 1
+    greedy = replace(config, out=str(tmp_path / "greedy"), data=f"{config.out}/data", heldout=5)
+    with pytest.raises(ValueError, match=r"cannot hold out 5 merchants: \d+ of 6 .* Fix: --heldout 2"):
+        Study(greedy).run()
+    Study(replace(config, runners=1)).split(Path(config.out, "data"))
+    line = capsys.readouterr().out
+    assert "split: 6 merchants" in line and "2 held out, 4 training" in line
 
 
 def test_rerun_skips_every_finished_stage(study):
@@ -124,16 +150,65 @@ def test_other_merchants_is_a_derangement():
     assert donors == set(merchants)  # every distribution is used exactly once
 
 
-def test_targets_compare_the_main_system_with_its_baselines():
-    systems = {
-        "persona": {"cra": 0.9, "ara": 0.8, "goal_success": 0.5},
-        "mismatched-merchant": {"cra": 0.5, "ara": 0.6, "goal_success": None},
-        "larger-no-persona": {"cra": 0.4, "ara": 0.7, "goal_success": 0.6},
+def test_targets_are_stated_against_the_ceiling_and_paired_effects():
+    systems = {"persona": {"goal_success": 0.5}, "larger-no-persona": {"goal_success": 0.6}}
+
+    def row(normalised):
+        return {"normalised": normalised}
+
+    def effect(low, high):
+        return {"diff": (low + high) / 2, "low": low, "high": high, "claimed": low > 0 or high < 0}
+
+    bounded = {
+        "systems": {"persona": {"cra": row(0.97), "ara": row(0.5)}},
+        "effects": {
+            "main": "persona",
+            "vs": {
+                "mismatched-merchant": {k: effect(0.05, 0.2) for k in ("cra", "ara", "cr_corr")},
+                "mismatched-uniform": {k: effect(-0.05, 0.2) for k in ("cra", "ara", "cr_corr")},
+                "markov": {k: effect(-0.3, -0.1) for k in ("cra", "ara", "cr_corr")},
+            },
+        },
     }
-    t = targets(systems, "persona")
-    assert t["cra >= 0.85"]["met"] and not t["ara >= 0.85"]["met"]
-    assert t["ara - mismatched-merchant >= 0.15"] == {"value": pytest.approx(0.2), "met": True}
+    t = targets(systems, "persona", bounded)
+    assert t["cra normalised >= 0.95"]["met"] and not t["ara normalised >= 0.95"]["met"]
+    assert t["cra: persona - mismatched-merchant > 0 (paired 95% low)"] == {"value": 0.05, "met": True}
+    assert not t["cr_corr: persona - mismatched-uniform > 0 (paired 95% low)"]["met"]
+    assert not t["cra: persona not below markov (paired 95% high >= 0)"]["met"]
     assert t["goal_success > larger-no-persona"]["met"] is False
+
+
+def test_the_headline_paragraph_says_what_the_numbers_mean():
+    def row(value, normalised):
+        return {"value": value, "low": value - 0.05, "high": value + 0.05, "normalised": normalised}
+
+    def effect(low, high):
+        return {"diff": (low + high) / 2, "low": low, "high": high, "claimed": low > 0 or high < 0}
+
+    fidelity = {
+        "systems": {
+            "persona": {"cra": row(0.70, 0.9), "ara": row(0.80, 0.9)},
+            "mismatched-merchant": {"cra": row(0.5, 0.1), "ara": row(0.6, 0.1)},
+        },
+        "bounds": {
+            "cra": {
+                "ceiling": {"mean": 0.72, "low": 0.66, "high": 0.78},
+                "ceiling_unlimited": {"mean": 0.75},
+                "floor": {"mean": 0.5},
+            }
+        },
+        "effects": {"main": "persona", "vs": {"mismatched-merchant": {"cra": effect(0.1, 0.3)}}},
+    }
+    text = explain("same-window", fidelity, "persona")
+    assert "closest to real buyers is persona" in text
+    assert "inside the ceiling's interval" in text and "the persona codes matter" in text
+    fidelity["effects"]["vs"]["mismatched-merchant"]["cra"] = effect(-0.1, 0.3)
+    fidelity["systems"]["persona"]["cra"] = row(0.5, -0.1)
+    fidelity["systems"]["persona"]["ara"] = row(0.5, -0.1)
+    fidelity["systems"]["mismatched-merchant"]["cra"] = row(0.5, -0.2)
+    text = explain("same-window", fidelity, "persona")
+    assert "no system is closer to real buyers than one that knows nothing" in text
+    assert "below the ceiling's interval" in text and "no difference the data can show" in text
 
 
 def test_unknown_system_is_refused(tmp_path):

@@ -1,4 +1,5 @@
-"""The vLLM backend (in its own CPU venv) picks the same greedy actions as the transformers backend."""
+"""The vLLM backend (in its own CPU venv) picks the same greedy actions, with the same scores under the
+same scoring rule (item actions in two levels, learners/agent/scoring.py), as the transformers backend."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from engine.vllm_backend import read_requests, write_requests
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.llm_policy import LLMPolicy
+from learners.agent.scoring import SCORING_RULE, scored_candidates
 from tests.engine.sim_fixtures import storefront_pages, write_prepared, write_tiny_agent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +47,7 @@ def test_requests_cross_to_the_vllm_process_unchanged(tmp_path):
 def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     data = write_prepared(tmp_path / "prepared")
     agent = write_tiny_agent(tmp_path / "agent", data)
+    (agent / "manifest.json").write_text(json.dumps({"scoring": SCORING_RULE}), encoding="utf-8")
     pages = storefront_pages(data)
     # Search-only requests: the query each backend picks among the page's suggestions must agree too.
     searches = [dataclasses.replace(r, valid_actions=(SEARCH_TEMPLATE,)) for r in pages[:6:2]]
@@ -73,9 +76,14 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-4000:]
     served = json.loads(out.read_text(encoding="utf-8"))
-    reference = LLMPolicy.from_pretrained(agent, temperature=0.0).act(requests)
+    policy = LLMPolicy.from_pretrained(agent, temperature=0.0)
+    reference = policy.act(requests)
     assert len(served) == len(reference) == len(requests)
+    # The two-level rule is in play: some pages list several items of one template.
+    groups = [policy.item_groups(scored_candidates(r)) for r in requests]
+    assert any(len(m) > 1 for g in groups for m in g.members)
     for request, got, want in zip(requests, served, reference, strict=True):
+        assert got["scoring"] == policy.scoring_rule == SCORING_RULE
         assert got["scores"] == pytest.approx(want.info["scores"], abs=2e-3), request.observation[:60]
         assert got["action"] == want.action
     assert all(r.action.startswith('search "') and r.action != SEARCH_TEMPLATE for r in reference[-3:])

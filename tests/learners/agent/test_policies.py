@@ -27,6 +27,7 @@ from learners.agent.random_policy import (
     page_query,
     search_actions,
 )
+from learners.agent.scoring import item_template
 from learners.agent.tokens import add_persona_tokens
 from tests.learners.agent.conftest import storefront
 
@@ -61,21 +62,55 @@ def test_batched_scoring_matches_naive_loop(llm, examples):
     policy = LLMPolicy(model, tok, tokens, fmt, temperature=0.0)
     results = policy.act(requests)
     assert any(SEARCH_TEMPLATE in r.valid_actions for r in requests)
+    grouped = 0
     for request, result in zip(requests, results, strict=True):
         naive = []
         prompt = encode_prompt(
             tok, request.observation, request.persona, request.goal, request.history, tokens, fmt
         )
+        whole = {c: _naive_score(model, prompt, encode_target(tok, c)) for c in request.valid_actions}
         for candidate in request.valid_actions:
+            template = item_template(candidate)
             if candidate == SEARCH_TEMPLATE:  # the total probability of the page's own searches
                 searches = [f'search "{q}"' for q in page_queries(request.observation)]
                 scores = [_naive_score(model, prompt, encode_target(tok, q)) for q in searches]
                 naive.append(float(np.logaddexp.reduce(scores)))
+            elif template is not None:  # two levels: the template's own pass, then the page's items
+                prefix = encode_target(tok, template.rstrip())[:-1]
+                assert encode_target(tok, candidate)[: len(prefix)] == prefix  # no merge at the boundary
+                items = [whole[c] for c in request.valid_actions if item_template(c) == template]
+                grouped += len(items) > 1
+                naive.append(
+                    _naive_score(model, prompt, prefix) + whole[candidate] - float(np.logaddexp.reduce(items))
+                )
             else:
-                naive.append(_naive_score(model, prompt, encode_target(tok, candidate)))
+                naive.append(whole[candidate])
         assert result.info["scores"] == pytest.approx(naive, abs=1e-4)
         best = request.valid_actions[max(range(len(naive)), key=naive.__getitem__)]
         assert result.action == best or (best == SEARCH_TEMPLATE and result.action.startswith('search "'))
+    assert grouped  # some pages list several items of a template
+
+
+def test_item_templates_keep_the_mass_the_model_gives_their_prefix(llm):
+    model, tok, tokens = llm
+    shop = storefront("m1")
+    home = shop.initial_state()
+    observation, actions = shop.observe(home), tuple(shop.valid_actions(home))
+    policy = LLMPolicy(model, tok, tokens, temperature=0.0)
+    many = ActRequest(observation, actions, 1)
+    products = [a for a in actions if item_template(a) == "open product "]
+    one = replace(many, valid_actions=(products[0], "home", "exit"))
+    (scores,), (alone,) = policy.score([many]), policy.score([one])
+    prompt = policy.prompt_ids(many)
+    prefix = _naive_score(model, prompt, encode_target(tok, "open product")[:-1])
+    assert len(products) > 1
+    listed = [scores[actions.index(a)] for a in products]
+    assert np.logaddexp.reduce(listed) == pytest.approx(prefix, abs=1e-4)  # the template's mass
+    whole = [_naive_score(model, prompt, encode_target(tok, a)) for a in products]
+    assert np.argsort(listed).tolist() == np.argsort(whole).tolist()  # ranked by the model's ids
+    assert alone[0] == pytest.approx(prefix, abs=1e-4)  # the only product holds it all
+    for k, action in ((1, "home"), (2, "exit")):  # other actions score whole
+        assert alone[k] == pytest.approx(_naive_score(model, prompt, encode_target(tok, action)), abs=1e-4)
 
 
 def _naive_score(model, prompt: list[int], target: list[int]) -> float:
@@ -344,3 +379,14 @@ def test_page_query_falls_back_without_ids():
     rng = np.random.default_rng(0)
     assert page_query('== Checkout ==\nsay "hi"', rng) in {"==", "Checkout", "say", "hi"}
     assert page_query("", rng) == FALLBACK_QUERY
+
+
+def test_a_page_without_ids_never_suggests_the_search_placeholder():
+    # A confirmation or empty cart page names no product; its words include the template itself.
+    observation = f"page: cart\nyour cart is empty\nactions: {SEARCH_TEMPLATE} | go to cart | home | exit"
+    queries = page_queries(observation)
+    assert "<query>" not in queries and queries
+    request = ActRequest(observation, (SEARCH_TEMPLATE, "go to cart", "home", "exit"), seed=3)
+    for seed in range(20):
+        action = RandomPolicy().act([replace(request, seed=seed)])[0].action
+        assert action != SEARCH_TEMPLATE

@@ -1,17 +1,33 @@
 """scoring.py: the search template scores as the page's own searches, and picking it then a query is
-the same as drawing among all scored actions at once."""
+the same as drawing among all scored actions at once; item actions score in two levels (the template's
+log-probability, then the page's items), which keeps the template's mass and the ranking of its items;
+an agent's manifest names the rule it is served with."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from envs.storefront import SEARCH_TEMPLATE
+from learners.agent.base_models import train_bpe_tokenizer
+from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
+from learners.agent.prompt import encode_target
 from learners.agent.random_policy import page_queries
-from learners.agent.scoring import action_scores, pick, scored_candidates
+from learners.agent.scoring import (
+    SCORING_RULE,
+    ItemGroups,
+    action_scores,
+    candidate_scores,
+    check_scoring_rule,
+    item_groups,
+    item_template,
+    pick,
+    scored_candidates,
+)
 
 PAGE = "== Home ==\nProducts:\n- product p1\n- product p2\nActions:\nopen product p1\nexit"
 VALID = ("open product p1", SEARCH_TEMPLATE, "exit")
@@ -52,3 +68,169 @@ def test_greedy_pick_takes_the_search_class_then_its_best_query():
     assert int(np.argmax(per_action)) == VALID.index(SEARCH_TEMPLATE)
     scores[2:] = np.log(0.01)
     assert pick(request, candidates, scores, 0.0)[0] == "open product p1"
+
+
+# ---- two-level item scoring ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok():
+    corpus = [" open product 100230", " open category 7", " remove product 12", " home", " exit"] * 5
+    return train_bpe_tokenizer(corpus, vocab_size=300)
+
+
+def _page(products: list[str]) -> tuple[ActRequest, list[str]]:
+    lines = [f"- product {p}" for p in products]
+    valid = (*(f"open product {p}" for p in products), "open category c1", SEARCH_TEMPLATE, "home", "exit")
+    observation = "== Home ==\nProducts:\n" + "\n".join(lines) + "\nActions:\n" + "\n".join(valid)
+    request = ActRequest(observation, valid)
+    return request, scored_candidates(request)
+
+
+def _token_logprobs(
+    tok, candidates: list[str], seed: int, sure: tuple[str, ...] = ()
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Seeded per-token log-probabilities as a backend gives them: equal for equal target prefixes
+    (the same tokens in the same context), whatever follows. The ``sure`` candidates' tokens after
+    their template prefix have probability 1 (the model puts all its id mass on them)."""
+    rng = np.random.default_rng(seed)
+    targets = [encode_target(tok, c) for c in candidates]
+    by_prefix: dict[tuple[int, ...], float] = {}
+    values = []
+    for c, t in zip(candidates, targets, strict=True):
+        k0 = len(encode_target(tok, item_template(c).rstrip())) - 1 if c in sure else len(t)
+        for k in range(len(t)):
+            values.append(0.0 if k >= k0 else by_prefix.setdefault(tuple(t[: k + 1]), -rng.exponential(2.0)))
+    return np.array(values), targets
+
+
+def _whole(logprobs: np.ndarray, targets: list[list[int]]) -> np.ndarray:
+    """The plain full-sequence rule: each target's summed log-probabilities."""
+    bounds = np.cumsum([0] + [len(t) for t in targets])
+    return np.array([logprobs[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
+def test_item_templates_are_the_per_item_actions():
+    assert item_template("open product 100230") == "open product "
+    assert item_template("open category c1") == "open category "
+    assert item_template("remove product p1") == "remove product "
+    for action in ("home", "exit", "add to cart", "remove from cart", 'search "p1"', "open product "):
+        assert item_template(action) is None
+
+
+def test_one_listed_product_gets_its_template_mass(tok):
+    request, candidates = _page(["100230"])
+    product = candidates.index("open product 100230")
+    # All the model's id mass on the one listed product (and category): the whole actions' scores.
+    sure = ("open product 100230", "open category c1")
+    logprobs, targets = _token_logprobs(tok, candidates, seed=0, sure=sure)
+    lengths = [len(t) for t in targets]
+    groups = item_groups(tok, candidates, targets)
+    assert len(groups.members) == 2  # the product and the category, each alone
+    scores = candidate_scores(logprobs, lengths, groups)
+    assert scores == pytest.approx(_whole(logprobs, targets), abs=1e-12)
+    # Whatever the model thinks of its id, the one listed item holds the template's whole mass.
+    logprobs, targets = _token_logprobs(tok, candidates, seed=0)
+    scores = candidate_scores(logprobs, lengths, groups)
+    k = groups.prefix_tokens[groups.members.index((product,))]
+    start = sum(lengths[:product])
+    assert scores[product] == pytest.approx(logprobs[start : start + k].sum(), abs=1e-12)
+    assert scores[product] > _whole(logprobs, targets)[product]
+
+
+def test_many_products_keep_the_template_mass_and_rank_by_their_ids(tok):
+    products = ["100230", "100231", "7", "55012", "100230123"]
+    request, candidates = _page(products)
+    logprobs, targets = _token_logprobs(tok, candidates, seed=1)
+    lengths = [len(t) for t in targets]
+    groups = item_groups(tok, candidates, targets)
+    scores = candidate_scores(logprobs, lengths, groups)
+    whole = _whole(logprobs, targets)
+    items = [candidates.index(f"open product {p}") for p in products]
+    prefix = encode_target(tok, "open product")[:-1]
+    assert groups.members[0] == tuple(items) and groups.prefix_tokens[0] == len(prefix)
+    # Template mass preserved: the items' total probability is the prefix's own.
+    start = sum(lengths[: items[0]])
+    log_prefix = logprobs[start : start + len(prefix)].sum()
+    assert np.logaddexp.reduce(scores[items]) == pytest.approx(log_prefix, abs=1e-9)
+    assert np.logaddexp.reduce(whole[items]) < log_prefix - 1.0  # which the whole-action rule loses
+    # Ranked by their continuations (ids + EOS), which is the whole-action order within the template.
+    continuation = [whole[i] - log_prefix for i in items]
+    assert list(np.argsort(scores[items])) == list(np.argsort(continuation))
+    assert scores[items] - scores[items[0]] == pytest.approx(np.array(continuation) - continuation[0])
+    # Non-item actions, and the searches, keep their whole-action scores.
+    plain = [i for i, c in enumerate(candidates) if item_template(c) is None]
+    assert len(plain) == 2 + len(page_queries(request.observation))
+    assert scores[plain] == pytest.approx(whole[plain], abs=1e-12)
+    per_action = action_scores(request, scores)
+    searches = [i for i, c in enumerate(candidates) if c.startswith('search "')]
+    assert per_action[request.valid_actions.index(SEARCH_TEMPLATE)] == pytest.approx(
+        np.logaddexp.reduce(whole[searches])
+    )
+    # Length normalisation divides each candidate's rule score by its target length.
+    normed = candidate_scores(logprobs, lengths, groups, length_normalize=True)
+    assert normed == pytest.approx(scores / np.array(lengths))
+
+
+def test_products_get_their_template_mass_on_the_pick():
+    """Ids the model cannot predict no longer hide the template: a greedy pick opens the best product
+    when the model's next-token mass is on "open product"; the whole-action rule would exit."""
+    candidates = ["open product 100230", "open product 100231", "exit"]
+    request = ActRequest("== Home ==", tuple(candidates), seed=3)
+    # Tokens: [open, product, id..., EOS]: the prefix at 0.6 x 0.9, each id token about 1/1000.
+    lengths = [2 + 3 + 1, 2 + 3 + 1, 1 + 1]
+    ids = [np.log(0.6), np.log(0.9), *[np.log(1e-3)] * 3, 0.0]
+    logprobs = np.array([*ids, *ids[:-2], np.log(2e-3), 0.0, np.log(0.3), 0.0])
+    groups = ItemGroups(((0, 1),), (2,))
+    whole = candidate_scores(logprobs, lengths, ItemGroups((), ()))
+    assert pick(request, candidates, whole, 0.0)[0] == "exit"
+    scores = candidate_scores(logprobs, lengths, groups)
+    assert np.exp(scores[:2]) == pytest.approx([0.18, 0.36])  # 0.54 shared 1:2 by their ids
+    assert scores[2] == whole[2] == pytest.approx(np.log(0.3))
+    assert pick(request, candidates, scores, 0.0)[0] == "open product 100231"
+
+
+class MergingTokenizer:
+    """Characters as tokens, but ``t`` and a following `` 1`` merge into one token: the template's
+    prefix `` open product`` is then not a token-prefix of ``open product 1...``."""
+
+    eos_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        ids, i = [], 0
+        while i < len(text):
+            if text.startswith("t 1", i):
+                ids.append(1000)
+                i += 3
+            else:
+                ids.append(ord(text[i]))
+                i += 1
+        return {"input_ids": ids}
+
+
+def test_a_template_merged_with_its_ids_scores_its_items_whole():
+    tok = MergingTokenizer()
+    candidates = ["open product 12", "open product 13", "open product x4", "remove product 9", "home"]
+    targets = [encode_target(tok, c) for c in candidates]
+    groups = item_groups(tok, candidates, targets)
+    assert groups.members == ((3,),)  # only "remove product 9" keeps its prefix
+    assert groups.prefix_tokens == (len(" remove product"),)
+    rng = np.random.default_rng(2)
+    logprobs = -rng.exponential(1.0, size=sum(map(len, targets)))
+    scores = candidate_scores(logprobs, [len(t) for t in targets], groups)
+    whole = _whole(logprobs, targets)
+    assert scores[[0, 1, 2, 4]] == pytest.approx(whole[[0, 1, 2, 4]])
+
+
+def test_the_manifest_names_the_scoring_rule_old_agents_get_this_one(tmp_path):
+    assert check_scoring_rule(tmp_path) == SCORING_RULE  # no manifest: a plain model directory
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"config": {}, "prompt_layout": "page-first"}))  # before the field
+    assert check_scoring_rule(tmp_path) == SCORING_RULE
+    manifest.write_text(json.dumps({"config": {}, "scoring": SCORING_RULE}))
+    assert check_scoring_rule(tmp_path) == SCORING_RULE
+    manifest.write_text(json.dumps({"config": {}, "scoring": "two-level-v2"}))
+    with pytest.raises(ValueError, match="'two-level-v2' scoring rule.*'two-level-v1' only"):
+        check_scoring_rule(tmp_path)
+    with pytest.raises(ValueError, match="'two-level-v2' scoring rule"):
+        LLMPolicy.from_pretrained(tmp_path)  # refused before any weights are read

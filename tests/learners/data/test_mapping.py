@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from learners.data.mapping import load_mapping, mapping_from_dict
-from learners.data.schema import EVENT_TYPES
+from learners.data.schema import EVENT_MEANINGS, EVENT_TYPES, event_vocabulary_lines
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
 
@@ -60,6 +60,27 @@ def test_constant_and_integer_codes_become_text():
     assert mapping.event_type.map == {"0": "product_view"}
 
 
+def test_dropped_codes_become_text_without_repeats():
+    mapping = mapping_from_dict(with_changes(event_type__drop=[6, "click", "6"]))
+    assert mapping.event_type.drop == ("6", "click")
+    assert mapping_from_dict(VALID).event_type.drop == ()
+
+
+def test_shipped_mappings_list_the_canonical_vocabulary():
+    block = "\n".join(event_vocabulary_lines("#   "))
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        assert block in path.read_text(encoding="utf-8"), path
+
+
+def test_readme_lists_the_canonical_vocabulary_and_the_row_accounting():
+    readme = (EXAMPLES.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Bring your own logs") :]
+    section = section[: section.index("\n## ", 1)]
+    for name, meaning in EVENT_MEANINGS.items():
+        assert f"| `{name}` | {meaning} |" in section, name
+    assert "rows_read = rows_kept + rows_quarantined + rows_dropped" in section
+
+
 def test_date_only_max_is_inclusive_end_of_day():
     mapping = mapping_from_dict(
         with_changes(timestamp__min="2017-11-25", timestamp__max=dt.date(2017, 12, 3))
@@ -89,6 +110,11 @@ def test_date_only_max_is_inclusive_end_of_day():
         ({"event_type__map": {"0": "click"}}, "event_type.map.0", "not a canonical event type"),
         ({"event_type__map": {}}, "event_type.map", "non-empty"),
         ({"event_type": None}, "event_type", "missing"),
+        ({"event_type__drop": ["2"]}, "event_type.drop.2", "both mapped (to purchase) and dropped"),
+        ({"event_type__drop": [2]}, "event_type.drop.2", "both mapped (to purchase) and dropped"),
+        ({"event_type__drop": "6"}, "event_type.drop", "expected a list of codes"),
+        ({"event_type__drop": [""]}, "event_type.drop", "not a non-empty text or integer"),
+        ({"event_type__drop": [["6"]]}, "event_type.drop", "not a non-empty text or integer"),
     ],
 )
 def test_invalid_mapping_fails_fast_naming_key_and_fix(changes, key, words):

@@ -9,6 +9,7 @@ import pytest
 from learners.data import schema
 from learners.data.adapter import Adapter
 from learners.data.prepare import PrepareConfig, prepare
+from tests.learners.data.test_drop_codes import write_log, write_mapping
 from tests.learners.data.test_prepare import CanonicalParquetAdapter, read_outputs, write_inputs
 
 ray = pytest.importorskip("ray")
@@ -30,6 +31,7 @@ def assert_same_outputs(inputs: list[Path], adapter: Adapter, config: PrepareCon
     )
     assert distributed["counts"] == local["counts"]
     assert distributed["quarantine_by_reason"] == local["quarantine_by_reason"]
+    assert distributed["rows_dropped_by_code"] == local["rows_dropped_by_code"]
     assert distributed["inputs"] == local["inputs"]
     a, b = read_outputs(tmp_path / "local"), read_outputs(tmp_path / "ray")
     for name in schema.TABLE_FILES:
@@ -49,3 +51,17 @@ def test_ray_path_equals_local_path_on_a_real_sample(local_ray: object, real_fil
 
     manifest = assert_same_outputs([real_file("rees46")], get_adapter("rees46"), PrepareConfig(), tmp_path)
     assert manifest["counts"]["rows_quarantined"] == 1
+
+
+def test_ray_path_counts_dropped_codes_like_the_local_path(local_ray: object, tmp_path: Path) -> None:
+    from learners.data.adapters import get_adapter
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    log, expected = write_log(tmp_path / "a")
+    second, _ = write_log(tmp_path / "b", seed=1)
+    adapter = get_adapter(mapping=write_mapping(tmp_path))
+    manifest = assert_same_outputs([log, second], adapter, PrepareConfig(n_buckets=8), tmp_path)
+    counts = manifest["counts"]
+    assert counts["rows_read"] == counts["rows_kept"] + counts["rows_quarantined"] + counts["rows_dropped"]
+    assert manifest["rows_dropped_by_code"]["6"] > expected["dropped"]["6"]  # both files counted

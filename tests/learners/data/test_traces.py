@@ -102,7 +102,6 @@ def test_real_events_replay_as_valid_actions_with_marked_navigation(prepared, tm
     unmapped = sum(report.unmapped_by_reason.values())
     assert report.real_events == len(events) == report.mapped_events + unmapped
     assert report.unmapped_by_reason == {
-        "remove_from_cart of a product that is not in the replayed cart": 1,
         "unknown event type 'refund'": 1,
         "product_view of a product that is not in the merchant's catalog (or has no id)": 1,
     }
@@ -118,6 +117,44 @@ def test_real_events_replay_as_valid_actions_with_marked_navigation(prepared, tm
     mapped_seqs = [(r["session_id"], r["seq"]) for r in rows if r["real_event"]]
     assert len(mapped_seqs) == report.mapped_events == len(set(mapped_seqs))
     assert [json.loads((tmp_path / "out" / REPORT_FILE).read_text())["mapped_share"]] == [report.mapped_share]
+
+
+def test_a_removal_of_an_item_added_before_the_window_replays_after_an_inserted_add(tmp_path):
+    """The log starts after the buyer carted A: the removal of A is kept, behind an inserted add."""
+    catalog = Catalog.from_records("shop", product_records(45))
+    a, b = catalog.products[1].product_id, catalog.products[2].product_id
+    session = [
+        ("product_view", b, None, None),
+        ("remove_from_cart", a, None, None),  # A was added before the window
+        ("add_to_cart", b, None, None),
+        ("remove_from_cart", b, None, None),  # B was added in the window: no insertion
+        ("remove_from_cart", a, None, None),  # A is gone again: a second inserted add
+    ]
+    root = write_prepared(tmp_path / "prep", catalog_rows("shop"), events_of("shop", "u1", "s1", session))
+    report = build_traces(root, tmp_path / "out", TracesConfig())
+    rows = read_traces(tmp_path / "out")
+
+    assert report.unmapped_by_reason == {} and report.mapped_events == report.real_events == 5
+    assert report.inserted_adds == 2
+    cart_steps = [
+        (r["action"], r["real_event"], r["seq"])
+        for r in rows
+        if r["event_type"] in ("add_to_cart", "remove_from_cart")
+    ]
+    assert cart_steps == [
+        ("add to cart", False, None),  # inserted on A's product page
+        ("remove from cart", True, 1),
+        ("add to cart", True, 2),
+        ("remove from cart", True, 3),
+        ("add to cart", False, None),
+        ("remove from cart", True, 4),
+    ]
+    first_add = next(i for i, r in enumerate(rows) if r["action"] == "add to cart")
+    assert rows[first_add - 1]["action"] == f"open product {a}" and not rows[first_add - 1]["real_event"]
+    assert report.inserted_steps == sum(not r["real_event"] for r in rows)
+    saved = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+    assert saved["inserted_adds"] == 2
+    assert any("2 remove_from_cart of products added before the window" in line for line in report.lines())
 
 
 def test_traces_replay_to_the_same_observations(prepared, tmp_path):
