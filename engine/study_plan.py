@@ -8,11 +8,12 @@ fitting or simulating anything:
   the study builds them, into a temporary directory), the examples each agent would train on
   (``build_examples``) and their tokens (``encode_prompt`` + ``encode_target`` with the agent's real
   tokenizer: a tiny preset's BPE is trained on the examples, as training does), and the simulated
-  visits per system (``engine.driver.buyers_per_merchant``, the rule the simulations use);
+  visits per system (``engine.simulation_config.buyers_per_merchant``, the rule the simulations use);
 - measures this machine's rates in a short calibration: a few AdamW steps of each agent's base model
   on real examples (tokens/s), one VQ-VAE epoch on a subset of the training buyers (buyers/s), a few
   hundred simulated steps of each policy kind on the held-out merchants' storefronts (steps/s), and
-  one local Ray start; each on one thread, as a Ray worker with one CPU runs;
+  one tiny Ray command (a simulate, as the study runs its commands); each on one thread, as a Ray
+  worker with one CPU runs;
 - scales the rates by the counts into a time per stage, each naming the measurement it comes from.
 
 What is not measured is marked ``not estimated`` and left out of the total, never guessed.
@@ -36,21 +37,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.study import SYSTEMS, Study, StudyConfig
+from learners.config import config_to_dict
 
 PLAN_FILE = "plan.json"
 MAX_COUNTED_EXAMPLES = 50_000
 """Above this many examples, tokens are counted on a seeded sample of this size and scaled up."""
 VQ_SUBSET = 2048
 """Training buyers the VQ-VAE calibration epoch runs on."""
-TRAIN_STEPS = (5, 2.0, 10.0)
-"""Timed optimizer steps per base model, after one untimed warm-up step: at least 5 and 2 s of them,
-but none started after 10 s."""
+WARMUP_STEPS = 2
+"""Untimed optimizer steps first (optimizer state, allocator)."""
+TRAIN_STEPS = (4, 1.5, 6.0)
+"""Timed optimizer steps per base model: at least 4 and 1.5 s of them, but none started 6 s after the
+first step (warm-up included)."""
 SIM_BUYERS = 256
 """Buyers the simulation calibration plays at most, per policy kind ..."""
-SIM_BUDGET_S = 2.0
+SIM_BUDGET_S = 1.5
 """... for about this long ..."""
-SIM_MIN_STEPS = 300
-"""... and at least this many steps."""
+SIM_MIN_STEPS = 200
+"""... and at least this many steps (unless that takes four times the budget)."""
 GOAL_MAX_STEPS = 20
 """Steps of a goal task (Study.simulate)."""
 
@@ -63,7 +67,7 @@ class Rate:
     """Key the plan's stages refer to (``train tiny``, ``simulate markov``, ...)."""
     per_s: float
     unit: str
-    """What is counted: tokens, buyers, steps, starts."""
+    """What is counted: tokens, buyers, steps, commands."""
     basis: str
     """How it was measured."""
     seconds: float
@@ -148,6 +152,8 @@ class StageRow:
     seconds: float | None
     """None: not estimated (left out of the total)."""
     basis: str
+    done: bool = False
+    """Done by the plan itself (prepare, split), which the study then reuses: left out of the total."""
 
 
 @dataclass
@@ -165,7 +171,7 @@ class StudyPlan:
 
     @property
     def total_seconds(self) -> float:
-        return sum(r.seconds for r in self.stages if r.seconds is not None)
+        return sum(r.seconds for r in self.stages if r.seconds is not None and not r.done)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -260,7 +266,8 @@ class _Enough(Exception):
 
 
 class _TimedPolicy:
-    """Wraps ``act``: counts the steps it answers; ends the run after ``budget_s`` and ``min_steps``."""
+    """Wraps ``act``: counts the steps it answers; ends the run after ``budget_s`` and ``min_steps``
+    (or after four times the budget, with fewer steps: a slow model on a busy machine)."""
 
     def __init__(self, act: Callable, budget_s: float, min_steps: int) -> None:
         self.act, self.budget_s, self.min_steps = act, budget_s, min_steps
@@ -270,7 +277,7 @@ class _TimedPolicy:
         now = time.perf_counter()
         if not self.start:
             self.start = now  # the first batch's envs were built before: a runner builds them once
-        elif now - self.start > self.budget_s and self.steps >= self.min_steps:
+        elif now - self.start > self.budget_s * (1 if self.steps >= self.min_steps else 4):
             self.end = now
             raise _Enough
         out = self.act(requests)
@@ -290,9 +297,9 @@ def calibrate_simulation(
 ) -> tuple[Rate, float | None]:
     """Simulated steps/s of one policy on the held-out merchants' storefronts, played in this process,
     and the mean steps of a visit when every calibration visit ended within the budget."""
-    from engine.driver import SimulationConfig
     from engine.env_runner import EnvSpec, EpisodePlayer
     from engine.population import SimBuyer, buyer_seed
+    from engine.simulation_config import SimulationConfig
 
     # A policy in the runners plays a chunk lock-step; behind a server a runner's envs form two groups.
     envs, groups = (
@@ -332,8 +339,9 @@ def calibrate_training(name: str, model, tokenizer, pairs: list, seed: int) -> R
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.stage2_lr)
     least, enough_s, most_s = TRAIN_STEPS
-    tokens, timed, seconds, step = 0, 0, 0.0, 0
-    while seconds < most_s and (timed < least or seconds < enough_s):
+    tokens, timed, seconds, step, warmup = 0, 0, 0.0, 0, WARMUP_STEPS
+    begun = time.perf_counter()
+    while not timed or (time.perf_counter() - begun < most_s and (timed < least or seconds < enough_s)):
         batch = collate(
             [pairs[i] for i in rng.integers(0, len(pairs), cfg.batch_size)], tokenizer.pad_token_id
         )
@@ -343,8 +351,11 @@ def calibrate_training(name: str, model, tokenizer, pairs: list, seed: int) -> R
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
-        if step > 0:  # the first step allocates the optimizer state
-            tokens, timed, seconds = tokens + batch.tokens, timed + 1, seconds + time.perf_counter() - start
+        took = time.perf_counter() - start
+        if step == 0 and took > most_s / 4:
+            warmup = 1  # a slow model: one untimed step must do
+        if step >= warmup:  # the first steps allocate the optimizer state and warm the allocator
+            tokens, timed, seconds = tokens + batch.tokens, timed + 1, seconds + took
         step += 1
     model.eval()
     basis = f"{timed} AdamW steps of {cfg.batch_size} real examples"
@@ -394,17 +405,38 @@ def calibrate_vqvae(train_data: Path, config: StudyConfig) -> tuple[Rate, Rate, 
     )
 
 
-def calibrate_ray() -> Rate | None:
-    """One local Ray start and shutdown (every Ray command of the study pays one); None if Ray is up."""
-    import ray
+def calibrate_command(data: Path, merchant: str, config: StudyConfig) -> Rate:
+    """What each Ray command of the study pays besides its work: one tiny ``simpersona simulate`` (random
+    policy, 8 visits of 5 steps) end to end, in this process as the study runs its commands (a Ray start,
+    its runners, the output, a shutdown; no Ray start when Ray is already running here)."""
+    import io
 
-    if ray.is_initialized():
-        return None
-    start = time.perf_counter()
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    ray.shutdown()
-    seconds = time.perf_counter() - start
-    return Rate("Ray start", 1 / seconds, "starts", "one local ray.init + shutdown", round(seconds, 2))
+    from engine.cli import main as simpersona
+
+    with tempfile.TemporaryDirectory(prefix="plan-command-") as tmp:
+        distributions = Path(tmp) / "distributions.parquet"
+        pq.write_table(
+            pa.table(
+                {
+                    "merchant_id": pa.array([merchant], pa.string()),
+                    "code": pa.array([0], pa.int64()),
+                    "p": pa.array([1.0], pa.float64()),
+                    "n": pa.array([1], pa.int64()),
+                }
+            ),
+            distributions,
+        )
+        argv = ["simulate", "--out", str(Path(tmp) / "sim"), "--data", str(data)]
+        argv += ["--distributions", str(distributions), "--policy", "random", "--buyers-per-merchant", "8"]
+        argv += ["--max-steps", "5", "--runners", str(config.runners), "--progress", "false"]
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = simpersona(argv)
+        seconds = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"the plan's calibration command failed: simpersona {' '.join(argv)}")
+    basis = "one tiny simulate (random policy, 8 visits) end to end in this process"
+    return Rate("Ray command", 1 / seconds, "commands", basis, round(seconds, 2))
 
 
 # ---- the plan -----------------------------------------------------------------------------------
@@ -445,9 +477,15 @@ class Planner:
         data = study.prepared()
         prepared = next((e for e in study.log if e["stage"] == "prepare" and not e.get("skipped")), None)
         stages = [
-            StageRow("prepare", f"{', '.join(c.inputs)} -> {data}", round(time.perf_counter() - start, 1), "ran it now")
+            StageRow(
+                "prepare",
+                f"{', '.join(c.inputs)} -> {data}",
+                round(time.perf_counter() - start, 1),
+                "timed now; the study reuses it",
+                done=True,
+            )
             if prepared
-            else StageRow("prepare", f"{data}", 0.0, "already prepared")
+            else StageRow("prepare", f"{data}", 0.0, "already prepared", done=True)
         ]
         start = time.perf_counter()
         split = study.split(data)
@@ -456,7 +494,8 @@ class Planner:
                 "split",
                 f"{split['eligible']} eligible -> {len(split['heldout'])} held out",
                 round(time.perf_counter() - start, 1),
-                "ran it now",
+                "timed now; the study reuses split.json",
+                done=True,
             )
         )
         started = time.perf_counter()
@@ -478,11 +517,10 @@ class Planner:
             stages += agent_rows
             simulations = self.simulations(data, split, counts.cutoff, traces, policies)
             stages += self.simulation_rows(simulations)
-            ray_rate = calibrate_ray()
+            ray_rate = calibrate_command(data, split["heldout"][0], c)
         finally:
             torch.set_num_threads(threads)
-        if ray_rate:
-            self.calibration.append(ray_rate)
+        self.calibration.append(ray_rate)
         if load is not None:
             self.notes.append(
                 f"load average {load:.1f} on {os.cpu_count()} cores when the calibration started: the times"
@@ -491,12 +529,10 @@ class Planner:
         starts = 1 + len(agents) + sum(len(s.visits_per_run) for s in simulations)
         stages.append(
             StageRow(
-                "Ray start-up",
-                f"{starts} commands start Ray (fit-personas, train-agent, simulate)",
-                round(starts / ray_rate.per_s, 1) if ray_rate else None,
-                f"{ray_rate.name}; Ray Train's worker start comes on top, not estimated"
-                if ray_rate
-                else "Ray was already running in this process",
+                "Ray command overhead",
+                f"{starts} Ray commands (fit-personas, train-agent, simulate)",
+                round(starts / ray_rate.per_s, 1),
+                f"{ray_rate.name}; Ray Train's workers and LLM policy servers start on top, not estimated",
             )
         )
         stages.append(
@@ -507,8 +543,6 @@ class Planner:
                 "not measured",
             )
         )
-        from learners.config import config_to_dict
-
         return StudyPlan(
             config_to_dict(c),
             counts,
@@ -586,11 +620,13 @@ class Planner:
         c, needed = self.config, needed_agents(self.config)
         share = AgentTrainConfig.goal_share
         plain = build_examples(traces, None, share, c.seed).examples
+        start = time.perf_counter()
         coded = (
             build_examples(traces, coded_buyers(data), share, c.seed).examples
             if needed & {"persona", "markov"}
             else None
         )
+        coded_s = time.perf_counter() - start
         fmt = PromptFormat(AgentTrainConfig.history_len, AgentTrainConfig.max_observation_tokens)
         loaded: dict[tuple[str, int], list] = {}
         rates: dict[str, Rate] = {}
@@ -623,7 +659,7 @@ class Planner:
                     )
                     self.calibration.append(rates[model_name])
             except (OSError, ValueError) as err:  # e.g. a hub model that is not available offline
-                self.notes.append(f"{key} agent ({model_name}) not sized: {err}")
+                self.notes.append(f"{key} agent ({model_name}) not sized: {str(err).splitlines()[0]}")
                 plans.append(
                     AgentPlan(key, model_name, examples.num_rows, 0, epochs, "not counted", None, None)
                 )
@@ -664,8 +700,8 @@ class Planner:
                 StageRow(
                     "fit Markov chain",
                     f"{coded.num_rows:,} examples",
-                    round(time.perf_counter() - start, 1),
-                    "fitted it now",
+                    round(coded_s + time.perf_counter() - start, 1),
+                    "built the examples and fitted it now",
                 )
             )
         return plans, policies, rows
@@ -674,7 +710,8 @@ class Planner:
         self, data: Path, split: dict, cutoff: str | None, traces: pa.Table, policies: dict[str, Callable]
     ) -> list[SimPlan]:
         """Visits per system (the simulations' own sizing rule), steps, and time at measured steps/s."""
-        from engine.driver import SimulationConfig, buyers_per_merchant, in_runner
+        from engine.placement import in_runner
+        from engine.simulation_config import SimulationConfig, buyers_per_merchant
         from learners.agent.random_policy import RandomPolicy
 
         c, heldout = self.config, split["heldout"]
@@ -724,7 +761,7 @@ class Planner:
             rate, per_visit = measured.get(rate_name, (None, None))
             if system.policy == "random" and per_visit is not None:
                 steps, basis = min(per_visit, max_steps), "measured on the random policy's own visits"
-            else:
+            else:  # the policies fitted to the traces: an untrained stand-in's visits would say nothing
                 steps = float(np.minimum(replayed, max_steps).mean()) if len(replayed) else float(max_steps)
                 basis = f"the replayed sessions' mean (each capped at {max_steps})"
             visits = {run: sum(counts.values()) for run, counts in per_run.items()}
@@ -812,12 +849,14 @@ def format_plan(plan: StudyPlan) -> str:
     lines += ["", f"calibration on this machine, one thread each ({plan.calibration_seconds:.0f} s):"]
     lines += [
         f"  {r.name:<28} {r.per_s:>12,.1f} {r.unit}/s  ({r.basis})"
-        if r.unit != "starts"
+        if r.unit != "commands"
         else f"  {r.name:<28} {1 / r.per_s:>12,.1f} s each  ({r.basis})"
         for r in plan.calibration
     ]
-    rows = [(r.stage, r.work, _duration(r.seconds), r.basis) for r in plan.stages]
-    rows.append(("total", "", _duration(plan.total_seconds), "the estimated stages"))
+    rows = [
+        (r.stage, r.work, _duration(r.seconds) + (", done" if r.done else ""), r.basis) for r in plan.stages
+    ]
+    rows.append(("total", "", _duration(plan.total_seconds), "the estimated stages still to run"))
     lines += ["", *_table(("stage", "work", "estimated time", "from"), rows)]
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

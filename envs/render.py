@@ -5,6 +5,14 @@ lines, category links, product rows, actions); ``render_text(view) -> str`` turn
 observation. The web storefront renders the same ``PageView`` as HTML, and the browser env reports
 ``render_text`` of it, so text and browser envs observe identical text.
 
+Goal tasks: the page states the goal (``Goal: buy product P``, after the status line), and every
+line that shows the goal product ends with ``GOAL_MARK`` (`` | your goal``): its rows on listings,
+search results, the cart and the checkout, and the ``Product id: P`` line of its own page. The
+buyer recognises what they came for the way a shopper does, without comparing ids. The marks are
+drawn by ``render_text`` from the view's goal line, so the browser env (which reads that line back)
+observes the same marks; ``mark_goal`` gives the goal-task text of a goal-free observation (the
+training examples' hindsight goals, learners/agent/examples.py). Without a goal nothing changes.
+
 Length is bounded by construction: at most PAGE_SIZE product rows (FEATURED + HOME_CATEGORIES links
 on home), ids of at most 64 characters, titles of at most 80, queries of at most 64; every observation
 stays under MAX_OBSERVATION_CHARS.
@@ -19,6 +27,10 @@ if TYPE_CHECKING:
     from envs.storefront import SessionState, Storefront
 
 MAX_OBSERVATION_CHARS = 8192
+GOAL_PREFIX = "Goal: buy product "
+"""A goal task's goal line: this prefix, then the goal product's id."""
+GOAL_MARK = " | your goal"
+"""Appended to every line of a goal task's page that shows the goal product."""
 VIEW_CACHE = 8192
 """Listing-page views kept per storefront before its cache is cleared."""
 
@@ -144,24 +156,46 @@ def build_view(storefront: Storefront, state: SessionState, actions: list[str] |
     """The structured view of the state's page (``actions``: its valid actions, if already known)."""
     title, lines, links, rows = _parts(storefront, state)
     status = f"Shop {storefront.merchant_id} | Cart: {state.cart_items} items | Favourites: {len(state.favourites)}"
-    goal = f"Goal: buy product {state.goal}" if state.goal is not None else None
+    goal = GOAL_PREFIX + state.goal if state.goal is not None else None
     if actions is None:
         actions = storefront.valid_actions(state)
     return PageView(state.page.kind, title, status, goal, lines, links, rows, tuple(actions))
 
 
+def _marked(line: str, goal: str) -> str:
+    """``line`` with ``GOAL_MARK`` when it shows the goal product (a product row, or a product
+    page's id line), else unchanged."""
+    if line.startswith(f"- product {goal} |") or line == f"Product id: {goal}":
+        return line + GOAL_MARK
+    return line
+
+
 def render_text(view: PageView) -> str:
-    """The compact text observation of a page view."""
+    """The compact text observation of a page view (goal tasks: the goal line, the goal product's
+    lines marked)."""
     parts = [f"== {view.title} ==", view.status]
+    goal = view.goal[len(GOAL_PREFIX) :] if view.goal and view.goal.startswith(GOAL_PREFIX) else None
     if view.goal:
         parts.append(view.goal)
-    parts.extend(view.lines)
+    parts.extend(view.lines if goal is None else (_marked(line, goal) for line in view.lines))
     if view.links:
         parts.append("Categories:")
         parts.extend("- " + label for label, _ in view.links)
     if view.rows:
         parts.append("Products:")
-        parts.extend(r.line for r in view.rows)
+        parts.extend(r.line if goal is None else _marked(r.line, goal) for r in view.rows)
     parts.append("Actions:")
     parts.extend(view.actions)
     return "\n".join(parts)
+
+
+def mark_goal(observation: str, goal: str) -> str:
+    """The observation a goal task with goal ``goal`` shows for the page of ``observation`` (a
+    ``render_text`` without a goal): the goal line after the status line, the goal product's lines
+    marked. Raises ValueError for an observation that already states a goal."""
+    lines = observation.split("\n")
+    if len(lines) < 2 or any(line.startswith(GOAL_PREFIX) for line in lines[2:3]):
+        raise ValueError("mark_goal needs a goal-free rendered observation (title and status lines first)")
+    head, body = lines[:2], lines[2:]
+    # The Actions block is never marked (its lines are action texts, never product rows).
+    return "\n".join([*head, GOAL_PREFIX + goal, *(_marked(line, goal) for line in body)])

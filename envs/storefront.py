@@ -17,7 +17,8 @@ API summary (stable; the web storefront and the browser env build on it):
   ``Storefront.home_categories(index)``, ``Storefront.cart_page(state)``, ``Storefront.n_pages(state)``,
   ``Storefront.checkout_items(state)``, ``Storefront.search_results(query)``.
 - ``Storefront.view(state, actions=None) -> envs.render.PageView`` (structured page) and
-  ``Storefront.observe(state, actions=None) -> str`` (the text observation, ``render_text(view)``).
+  ``Storefront.observe(state, actions=None) -> str`` (the text observation, ``render_text(view)``;
+  in a goal task it states the goal and marks every line showing the goal product, envs/render.py).
 - ``Storefront.goal_reached(state) -> bool``: the goal product is among the purchased items.
 
 Pages (``Page.kind``): home (category links, featured products; paginated over categories),

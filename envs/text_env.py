@@ -1,6 +1,7 @@
 """``StorefrontEnv``: a buyer session in a merchant's storefront, as text in and text out.
 
-Observation: the page text (``Storefront.observe``). Action: one of the page's action strings,
+Observation: the page text (``Storefront.observe``; a goal task's page states the goal and marks the
+goal product wherever it shows it, envs/render.py). Action: one of the page's action strings,
 matched exactly after whitespace normalisation (never evaluated). ``info`` carries the page type,
 the valid actions, the cart, the count of invalid actions, the merchant, the persona and the goal.
 

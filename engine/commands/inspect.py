@@ -1,9 +1,13 @@
-"""Summarize a prepared directory: what went in, what was quarantined and why, merchants, buyer features.
+"""Summarize a prepared directory: what went in, what was quarantined and why, merchants, conversion,
+the actions buyers took, buyer features.
 
   simpersona inspect data/ --top 10
 
-Reads only the manifest, the quarantine, the merchant table and the buyers' feature column, the
-last in batches, so it stays fast and small on large directories.
+Session conversion is the share of sessions with a purchase, buyer conversion the share of buyers
+(one user at one merchant) with one, and each action's column the share of buyers who took it at
+least once; each is shown for all merchants and per merchant. Reads only the manifest, the
+quarantine, the merchant table and a few columns of the sessions and buyers tables (the buyers'
+features in batches), so it stays fast and small on large directories.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from learners.data import schema
+from learners.data.summary import conversion
 
 NAME = "inspect"
 HELP = "print a readable summary of a prepared directory (counts, quarantine, merchants, features)"
@@ -61,22 +66,49 @@ def quarantine_lines(dir: Path, top: int) -> list[str]:
     return lines
 
 
-def merchant_lines(dir: Path, top: int) -> list[str]:
+ALL_MERCHANTS = "all merchants"
+
+
+def merchant_lines(dir: Path, top: int) -> list[list[str]]:
+    """Two sections: counts and conversion per merchant, then the share of buyers taking each action.
+
+    Every rate is a share of its own total, named in the section's legend; the merchant table's
+    funnel depths (buyers whose deepest event reached a stage) are not shown, as they read as
+    contradictions ("favorite 26.5%" when 4.7% of buyers favourited, because carting counts as
+    having passed it).
+    """
     merchants = pl.read_parquet(_table(dir, "merchants"))
-    stages = schema.FUNNEL_STAGES[1:]
+    overall, per_merchant = conversion(dir)
     head = merchants.sort(["buyers", "merchant_id"], descending=[True, False]).head(top)
-    lines = [
-        f"merchants: {merchants.height:,} (top {head.height} by buyers; funnel = share of buyers reaching)"
+    counts = [
+        f"merchants: {merchants.height:,} (top {head.height} by buyers; a buyer is one user at one merchant)",
+        f"  {'merchant':<16}{'buyers':>9}{'sessions':>10}{'events':>11}{'products':>10}"
+        f"{'session conv.':>15}{'buyer conv.':>13}",
     ]
-    header = f"  {'merchant':<16}{'buyers':>9}{'sessions':>10}{'events':>10}{'products':>9}{'conv':>7}"
-    lines.append(header + "".join(f"{s[:8]:>9}" for s in stages))
-    for r in head.iter_rows(named=True):
-        line = (
-            f"  {r['merchant_id'][:15]:<16}{r['buyers']:>9,}{r['sessions']:>10,}{r['events']:>10,}"
-            f"{r['products']:>9,}{r['conversion_rate']:>7.1%}"
+    totals = {k: int(merchants[k].sum()) for k in ("events", "products")}
+    for name, c, r in [
+        (ALL_MERCHANTS, overall, totals),
+        *((m["merchant_id"], per_merchant[m["merchant_id"]], m) for m in head.iter_rows(named=True)),
+    ]:
+        counts.append(
+            f"  {name[:15]:<16}{c.buyers:>9,}{c.sessions:>10,}{r['events']:>11,}{r['products']:>10,}"
+            f"{c.session_conversion:>15.1%}{c.buyer_conversion:>13.1%}"
         )
-        lines.append(line + "".join(f"{r[f'rate_{s}']:>9.1%}" for s in stages))
-    return lines
+    counts += [
+        "  session conv. = share of sessions with a purchase"
+        f" ({overall.converted_sessions:,} of {overall.sessions:,} overall)",
+        "  buyer conv.   = share of buyers with a purchase"
+        f" ({overall.converted_buyers:,} of {overall.buyers:,} overall)",
+    ]
+    widths = {t: max(len(t), 6) + 2 for t in schema.EVENT_TYPES}
+    actions = [
+        "buyers who took each action at least once (share of the merchant's buyers):",
+        f"  {'merchant':<16}" + "".join(f"{t:>{widths[t]}}" for t in schema.EVENT_TYPES),
+    ]
+    for name, c in [(ALL_MERCHANTS, overall), *((m, per_merchant[m]) for m in head["merchant_id"])]:
+        shares = "".join(f"{c.action_share(t):>{widths[t]}.1%}" for t in schema.EVENT_TYPES)
+        actions.append(f"  {name[:15]:<16}{shares}")
+    return [counts, actions]
 
 
 def feature_lines(dir: Path) -> list[str]:
@@ -109,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     sections = [
         manifest_lines(manifest),
         quarantine_lines(args.dir, args.top),
-        merchant_lines(args.dir, args.top),
+        *merchant_lines(args.dir, args.top),
         feature_lines(args.dir),
     ]
     print("\n\n".join("\n".join(s) for s in sections))

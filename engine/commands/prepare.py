@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from learners.config import add_config_args, build_config
@@ -124,8 +125,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise ValueError("prepare: --out is missing; fix: pass --out DIR (or --check to only count rows)")
+    from engine.console_log import ray_session
+
     start = time.perf_counter()
-    manifest = prepare(inputs, adapter, config, args.out, progress=not args.no_progress)
+    # With --ray, Ray Data's own log lines go to OUT/ray.log, like the other commands'.
+    with ray_session(args.out, getattr(args, "verbose", False)) if config.use_ray else nullcontext():
+        manifest = prepare(inputs, adapter, config, args.out, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
     for line in summary_lines(manifest, elapsed):
         print(line)

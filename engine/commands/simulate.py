@@ -20,7 +20,8 @@ import argparse
 from pathlib import Path
 
 from engine.console_log import ray_session
-from engine.driver import SimulationConfig, simulate
+from engine.simulation import simulate
+from engine.simulation_config import SimulationConfig
 from learners.config import add_config_args, build_config
 
 NAME = "simulate"

@@ -4,11 +4,21 @@
   simpersona train-agent data/ --personas run/ --base-model Qwen/Qwen3-0.6B --lora --use-gpu --workers 4 --out agent/
   simpersona train-agent traces/ --no-persona --base-model tiny-8x --out agent-8x/     # baseline
   simpersona train-agent traces/ --personas codes/ --out agent/ --resume --stage2-epochs 4
+  simpersona train-agent traces/ --personas codes/ --base-model small --validation-share 0.1 \
+      --patience 2 --stage2-epochs 8 --max-tokens 4000000 --out agent/    # early stopping, token budget
 
 DATA: traces (a traces.parquet file or `simpersona traces --out` directory) or a prepared directory
 (replayed into traces first). --personas: a codes directory (`simpersona assign --out`) or a VQ-VAE
-run (`simpersona fit-personas --out`; DATA must then be the prepared directory). --base-model: tiny,
-tiny-8x (built locally), a Hugging Face hub id, or a local model directory.
+run (`simpersona fit-personas --out`; DATA must then be the prepared directory). --base-model: a
+preset built locally (tiny, small, base and their 8x twins tiny-8x, small-8x, base-8x: 164k, 2.2M,
+25.7M; 1.3M, 17M, 202M parameters), a Hugging Face hub id, or a local model directory.
+
+--validation-share F holds out that share of DATA's merchants (whole merchants) as validation: each
+epoch ends with its loss, a stage stops after --patience epochs without improvement (the epoch
+counts are caps), and each stage keeps its best epoch. --max-tokens N caps the training tokens of one
+epoch: a seeded, merchant-stratified sample of whole sessions that fits is kept, and counted in the
+manifest (`simpersona study --plan` prints the tokens of the examples). Both are off by default here;
+`simpersona study` turns validation on (its validation_share, patience and train_tokens).
 
 AGENT ends up a normal `save_pretrained` directory (+ tokenizer + persona_tokens.json) that
 transformers' Auto classes load; see learners/agent/train.py for everything else it holds.
@@ -93,8 +103,13 @@ def run(args: argparse.Namespace) -> int:
                 progress=logs.progress if logs else None,
             )
     for e in result.epochs:
+        validation = f", validation loss {e['val_loss']:.4f}" if e.get("val_loss") is not None else ""
         print(
-            f"  stage {e['stage']} epoch {e['epoch']}: loss {e['loss']:.4f}, {e['tokens_per_s']:,.0f} tokens/s"
+            f"  stage {e['stage']} epoch {e['epoch']}: loss {e['loss']:.4f}{validation},"
+            f" {e['tokens_per_s']:,.0f} tokens/s"
         )
+    if result.validation_examples:
+        kept = ", ".join(f"stage {stage}: epoch {epoch}" for stage, epoch in sorted(result.chosen.items()))
+        print(f"  kept (lowest validation loss, {result.validation_examples:,} examples): {kept}")
     print(f"{result.examples:,} examples ({result.quarantined:,} trace rows quarantined) -> {result.out_dir}")
     return 0

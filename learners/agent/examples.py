@@ -2,26 +2,52 @@
 
 One example per kept trace step: the page the buyer saw, the action they took, the actions they had
 taken before in that session, their persona code, and a hindsight goal. Every step is an example
-without a goal, so goal-free examples keep the real rates (of purchase, above all); a seeded share of
-the sessions that end in a purchase is added once more with the purchased product as the goal of
-every step (the agent learns what a buyer who wants product X does). Showing the goal on the original
-rows instead would leave mostly non-buying sessions goal-free, and a free-shopping agent would then
-under-buy.
+without a goal, so goal-free examples keep the real rates (of purchase, above all), and goal-shown
+copies are added on top (``goal_copies``): what a buyer who wants product X does.
+
+Hindsight goals (``goal_segments``): each product X a session acts on (opens, carts, buys) is a goal;
+its copy is the shortest way to X and to its purchase the session shows, in order: the navigation
+the replay inserted to reach X the first time (``real_event`` false: ``search "X"``, ``back``, a
+category listing ...; a real search that the replay had to follow with ``search "X"`` counts as the
+buyer's search for X), the first view of X, then the first ``add to cart`` and ``buy now`` on its
+page, the ``checkout`` (with the inserted ``go to cart``) and the ``place order`` that hold it, up to
+its purchase. Steps that wander elsewhere, view X again, favour it or take it out of the cart are
+left out: a buyer who wants X does not loop back to its page. A copy is an episode of its own: its history is its own earlier steps, its pages are the goal task's
+(``envs.render.mark_goal``: the goal line, X's rows and page marked), and it names X as the agent
+does (prompt.py's ``alias_goal``: ``open product your goal``, ``search "your goal"``) in its action,
+history and valid actions. Every bought product's copy is added; every other product's with
+probability ``goal_share`` (seeded by session and product).
+Showing the goal on the original rows instead would leave mostly non-buying sessions goal-free, and a
+free-shopping agent would then under-buy.
+
+Inserted searches: the replay reaches a product the buyer saw by searching its id when no shorter
+route exists (learners/data/traces.py); the buyer never made that search (a source that records
+searches has its own real ``search`` events). Shown without a goal, those steps taught free-shopping
+agents to search at the rate the replay needs them (on Tmall, which records no search, most steps),
+not at the buyers' rate. So an inserted search's goal-free row is quarantined with that reason, and
+the step is taught in its product's goal-shown copy, where searching for the product one wants is
+exactly right. Traces without a ``real_event`` column count every step as real.
 
 Rows that cannot teach the policy are quarantined with a reason, never dropped silently: steps the
-page could not perform (``valid`` false), empty observations or actions, and, for persona training,
-buyers without a code. rows read + goal copies = examples + quarantined rows.
+page could not perform (``valid`` false), empty observations or actions, inserted searches (above),
+and, for persona training, buyers without a code. rows read + goal copies = examples + quarantined
+rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 
+from envs.render import mark_goal
+from envs.storefront import search_query
 from learners.agent.actions import action_kind, action_product, listed_actions
+from learners.agent.prompt import alias_goal
 from learners.data.schema import QUARANTINE
 
 TRACE_COLUMNS = ("merchant_id", "buyer_id", "session_id", "step", "observation", "action", "valid")
@@ -57,7 +83,7 @@ class ExampleSet:
     rows_read: int
     """Trace rows read."""
     goal_copies: int = 0
-    """Examples that are goal-shown copies of steps of purchase sessions."""
+    """Examples that are goal-shown copies of steps (hindsight goals, ``goal_segments``)."""
 
 
 def _stable_unit(*parts: object) -> float:
@@ -93,6 +119,85 @@ def session_goal(actions: list[str]) -> str | None:
     return goal
 
 
+_PAGE_PRODUCT = re.compile(r"^Product id: (\S+)", re.MULTILINE)
+_ROW_PRODUCT = re.compile(r"^- product (\S+) \|", re.MULTILINE)
+INSERTED_SEARCH = (
+    "inserted search (the replay's route to a product, not the buyer's search): taught only with that"
+    " product as the goal (its goal-shown copy)"
+)
+
+
+def step_products(action: str, observation: str) -> tuple[str, ...]:
+    """The products a step acts on toward buying: the product it opens; the product page's for
+    ``add to cart``, ``buy now`` and ``favorite``; the page's rows for ``checkout`` (the cart) and
+    ``place order`` (the order). Removals and navigation act on none."""
+    action = " ".join(action.split())
+    if action.startswith("open product "):
+        product = action_product(action)
+        return (product,) if product else ()
+    if action in ("add to cart", "buy now", "favorite"):
+        found = _PAGE_PRODUCT.search(observation)
+        return (found.group(1),) if found else ()
+    if action in ("checkout", "place order"):
+        head = observation.rpartition("\nActions:\n")[0] or observation
+        return tuple(dict.fromkeys(_ROW_PRODUCT.findall(head)))
+    return ()
+
+
+def goal_segments(
+    actions: Sequence[str], observations: Sequence[str], real: Sequence[bool]
+) -> list[tuple[str, list[int], bool]]:
+    """A session's hindsight goals (module doc): (product, the indices of its copy's steps, bought),
+    in the order the session first reaches each product."""
+    acts = [" ".join(a.split()) for a in actions]
+    concerns = [step_products(a, o) for a, o in zip(acts, observations, strict=True)]
+    first: dict[str, int] = {}
+    for i, products in enumerate(concerns):
+        for product in products:
+            first.setdefault(product, i)
+    segments = []
+    for product in sorted(first, key=first.__getitem__):
+        f = first[product]
+        k = f  # the navigation the replay inserted to reach the product
+        while k > 0 and not real[k - 1]:
+            k -= 1
+        steps = list(range(k, f + 1))
+        if (
+            k == f - 1
+            and search_query(acts[k]) == product
+            and k > 0
+            and real[k - 1]
+            and search_query(acts[k - 1]) is not None
+        ):
+            steps = [k - 1, f]  # the buyer's own search, then the product: a search for it
+        done = {acts[f]}  # each kind of step once: no second view, no second add to cart
+        bought = False
+        for j in range(f + 1, len(acts)):
+            if product not in concerns[j] or acts[j] in done or acts[j] == "favorite":
+                continue  # wandering, a repeat view, a second add to cart, a favourite
+            if acts[j] in ("checkout", "place order"):  # with the inserted way to the checkout
+                k = j
+                while k > steps[-1] + 1 and not real[k - 1] and acts[k - 1] in ("go to cart", "checkout"):
+                    k -= 1
+                steps.extend(i for i in range(k, j) if acts[i] not in done)
+                done.update(acts[i] for i in range(k, j))
+            steps.append(j)
+            done.add(acts[j])
+            if acts[j] == "place order":
+                bought = True
+                break
+        segments.append((product, steps, bought))
+    return segments
+
+
+def _toward(action: str, goal: str) -> str:
+    """A step of a goal's copy as the agent names it: every search in it is a search for the goal
+    (``search "your goal"``), and actions naming the goal name ``GOAL_ALIAS`` (``alias_goal``)."""
+    if search_query(" ".join(action.split())) is not None:
+        return alias_goal(f'search "{goal}"', goal)
+    return alias_goal(action, goal)
+
+
 def _problem(row: dict, needs_code: bool) -> tuple[str | None, str | None]:
     """(column, reason) when a trace row cannot be an example, else (None, None)."""
     if not row["action"] or not str(row["action"]).strip():
@@ -113,7 +218,10 @@ def build_examples(
     seed: int = 0,
     source: str = "traces",
 ) -> ExampleSet:
-    """Join traces with codes (``codes=None``: no-persona examples) and add history and goals."""
+    """Join traces with codes (``codes=None``: no-persona examples) and add history and goals.
+
+    ``goal_share``: the probability that a product the session did not buy gets its goal-shown copy
+    (every bought product's is added); 0 adds no goal-shown copies at all."""
     _check_columns(traces, TRACE_COLUMNS, source)
     frame = pl.from_arrow(traces).with_row_index("_row")
     if codes is not None:
@@ -132,6 +240,10 @@ def build_examples(
         )
     frame = frame.sort(["merchant_id", "buyer_id", "session_id", "step"])
 
+    if "real_event" not in frame.columns:
+        frame = frame.with_columns(pl.lit(True).alias("real_event"))
+    frame = frame.with_columns(pl.col("real_event").fill_null(True).cast(pl.Boolean))
+
     blamed: list[str | None] = []
     reasons: list[str | None] = []
     for row in frame.select(["observation", "action", "valid", "code"]).iter_rows(named=True):
@@ -145,20 +257,30 @@ def build_examples(
     bad = frame.filter(pl.col("_reason").is_not_null())
 
     histories: list[list[str]] = []
-    goals: list[str | None] = []
-    copied: list[int] = []
+    goal_free: list[int] = []  # kept rows shown without a goal: all but inserted searches
+    copy_rows: list[int] = []
+    copy_goals: list[str] = []
+    copy_histories: list[list[str]] = []
+    copy_rank: list[int] = []
     start = 0
     for (merchant, buyer, session), group in kept.group_by(
         ["merchant_id", "buyer_id", "session_id"], maintain_order=True
     ):
         actions = group["action"].to_list()
+        observations = group["observation"].to_list()
+        real = group["real_event"].to_list()
         histories += [actions[:i] for i in range(len(actions))]
-        goal = session_goal(actions)
-        if goal is not None and _stable_unit(seed, merchant, buyer, session) < goal_share:
-            copied += range(start, start + len(actions))
-            goals += [goal] * len(actions)
-        else:
-            goals += [None] * len(actions)
+        goal_free += [
+            start + i for i, a in enumerate(actions) if real[i] or search_query(" ".join(a.split())) is None
+        ]
+        if goal_share > 0:
+            for rank, (product, steps, bought) in enumerate(goal_segments(actions, observations, real), 1):
+                if bought or _stable_unit(seed, merchant, buyer, session, product) < goal_share:
+                    copy_rows += [start + i for i in steps]
+                    copy_goals += [product] * len(steps)
+                    named = [_toward(actions[i], product) for i in steps]
+                    copy_histories += [named[:n] for n in range(len(steps))]
+                    copy_rank += [rank] * len(steps)
         start += len(actions)
 
     examples = kept.select(
@@ -172,18 +294,50 @@ def build_examples(
         if kept.height
         else pl.lit(None, dtype=pl.String).alias("kind"),
         pl.Series("history", histories, dtype=pl.List(pl.String)),
-        pl.Series("goal", goals, dtype=pl.String),
+        pl.lit(None, dtype=pl.String).alias("goal"),
         pl.col("code").cast(pl.Int32),
         pl.col("valid_actions").cast(pl.List(pl.String)),
     )
-    # Goal-free originals of every step, then the goal-shown copies, each right after its original.
-    copies = examples[copied]
-    examples = (
-        pl.concat([examples.with_columns(pl.lit(None, dtype=pl.String).alias("goal")), copies])
-        .with_columns(pl.col("goal").is_not_null().alias("_copy"))
-        .sort(["merchant_id", "buyer_id", "session_id", "_copy", "step"], maintain_order=True)
-        .drop("_copy")
+    copies = examples.select(pl.all().gather(pl.Series(copy_rows, dtype=pl.UInt32))).with_columns(
+        pl.Series("history", copy_histories, dtype=pl.List(pl.String)),
+        pl.Series("goal", copy_goals, dtype=pl.String),
+        pl.Series("_rank", copy_rank, dtype=pl.Int64),
     )
+    goals = copies["goal"].to_list()
+    copies = copies.with_columns(
+        pl.Series(
+            "observation", [mark_goal(o, g) for o, g in zip(copies["observation"], goals, strict=True)]
+        ),
+        pl.Series("action", [_toward(a, g) for a, g in zip(copies["action"], goals, strict=True)]),
+        pl.Series(
+            "valid_actions",
+            [[alias_goal(a, g) for a in v] for v, g in zip(copies["valid_actions"], goals, strict=True)],
+            dtype=pl.List(pl.String),
+        ),
+    )
+    # Goal-free originals first, then each goal-shown copy (an episode of its own), step by step.
+    examples = (
+        pl.concat(
+            [
+                examples.select(pl.all().gather(pl.Series(goal_free, dtype=pl.UInt32))).with_columns(
+                    pl.lit(0, dtype=pl.Int64).alias("_rank")
+                ),
+                copies,
+            ]
+        )
+        .sort(["merchant_id", "buyer_id", "session_id", "_rank", "step"], maintain_order=True)
+        .drop("_rank")
+    )
+    inserted = kept.with_row_index("_kept").filter(~pl.col("_kept").is_in(goal_free)).drop("_kept")
+    bad = pl.concat(
+        [
+            bad,
+            inserted.with_columns(
+                pl.lit("action", dtype=pl.String).alias("_column"),
+                pl.lit(INSERTED_SEARCH, dtype=pl.String).alias("_reason"),
+            ),
+        ]
+    ).sort("_row")
     quarantine = pa.table(
         {
             "file": pa.array([source] * bad.height, pa.string()),

@@ -1,12 +1,12 @@
 """``MarkovPolicy``: the per-type Markov-chain baseline, fitted on the same examples as the agent.
 
-P(next action kind | previous action kind, page kind, persona code) from counts, smoothed by
-interpolation with ever shorter contexts: (previous, page, code) -> (previous, page) -> (page) ->
-all kinds (add-one). At a step the policy restricts that distribution to the kinds the page offers,
+P(next action kind | previous action kind, page kind, persona code) from counts of the goal-free
+examples (the chain reads no goal), smoothed by interpolation with ever shorter contexts:
+(previous, page, code) -> (previous, page) -> (page) -> all kinds (add-one). At a step the policy restricts that distribution to the kinds the page offers,
 draws a kind (seeded by ``ActRequest.seed``), then a concrete action of that kind weighted by how often
 the training buyers took it, plus one (popular products first). A search query comes from the page
-(``fill_search``): training queries name other storefronts' products (trace replay reaches a product
-by searching its id), which a held-out storefront does not have. Saved and loaded as JSON;
+(``fill_search``): training queries are other storefronts' words and ids, which a held-out storefront
+does not have. Saved and loaded as JSON;
 acting is pure Python and dictionary look-ups, so large engine tests can run it at scale.
 """
 
@@ -51,11 +51,19 @@ class MarkovPolicy:
 
     @classmethod
     def fit(cls, examples: pa.Table, smoothing: float = 1.0) -> MarkovPolicy:
-        """Fit on an examples table (examples.py: observation, action, history, code)."""
+        """Fit on an examples table (examples.py: observation, action, history, code), goal-free rows
+        only: the chain does not read goals, and the goal-shown copies (hindsight goals) would count
+        the steps toward a wanted product twice."""
         counts: dict[str, Counter] = defaultdict(Counter)
         actions: Counter = Counter()
-        columns = [examples.column(c).to_pylist() for c in ("observation", "action", "history", "code")]
-        for observation, action, history, code in zip(*columns, strict=True):
+        names = ("observation", "action", "history", "code", "goal")
+        columns = [
+            examples.column(c).to_pylist() if c in examples.column_names else [None] * examples.num_rows
+            for c in names
+        ]
+        for observation, action, history, code, goal in zip(*columns, strict=True):
+            if goal is not None:
+                continue
             prev = action_kind(history[-1]) if history else START
             page = page_kind(observation)
             kind = action_kind(action)

@@ -4,8 +4,8 @@ A prompt is, in this order (each part its own line block)::
 
     Page:
     <observation without its goal line, at most max_observation_tokens tokens>
-    Goal: buy product 812            (only when the buyer has a goal)
     History: open product 7 | back   (the last ``history_len`` actions, oldest first; "none" if empty)
+    Goal: buy product 812            (only when the buyer has a goal)
     <persona_3>                      (absent for a no-persona model)
     Action:
 
@@ -22,6 +22,18 @@ the persona token is always its own id, the observation budget is exact in token
 action's ids never merge with the prompt's last token (scoring and training see the same split).
 ``render_prompt`` gives the same prompt as text, for reading and for servers that only take text.
 Agents record ``PROMPT_LAYOUT`` in their manifest; serving refuses an agent trained on another layout.
+
+Goals (layout ``page-first-goal-marked``): a goal task's page marks every line that shows the goal
+product (envs/render.py's ``GOAL_MARK``), and the page part keeps the marks (only the goal line is
+taken out). The agent names its goal product ``GOAL_ALIAS`` (``your goal``) in every action it reads
+or writes: ``open product 812`` is ``open product your goal`` in its history and among its scored
+candidates, ``search "812"`` is ``search "your goal"`` (``alias_goal``; the scoring policy maps its
+pick back, scoring.py). A small model cannot copy an id it has never seen from the goal line into
+its action; it can learn to open the marked product, and to search for its goal when no line is
+marked. Training examples with a hindsight goal carry the same marks and names (examples.py). The
+goal line is the buyer part's last line before the persona and the cue. A goal-free prompt is as in
+the previous layout (``page-first``), but agents trained on it never saw goal pages drawn this way,
+and they are refused.
 """
 
 from __future__ import annotations
@@ -33,11 +45,15 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from envs.render import GOAL_PREFIX  # how the prompt (and a goal task's page) states a goal
+from envs.storefront import OPEN_PRODUCT, REMOVE_PRODUCT
+from learners.agent.actions import SEARCH_PREFIX
 from learners.agent.policy import ActRequest
 from learners.agent.tokens import PersonaTokens, persona_token
 
-GOAL_PREFIX = "Goal: buy product "
-"""How the prompt (and envs/render.py's goal line) states a goal."""
+GOAL_ALIAS = "your goal"
+"""How the agent names its goal product in actions (it holds a space, so no product id is it)."""
+
 IGNORE_INDEX = -100
 """Label value the loss skips (prompt and padding positions)."""
 
@@ -52,22 +68,54 @@ class PromptFormat:
     """Observation tokens kept; a longer page keeps its first and last halves (title and actions)."""
 
 
-PROMPT_LAYOUT = "page-first"
+PROMPT_LAYOUT = "page-first-goal-marked"
 """The layout above; an agent's manifest names the layout it was trained on."""
 PAGE_CUE = "Page:\n"
 ACTION_CUE = "\nAction:"
 
 
+def _goal_forms(goal: str, name: str) -> tuple[tuple[str, str], ...]:
+    return (
+        (OPEN_PRODUCT + goal, OPEN_PRODUCT + name),
+        (REMOVE_PRODUCT + goal, REMOVE_PRODUCT + name),
+        (f'{SEARCH_PREFIX}{goal}"', f'{SEARCH_PREFIX}{name}"'),
+    )
+
+
+def alias_goal(action: str, goal: str | None) -> str:
+    """``action`` as the agent names it: an action naming the goal product (open, remove, search)
+    names ``GOAL_ALIAS`` instead; any other action, or any action without a goal, is unchanged."""
+    if goal is None or goal == GOAL_ALIAS:
+        return action
+    for real, named in _goal_forms(goal, GOAL_ALIAS):
+        if action == real:
+            return named
+    return action
+
+
+def unalias_goal(action: str, goal: str | None) -> str:
+    """The real action of an action the agent named with ``GOAL_ALIAS`` (``alias_goal``'s inverse)."""
+    if goal is None:
+        return action
+    for real, named in _goal_forms(goal, GOAL_ALIAS):
+        if action == named:
+            return real
+    return action
+
+
 def _buyer_lines(goal: str | None, history: Sequence[str], fmt: PromptFormat) -> str:
-    lines = [GOAL_PREFIX + goal] if goal else []
     shown = list(history)[-fmt.history_len :] if fmt.history_len > 0 else []
-    lines.append("History: " + (" | ".join(shown) if shown else "none"))
+    shown = [alias_goal(a, goal) for a in shown]
+    lines = ["History: " + (" | ".join(shown) if shown else "none")]
+    if goal:
+        lines.append(GOAL_PREFIX + goal)
     return "\n" + "\n".join(lines)
 
 
 def page_text(observation: str) -> str:
     """The observation without the page's own goal line: the goal comes from the request alone, so
-    goal-task pages (which show it) and replayed trace pages (which cannot) give the same prompt."""
+    goal-task pages (which show it) and training pages with a hindsight goal give the same prompt.
+    The goal product's marks stay: they are part of what the page shows."""
     if GOAL_PREFIX not in observation:
         return observation
     return "\n".join(line for line in observation.split("\n") if not line.startswith(GOAL_PREFIX))

@@ -2,19 +2,34 @@
 
 A page lists the search template ``search "<query>"``, but the agent can only search for what the
 page suggests (random_policy.py's ``search_actions``: the ids the page names, which is what the
-storefront's search matches). So a policy scores the page's other valid actions and each suggested
-search as whole actions. The template's score is the total probability of those searches (the
-logsumexp of their scores); when the template is picked, its query is drawn among them by the same
-rule (policy.py's ``choose``, seeded by ``(seed, 1)``). At temperature 1 this is the same as drawing
-among all the scored actions at once.
+storefront's search matches; a goal task's page names its goal, so the goal is always among them).
+So a policy scores the page's other valid actions and each suggested search as whole actions. The
+template's score is the total probability of those searches (the logsumexp of their scores); when
+the template is picked, its query is drawn among them by the same rule (policy.py's ``choose``,
+seeded by ``(seed, 1)``). At temperature 1 this is the same as drawing among all the scored actions
+at once.
 
-Scoring the template by its prefix ``search "`` would give it the probability of *any* query,
-including ids of other storefronts that the agent can never search for. Agents trained on trace
-replays, which reach products by searching their ids, put most of their mass there: on a Tmall
-study home page the prefix had log-probability -2.0 (0.76 of the valid actions' mass) and the page's
-own searches -13.0 together, and that agent searched in 94% of its simulated steps.
+Goal tasks: the agent names its goal product ``your goal`` (prompt.py's ``GOAL_ALIAS``), so the
+candidates ``open product P`` and ``search "P"`` of the goal P are scored as ``open product your
+goal`` and ``search "your goal"``, and ``pick`` returns the real action. The page marks the goal's
+rows (envs/render.py); the model learns to open the marked product, or to search for its goal when
+none is marked, without copying an id it cannot predict (with the goal's id in the goal line and
+its rows marked, an agent that had to write the id reached goal success 0.00 on the demo study,
+opening the goal in 43 of 2,254 steps).
 
-Item actions score in two levels (``SCORING_RULE``). An item template (``open product P``, ``open
+The suggested searches score in two levels like the item actions below (``search "`` is their
+template): the template keeps the probability the model gives to searching at all, and the model's
+query preferences only rank the page's own suggestions. Scored whole, every suggestion paid for
+query tokens that no page of a new storefront lets a model predict, and the agent never searched
+(0 of 1,107 simulated steps on the demo study's held-out merchants, whose real buyers search in
+7.7% of their events). The template's probability is only as good as the examples it was learned
+from: trace replays reach products by searching their ids (learners/data/traces.py), and agents
+trained on those inserted searches as if buyers had made them put most of their mass on searching
+(on a Tmall study home page, 0.76 of the valid actions' mass; that agent searched in 94% of its
+steps). Examples therefore show an inserted search only with its product as the goal
+(learners/agent/examples.py), and the template learns the rate of the source's real searches.
+
+Item actions score in two levels (``SCORING_RULE``; so do the searches, above). An item template (``open product P``, ``open
 category C``, ``remove product P``: the action grammar's per-item actions, envs/storefront.py) lists
 one action per item of the page. Scored whole, each pays for its id tokens, which a model cannot
 predict on a storefront it has never seen, while ``home`` or ``exit`` is one cheap token: on a Tmall
@@ -33,12 +48,16 @@ it from the same per-token log-probabilities (``candidate_scores``): the prefix 
 candidate trie's shared nodes (packing.py), so no extra pass runs. When a tokenizer merges the prefix
 with an id (the prefix ids are not a token-prefix of every item's target), that template's items are
 scored whole: a shorter, shared prefix would overlap other templates' mass (`` open`` also begins
-``open category``). Other actions, and the searches, score whole as before; with
-``length_normalize`` every candidate's rule score is divided by its target length.
+``open category``). The searches' template is `` search "`` (the query and its closing quote are
+the continuation); other actions score whole; with ``length_normalize`` every candidate's rule score
+is divided by its target length.
 
-The rule reads the model's probabilities only, so it needs no retraining: an agent's manifest names
-the rule it is served with (``"scoring"``); agents from before the field was recorded are served with
-this rule, and an agent naming another rule is refused (``check_scoring_rule``).
+The rule reads the model's probabilities only, but v2's search template is only sound for agents
+trained on examples that show inserted searches with their goal alone (examples.py), which came
+with the ``page-first-goal-marked`` prompt layout: an agent's manifest names the rule it is served
+with (``"scoring"``); agents from before the field was recorded are served with this rule (their
+prompt layout is refused anyway, prompt.py), and an agent naming another rule is refused
+(``check_scoring_rule``).
 """
 
 from __future__ import annotations
@@ -52,23 +71,28 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from envs.storefront import OPEN_CATEGORY, OPEN_PRODUCT, REMOVE_PRODUCT
-from learners.agent.actions import SEARCH_TEMPLATE
+from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE
 from learners.agent.policy import ActRequest, choose
-from learners.agent.prompt import encode_target
+from learners.agent.prompt import alias_goal, encode_target, unalias_goal
 from learners.agent.random_policy import search_actions
 
-SCORING_RULE = "two-level-v1"
-"""The rule above; an agent's manifest names the rule it is served with (``"scoring"``)."""
-ITEM_TEMPLATES: tuple[str, ...] = (OPEN_PRODUCT, OPEN_CATEGORY, REMOVE_PRODUCT)
-"""The action grammar's per-item templates (envs/web/page_reader.py groups actions the same way)."""
+SCORING_RULE = "two-level-v2"
+"""The rule above (v2: the searches too; v1 scored them whole); an agent's manifest names the rule
+it is served with (``"scoring"``)."""
+ITEM_TEMPLATES: tuple[str, ...] = (OPEN_PRODUCT, OPEN_CATEGORY, REMOVE_PRODUCT, SEARCH_PREFIX)
+"""The action grammar's per-item templates (envs/web/page_reader.py groups the first three the same
+way), and the suggested searches' ``search "``."""
 
 
 def scored_candidates(request: ActRequest) -> list[str]:
     """The request's valid actions but the search template, then, when the page offers search, the
-    searches it suggests."""
+    searches it suggests; in a goal task, those naming the goal product as the agent names them
+    (prompt.py's ``alias_goal``: ``open product your goal``, ``search "your goal"``)."""
     actions = [a for a in request.valid_actions if a != SEARCH_TEMPLATE]
     if len(actions) < len(request.valid_actions):
         actions += search_actions(request.observation)
+    if request.goal is not None:
+        actions = [alias_goal(a, request.goal) for a in actions]
     return actions
 
 
@@ -84,16 +108,16 @@ def action_scores(request: ActRequest, scores: np.ndarray) -> np.ndarray:
 def pick(
     request: ActRequest, candidates: list[str], scores: np.ndarray, temperature: float
 ) -> tuple[str, float, np.ndarray]:
-    """The chosen action (a search with its query filled in), its score, and each valid action's
-    score; ``candidates`` and ``scores`` are ``scored_candidates(request)`` and their scores
-    (``candidate_scores``)."""
+    """The chosen action (a search with its query filled in; the goal's real id where the agent
+    named it ``your goal``), its score, and each valid action's score; ``candidates`` and ``scores``
+    are ``scored_candidates(request)`` and their scores (``candidate_scores``)."""
     per_action = action_scores(request, scores)
     k = choose(per_action, temperature, request.seed)
     if request.valid_actions[k] != SEARCH_TEMPLATE:
         return request.valid_actions[k], float(per_action[k]), per_action
     plain = len(request.valid_actions) - 1
     j = plain + choose(scores[plain:], temperature, (request.seed, 1))
-    return candidates[j], float(scores[j]), per_action
+    return unalias_goal(candidates[j], request.goal), float(scores[j]), per_action
 
 
 def item_template(action: str) -> str | None:

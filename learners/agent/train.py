@@ -7,11 +7,21 @@ process, no Ray), and exports the final model. The output directory AGENT holds:
     config.json, model.safetensors, tokenizer files   a normal ``save_pretrained`` model (Auto* load it)
     persona_tokens.json                               code -> token string and id (absent: no-persona)
     adapter/                                          the LoRA adapter with the persona rows (--lora)
-    manifest.json                                     config, inputs, row counts, per-epoch metrics
+    manifest.json                                     config, inputs, row counts, the validation
+                                                      merchants, the token budget's sample, per-epoch
+                                                      train and validation losses, each stage's chosen epoch
     init/                                             the base model with tokens, before training
     data/train.parquet, data/quarantine.parquet       examples and quarantined trace rows
+    data/validation.parquet                           validation examples (whole merchants; selection.py)
     eval/heldout_buyers.parquet, heldout_merchants    held-out examples (when the shares are > 0)
     ray/ (Ray Train runs) or checkpoints/ (in-process) one checkpoint per stage and epoch
+
+What is trained on (``_prepare``): the examples of the traces (examples.py), less the held-out shares
+(``heldout_*_share``), less the validation merchants (``validation_share``: whole merchants, scored
+after every epoch for early stopping, train_loop.py), cut to ``max_tokens`` training tokens per epoch by
+a seeded, merchant-stratified sample of whole sessions when they hold more (selection.py; the
+validation set is cut to the same share). The exported model is each stage's best epoch on the
+validation loss (the last epoch without validation examples).
 
 AGENT must be on storage every worker can read (a local path on one machine; shared storage on a
 cluster), as Ray Train's own storage_path must be.
@@ -32,13 +42,23 @@ from safetensors.torch import load_model
 
 from learners.agent.base_models import load_base, parameter_count
 from learners.agent.examples import build_examples, split_examples
-from learners.agent.prompt import PROMPT_LAYOUT, trained_layout
+from learners.agent.prompt import PROMPT_LAYOUT, PromptFormat, trained_layout
 from learners.agent.scoring import SCORING_RULE
+from learners.agent.selection import budget_sessions, keep_share, session_ids, split_validation
 from learners.agent.tokens import add_persona_tokens
-from learners.agent.train_loop import MODEL_FILE, CheckpointStore, LocalStore, load_init, run_stages
+from learners.agent.train_loop import (
+    CheckpointStore,
+    LocalStore,
+    chosen_weights,
+    encode_table,
+    load_init,
+    read_state,
+    run_stages,
+)
 from learners.config import config_to_dict
 
 MANIFEST_FILE = "manifest.json"
+VALIDATION_FILE = "validation.parquet"
 RUN_NAME = "agent"
 # Fields that shape the model or its data: a resumed run must keep them.
 FIXED_ON_RESUME = (
@@ -53,6 +73,8 @@ FIXED_ON_RESUME = (
     "goal_share",
     "heldout_merchant_share",
     "heldout_buyer_share",
+    "validation_share",
+    "max_tokens",
 )
 
 
@@ -61,7 +83,8 @@ class AgentTrainConfig:
     """How to fine-tune the persona agent."""
 
     base_model: str = "tiny"
-    """Base model: ``tiny`` / ``tiny-8x`` (built locally), a Hugging Face hub id, or a local directory."""
+    """Base model: a preset built locally (``tiny``, ``small``, ``base`` and their 8x twins ``tiny-8x``,
+    ``small-8x``, ``base-8x``; learners/agent/base_models.py), a Hugging Face hub id, or a local directory."""
     no_persona: bool = False
     """Train the same policy without persona tokens (the no-persona baseline); skips stage 1."""
     lora: bool = False
@@ -71,9 +94,21 @@ class AgentTrainConfig:
     lora_alpha: int = 16
     """LoRA scaling numerator (scale = alpha / rank)."""
     stage1_epochs: int = 1
-    """Epochs of stage 1 (persona-token rows only)."""
+    """Epochs of stage 1 (persona-token rows only); with validation examples, the most it may run."""
     stage2_epochs: int = 2
-    """Epochs of stage 2 (the policy)."""
+    """Epochs of stage 2 (the policy); with validation examples, the most it may run."""
+    validation_share: float = 0.0
+    """Share of the training merchants (whole merchants, at least one when > 0) held out of training as
+    validation: its loss is measured after every epoch of both stages, a stage stops early after
+    `patience` epochs without improvement, and its best epoch is kept. 0: no validation, every epoch
+    runs and the last is kept."""
+    patience: int = 2
+    """Early stopping: stop a stage after this many epochs in a row without a lower validation loss
+    (0: run every epoch, still keeping the best)."""
+    max_tokens: int | None = None
+    """Training tokens per epoch (prompt + target tokens of every training example): when the examples
+    hold more, a seeded, merchant-stratified sample of whole sessions that fits is kept (counted in the
+    manifest). None: every example."""
     stage1_lr: float = 5e-3
     """Peak learning rate of stage 1 (new rows start far from trained values, so it is high)."""
     stage2_lr: float = 1e-3
@@ -107,7 +142,8 @@ class AgentTrainConfig:
     log_every: int = 20
     """Print a progress line every this many steps."""
     max_examples: int | None = None
-    """Train on at most this many examples (the first, in trace order); None = all."""
+    """Train on at most this many examples (the first, in trace order; for quick tries, `max_tokens`
+    sizes real runs); None = all."""
 
 
 @dataclass
@@ -117,11 +153,18 @@ class TrainResult:
     out_dir: Path
     """The exported model directory (AGENT)."""
     epochs: list[dict] = field(default_factory=list)
-    """Metrics per finished stage and epoch of this invocation (loss, tokens, seconds, tokens_per_s)."""
+    """Metrics per finished stage and epoch of this invocation (loss, tokens, seconds, tokens_per_s;
+    val_loss, best_epoch and stopped with validation examples)."""
     examples: int = 0
     """Training examples."""
     quarantined: int = 0
     """Trace rows quarantined while building examples."""
+    history: list[dict] = field(default_factory=list)
+    """Metrics of every epoch of the run, this invocation's and earlier ones' (the manifest's ``epochs``)."""
+    chosen: dict[int, int] = field(default_factory=dict)
+    """The epoch each stage kept: its best on the validation loss, else its last."""
+    validation_examples: int = 0
+    """Validation examples (0: no early stopping)."""
 
 
 def train_agent(
@@ -153,28 +196,66 @@ def train_agent(
         # Log files only (the CLI's ray.log, written before training starts) still count as empty.
         raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose a new --out")
     init_dir, train_path = out / "init", out / "data" / "train.parquet"
+    validation_path = out / "data" / VALIDATION_FILE
     if not resume:
         if traces is None:
             raise ValueError("a new run needs traces")
-        n_examples, n_quarantined = _prepare(
-            config, traces, None if config.no_persona else codes, codebook, out, source, log
-        )
+        data = _prepare(config, traces, None if config.no_persona else codes, codebook, out, source, log)
     else:
-        n_examples = pq.read_metadata(train_path).num_rows
-        n_quarantined = json.loads(manifest_path.read_text())["rows"]["quarantined"]
-    _write_manifest(manifest_path, config, source, n_examples, n_quarantined, [], finished=False)
+        previous = json.loads(manifest_path.read_text())
+        data = {k: previous[k] for k in ("rows", "validation", "budget") if k in previous}
+        data["rows"]["examples"] = pq.read_metadata(train_path).num_rows
+    _write_manifest(manifest_path, config, source, data, None, finished=False)
 
     cfg = config_to_dict(config)
+    validation = str(validation_path) if validation_path.exists() else None
     if config.workers == 0:
         store = LocalStore(out / "checkpoints")
-        run_stages(cfg, str(init_dir), str(train_path), store, 0, 1, _device(config.use_gpu), log)
+        run_stages(cfg, str(init_dir), str(train_path), store, 0, 1, _device(config.use_gpu), log, validation)
         epochs, latest = store.metrics, store.latest()
     else:
-        epochs, latest = _fit_on_ray(config, cfg, init_dir, train_path, out, progress)
+        epochs, latest = _fit_on_ray(config, cfg, init_dir, train_path, out, progress, validation)
     _export(config, init_dir, latest, out)
-    _write_manifest(manifest_path, config, source, n_examples, n_quarantined, epochs, finished=True)
+    state = (read_state(latest) if latest else None) or {}
+    history = state.get("history", epochs)
+    chosen = chosen_epochs(history)
+    _write_manifest(manifest_path, config, source, data, history, finished=True)
     log(f"agent written to {out}")
-    return TrainResult(out, epochs, n_examples, n_quarantined)
+    return TrainResult(
+        out,
+        epochs,
+        data["rows"]["examples"],
+        data["rows"]["quarantined"],
+        history,
+        chosen,
+        data["rows"].get("validation", 0),
+    )
+
+
+def chosen_epochs(history: list[dict]) -> dict[int, int]:
+    """The epoch each stage kept: its best on the validation loss (``best_epoch`` of its last epoch),
+    else its last epoch."""
+    chosen: dict[int, int] = {}
+    for m in history:
+        chosen[m["stage"]] = m.get("best_epoch") or m["epoch"]
+    return chosen
+
+
+def early_stopping_summary(history: list[dict], config: AgentTrainConfig) -> dict:
+    """Per stage: epochs run, the cap, the chosen epoch, and whether validation stopped it early."""
+    caps = {1: config.stage1_epochs, 2: config.stage2_epochs}
+    stages: dict[str, dict] = {}
+    for stage, epoch in chosen_epochs(history).items():
+        rows = [m for m in history if m["stage"] == stage]
+        stages[str(stage)] = {
+            "epochs_run": len(rows),
+            "max_epochs": caps.get(stage),
+            "chosen_epoch": epoch,
+            "stopped_early": bool(rows[-1].get("stopped")),
+            "train_loss": [m["loss"] for m in rows],
+            "val_loss": [m.get("val_loss") for m in rows],
+        }
+    return {"patience": config.patience, "validation": config.validation_share > 0, "stages": stages}
 
 
 def _device(use_gpu: bool) -> torch.device:
@@ -185,8 +266,11 @@ def _device(use_gpu: bool) -> torch.device:
 
 def _check_resumable(config: AgentTrainConfig, manifest: dict, path: Path) -> None:
     saved, current = manifest["config"], config_to_dict(config)
+    default = config_to_dict(AgentTrainConfig())  # fields added since the run was started
     changed = [
-        f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in FIXED_ON_RESUME if saved.get(k) != current[k]
+        f"{k}: {saved.get(k, default[k])!r} -> {current[k]!r}"
+        for k in FIXED_ON_RESUME
+        if saved.get(k, default[k]) != current[k]
     ]
     layout = trained_layout(manifest)
     if layout != PROMPT_LAYOUT:
@@ -197,13 +281,16 @@ def _check_resumable(config: AgentTrainConfig, manifest: dict, path: Path) -> No
         )
 
 
-def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> tuple[int, int]:
-    """Examples, splits and the initial model (base + persona tokens) under ``out``."""
+def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> dict:
+    """Examples, splits, the validation merchants, the token budget's sample and the initial model
+    (base + persona tokens) under ``out``; what was kept (the manifest's rows, validation, budget)."""
     built = build_examples(traces, codes, goal_share=config.goal_share, seed=config.seed, source=source)
     parts = split_examples(
         built.examples, config.heldout_merchant_share, config.heldout_buyer_share, config.seed
     )
-    train = parts["train"]
+    train, validation, validation_merchants = split_validation(
+        parts["train"], config.validation_share, config.seed
+    )
     if config.max_examples is not None:
         train = train.slice(0, config.max_examples)
     if train.num_rows == 0:
@@ -211,32 +298,73 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> tu
             f"{source}: no training examples left ({built.quarantine.num_rows} rows quarantined; "
             "see data/quarantine.parquet)"
         )
+    log(
+        f"{built.rows_read} trace rows: {built.examples.num_rows} examples ({built.goal_copies} of them"
+        f" goal-shown copies), {built.quarantine.num_rows} quarantined; {train.num_rows} for training"
+        + (
+            f", {validation.num_rows} for validation ({len(validation_merchants)} merchants)"
+            if validation_merchants
+            else ""
+        )
+    )
+
+    # A preset's tokenizer is trained on the training texts before any budget cut, so every agent of
+    # a study given the same traces gets the same tokenizer.
+    model, tokenizer = load_base(config.base_model, _corpus(train), seed=config.seed)
+    tokens = None
+    if codes is not None:
+        tokens = add_persona_tokens(model, tokenizer, _num_codes(codes, codebook), codebook, seed=config.seed)
+    budget = None
+    if config.max_tokens is not None:
+        fmt = PromptFormat(config.history_len, config.max_observation_tokens)
+        counts = [len(p) + len(t) for p, t in encode_table(train, tokenizer, tokens, fmt)]
+        train, budget = budget_sessions(train, counts, config.max_tokens, config.seed)
+        log(budget.line())
+        if budget.applied and validation.num_rows:
+            counts = [len(p) + len(t) for p, t in encode_table(validation, tokenizer, tokens, fmt)]
+            before = validation.num_rows
+            validation = keep_share(validation, counts, budget.kept_tokens / budget.tokens, config.seed)
+            log(
+                f"validation cut to the same share of its tokens: {validation.num_rows:,} of {before:,} examples"
+            )
+        if train.num_rows == 0:
+            raise ValueError(
+                f"max_tokens {config.max_tokens:,} keeps no session (the smallest needs more); raise it"
+            )
+
     (out / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(train, out / "data" / "train.parquet")
+    if validation.num_rows:
+        pq.write_table(validation, out / "data" / VALIDATION_FILE)
     pq.write_table(built.quarantine, out / "data" / "quarantine.parquet")
     for name in ("heldout_buyers", "heldout_merchants"):
         if parts[name].num_rows:
             (out / "eval").mkdir(exist_ok=True)
             pq.write_table(parts[name], out / "eval" / f"{name}.parquet")
-    log(
-        f"{built.rows_read} trace rows: {built.examples.num_rows} examples ({built.goal_copies} of them"
-        f" goal-shown copies), {built.quarantine.num_rows} quarantined; {train.num_rows} for training"
-    )
 
-    corpus = _corpus(train)
-    model, tokenizer = load_base(config.base_model, corpus, seed=config.seed)
     init_dir = out / "init"
     init_dir.mkdir(parents=True)
-    if codes is not None:
-        num_codes = _num_codes(codes, codebook)
-        tokens = add_persona_tokens(model, tokenizer, num_codes, codebook, seed=config.seed)
+    if tokens is not None:
         tokens.save(init_dir)
     model.save_pretrained(init_dir)
     tokenizer.save_pretrained(init_dir)
     log(
         f"base model {config.base_model}: {parameter_count(model):,} parameters, vocabulary {len(tokenizer):,}"
     )
-    return train.num_rows, built.quarantine.num_rows
+    return {
+        "rows": {
+            "examples": train.num_rows,
+            "quarantined": built.quarantine.num_rows,
+            "validation": validation.num_rows,
+        },
+        "validation": {
+            "share": config.validation_share,
+            "merchants": validation_merchants,
+            "examples": validation.num_rows,
+            "sessions": len(set(session_ids(validation).tolist())) if validation.num_rows else 0,
+        },
+        "budget": budget.to_dict() if budget else None,
+    }
 
 
 def _corpus(examples: pa.Table) -> list[str]:
@@ -262,6 +390,7 @@ def _fit_on_ray(
     train_path: Path,
     out: Path,
     progress: Callable[[str], None] | None = None,
+    validation_path: str | None = None,
 ):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -272,6 +401,7 @@ def _fit_on_ray(
             "cfg": cfg,
             "init_dir": str(init_dir),
             "train_path": str(train_path),
+            "validation_path": validation_path,
             "progress": progress,
         },
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
@@ -318,6 +448,7 @@ def _ray_worker(loop_config: dict) -> None:
         context.get_world_size(),
         ray.train.torch.get_device(),
         progress if context.get_world_rank() == 0 else (lambda line: None),
+        loop_config.get("validation_path"),
     )
 
 
@@ -352,7 +483,7 @@ def _export(config: AgentTrainConfig, init_dir: Path, checkpoint: Path | None, o
     if config.lora:
         model = get_peft_model(model, persona_lora_config(model, tokens, config.lora_rank, config.lora_alpha))
     if checkpoint is not None:
-        load_model(model, str(checkpoint / MODEL_FILE))
+        load_model(model, str(chosen_weights(checkpoint)))  # the last stage's best epoch
     if config.lora:
         model.save_pretrained(out / "adapter")
         model = model.merge_and_unload()
@@ -362,18 +493,27 @@ def _export(config: AgentTrainConfig, init_dir: Path, checkpoint: Path | None, o
         tokens.save(out)
 
 
-def _write_manifest(path: Path, config, source, n_examples, n_quarantined, epochs, finished: bool) -> None:
+def _write_manifest(
+    path: Path, config, source, data: dict, history: list[dict] | None, finished: bool
+) -> None:
+    """``history``: every epoch's metrics (from the final checkpoint); None keeps the manifest's."""
     import ray
     import transformers
 
-    previous = json.loads(path.read_text()).get("epochs", []) if path.exists() else []
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    epochs = previous.get("epochs", []) if history is None else history
     payload = {
         "config": config_to_dict(config),
         "prompt_layout": PROMPT_LAYOUT,
         "scoring": SCORING_RULE,
-        "inputs": {"traces": source},
-        "rows": {"examples": n_examples, "quarantined": n_quarantined},
-        "epochs": previous + [e for e in epochs if e not in previous],
+        "inputs": {
+            "traces": previous.get("inputs", {}).get("traces", source) if source == "resumed" else source
+        },
+        "rows": data["rows"],
+        "validation": data.get("validation"),
+        "budget": data.get("budget"),
+        "epochs": epochs,
+        "early_stopping": early_stopping_summary(epochs, config),
         "finished": finished,
         "versions": {
             "torch": torch.__version__,

@@ -5,14 +5,26 @@ and the embedding's gradient is masked to those rows; AdamW without weight decay
 other value bit-identical (a zero gradient gives a zero Adam update). Stage 2 trains the policy with
 the tokens in place: all parameters, or LoRA adapters plus the persona rows (tokens.py).
 
-Checkpoints: one per stage and epoch, holding the model (safetensors), the optimizer state and the
-position (stage, epoch, step). Resuming loads the latest and continues with the next epoch; each
-epoch's shuffle is seeded by (seed, stage, epoch), so a resumed run equals an uninterrupted one.
+Validation and early stopping (both stages): with validation examples (whole merchants held out of
+training, selection.py), every epoch of either stage ends with the validation loss (mean cross-entropy
+per target token, over all validation examples, no shuffling). A stage stops when that loss has not
+improved (strictly) for ``patience`` epochs in a row (0: never early; the stage's epoch count is the
+cap either way), and the model goes back to the stage's best epoch before the next stage starts (and
+before export, after stage 2). Without validation examples every epoch runs and the last one is kept.
+
+Checkpoints: one per stage and epoch, holding the model after that epoch (safetensors), the optimizer
+state, the stage's best weights so far when they are not this epoch's (``best.safetensors``) and
+``state.json``: the position (stage, epoch, step), the early-stopping state (best epoch and loss,
+epochs without improvement) and the metrics of every epoch so far (``history``). Each checkpoint is
+self-contained (Ray Train hands back only the latest). Resuming loads the latest and continues with
+the next epoch; each epoch's shuffle is seeded by (seed, stage, epoch) and validation draws nothing,
+so a resumed run equals an uninterrupted one: same weights, same losses, same chosen epochs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +43,7 @@ from learners.agent.prompt import IGNORE_INDEX, PromptFormat, encode_prompt, enc
 from learners.agent.tokens import PERSONA_TOKENS_FILE, PersonaTokens, persona_lora_config
 
 MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 
@@ -75,11 +88,55 @@ class LocalStore:
 
 
 def _read_position(directory: Path) -> Position | None:
+    state = read_state(directory)
+    return None if state is None else Position(state["stage"], state["epoch"], state["step"])
+
+
+def read_state(directory: Path) -> dict | None:
+    """A checkpoint's ``state.json`` (position, early-stopping state, history), or None."""
     path = directory / STATE_FILE
-    if not path.exists():
-        return None
-    state = json.loads(path.read_text())
-    return Position(state["stage"], state["epoch"], state["step"])
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def chosen_weights(directory: Path) -> Path:
+    """The weights a checkpoint's stage would keep: its best epoch's, else the epoch's own."""
+    best = directory / BEST_FILE
+    return best if best.exists() else directory / MODEL_FILE
+
+
+@dataclass
+class EarlyStopping:
+    """Early-stopping state of one stage: the best validation loss so far and when it was reached."""
+
+    patience: int
+    """Stop after this many epochs in a row without improvement (0: never early)."""
+    best_epoch: int | None = None
+    best_loss: float | None = None
+    bad_epochs: int = 0
+    """Epochs since the best one."""
+
+    @property
+    def stopped(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def update(self, epoch: int, loss: float) -> bool:
+        """Record an epoch's validation loss; True when it is the best so far."""
+        if (
+            self.best_loss is None
+            or loss < self.best_loss
+            or (math.isnan(self.best_loss) and not math.isnan(loss))
+        ):
+            self.best_epoch, self.best_loss, self.bad_epochs = epoch, loss, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def to_state(self) -> dict:
+        return {"best_epoch": self.best_epoch, "best_loss": self.best_loss, "bad_epochs": self.bad_epochs}
+
+    @classmethod
+    def from_state(cls, state: dict, patience: int) -> EarlyStopping:
+        return cls(patience, state.get("best_epoch"), state.get("best_loss"), state.get("bad_epochs", 0))
 
 
 @dataclass
@@ -94,8 +151,17 @@ def encode_examples(
     table_path: str, tokenizer, tokens: PersonaTokens | None, fmt: PromptFormat
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, target ids) per example row of a Parquet file (examples.py schema)."""
-    table = pq.read_table(table_path, columns=["observation", "action", "history", "goal", "code"])
-    rows = zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)
+    return encode_table(pq.read_table(table_path, columns=list(ENCODED_COLUMNS)), tokenizer, tokens, fmt)
+
+
+ENCODED_COLUMNS = ("observation", "action", "history", "goal", "code")
+
+
+def encode_table(
+    table, tokenizer, tokens: PersonaTokens | None, fmt: PromptFormat
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids) per example row of a table (examples.py schema)."""
+    rows = zip(*(table.column(c).to_pylist() for c in ENCODED_COLUMNS), strict=True)
     return [
         (
             encode_prompt(tokenizer, obs, code, goal, history, tokens, fmt),
@@ -165,25 +231,34 @@ def run_stages(
     world: int,
     device: torch.device,
     log: Callable[[str], None],
+    validation_path: str | None = None,
 ) -> None:
-    """Both stages from ``init_dir``, continuing after the latest checkpoint in ``store``."""
+    """Both stages from ``init_dir``, continuing after the latest checkpoint in ``store``; with
+    ``validation_path``, early stopping on its examples (module doc)."""
     torch.manual_seed(cfg["seed"])
     model, tokenizer, tokens = load_init(init_dir, device)
     fmt = PromptFormat(cfg["history_len"], cfg["max_observation_tokens"])
     data = encode_examples(train_path, tokenizer, tokens, fmt)
+    validation = encode_examples(validation_path, tokenizer, tokens, fmt) if validation_path else []
     if len(data) < world:
         raise ValueError(
             f"{train_path}: {len(data)} training examples for {world} workers; need at least one each"
         )
+    patience = int(cfg.get("patience") or 0)
     latest = store.latest()
-    done = _read_position(latest) if latest else None
+    state = read_state(latest) if latest else None
+    history: list[dict] = list(state.get("history", [])) if state else []
     stages = [(1, cfg["stage1_epochs"], cfg["stage1_lr"], 0.0)] if tokens is not None else []
     stages.append((2, cfg["stage2_epochs"], cfg["stage2_lr"], cfg["weight_decay"]))
     for stage, epochs, lr, decay in stages:
         if epochs <= 0:
             continue
-        if done is not None and done.stage > stage:
+        if state is not None and state["stage"] > stage:
             continue  # the checkpoint loaded in a later stage already holds this stage's result
+        if state is not None and state["stage"] < stage:
+            # An earlier stage's last checkpoint (that stage did not run here): its kept weights.
+            load_model(model, str(chosen_weights(latest)), device=str(device))
+            state = None
         if stage == 2 and cfg["lora"]:
             model = get_peft_model(
                 model, persona_lora_config(model, tokens, cfg["lora_rank"], cfg["lora_alpha"])
@@ -191,17 +266,25 @@ def run_stages(
         undo = freeze_for_stage1(model, tokens) if stage == 1 else None
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
-        start_epoch, step = 1, 0
-        if done is not None:
+        start_epoch, step, stopping = 1, 0, EarlyStopping(patience)
+        best: bytes | None = None  # the stage's best weights when they are not the current ones
+        if state is not None:  # a checkpoint of this stage: continue after it
             load_model(model, str(latest / MODEL_FILE), device=str(device))
-            if done.stage == stage:
-                optimizer.load_state_dict(
-                    torch.load(latest / OPTIMIZER_FILE, weights_only=True, map_location=device)
-                )
-                start_epoch, step = done.epoch + 1, done.step
-            done = None
+            optimizer.load_state_dict(
+                torch.load(latest / OPTIMIZER_FILE, weights_only=True, map_location=device)
+            )
+            start_epoch, step = state["epoch"] + 1, state["step"]
+            stopping = EarlyStopping.from_state(state, patience)
+            if (latest / BEST_FILE).exists():
+                best = (latest / BEST_FILE).read_bytes()
+            state = None
         wrapped = _distributed(model, device) if world > 1 else model
+        last = start_epoch - 1
         for epoch in range(start_epoch, epochs + 1):
+            if stopping.stopped:
+                break
+            if validation and stopping.best_epoch is not None and stopping.best_epoch == last:
+                best = _snapshot(model)  # the best weights so far, kept before this epoch moves them
             step, metrics = _train_epoch(
                 wrapped,
                 optimizer,
@@ -218,9 +301,90 @@ def run_stages(
                 device,
                 log,
             )
-            _save(model, optimizer, Position(stage, epoch, step), metrics, store, rank)
+            last = epoch
+            if validation:
+                loss = validation_loss(
+                    model, validation, tokenizer.pad_token_id, cfg["batch_size"], rank, world, device
+                )
+                if stopping.update(epoch, loss):
+                    best = None  # this epoch's weights are the best: the checkpoint's own
+                metrics |= {"val_loss": loss, "best_epoch": stopping.best_epoch, "stopped": stopping.stopped}
+                log(
+                    f"[stage {stage}] epoch {epoch}/{epochs} validation loss {loss:.4f} (best"
+                    f" {stopping.best_loss:.4f} at epoch {stopping.best_epoch}"
+                    + (
+                        f"; stopping: no improvement for {stopping.bad_epochs} epochs)"
+                        if stopping.stopped
+                        else ")"
+                    )
+                )
+            history.append(metrics)
+            _save(
+                model, optimizer, Position(stage, epoch, step), stopping, history, best, metrics, store, rank
+            )
+        if stopping.best_epoch is not None and stopping.best_epoch != last:
+            if best is None:
+                raise RuntimeError(
+                    f"stage {stage}: the weights of its best epoch {stopping.best_epoch} are missing"
+                )
+            _restore(model, best, device)
+            log(
+                f"[stage {stage}] kept epoch {stopping.best_epoch} of {last} (validation loss"
+                f" {stopping.best_loss:.4f})"
+            )
         if undo:
             undo()
+
+
+def validation_loss(
+    model: torch.nn.Module,
+    data: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    batch_size: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> float:
+    """Mean cross-entropy per target token over ``data`` (this rank scores every ``world``-th example;
+    the sums are added across ranks), in a fixed order, without gradients."""
+    was_training = model.training
+    model.eval()
+    mine = sorted(data[rank::world], key=lambda pair: len(pair[0]) + len(pair[1]))
+    total, count = 0.0, 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            batch = collate(mine[start : start + batch_size], pad_id)
+            with autocast:
+                out = model(
+                    input_ids=batch.input_ids.to(device),
+                    attention_mask=batch.attention_mask.to(device),
+                    labels=batch.labels.to(device),
+                )
+            n = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+            total += float(out.loss) * n
+            count += n
+    model.train(was_training)
+    if world > 1:
+        sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
+    return total / count if count else float("nan")
+
+
+def _snapshot(model: torch.nn.Module) -> bytes:
+    """The model's weights as safetensors bytes (shared tensors once, as in checkpoints)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_FILE
+        save_model(model, str(path))
+        return path.read_bytes()
+
+
+def _restore(model: torch.nn.Module, weights: bytes, device: torch.device) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MODEL_FILE
+        path.write_bytes(weights)
+        load_model(model, str(path), device=str(device))
 
 
 def _distributed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -290,7 +454,17 @@ def _all_ranks_sum(value: int, device: torch.device, world: int) -> int:
     return int(total.item())
 
 
-def _save(model, optimizer, position: Position, metrics: dict, store: CheckpointStore, rank: int) -> None:
+def _save(
+    model,
+    optimizer,
+    position: Position,
+    stopping: EarlyStopping,
+    history: list[dict],
+    best: bytes | None,
+    metrics: dict,
+    store: CheckpointStore,
+    rank: int,
+) -> None:
     if rank != 0:
         store.save(None, metrics)
         return
@@ -298,5 +472,8 @@ def _save(model, optimizer, position: Position, metrics: dict, store: Checkpoint
         directory = Path(tmp)
         save_model(model, str(directory / MODEL_FILE))
         torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-        (directory / STATE_FILE).write_text(json.dumps(position.__dict__))
+        if best is not None and stopping.best_epoch != position.epoch:
+            (directory / BEST_FILE).write_bytes(best)
+        state = position.__dict__ | stopping.to_state() | {"history": history}
+        (directory / STATE_FILE).write_text(json.dumps(state))
         store.save(directory, metrics)

@@ -157,6 +157,8 @@ def _assign_with_ray(run_dir: Path, path: Path, concurrency: int) -> tuple[pa.Ta
     if started:
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"), include_dashboard=False)
     try:
+        # Each model actor holds a CPU; the read tasks need one too, or the pipeline never starts.
+        concurrency = max(1, min(concurrency, int(ray.cluster_resources().get("CPU", 1)) - 1))
         ds = ray.data.read_parquet(str(path), columns=list(READ_COLUMNS))
         mapped = ds.map_batches(
             CodeAssigner,

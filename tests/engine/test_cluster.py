@@ -13,7 +13,8 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
 
-from engine.driver import SimulationConfig, simulate
+from engine.simulation import simulate
+from engine.simulation_config import SimulationConfig
 from tests.engine.sim_fixtures import write_distributions, write_prepared
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,8 +77,8 @@ def test_simulation_places_actors_by_node_resources(cluster, tmp_path):
     seen: dict[str, set] = {"runners": set(), "policy": set()}
 
     def record(sim):
-        seen["runners"] |= {ray.get(s.handle.ping.remote(), timeout=30)["node_id"] for s in sim.slots}
-        seen["policy"] |= set(ray.get(sim.router.ready.remote(), timeout=30))
+        seen["runners"] |= {ray.get(s.handle.ping.remote(), timeout=30)["node_id"] for s in sim.pool.slots}
+        seen["policy"] |= set(ray.get(sim.pool.router.ready.remote(), timeout=30))
 
     manifest = simulate(config, on_chunk=record)
     assert manifest["buyers_completed"] == 16

@@ -13,6 +13,7 @@ from envs import BROWSER_STOREFRONT_ID
 from envs import storefront as sf
 from envs.browser_env import BrowserStorefrontEnv
 from envs.browser_pool import BrowserPool, BrowserPoolConfig
+from envs.render import GOAL_MARK
 from envs.text_env import StorefrontEnv
 from envs.web.server import StorefrontServer
 from tests.envs.test_web_server import MERCHANT, make_catalog
@@ -100,6 +101,23 @@ def test_same_observations_rewards_and_ends_as_the_text_env(pool, servers, templ
         assert outcomes[0] == outcomes[1]
         reward, terminated, truncated, info = outcomes[1]
         assert reward == 1.0 and terminated and not truncated and info["converted"] and info["persona"] == 3
+    finally:
+        browser_env.close()
+
+
+@pytest.mark.parametrize("template", ["default", "alt"])
+def test_the_goal_products_marks_are_read_back_from_the_page(pool, servers, template):
+    text_env = StorefrontEnv(catalog=make_catalog())
+    browser_env = BrowserStorefrontEnv(server=servers[template], pool=pool)
+    try:
+        for goal, path in (("p2", ["open product p2"]), ("p30", ['search "p30"', "open product p30"])):
+            observations = [e.reset(seed=0, options={"goal": goal})[0] for e in (text_env, browser_env)]
+            for action in path:
+                assert observations[0] == observations[1]
+                marks = [line for line in observations[0].split("\n") if line.endswith(GOAL_MARK)]
+                assert len(marks) == (goal == "p2" or action != path[0])
+                observations = [e.step(action)[0] for e in (text_env, browser_env)]
+            assert observations[0] == observations[1] and f"Product id: {goal}{GOAL_MARK}" in observations[0]
     finally:
         browser_env.close()
 

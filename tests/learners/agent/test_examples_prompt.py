@@ -7,22 +7,34 @@ import json
 import pyarrow as pa
 import pytest
 
+from envs.render import GOAL_MARK, mark_goal
 from learners.agent.actions import action_kind, listed_actions, page_kind
 from learners.agent.base_models import load_base
-from learners.agent.examples import build_examples, session_goal, split_examples
+from learners.agent.examples import (
+    INSERTED_SEARCH,
+    build_examples,
+    session_goal,
+    split_examples,
+    step_products,
+)
 from learners.agent.prompt import (
     GOAL_PREFIX,
     IGNORE_INDEX,
     PROMPT_LAYOUT,
     PromptFormat,
+    alias_goal,
     encode_buyer,
     encode_page,
     encode_prompt,
     encode_target,
+    render_prompt,
     saved_prompt_format,
 )
+from learners.agent.random_policy import page_queries
 from learners.agent.tokens import add_persona_tokens
 from learners.agent.train_loop import collate
+from learners.data.traces import RealEvent, ReplayReport, TraceRows, replay_session
+from tests.learners.agent.conftest import storefront
 
 
 def test_rows_read_equal_examples_plus_quarantine(traces_and_codes):
@@ -44,7 +56,7 @@ def test_history_is_the_sessions_earlier_actions(traces_and_codes):
     ex = build_examples(traces, codes).examples.to_pylist()
 
     def episode(r: dict) -> tuple:  # a goal-shown copy is its own episode of the same session
-        return r["merchant_id"], r["buyer_id"], r["session_id"], r["goal"] is None
+        return r["merchant_id"], r["buyer_id"], r["session_id"], r["goal"]
 
     for prev, row in zip(ex, ex[1:], strict=False):
         if episode(row) == episode(prev):
@@ -67,9 +79,8 @@ def test_hindsight_goal_is_the_bought_product(traces_and_codes):
     traces, codes = traces_and_codes
     ex = build_examples(traces, codes, goal_share=1.0).examples.to_pylist()
     none = build_examples(traces, codes, goal_share=0.0).examples
+    bought_only = build_examples(traces, codes, goal_share=1e-9).examples.to_pylist()
     assert none.column("goal").null_count == none.num_rows
-    buying = {(r["buyer_id"], r["session_id"], r["merchant_id"]) for r in ex if r["action"] == "place order"}
-    assert buying, "fixture should contain purchasing sessions"
 
     def steps(rows, goal_shown: bool) -> list[tuple]:
         return sorted(
@@ -78,9 +89,114 @@ def test_hindsight_goal_is_the_bought_product(traces_and_codes):
             if (r["goal"] is not None) == goal_shown
         )
 
-    # Every step once without a goal (the real rates), and the buying sessions once more with theirs.
+    # Every step once without a goal (the real rates), whatever the share of goal-shown copies.
     assert steps(ex, goal_shown=False) == steps(none.to_pylist(), goal_shown=False)
-    assert steps(ex, goal_shown=True) == [s for s in steps(ex, goal_shown=False) if s[:3] in buying]
+    # Each copy is the steps that name its product, the product named "your goal" (as the agent names it).
+    originals = {
+        (r["buyer_id"], r["session_id"], r["merchant_id"], r["step"]): r for r in ex if r["goal"] is None
+    }
+    copies = [r for r in ex if r["goal"] is not None]
+    assert copies
+    for r in copies:
+        original = originals[r["buyer_id"], r["session_id"], r["merchant_id"], r["step"]]
+        assert r["goal"] in step_products(original["action"], original["observation"])
+        assert r["action"] == alias_goal(original["action"], r["goal"])
+        assert r["observation"] == mark_goal(original["observation"], r["goal"])
+        assert r["action"] in r["valid_actions"] and f"open product {r['goal']}" not in r["valid_actions"]
+    goals = {(r["buyer_id"], r["session_id"], r["merchant_id"], r["goal"]) for r in copies}
+    acted = {
+        (r["buyer_id"], r["session_id"], r["merchant_id"], p)
+        for r in originals.values()
+        for p in step_products(r["action"], r["observation"])
+    }
+    assert goals == acted  # goal_share 1: every product a session acts on
+    # Every purchase keeps its copy at any positive share; the bought product's, up to its order.
+    bought = {(r["buyer_id"], r["session_id"], r["merchant_id"], r["goal"]) for r in bought_only if r["goal"]}
+    assert bought and bought < goals
+    for key in bought:
+        copy = [
+            r["action"]
+            for r in bought_only
+            if r["goal"] and (r["buyer_id"], r["session_id"], r["merchant_id"], r["goal"]) == key
+        ]
+        assert copy[0] == "open product your goal" and copy[-1] == "place order"
+        assert session_goal([a.replace("your goal", key[3]) for a in copy]) == key[3]
+
+
+def _replayed() -> tuple[pa.Table, list[str]]:
+    """One real session replayed by the trace builder: a view of a product x the home page does not
+    list (the replay inserts a search for its id), x into the cart, a real search ("tea", which finds
+    nothing) followed by a view of another unlisted product z (the replay inserts its search), a view
+    of a featured product y (the replay inserts ``home``), x viewed again, and x bought."""
+    shop = storefront("m1", n_products=60)  # 20 per category: the last ones are on a second page
+    x, z, y = (shop.catalog.products[i].product_id for i in (-1, -2, 0))
+    events = [
+        RealEvent(0, "product_view", x, None, None),
+        RealEvent(1, "add_to_cart", x, None, None),
+        RealEvent(2, "search", None, None, "tea"),
+        RealEvent(3, "product_view", z, None, None),
+        RealEvent(4, "product_view", y, None, None),
+        RealEvent(5, "product_view", x, None, None),
+        RealEvent(6, "purchase", x, None, None),
+    ]
+    rows, report = TraceRows(), ReplayReport()
+    replay_session(shop, ("m1", "u1", "s1"), events, rows, report)
+    assert report.mapped_events == len(events)
+    return rows.table(), [x, z, y]
+
+
+def test_hindsight_goals_of_a_replayed_session():
+    traces, (x, z, y) = _replayed()
+    actions = traces.column("action").to_pylist()
+    real = traces.column("real_event").to_pylist()
+    inserted = [i for i, a in enumerate(actions) if a.startswith("search") and not real[i]]
+    assert [actions[i] for i in inserted] == [f'search "{x}"', f'search "{z}"', f'search "{x}"']
+    assert actions[inserted[1] - 1] == 'search "tea"' and real[inserted[1] - 1]
+    assert actions.count(f"open product {x}") == 2  # x viewed twice
+    built = build_examples(traces, None, goal_share=1.0)
+    assert built.rows_read + built.goal_copies == built.examples.num_rows + built.quarantine.num_rows
+    # The replay's searches are not the buyer's: never shown without a goal.
+    assert built.quarantine.column("reason").to_pylist() == [INSERTED_SEARCH] * 3
+    assert built.quarantine.column("line").to_pylist() == inserted
+    rows = built.examples.to_pylist()
+    free = [r for r in rows if r["goal"] is None]
+    kept = [a for i, a in enumerate(actions) if i not in inserted]
+    assert [r["action"] for r in free] == kept  # the buyer's real search stays, goal-free
+    assert [r["history"] for r in free] == [
+        actions[:i] for i in range(len(actions)) if i not in inserted
+    ]  # the history is what happened, the replay's searches included
+    copies = {g: [r for r in rows if r["goal"] == g] for g in (x, z, y)}
+    # x: its search and first view, its cart and purchase; not the second visit (search, view).
+    assert [r["action"] for r in copies[x]] == [
+        'search "your goal"',
+        "open product your goal",
+        "add to cart",
+        "go to cart",
+        "checkout",
+        "place order",
+    ]
+    # z: the buyer's own search ("tea"), which the replay had to follow with z's id, was for z.
+    assert [r["action"] for r in copies[z]] == ['search "your goal"', "open product your goal"]
+    assert [r["step"] for r in copies[z]] == [inserted[1] - 1, inserted[1] + 1]
+    assert [r["action"] for r in copies[y]] == ["home", "open product your goal"]
+    for goal, copy in copies.items():
+        for i, r in enumerate(copy):
+            assert r["history"] == [c["action"] for c in copy[:i]]  # an episode of its own
+            assert r["observation"] == mark_goal(traces.column("observation")[r["step"]].as_py(), goal)
+            assert r["action"] in r["valid_actions"] or r["action"] == 'search "your goal"'
+    home = copies[x][0]["observation"]
+    assert GOAL_PREFIX + x in home and GOAL_MARK not in home  # not listed: searched for
+    assert x in page_queries(home)  # and its id is among the page's suggested searches
+    results = copies[x][1]["observation"].split("\n")  # the search results list the goal, marked
+    assert [line for line in results if line.endswith(GOAL_MARK)][0].startswith(f"- product {x} |")
+    assert sum(r["goal"] is not None for r in rows) == built.goal_copies == 10
+    # Without goal copies the inserted searches are still not shown goal-free.
+    none = build_examples(traces, None, goal_share=0.0)
+    assert none.goal_copies == 0 and none.quarantine.num_rows == 3
+    assert [r["action"] for r in none.examples.to_pylist()] == kept
+    # Products not bought get their copy with probability goal_share; the bought one always.
+    some = build_examples(traces, None, goal_share=1e-9).examples.column("goal").to_pylist()
+    assert {g for g in some if g} == {x}
 
 
 def test_split_is_merchant_disjoint(traces_and_codes):
@@ -130,8 +246,11 @@ def test_prompt_persona_goal_and_target_only_loss(traces_and_codes):
     assert ids[-len(cue) :] == cue
     assert text.startswith("Page:\n== Home ==")
     assert "Goal: buy product p3" in text and "p9" not in text  # the request's goal, not the page's
-    assert "History: back | open product p1" in text
-    assert "open product p1\nGoal: buy product p3\nHistory:" in text  # the action list survives the cut
+    assert "History: back | open product p1\nGoal: buy product p3\n" in text  # the goal line last
+    assert "open product p1\nHistory:" in text  # the action list survives the cut
+    # The goal product is named "your goal" in the history, as in the agent's candidate actions.
+    named = tok.decode(encode_buyer(tok, 1, "p1", ["home", "back", "open product p1"], tokens, fmt))
+    assert "History: back | open product your goal\nGoal: buy product p1\n" in named
     no_persona = encode_prompt(tok, page, 1, None, [], None, fmt)
     assert tokens.token_id(1) not in no_persona
     # Buyers on the same page share the page's ids as the prompt's first part; their own part follows.
@@ -147,11 +266,24 @@ def test_prompt_persona_goal_and_target_only_loss(traces_and_codes):
         assert (batch.labels[row][: len(prompt)] == IGNORE_INDEX).all()
 
 
+def test_a_goal_free_prompt_keeps_the_page_first_layout():
+    page = "== Home ==\nShop m1 | Cart: 0 items | Favourites: 0\nProducts:\n- product p1 | category c | price 1.00"
+    page += "\nActions:\nopen product p1\nexit"
+    tokens = object()  # render_prompt only asks whether the agent has persona tokens
+    fmt = PromptFormat(history_len=2)
+    text = render_prompt(page, 3, None, ["home", "open product p1"], tokens, fmt)
+    assert text == f"Page:\n{page}\nHistory: home | open product p1\n<persona_3>\nAction:"
+    assert "your goal" not in text
+
+
 def test_serving_refuses_an_agent_trained_on_another_prompt_layout(tmp_path):
     config = {"history_len": 3, "max_observation_tokens": 64}
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"config": config}))  # written before layouts were recorded
     with pytest.raises(ValueError, match="persona-first prompt layout.*retrain"):
+        saved_prompt_format(tmp_path)
+    manifest.write_text(json.dumps({"config": config, "prompt_layout": "page-first"}))  # unmarked goal pages
+    with pytest.raises(ValueError, match="page-first prompt layout.*page-first-goal-marked.*retrain"):
         saved_prompt_format(tmp_path)
     manifest.write_text(json.dumps({"config": config, "prompt_layout": PROMPT_LAYOUT}))
     assert saved_prompt_format(tmp_path) == PromptFormat(3, 64)

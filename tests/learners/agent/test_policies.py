@@ -62,7 +62,7 @@ def test_batched_scoring_matches_naive_loop(llm, examples):
     policy = LLMPolicy(model, tok, tokens, fmt, temperature=0.0)
     results = policy.act(requests)
     assert any(SEARCH_TEMPLATE in r.valid_actions for r in requests)
-    grouped = 0
+    grouped = searched = 0
     for request, result in zip(requests, results, strict=True):
         naive = []
         prompt = encode_prompt(
@@ -72,9 +72,14 @@ def test_batched_scoring_matches_naive_loop(llm, examples):
         for candidate in request.valid_actions:
             template = item_template(candidate)
             if candidate == SEARCH_TEMPLATE:  # the total probability of the page's own searches
-                searches = [f'search "{q}"' for q in page_queries(request.observation)]
-                scores = [_naive_score(model, prompt, encode_target(tok, q)) for q in searches]
-                naive.append(float(np.logaddexp.reduce(scores)))
+                searches = [encode_target(tok, f'search "{q}"') for q in page_queries(request.observation)]
+                prefix = encode_target(tok, 'search "')[:-1]
+                if all(t[: len(prefix)] == prefix for t in searches):  # two levels: `` search "``'s own
+                    naive.append(_naive_score(model, prompt, prefix))
+                    searched += 1
+                else:
+                    scores = [_naive_score(model, prompt, t) for t in searches]
+                    naive.append(float(np.logaddexp.reduce(scores)))
             elif template is not None:  # two levels: the template's own pass, then the page's items
                 prefix = encode_target(tok, template.rstrip())[:-1]
                 assert encode_target(tok, candidate)[: len(prefix)] == prefix  # no merge at the boundary
@@ -88,7 +93,7 @@ def test_batched_scoring_matches_naive_loop(llm, examples):
         assert result.info["scores"] == pytest.approx(naive, abs=1e-4)
         best = request.valid_actions[max(range(len(naive)), key=naive.__getitem__)]
         assert result.action == best or (best == SEARCH_TEMPLATE and result.action.startswith('search "'))
-    assert grouped  # some pages list several items of a template
+    assert grouped and searched  # some pages list several items of a template; searches are one
 
 
 def test_item_templates_keep_the_mass_the_model_gives_their_prefix(llm):
@@ -191,6 +196,14 @@ def test_markov_reproduces_transition_frequencies():
     assert smooth.probabilities(START, "home", 7)["product_view"] == pytest.approx(
         smooth.probabilities(START, "home", None)["product_view"]
     )
+
+
+def test_markov_counts_the_goal_free_examples_only(examples):
+    goal_free = examples.filter(pa.compute.is_null(examples["goal"]))
+    assert 0 < goal_free.num_rows < examples.num_rows  # the fixture has goal-shown copies
+    fitted, plain = MarkovPolicy.fit(examples), MarkovPolicy.fit(goal_free)
+    assert fitted.counts == plain.counts and fitted.action_counts == plain.action_counts
+    assert not any("your goal" in action for action in fitted.action_counts)
 
 
 def test_markov_save_load_round_trip(tmp_path, examples):

@@ -1,17 +1,22 @@
 """scoring.py: the search template scores as the page's own searches, and picking it then a query is
-the same as drawing among all scored actions at once; item actions score in two levels (the template's
-log-probability, then the page's items), which keeps the template's mass and the ranking of its items;
-an agent's manifest names the rule it is served with."""
+the same as drawing among all scored actions at once; item actions and the searches score in two
+levels (the template's log-probability, then the page's items), which keeps the template's mass and
+the ranking of its items; a goal task names its goal ``your goal`` and the pick maps it back; an
+agent's manifest names the rule it is served with."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from envs.storefront import SEARCH_TEMPLATE
+from envs.catalog import Catalog
+from envs.render import GOAL_MARK, GOAL_PREFIX
+from envs.storefront import SEARCH_TEMPLATE, Storefront
+from learners.agent.actions import is_offered
 from learners.agent.base_models import train_bpe_tokenizer
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
@@ -28,6 +33,15 @@ from learners.agent.scoring import (
     pick,
     scored_candidates,
 )
+
+
+def storefront_with(n: int) -> Storefront:
+    records = [
+        {"product_id": str(100200 + i), "category_id": f"c{i % 4}", "popularity": 1.0 / (i + 1)}
+        for i in range(n)
+    ]
+    return Storefront(Catalog.from_records("m1", records))
+
 
 PAGE = "== Home ==\nProducts:\n- product p1\n- product p2\nActions:\nopen product p1\nexit"
 VALID = ("open product p1", SEARCH_TEMPLATE, "exit")
@@ -114,7 +128,8 @@ def test_item_templates_are_the_per_item_actions():
     assert item_template("open product 100230") == "open product "
     assert item_template("open category c1") == "open category "
     assert item_template("remove product p1") == "remove product "
-    for action in ("home", "exit", "add to cart", "remove from cart", 'search "p1"', "open product "):
+    assert item_template('search "p1"') == 'search "'
+    for action in ("home", "exit", "add to cart", "remove from cart", 'search "', "open product "):
         assert item_template(action) is None
 
 
@@ -126,9 +141,11 @@ def test_one_listed_product_gets_its_template_mass(tok):
     logprobs, targets = _token_logprobs(tok, candidates, seed=0, sure=sure)
     lengths = [len(t) for t in targets]
     groups = item_groups(tok, candidates, targets)
-    assert len(groups.members) == 2  # the product and the category, each alone
+    searches = tuple(i for i, c in enumerate(candidates) if c.startswith('search "'))
+    assert sorted(groups.members) == sorted([(product,), (candidates.index("open category c1"),), searches])
     scores = candidate_scores(logprobs, lengths, groups)
-    assert scores == pytest.approx(_whole(logprobs, targets), abs=1e-12)
+    others = [i for i in range(len(candidates)) if i not in searches]
+    assert scores[others] == pytest.approx(_whole(logprobs, targets)[others], abs=1e-12)
     # Whatever the model thinks of its id, the one listed item holds the template's whole mass.
     logprobs, targets = _token_logprobs(tok, candidates, seed=0)
     scores = candidate_scores(logprobs, lengths, groups)
@@ -158,15 +175,21 @@ def test_many_products_keep_the_template_mass_and_rank_by_their_ids(tok):
     continuation = [whole[i] - log_prefix for i in items]
     assert list(np.argsort(scores[items])) == list(np.argsort(continuation))
     assert scores[items] - scores[items[0]] == pytest.approx(np.array(continuation) - continuation[0])
-    # Non-item actions, and the searches, keep their whole-action scores.
+    # Non-item actions keep their whole-action scores.
     plain = [i for i, c in enumerate(candidates) if item_template(c) is None]
-    assert len(plain) == 2 + len(page_queries(request.observation))
+    assert len(plain) == 2
     assert scores[plain] == pytest.approx(whole[plain], abs=1e-12)
+    # The searches are a template too: together they hold the probability of `` search "``, which
+    # their whole-action scores lose, and they rank by their queries.
     per_action = action_scores(request, scores)
     searches = [i for i, c in enumerate(candidates) if c.startswith('search "')]
-    assert per_action[request.valid_actions.index(SEARCH_TEMPLATE)] == pytest.approx(
-        np.logaddexp.reduce(whole[searches])
-    )
+    assert len(searches) == len(page_queries(request.observation)) > 1
+    search_prefix = encode_target(tok, 'search "')[:-1]
+    start = sum(lengths[: searches[0]])
+    log_search = logprobs[start : start + len(search_prefix)].sum()
+    assert per_action[request.valid_actions.index(SEARCH_TEMPLATE)] == pytest.approx(log_search, abs=1e-9)
+    assert np.logaddexp.reduce(whole[searches]) < log_search
+    assert list(np.argsort(scores[searches])) == list(np.argsort(whole[searches]))
     # Length normalisation divides each candidate's rule score by its target length.
     normed = candidate_scores(logprobs, lengths, groups, length_normalize=True)
     assert normed == pytest.approx(scores / np.array(lengths))
@@ -229,8 +252,93 @@ def test_the_manifest_names_the_scoring_rule_old_agents_get_this_one(tmp_path):
     assert check_scoring_rule(tmp_path) == SCORING_RULE
     manifest.write_text(json.dumps({"config": {}, "scoring": SCORING_RULE}))
     assert check_scoring_rule(tmp_path) == SCORING_RULE
-    manifest.write_text(json.dumps({"config": {}, "scoring": "two-level-v2"}))
-    with pytest.raises(ValueError, match="'two-level-v2' scoring rule.*'two-level-v1' only"):
+    manifest.write_text(json.dumps({"config": {}, "scoring": "two-level-v1"}))  # searches scored whole
+    with pytest.raises(ValueError, match="'two-level-v1' scoring rule.*'two-level-v2' only"):
         check_scoring_rule(tmp_path)
-    with pytest.raises(ValueError, match="'two-level-v2' scoring rule"):
+    with pytest.raises(ValueError, match="'two-level-v1' scoring rule"):
         LLMPolicy.from_pretrained(tmp_path)  # refused before any weights are read
+
+
+# ---- goal tasks: the goal is named "your goal" -----------------------------------------------------
+
+
+def _goal_page(listed: bool) -> ActRequest:
+    """A hand-made goal-task home page (envs/render.py's layout) for the goal 100231, listed or not."""
+    rows = ["- product 100230 | category c1 | price 1.00", "- product 7 | category c1 | price 3.00"]
+    valid = ["open product 100230", "open product 7"]
+    if listed:
+        rows.insert(1, "- product 100231 | category c1 | price 2.00" + GOAL_MARK)
+        valid.insert(1, "open product 100231")
+    valid = (*valid, "open category c1", SEARCH_TEMPLATE, "home", "exit")
+    lines = ["== Home ==", "Shop m | Cart: 0 items | Favourites: 0", GOAL_PREFIX + "100231", "Products:"]
+    observation = "\n".join([*lines, *rows, "Actions:", *valid])
+    return ActRequest(observation, valid, goal="100231", seed=5)
+
+
+def test_a_listed_goal_is_scored_as_your_goal_and_picked_as_its_real_action(tok):
+    request = _goal_page(listed=True)
+    candidates = scored_candidates(request)
+    assert "open product your goal" in candidates and "open product 100231" not in candidates
+    assert candidates.index("open product your goal") == request.valid_actions.index("open product 100231")
+    assert 'search "your goal"' in candidates and 'search "100231"' not in candidates
+    # The model puts its id mass on "your goal": the greedy pick opens the goal, by its real id.
+    logprobs, targets = _token_logprobs(tok, candidates, seed=3, sure=("open product your goal",))
+    groups = item_groups(tok, candidates, targets)
+    scores = candidate_scores(logprobs, [len(t) for t in targets], groups)
+    action, _, per_action = pick(request, candidates, scores, 0.0)
+    template = per_action[request.valid_actions.index("open product 100231")]
+    if action != "open product 100231":  # another template outweighs "open product": still reachable
+        assert template == max(per_action[: len(request.valid_actions) - 4])
+    products = [request.valid_actions.index(a) for a in request.valid_actions if a.startswith("open product")]
+    assert int(np.argmax(per_action[products])) == request.valid_actions.index("open product 100231")
+
+
+def test_an_unlisted_goal_is_among_the_searches_and_the_pick_searches_its_id():
+    request = _goal_page(listed=False)
+    assert "100231" in page_queries(request.observation)  # the goal line names it
+    candidates = scored_candidates(request)
+    assert 'search "your goal"' in candidates
+    scores = np.full(len(candidates), -8.0)
+    scores[candidates.index('search "your goal"')] = -0.1
+    action, score, per_action = pick(request, candidates, scores, 0.0)
+    assert action == 'search "100231"' and score == pytest.approx(-0.1)
+    assert is_offered(action, request.valid_actions)
+
+
+def test_without_a_goal_candidates_and_picks_are_unchanged():
+    with_goal = _goal_page(listed=True)
+    request = ActRequest(
+        "\n".join(line for line in with_goal.observation.split("\n") if not line.startswith(GOAL_PREFIX)),
+        with_goal.valid_actions,
+        seed=5,
+    )
+    request = ActRequest(request.observation.replace(GOAL_MARK, ""), request.valid_actions, seed=5)
+    candidates = scored_candidates(request)
+    plain = [a for a in request.valid_actions if a != SEARCH_TEMPLATE]
+    assert candidates == plain + [f'search "{q}"' for q in page_queries(request.observation)]
+    assert not any("your goal" in c for c in candidates)
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        scores = rng.normal(size=len(candidates))
+        assert pick(replace(request, seed=seed), candidates, scores, 1.0)[0] in candidates
+
+
+def test_choosing_the_goal_whenever_it_is_named_buys_it_on_a_real_storefront():
+    """The path of an agent that always prefers its goal's actions reaches the purchase: every pick
+    is a real, valid action of the page, whether the goal is listed (home) or must be searched."""
+    shop = storefront_with(30)
+    prefer = ("open product your goal", 'search "your goal"', "buy now", "place order")
+    for goal in (shop.catalog.products[1].product_id, shop.catalog.products[-1].product_id):
+        state, history = shop.initial_state(goal=goal), []
+        for _ in range(6):
+            request = ActRequest(shop.observe(state), tuple(shop.valid_actions(state)), goal=goal, seed=1)
+            candidates = scored_candidates(request)
+            scores = np.array([-1.0 - 9.0 * (c not in prefer) for c in candidates])
+            action = pick(request, candidates, scores, 0.0)[0]
+            state, _ = shop.step(state, action)
+            history.append(action)
+            if shop.goal_reached(state):
+                break
+        assert shop.goal_reached(state), history
+        assert history[-3:] == [f"open product {goal}", "buy now", "place order"]
+        assert (history[0] == f'search "{goal}"') == (goal == shop.catalog.products[-1].product_id)

@@ -11,9 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from engine.driver import SimulationConfig, format_summary, simulate
 from engine.evaluate import step_quality
 from engine.population import buyer_seed, goal_product
+from engine.rollout_store import format_summary
+from engine.simulation import simulate
+from engine.simulation_config import SimulationConfig
 from envs.catalog import PreparedCatalogs
 from learners.agent.markov_policy import MarkovPolicy
 from tests.engine.sim_fixtures import GoalSeekingPolicy, write_distributions, write_prepared
@@ -94,7 +96,7 @@ def test_policy_placement_does_not_change_the_rollouts(ray_local, base, markov_j
     busy_slots: list[int] = []
 
     def watch(sim):  # after every written chunk: which runner slots have a chunk in flight
-        busy_slots.extend(i for i, slot in enumerate(sim.slots) if slot.in_flight)
+        busy_slots.extend(i for i, slot in enumerate(sim.pool.slots) if slot.in_flight)
 
     manifests = {
         name: simulate(replace(c, out=str(tmp_path / name)), on_chunk=watch if name == "driver" else None)
@@ -209,24 +211,3 @@ def test_goal_tasks_give_each_buyer_its_target_and_per_seed_success(ray_local, b
 def test_goal_tasks_need_the_prepared_catalogs(base, tmp_path):
     with pytest.raises(ValueError, match="goal_tasks needs `data`"):
         simulate(replace(base, out=str(tmp_path / "g"), goal_tasks=True, data=None))
-
-
-def test_unplaceable_actors_fail_fast_with_the_fix():
-    from engine.driver import SimulationConfig, check_cpus
-
-    config = SimulationConfig(runners=2, runner_num_cpus=1.0, policy_replicas=1, policy_num_cpus=1.0)
-    check_cpus(config, available=3.0)
-    with pytest.raises(ValueError, match=r"reserves 3 CPUs.*has 2.*--runners"):
-        check_cpus(config, available=2.0)
-    check_cpus(config, available=2.0, server=False)  # a policy inside the runners needs no replica
-
-
-def test_policy_placement_is_checked():
-    from engine.driver import in_runner
-
-    assert in_runner(SimulationConfig(policy="markov")) and in_runner(SimulationConfig(policy="random"))
-    assert not in_runner(SimulationConfig(policy="transformers"))
-    assert not in_runner(SimulationConfig(policy="markov"), custom_policy=True)
-    assert in_runner(SimulationConfig(policy="transformers", policy_placement="runner"))
-    with pytest.raises(ValueError, match="policy_placement"):
-        in_runner(SimulationConfig(policy_placement="gpu"))

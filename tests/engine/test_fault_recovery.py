@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from engine.driver import SimulationConfig, build_population, env_spec, simulate
 from engine.env_runner import EpisodePlayer
+from engine.simulation import env_spec, simulate
+from engine.simulation_config import SimulationConfig, build_population
 from tests.engine.sim_fixtures import CrashOncePolicy, UniformPolicy, write_distributions, write_prepared
 
 
@@ -66,17 +67,17 @@ def once(action):
 
 
 def kill_runner(sim):
-    busy = next(s for s in sim.slots if s.in_flight)
+    busy = next(s for s in sim.pool.slots if s.in_flight)
     ray.kill(busy.handle)
 
 
 def kill_policy_server(sim):
-    replicas = ray.get(sim.router.replicas.remote(), timeout=10)
+    replicas = ray.get(sim.pool.router.replicas.remote(), timeout=10)
     ray.kill(replicas[0])
 
 
 def kill_router(sim):
-    ray.kill(sim.router)
+    ray.kill(sim.pool.router)
 
 
 @pytest.mark.parametrize(

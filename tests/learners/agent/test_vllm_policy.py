@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.vllm_backend import read_requests, write_requests
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.scoring import SCORING_RULE, scored_candidates
+from learners.agent.vllm_policy import read_requests, write_requests
 from tests.engine.sim_fixtures import storefront_pages, write_prepared, write_tiny_agent
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 needs_vllm = pytest.mark.skipif(
@@ -61,7 +61,7 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
         [
             str(VLLM_PYTHON),
             "-m",
-            "engine.vllm_backend",
+            "learners.agent.vllm_policy",
             str(agent),
             str(request_file),
             str(out),

@@ -1,4 +1,4 @@
-"""vLLM backend: the agent's action scoring on vLLM's async engine (continuous batching).
+"""``VLLMPolicy``, the vllm backend: the agent's action scoring on vLLM's async engine (continuous batching).
 
 Same contract and numbers as the transformers backend (learners/agent/llm_policy.py): a candidate's
 score is learners/agent/scoring.py's rule (``candidate_scores``: item actions in two levels) on the
@@ -17,8 +17,8 @@ learners/agent/scoring.py's, as in the transformers backend; an agent whose mani
 scoring rule is refused.
 
 On CPU, vLLM lives in its own venv (engine/scripts/install_vllm_cpu.sh -> .venv-vllm); on GPU nodes
-install the ``vllm`` extra. ``python -m engine.vllm_backend`` scores a JSON file of requests (the
-cross-backend test uses it); vLLM's engine core is a spawned process, hence the ``__main__`` guard.
+install the ``vllm`` extra. ``python -m learners.agent.vllm_policy`` scores a JSON file of requests
+(the cross-backend test uses it); vLLM's engine core is a spawned process, hence the ``__main__`` guard.
 """
 
 from __future__ import annotations
