@@ -21,7 +21,7 @@ Held-out examples carry no hindsight goal (--eval-goal-share 0), so the persona 
 buyer-specific input. LLM policies sample at --temperature (1.0: draws from the softmax over the
 page's actions, as simulation does); "generate" rows decode the action text freely, the only mode
 in which invalid actions can occur. Codes come from the same window as the evaluated sessions (the
-same-window variant of DESIGN.md's protocol). Every figure, and each ratio's baseline, is measured in
+same-window variant of the study protocol, docs/architecture.md). Every figure, and each ratio's baseline, is measured in
 this run.
 """
 

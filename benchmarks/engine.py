@@ -54,6 +54,7 @@ import ray
 
 from engine.env_runner import EnvSpec, EpisodePlayer
 from engine.policy_server import PolicyServer
+from engine.population import SimBuyer
 from engine.simulation import simulate
 from engine.simulation_config import SimulationConfig, build_population
 from learners.agent.markov_policy import MarkovPolicy
@@ -71,10 +72,12 @@ MARKOV_COUNTS = {
     "cart": {"checkout": 6, "page_view": 2, "exit": 1},
     "checkout": {"purchase": 8, "exit": 1},
 }
+DISTRIBUTIONS_FILE = "merchant_distributions.parquet"
+"""Beside the world's prepared directory."""
 
 
-def write_world(root: Path, merchants: int, products: int, codes: int = 16) -> tuple[Path, Path]:
-    """A prepared directory (catalogs.parquet) and merchant_distributions.parquet."""
+def write_world(root: Path, merchants: int, products: int, codes: int = 16) -> Path:
+    """A prepared directory (catalogs.parquet), with merchant_distributions.parquet beside it."""
     rng = np.random.default_rng(0)
     rows = [
         {
@@ -97,9 +100,18 @@ def write_world(root: Path, merchants: int, products: int, codes: int = 16) -> t
     for m in range(merchants):
         p = rng.dirichlet(np.ones(codes))
         dist += [{"merchant_id": f"m{m}", "code": c, "p": float(p[c]), "n": 1} for c in range(codes)]
-    path = root / "merchant_distributions.parquet"
-    pq.write_table(pa.Table.from_pylist(dist), path)
-    return data, path
+    pq.write_table(pa.Table.from_pylist(dist), root / DISTRIBUTIONS_FILE)
+    return data
+
+
+def world_config(data: Path, **fields) -> SimulationConfig:
+    """A simulation of the world ``write_world`` wrote beside ``data``; ``fields`` set the rest."""
+    return SimulationConfig(data=str(data), distributions=str(data.parent / DISTRIBUTIONS_FILE), **fields)
+
+
+def world_buyers(data: Path, n: int) -> list[SimBuyer]:
+    """The first ``n`` buyers of the world's population (its 4 merchants' code mixes)."""
+    return build_population(world_config(data, buyers_per_merchant=n // 4 + 1))[:n]
 
 
 def write_tiny_agent(directory: Path, data: Path, codes: int = 16) -> Path:
@@ -119,11 +131,6 @@ def write_tiny_agent(directory: Path, data: Path, codes: int = 16) -> Path:
 def sample_requests(data: Path, buyers: int, max_steps: int = 3, envs: int = 128):
     """Real requests, in the order a runner sends them: ``buyers`` walking the storefront with the
     Markov policy in lock-step groups of ``envs`` (every step of every tick, first pages to exits)."""
-    config = SimulationConfig(
-        data=str(data),
-        distributions=str(data.parent / "merchant_distributions.parquet"),
-        buyers_per_merchant=buyers // 4 + 1,
-    )
     player = EpisodePlayer(EnvSpec(kwargs={"data": str(data)}), max_envs=envs, max_steps=max_steps)
     policy = MarkovPolicy(MARKOV_COUNTS, {}, smoothing=0.5)
     requests = []
@@ -132,7 +139,7 @@ def sample_requests(data: Path, buyers: int, max_steps: int = 3, envs: int = 128
         requests.extend(reqs)
         return policy.act(reqs)
 
-    player.play(build_population(config)[:buyers], record)
+    player.play(world_buyers(data, buyers), record)
     return requests
 
 
@@ -169,11 +176,10 @@ def start_ray() -> None:
 
 def markov_setup(root: Path) -> tuple[SimulationConfig, PolicyFactory]:
     """The Markov rows' world, policy and base config (2 task runners, 250-buyer chunks)."""
-    data, dist = write_world(root, merchants=4, products=200)
+    data = write_world(root, merchants=4, products=200)
     markov_path = MarkovPolicy(MARKOV_COUNTS, {}, smoothing=0.5).save(root / "markov.json")
-    base = SimulationConfig(
-        data=str(data),
-        distributions=str(dist),
+    base = world_config(
+        data,
         policy="markov",
         policy_path=str(markov_path),
         max_steps=20,
@@ -386,12 +392,7 @@ def serving(factory, requests, max_batch_size: int, per_call: int = 1) -> tuple[
 
 def capacity(data: Path, n_envs: int, ticks: int) -> dict[str, float]:
     """N envs in lock-step in this process: memory per env and time per tick of all N."""
-    config = SimulationConfig(
-        data=str(data),
-        distributions=str(data.parent / "merchant_distributions.parquet"),
-        buyers_per_merchant=n_envs // 4 + 1,
-    )
-    buyers = build_population(config)[:n_envs]
+    buyers = world_buyers(data, n_envs)
     gc.collect()
     rss0 = psutil.Process().memory_info().rss
     player = EpisodePlayer(EnvSpec(kwargs={"data": str(data)}), max_envs=n_envs, max_steps=ticks)

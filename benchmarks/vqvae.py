@@ -22,28 +22,11 @@ import pyarrow as pa
 import ray
 import torch
 
-from engine.cli import main as cli
+from learners.data.synth import SynthConfig, synth_prepared
 from learners.vqvae.assign import CodeAssigner, assign_codes
 from learners.vqvae.dataset import buyers_path, read_buyers, rows_from_table
 from learners.vqvae.fit import VQVAEConfig, fit_codebook
 from learners.vqvae.kmeans_baseline import fit_kmeans
-
-
-def synth_data(root: Path, buyers: int) -> Path:
-    raw, data = root / "raw", root / "data"
-    cli(["synth", "--out", str(raw), "--buyers", str(buyers), "--merchants", "16", "--seed", "0"])
-    cli(
-        [
-            "prepare",
-            str(raw / "logs"),
-            "--mapping",
-            str(raw / "mapping.yaml"),
-            "--out",
-            str(data),
-            "--no-progress",
-        ]
-    )
-    return data
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -118,7 +101,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = args.data or synth_data(root, args.buyers)
+        data = args.data or synth_prepared(SynthConfig(buyers=args.buyers, merchants=16, seed=0), root)[1]
         table = read_buyers(buyers_path(data))
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         rows_md = []

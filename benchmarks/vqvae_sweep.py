@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from engine.cli import main as cli
+from learners.data.synth import SynthConfig, synth_prepared
 from learners.vqvae.dataset import FeatureStats, load_rows
 from learners.vqvae.fit import VQVAEConfig, WorkerTraining
 from learners.vqvae.kmeans_baseline import run_baseline
@@ -48,33 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a 1-CPU Ray Train worker: deterministic and comparable
     with tempfile.TemporaryDirectory() as tmp:
-        raw, data = Path(tmp) / "raw", Path(tmp) / "data"
-        cli(
-            [
-                "synth",
-                "--out",
-                str(raw),
-                "--buyers",
-                str(args.buyers),
-                "--merchants",
-                "8",
-                "--seed",
-                "0",
-                "--events-per-buyer",
-                str(args.events_per_buyer),
-            ]
-        )
-        cli(
-            [
-                "prepare",
-                str(raw / "logs"),
-                "--mapping",
-                str(raw / "mapping.yaml"),
-                "--out",
-                str(data),
-                "--no-progress",
-            ]
-        )
+        synth = SynthConfig(buyers=args.buyers, merchants=8, seed=0, events_per_buyer=args.events_per_buyer)
+        raw, data = synth_prepared(synth, Path(tmp))
         rows = load_rows(data, VQVAEConfig().max_seq_len)
         ids = pa.table({"merchant_id": rows.merchant_id, "buyer_id": rows.buyer_id})
         truth = truth_labels(raw / "truth.parquet", ids)

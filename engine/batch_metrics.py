@@ -101,7 +101,8 @@ def pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
     sx, sy = np.sqrt((xc**2).sum(-1)), np.sqrt((yc**2).sum(-1))
     ok = (sx > 1e-12) & (sy > 1e-12) & (x.shape[-1] > 1)
-    return np.where(ok, (xc * yc).sum(-1) / np.where(ok, sx * sy, 1.0), np.nan)
+    # Clipped: rounding can carry a perfect correlation a hair past 1.
+    return np.where(ok, np.clip((xc * yc).sum(-1) / np.where(ok, sx * sy, 1.0), -1.0, 1.0), np.nan)
 
 
 def fidelity_batch(sim: Sums, real: Sums, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Fidelity metrics: how closely simulated buyers match real ones (definitions in DESIGN.md).
+"""Fidelity metrics: how closely simulated buyers match real ones (definitions in docs/architecture.md).
 
 Pure functions over counts and arrays, so each is checked on hand-computed cases; the evaluation
 command feeds them from prepared data and rollouts.

@@ -1,6 +1,6 @@
 """The evaluation protocol end to end: merchant-disjoint split -> personas -> agents -> simulate -> evaluate.
 
-DESIGN.md's protocol, in order (each stage writes under ``OUT`` and is skipped when its output is
+The protocol of docs/architecture.md, in order (each stage writes under ``OUT`` and is skipped when its output is
 already there, so an interrupted study continues where it stopped):
 
 1. ``data``: the prepared directory (``prepare`` of ``inputs`` when no ``data`` is given).
@@ -118,16 +118,31 @@ class StudyConfig:
     """VQ-VAE training epochs."""
     workers: int = 1
     """Ray Train workers of the VQ-VAE and agent fits."""
-    train_sessions: int = 6
-    """Sessions replayed into traces per training merchant."""
+    train_sessions: int | None = None
+    """At most this many sessions replayed into traces per training merchant (the first by buyer id);
+    default: every session. Size the agents' training with `train_tokens` instead."""
+    train_tokens: int | None = None
+    """Training tokens per epoch of each agent (train-agent's max_tokens): when the training merchants'
+    examples hold more, each agent keeps a seeded, merchant-stratified sample of whole sessions that
+    fits (its manifest counts them). None: every session of every replayed training merchant."""
     base_model: str = "tiny"
-    """Base model of the persona and no-persona agents."""
+    """Base model of the persona and no-persona agents (tiny, small, base or a Hugging Face id)."""
     larger_model: str = "tiny-8x"
-    """Base model of the larger no-persona baseline."""
+    """Base model of the larger no-persona baseline (the 8x twin: tiny-8x, small-8x, base-8x)."""
     stage1_epochs: int = 1
-    """Agent stage-1 epochs (persona-token meaning)."""
+    """Agent stage-1 epochs (persona-token meaning); with validation, the most it may run."""
     stage2_epochs: int = 2
-    """Agent stage-2 epochs (the policy)."""
+    """Agent stage-2 epochs (the policy); with validation, the most it may run."""
+    validation_share: float = 0.1
+    """Share of the replayed training merchants (whole merchants; never the held-out ones) each agent
+    holds out as validation: both stages stop early on its loss and keep their best epoch."""
+    patience: int = 2
+    """Agent early stopping: a stage stops after this many epochs without a lower validation loss."""
+    batch_size: int = 16
+    """Examples per optimizer step of each agent (and Ray Train worker). 64 suits a GPU: on an H200 the
+    25.7M-parameter agent trains at 150k tokens/s with 64, 34k with 16."""
+    use_gpu: bool = False
+    """Train the agents on one GPU per Ray Train worker (bf16 autocast)."""
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     """Systems to simulate and compare (keys of engine.study.SYSTEMS); the first is the main one."""
     sessions_per_merchant: int = 1000
@@ -303,7 +318,9 @@ class Study:
         return json.loads(path.read_text())
 
     def agents(self, split: dict) -> dict[str, Path]:
-        """Traces of the training merchants, the three agents and the Markov chain."""
+        """Traces of the training merchants (every session, unless `train_sessions` caps them), the three
+        agents (each on `train_tokens` per epoch at most, with `validation_share` of those merchants as
+        its validation set for early stopping) and the Markov chain."""
         c = self.config
         traces = self.out / "traces"
         config = self.out / "traces.yaml"
@@ -322,6 +339,10 @@ class Study:
         }
         common = ["--stage1-epochs", str(c.stage1_epochs), "--stage2-epochs", str(c.stage2_epochs)]
         common += ["--workers", str(c.workers), "--seed", str(c.seed), "--log-every", "1000"]
+        common += ["--validation-share", str(c.validation_share), "--patience", str(c.patience)]
+        common += ["--batch-size", str(c.batch_size)]
+        common += ["--max-tokens", str(c.train_tokens)] if c.train_tokens is not None else []
+        common += ["--use-gpu"] if c.use_gpu else []
         trained = [
             ("persona", ["--personas", str(self.out / "codes"), "--base-model", c.base_model]),
             ("no-persona", ["--no-persona", "--base-model", c.base_model]),
@@ -335,25 +356,32 @@ class Study:
                     paths[key] / "manifest.json",
                 )
         if "markov" in needed and not paths["markov"].exists():
-            self.fit_markov(traces, paths["markov"])
+            self.fit_markov(traces, paths["markov"], paths["persona"])
         return paths
 
-    def fit_markov(self, traces: Path, out: Path) -> None:
-        """The per-type Markov chain, on the examples the persona agent is trained on."""
+    def fit_markov(self, traces: Path, out: Path, agent: Path | None = None) -> None:
+        """The per-type Markov chain, on the examples the persona agent is trained on: its
+        ``data/train.parquet`` (without its validation merchants, within its token budget) when it
+        was trained, else every example of the traces."""
         from learners.agent.examples import build_examples
         from learners.agent.markov_policy import MarkovPolicy
         from learners.agent.train import AgentTrainConfig
 
         start, seed = time.perf_counter(), self.config.seed
-        codes = pq.read_table(self.out / "codes" / "codes.parquet")
-        built = build_examples(
-            pq.read_table(traces / "traces.parquet"), codes, AgentTrainConfig.goal_share, seed
-        )
-        MarkovPolicy.fit(built.examples).save(out)
+        trained = agent / "data" / "train.parquet" if agent is not None else None
+        if trained is not None and trained.exists():
+            examples, what = pq.read_table(trained), f"{trained} (the persona agent's training examples)"
+        else:
+            codes = pq.read_table(self.out / "codes" / "codes.parquet")
+            built = build_examples(
+                pq.read_table(traces / "traces.parquet"), codes, AgentTrainConfig.goal_share, seed
+            )
+            examples, what = built.examples, f"build_examples(traces, codes, seed={seed})"
+        MarkovPolicy.fit(examples).save(out)
         self.log.append(
             {
                 "stage": "fit Markov chain",
-                "command": f"MarkovPolicy.fit(build_examples(traces, codes, seed={seed})).save(markov.json)",
+                "command": f"MarkovPolicy.fit({what}).save(markov.json)",
                 "seconds": round(time.perf_counter() - start, 1),
             }
         )

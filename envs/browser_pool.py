@@ -207,11 +207,6 @@ class BrowserPool:
             self.run(lease.close_context(), timeout=self.config.launch_timeout_s)
         self._slots.release()
 
-    def kill_browser(self) -> None:
-        """Close the browser abruptly (tests and chaos drills); the next episode relaunches it."""
-        if self._browser is not None:
-            self.run(self._browser.close(), timeout=self.config.launch_timeout_s)
-
     async def _shutdown(self) -> None:
         for lease in list(self._leases):
             await lease.close_context()

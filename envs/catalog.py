@@ -1,8 +1,8 @@
 """A merchant's product catalogue: what its storefront lists, in one stable order.
 
-Sources: a prepared directory (``catalogs.parquet``, one merchant's rows), a user's product file
-(CSV or Parquet with a ``product_id`` column and optional ``category_id``, ``price``, ``title``,
-``popularity``), or products built in memory (tests, examples).
+Sources: a prepared directory (``catalogs.parquet``, one merchant's rows), or records built in
+memory (``product_id`` and optional ``category_id``, ``price``, ``title``, ``popularity``: tests,
+examples).
 
 Order: products by popularity (descending), then product id; categories by number of products
 (descending), then category id. Every listing in the storefront follows these orders, so pages are
@@ -18,7 +18,6 @@ of the merchant's events. Replay maps a product-less event onto the placeholder 
 from __future__ import annotations
 
 import bisect
-import csv
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,28 +123,6 @@ class Catalog:
             title = str(row.get("title") or f"Product {pid}")
             products.append(Product(pid, cat, price, " ".join(title.split())[:80], popularity))
         return cls(merchant_id, tuple(products))
-
-    @classmethod
-    def from_file(cls, path: str | Path, merchant_id: str = "shop") -> Catalog:
-        """A user's product file (CSV with a header, or Parquet); see the module docstring for columns."""
-        path = Path(path)
-        if path.suffix.lower() == ".parquet":
-            rows = pq.read_table(path).to_pylist()
-        else:
-            with open(path, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                if not reader.fieldnames or "product_id" not in reader.fieldnames:
-                    raise ValueError(
-                        f"{path}: line 1: the header needs a product_id column (got {reader.fieldnames})"
-                    )
-                rows = list(reader)
-        if rows and "merchant_id" in rows[0]:
-            rows = [r for r in rows if str(r["merchant_id"]) == merchant_id]
-            if not rows:
-                raise ValueError(
-                    f"{path}: no row has merchant_id {merchant_id!r}; pass one of the file's merchants"
-                )
-        return cls.from_records(merchant_id, rows, source=str(path))
 
     @classmethod
     def placeholder(cls, merchant_id: str, category_counts: Mapping[str | None, int]) -> Catalog:

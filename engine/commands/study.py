@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = build_config(StudyConfig, args, args.config)
     if args.plan:
-        from engine.study_plan import format_plan, plan_study, write_plan
+        from engine.plan_report import format_plan, write_plan
+        from engine.study_plan import plan_study
 
         plan = plan_study(config)
         print("\n" + format_plan(plan))

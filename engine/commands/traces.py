@@ -3,6 +3,10 @@
   simpersona traces data/ --out traces/
   simpersona traces data/ --out traces/ --merchants 2882,1271 --max-sessions 200
 
+Every session of the chosen merchants is replayed unless --max-sessions caps them (the first by buyer
+id); size an agent's training with `simpersona train-agent --max-tokens N` instead, which keeps a
+seeded, merchant-stratified sample of whole sessions.
+
 Writes traces.parquet (one row per observation -> action step; inserted navigation, and the
 add-to-carts inserted before removals of items added before the log's window, marked
 real_event = false), replay_report.json (share of real events mapped to valid actions, the reasons

@@ -2,12 +2,13 @@
 
 P(next action kind | previous action kind, page kind, persona code) from counts of the goal-free
 examples (the chain reads no goal), smoothed by interpolation with ever shorter contexts:
-(previous, page, code) -> (previous, page) -> (page) -> all kinds (add-one). At a step the policy restricts that distribution to the kinds the page offers,
-draws a kind (seeded by ``ActRequest.seed``), then a concrete action of that kind weighted by how often
-the training buyers took it, plus one (popular products first). A search query comes from the page
-(``fill_search``): training queries are other storefronts' words and ids, which a held-out storefront
-does not have. Saved and loaded as JSON;
-acting is pure Python and dictionary look-ups, so large engine tests can run it at scale.
+(previous, page, code) -> (previous, page) -> (page) -> all kinds (add-one). At a step the policy
+restricts that distribution to the kinds the page offers, draws a kind (seeded by
+``ActRequest.seed``), then a concrete action of that kind weighted by how often the training buyers
+took it, plus one (popular products first). A search query comes from the page (``fill_search``):
+training queries are other storefronts' words and ids, which a held-out storefront does not have.
+Saved and loaded as JSON; acting is pure Python and dictionary look-ups, so large engine tests can
+run it at scale.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -153,38 +152,3 @@ def markdown_table(rows: Sequence[EvalRow]) -> str:
             f"| {r.split} | {r.policy} | {r.steps} | {r.accuracy:.3f} | {r.macro_f1:.3f} | {r.kind_js:.3f} | {r.invalid_rate:.3f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def standard_specs(
-    agent_dir: str | Path,
-    no_persona_dir: str | Path | None = None,
-    larger_dir: str | Path | None = None,
-    markov: Policy | None = None,
-    device: str = "cpu",
-) -> list[PolicySpec]:
-    """The paper's comparison: the persona agent (true and mismatched codes; scoring and free
-    generation), the no-persona agent, the larger no-persona model, the Markov chain and random."""
-    from learners.agent.llm_policy import LLMPolicy
-    from learners.agent.random_policy import RandomPolicy
-
-    def pair(name: str, directory, personas: str) -> list[PolicySpec]:
-        score = LLMPolicy.from_pretrained(directory, device=device, temperature=0.0)
-        generate = LLMPolicy(
-            score.model, score.tokenizer, score.tokens, score.fmt, mode="generate", temperature=0.0
-        )
-        return [
-            PolicySpec(f"{name} (score)", score, personas),
-            PolicySpec(f"{name} (generate)", generate, personas),
-        ]
-
-    specs = pair("persona agent", agent_dir, "true")
-    specs.append(PolicySpec("persona agent, mismatched codes (score)", specs[0].policy, "mismatched"))
-    specs.append(PolicySpec("persona agent, mismatched codes (generate)", specs[1].policy, "mismatched"))
-    if no_persona_dir:
-        specs += pair("no-persona agent", no_persona_dir, "none")
-    if larger_dir:
-        specs += pair("larger no-persona model", larger_dir, "none")
-    if markov is not None:
-        specs.append(PolicySpec("Markov chain (per type)", markov, "true"))
-    specs.append(PolicySpec("random", RandomPolicy(), "none"))
-    return specs

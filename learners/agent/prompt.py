@@ -3,9 +3,9 @@
 A prompt is, in this order (each part its own line block)::
 
     Page:
-    <observation without its goal line, at most max_observation_tokens tokens>
+    <the page (``page_text``), at most max_observation_tokens tokens>
     History: open product 7 | back   (the last ``history_len`` actions, oldest first; "none" if empty)
-    Goal: buy product 812            (only when the buyer has a goal)
+    Goal: buy product your goal      (only when the buyer has a goal)
     <persona_3>                      (absent for a no-persona model)
     Action:
 
@@ -23,22 +23,28 @@ action's ids never merge with the prompt's last token (scoring and training see 
 ``render_prompt`` gives the same prompt as text, for reading and for servers that only take text.
 Agents record ``PROMPT_LAYOUT`` in their manifest; serving refuses an agent trained on another layout.
 
-Goals (layout ``page-first-goal-marked``): a goal task's page marks every line that shows the goal
-product (envs/render.py's ``GOAL_MARK``), and the page part keeps the marks (only the goal line is
-taken out). The agent names its goal product ``GOAL_ALIAS`` (``your goal``) in every action it reads
-or writes: ``open product 812`` is ``open product your goal`` in its history and among its scored
-candidates, ``search "812"`` is ``search "your goal"`` (``alias_goal``; the scoring policy maps its
-pick back, scoring.py). A small model cannot copy an id it has never seen from the goal line into
-its action; it can learn to open the marked product, and to search for its goal when no line is
-marked. Training examples with a hindsight goal carry the same marks and names (examples.py). The
-goal line is the buyer part's last line before the persona and the cue. A goal-free prompt is as in
-the previous layout (``page-first``), but agents trained on it never saw goal pages drawn this way,
-and they are refused.
+Goals (layout ``page-first-goal-marked``): a goal task's page states the goal and marks every line
+that shows the goal product (envs/render.py). The agent names its goal product ``GOAL_ALIAS`` (``your
+goal``) in everything it reads and writes: ``open product 812`` is ``open product your goal`` in the
+page, its history and its scored candidates, ``search "812"`` is ``search "your goal"``
+(``alias_goal``; the scoring policy maps its pick back to the real action, scoring.py). Every other
+product id of the page and of the history, every other search of the history and the shop's id read
+``OTHER_ID``, and the goal line names no id (``page_text``, ``encode_buyer``). A small model cannot
+copy an id it has never seen from the goal line into its action, and the ids of a storefront it has
+never seen split into tokens it has never read (the tiny presets' tokenizer is trained on the
+training storefronts' pages). Measured on the demo study's held-out merchants (200 goal episodes
+each): an agent given the marks but writing real ids reached goal success 0.00; one naming its goal
+but reading the other ids 0.12 (it exited at the new storefronts' cart and checkout pages); this
+view 0.87. What the agent does toward its goal depends on where the page shows it, not on which
+storefront it is. Training examples with a hindsight goal are goal-task pages too (examples.py), so
+they get the same view. A goal-free prompt is exactly as in the previous layout (``page-first``),
+but agents trained on it never saw goal pages and are refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +59,8 @@ from learners.agent.tokens import PersonaTokens, persona_token
 
 GOAL_ALIAS = "your goal"
 """How the agent names its goal product in actions (it holds a space, so no product id is it)."""
+OTHER_ID = "other"
+"""How a goal task's prompt shows every other product id, and the shop's (``page_text``)."""
 
 IGNORE_INDEX = -100
 """Label value the loss skips (prompt and padding positions)."""
@@ -103,22 +111,66 @@ def unalias_goal(action: str, goal: str | None) -> str:
     return action
 
 
+def _goal_action(action: str, goal: str) -> str:
+    """An action as a goal task's prompt shows it: the goal named ``GOAL_ALIAS``, any other
+    product, and any other search, ``OTHER_ID``."""
+    action = alias_goal(action, goal)
+    for template in (OPEN_PRODUCT, REMOVE_PRODUCT):
+        if action.startswith(template) and action != template + GOAL_ALIAS:
+            return template + OTHER_ID
+    if action.startswith(SEARCH_PREFIX) and action != f'{SEARCH_PREFIX}{GOAL_ALIAS}"':
+        return f'{SEARCH_PREFIX}{OTHER_ID}"'
+    return action
+
+
 def _buyer_lines(goal: str | None, history: Sequence[str], fmt: PromptFormat) -> str:
     shown = list(history)[-fmt.history_len :] if fmt.history_len > 0 else []
-    shown = [alias_goal(a, goal) for a in shown]
+    if goal:
+        shown = [_goal_action(a, goal) for a in shown]
     lines = ["History: " + (" | ".join(shown) if shown else "none")]
     if goal:
-        lines.append(GOAL_PREFIX + goal)
+        lines.append(GOAL_PREFIX + GOAL_ALIAS)
     return "\n" + "\n".join(lines)
 
 
+_PRODUCT_ID_LINES = (
+    re.compile(r"^(- product )(\S+)( \|.*)$"),  # a listing, cart or checkout row
+    re.compile(r"^(open product |remove product )(\S+)()$"),  # a listed action
+    re.compile(r"^(Product id: )(\S+)(.*)$"),  # a product page
+    re.compile(r"^(== Product )(\S+)( ==)$"),  # an untitled product's page title
+)
+_SHOP_LINE = re.compile(r"^(Shop )(\S+)( \|.*)$")
+_SEARCH_TITLE = re.compile(r'^(== Search results for ")([^"]*)(".*)$')
+
+
+def _goal_view(line: str, goal: str) -> str:
+    """One page line as a goal task's prompt shows it (``page_text``)."""
+    for pattern in _PRODUCT_ID_LINES:
+        found = pattern.match(line)
+        if found:
+            name = GOAL_ALIAS if found.group(2) == goal else OTHER_ID
+            return found.group(1) + name + found.group(3)
+    found = _SHOP_LINE.match(line)
+    if found:
+        return found.group(1) + OTHER_ID + found.group(3)
+    found = _SEARCH_TITLE.match(line)
+    if found and found.group(2) == goal:
+        return found.group(1) + GOAL_ALIAS + found.group(3)
+    return line
+
+
 def page_text(observation: str) -> str:
-    """The observation without the page's own goal line: the goal comes from the request alone, so
-    goal-task pages (which show it) and training pages with a hindsight goal give the same prompt.
-    The goal product's marks stay: they are part of what the page shows."""
+    """The page as the prompt shows it: a goal-free page as observed; a goal task's page (it states
+    the goal, envs/render.py) without its goal line (the buyer part states the goal), the goal
+    product named ``GOAL_ALIAS`` and every other product, and the shop, ``OTHER_ID``: what the
+    agent does toward its goal does not depend on the ids of a storefront it has never seen."""
     if GOAL_PREFIX not in observation:
         return observation
-    return "\n".join(line for line in observation.split("\n") if not line.startswith(GOAL_PREFIX))
+    lines = observation.split("\n")
+    goal = next((line[len(GOAL_PREFIX) :] for line in lines if line.startswith(GOAL_PREFIX)), None)
+    if goal is None:
+        return observation
+    return "\n".join(_goal_view(line, goal) for line in lines if not line.startswith(GOAL_PREFIX))
 
 
 def render_prompt(

@@ -9,13 +9,13 @@ the template is picked, its query is drawn among them by the same rule (policy.p
 seeded by ``(seed, 1)``). At temperature 1 this is the same as drawing among all the scored actions
 at once.
 
-Goal tasks: the agent names its goal product ``your goal`` (prompt.py's ``GOAL_ALIAS``), so the
-candidates ``open product P`` and ``search "P"`` of the goal P are scored as ``open product your
-goal`` and ``search "your goal"``, and ``pick`` returns the real action. The page marks the goal's
-rows (envs/render.py); the model learns to open the marked product, or to search for its goal when
-none is marked, without copying an id it cannot predict (with the goal's id in the goal line and
-its rows marked, an agent that had to write the id reached goal success 0.00 on the demo study,
-opening the goal in 43 of 2,254 steps).
+Goal tasks: the agent names its goal product ``your goal`` (prompt.py's ``GOAL_ALIAS``; the page and
+its history show it so), so the candidates ``open product P`` and ``search "P"`` of the goal P are
+scored as ``open product your goal`` and ``search "your goal"``, and ``pick`` returns the real
+action. The page marks the goal's rows (envs/render.py); the model learns to open the marked
+product, or to search for its goal when none is marked, without copying an id it cannot predict
+(writing the real id, with the goal's rows marked, an agent reached goal success 0.00 on the demo
+study's held-out merchants, opening the goal in 43 of 2,254 steps).
 
 The suggested searches score in two levels like the item actions below (``search "`` is their
 template): the template keeps the probability the model gives to searching at all, and the model's
@@ -29,12 +29,12 @@ trained on those inserted searches as if buyers had made them put most of their 
 steps). Examples therefore show an inserted search only with its product as the goal
 (learners/agent/examples.py), and the template learns the rate of the source's real searches.
 
-Item actions score in two levels (``SCORING_RULE``; so do the searches, above). An item template (``open product P``, ``open
-category C``, ``remove product P``: the action grammar's per-item actions, envs/storefront.py) lists
-one action per item of the page. Scored whole, each pays for its id tokens, which a model cannot
-predict on a storefront it has never seen, while ``home`` or ``exit`` is one cheap token: on a Tmall
-home page all products together got P ~ 0.0000 of the valid actions' mass (issue measurement), so the
-agent never opened a product. So an item action scores::
+Item actions score in two levels (``SCORING_RULE``; so do the searches, above). An item template
+(``open product P``, ``open category C``, ``remove product P``: the action grammar's per-item
+actions, envs/storefront.py) lists one action per item of the page. Scored whole, each pays for its
+id tokens, which a model cannot predict on a storefront it has never seen, while ``home`` or
+``exit`` is one cheap token: on a Tmall home page all products together got P ~ 0.0000 of the valid
+actions' mass (issue measurement), so the agent never opened a product. So an item action scores::
 
     log P(template prefix) + log_softmax over the page's items of that template (continuation score)
 

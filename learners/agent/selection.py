@@ -11,17 +11,18 @@ Token budget (``budget_sessions``): training tokens of one epoch (prompt + targe
 example, exactly as the training loop counts them). When the examples hold more, whole sessions are
 kept (a session's goal-shown copies with it), stratified by merchant: each merchant's sessions are put
 in a seeded order, and sessions are taken from every merchant alike, each at the same share of its
-own tokens, until the budget is full. So every merchant keeps about the same share of its tokens, and
-its kept sessions are a seeded random sample of its sessions (never the shortest or the first ones,
-which would bias session length, a fidelity target). Agents of one study given one budget keep the
-same seeded prefix of every merchant's sessions (up to a session at the margin, where their prompts'
-token counts differ by the persona token).
+own examples, until the next one would not fit. So every merchant keeps about the same share of its
+examples (and tokens), and its kept sessions are a seeded random sample of its sessions (never the
+shortest or the first ones, which would bias session length, a fidelity target). Only the sessions in
+line are tokenised to count them, so a small budget on a large log is cheap. Agents of one study
+given one budget keep the same seeded prefix of every merchant's sessions (up to a session at the
+margin: their prompts' token counts differ by the persona token).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -56,16 +57,23 @@ def split_validation(examples: pa.Table, share: float, seed: int) -> tuple[pa.Ta
     return examples.filter(pc.invert(in_held)), examples.filter(in_held), held
 
 
+TokenCounter = Callable[[np.ndarray], Sequence[int]]
+"""Training tokens (prompt + target ids) of the examples at the given row indices."""
+
+
 @dataclass
 class Budget:
-    """What a token budget kept (``rows.budget`` of the agent's manifest)."""
+    """What a token budget kept (``budget`` of the agent's manifest)."""
 
     max_tokens: int
     """The budget: training tokens of one epoch."""
     tokens: int
-    """Tokens of one epoch over all the examples offered."""
+    """Tokens of one epoch over all the examples offered: counted when every session was (the examples
+    fit, or nearly), else estimated from the counted sessions' tokens per example (``tokens_counted``)."""
+    tokens_counted: bool
+    """Whether ``tokens`` was counted (True) or estimated (False)."""
     kept_tokens: int
-    """Tokens of one epoch over the examples kept."""
+    """Tokens of one epoch over the examples kept (counted)."""
     sessions: int
     kept_sessions: int
     examples: int
@@ -89,11 +97,12 @@ class Budget:
                 f"token budget {self.max_tokens:,}: all {self.examples:,} examples fit ({self.tokens:,} tokens"
                 " per epoch)"
             )
+        of = f"{self.tokens:,}" if self.tokens_counted else f"about {self.tokens:,}"
         return (
             f"token budget {self.max_tokens:,}: kept {self.kept_sessions:,} of {self.sessions:,} sessions"
-            f" ({self.kept_examples:,} of {self.examples:,} examples, {self.kept_tokens:,} of"
-            f" {self.tokens:,} tokens per epoch) of {self.kept_merchants} of {self.merchants} merchants,"
-            f" a seeded, merchant-stratified sample (seed {self.seed})"
+            f" ({self.kept_examples:,} of {self.examples:,} examples, {self.kept_tokens:,} of {of} tokens per"
+            f" epoch) of {self.kept_merchants} of {self.merchants} merchants, a seeded, merchant-stratified"
+            f" sample (seed {self.seed})"
         )
 
 
@@ -105,70 +114,90 @@ def session_ids(examples: pa.Table) -> np.ndarray:
     return np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
 
 
-def budget_order(
-    examples: pa.Table, tokens: Sequence[int], seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(each row's session index, each session's tokens, the session indices in the budget's order):
-    sessions ranked by the share of their merchant's tokens taken once they are in, each merchant's
-    sessions in a seeded order."""
+def budget_order(examples: pa.Table, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's session index, the session indices in the budget's order). Each merchant's sessions
+    are put in a seeded order; a session's place is the share of its merchant's examples taken once it
+    is in, so taking sessions in this order takes every merchant's at the same pace."""
     sid = session_ids(examples)
     n = int(sid.max()) + 1 if len(sid) else 0
-    per_session = np.bincount(sid, weights=np.asarray(tokens, dtype=np.float64), minlength=n).astype(np.int64)
-    keys: list[tuple] = [None] * n  # type: ignore[list-item]
+    rows = np.bincount(sid, minlength=n)
+    keys: list[tuple] = [()] * n
     for row, k in enumerate(zip(*(examples.column(c).to_pylist() for c in SESSION_KEY), strict=True)):
         keys[sid[row]] = k
     by_merchant: dict[str, list[int]] = {}
-    for s, key in enumerate(keys):
-        by_merchant.setdefault(key[0], []).append(s)
-    position = np.zeros(n)
+    for session, key in enumerate(keys):
+        by_merchant.setdefault(key[0], []).append(session)
     draw = np.array([_stable_unit(seed, "budget", *k) for k in keys])
+    position = np.zeros(n)
     for sessions in by_merchant.values():
         sessions.sort(key=lambda s: draw[s])
-        total = max(int(per_session[sessions].sum()), 1)
-        position[sessions] = np.cumsum(per_session[sessions]) / total
-    order = np.lexsort((draw, position))
-    return sid, per_session, order
+        position[sessions] = np.cumsum(rows[sessions]) / rows[sessions].sum()
+    return sid, np.lexsort((draw, position))
 
 
 def budget_sessions(
-    examples: pa.Table, tokens: Sequence[int], max_tokens: int, seed: int
+    examples: pa.Table,
+    tokens: Sequence[int] | TokenCounter,
+    max_tokens: int,
+    seed: int,
+    chunk: int = 256,
 ) -> tuple[pa.Table, Budget]:
     """The examples of the sessions a ``max_tokens`` budget keeps (module doc), and what it kept.
-    ``tokens``: each example's training tokens (prompt + target ids)."""
+    ``tokens``: each example's training tokens, or a function that counts them for given rows; then
+    only the sessions in line for the budget are counted (``chunk`` sessions at a time), so a budget
+    far below the examples' tokens costs little to apply."""
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    if len(tokens) != examples.num_rows:
-        raise ValueError(f"{len(tokens)} token counts for {examples.num_rows} examples")
-    sid, per_session, order = budget_order(examples, tokens, seed)
-    total = int(per_session.sum())
-    keep = np.zeros(len(per_session), dtype=bool)
-    if total <= max_tokens:
-        keep[:] = True
-    else:
-        cumulative = np.cumsum(per_session[order])
-        keep[order[: int(np.searchsorted(cumulative, max_tokens, side="right"))]] = True
-    rows = keep[sid] if len(sid) else np.zeros(0, dtype=bool)
-    kept = examples.filter(pa.array(rows))
+    if not callable(tokens):
+        if len(tokens) != examples.num_rows:
+            raise ValueError(f"{len(tokens)} token counts for {examples.num_rows} examples")
+        counts = np.asarray(tokens, dtype=np.int64)
+        tokens = counts.__getitem__
+    sid, order = budget_order(examples, seed)
+    rows_of = np.argsort(sid, kind="stable")  # rows grouped by session, in row order within each
+    bounds = np.searchsorted(sid[rows_of], np.arange(len(order) + 1))
+    keep = np.zeros(len(order), dtype=bool)
+    used, counted, counted_rows, full = 0, 0, 0, False
+    for start in range(0, len(order), chunk):
+        sessions = order[start : start + chunk]
+        rows = [rows_of[bounds[s] : bounds[s + 1]] for s in sessions]
+        per_row = np.asarray(tokens(np.concatenate(rows)), dtype=np.int64)
+        per_session = np.add.reduceat(per_row, np.cumsum([0] + [len(r) for r in rows[:-1]]))
+        counted += int(per_row.sum())
+        counted_rows += len(per_row)
+        for session, n in zip(sessions, per_session, strict=True):
+            if used + n > max_tokens:
+                full = True
+                break
+            keep[session] = True
+            used += int(n)
+        if full:
+            break
+    row_mask = keep[sid] if len(sid) else np.zeros(0, dtype=bool)
+    kept = examples.filter(pa.array(row_mask))
     merchants = examples.column("merchant_id").to_pylist()
+    every = counted_rows == examples.num_rows
     budget = Budget(
         max_tokens=int(max_tokens),
-        tokens=total,
-        kept_tokens=int(per_session[keep].sum()),
-        sessions=len(per_session),
+        tokens=counted if every else round(counted / max(counted_rows, 1) * examples.num_rows),
+        tokens_counted=every,
+        kept_tokens=used,
+        sessions=len(order),
         kept_sessions=int(keep.sum()),
         examples=examples.num_rows,
         kept_examples=kept.num_rows,
         merchants=len(set(merchants)),
-        kept_merchants=len({m for m, r in zip(merchants, rows, strict=True) if r}),
+        kept_merchants=len({m for m, r in zip(merchants, row_mask, strict=True) if r}),
         seed=seed,
     )
     return kept, budget
 
 
-def keep_share(examples: pa.Table, tokens: Sequence[int], share: float, seed: int) -> pa.Table:
-    """The same seeded, merchant-stratified sample at ``share`` of the tokens (the validation set of a
-    budgeted run is cut to the training set's kept share, so scoring it stays a small cost)."""
+def keep_share(examples: pa.Table, tokens: Sequence[int] | TokenCounter, share: float, seed: int) -> pa.Table:
+    """The same seeded, merchant-stratified sample at ``share`` of the examples' tokens (the validation
+    set of a budgeted run is cut to the training set's kept share, so scoring it stays a small cost)."""
     if share >= 1 or examples.num_rows == 0:
         return examples
-    total = int(np.sum(tokens))
-    return budget_sessions(examples, tokens, max(1, int(share * total)), seed)[0]
+    if callable(tokens):
+        tokens = tokens(np.arange(examples.num_rows))
+    return budget_sessions(examples, tokens, max(1, int(share * int(np.sum(tokens)))), seed)[0]

@@ -317,19 +317,25 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
     budget = None
     if config.max_tokens is not None:
         fmt = PromptFormat(config.history_len, config.max_observation_tokens)
-        counts = [len(p) + len(t) for p, t in encode_table(train, tokenizer, tokens, fmt)]
-        train, budget = budget_sessions(train, counts, config.max_tokens, config.seed)
+
+        def counter(table: pa.Table):
+            """Training tokens of the given rows, as the training loop counts them."""
+            return lambda rows: [
+                len(p) + len(t) for p, t in encode_table(table.take(rows), tokenizer, tokens, fmt)
+            ]
+
+        train, budget = budget_sessions(train, counter(train), config.max_tokens, config.seed)
         log(budget.line())
         if budget.applied and validation.num_rows:
-            counts = [len(p) + len(t) for p, t in encode_table(validation, tokenizer, tokens, fmt)]
             before = validation.num_rows
-            validation = keep_share(validation, counts, budget.kept_tokens / budget.tokens, config.seed)
+            share = budget.kept_tokens / budget.tokens
+            validation = keep_share(validation, counter(validation), share, config.seed)
             log(
                 f"validation cut to the same share of its tokens: {validation.num_rows:,} of {before:,} examples"
             )
         if train.num_rows == 0:
             raise ValueError(
-                f"max_tokens {config.max_tokens:,} keeps no session (the smallest needs more); raise it"
+                f"max_tokens {config.max_tokens:,} keeps no session (the first in line needs more); raise it"
             )
 
     (out / "data").mkdir(parents=True, exist_ok=True)
@@ -497,8 +503,14 @@ def _write_manifest(
     path: Path, config, source, data: dict, history: list[dict] | None, finished: bool
 ) -> None:
     """``history``: every epoch's metrics (from the final checkpoint); None keeps the manifest's."""
-    import ray
     import transformers
+
+    try:  # in-process training (workers=0) runs where Ray is not installed
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = None
 
     previous = json.loads(path.read_text()) if path.exists() else {}
     epochs = previous.get("epochs", []) if history is None else history
@@ -518,7 +530,7 @@ def _write_manifest(
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "ray": ray.__version__,
+            "ray": ray_version,
         },
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 
 from learners.data import schema
-from learners.data.sessions import BUYER_KEY, SESSION_RUN, order_frame
+from learners.data.sessions import BUYER_KEY, SESSION_RUN
 
 _MS_PER_DAY = 86_400_000
 _MAX_DEPTH = max(schema.FUNNEL_DEPTH.values())
@@ -145,17 +145,3 @@ def buyers_table(buyers: pl.DataFrame) -> pa.Table:
     table = buyers.select(plain).to_arrow()
     table = table.add_column(schema.BUYERS.names.index("features"), "features", vectors)
     return table.cast(schema.BUYERS)
-
-
-def build_buyers(
-    events: pa.Table,
-    *,
-    day_resolution: bool,
-    max_seq_len: int,
-    session_gap_s: int = schema.SESSION_GAP_SECONDS,
-) -> pa.Table:
-    """Canonical events of complete buyers -> ``schema.BUYERS`` (convenience wrapper for one table)."""
-    frame = pl.from_arrow(events)
-    assert isinstance(frame, pl.DataFrame)
-    ordered = order_frame(frame, day_resolution=day_resolution, session_gap_s=session_gap_s)
-    return buyers_table(buyer_frame(ordered, max_seq_len=max_seq_len))

@@ -1,6 +1,6 @@
 """Ordering and sessionization of canonical events, for a table that holds complete buyers.
 
-The rules (DESIGN.md, "events"):
+The rules (docs/architecture.md, "Data contracts"):
 
 * **Order.** A buyer is ``(merchant_id, buyer_id)``. Second-resolution sources order a buyer's
   events by ``(ts, src_order)``. Day-resolution sources (``Adapter.day_resolution``: only the date is
@@ -166,15 +166,6 @@ def order_frame(
 def events_table(ordered: pl.DataFrame) -> pa.Table:
     """The ``schema.EVENTS`` table of an ordered frame (helper columns dropped)."""
     return ordered.select(schema.EVENTS.names).to_arrow().cast(schema.EVENTS)
-
-
-def sessionize(
-    events: pa.Table, *, day_resolution: bool, session_gap_s: int = schema.SESSION_GAP_SECONDS
-) -> pa.Table:
-    """Canonical events of complete buyers (``schema.CANONICAL_EVENTS``) -> ``schema.EVENTS``."""
-    frame = pl.from_arrow(events)
-    assert isinstance(frame, pl.DataFrame)
-    return events_table(order_frame(frame, day_resolution=day_resolution, session_gap_s=session_gap_s))
 
 
 def session_frame(ordered: pl.DataFrame) -> pl.DataFrame:

@@ -65,17 +65,6 @@ MALFORMED_KINDS: tuple[str, ...] = (
     "negative_price",
     "time_out_of_range",
 )
-RAW_COLUMNS: tuple[str, ...] = (
-    "visitor",
-    "shop",
-    "time",
-    "action",
-    "item",
-    "category",
-    "price",
-    "search_terms",
-    "visit",
-)
 
 _S = {name: i for i, name in enumerate(RAW_ACTIONS)}
 _END = len(RAW_ACTIONS)
@@ -567,6 +556,21 @@ def synthesize(config: SynthConfig, out: Path, progress: bool = False) -> dict[s
     }
     (out / "README.md").write_text(_readme(config, summary), encoding="utf-8")
     return summary
+
+
+def synth_prepared(config: SynthConfig, out: Path) -> tuple[Path, Path]:
+    """A synthetic log in ``out/raw`` prepared into ``out/data``, as `simpersona synth` then `simpersona
+    prepare RAW/logs --mapping RAW/mapping.yaml` write them: the planted-type input of the benchmarks
+    and tests. Returns (raw, data); ``raw / "truth.parquet"`` holds every buyer's planted type."""
+    # Imported here: `simpersona synth` alone need not load the prepare pipeline.
+    from learners.data.adapters import expand_inputs, get_adapter
+    from learners.data.prepare import PrepareConfig, prepare
+
+    raw, data = Path(out) / "raw", Path(out) / "data"
+    synthesize(config, raw)
+    adapter = get_adapter(mapping=raw / "mapping.yaml")
+    prepare(expand_inputs([raw / LOGS_DIR]), adapter, PrepareConfig(), data)
+    return raw, data
 
 
 def source_mapping(config: SynthConfig, max_time: str) -> dict[str, Any]:

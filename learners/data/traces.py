@@ -90,7 +90,9 @@ class TracesConfig:
     merchants: list[str] | None = None
     """Replay only these merchants (default: all)."""
     max_sessions: int | None = None
-    """At most this many sessions per merchant (the first by buyer id, then session id; default: all)."""
+    """At most this many sessions per merchant (the first by buyer id, then session id); default: every
+    session. To size an agent's training, replay every session and give train-agent a token budget
+    (``--max-tokens``: a seeded, merchant-stratified sample of whole sessions) instead."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Time windows of a prepared directory: the strict evaluation protocol's earlier and later windows.
 
-DESIGN.md's strict variant takes a held-out merchant's code distribution from its buyers' behaviour
-in an earlier window and its real rates from a later one. ``window_cutoff`` picks the boundary (a
+The study's strict variant (docs/architecture.md) takes a held-out merchant's code distribution
+from its buyers' behaviour in an earlier window and its real rates from a later one. ``window_cutoff`` picks the boundary (a
 quantile of the event times); ``window_prepared`` re-runs ``prepare`` on the events before it, so
 the earlier window gets its own buyers table (features and sequences from those events only) that
 ``assign`` encodes unchanged. The source is the prepared ``events.parquet`` itself, read through

@@ -1,4 +1,5 @@
-"""Shared pieces of the engine tests: a tiny prepared storefront, code distributions, test policies.
+"""Shared pieces of the engine tests: a tiny prepared storefront, code distributions, a simulation of
+them, test policies.
 
 Policies here are test doubles only (the package's own live in learners/agent); Ray workers import
 this module by name, as the tests run from the repository root.
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.simulation_config import SimulationConfig
 from learners.agent.policy import ActRequest, ActResult
 from learners.data.schema import CATALOGS, TABLE_FILES
 
@@ -52,6 +54,20 @@ def write_distributions(path: Path, merchants: Sequence[str] = MERCHANTS, codes:
             rows.append({"merchant_id": m, "code": c, "p": float(w), "n": int(w * 100)})
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+def tiny_simulation(root: Path, **fields) -> SimulationConfig:
+    """A simulation of the tiny storefront (prepared directory and code distributions written under
+    ``root``) on half-CPU actors (they mostly wait), printing nothing; ``fields`` set the rest."""
+    defaults = {
+        "out": str(root / "out"),
+        "data": str(write_prepared(root / "prepared")),
+        "distributions": str(write_distributions(root / "dist.parquet")),
+        "runner_num_cpus": 0.5,
+        "policy_num_cpus": 0.5,
+        "progress": False,
+    }
+    return SimulationConfig(**(defaults | fields))
 
 
 class UniformPolicy:

@@ -14,8 +14,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
 
 from engine.simulation import simulate
-from engine.simulation_config import SimulationConfig
-from tests.engine.sim_fixtures import write_distributions, write_prepared
+from tests.engine.sim_fixtures import tiny_simulation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,10 +56,8 @@ def cluster():
 
 def test_simulation_places_actors_by_node_resources(cluster, tmp_path):
     c, policy_node, runner_node = cluster
-    config = SimulationConfig(
-        out=str(tmp_path / "out"),
-        data=str(write_prepared(tmp_path / "prepared")),
-        distributions=str(write_distributions(tmp_path / "dist.parquet")),
+    config = tiny_simulation(
+        tmp_path,
         buyers_per_merchant=8,
         max_steps=4,
         policy="random",

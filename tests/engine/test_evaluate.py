@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from engine.evaluate import fidelity, real_stats, sim_stats, step_quality
+from engine.bootstrap import uncertainty
+from engine.evaluate import fidelity, real_stats, real_units, sim_stats, sim_units, step_quality
 from engine.report import write_report
 
 
@@ -102,9 +103,15 @@ def test_report_renders_in_chromium(case, tmp_path):
     system = fidelity(
         sim_stats(sim_dir, {"product_view", "purchase"}), real_stats(data, unit="buyer")
     ) | step_quality(sim_dir)
-    page_path = write_report({"persona": system, "uniform": system}, tmp_path / "report")
+    units = real_units(data, unit="buyer")
+    sims = sim_units(sim_dir, units.actions)
+    bounded = uncertainty(units, {"persona": sims, "uniform": sims}, "persona", ["uniform"], replicates=50)
+    page_path = write_report({"persona": system, "uniform": system}, tmp_path / "report", fidelity=bounded)
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["systems"]["persona"]["cra"] == pytest.approx(0.5)
+    assert metrics["fidelity"]["systems"]["persona"]["cra"]["value"] == pytest.approx(0.5)
+    text = page_path.read_text()
+    assert "ceiling (perfect simulator, " in text and "persona − uniform" in text
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path="/usr/bin/chromium",
@@ -119,4 +126,4 @@ def test_report_renders_in_chromium(case, tmp_path):
         page.goto(page_path.as_uri())
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
         browser.close()
-    assert len(widths) == 4 and all(w > 100 for w in widths)
+    assert len(widths) == 5 and all(w > 100 for w in widths)  # the fidelity plot and the four others

@@ -12,27 +12,23 @@ import ray
 
 from engine.env_runner import EpisodePlayer
 from engine.simulation import env_spec, simulate
-from engine.simulation_config import SimulationConfig, build_population
-from tests.engine.sim_fixtures import CrashOncePolicy, UniformPolicy, write_distributions, write_prepared
+from engine.simulation_config import build_population
+from tests.engine.sim_fixtures import CrashOncePolicy, UniformPolicy, tiny_simulation
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("chaos")
-    return SimulationConfig(
+    return tiny_simulation(
+        root,
         out=str(root / "unused"),
-        data=str(write_prepared(root / "prepared")),
-        distributions=str(write_distributions(root / "dist.parquet")),
         buyers_per_merchant=12,
         seed=5,
         max_steps=5,
         runners=2,
-        runner_num_cpus=0.5,
-        policy_num_cpus=0.5,
         envs_per_runner=4,
         chunk_size=4,
         call_timeout_s=20,
-        progress=False,
     )
 
 

@@ -15,10 +15,9 @@ from engine.evaluate import step_quality
 from engine.population import buyer_seed, goal_product
 from engine.rollout_store import format_summary
 from engine.simulation import simulate
-from engine.simulation_config import SimulationConfig
 from envs.catalog import PreparedCatalogs
 from learners.agent.markov_policy import MarkovPolicy
-from tests.engine.sim_fixtures import GoalSeekingPolicy, write_distributions, write_prepared
+from tests.engine.sim_fixtures import GoalSeekingPolicy, tiny_simulation
 
 BUYERS_PER_MERCHANT = 15
 
@@ -26,21 +25,17 @@ BUYERS_PER_MERCHANT = 15
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("sim")
-    return SimulationConfig(
+    return tiny_simulation(
+        root,
         out=str(root / "unused"),
-        data=str(write_prepared(root / "prepared")),
-        distributions=str(write_distributions(root / "dist.parquet")),
         buyers_per_merchant=BUYERS_PER_MERCHANT,
         seed=3,
         max_steps=6,
         policy="random",
         runners=1,
-        runner_num_cpus=0.5,
-        policy_num_cpus=0.5,
         envs_per_runner=8,
         chunk_size=7,
         call_timeout_s=30,
-        progress=False,
         driver_plays=False,  # the runners play every chunk, unless a test says otherwise
     )
 

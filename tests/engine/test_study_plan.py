@@ -81,7 +81,14 @@ def test_the_plan_prints_a_table_and_trains_nothing(planned):
     assert {r["stage"] for r in plan["stages"] if r["done"]} == {"prepare", "split"}
     assert plan["total_seconds"] == pytest.approx(sum(estimated), abs=0.2) and plan["total_seconds"] > 0
     names = {rate["name"] for rate in plan["calibration"]}
-    assert {"VQ-VAE epoch", "train tiny", "simulate markov", "simulate random", "Ray command"} <= names
+    assert {
+        "VQ-VAE epoch",
+        "train tiny",
+        "simulate tiny",
+        "simulate markov",
+        "simulate random",
+        "Ray command",
+    } <= names
     assert all(rate["per_s"] > 0 for rate in plan["calibration"])
 
 

@@ -141,7 +141,8 @@ def test_dead_browser_is_relaunched_on_reset(pool, servers):
     try:
         env.reset(seed=0)
         launched = pool.browsers_launched
-        pool.kill_browser()
+        browser = pool.run(pool.ensure_browser())
+        pool.run(browser.close(), timeout=60)  # the browser dies under the env, as in a crash
         assert env.step("go to cart")[3]
         env.reset(seed=0)
         assert pool.browsers_launched == launched + 1

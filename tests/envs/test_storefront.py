@@ -67,24 +67,7 @@ def test_catalog_order_is_popularity_then_id():
     assert list(catalog.categories) == sorted(sizes, key=lambda c: (-sizes[c], c))
 
 
-def test_catalog_from_csv_and_parquet_files(tmp_path):
-    records = product_records(20)
-    csv_path = tmp_path / "products.csv"
-    csv_path.write_text(
-        "product_id,category_id,price,popularity\n"
-        + "".join(f"{r['product_id']},{r['category_id']},{r['price']},{r['popularity']}\n" for r in records)
-    )
-    pq.write_table(pa.Table.from_pylist(records), tmp_path / "products.parquet")
-    a = Catalog.from_file(csv_path)
-    b = Catalog.from_file(tmp_path / "products.parquet")
-    assert a.products == b.products == Catalog.from_records("shop", records).products
-
-
-def test_catalog_file_errors_name_the_problem(tmp_path):
-    bad = tmp_path / "bad.csv"
-    bad.write_text("sku,price\n1,2\n")
-    with pytest.raises(ValueError, match="line 1.*product_id"):
-        Catalog.from_file(bad)
+def test_catalog_record_errors_name_the_problem():
     with pytest.raises(ValueError, match="row 2, column product_id"):
         Catalog.from_records("m", [{"product_id": "1"}, {"product_id": ""}])
     with pytest.raises(ValueError, match="longer than 64"):

@@ -27,6 +27,7 @@ from learners.agent.prompt import (
     encode_page,
     encode_prompt,
     encode_target,
+    page_text,
     render_prompt,
     saved_prompt_format,
 )
@@ -54,15 +55,23 @@ def test_rows_read_equal_examples_plus_quarantine(traces_and_codes):
 def test_history_is_the_sessions_earlier_actions(traces_and_codes):
     traces, codes = traces_and_codes
     ex = build_examples(traces, codes).examples.to_pylist()
-
-    def episode(r: dict) -> tuple:  # a goal-shown copy is its own episode of the same session
-        return r["merchant_id"], r["buyer_id"], r["session_id"], r["goal"]
-
-    for prev, row in zip(ex, ex[1:], strict=False):
-        if episode(row) == episode(prev):
+    free = [r for r in ex if r["goal"] is None]
+    for prev, row in zip(free, free[1:], strict=False):
+        if (row["merchant_id"], row["buyer_id"], row["session_id"]) == (
+            prev["merchant_id"],
+            prev["buyer_id"],
+            prev["session_id"],
+        ):
             assert row["history"] == prev["history"] + [prev["action"]]
         else:
             assert row["history"] == []
+    # A goal-shown copy's history is the same session's, with the goal named as the agent names it.
+    original = {(r["merchant_id"], r["buyer_id"], r["session_id"], r["step"]): r for r in free}
+    copies = [r for r in ex if r["goal"] is not None]
+    assert copies
+    for r in copies:
+        before = original[r["merchant_id"], r["buyer_id"], r["session_id"], r["step"]]["history"]
+        assert r["history"] == [alias_goal(a, r["goal"]) for a in before]
     assert all(r["kind"] == action_kind(r["action"]) for r in ex)
     assert all(r["action"] in r["valid_actions"] for r in ex)
 
@@ -110,7 +119,8 @@ def test_hindsight_goal_is_the_bought_product(traces_and_codes):
         for p in step_products(r["action"], r["observation"])
     }
     assert goals == acted  # goal_share 1: every product a session acts on
-    # Every purchase keeps its copy at any positive share; the bought product's, up to its order.
+    # Every purchase keeps its copy at any positive share: the bought product's view, cart, checkout
+    # and order, each once.
     bought = {(r["buyer_id"], r["session_id"], r["merchant_id"], r["goal"]) for r in bought_only if r["goal"]}
     assert bought and bought < goals
     for key in bought:
@@ -120,43 +130,48 @@ def test_hindsight_goal_is_the_bought_product(traces_and_codes):
             if r["goal"] and (r["buyer_id"], r["session_id"], r["merchant_id"], r["goal"]) == key
         ]
         assert copy[0] == "open product your goal" and copy[-1] == "place order"
+        assert set(copy[1:]) <= {"add to cart", "buy now", "checkout", "place order"}
+        assert len(set(copy)) == len(copy)  # no step twice
         assert session_goal([a.replace("your goal", key[3]) for a in copy]) == key[3]
 
 
 def _replayed() -> tuple[pa.Table, list[str]]:
     """One real session replayed by the trace builder: a view of a product x the home page does not
-    list (the replay inserts a search for its id), x into the cart, a real search ("tea", which finds
-    nothing) followed by a view of another unlisted product z (the replay inserts its search), a view
-    of a featured product y (the replay inserts ``home``), x viewed again, and x bought."""
+    list (the replay inserts a search for its id), x into the cart, back home and a real search
+    ("tea", which finds nothing) followed by a view of another unlisted product z (the replay
+    inserts its search), then of an unlisted w (a search from z's page), a view of a featured product
+    y (the replay inserts ``home``), x viewed again, and x bought."""
     shop = storefront("m1", n_products=60)  # 20 per category: the last ones are on a second page
-    x, z, y = (shop.catalog.products[i].product_id for i in (-1, -2, 0))
+    x, z, w, y = (shop.catalog.products[i].product_id for i in (-1, -2, -3, 0))
     events = [
         RealEvent(0, "product_view", x, None, None),
         RealEvent(1, "add_to_cart", x, None, None),
-        RealEvent(2, "search", None, None, "tea"),
-        RealEvent(3, "product_view", z, None, None),
-        RealEvent(4, "product_view", y, None, None),
-        RealEvent(5, "product_view", x, None, None),
-        RealEvent(6, "purchase", x, None, None),
+        RealEvent(2, "page_view", None, None, None),
+        RealEvent(3, "search", None, None, "tea"),
+        RealEvent(4, "product_view", z, None, None),
+        RealEvent(5, "product_view", w, None, None),
+        RealEvent(6, "product_view", y, None, None),
+        RealEvent(7, "product_view", x, None, None),
+        RealEvent(8, "purchase", x, None, None),
     ]
     rows, report = TraceRows(), ReplayReport()
     replay_session(shop, ("m1", "u1", "s1"), events, rows, report)
     assert report.mapped_events == len(events)
-    return rows.table(), [x, z, y]
+    return rows.table(), [x, z, w, y]
 
 
 def test_hindsight_goals_of_a_replayed_session():
-    traces, (x, z, y) = _replayed()
+    traces, (x, z, w, y) = _replayed()
     actions = traces.column("action").to_pylist()
     real = traces.column("real_event").to_pylist()
     inserted = [i for i, a in enumerate(actions) if a.startswith("search") and not real[i]]
-    assert [actions[i] for i in inserted] == [f'search "{x}"', f'search "{z}"', f'search "{x}"']
+    assert [actions[i] for i in inserted] == [f'search "{q}"' for q in (x, z, w, x)]
     assert actions[inserted[1] - 1] == 'search "tea"' and real[inserted[1] - 1]
     assert actions.count(f"open product {x}") == 2  # x viewed twice
     built = build_examples(traces, None, goal_share=1.0)
     assert built.rows_read + built.goal_copies == built.examples.num_rows + built.quarantine.num_rows
     # The replay's searches are not the buyer's: never shown without a goal.
-    assert built.quarantine.column("reason").to_pylist() == [INSERTED_SEARCH] * 3
+    assert built.quarantine.column("reason").to_pylist() == [INSERTED_SEARCH] * 4
     assert built.quarantine.column("line").to_pylist() == inserted
     rows = built.examples.to_pylist()
     free = [r for r in rows if r["goal"] is None]
@@ -165,8 +180,8 @@ def test_hindsight_goals_of_a_replayed_session():
     assert [r["history"] for r in free] == [
         actions[:i] for i in range(len(actions)) if i not in inserted
     ]  # the history is what happened, the replay's searches included
-    copies = {g: [r for r in rows if r["goal"] == g] for g in (x, z, y)}
-    # x: its search and first view, its cart and purchase; not the second visit (search, view).
+    copies = {g: [r for r in rows if r["goal"] == g] for g in (x, z, w, y)}
+    # x: its search and first view, its cart and purchase; not its second visit.
     assert [r["action"] for r in copies[x]] == [
         'search "your goal"',
         "open product your goal",
@@ -178,10 +193,15 @@ def test_hindsight_goals_of_a_replayed_session():
     # z: the buyer's own search ("tea"), which the replay had to follow with z's id, was for z.
     assert [r["action"] for r in copies[z]] == ['search "your goal"', "open product your goal"]
     assert [r["step"] for r in copies[z]] == [inserted[1] - 1, inserted[1] + 1]
+    # w: searched for from z's page.
+    assert [r["action"] for r in copies[w]] == ['search "your goal"', "open product your goal"]
     assert [r["action"] for r in copies[y]] == ["home", "open product your goal"]
     for goal, copy in copies.items():
-        for i, r in enumerate(copy):
-            assert r["history"] == [c["action"] for c in copy[:i]]  # an episode of its own
+        named = [alias_goal(a, goal) for a in actions]
+        for r in copy:
+            named[r["step"]] = r["action"]  # the buyer's "tea" was a search for z
+        for r in copy:
+            assert r["history"] == named[: r["step"]]  # what the session did before, goal named
             assert r["observation"] == mark_goal(traces.column("observation")[r["step"]].as_py(), goal)
             assert r["action"] in r["valid_actions"] or r["action"] == 'search "your goal"'
     home = copies[x][0]["observation"]
@@ -189,10 +209,10 @@ def test_hindsight_goals_of_a_replayed_session():
     assert x in page_queries(home)  # and its id is among the page's suggested searches
     results = copies[x][1]["observation"].split("\n")  # the search results list the goal, marked
     assert [line for line in results if line.endswith(GOAL_MARK)][0].startswith(f"- product {x} |")
-    assert sum(r["goal"] is not None for r in rows) == built.goal_copies == 10
+    assert sum(r["goal"] is not None for r in rows) == built.goal_copies == 12
     # Without goal copies the inserted searches are still not shown goal-free.
     none = build_examples(traces, None, goal_share=0.0)
-    assert none.goal_copies == 0 and none.quarantine.num_rows == 3
+    assert none.goal_copies == 0 and none.quarantine.num_rows == 4
     assert [r["action"] for r in none.examples.to_pylist()] == kept
     # Products not bought get their copy with probability goal_share; the bought one always.
     some = build_examples(traces, None, goal_share=1e-9).examples.column("goal").to_pylist()
@@ -234,29 +254,32 @@ def test_prompt_persona_goal_and_target_only_loss(traces_and_codes):
     page = (
         "== Home ==\n"
         + GOAL_PREFIX
-        + "p9\n"
+        + "p3\n"
         + "Products:\n"
-        + "- product p1\n" * 50
-        + "Actions:\nopen product p1"
+        + "- product p1 | category c | price 1.00\n" * 50
+        + "Actions:\nopen product p3\nopen product p1"
     )
-    ids = encode_prompt(tok, page, 1, "p3", ["home", "back", "open product p1"], tokens, fmt)
+    history = ["home", "back", "open product p1"]
+    ids = encode_prompt(tok, page, 1, "p3", history, tokens, fmt)
     text = tok.decode(ids)
     cue = tok("\nAction:", add_special_tokens=False)["input_ids"]
     assert ids[-len(cue) - 1] == tokens.token_id(1) and ids.count(tokens.token_id(1)) == 1
     assert ids[-len(cue) :] == cue
     assert text.startswith("Page:\n== Home ==")
-    assert "Goal: buy product p3" in text and "p9" not in text  # the request's goal, not the page's
-    assert "History: back | open product p1\nGoal: buy product p3\n" in text  # the goal line last
-    assert "open product p1\nHistory:" in text  # the action list survives the cut
-    # The goal product is named "your goal" in the history, as in the agent's candidate actions.
-    named = tok.decode(encode_buyer(tok, 1, "p1", ["home", "back", "open product p1"], tokens, fmt))
-    assert "History: back | open product your goal\nGoal: buy product p1\n" in named
+    # A goal task: the goal named "your goal", other products "other", no id anywhere.
+    assert "p3" not in text and "p1" not in text
+    assert "History: back | open product other\nGoal: buy product your goal\n" in text  # the goal line last
+    assert "open product your goal\nopen product other\nHistory:" in text  # the action list survives the cut
+    named = tok.decode(encode_buyer(tok, 1, "p1", ["home", 'search "tea"', "open product p1"], tokens, fmt))
+    assert 'History: search "other" | open product your goal\nGoal: buy product your goal\n' in named
+    searched = tok.decode(encode_buyer(tok, 1, "p1", ['search "p1"'], tokens, fmt))
+    assert 'History: search "your goal"\n' in searched
     no_persona = encode_prompt(tok, page, 1, None, [], None, fmt)
     assert tokens.token_id(1) not in no_persona
     # Buyers on the same page share the page's ids as the prompt's first part; their own part follows.
     shared = encode_page(tok, page, fmt)
     assert ids[: len(shared)] == shared == no_persona[: len(shared)]
-    assert ids == shared + encode_buyer(tok, 1, "p3", ["home", "back", "open product p1"], tokens, fmt)
+    assert ids == shared + encode_buyer(tok, 1, "p3", history, tokens, fmt)
     target = encode_target(tok, "add to cart")
     assert target[-1] == tok.eos_token_id
     batch = collate([(ids, target), (no_persona, target)], tok.pad_token_id)
@@ -264,6 +287,40 @@ def test_prompt_persona_goal_and_target_only_loss(traces_and_codes):
         labelled = batch.labels[row][batch.labels[row] != IGNORE_INDEX].tolist()
         assert labelled == target
         assert (batch.labels[row][: len(prompt)] == IGNORE_INDEX).all()
+
+
+def test_a_goal_tasks_page_names_the_goal_and_no_id():
+    shop = storefront("m1", n_products=30)
+    goal, other = shop.catalog.products[-1].product_id, shop.catalog.products[0].product_id
+    state = shop.initial_state(goal=goal)
+    pages = [shop.observe(state)]
+    for action in (
+        f'search "{goal}"',
+        f"open product {goal}",
+        "add to cart",
+        "home",
+        f"open product {other}",
+    ):
+        state, _ = shop.step(state, action)
+        pages.append(shop.observe(state))
+    shown = [page_text(p) for p in pages]
+    for page, text in zip(pages, shown, strict=True):
+        assert GOAL_PREFIX not in text and "m1p" not in text and "Shop other |" in text
+        # Line for line the page, where every id reads "your goal" or "other".
+        lines = [line for line in page.split("\n") if not line.startswith(GOAL_PREFIX)]
+        assert len(text.split("\n")) == len(lines)
+        for line, seen in zip(lines, text.split("\n"), strict=True):
+            if "m1p" not in line and not line.startswith("Shop "):
+                assert seen == line  # lines without an id are as observed
+            elif line.startswith(("- product ", "open product ", "Product id: ")):
+                assert seen == line.replace(goal, "your goal").replace(line.split()[2], "other")
+    assert '== Search results for "your goal" ==' in shown[1]
+    assert "- product your goal | category" in shown[1] and shown[1].count(GOAL_MARK) == 1
+    assert shown[2].startswith("== Product your goal ==") and f"Product id: your goal{GOAL_MARK}" in shown[2]
+    assert "== Product other ==" in shown[5] and GOAL_MARK not in shown[5]
+    # A goal-free page is the observation itself.
+    free = shop.observe(shop.initial_state())
+    assert page_text(free) == free
 
 
 def test_a_goal_free_prompt_keeps_the_page_first_layout():

@@ -327,13 +327,13 @@ def test_choosing_the_goal_whenever_it_is_named_buys_it_on_a_real_storefront():
     """The path of an agent that always prefers its goal's actions reaches the purchase: every pick
     is a real, valid action of the page, whether the goal is listed (home) or must be searched."""
     shop = storefront_with(30)
-    prefer = ("open product your goal", 'search "your goal"', "buy now", "place order")
+    prefer = {"open product your goal": 0.0, 'search "your goal"': -1.0, "buy now": 0.0, "place order": 0.0}
     for goal in (shop.catalog.products[1].product_id, shop.catalog.products[-1].product_id):
         state, history = shop.initial_state(goal=goal), []
         for _ in range(6):
             request = ActRequest(shop.observe(state), tuple(shop.valid_actions(state)), goal=goal, seed=1)
             candidates = scored_candidates(request)
-            scores = np.array([-1.0 - 9.0 * (c not in prefer) for c in candidates])
+            scores = np.array([prefer.get(c, -10.0) for c in candidates])
             action = pick(request, candidates, scores, 0.0)[0]
             state, _ = shop.step(state, action)
             history.append(action)

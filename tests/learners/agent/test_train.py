@@ -119,16 +119,25 @@ def ray_cluster():
 def test_ray_train_two_workers_and_resume(tmp_path, small, ray_cluster):
     traces, codes = small
     lines: list[str] = []
-    first = train_agent(_config(workers=2), traces, codes, tmp_path, log=lines.append)
+    # With a validation merchant: both ranks score their half of it and stop alike (DDP over gloo).
+    first = train_agent(_config(workers=2, validation_share=0.5), traces, codes, tmp_path, log=lines.append)
     assert [(e["stage"], e["epoch"]) for e in first.epochs] == [(1, 1), (2, 1)]
-    assert all(e["tokens_per_s"] > 0 for e in first.epochs)
+    assert all(e["tokens_per_s"] > 0 and e["val_loss"] > 0 for e in first.epochs)
     again = train_agent(
-        _config(workers=2, stage2_epochs=2), traces, codes, tmp_path, resume=True, log=lines.append
+        _config(workers=2, stage2_epochs=2, validation_share=0.5),
+        traces,
+        codes,
+        tmp_path,
+        resume=True,
+        log=lines.append,
     )
     assert [(e["stage"], e["epoch"]) for e in again.epochs][-1] == (2, 2)
+    assert [(e["stage"], e["epoch"]) for e in again.history] == [(1, 1), (2, 1), (2, 2)]
+    assert again.chosen[2] == min(again.history[1:], key=lambda e: e["val_loss"])["epoch"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     PersonaTokens.load(tmp_path).check(tok)
     assert model.get_input_embeddings().num_embeddings == len(tok)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["finished"] and manifest["rows"]["examples"] == first.examples
+    assert [e["val_loss"] for e in manifest["epochs"]] == [e["val_loss"] for e in again.history]

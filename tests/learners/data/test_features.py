@@ -12,8 +12,7 @@ import pyarrow as pa
 import pytest
 
 from learners.data import schema
-from learners.data.features import build_buyers
-from learners.data.sessions import sessionize
+from tests.learners.data.one_table import build_buyers, sessionize
 
 T0 = dt.datetime(2021, 3, 1, tzinfo=dt.UTC)
 

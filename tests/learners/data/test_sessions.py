@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from learners.data import schema, sessions
-from learners.data.sessions import sessionize
+from tests.learners.data.one_table import sessionize
 
 T0 = dt.datetime(2020, 1, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.datetime(2014, 5, 1, tzinfo=dt.UTC)

@@ -7,44 +7,14 @@ import json
 import pytest
 
 from engine.cli import main
+from learners.data.synth import SynthConfig, synth_prepared
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_vqvae_recovers_planted_types_better_than_kmeans(ray_local, tmp_path, capsys):
-    raw, data, run = tmp_path / "raw", tmp_path / "data", tmp_path / "run"
-    assert (
-        main(
-            [
-                "synth",
-                "--out",
-                str(raw),
-                "--buyers",
-                "3000",
-                "--merchants",
-                "8",
-                "--seed",
-                "0",
-                "--events-per-buyer",
-                "40",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "prepare",
-                str(raw / "logs"),
-                "--mapping",
-                str(raw / "mapping.yaml"),
-                "--out",
-                str(data),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    raw, data = synth_prepared(SynthConfig(buyers=3000, merchants=8, seed=0, events_per_buyer=40), tmp_path)
+    run = tmp_path / "run"
     assert (
         main(
             [

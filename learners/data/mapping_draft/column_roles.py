@@ -1,0 +1,137 @@
+"""Which column feeds each canonical field: by name first, then by content for what names do not tell.
+
+By name: ``seller_id`` -> merchant_id, ``user_id`` -> buyer_id, ... By content: the event column by
+its few distinct values, the buyer by how often consecutive rows repeat it (logs grouped by buyer),
+the product by the most distinct values, the category by fewer, the price by decimal numbers. Each
+field guessed from content gets a note, so the YAML says which lines to check.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from learners.data.mapping_draft.column_profile import FIT_SHARE, ColumnProfile
+from learners.data.mapping_draft.event_codes import code_counts, event_word
+
+# Canonical field (or "event") -> words of a source column name that name it. Checked in this order;
+# a column goes to the first role it fits.
+ROLE_WORDS: dict[str, frozenset[str]] = {
+    "session_id": frozenset({"session", "sessionid", "sid"}),
+    "merchant_id": frozenset(
+        {"seller", "sellerid", "merchant", "merchantid", "shop", "shopid", "store", "storeid", "vendor"}
+        | {"vendorid", "retailer", "storefront"}
+    ),
+    "buyer_id": frozenset(
+        {"user", "userid", "uid", "customer", "customerid", "buyer", "buyerid", "client", "clientid"}
+        | {"visitor", "visitorid", "member", "memberid", "shopper", "account", "accountid"}
+    ),
+    "product_id": frozenset(
+        {"item", "itemid", "product", "productid", "sku", "skuid", "goods", "article", "asin", "offer"}
+    ),
+    "category_id": frozenset({"category", "categoryid", "cat", "catid", "categ"}),
+    "event": frozenset(
+        {"event", "eventtype", "action", "actiontype", "type", "behavior", "behaviour", "behaviortype"}
+        | {"kind", "activity", "interaction", "act"}
+    ),
+    "price": frozenset({"price", "amount", "cost", "revenue"}),
+    "query": frozenset({"query", "keyword", "keywords", "term", "searchterm", "q"}),
+}
+BRAND_WORDS = frozenset({"brand", "brandid"})
+CONTENT_NOTE = "guessed from the values (the column name does not say): check"
+
+
+def _id_like(p: ColumnProfile) -> bool:
+    return p.non_null > 0 and not p.decimals and not p.spaces and not pa.types.is_timestamp(p.native)
+
+
+def _event_ok(p: ColumnProfile, max_codes: int) -> bool:
+    return 0 < p.distinct <= max_codes and p.distinct < max(2, 0.5 * p.non_null)
+
+
+def _name_score(p: ColumnProfile, role: str) -> int:
+    """2: the name says this role with an id word; 1: it says the role; 0: it does not."""
+    if not p.tokens & ROLE_WORDS[role]:
+        return 0
+    return 2 if p.tokens & {"id", "no", "key"} else 1
+
+
+def assign_roles(
+    profiles: dict[str, ColumnProfile], taken: set[str], max_codes: int
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Canonical field (and "event") -> column, and a note per field guessed from content."""
+    roles: dict[str, str | None] = dict.fromkeys(ROLE_WORDS)
+    notes: dict[str, str] = {}
+    order = {name: i for i, name in enumerate(profiles)}
+
+    def free() -> list[ColumnProfile]:
+        return [p for n, p in profiles.items() if n not in taken]
+
+    def fits(p: ColumnProfile, role: str) -> bool:
+        if role == "event":  # named so: few distinct values suffice
+            return 0 < p.distinct <= max_codes
+        if role == "price":
+            return p.numbers >= FIT_SHARE
+        if role == "query":
+            return True
+        return _id_like(p)
+
+    for role in ROLE_WORDS:
+        candidates = [p for p in free() if _name_score(p, role) and fits(p, role)]
+        if role == "buyer_id":  # "user_session" is a session; the buyer is the user column
+            candidates = [p for p in candidates if not p.tokens & ROLE_WORDS["session_id"]]
+        if candidates:
+            chosen = max(candidates, key=lambda p: (_name_score(p, role), p.non_null, -order[p.name]))
+            roles[role] = chosen.name
+            taken.add(chosen.name)
+    if roles["merchant_id"] is None and roles["product_id"] is None:
+        brands = [p for p in free() if p.tokens & BRAND_WORDS and _id_like(p)]
+        if brands:
+            roles["merchant_id"] = brands[0].name
+            taken.add(brands[0].name)
+            notes["merchant_id"] = (
+                "no product column: the brand plays the storefront (a buyer is a user at a brand)"
+            )
+
+    # What the names did not tell, from the values.
+    if roles["event"] is None:
+        options = [p for p in free() if _event_ok(p, max_codes) and p.distinct <= 0.05 * p.non_null]
+        if options:
+            worded = lambda p: sum(event_word(c) is not None for c, _ in code_counts(p))  # noqa: E731
+            chosen = max(options, key=lambda p: (worded(p), p.ints < FIT_SHARE, -p.distinct, -order[p.name]))
+            roles["event"] = chosen.name
+            taken.add(chosen.name)
+            notes["event"] = CONTENT_NOTE + "; the column with few distinct values"
+    ids = [p for p in free() if _id_like(p) and p.distinct > 1]
+    if roles["buyer_id"] is None and ids:
+        chosen = max(ids, key=lambda p: (p.run_share, -order[p.name]))
+        if chosen.run_share >= 0.2:
+            roles["buyer_id"] = chosen.name
+            taken.add(chosen.name)
+            ids.remove(chosen)
+            notes["buyer_id"] = (
+                CONTENT_NOTE + f"; {chosen.run_share:.0%} of rows repeat the previous row's value"
+                " (logs grouped by buyer)"
+            )
+    if roles["product_id"] is None and ids:
+        chosen = max(ids, key=lambda p: (p.distinct, -order[p.name]))
+        roles["product_id"] = chosen.name
+        taken.add(chosen.name)
+        ids.remove(chosen)
+        notes["product_id"] = CONTENT_NOTE + f"; the most distinct values ({chosen.distinct:,})"
+    if roles["category_id"] is None and roles["product_id"] is not None and ids:
+        product = profiles[roles["product_id"]]
+        fewer = [p for p in ids if p.distinct < product.distinct]
+        if fewer:
+            chosen = max(fewer, key=lambda p: (p.distinct, -order[p.name]))
+            roles["category_id"] = chosen.name
+            taken.add(chosen.name)
+            notes["category_id"] = (
+                CONTENT_NOTE + f"; fewer distinct values ({chosen.distinct:,}) than the products"
+            )
+    if roles["price"] is None:
+        prices = [p for p in free() if p.decimals and p.numbers >= FIT_SHARE]
+        if prices:
+            roles["price"] = prices[0].name
+            taken.add(prices[0].name)
+            notes["price"] = CONTENT_NOTE + "; decimal numbers"
+    return roles, notes

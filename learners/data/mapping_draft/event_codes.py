@@ -1,0 +1,57 @@
+"""Event codes: each distinct value of the event column with its count, named where the word is obvious.
+
+Only names are matched (view/pv/click -> product_view, cart -> add_to_cart, buy/order -> purchase,
+fav -> favorite, ...); a numeric code or an unknown word is left for the user, since a wrong guess
+would silently mislabel every row of that code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyarrow.compute as pc
+
+from learners.data.mapping_draft.column_profile import ColumnProfile
+from learners.data.schema import EVENT_TYPES
+
+# Source event names (lower case, runs of non-alphanumerics as "_") -> canonical event type.
+EVENT_WORDS: dict[str, str] = {
+    word: event
+    for event, words in {
+        "page_view": "page_view pageview page screen_view home landing visit browse",
+        "search": "search searches query find search_query keyword",
+        "product_view": "view views viewed pv click clicks clicked product_view productview view_item"
+        " item_view detail detail_view product_detail view_product",
+        "favorite": "fav favs favorite favourite favorited add_to_favorites wish wishlist add_to_wishlist"
+        " like liked bookmark save saved collect",
+        "add_to_cart": "cart add_to_cart addtocart add_cart cart_add addtobasket add_to_basket basket atc",
+        "remove_from_cart": "remove_from_cart removefromcart remove_cart cart_remove remove remove_from_basket delete_from_cart",
+        "checkout": "checkout check_out begin_checkout start_checkout",
+        "purchase": "buy bought purchase purchased order ordered order_placed transaction sale pay paid payment",
+    }.items()
+    for word in words.split()
+}
+assert set(EVENT_WORDS.values()) <= set(EVENT_TYPES)
+
+
+@dataclass
+class EventCode:
+    """One distinct value of the event column and the rows that carry it."""
+
+    code: str
+    rows: int
+    event: str | None
+    """The canonical type the code obviously means, or None (left for the user)."""
+
+
+def code_counts(p: ColumnProfile) -> list[tuple[str, int]]:
+    """(code, rows) of each distinct value of a column, most rows first."""
+    counts = pc.value_counts(p.texts.drop_null()).to_pylist()
+    return sorted(((c["values"], c["counts"]) for c in counts), key=lambda kv: (-kv[1], kv[0]))
+
+
+def event_word(code: str) -> str | None:
+    """The canonical type an event code obviously means (by its name), or None."""
+    key = re.sub(r"[^a-z0-9]+", "_", code.strip().lower()).strip("_")
+    return EVENT_WORDS.get(key)

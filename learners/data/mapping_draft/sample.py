@@ -1,0 +1,214 @@
+"""The draft's sample: the layout of the first input (format, CSV delimiter and header) and its first rows.
+
+Rows are read with the pipeline's own readers, so what the draft sees is what ``prepare`` will read;
+lines the readers reject are counted (they will be quarantined), not guessed around.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from learners.data.canonical import NUMBER_TEXT
+from learners.data.mapping import CsvOptions, EventTypeSpec, FieldSource, SourceMapping, TimestampSpec
+from learners.data.readers import READ_ERRORS, file_format, read_raw
+
+SNIFF_BYTES = 1 << 16
+SNIFF_LINES = 200
+DELIMITERS = (",", "\t", ";", "|")
+
+
+@dataclass
+class Sample:
+    """The first rows of the inputs, every column."""
+
+    table: pa.Table
+    """Sampled rows: text columns for CSV and JSON lines, the file's own types for Parquet."""
+    format: str
+    """csv, parquet or jsonl."""
+    csv: CsvOptions | None
+    """The CSV layout found (None for other formats)."""
+    files: list[Path]
+    """The files the rows come from."""
+    unreadable: int
+    """Sampled lines the readers rejected (truncated, bad quoting, bad JSON, ...)."""
+    unreadable_example: str | None = None
+    """The first rejected line's file:line and reason."""
+    nested: list[str] = field(default_factory=list)
+    """JSON keys holding objects or lists (not usable as columns)."""
+
+
+def _sniff_format(path: Path) -> str:
+    fmt = file_format(path)
+    if fmt is not None:
+        return fmt
+    head = _head_bytes(path, 4)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    return "jsonl" if _head_bytes(path, 256).lstrip().startswith(b"{") else "csv"
+
+
+def _head_bytes(path: Path, n: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+        opener = gzip.open if magic == b"\x1f\x8b" else open
+        with opener(path, "rb") as fh:
+            return fh.read(n)
+    except READ_ERRORS as err:
+        raise ValueError(
+            f"{path}: cannot read the file ({type(err).__name__}: {err}); fix: check that it exists and is readable"
+        ) from None
+
+
+def _split(line: str, delimiter: str) -> list[str]:
+    try:
+        return next(csv.reader([line], delimiter=delimiter))
+    except (csv.Error, StopIteration):
+        return []
+
+
+def _looks_like_value(cell: str) -> bool:
+    """A cell that is data rather than a column name: a number, a date or time, or empty."""
+    text = cell.strip()
+    return not text or bool(re.match(NUMBER_TEXT, text)) or bool(re.match(r"^[0-9][0-9\s.:/\-+TZ]*$", text))
+
+
+def sniff_csv(path: Path) -> CsvOptions:
+    """The delimiter and header of a CSV file, from its first lines; column names for a header-less one."""
+    head = _head_bytes(path, SNIFF_BYTES).decode("utf-8", errors="replace").lstrip("\ufeff")
+    lines = [line for line in head.replace("\r\n", "\n").replace("\r", "\n").split("\n")[:SNIFF_LINES]]
+    if len(head) >= SNIFF_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut by the byte limit
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: the file holds no rows; fix: point at a log file with data")
+    if ".tsv" in [s.lower() for s in path.suffixes]:
+        delimiter = "\t"
+    else:
+
+        def score(d: str) -> tuple[float, int]:
+            widths = Counter(len(_split(line, d)) for line in lines[:50])
+            width, n = widths.most_common(1)[0]
+            return (n / min(len(lines), 50) if width >= 2 else 0.0, width)
+
+        delimiter = max(DELIMITERS, key=score)
+    rows = [_split(line, delimiter) for line in lines]
+    first, rest = rows[0], rows[1:]
+    header = all(c.strip() and not _looks_like_value(c) for c in first) and not any(
+        j < len(r) and r[j] == first[j] for r in rest for j in range(len(first))
+    )
+    if header:
+        return CsvOptions(delimiter=delimiter, header=True)
+    return CsvOptions(
+        delimiter=delimiter, header=False, columns=tuple(f"column_{j + 1}" for j in range(len(first)))
+    )
+
+
+def _jsonl_keys(path: Path, rows: int) -> tuple[list[str], list[str]]:
+    """Keys of the first JSON objects in first-seen order, and the keys holding nested values."""
+    keys: dict[str, None] = {}
+    nested: dict[str, None] = {}
+    magic = _head_bytes(path, 2)
+    opener = gzip.open if magic == b"\x1f\x8b" else open
+    with opener(path, "rb") as fh:
+        for i, raw in enumerate(fh):
+            if i >= rows:
+                break
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                for key, value in obj.items():
+                    (nested if isinstance(value, (dict, list)) else keys)[key] = None
+    return [k for k in keys if k not in nested], list(nested)
+
+
+def _probe(names: list[str], fmt: str, csv_options: CsvOptions | None) -> SourceMapping:
+    """A mapping that lets the readers read a file whose columns are not known yet."""
+    first = FieldSource(column=names[0])
+    return SourceMapping(
+        name="draft",
+        fields={"merchant_id": first, "buyer_id": first, "ts": first},
+        timestamp=TimestampSpec(),
+        event_type=EventTypeSpec(column=names[0], map={}),
+        format=fmt,
+        csv=csv_options or CsvOptions(),
+        source="mapping draft",
+    )
+
+
+def sample_inputs(inputs: Sequence[Path], rows: int) -> Sample:
+    """The first ``rows`` rows of the inputs (files in order, all in the first file's layout)."""
+    if not inputs:
+        raise ValueError(
+            "mapping draft: no input files given; fix: pass one or more log files or directories"
+        )
+    if rows < 1:
+        raise ValueError(f"mapping draft: --rows must be at least 1, got {rows}")
+    first = Path(inputs[0])
+    fmt = _sniff_format(first)
+    csv_options: CsvOptions | None = None
+    nested: list[str] = []
+    if fmt == "csv":
+        csv_options = sniff_csv(first)
+        if csv_options.header:
+            names = _split(
+                _head_bytes(first, SNIFF_BYTES).decode("utf-8", "replace").lstrip("\ufeff").splitlines()[0],
+                csv_options.delimiter or ",",
+            )
+        else:
+            names = list(csv_options.columns or ())
+    elif fmt == "parquet":
+        try:
+            names = pq.ParquetFile(first).schema_arrow.names
+        except READ_ERRORS as err:
+            raise ValueError(
+                f"{first}: cannot read the file ({type(err).__name__}: {err}); fix: check that it is a Parquet file"
+            ) from None
+    else:
+        names, nested = _jsonl_keys(first, rows)
+    if not names:
+        raise ValueError(f"{first}: no columns found in the first rows; fix: check the file's format")
+    probe = _probe(names, fmt, csv_options)
+    tables: list[pa.Table] = []
+    taken = unreadable = 0
+    example: str | None = None
+    used: list[Path] = []
+    for index, path in enumerate(Path(p) for p in inputs):
+        if taken >= rows:
+            break
+        if _sniff_format(path) != fmt:
+            continue
+        used.append(path)
+        with closing(read_raw(path, index, probe, columns=names)) as chunks:
+            for chunk in chunks:
+                bad = chunk.quarantine
+                if bad.num_rows:
+                    unreadable += bad.num_rows
+                    if example is None:
+                        row = bad.slice(0, 1).to_pylist()[0]
+                        example = f"{row['file']}:{row['line']}: {row['reason']}"
+                table = chunk.table.slice(0, rows - taken)
+                if table.column_names != names:
+                    raise ValueError(
+                        f"{path}: its columns ({', '.join(table.column_names)}) differ from {first}'s"
+                        f" ({', '.join(names)}); fix: draft a mapping for each layout separately"
+                    )
+                tables.append(table)
+                taken += table.num_rows
+                if taken >= rows:
+                    break
+    table = pa.concat_tables(tables) if tables else pa.table({n: pa.array([], pa.string()) for n in names})
+    return Sample(table, fmt, csv_options, used, unreadable, example, nested)
