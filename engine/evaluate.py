@@ -52,18 +52,10 @@ def _read(path: Path, columns: list[str]) -> pl.DataFrame:
     return pl.read_parquet(path, columns=columns)
 
 
-def real_stats(
-    data_dir: str | Path,
-    merchants: list[str] | None = None,
-    unit: str = "session",
-    since: datetime | None = None,
-) -> dict[str, MerchantStats]:
-    """Per-merchant statistics of real buyers from a prepared directory.
-
-    ``unit="session"`` counts each visit as one buyer (a simulated episode is one visit);
-    ``unit="buyer"`` counts a user's whole history at the merchant. ``since`` keeps the sessions that
-    start at or after it (the later window of the strict protocol).
-    """
+def _real_frames(
+    data_dir: str | Path, merchants: list[str] | None, unit: str, since: datetime | None
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """The real events and sessions of ``merchants`` from ``since`` on, and the columns of one unit."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     data = Path(data_dir)
@@ -77,7 +69,22 @@ def real_stats(
     if since is not None:
         sessions = sessions.filter(pl.col("start") >= since)
         events = events.join(sessions.select(key), on=key, how="semi")
-    per = key if unit == "session" else key[:2]
+    return events, sessions, key if unit == "session" else key[:2]
+
+
+def real_stats(
+    data_dir: str | Path,
+    merchants: list[str] | None = None,
+    unit: str = "session",
+    since: datetime | None = None,
+) -> dict[str, MerchantStats]:
+    """Per-merchant statistics of real buyers from a prepared directory.
+
+    ``unit="session"`` counts each visit as one buyer (a simulated episode is one visit);
+    ``unit="buyer"`` counts a user's whole history at the merchant. ``since`` keeps the sessions that
+    start at or after it (the later window of the strict protocol).
+    """
+    events, sessions, per = _real_frames(data_dir, merchants, unit, since)
     buyers = (
         events.group_by(per)
         .agg((pl.col("event_type") == "purchase").any().alias("converted"))
@@ -249,20 +256,7 @@ def real_units(
 ) -> Units:
     """``real_stats``'s buyers as feature rows (same unit, merchants and window); ``actions`` defaults
     to the kinds these buyers took, and events of other kinds are left out of the kind columns."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
-    data = Path(data_dir)
-    key = ["merchant_id", "buyer_id", "session_id"]
-    events = _read(data / "events.parquet", [*key, "event_type"])
-    sessions = _read(data / "sessions.parquet", [*key, "start", "n_events"])
-    if merchants is not None:
-        keep = pl.Series(merchants, dtype=pl.String)
-        events = events.filter(pl.col("merchant_id").is_in(keep))
-        sessions = sessions.filter(pl.col("merchant_id").is_in(keep))
-    if since is not None:
-        sessions = sessions.filter(pl.col("start") >= since)
-        events = events.join(sessions.select(key), on=key, how="semi")
-    per = key if unit == "session" else key[:2]
+    events, sessions, per = _real_frames(data_dir, merchants, unit, since)
     if actions is None:
         actions = sorted(events["event_type"].unique().to_list())
     units = events.group_by(per).agg((pl.col("event_type") == "purchase").any().alias("converted"))

@@ -32,11 +32,11 @@ product id of the page and of the history, every other search of the history and
 ``OTHER_ID``, and the goal line names no id (``page_text``, ``encode_buyer``). A small model cannot
 copy an id it has never seen from the goal line into its action, and the ids of a storefront it has
 never seen split into tokens it has never read (the tiny presets' tokenizer is trained on the
-training storefronts' pages). Measured on the demo study's held-out merchants (200 goal episodes
-each): an agent given the marks but writing real ids reached goal success 0.00; one naming its goal
-but reading the other ids 0.12 (it exited at the new storefronts' cart and checkout pages); this
-view 0.87. What the agent does toward its goal depends on where the page shows it, not on which
-storefront it is. Training examples with a hindsight goal are goal-task pages too (examples.py), so
+training storefronts' pages). Measured on the demo study's held-out merchants with tiny persona
+agents: given the marks but writing real ids, goal success 0.00 (200 episodes); naming its goal but
+reading the other ids, 0.12 (200; it exited at the new storefronts' cart and checkout pages); with
+this view, 0.90 (400). What the agent does toward its goal depends on where the page shows it, not
+on which storefront it is. Training examples with a hindsight goal are goal-task pages too (examples.py), so
 they get the same view. A goal-free prompt is exactly as in the previous layout (``page-first``),
 but agents trained on it never saw goal pages and are refused.
 """

@@ -3,8 +3,9 @@
 A page lists the search template ``search "<query>"``, but the agent can only search for what the
 page suggests (random_policy.py's ``search_actions``: the ids the page names, which is what the
 storefront's search matches; a goal task's page names its goal, so the goal is always among them).
-So a policy scores the page's other valid actions and each suggested search as whole actions. The
-template's score is the total probability of those searches (the logsumexp of their scores); when
+So a policy scores the page's other valid actions and each suggested search as candidates (in two
+levels for searches and item actions, below). The template's score is the total probability of those
+searches (the logsumexp of their scores); when
 the template is picked, its query is drawn among them by the same rule (policy.py's ``choose``,
 seeded by ``(seed, 1)``). At temperature 1 this is the same as drawing among all the scored actions
 at once.
