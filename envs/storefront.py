@@ -68,7 +68,6 @@ EXIT = "exit"
 OPEN_PRODUCT = "open product "
 OPEN_CATEGORY = "open category "
 REMOVE_PRODUCT = "remove product "
-SEARCH = "search "
 
 
 @dataclass(frozen=True, slots=True)

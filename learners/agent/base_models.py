@@ -81,8 +81,6 @@ PRESETS: dict[str, TinyPreset] = {
         hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=8, intermediate_size=3072
     ),
 }
-TINY_PRESETS = PRESETS
-"""The former name of ``PRESETS``."""
 
 
 def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
