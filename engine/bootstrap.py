@@ -270,9 +270,10 @@ def uncertainty(
         }
         for k in METRICS
     }
+    points = {name: boot.point(name) for name in systems}
     out_systems = {}
     for name in systems:
-        point, draws = boot.point(name), boot.replicates_of(name)
+        point, draws = points[name], boot.replicates_of(name)
         row = {}
         for k in METRICS:
             value = point[k]
@@ -299,7 +300,7 @@ def uncertainty(
         if other == main or other not in systems:
             continue
         other_draws, diffs = boot.replicates_of(other), {}
-        point_main, point_other = boot.point(main), boot.point(other)
+        point_main, point_other = points[main], points[other]
         for k in METRICS:
             diff = None if point_main[k] is None or point_other[k] is None else point_main[k] - point_other[k]
             spread = _interval(_centred(main_draws[k] - other_draws[k], diff))

@@ -108,7 +108,7 @@ def effects_table(fidelity: dict) -> str:
 def html_table(markdown: str) -> str:
     """A Markdown pipe table of this module as an HTML table (one source for both formats)."""
     lines = [line.strip().strip("|").split(" | ") for line in markdown.splitlines() if line.startswith("|")]
-    head, body = lines[0], [row for row in lines[2:]]
+    head, body = lines[0], lines[2:]
 
     def cell(text: str, tag: str) -> str:
         text = html.escape(text.strip())
