@@ -35,25 +35,37 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-import yaml
 from scipy.spatial.distance import jensenshannon
 
-from engine.cli import main as simpersona
+from engine import stages
+from engine.stage_configs import (
+    AssignStage,
+    FitPersonasStage,
+    PrepareStage,
+    ReplayTracesStage,
+    TrainAgentStage,
+    command_line,
+)
 from learners.agent.actions import ACTION_KINDS, action_kind
 from learners.agent.examples import build_examples
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.markov_policy import MarkovPolicy
 from learners.agent.offline_eval import EvalRow, PolicySpec, evaluate_all, markdown_table
 from learners.agent.random_policy import RandomPolicy
+from learners.agent.train_config import AgentTrainConfig
 from learners.data.merchant_split import eligible_merchants, filter_prepared, heldout_merchants
+from learners.data.traces import TracesConfig
+from learners.vqvae.config import VQVAEConfig
 from tests.conftest import REAL_FILES
 
 SPLIT = "held-out sellers"
@@ -72,13 +84,14 @@ class Log:
     steps: list[tuple[str, str, float]] = field(default_factory=list)
     """(what, command or call, seconds)."""
 
-    def cli(self, what: str, argv: list[str]) -> None:
+    def stage(self, what: str, run: Callable[[Any, bool], Any], config: Any) -> None:
+        """Run a stage function (engine/stages.py), logged as the command that re-runs it by hand."""
         start = time.perf_counter()
-        print(f"\n## {what}: simpersona {shlex.join(argv)}", flush=True)
-        rc = simpersona(argv)
-        if rc != 0:
-            raise RuntimeError(f"simpersona {argv[0]} exited with {rc}")
-        self.steps.append((what, "simpersona " + shlex.join(argv), time.perf_counter() - start))
+        command = command_line(config)
+        print(f"\n## {what}: {command}", flush=True)
+        for line in run(config, False).lines():
+            print(line, flush=True)
+        self.steps.append((what, command, time.perf_counter() - start))
 
     def timed(self, what: str, call: str, seconds: float) -> None:
         self.steps.append((what, call, seconds))
@@ -108,11 +121,6 @@ class Outcome:
     rows: list[EvalRow]
     log: Log
     wall_s: float
-
-
-def write_yaml(path: Path, values: dict) -> Path:
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return path
 
 
 def count_rows(path: Path) -> int:
@@ -237,7 +245,6 @@ def main() -> None:
 
 def run(args: argparse.Namespace, work: Path) -> Outcome:
     log, started = Log(), time.perf_counter()
-    seed = str(args.seed)
     source = REAL_FILES["tmall-ijcai15"]
     data = args.data
     if data is None:
@@ -246,10 +253,8 @@ def run(args: argparse.Namespace, work: Path) -> Outcome:
                 f"{source} not found: the real sample lives in ../shared/data beside the checkout"
             )
         data = work / "data"
-        log.cli(
-            "prepare",
-            ["prepare", str(source), "--format", "tmall-ijcai15", "--out", str(data), "--no-progress"],
-        )
+        prepare = PrepareStage([str(source)], format="tmall-ijcai15", out=str(data), progress=False)
+        log.stage("prepare", stages.prepare, prepare)
 
     # 2. The merchant-disjoint split.
     start = time.perf_counter()
@@ -265,97 +270,47 @@ def run(args: argparse.Namespace, work: Path) -> Outcome:
 
     # 3. Codebook on training merchants only; every buyer assigned with its encoder.
     run_dir, codes_dir = work / "vqvae", work / "codes"
-    log.cli(
-        "fit codebook (training merchants)",
-        [
-            "fit-personas",
-            str(train_data),
-            "--out",
-            str(run_dir),
-            "--codes",
-            str(args.codes),
-            "--epochs",
-            str(args.vq_epochs),
-            "--workers",
-            str(max(1, args.workers)),
-            "--seed",
-            seed,
-            "--no-report",
-        ],
-    )
-    log.cli("assign all buyers", ["assign", str(run_dir), str(data), "--out", str(codes_dir)])
+    vq = VQVAEConfig(codes=args.codes, epochs=args.vq_epochs, workers=max(1, args.workers), seed=args.seed)
+    fit = FitPersonasStage(str(train_data), str(run_dir), report=False, vqvae=vq)
+    log.stage("fit codebook (training merchants)", stages.fit_personas, fit)
+    log.stage("assign all buyers", stages.assign, AssignStage(str(run_dir), str(data), str(codes_dir)))
 
     # 4. Traces.
     train_traces, eval_traces = work / "traces-train", work / "traces-heldout"
-    cfg_train = write_yaml(
-        work / "traces-train.yaml", {"merchants": train_traced, "max_sessions": args.train_sessions}
-    )
-    cfg_eval = write_yaml(
-        work / "traces-heldout.yaml", {"merchants": held, "max_sessions": args.eval_sessions}
-    )
-    log.cli(
+    replay = TracesConfig(merchants=train_traced, max_sessions=args.train_sessions)
+    log.stage(
         "traces (training merchants)",
-        ["traces", str(train_data), "--out", str(train_traces), "--config", str(cfg_train)],
+        stages.replay_traces,
+        ReplayTracesStage(str(train_data), str(train_traces), replay),
     )
-    log.cli(
+    replay = TracesConfig(merchants=held, max_sessions=args.eval_sessions)
+    log.stage(
         "traces (held-out sellers)",
-        ["traces", str(data), "--out", str(eval_traces), "--config", str(cfg_eval)],
+        stages.replay_traces,
+        ReplayTracesStage(str(data), str(eval_traces), replay),
     )
 
     # 5. Agents and the Markov chain, on the training traces only.
-    common = [
-        "--stage1-epochs",
-        str(args.stage1_epochs),
-        "--stage2-epochs",
-        str(args.stage2_epochs),
-        "--workers",
-        str(args.workers),
-        "--seed",
-        seed,
-        "--log-every",
-        "1000",
-    ]
+    agent = AgentTrainConfig(
+        stage1_epochs=args.stage1_epochs,
+        stage2_epochs=args.stage2_epochs,
+        workers=args.workers,
+        seed=args.seed,
+        log_every=1000,
+    )
     agents = {PERSONA: work / "agent", NO_PERSONA: work / "agent-no-persona", LARGER: work / "agent-8x"}
-    log.cli(
-        "train persona agent",
-        [
-            "train-agent",
-            str(train_traces),
-            "--personas",
-            str(codes_dir),
-            "--base-model",
-            "tiny",
-            "--out",
-            str(agents[PERSONA]),
-            *common,
-        ],
-    )
-    log.cli(
-        "train no-persona agent",
-        [
-            "train-agent",
-            str(train_traces),
-            "--no-persona",
-            "--base-model",
-            "tiny",
-            "--out",
-            str(agents[NO_PERSONA]),
-            *common,
-        ],
-    )
-    log.cli(
-        "train 8x no-persona model",
-        [
-            "train-agent",
-            str(train_traces),
-            "--no-persona",
-            "--base-model",
-            "tiny-8x",
-            "--out",
-            str(agents[LARGER]),
-            *common,
-        ],
-    )
+    trained = [
+        ("train persona agent", PERSONA, str(codes_dir), "tiny"),
+        ("train no-persona agent", NO_PERSONA, None, "tiny"),
+        ("train 8x no-persona model", LARGER, None, "tiny-8x"),
+    ]
+    for what, key, personas, base_model in trained:
+        config = replace(agent, base_model=base_model, no_persona=personas is None)
+        log.stage(
+            what,
+            stages.train_agent,
+            TrainAgentStage(str(train_traces), str(agents[key]), personas, agent=config),
+        )
     start = time.perf_counter()
     train_examples = pq.read_table(agents[PERSONA] / "data" / "train.parquet")
     markov = MarkovPolicy.fit(train_examples)

@@ -9,7 +9,11 @@ conversion a one-visit episode cannot be expected to match.
 
 Action types are compared only over the kinds the real source records: a source without search or
 cart events cannot say how often real buyers search, so simulated navigation of that kind is left out
-of JS and session lengths (it still counts for the invalid-action rate).
+of JS and session lengths (it still counts for the invalid-action rate). Page views (``NAVIGATION``)
+are never compared: how many pages a buyer passes through depends on the site's layout, and the
+simulated storefront's pages are not the real site's (a synthetic log records only home-page views,
+while every simulated category page, next page or back is one), so counting them made every simulator
+look far from real buyers and the pooled real sessions of other merchants look close.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import polars as pl
 
 from engine import metrics as M
 
+NAVIGATION = ("page_view",)
+"""Event kinds left out of the compared kinds and session lengths (module docstring)."""
 UNITS = ("session", "buyer")
 """What one real buyer is when compared with one simulated episode: a visit, or a whole history."""
 
@@ -54,14 +60,14 @@ def _read(path: Path, columns: list[str]) -> pl.DataFrame:
 
 def _real_frames(
     data_dir: str | Path, merchants: list[str] | None, unit: str, since: datetime | None
-) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    """The real events and sessions of ``merchants`` from ``since`` on, and the columns of one unit."""
+) -> tuple[pl.DataFrame, list[str]]:
+    """The real events of ``merchants`` in sessions from ``since`` on, and the columns of one unit."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     data = Path(data_dir)
     key = ["merchant_id", "buyer_id", "session_id"]
     events = _read(data / "events.parquet", [*key, "event_type"])
-    sessions = _read(data / "sessions.parquet", [*key, "start", "n_events"])
+    sessions = _read(data / "sessions.parquet", [*key, "start"])
     if merchants is not None:
         keep = pl.Series(merchants, dtype=pl.String)
         events = events.filter(pl.col("merchant_id").is_in(keep))
@@ -69,7 +75,7 @@ def _real_frames(
     if since is not None:
         sessions = sessions.filter(pl.col("start") >= since)
         events = events.join(sessions.select(key), on=key, how="semi")
-    return events, sessions, key if unit == "session" else key[:2]
+    return events, key if unit == "session" else key[:2]
 
 
 def real_stats(
@@ -84,22 +90,24 @@ def real_stats(
     ``unit="buyer"`` counts a user's whole history at the merchant. ``since`` keeps the sessions that
     start at or after it (the later window of the strict protocol).
     """
-    events, sessions, per = _real_frames(data_dir, merchants, unit, since)
+    events, per = _real_frames(data_dir, merchants, unit, since)
     buyers = (
         events.group_by(per)
         .agg((pl.col("event_type") == "purchase").any().alias("converted"))
         .group_by("merchant_id")
         .agg(pl.len().alias("buyers"), pl.col("converted").sum())
     )
-    took = events.unique([*per, "event_type"]).group_by("merchant_id", "event_type").len()
-    kinds = events.group_by("merchant_id", "event_type").len()
-    return _assemble(
-        buyers,
-        took,
-        kinds,
-        sessions.group_by("merchant_id").agg(pl.col("n_events").alias("lengths")),
-        kind_col="event_type",
-    )
+    acts = _behaviour(events)
+    took = acts.unique([*per, "event_type"]).group_by("merchant_id", "event_type").len()
+    kinds = acts.group_by("merchant_id", "event_type").len()
+    sessions = acts.group_by(["merchant_id", "buyer_id", "session_id"]).len()
+    lengths = sessions.group_by("merchant_id").agg(pl.col("len").alias("lengths"))
+    return _assemble(buyers, took, kinds, lengths, kind_col="event_type")
+
+
+def _behaviour(events: pl.DataFrame) -> pl.DataFrame:
+    """The events that are compared: all but ``NAVIGATION``."""
+    return events.filter(~pl.col("event_type").is_in(pl.Series(NAVIGATION, dtype=pl.String)))
 
 
 def rollout_parts(rollouts_dir: str | Path) -> list[Path]:
@@ -124,7 +132,9 @@ def sim_stats(rollouts_dir: str | Path, real_kinds: set[str] | None = None) -> d
         .n_unique()
         .alias("converted"),
     )
-    kept = steps.filter(pl.col("valid"))
+    kept = steps.filter(
+        pl.col("valid") & ~pl.col("action_kind").is_in(pl.Series(NAVIGATION, dtype=pl.String))
+    )
     if real_kinds is not None:
         kept = kept.filter(pl.col("action_kind").is_in(pl.Series(sorted(real_kinds), dtype=pl.String)))
     took = (
@@ -256,12 +266,13 @@ def real_units(
 ) -> Units:
     """``real_stats``'s buyers as feature rows (same unit, merchants and window); ``actions`` defaults
     to the kinds these buyers took, and events of other kinds are left out of the kind columns."""
-    events, sessions, per = _real_frames(data_dir, merchants, unit, since)
+    events, per = _real_frames(data_dir, merchants, unit, since)
+    acts = _behaviour(events)
     if actions is None:
-        actions = sorted(events["event_type"].unique().to_list())
+        actions = sorted(acts["event_type"].unique().to_list())
     units = events.group_by(per).agg((pl.col("event_type") == "purchase").any().alias("converted"))
-    kinds = events.group_by([*per, "event_type"]).len().rename({"event_type": "kind", "len": "n"})
-    lengths = sessions.select([*per, pl.col("n_events").alias("length")])
+    kinds = acts.group_by([*per, "event_type"]).len().rename({"event_type": "kind", "len": "n"})
+    lengths = acts.group_by(per).len().rename({"len": "length"})
     return Units(actions, _unit_rows(units, kinds, lengths, actions, per))
 
 

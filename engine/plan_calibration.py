@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.study import StudyConfig
+from engine.study_config import StudyConfig
 
 VQ_SUBSET = 2048
 """Training buyers the VQ-VAE calibration epoch runs on."""
@@ -94,18 +94,26 @@ def calibrate_simulation(
 
     # A policy in the runners plays a chunk lock-step; behind a server a runner's envs form two groups.
     envs, groups = (
-        (min(config.envs_per_runner, SimulationConfig.chunk_size), 1)
+        (min(config.simulate.envs_per_runner, SimulationConfig.chunk_size), 1)
         if in_runner
         else (
-            config.envs_per_runner,
-            min(2, config.envs_per_runner),
+            config.simulate.envs_per_runner,
+            min(2, config.simulate.envs_per_runner),
         )
     )
     buyers = [
-        SimBuyer(i, merchants[i % len(merchants)], i % config.codes, buyer_seed(config.seed, i), config.seed)
+        SimBuyer(
+            i,
+            merchants[i % len(merchants)],
+            i % config.personas.codes,
+            buyer_seed(config.seed, i),
+            config.seed,
+        )
         for i in range(SIM_BUYERS)
     ]
-    player = EpisodePlayer(EnvSpec(kwargs={"data": str(data)}), envs, config.max_steps, use_persona, groups)
+    player = EpisodePlayer(
+        EnvSpec(kwargs={"data": str(data)}), envs, config.simulate.max_steps, use_persona, groups
+    )
     timed = _TimedPolicy(act, SIM_BUDGET_S, SIM_MIN_STEPS)
     per_visit = None
     with contextlib.suppress(_Enough):  # the budget ran out before every visit ended
@@ -158,9 +166,9 @@ def calibrate_vqvae(train_data: Path, config: StudyConfig) -> tuple[Rate, Rate, 
     import torch
 
     from learners.vqvae.dataset import FeatureStats, load_rows
-    from learners.vqvae.fit import VQVAEConfig, WorkerTraining
+    from learners.vqvae.fit import WorkerTraining
 
-    vq = VQVAEConfig(codes=config.codes, epochs=config.vq_epochs, seed=config.seed, workers=config.workers)
+    vq = replace(config.personas, seed=config.seed)
     rows = load_rows(train_data, vq.max_seq_len)
     stats = FeatureStats.fit(rows.features)
     everyone = rows.batch(stats)
@@ -197,12 +205,13 @@ def calibrate_vqvae(train_data: Path, config: StudyConfig) -> tuple[Rate, Rate, 
 
 
 def calibrate_command(data: Path, merchant: str, config: StudyConfig) -> Rate:
-    """What each Ray command of the study pays besides its work: one tiny ``simpersona simulate`` (random
-    policy, 8 visits of 5 steps) end to end, in this process as the study runs its commands (a Ray start,
-    its runners, the output, a shutdown; no Ray start when Ray is already running here)."""
+    """What each Ray stage of the study pays besides its work: one tiny simulate stage (random policy,
+    8 visits of 5 steps) end to end, in this process as the study runs its stages (a Ray start, its
+    runners, the output, a shutdown; no Ray start when Ray is already running here)."""
     import io
 
-    from engine.cli import main as simpersona
+    from engine.simulation_config import SimulationConfig
+    from engine.stages import simulate
 
     with tempfile.TemporaryDirectory(prefix="plan-command-") as tmp:
         distributions = Path(tmp) / "distributions.parquet"
@@ -217,14 +226,21 @@ def calibrate_command(data: Path, merchant: str, config: StudyConfig) -> Rate:
             ),
             distributions,
         )
-        argv = ["simulate", "--out", str(Path(tmp) / "sim"), "--data", str(data)]
-        argv += ["--distributions", str(distributions), "--policy", "random", "--buyers-per-merchant", "8"]
-        argv += ["--max-steps", "5", "--runners", str(config.runners), "--progress", "false"]
+        tiny = SimulationConfig(
+            out=str(Path(tmp) / "sim"),
+            data=str(data),
+            distributions=str(distributions),
+            policy="random",
+            buyers_per_merchant=8,
+            max_steps=5,
+            runners=config.simulate.runners,
+            progress=False,
+        )
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
-            code = simpersona(argv)
+            result = simulate(tiny)
         seconds = time.perf_counter() - start
-    if code != 0:
-        raise RuntimeError(f"the plan's calibration command failed: simpersona {' '.join(argv)}")
+    if not result.complete:
+        raise RuntimeError(f"the plan's calibration simulation did not finish: {result.lines()[0]}")
     basis = "one tiny simulate (random policy, 8 visits) end to end in this process"
     return Rate("Ray command", 1 / seconds, "commands", basis, round(seconds, 2))

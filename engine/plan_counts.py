@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.study import SYSTEMS, StudyConfig
+from engine.study_config import SYSTEMS, StudyConfig
 
 MAX_COUNTED_EXAMPLES = 50_000
 """Above this many examples, tokens are counted on a seeded sample of this size and scaled up."""

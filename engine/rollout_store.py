@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ RESULT_FIELDS = (
     "smoothing",
     "codebook_size",
     "env_id",
+    "env_kwargs",
     "max_steps",
     "use_persona",
     "policy",
@@ -155,7 +155,7 @@ class RolloutStore:
         previous = json.loads(manifest.read_text(encoding="utf-8"))
         mine = config_to_dict(self.config)
         # A field missing from an older manifest had its default then.
-        defaults = {f.name: f.default for f in fields(SimulationConfig)}
+        defaults = config_to_dict(SimulationConfig())
         changed = [k for k in RESULT_FIELDS if previous["config"].get(k, defaults[k]) != mine[k]]
         if changed:
             raise ValueError(

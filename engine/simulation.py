@@ -49,7 +49,7 @@ def policy_spec(config: SimulationConfig) -> PolicySpec:
 
 
 def env_spec(config: SimulationConfig) -> EnvSpec:
-    kwargs = {"data": config.data} if config.data else {}
+    kwargs = ({"data": config.data} if config.data else {}) | dict(config.env_kwargs)
     return EnvSpec(env_id=config.env_id, kwargs=kwargs, modules=tuple(config.env_modules))
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
+import yaml
 
 from engine.population import PopulationSampler, SimBuyer, with_goals
 from envs.catalog import PreparedCatalogs
@@ -53,6 +55,9 @@ class SimulationConfig:
     """Registered Gymnasium id of the storefront env (text or browser)."""
     env_modules: list[str] = field(default_factory=lambda: ["envs"])
     """Modules imported inside each runner so that they register env_id."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for gymnasium.make besides data, e.g. {"treatment": {"kind": "price",
+    "percent": -10}} for a treated storefront (a JSON or YAML mapping on the command line)."""
     max_steps: int = 20
     """Steps after which an episode is truncated."""
     use_persona: bool = True
@@ -115,6 +120,14 @@ class SimulationConfig:
     """Continue a run in `out` from its manifest and written parts."""
     progress: bool = True
     """Show a progress bar and print the per-merchant summary."""
+
+    def __post_init__(self) -> None:
+        # A flag gives the mapping as text; the YAML file, and code, give it as a dict.
+        if isinstance(self.env_kwargs, str):
+            parsed = yaml.safe_load(self.env_kwargs) or {}
+            if not isinstance(parsed, dict):
+                raise ValueError(f"env_kwargs: expected a mapping, got {self.env_kwargs!r}")
+            self.env_kwargs = parsed
 
 
 def buyers_per_merchant(config: SimulationConfig, merchants: list[str]) -> dict[str, int]:

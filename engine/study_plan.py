@@ -28,6 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,9 @@ from engine.plan_counts import (
     system_runs,
 )
 from engine.plan_report import AgentPlan, SimPlan, SplitCounts, StageRow, StudyPlan
-from engine.study import SYSTEMS, Study, StudyConfig
+from engine.study import GOAL_MAX_STEPS, Study
+from engine.study_config import SYSTEMS, StudyConfig
 from learners.config import config_to_dict
-
-GOAL_MAX_STEPS = 20
-"""Steps of a goal task (Study.simulate)."""
 
 
 class Planner:
@@ -67,7 +66,9 @@ class Planner:
         self.study = Study(config)
         self.calibration: list[Rate] = []
         self.notes: list[str] = []
-        self.workers = max(1, min(config.workers, os.cpu_count() or 1))
+        # Ray Train workers run at once up to the cores (agents: 0 trains in process, as one).
+        self.vq_workers = max(1, min(config.personas.workers, os.cpu_count() or 1))
+        self.workers = max(1, min(config.agent.workers, os.cpu_count() or 1))
 
     def plan(self) -> StudyPlan:
         import torch
@@ -158,12 +159,12 @@ class Planner:
 
     def count_split(self, data: Path, split: dict) -> tuple[SplitCounts, pa.Table]:
         """The split's counts, with traces built as the study builds them (into a temporary directory)."""
-        from learners.data.traces import TracesConfig, build_traces
+        from learners.data.traces import build_traces
 
         c, heldout = self.config, split["heldout"]
         cutoff = self.study.window(data, split)["cutoff"] if "strict" in c.variants else None
         with tempfile.TemporaryDirectory(prefix="plan-traces-") as tmp:
-            config = TracesConfig(merchants=split["traced"], max_sessions=c.train_sessions)
+            config = replace(c.traces, merchants=split["traced"])
             report = build_traces(self.study.out / "train-data", tmp, config)
             traces = pq.read_table(Path(tmp) / "traces.parquet")
         self.log(f"traces (counted, not kept): {report.sessions:,} sessions -> {report.steps:,} steps")
@@ -189,14 +190,14 @@ class Planner:
         c = self.config
         fit, encode, buyers = calibrate_vqvae(self.study.out / "train-data", c)
         self.calibration += [fit, encode]
-        workers = f" x {self.workers} workers" if self.workers > 1 else ""
+        workers = f" x {self.vq_workers} workers" if self.vq_workers > 1 else ""
         assigned = pq.read_metadata(data / "buyers.parquet").num_rows
         early = sum(merchant_counts(data, split["heldout"], "buyers").values()) if cutoff else 0
         return [
             StageRow(
                 "fit VQ-VAE",
-                f"{buyers:,} buyers x {c.vq_epochs} epochs",
-                round(buyers * c.vq_epochs / (fit.per_s * self.workers), 1),
+                f"{buyers:,} buyers x {c.personas.epochs} epochs",
+                round(buyers * c.personas.epochs / (fit.per_s * self.vq_workers), 1),
                 f"{fit.name}{workers}; its report (k-means baseline, plots) not estimated",
             ),
             StageRow(
@@ -217,10 +218,10 @@ class Planner:
         from learners.agent.markov_policy import MarkovPolicy
         from learners.agent.prompt import PromptFormat
         from learners.agent.tokens import add_persona_tokens
-        from learners.agent.train import AgentTrainConfig, _corpus
+        from learners.agent.train import _corpus
 
         c, needed = self.config, needed_agents(self.config)
-        share = AgentTrainConfig.goal_share
+        share = c.agent.goal_share
         plain = build_examples(traces, None, share, c.seed).examples
         start = time.perf_counter()
         coded = (
@@ -229,7 +230,7 @@ class Planner:
             else None
         )
         coded_s = time.perf_counter() - start
-        fmt = PromptFormat(AgentTrainConfig.history_len, AgentTrainConfig.max_observation_tokens)
+        fmt = PromptFormat(c.agent.history_len, c.agent.max_observation_tokens)
         loaded: dict[tuple[str, int], list] = {}
         rates: dict[str, Rate] = {}
         plans: list[AgentPlan] = []
@@ -237,9 +238,9 @@ class Planner:
         policies: dict[str, Callable] = {}
         workers = f" x {self.workers} workers" if self.workers > 1 else ""
         for key, model_name, examples, epochs in (
-            ("persona", c.base_model, coded, c.stage1_epochs + c.stage2_epochs),
-            ("no-persona", c.base_model, plain, c.stage2_epochs),
-            ("larger", c.larger_model, plain, c.stage2_epochs),
+            ("persona", c.agent.base_model, coded, c.agent.stage1_epochs + c.agent.stage2_epochs),
+            ("no-persona", c.agent.base_model, plain, c.agent.stage2_epochs),
+            ("larger", c.larger_model, plain, c.agent.stage2_epochs),
         ):
             if key not in needed:
                 continue
@@ -251,7 +252,7 @@ class Planner:
                 model, tokenizer, tokens = loaded[cache]
                 if key == "persona" and tokens is None:
                     tokens = loaded[cache][2] = add_persona_tokens(
-                        model, tokenizer, c.codes, None, seed=c.seed
+                        model, tokenizer, c.personas.codes, None, seed=c.seed
                     )
                 tokens = tokens if key == "persona" else None
                 counted = count_tokens(examples, tokenizer, tokens, c.seed)
@@ -291,10 +292,10 @@ class Planner:
                     f"{examples.num_rows:,} examples, {counted.tokens:,} tokens x {epochs} epochs",
                     seconds,
                     f"{rate.name}{workers}; {counted.counted}"
-                    + ("; stage 1 at the stage-2 rate" if key == "persona" and c.stage1_epochs else ""),
+                    + ("; stage 1 at the stage-2 rate" if key == "persona" and c.agent.stage1_epochs else ""),
                 )
             )
-            policies[key] = LLMPolicy(model, tokenizer, tokens, fmt, temperature=c.temperature).act
+            policies[key] = LLMPolicy(model, tokenizer, tokens, fmt, temperature=c.simulate.temperature).act
         if "markov" in needed:
             start = time.perf_counter()
             policies["markov"] = MarkovPolicy.fit(coded).act
@@ -313,15 +314,11 @@ class Planner:
     ) -> list[SimPlan]:
         """Visits per system (the simulations' own sizing rule), steps, and time at measured steps/s."""
         from engine.placement import in_runner
-        from engine.simulation_config import SimulationConfig, buyers_per_merchant
+        from engine.simulation_config import buyers_per_merchant
         from learners.agent.random_policy import RandomPolicy
 
         c, heldout = self.config, split["heldout"]
-        sizing = SimulationConfig(
-            data=str(data),
-            buyers_per_merchant=c.sessions_per_merchant,
-            buyers_per_real_session=c.visits_per_real_session,
-        )
+        sizing = replace(c.simulate, data=str(data))
         # Strict runs cover the held-out merchants with codes from the earlier window; the others all.
         merchants = {"strict": merchants_before(data, heldout, cutoff) if cutoff else heldout}
         merchants["same-window"] = merchants["shared"] = heldout
@@ -333,7 +330,7 @@ class Planner:
         measured: dict[str, tuple[Rate, float | None]] = {}
         plans: list[SimPlan] = []
         jobs = [
-            (name, {run: buyers_per_merchant(sizing, merchants[run]) for run in runs}, c.max_steps)
+            (name, {run: buyers_per_merchant(sizing, merchants[run]) for run in runs}, c.simulate.max_steps)
             for name, runs in system_runs(c).items()
         ]
         jobs += [
@@ -351,10 +348,14 @@ class Planner:
         for name, per_run, max_steps in jobs:
             system = SYSTEMS[name]
             key = system.agent or system.policy
-            runner = in_runner(SimulationConfig(policy=system.policy, policy_placement=c.policy_placement))
-            parallel = max(1, min(c.runners, os.cpu_count() or 1)) if runner else 1
+            runner = in_runner(replace(c.simulate, policy=system.policy))
+            parallel = max(1, min(c.simulate.runners, os.cpu_count() or 1)) if runner else 1
             # Agents of one base model share a rate (the persona token adds two prompt tokens).
-            model = {"persona": c.base_model, "no-persona": c.base_model, "larger": c.larger_model}
+            model = {
+                "persona": c.agent.base_model,
+                "no-persona": c.agent.base_model,
+                "larger": c.larger_model,
+            }
             rate_name = f"simulate {model[key]}" if system.policy == "transformers" else f"simulate {key}"
             if rate_name not in measured and key in policies:
                 rate, per_visit = calibrate_simulation(

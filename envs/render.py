@@ -13,7 +13,8 @@ drawn by ``render_text`` from the view's goal line, so the browser env (which re
 observes the same marks; ``mark_goal`` gives the goal-task text of a goal-free observation (the
 training examples' hindsight goals, learners/agent/examples.py). Without a goal nothing changes.
 
-Length is bounded by construction: at most PAGE_SIZE product rows (FEATURED + HOME_CATEGORIES links
+Length is bounded by construction: at most ``Storefront.page_size`` product rows (PAGE_SIZE, or a
+treatment's page size up to envs.treatments.MAX_PAGE_SIZE; FEATURED + HOME_CATEGORIES links
 on home), ids of at most 64 characters, titles of at most 80, queries of at most 64; every observation
 stays under MAX_OBSERVATION_CHARS.
 """

@@ -15,7 +15,8 @@ API summary (stable; the web storefront and the browser env build on it):
   event the action emits (``None`` for ``exit``, which ends the session).
 - ``Storefront.listing(page) -> tuple[Product, ...]`` (products shown on a home/category/search page),
   ``Storefront.home_categories(index)``, ``Storefront.cart_page(state)``, ``Storefront.n_pages(state)``,
-  ``Storefront.checkout_items(state)``, ``Storefront.search_results(query)``.
+  ``Storefront.checkout_items(state)``, ``Storefront.search_results(query)``; ``Storefront.page_size``
+  (products per listing and cart page, ``PAGE_SIZE`` unless a treatment changes it).
 - ``Storefront.view(state, actions=None) -> envs.render.PageView`` (structured page) and
   ``Storefront.observe(state, actions=None) -> str`` (the text observation, ``render_text(view)``;
   in a goal task it states the goal and marks every line showing the goal product, envs/render.py).
@@ -40,7 +41,7 @@ from envs.render import PageView, ProductRow, build_view, render_text
 PAGE_KINDS: tuple[str, ...] = ("home", "category", "search", "product", "cart", "checkout", "confirmation")
 LISTING_KINDS = frozenset({"home", "category", "search"})
 PAGE_SIZE = 10
-"""Products per category/search listing page."""
+"""Products per category/search listing and cart page (the default of ``Storefront.page_size``)."""
 HOME_CATEGORIES = 8
 """Category links per home page."""
 FEATURED = 5
@@ -154,6 +155,8 @@ class Storefront:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.merchant_id = catalog.merchant_id
+        # Products per listing and cart page; a treatment may change it (envs/treatments.py).
+        self.page_size = PAGE_SIZE
         self._open = {p.product_id: OPEN_PRODUCT + p.product_id for p in catalog.products}
         self._open_cat = {c: OPEN_CATEGORY + c for c in catalog.categories}
         self._search_cache: dict[str, tuple[Product, ...]] = {}
@@ -194,7 +197,8 @@ class Storefront:
             if page.kind == "home":
                 hit = self.catalog.products[:FEATURED] if page.index == 0 else ()
             else:
-                hit = self._all_listed(page)[page.index * PAGE_SIZE : (page.index + 1) * PAGE_SIZE]
+                size = self.page_size
+                hit = self._all_listed(page)[page.index * size : (page.index + 1) * size]
             if page.kind != "search":  # search pages are bounded by the search cache instead
                 self._listing_cache[page] = hit
         return hit
@@ -213,15 +217,15 @@ class Storefront:
         if page.kind == "home":
             return _pages(len(self.catalog.categories), HOME_CATEGORIES)
         if page.kind in ("category", "search"):
-            return _pages(len(self._all_listed(page)), PAGE_SIZE)
+            return _pages(len(self._all_listed(page)), self.page_size)
         if page.kind == "cart":
-            return _pages(len(state.cart), PAGE_SIZE)
+            return _pages(len(state.cart), self.page_size)
         return 1
 
     def cart_page(self, state: SessionState) -> tuple[tuple[str, int], ...]:
         """The cart lines shown on the state's cart page."""
         i = state.page.index
-        return state.cart[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
+        return state.cart[i * self.page_size : (i + 1) * self.page_size]
 
     def checkout_items(self, state: SessionState) -> tuple[tuple[str, int], ...]:
         """What placing the order on a checkout page buys: the buy-now product, else the cart."""
@@ -365,7 +369,7 @@ class Storefront:
         cart = tuple((i, q - 1) if i == pid else (i, q) for i, q in state.cart)
         cart = tuple(item for item in cart if item[1] > 0)
         page = state.page
-        if page.kind == "cart" and page.index > 0 and page.index * PAGE_SIZE >= len(cart):
+        if page.kind == "cart" and page.index > 0 and page.index * self.page_size >= len(cart):
             page = Page("cart", None, page.index - 1)  # the emptied last page folds onto the one before
         return replace(state, cart=cart, page=page), Event(
             "remove_from_cart", pid, self.catalog.by_id[pid].category_id

@@ -12,7 +12,8 @@ not change, and stays pure and deterministic (same state and action, same result
 ``gymnasium.make("me/PromoStorefront-v0", data=...)``; it reuses ``StorefrontEnv`` (same spaces,
 info, rewards, limits). The Gymnasium registry does not travel into Ray workers: register in the
 module that defines the variant and import that module in each worker. See
-examples/custom_storefront.py.
+examples/custom_storefront.py. Built-in, parameterised changes (price, listing order, banner,
+one-page checkout, ...) need no subclass: they are treatments, envs/treatments.py.
 """
 
 from __future__ import annotations

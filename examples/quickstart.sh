@@ -3,7 +3,8 @@
 # 12 merchants, then run the evaluation protocol on it (examples/study-demo.yaml): prepare the logs,
 # hold 4 merchants out, learn buyer types on the other 8 (VQ-VAE on Ray Train), replay their sessions
 # into traces, fine-tune the tiny persona agent and its baselines, simulate the held-out merchants'
-# buyers on Ray and compare them with the real ones. Every stage prints the simpersona command it runs.
+# buyers on Ray and compare them with the real ones. Every stage prints the simpersona command that
+# re-runs it by hand.
 # Run by `make demo` (which creates the venv first); OUT defaults to demo-run/.
 set -euo pipefail
 OUT=${1:-demo-run}

@@ -10,35 +10,21 @@ code, p, n), quarantine.parquet (buyers that could not be encoded, with the reas
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
-from pathlib import Path
+
+from engine.stage_configs import AssignStage
+from learners.config import add_config_args, build_config
 
 NAME = "assign"
 HELP = "assign buyers of a prepared directory to the persona codes of a fitted run"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "run_dir", type=Path, metavar="RUN", help="run directory of `simpersona fit-personas`"
-    )
-    parser.add_argument("data", type=Path, metavar="DATA", help="prepared directory (simpersona prepare)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory for the codes")
-    parser.add_argument("--ray", action="store_true", help="stream the buyers through Ray Data map_batches")
-    parser.add_argument(
-        "--concurrency", type=int, default=2, help="Ray Data actors holding the model (--ray)"
-    )
+    add_config_args(parser, AssignStage)
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.console_log import ray_session
-    from learners.vqvae.assign import assign
+    from engine.stages import assign
 
-    # Without --ray the buyers are encoded in this process: no Ray, nothing of its to route.
-    with ray_session(args.out, getattr(args, "verbose", False)) if args.ray else nullcontext():
-        result = assign(args.run_dir, args.data, args.out, use_ray=args.ray, concurrency=args.concurrency)
-    print(
-        f"assigned {result.buyers_assigned:,} of {result.buyers_read:,} buyers "
-        f"({result.buyers_quarantined:,} quarantined) in {result.seconds:.2f} s "
-        f"({result.buyers_per_s:,.0f} buyers/s) -> {result.out}"
-    )
+    for line in assign(build_config(AssignStage, args), getattr(args, "verbose", False)).lines():
+        print(line)
     return 0

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.console_log import ray_session
-from engine.simulation import simulate
 from engine.simulation_config import SimulationConfig
 from learners.config import add_config_args, build_config
 
@@ -36,12 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = build_config(SimulationConfig, args, args.config)
-    with ray_session(config.out, getattr(args, "verbose", False), address=config.ray_address):
-        manifest = simulate(config)
-    print(
-        f"simulated {manifest['buyers_completed']:,} of {manifest['buyers_requested']:,} buyers,"
-        f" {manifest['steps']:,} steps ({manifest['invalid_steps']:,} invalid) in {manifest['elapsed_s']:.1f} s;"
-        f" rollouts in {Path(config.out) / 'rollouts'}"
-    )
-    return 0 if manifest["buyers_completed"] == manifest["buyers_requested"] else 1
+    from engine.stages import simulate
+
+    result = simulate(build_config(SimulationConfig, args, args.config), getattr(args, "verbose", False))
+    for line in result.lines():
+        print(line)
+    return 0 if result.complete else 1

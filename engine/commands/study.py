@@ -3,6 +3,7 @@
   simpersona study examples/study-tmall.yaml
   simpersona study examples/study-tmall.yaml --out runs/tmall-seed1 --seed 1
   simpersona study examples/study-tmall.yaml --systems persona,markov --variants same-window
+  simpersona study examples/study-tmall.yaml --agent.stage2-epochs 6 --simulate.runners 4
 
 Held-out merchants are drawn by seed among those with >= min_sessions real sessions; the codebook,
 the agents and the Markov chain never see them (the split is printed; one that leaves too few
@@ -13,8 +14,10 @@ larger no-persona model; the per-type Markov chain; random) is simulated and eva
 way, and every figure is shown as value [95% interval] beside the ceiling (a perfect simulator on the
 same data) and the floor (one that knows nothing about the merchant). Writes OUT/index.html,
 OUT/report/<variant>/index.html, OUT/metrics.json and OUT/summary.md; a stage whose output exists is
-skipped, so re-running the same command continues an interrupted study. ``--plan`` sizes the study
-first (counts and estimated time per stage, OUT/plan.json) without training or simulating.
+skipped, so re-running the same command continues an interrupted study. Each stage prints the
+`simpersona` command that re-runs it by hand. Each stage's settings are a section of the config
+(prepare, personas, traces, agent, simulate: a mapping in YAML, dotted flags here). ``--plan`` sizes
+the study first (counts and estimated time per stage, OUT/plan.json) without training or simulating.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import argparse
 from pathlib import Path
 
 from engine.report import fidelity_text, markdown_table
-from engine.study import Study, StudyConfig, explain
+from engine.study import Study
+from engine.study_config import SET_BY_STUDY_FLAGS, StudyConfig
+from engine.study_report import explain
 from learners.config import add_config_args, build_config
 
 NAME = "study"
@@ -41,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "sessions, replayed steps, training examples and tokens, simulated visits, and estimate each stage's "
         "time from a short calibration on this machine; prints a table and writes OUT/plan.json",
     )
-    add_config_args(parser, StudyConfig)
+    add_config_args(parser, StudyConfig, skip=SET_BY_STUDY_FLAGS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + format_plan(plan))
         print(f"\nplan written to {write_plan(plan, Path(config.out))}; nothing was trained or simulated")
         return 0
-    result = Study(config).run()
+    result = Study(config, getattr(args, "verbose", False)).run()
     for variant, r in result["variants"].items():
         print(f"\n{explain(variant, r['fidelity'], config.systems[0])}")
     for variant, r in result["variants"].items():

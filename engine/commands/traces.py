@@ -18,26 +18,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.stage_configs import ReplayTracesStage
 from learners.config import add_config_args, build_config
-from learners.data.traces import TracesConfig, build_traces
 
 NAME = "traces"
 HELP = "replay real sessions through the storefront -> traces.parquet + replay_report.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "data", type=Path, metavar="DATA", help="a prepared directory (simpersona prepare --out)"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--config", type=Path, help="YAML file of TracesConfig fields")
-    add_config_args(parser, TracesConfig)
+    add_config_args(parser, ReplayTracesStage)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = build_config(TracesConfig, args, args.config)
-    report = build_traces(args.data, args.out, config)
-    for line in report.lines():
+    from engine.stages import replay_traces
+
+    for line in replay_traces(build_config(ReplayTracesStage, args, args.config)).lines():
         print(line)
-    print(f"  wrote {args.out}")
     return 0

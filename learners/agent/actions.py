@@ -57,6 +57,19 @@ def action_kind(action: str) -> str:
     return OTHER
 
 
+def action_template(action: str) -> str:
+    """An action without its argument: the text of a fixed action (``go to cart``), the verb of one
+    that names a product, category or query (``open product``, ``search``); unknown texts are
+    ``other``. Finer than the kind: navigation is one kind but many templates."""
+    text = " ".join(action.split())
+    if text in _EXACT:
+        return text
+    for prefix, _ in _PREFIX:
+        if text.startswith(prefix):
+            return prefix.rstrip(' "')
+    return OTHER
+
+
 def action_product(action: str) -> str | None:
     """The product id an action names (``open product 12`` -> ``"12"``), else None."""
     match = _PRODUCT.match(" ".join(action.split()))

@@ -8,6 +8,14 @@ scoring policies, the paper's "browser crashes" for free generation).
 
 A policy is evaluated with the buyers' true codes, with mismatched codes (each replaced by a
 different code, uniformly; the paper's mismatched-persona baseline), or without codes.
+
+``funnel_calibration``: a scoring policy's mean probability of each purchase-funnel step (``go to
+cart`` after ``add to cart``, ``checkout`` after ``go to cart``, ``place order`` after
+``checkout``) against the real rate, on goal-free and goal-shown rows apart. No sampling, so it tells
+agents apart with far less noise than simulated conversion, and a goal-free rate pulled toward the
+goal-shown one is the goal copies leaking into free shopping (issue 15: the demo study's tiny persona
+agent gave ``go to cart`` 0.70 after ``add to cart`` on its goal-free training rows, whose rate is
+0.47; 0.84 on its goal-shown rows, rate 0.85).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -139,6 +148,68 @@ def evaluate_all(
         for split, table in splits.items()
         for s in specs
     ]
+
+
+FUNNEL = (("add to cart", "go to cart"), ("go to cart", "checkout"), ("checkout", "place order"))
+"""Purchase-funnel steps: (the previous action, the next action) whose rate ``funnel_calibration`` checks."""
+
+
+class ScoringPolicy(Protocol):
+    """A policy that scores every valid action of a request (LLMPolicy's ``score``)."""
+
+    def score(self, requests: Sequence[ActRequest]) -> list[np.ndarray]: ...
+
+
+@dataclass
+class FunnelRow:
+    """One funnel step on goal-free or goal-shown rows: the real rate and the policy's mean probability."""
+
+    after: str
+    """The previous action (the history's last)."""
+    action: str
+    """The funnel's next action."""
+    goal_shown: bool
+    rows: int
+    """Rows whose previous action is ``after`` and that offer ``action``."""
+    real: float
+    """Share of those rows whose action is ``action``."""
+    model: float
+    """The policy's mean probability of ``action`` on them (softmax of its scores)."""
+
+
+def funnel_calibration(
+    policy: ScoringPolicy,
+    examples: pa.Table,
+    batch_size: int = 64,
+    funnel: Sequence[tuple[str, str]] = FUNNEL,
+) -> list[FunnelRow]:
+    """Per funnel step and goal-free / goal-shown rows (module doc), the real rate and the policy's
+    mean probability; steps without rows are left out."""
+    requests = requests_for(examples, "true")
+    actions = examples.column("action").to_pylist()
+    out: list[FunnelRow] = []
+    for after, action in funnel:
+        for goal_shown in (False, True):
+            idx = [
+                i
+                for i, r in enumerate(requests)
+                if r.history
+                and r.history[-1] == after
+                and (r.goal is not None) == goal_shown
+                and action in r.valid_actions
+            ]
+            if not idx:
+                continue
+            probs: list[float] = []
+            for start in range(0, len(idx), batch_size):
+                batch = [requests[i] for i in idx[start : start + batch_size]]
+                for request, scores in zip(batch, policy.score(batch), strict=True):
+                    z = np.asarray(scores, dtype=np.float64)
+                    p = np.exp(z - z.max())
+                    probs.append(float(p[request.valid_actions.index(action)] / p.sum()))
+            real = sum(actions[i] == action for i in idx) / len(idx)
+            out.append(FunnelRow(after, action, goal_shown, len(idx), real, float(np.mean(probs))))
+    return out
 
 
 def markdown_table(rows: Sequence[EvalRow]) -> str:

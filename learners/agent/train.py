@@ -46,6 +46,7 @@ from learners.agent.prompt import PROMPT_LAYOUT, PromptFormat, trained_layout
 from learners.agent.scoring import SCORING_RULE
 from learners.agent.selection import budget_sessions, keep_share, session_ids, split_validation
 from learners.agent.tokens import add_persona_tokens
+from learners.agent.train_config import AgentTrainConfig
 from learners.agent.train_loop import (
     CheckpointStore,
     LocalStore,
@@ -76,74 +77,6 @@ FIXED_ON_RESUME = (
     "validation_share",
     "max_tokens",
 )
-
-
-@dataclass
-class AgentTrainConfig:
-    """How to fine-tune the persona agent."""
-
-    base_model: str = "tiny"
-    """Base model: a preset built locally (``tiny``, ``small``, ``base`` and their 8x twins ``tiny-8x``,
-    ``small-8x``, ``base-8x``; learners/agent/base_models.py), a Hugging Face hub id, or a local directory."""
-    no_persona: bool = False
-    """Train the same policy without persona tokens (the no-persona baseline); skips stage 1."""
-    lora: bool = False
-    """Stage 2 trains LoRA adapters (plus the persona rows) instead of all weights."""
-    lora_rank: int = 8
-    """LoRA rank."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator (scale = alpha / rank)."""
-    stage1_epochs: int = 1
-    """Epochs of stage 1 (persona-token rows only); with validation examples, the most it may run."""
-    stage2_epochs: int = 2
-    """Epochs of stage 2 (the policy); with validation examples, the most it may run."""
-    validation_share: float = 0.0
-    """Share of the training merchants (whole merchants, at least one when > 0) held out of training as
-    validation: its loss is measured after every epoch of both stages, a stage stops early after
-    `patience` epochs without improvement, and its best epoch is kept. 0: no validation, every epoch
-    runs and the last is kept."""
-    patience: int = 2
-    """Early stopping: stop a stage after this many epochs in a row without a lower validation loss
-    (0: run every epoch, still keeping the best)."""
-    max_tokens: int | None = None
-    """Training tokens per epoch (prompt + target tokens of every training example): when the examples
-    hold more, a seeded, merchant-stratified sample of whole sessions that fits is kept (counted in the
-    manifest). None: every example."""
-    stage1_lr: float = 5e-3
-    """Peak learning rate of stage 1 (new rows start far from trained values, so it is high)."""
-    stage2_lr: float = 1e-3
-    """Peak learning rate of stage 2 (about 2e-5 suits full fine-tuning of pretrained billion-scale models)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay in stage 2 (stage 1 always uses 0 so frozen rows stay bit-identical)."""
-    warmup_steps: int = 10
-    """Linear warm-up steps at the start of each stage; constant afterwards."""
-    batch_size: int = 16
-    """Examples per optimizer step and worker."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip (0 = off)."""
-    history_len: int = 5
-    """Previous actions shown in the prompt (prompt.py); serving must use the same value."""
-    max_observation_tokens: int = 512
-    """Observation tokens kept in the prompt; serving must use the same value."""
-    goal_share: float = 0.5
-    """Share of purchasing sessions added once more with the hindsight goal (the bought product) shown."""
-    heldout_merchant_share: float = 0.0
-    """Share of merchants held out of training entirely (written to AGENT/eval/ for offline evaluation)."""
-    heldout_buyer_share: float = 0.0
-    """Share of the remaining merchants' buyers held out of training."""
-    workers: int = 1
-    """Ray Train workers (0: train in this process without Ray)."""
-    use_gpu: bool = False
-    """One GPU per worker (bf16 autocast)."""
-    max_failures: int = 0
-    """Worker failures Ray Train recovers from by restarting at the latest checkpoint."""
-    seed: int = 0
-    """Seed of the tiny model's weights, token initialisation, goal sampling, splits and shuffles."""
-    log_every: int = 20
-    """Print a progress line every this many steps."""
-    max_examples: int | None = None
-    """Train on at most this many examples (the first, in trace order; for quick tries, `max_tokens`
-    sizes real runs); None = all."""
 
 
 @dataclass
@@ -207,14 +140,15 @@ def train_agent(
         data["rows"]["examples"] = pq.read_metadata(train_path).num_rows
     _write_manifest(manifest_path, config, source, data, None, finished=False)
 
-    cfg = config_to_dict(config)
     validation = str(validation_path) if validation_path.exists() else None
     if config.workers == 0:
         store = LocalStore(out / "checkpoints")
-        run_stages(cfg, str(init_dir), str(train_path), store, 0, 1, _device(config.use_gpu), log, validation)
+        run_stages(
+            config, str(init_dir), str(train_path), store, 0, 1, _device(config.use_gpu), log, validation
+        )
         epochs, latest = store.metrics, store.latest()
     else:
-        epochs, latest = _fit_on_ray(config, cfg, init_dir, train_path, out, progress, validation)
+        epochs, latest = _fit_on_ray(config, init_dir, train_path, out, progress, validation)
     _export(config, init_dir, latest, out)
     state = (read_state(latest) if latest else None) or {}
     history = state.get("history", epochs)
@@ -391,7 +325,6 @@ def _num_codes(codes: pa.Table, codebook: torch.Tensor | None) -> int:
 
 def _fit_on_ray(
     config: AgentTrainConfig,
-    cfg: dict,
     init_dir: Path,
     train_path: Path,
     out: Path,
@@ -404,7 +337,7 @@ def _fit_on_ray(
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={
-            "cfg": cfg,
+            "config": config,
             "init_dir": str(init_dir),
             "train_path": str(train_path),
             "validation_path": validation_path,
@@ -446,7 +379,7 @@ def _ray_worker(loop_config: dict) -> None:
     # when there is one: a worker's own output reaches the console only through Ray's forwarding.
     progress = loop_config.get("progress") or (lambda line: print(line, file=sys.stderr, flush=True))
     run_stages(
-        loop_config["cfg"],
+        loop_config["config"],
         loop_config["init_dir"],
         loop_config["train_path"],
         RayStore(),

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -41,6 +41,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from learners.agent.prompt import IGNORE_INDEX, PromptFormat, encode_prompt, encode_target
 from learners.agent.tokens import PERSONA_TOKENS_FILE, PersonaTokens, persona_lora_config
+
+if TYPE_CHECKING:
+    from learners.agent.train_config import AgentTrainConfig
 
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
@@ -223,7 +226,7 @@ def freeze_for_stage1(model: PreTrainedModel, tokens: PersonaTokens) -> Callable
 
 
 def run_stages(
-    cfg: dict,
+    cfg: AgentTrainConfig,
     init_dir: str,
     train_path: str,
     store: CheckpointStore,
@@ -235,21 +238,21 @@ def run_stages(
 ) -> None:
     """Both stages from ``init_dir``, continuing after the latest checkpoint in ``store``; with
     ``validation_path``, early stopping on its examples (module doc)."""
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     model, tokenizer, tokens = load_init(init_dir, device)
-    fmt = PromptFormat(cfg["history_len"], cfg["max_observation_tokens"])
+    fmt = PromptFormat(cfg.history_len, cfg.max_observation_tokens)
     data = encode_examples(train_path, tokenizer, tokens, fmt)
     validation = encode_examples(validation_path, tokenizer, tokens, fmt) if validation_path else []
     if len(data) < world:
         raise ValueError(
             f"{train_path}: {len(data)} training examples for {world} workers; need at least one each"
         )
-    patience = int(cfg.get("patience") or 0)
+    patience = cfg.patience
     latest = store.latest()
     state = read_state(latest) if latest else None
     history: list[dict] = list(state.get("history", [])) if state else []
-    stages = [(1, cfg["stage1_epochs"], cfg["stage1_lr"], 0.0)] if tokens is not None else []
-    stages.append((2, cfg["stage2_epochs"], cfg["stage2_lr"], cfg["weight_decay"]))
+    stages = [(1, cfg.stage1_epochs, cfg.stage1_lr, 0.0)] if tokens is not None else []
+    stages.append((2, cfg.stage2_epochs, cfg.stage2_lr, cfg.weight_decay))
     for stage, epochs, lr, decay in stages:
         if epochs <= 0:
             continue
@@ -259,10 +262,8 @@ def run_stages(
             # An earlier stage's last checkpoint (that stage did not run here): its kept weights.
             load_model(model, str(chosen_weights(latest)), device=str(device))
             state = None
-        if stage == 2 and cfg["lora"]:
-            model = get_peft_model(
-                model, persona_lora_config(model, tokens, cfg["lora_rank"], cfg["lora_alpha"])
-            )
+        if stage == 2 and cfg.lora:
+            model = get_peft_model(model, persona_lora_config(model, tokens, cfg.lora_rank, cfg.lora_alpha))
         undo = freeze_for_stage1(model, tokens) if stage == 1 else None
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
@@ -304,7 +305,7 @@ def run_stages(
             last = epoch
             if validation:
                 loss = validation_loss(
-                    model, validation, tokenizer.pad_token_id, cfg["batch_size"], rank, world, device
+                    model, validation, tokenizer.pad_token_id, cfg.batch_size, rank, world, device
                 )
                 if stopping.update(epoch, loss):
                     best = None  # this epoch's weights are the best: the checkpoint's own
@@ -396,16 +397,14 @@ def _train_epoch(
     model, optimizer, data, pad_id, cfg, stage, epoch, epochs, step, lr, rank, world, device, log
 ):
     model.train()
-    n_batches = -(-(len(data) // world) // cfg["batch_size"])
+    n_batches = -(-(len(data) // world) // cfg.batch_size)
     window_tokens, window_start, losses = 0, time.perf_counter(), []
     total_tokens, epoch_start = 0, time.perf_counter()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for i, pairs in enumerate(
-        epoch_batches(data, cfg["batch_size"], cfg["seed"], stage, epoch, rank, world), 1
-    ):
+    for i, pairs in enumerate(epoch_batches(data, cfg.batch_size, cfg.seed, stage, epoch, rank, world), 1):
         batch = collate(pairs, pad_id)
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / max(1, cfg["warmup_steps"]))
+            group["lr"] = lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         with autocast:
             out = model(
                 input_ids=batch.input_ids.to(device),
@@ -414,22 +413,22 @@ def _train_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        if cfg["max_grad_norm"] > 0:
+        if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], cfg["max_grad_norm"]
+                [p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm
             )
         optimizer.step()
         step += 1
         losses.append(float(out.loss.detach()))
         window_tokens += batch.tokens
         total_tokens += batch.tokens
-        if i % cfg["log_every"] == 0 or i == n_batches:
+        if i % cfg.log_every == 0 or i == n_batches:
             rate = _all_ranks_sum(window_tokens, device, world) / max(
                 time.perf_counter() - window_start, 1e-9
             )
             log(
                 f"[stage {stage}] epoch {epoch}/{epochs} step {i}/{n_batches} "
-                f"loss {np.mean(losses[-cfg['log_every'] :]):.4f} tokens/s {rate:,.0f}"
+                f"loss {np.mean(losses[-cfg.log_every :]):.4f} tokens/s {rate:,.0f}"
             )
             window_tokens, window_start = 0, time.perf_counter()
     seconds = time.perf_counter() - epoch_start

@@ -3,6 +3,47 @@
 Each type is a Markov chain over RAW_ACTIONS with its own timing and product taste; the generator in
 learners/data/synth.py samples buyers from them. Types overlap on purpose (a good clustering recovers
 them, naive k-means on counts does not).
+
+Planted sensitivities to what storefront treatments change (envs/treatments.py), as built in
+learners/data/synth_model.py; learners/data/synth_truth.py measures their true effects:
+
+==============  ========  ======  =====  ===========  =======  ============================================
+type            position  appeal  cheap  sensitivity  listing  responds to
+==============  ========  ======  =====  ===========  =======  ============================================
+window_shopper  1.5       0       0      0            0        listing order (what is viewed), not price
+researcher      0.3       0       0      0            1.0      page size (views more on longer pages)
+decisive_buyer  0         1.0     0      0            0        nothing: goes to the hits it came for
+cart_abandoner  1.0       0       0      0            0        listing order (what is viewed), not price
+deal_hunter     0.8       0       2.0    4.0          0        price (choice, add-to-cart), listing order
+==============  ========  ======  =====  ===========  =======  ============================================
+
+- Product choice weight over the merchant's products: ``position ** -position_power *
+  appeal_rank ** -appeal_power * (reference / price) ** cheap_power``. ``position`` is the
+  product's 1-based place in its category listing in the storefront's order (control: the
+  merchant's popularity order, as a prepared catalog lists it), so a listing-order treatment changes
+  what position-biased types view and buy. The decisive buyer ignores the listing and goes by
+  ``appeal_rank``, a demand rank of its own, independent of the listing order (in the log it buys
+  hits wherever they are listed), which no treatment changes.
+- ``reference`` is the control median price of the product's category at its merchant (what its
+  listing compares it with). It never moves with a treatment, so a price cut makes products look
+  cheaper. Add-to-cart (after a view) happens with chance ``1 / (1 + (price / reference) **
+  price_sensitivity)`` (one half at the reference price, rising smoothly as the price falls below
+  it); else the buyer views on.
+- After a product view, the weight of ending the visit is multiplied by ``(10 / shown) **
+  listing_depth``, ``shown`` being the number of products on the listing page that holds the viewed
+  product (10 on a full default page, fewer on a category's last page or a small category, more with
+  a larger page size).
+- Logs vary every factor: prices spread log-normally (sd 0.5) around each category's level, listing
+  positions run the whole category and are independent of ``appeal_rank``, and categories differ
+  in size (Zipf shares), so short last pages and small categories are common. Each product has one
+  price for the whole log (the replayed page shows one catalog price), so all price variation is
+  across products.
+- Hiding the favourite button removes ``fav`` from every move (the other moves keep their
+  proportions). Banner, one-page checkout and custom variants have no planted response: their true
+  effect is exactly 0.
+- Caveats: a fresh product pick ranges over the whole merchant (categories weigh in through their
+  products' weights), and the listing order is the generator's latent popularity order; a prepared
+  catalog lists by observed popularity, which follows it closely but not exactly.
 """
 
 from __future__ import annotations
@@ -41,12 +82,18 @@ class BuyerType:
     """Mean pause between visits beyond the 30-minute minimum, hours."""
     new_product: float
     """Chance that a view shows another product rather than the current one."""
-    popularity_power: float
-    """Product choice weight is popularity ** power (high: the same hits; low: the long tail)."""
+    position_power: float
+    """Position bias: choice weight position ** -power, position in the category listing (high: the
+    top of the listing; low: the long tail)."""
+    appeal_power: float
+    """... times appeal_rank ** -power: a demand rank independent of the listing order."""
     cheap_power: float
-    """... times (merchant median price / price) ** cheap_power."""
+    """... times (category's control median price / price) ** cheap_power."""
     price_sensitivity: float
-    """An add-to-cart happens with chance min(1, (median / price) ** sensitivity), else another view."""
+    """An add-to-cart happens with chance 1 / (1 + (price / reference) ** sensitivity), reference the
+    category's control median, else another view (0: always)."""
+    listing_depth: float
+    """After a view, the END weight is times (10 / products on the viewed product's listing page) ** depth."""
     query_forms: tuple[int, ...]
     """Indices into QUERY_FORMS this type searches with."""
 
@@ -67,9 +114,11 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         event_gap_s=15,
         visit_gap_h=30,
         new_product=0.25,
-        popularity_power=1.5,
+        position_power=1.5,
+        appeal_power=0.0,
         cheap_power=0.0,
         price_sensitivity=0.0,
+        listing_depth=0.0,
         query_forms=(0,),
     ),
     BuyerType(
@@ -89,9 +138,11 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         event_gap_s=90,
         visit_gap_h=10,
         new_product=0.9,
-        popularity_power=0.3,
+        position_power=0.3,
+        appeal_power=0.0,
         cheap_power=0.0,
         price_sensitivity=0.0,
+        listing_depth=1.0,
         query_forms=(0, 3),
     ),
     BuyerType(
@@ -110,9 +161,11 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         event_gap_s=5,
         visit_gap_h=72,
         new_product=0.6,
-        popularity_power=1.0,
+        position_power=0.0,
+        appeal_power=1.0,
         cheap_power=0.0,
         price_sensitivity=0.0,
+        listing_depth=0.0,
         query_forms=(0,),
     ),
     BuyerType(
@@ -131,9 +184,11 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         event_gap_s=40,
         visit_gap_h=40,
         new_product=0.5,
-        popularity_power=1.0,
+        position_power=1.0,
+        appeal_power=0.0,
         cheap_power=0.0,
         price_sensitivity=0.0,
+        listing_depth=0.0,
         query_forms=(0,),
     ),
     BuyerType(
@@ -153,9 +208,11 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         event_gap_s=10,
         visit_gap_h=60,
         new_product=0.7,
-        popularity_power=0.8,
+        position_power=0.8,
+        appeal_power=0.0,
         cheap_power=2.0,
-        price_sensitivity=2.0,
+        price_sensitivity=4.0,
+        listing_depth=0.0,
         query_forms=(1, 2),
     ),
 )

@@ -25,7 +25,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from learners.config import config_to_dict
+from learners.config import config_to_dict, option
 from learners.data import schema
 from learners.data.adapter import Adapter, CanonicalChunk
 from learners.data.catalogs import (
@@ -83,7 +83,7 @@ class PrepareConfig:
     """Directory for the temporary spill files (default: the system temp dir)."""
     compression: str = "zstd"
     """Parquet compression codec of the outputs (zstd, snappy, gzip, lz4, none)."""
-    use_ray: bool = False
+    use_ray: bool = field(default=False, metadata=option(flag="--ray", switch=True))
     """Distribute the work with Ray Data (also automatic inside a connected multi-node Ray cluster)."""
 
 

@@ -32,15 +32,18 @@ With ``malformed_share > 0`` extra rows are added, each a copy of a real row wit
 must quarantine exactly those rows, so the clean events and ``truth.parquet`` are unchanged.
 
 Each planted type is a Markov chain over the raw actions (with an END state), plus its own number of
-visits, pauses between events and between visits, product choice (popularity power, price
-preference) and price sensitivity when adding to cart. ``behaviour_noise`` mixes every chain with the
+visits, pauses between events and between visits, product choice (position in the category listing,
+latent appeal, price against the category's median), price sensitivity when adding to cart and
+listing depth (longer listing pages, longer visits); ``behaviour_noise`` mixes every chain with the
 population average so types overlap. Merchants draw their type mixture from a Dirichlet, their size
-from a Zipf law, and own a catalog (categories, log-normal prices, Zipf popularity).
+from a Zipf law, and own a catalog (categories of Zipf sizes, log-normal prices, a latent popularity
+order). The visit model is learners/data/synth_model.py; learners/data/planted_types.py tabulates
+each type's sensitivities, and learners/data/synth_truth.py measures the true effect of a storefront
+treatment on them (``simpersona synth --treatment FILE`` writes truth-effects.parquet and .md).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,6 +58,7 @@ import yaml
 
 from learners.config import config_to_dict
 from learners.data.planted_types import ACTION_TO_EVENT, BUYER_TYPES, QUERY_FORMS, RAW_ACTIONS, TYPE_NAMES
+from learners.data.synth_model import ITEM_STATES, Chains, S, World, build_chains, build_world, walk_visits
 
 LOGS_DIR = "logs"
 """Sub-folder of the raw log parts, so `prepare DIR/logs` never picks up truth.parquet."""
@@ -66,36 +70,10 @@ MALFORMED_KINDS: tuple[str, ...] = (
     "time_out_of_range",
 )
 
-_S = {name: i for i, name in enumerate(RAW_ACTIONS)}
-_END = len(RAW_ACTIONS)
-_ITEM_STATES = np.array([a in ("view", "fav", "cart", "uncart", "buy") for a in RAW_ACTIONS])
-_MAX_VISIT_EVENTS = 200
 _MIN_VISIT_GAP_S = 1801
 _MAX_EVENT_GAP_S = 1500
 _EVENTS_PER_BLOCK = 400_000
 _FIRST_VISITOR = 1_000_000
-_CATEGORY_WORDS = (
-    "shoes",
-    "lamps",
-    "phones",
-    "mugs",
-    "jackets",
-    "tents",
-    "watches",
-    "pillows",
-    "kettles",
-    "books",
-    "toys",
-    "rugs",
-    "bags",
-    "chairs",
-    "gloves",
-    "scarves",
-    "pans",
-    "cables",
-    "plants",
-    "candles",
-)
 
 
 @dataclass
@@ -161,174 +139,18 @@ class SynthConfig:
             ) from err
 
 
-@dataclass
-class _Chains:
-    """The types' Markov chains in array form (T types, A actions, END = A)."""
-
-    start_cdf: np.ndarray  # [T, A]
-    first_cum: np.ndarray  # [T, A, A + 1] after a visit's first event: END excluded (visits have >= 2 events)
-    next_cum: np.ndarray  # [T, A, A + 1] afterwards
-    lengths: np.ndarray  # [T] expected events per visit
-
-
-def _chains(noise: float) -> _Chains:
-    n_types, n_actions = len(BUYER_TYPES), len(RAW_ACTIONS)
-    start = np.zeros((n_types, n_actions))
-    trans = np.zeros((n_types, n_actions, n_actions + 1))
-    for t, bt in enumerate(BUYER_TYPES):
-        for name, w in bt.start.items():
-            start[t, _S[name]] = w
-        for a, name in enumerate(RAW_ACTIONS):
-            for nxt, w in bt.moves.get(name, {"end": 1.0}).items():
-                trans[t, a, _END if nxt == "end" else _S[nxt]] = w
-    start /= start.sum(1, keepdims=True)
-    trans /= trans.sum(2, keepdims=True)
-    trans = (1 - noise) * trans + noise * trans.mean(0, keepdims=True)
-    start = (1 - noise) * start + noise * start.mean(0, keepdims=True)
-    first = trans.copy()
-    first[:, :, _END] = 0.0
-    first /= first.sum(2, keepdims=True)
-    lengths = np.empty(n_types)
-    for t in range(n_types):
-        # Expected events from each action onwards: (I - Q)^-1 @ 1, Q the chain without END.
-        onwards = np.linalg.solve(np.eye(n_actions) - trans[t, :, :n_actions], np.ones(n_actions))
-        lengths[t] = 1.0 + start[t] @ first[t, :, :n_actions] @ onwards
-
-    def cumulative(p: np.ndarray) -> np.ndarray:
-        cum = np.cumsum(p, axis=-1)
-        cum[..., -1] = 1.0
-        return cum
-
-    return _Chains(cumulative(start), cumulative(first), cumulative(trans), lengths)
-
-
-@dataclass
-class _World:
-    """Merchants, catalogs and buyers: everything drawn before events (small next to the events)."""
-
-    merchant_names: pa.Array
-    mixtures: np.ndarray  # [M, T]
-    product_ids: pa.Array  # [P] global product index -> id text
-    product_category: np.ndarray  # [P] category index
-    product_price: np.ndarray  # [P]
-    product_cheap: np.ndarray  # [P] merchant median price / price
-    choice_cdf: np.ndarray  # per-(type, merchant) product CDFs, concatenated, offset by t * M + m
-    queries: pa.Array  # [C * len(QUERY_FORMS)] search text per category and wording
-    buyer_merchant: np.ndarray  # [B]
-    buyer_user: np.ndarray  # [B]
-    buyer_type: np.ndarray  # [B]
-
-
-def _build_world(cfg: SynthConfig, rng: np.random.Generator) -> _World:
-    n_m, n_t = cfg.merchants, len(BUYER_TYPES)
-    mixtures = rng.dirichlet(np.full(n_t, cfg.mixture_concentration), size=n_m)
-    sizes = 1.0 / np.arange(1, n_m + 1) ** 0.8
-    sizes = rng.permutation(sizes / sizes.sum())
-
-    cat_log_price = rng.uniform(math.log(5), math.log(300), size=cfg.categories)
-    n_products = np.maximum(5, np.round(cfg.products_per_merchant * rng.lognormal(0, 0.4, n_m))).astype(int)
-    categories, prices, cheap, cdfs = [], [], [], [[] for _ in range(n_t)]
-    for m in range(n_m):
-        n = n_products[m]
-        own = rng.choice(cfg.categories, size=min(cfg.categories, int(rng.integers(3, 9))), replace=False)
-        cat = own[rng.integers(0, len(own), n)]
-        price = np.round(np.floor(np.exp(cat_log_price[cat] + rng.normal(0, 0.5, n))) + 0.99, 2)
-        pop = 1.0 / rng.permutation(np.arange(1, n + 1)).astype(float)
-        rel = np.median(price) / price
-        for t, bt in enumerate(BUYER_TYPES):
-            w = pop**bt.popularity_power * rel**bt.cheap_power
-            cdf = np.cumsum(w / w.sum())
-            cdf[-1] = 1.0
-            cdfs[t].append((t * n_m + m) + cdf)
-        categories.append(cat)
-        prices.append(price)
-        cheap.append(rel)
-    total = int(n_products.sum())
-
-    merchant = rng.choice(n_m, size=cfg.buyers, p=sizes)
-    per_merchant = np.bincount(merchant, minlength=n_m)
-    pool = max(int(per_merchant.max()), int(round(cfg.buyers * (1 - cfg.user_overlap))))
-    user = np.empty(cfg.buyers, dtype=np.int64)
-    for m in range(n_m):
-        user[merchant == m] = rng.choice(pool, size=per_merchant[m], replace=False)
-    u = rng.random(cfg.buyers)
-    kind = (u[:, None] >= np.cumsum(mixtures, 1)[merchant]).sum(1).clip(0, n_t - 1).astype(np.int8)
-    order = np.lexsort((merchant, user))  # a user's buyers are adjacent, as in user-sorted logs
-
-    return _World(
-        merchant_names=pa.array([f"shop-{m:03d}" for m in range(n_m)]),
-        mixtures=mixtures,
-        product_ids=pa.array([str(100_000 + i) for i in range(total)]),
-        product_category=np.concatenate(categories),
-        product_price=np.concatenate(prices),
-        product_cheap=np.concatenate(cheap),
-        choice_cdf=np.concatenate([c for per_type in cdfs for c in per_type]),
-        queries=pa.array(
-            [form.format(_category_word(c)) for c in range(cfg.categories) for form in QUERY_FORMS]
-        ),
-        buyer_merchant=merchant[order],
-        buyer_user=user[order],
-        buyer_type=kind[order],
-    )
-
-
-def _walk_visits(
-    rng: np.random.Generator,
-    world: _World,
-    visit_type: np.ndarray,
-    visit_merchant: np.ndarray,
-    chains: _Chains,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run all visits' chains in lock step: (visit index, action, product or -1) per event, visit-major."""
-    n_m = len(world.mixtures)
-    new_product = np.array([bt.new_product for bt in BUYER_TYPES])
-    sensitivity = np.array([bt.price_sensitivity for bt in BUYER_TYPES])
-    current = np.full(len(visit_type), -1, dtype=np.int64)
-    idx = np.arange(len(visit_type))
-    state = (rng.random(len(idx))[:, None] >= chains.start_cdf[visit_type]).sum(1)
-    rows, actions, products = [], [], []
-    for step in range(_MAX_VISIT_EVENTS):
-        if len(idx) == 0:
-            break
-        kind = visit_type[idx]
-        cur = current[idx]
-        fresh = (state == _S["search"]) | (_ITEM_STATES[state] & (cur < 0))
-        fresh |= (state == _S["view"]) & (rng.random(len(idx)) < new_product[kind])
-        pick = np.flatnonzero(fresh)
-        key = kind[pick] * n_m + visit_merchant[idx[pick]] + rng.random(len(pick))
-        # The CDF array holds one copy of all products per type: fold the index back to a product.
-        cur[pick] = np.searchsorted(world.choice_cdf, key, side="right") % len(world.product_price)
-        current[idx] = cur
-        rows.append(idx)
-        actions.append(state.astype(np.int8))
-        products.append(np.where(_ITEM_STATES[state] | (state == _S["search"]), cur, -1))
-
-        cum = chains.first_cum if step == 0 else chains.next_cum
-        nxt = (rng.random(len(idx))[:, None] >= cum[kind, state]).sum(1)
-        picky = (nxt == _S["cart"]) & (sensitivity[kind] > 0) & (cur >= 0)
-        accept = rng.random(len(idx)) < np.minimum(1.0, world.product_cheap[cur] ** sensitivity[kind])
-        nxt[picky & ~accept] = _S["view"]
-        if step == _MAX_VISIT_EVENTS - 1:
-            break
-        keep = nxt != _END
-        idx, state = idx[keep], nxt[keep]
-    rows_a = np.concatenate(rows)
-    order = np.argsort(rows_a, kind="stable")
-    return rows_a[order], np.concatenate(actions)[order], np.concatenate(products)[order]
-
-
 def _segment_starts(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)[:-1]])
 
 
 def _block_events(
     cfg: SynthConfig,
-    world: _World,
+    world: World,
     lo: int,
     hi: int,
     visit_base: int,
     seed_parts: tuple[int, int],
-    chains: _Chains,
+    chains: Chains,
     visit_scale: float,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Events of buyers [lo, hi) as numpy columns (buyer, seconds from start, action, product, visit id)."""
@@ -342,7 +164,8 @@ def _block_events(
     v_type = b_type[v_buyer]
     v_merchant = world.buyer_merchant[lo:hi][v_buyer]
 
-    e_visit, e_action, e_product = _walk_visits(rng, world, v_type, v_merchant, chains)
+    key = int(rng.integers(0, 2**63))  # this block's visits' counter-based draws (synth_model.uniforms)
+    e_visit, e_action, e_product = walk_visits(world, world.control, chains, v_type, v_merchant, key)
     per_visit = np.bincount(e_visit, minlength=len(v_buyer))
     first = _segment_starts(per_visit)
 
@@ -395,7 +218,7 @@ def _malformed(rng: np.random.Generator, cols: dict[str, np.ndarray], share: flo
     return bad
 
 
-def _table(cfg: SynthConfig, world: _World, cols: dict[str, np.ndarray], epoch: int) -> pa.Table:
+def _table(cfg: SynthConfig, world: World, cols: dict[str, np.ndarray], epoch: int) -> pa.Table:
     """The raw rows of one block, as Arrow, in time order; a 'kind' column (-1 clean) marks defects."""
     kind = cols.get("kind", np.full(len(cols["ts"]), -1, dtype=np.int8))
     order = np.argsort(cols["ts"], kind="stable")
@@ -406,8 +229,8 @@ def _table(cfg: SynthConfig, world: _World, cols: dict[str, np.ndarray], epoch: 
     )
     kind = kind[order]
     ts = cols["ts"][order] + epoch
-    has_item = _ITEM_STATES[action] & (product >= 0)
-    is_search = action == _S["search"]
+    has_item = ITEM_STATES[action] & (product >= 0)
+    is_search = action == S["search"]
     safe_product = np.where(product >= 0, product, 0)
     category = world.product_category[safe_product]
 
@@ -437,16 +260,11 @@ def _table(cfg: SynthConfig, world: _World, cols: dict[str, np.ndarray], epoch: 
     )
 
 
-def _query_form(buyer: np.ndarray, world: _World, ts: np.ndarray) -> np.ndarray:
+def _query_form(buyer: np.ndarray, world: World, ts: np.ndarray) -> np.ndarray:
     """Which query wording a search uses: one of its type's forms, varied by time."""
     forms = [bt.query_forms for bt in BUYER_TYPES]
     table = np.array([[f[i % len(f)] for i in range(2)] for f in forms])
     return table[world.buyer_type[buyer], ts % 2]
-
-
-def _category_word(c: int) -> str:
-    word = _CATEGORY_WORDS[c % len(_CATEGORY_WORDS)]
-    return word if c < len(_CATEGORY_WORDS) else f"{word} {c // len(_CATEGORY_WORDS) + 1}"
 
 
 class _PartWriter:
@@ -492,8 +310,8 @@ def synthesize(config: SynthConfig, out: Path, progress: bool = False) -> dict[s
     for stale in [*(out / LOGS_DIR).glob("events-*.csv"), *(out / LOGS_DIR).glob("events-*.parquet")]:
         stale.unlink()  # parts of an earlier run would otherwise join this log
     rng = np.random.default_rng(config.seed)
-    world = _build_world(config, rng)
-    chains = _chains(config.behaviour_noise)
+    world = build_world(config, rng)
+    chains = build_chains(config.behaviour_noise)
     n_types = len(BUYER_TYPES)
     shares = np.bincount(world.buyer_type, minlength=n_types) / config.buyers
     rel_visits = np.array([bt.visits for bt in BUYER_TYPES])

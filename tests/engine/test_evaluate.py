@@ -127,3 +127,30 @@ def test_report_renders_in_chromium(case, tmp_path):
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
         browser.close()
     assert len(widths) == 5 and all(w > 100 for w in widths)  # the fidelity plot and the four others
+
+
+def test_page_views_are_not_compared(case, tmp_path):
+    """Navigation depends on the site's layout, not on the buyer: real home-page views and the
+    simulated storefront's many page views are left out of kinds, took and lengths on both sides."""
+    data, sim_dir = case
+    before = fidelity(sim_stats(sim_dir), real_stats(data))
+    events = pl.read_parquet(data / "events.parquet")
+    views = events.head(2).with_columns(event_type=pl.lit("page_view"))
+    pl.concat([events, views]).write_parquet(data / "events.parquet")
+    steps = pl.read_parquet(sim_dir / "rollouts" / "part-00000.parquet")
+    navigation = pl.concat([steps.head(1).with_columns(action_kind=pl.lit("page_view"))] * 5)
+    pl.concat([steps, navigation]).write_parquet(sim_dir / "rollouts" / "part-00000.parquet")
+    real = real_stats(data)
+    assert all("page_view" not in s.kind_counts and "page_view" not in s.took for s in real.values())
+    assert sorted(real["m1"].lengths) == [1, 1, 2]
+    sim = sim_stats(sim_dir)
+    assert all("page_view" not in s.kind_counts for s in sim.values())
+    assert sorted(sim["m1"].lengths) == [2, 2]
+    units = real_units(data)
+    assert "page_view" not in units.actions
+    after = fidelity(sim, real)
+    assert (after["js_action"], after["js_length"], after["ara"]) == (
+        before["js_action"],
+        before["js_length"],
+        before["ara"],
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -10,10 +11,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from engine.cli import main as simpersona
-from engine.study import Study, StudyConfig, explain, other_merchants, targets
+from engine.study import Study, other_merchants
+from engine.study_config import StudyConfig
+from engine.study_report import explain, targets
+from learners.config import config_from_dict
 
 
 @pytest.fixture(scope="module")
@@ -21,24 +26,24 @@ def study(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     argv = ["synth", "--out", str(root / "raw"), "--buyers", "600", "--merchants", "6", "--seed", "3"]
     assert simpersona(argv) == 0
-    config = StudyConfig(
-        out=str(root / "study"),
-        inputs=[str(root / "raw" / "logs")],
-        mapping=str(root / "raw" / "mapping.yaml"),
-        heldout=2,
-        codes=4,
-        vq_epochs=2,
-        train_sessions=4,
-        systems=["markov", "markov-mismatched-merchant", "random"],
-        min_sessions=10,
-        sessions_per_merchant=12,
-        visits_per_real_session=0,
-        bootstrap=200,
-        goal_systems=["markov"],
-        goal_merchants=2,
-        goal_buyers_per_merchant=4,
-        goal_seeds=2,
-        envs_per_runner=16,
+    config = config_from_dict(
+        StudyConfig,
+        {
+            "out": str(root / "study"),
+            "inputs": [str(root / "raw" / "logs")],
+            "mapping": str(root / "raw" / "mapping.yaml"),
+            "heldout": 2,
+            "systems": ["markov", "markov-mismatched-merchant", "random"],
+            "min_sessions": 10,
+            "bootstrap": 200,
+            "goal_systems": ["markov"],
+            "goal_merchants": 2,
+            "goal_buyers_per_merchant": 4,
+            "goal_seeds": 2,
+            "personas": {"codes": 4, "epochs": 2},
+            "traces": {"max_sessions": 4},
+            "simulate": {"buyers_per_merchant": 12, "buyers_per_real_session": 0, "envs_per_runner": 16},
+        },
     )
     return config, Study(config).run()
 
@@ -110,7 +115,7 @@ def test_the_split_is_printed_and_a_greedy_one_refused(study, tmp_path, capsys):
     greedy = replace(config, out=str(tmp_path / "greedy"), data=f"{config.out}/data", heldout=5)
     with pytest.raises(ValueError, match=r"cannot hold out 5 merchants: \d+ of 6 .* Fix: --heldout 2"):
         Study(greedy).run()
-    Study(replace(config, runners=1)).split(Path(config.out, "data"))
+    Study(replace(config, simulate=replace(config.simulate, runners=1))).split(Path(config.out, "data"))
     line = capsys.readouterr().out
     assert "split: 6 merchants" in line and "2 held out, 4 training" in line
 
@@ -118,9 +123,26 @@ def test_the_split_is_printed_and_a_greedy_one_refused(study, tmp_path, capsys):
 def test_rerun_skips_every_finished_stage(study):
     config, result = study
     # Settings of how a study runs, not of what it finds, may change between runs.
-    again = Study(replace(config, runners=1, policy_placement="runner")).run()
+    faster = replace(config.simulate, runners=1, policy_placement="runner")
+    again = Study(replace(config, simulate=faster)).run()
     assert again["log"] and all(entry.get("skipped") for entry in again["log"])
     assert again["variants"] == result["variants"]
+
+
+def test_each_logged_command_reruns_its_stage_by_hand(study, tmp_path):
+    config, result = study
+    commands = {entry["stage"]: shlex.split(entry["command"]) for entry in result["log"]}
+    assert all(argv[0] == "simpersona" for argv in commands.values())
+    for stage, artifact in (("traces (training merchants)", "traces.parquet"), ("fit Markov chain", None)):
+        argv = commands[stage][1:]
+        at = argv.index("--out") + 1
+        theirs = Path(argv[at])
+        argv[at] = str(tmp_path / theirs.name)
+        assert simpersona(argv) == 0, stage
+        if artifact:
+            assert pq.read_table(tmp_path / theirs.name / artifact).equals(pq.read_table(theirs / artifact))
+        else:
+            assert json.loads((tmp_path / theirs.name).read_text()) == json.loads(theirs.read_text())
 
 
 def test_a_study_with_other_settings_is_not_continued(study):

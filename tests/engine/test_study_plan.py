@@ -21,19 +21,20 @@ from learners.agent.train import AgentTrainConfig, train_agent
 CONFIG = {
     "heldout": 2,
     "min_sessions": 10,
-    "codes": 4,
-    "vq_epochs": 2,
-    "train_sessions": 2,
     "variants": ["strict", "same-window"],
     "systems": ["persona", "mismatched-uniform", "no-persona", "markov", "random"],
     "goal_systems": ["markov"],
     "goal_merchants": 2,
     "goal_buyers_per_merchant": 4,
     "goal_seeds": 2,
-    "sessions_per_merchant": 12,
-    "visits_per_real_session": 0.5,
-    "max_steps": 20,
-    "envs_per_runner": 16,
+    "personas": {"codes": 4, "epochs": 2},
+    "traces": {"max_sessions": 2},
+    "simulate": {
+        "buyers_per_merchant": 12,
+        "buyers_per_real_session": 0.5,
+        "max_steps": 20,
+        "envs_per_runner": 16,
+    },
 }
 
 
@@ -95,10 +96,10 @@ def test_the_plan_prints_a_table_and_trains_nothing(planned):
 def test_replayed_steps_and_tokens_are_what_the_study_then_produces(planned, tmp_path):
     config, out, _, plan = planned
     split = json.loads((out / "split.json").read_text())
-    # The traces stage exactly as Study.agents runs it.
+    # The traces stage as Study.agents runs it.
     traces_config = tmp_path / "traces.yaml"
     traces_config.write_text(
-        yaml.safe_dump({"merchants": split["traced"], "max_sessions": config["train_sessions"]})
+        yaml.safe_dump({"merchants": split["traced"], "max_sessions": config["traces"]["max_sessions"]})
     )
     argv = [
         "traces",
@@ -142,7 +143,7 @@ def test_visits_per_system_follow_the_sizing_rule(planned):
     sessions = dict(zip(table["merchant_id"].to_pylist(), table["sessions"].to_pylist(), strict=True))
 
     def visits(merchants: list[str]) -> int:
-        spm, per = config["sessions_per_merchant"], config["visits_per_real_session"]
+        spm, per = config["simulate"]["buyers_per_merchant"], config["simulate"]["buyers_per_real_session"]
         return sum(max(spm, math.ceil(per * sessions[m])) for m in merchants)
 
     # Strict runs simulate the held-out merchants that have codes from the earlier window.
@@ -152,7 +153,9 @@ def test_visits_per_system_follow_the_sizing_rule(planned):
     strict = [m for m in held if m in set(early["merchant_id"].to_pylist())]
     expected = {"same-window": visits(held), "shared": visits(held), "strict": visits(strict)}
     expected["goals"] = config["goal_merchants"] * config["goal_buyers_per_merchant"] * config["goal_seeds"]
-    assert visits(held) > config["sessions_per_merchant"] * len(held)  # the per-session rule decides here
+    assert visits(held) > config["simulate"]["buyers_per_merchant"] * len(
+        held
+    )  # the per-session rule decides here
     runs = {}
     for sim in plan["simulations"]:
         for run, n in sim["visits_per_run"].items():

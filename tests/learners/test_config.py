@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from learners.config import add_config_args, build_config, config_to_dict, field_docs
+from learners.config import (
+    add_config_args,
+    build_config,
+    config_flags,
+    config_from_dict,
+    config_to_dict,
+    field_docs,
+    option,
+)
 
 
 @dataclass
@@ -59,3 +67,79 @@ def test_bad_values_are_explained():
         parse(["--codes", "many"])
     with pytest.raises(ValueError, match="true/false"):
         parse(["--use-gpu", "maybe"])
+
+
+@dataclass
+class Inner:
+    epochs: int = 2
+    """Training epochs."""
+    use_gpu: bool = field(default=False, metadata=option(switch=True))
+    """One GPU per worker."""
+
+
+@dataclass
+class Outer:
+    data: str = field(metadata=option(positional=True))
+    """Input directory."""
+    sim: list[str] = field(default_factory=list, metadata=option(repeat=True))
+    """Runs, repeatable."""
+    quiet: bool = field(default=False, metadata=option(flag="--no-log", switch=True))
+    """No log."""
+    limit: int | None = 5
+    """A cap; none lifts it."""
+    train: Inner = field(default_factory=lambda: Inner(epochs=3))
+    """The training section."""
+    fit: Inner = field(default_factory=Inner, metadata=option(inline=True))
+    """Settings read at this level."""
+
+
+def outer(argv, config_path=None):
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, Outer)
+    return build_config(Outer, parser.parse_args(argv), config_path), parser
+
+
+def test_a_nested_section_is_a_yaml_mapping_and_dotted_flags(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  use_gpu: true\nepochs: 7\n")
+    cfg, parser = outer(
+        ["d", "--train.epochs", "9", "--sim", "a=x", "--sim", "y", "--limit", "none"], cfg_file
+    )
+    assert cfg == Outer("d", ["a=x", "y"], False, None, Inner(9, True), Inner(7, False))
+    # Help from the field docstrings; a section's defaults are its parent's.
+    text = " ".join(parser.format_help().split())
+    assert (
+        "--train.epochs TRAIN.EPOCHS" not in text
+        and "--train.epochs EPOCHS Training epochs. (default: 3)" in text
+    )
+    assert outer(["d"])[0].train == Inner(3)  # the field's default, not Inner()'s
+
+
+def test_config_flags_render_non_default_fields_that_rebuild_the_config():
+    cfg = Outer("my dir", ["a=x"], True, None, Inner(4, True), Inner(2, True))
+    flags = config_flags(cfg)
+    assert flags == [
+        "my dir",
+        "--sim",
+        "a=x",
+        "--no-log",
+        "--limit",
+        "none",
+        "--train.epochs",
+        "4",
+        "--train.use-gpu",
+        "--use-gpu",
+    ]
+    assert outer(flags)[0] == cfg
+    assert config_flags(Outer("d")) == ["d"]
+
+
+def test_unknown_section_field_is_named_with_its_section(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ValueError, match=r"train\.epoch"):
+        outer(["d"], cfg_file)
+    cfg_file.write_text("train: 3\n")
+    with pytest.raises(ValueError, match="train must be a mapping"):
+        outer(["d"], cfg_file)
+    assert config_from_dict(Outer, {"data": "d", "train": {"epochs": 1}}).train == Inner(1)

@@ -403,3 +403,37 @@ def test_a_page_without_ids_never_suggests_the_search_placeholder():
     for seed in range(20):
         action = RandomPolicy().act([replace(request, seed=seed)])[0].action
         assert action != SEARCH_TEMPLATE
+
+
+def test_markov_draws_navigation_by_its_context(tmp_path):
+    """Navigation is one kind of many templates: after an add-to-cart the buyers here always go to the
+    cart, while 'back' is the most frequent action overall; the chain follows the context."""
+    product = "== Item ==\nShop m | Cart: 0 items | Favourites: 0\nProduct id: a\nActions:\nadd to cart"
+    rows = {"observation": [], "action": [], "history": [], "code": []}
+    sessions = [["open product a", "add to cart", "go to cart"]] * 5 + [["open product a", "back"]] * 40
+    for session in sessions:
+        for i, action in enumerate(session[1:], start=1):
+            rows["observation"].append(product)
+            rows["action"].append(action)
+            rows["history"].append(session[:i])
+            rows["code"].append(0)
+    policy = MarkovPolicy.fit(pa.table(rows))
+    offered = (
+        "add to cart",
+        "buy now",
+        "favorite",
+        "open category c",
+        'search "<query>"',
+        "go to cart",
+        "home",
+        "back",
+        "exit",
+    )
+    requests = [
+        ActRequest(product, offered, 0, None, ("open product a", "add to cart"), seed) for seed in range(200)
+    ]
+    chosen = Counter(r.action for r in policy.act(requests))
+    assert chosen["go to cart"] > 0.6 * len(requests)
+    assert chosen["go to cart"] > 5 * chosen["back"]
+    loaded = MarkovPolicy.load(policy.save(tmp_path / "markov.json"))
+    assert [r.action for r in loaded.act(requests)] == [r.action for r in policy.act(requests)]

@@ -1,0 +1,248 @@
+"""What-if experiments checked against planted truth: does the simulated effect of a storefront change
+match the effect the synthetic generator itself shows, per buyer type?
+
+  .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt
+  .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt --buyers-per-merchant 1500 --markdown out.md
+
+Steps (each skipped when its output is there, so an interrupted run continues):
+
+1. ``simpersona synth`` (planted types with price, listing and page-size sensitivities) and its true
+   effects of the treatments (``--treatment``), written by the generator under control and treatment
+   with common random numbers (learners/data/synth_truth.py).
+2. ``simpersona study`` on that log with examples/study-demo.yaml's settings, merchant-disjoint: the
+   VQ-VAE, the persona agent, the no-persona agent and the per-type Markov chain see only the training
+   merchants; the held-out merchants are the ones experimented on.
+3. ``simpersona experiment`` once per system (persona agent, no-persona agent, Markov chain) on the
+   held-out merchants, the population drawn from each merchant's own persona mix, arms: control,
+   a price cut on every product and the cheapest-first listing order.
+4. The truth at the held-out merchants: the generator's visits there under control and treatment
+   (paired), per planted type; per persona code, the mixture of the planted types of the held-out
+   buyers with that code (P(type | code)), since an experiment reports per code.
+
+Printed (Markdown): per system and treatment, the share of (code x metric) cells whose true effect
+lies inside the simulated 95% interval, and the share with the true sign among the cells whose true
+effect exceeds the run's detectable effect (MDE); then every cell. The baselines are in the same run:
+the Markov chain (it reads no prices) and the no-persona agent (it cannot tell the types apart), and
+the unpaired design (the variance ratio of the paired difference against independent arms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+
+from envs.treatments import Treatment
+from learners.data.planted_types import TYPE_NAMES
+from learners.data.synth import SynthConfig
+from learners.data.synth_truth import METRICS, visits_under
+
+ROOT = Path(__file__).resolve().parents[1]
+TREATMENTS = {
+    "price-cut": {"kind": "price", "percent": -30.0},
+    "cheapest-first": {"kind": "order", "order": "price-ascending"},
+}
+SYSTEMS = {
+    "persona": {"policy": "transformers", "path": "agent", "use_persona": True},
+    "no-persona": {"policy": "transformers", "path": "agent-no-persona", "use_persona": False},
+    "markov": {"policy": "markov", "path": "markov.json", "use_persona": True},
+}
+
+
+def simpersona(*args: str) -> None:
+    """One CLI call; its output goes to the console (the benchmark is a user's session)."""
+    start = time.perf_counter()
+    print("$ simpersona " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "engine.cli", *args], check=True, cwd=ROOT)
+    print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def prepare(work: Path, synth: SynthConfig, truth_visits: int) -> None:
+    raw = work / "raw"
+    if not (raw / "truth.parquet").exists():
+        (work / "treatments.yaml").write_text(yaml.safe_dump(TREATMENTS), encoding="utf-8")
+        simpersona(
+            "synth", "--out", str(raw), "--buyers", str(synth.buyers), "--merchants", str(synth.merchants),
+            "--seed", str(synth.seed), "--treatment", str(work / "treatments.yaml"),
+            "--truth-visits", str(truth_visits),
+        )  # fmt: skip
+    if not (work / "study" / "metrics.json").exists():
+        config = yaml.safe_load((ROOT / "examples" / "study-demo.yaml").read_text(encoding="utf-8"))
+        config |= {
+            "out": str(work / "study"),
+            "inputs": [str(raw / "logs")],
+            "mapping": str(raw / "mapping.yaml"),
+            "variants": ["same-window"],
+            "systems": ["persona", "no-persona", "markov"],
+            "goal_systems": [],
+        }
+        (work / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        simpersona("study", str(work / "study.yaml"))
+
+
+def experiment(work: Path, system: str, merchants: list[str], buyers: int, seed: int) -> pl.DataFrame:
+    out = work / "experiments" / system
+    if not (out / "effects.parquet").exists():
+        spec = SYSTEMS[system]
+        study = work / "study"
+        config = {
+            "out": str(out),
+            "data": str(study / "data"),
+            "distributions": str(study / "distributions" / "own-same-window.parquet"),
+            "personas": str(study / "personas"),
+            "merchants": merchants,
+            "buyers_per_merchant": buyers,
+            "seed": seed,
+            "max_steps": 30,
+            "policy": spec["policy"],
+            "policy_path": str(study / spec["path"]),
+            "arms": {"control": {"kind": "none"}, **TREATMENTS},
+            "simulation": {"use_persona": spec["use_persona"], "runners": 2, "envs_per_runner": 256}
+            | ({"temperature": 1.0} if spec["policy"] != "markov" else {}),
+        }
+        path = work / f"experiment-{system}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        simpersona("experiment", str(path))
+    return pl.read_parquet(out / "effects.parquet")
+
+
+def truth_per_type(synth: SynthConfig, merchants: list[str], visits: int, seed: int) -> pl.DataFrame:
+    """The generator's paired effect per (treatment, planted type, metric) at ``merchants``."""
+    control = visits_under(synth, Treatment(), visits, seed)
+    index = np.array([int(m.rsplit("-", 1)[1]) for m in merchants])
+    here = np.isin(control.visit_merchant, index)
+    rows = []
+    for name, spec in TREATMENTS.items():
+        treated = visits_under(synth, Treatment.from_dict(spec), visits, seed)
+        for metric in METRICS:
+            d = treated.metrics[metric] - control.metrics[metric]
+            for t, type_name in enumerate(TYPE_NAMES):
+                dt = d[here & (control.visit_type == t)]
+                se = float(dt.std(ddof=1) / np.sqrt(len(dt))) if len(dt) > 1 else float("nan")
+                rows.append(
+                    (name, type_name, metric, float(dt.mean()) if len(dt) else float("nan"), se, len(dt))
+                )
+    return pl.DataFrame(
+        rows, schema=["treatment", "planted", "metric", "truth", "truth_se", "n"], orient="row"
+    )
+
+
+def type_mix(work: Path, merchants: list[str]) -> pl.DataFrame:
+    """P(planted type | persona code) over the held-out merchants' buyers."""
+    codes = pl.read_parquet(
+        work / "study" / "codes" / "codes.parquet", columns=["merchant_id", "buyer_id", "code"]
+    )
+    truth = pl.read_parquet(work / "raw" / "truth.parquet", columns=["merchant_id", "buyer_id", "type"])
+    joined = codes.join(truth, on=["merchant_id", "buyer_id"]).filter(pl.col("merchant_id").is_in(merchants))
+    mix = joined.with_columns(pl.col("code").cast(pl.Int64)).group_by("code", "type").len()
+    return mix.with_columns(share=pl.col("len") / pl.col("len").sum().over("code")).rename(
+        {"type": "planted"}
+    )
+
+
+def compare(effects: pl.DataFrame, truth_code: pl.DataFrame) -> pl.DataFrame:
+    cells = effects.filter((pl.col("merchant") == "all") & pl.col("type").is_not_null()).join(
+        truth_code, left_on=["treatment", "type", "metric"], right_on=["treatment", "code", "metric"]
+    )
+    return cells.with_columns(
+        inside=(pl.col("truth") >= pl.col("low")) & (pl.col("truth") <= pl.col("high")),
+        detectable=pl.col("truth").abs() > pl.col("mde"),
+        same_sign=(pl.col("truth") * pl.col("effect")) > 0,
+    )
+
+
+def markdown(results: dict[str, pl.DataFrame], mix: pl.DataFrame) -> list[str]:
+    out = [
+        "| system | treatment | cells | truth inside the 95% interval | detectable cells (|truth| > MDE) | "
+        "with the true sign | median variance ratio (paired / unpaired) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for system, cells in results.items():
+        for treatment in TREATMENTS:
+            c = cells.filter(pl.col("treatment") == treatment)
+            det = c.filter("detectable")
+            out.append(
+                f"| {system} | {treatment} | {c.height} | {c['inside'].mean():.2f} | {det.height} | "
+                f"{det['same_sign'].sum()} / {det.height} | {c['variance_ratio'].median():.3f} |"
+            )
+    dominant = mix.sort("share", descending=True).group_by("code", maintain_order=True).first()
+    names = {r["code"]: f"{r['planted']} ({r['share']:.0%})" for r in dominant.iter_rows(named=True)}
+    out += [
+        "",
+        "| system | treatment | code (main planted type) | metric | truth | simulated [95%] | MDE |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for system, cells in results.items():
+        for r in cells.sort("treatment", "type", "metric").iter_rows(named=True):
+            mark = "" if r["inside"] else " ✗"
+            out.append(
+                f"| {system} | {r['treatment']} | {r['type']} {names.get(r['type'], '')} | {r['metric']} | "
+                f"{r['truth']:+.4f} | {r['effect']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]{mark} | {r['mde']:.4f} |"
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--buyers", type=int, default=3000, help="synthetic buyers (the demo's size)")
+    parser.add_argument("--merchants", type=int, default=12)
+    parser.add_argument("--synth-seed", type=int, default=7)
+    parser.add_argument(
+        "--buyers-per-merchant", type=int, default=1500, help="simulated buyers per held-out merchant and arm"
+    )
+    parser.add_argument(
+        "--truth-visits", type=int, default=40_000, help="generator visits per planted type for the truth"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    synth = SynthConfig(buyers=args.buyers, merchants=args.merchants, seed=args.synth_seed)
+    prepare(args.work, synth, args.truth_visits)
+    merchants = json.loads((args.work / "study" / "split.json").read_text(encoding="utf-8"))["heldout"]
+    per_type = truth_per_type(synth, merchants, args.truth_visits, args.seed)
+    mix = type_mix(args.work, merchants)
+    truth_code = (
+        mix.join(per_type, on="planted")
+        .group_by("treatment", "code", "metric")
+        .agg((pl.col("share") * pl.col("truth")).sum().alias("truth"))
+    )
+    results = {
+        s: compare(experiment(args.work, s, merchants, args.buyers_per_merchant, args.seed), truth_code)
+        for s in args.systems.split(",")
+    }
+    lines = [
+        f"Synthetic log: {args.buyers} buyers, {args.merchants} merchants, seed {args.synth_seed}; held-out merchants "
+        f"{', '.join(merchants)}; {args.buyers_per_merchant} simulated buyers per merchant and arm, experiment seed "
+        f"{args.seed}; truth from {args.truth_visits:,} generator visits per planted type (paired).",
+        "",
+        *markdown(results, mix),
+        "",
+        "Truth per planted type at the held-out merchants:",
+        "",
+        "| treatment | planted type | metric | truth ± se | visits |",
+        "|---|---|---|---:|---:|",
+        *(
+            f"| {r['treatment']} | {r['planted']} | {r['metric']} | {r['truth']:+.4f} ± {r['truth_se']:.4f} | {r['n']} |"
+            for r in per_type.iter_rows(named=True)
+        ),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""``AgentTrainConfig``: how the persona agent is fine-tuned (train.py) and what its workers run (train_loop.py).
+
+Its own module, light to import (no torch): commands and the study read it to build their flags, and
+Ray Train hands it to every worker as it is (a dataclass pickles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from learners.config import option
+
+
+@dataclass
+class AgentTrainConfig:
+    """How to fine-tune the persona agent."""
+
+    base_model: str = "tiny"
+    """Base model: a preset built locally (``tiny``, ``small``, ``base`` and their 8x twins ``tiny-8x``,
+    ``small-8x``, ``base-8x``; learners/agent/base_models.py), a Hugging Face hub id, or a local directory."""
+    no_persona: bool = field(default=False, metadata=option(switch=True))
+    """Train the same policy without persona tokens (the no-persona baseline); skips stage 1."""
+    lora: bool = field(default=False, metadata=option(switch=True))
+    """Stage 2 trains LoRA adapters (plus the persona rows) instead of all weights."""
+    lora_rank: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    stage1_epochs: int = 1
+    """Epochs of stage 1 (persona-token rows only); with validation examples, the most it may run."""
+    stage2_epochs: int = 2
+    """Epochs of stage 2 (the policy); with validation examples, the most it may run."""
+    validation_share: float = 0.0
+    """Share of the training merchants (whole merchants, at least one when > 0) held out of training as
+    validation: its loss is measured after every epoch of both stages, a stage stops early after
+    `patience` epochs without improvement, and its best epoch is kept. 0: no validation, every epoch
+    runs and the last is kept."""
+    patience: int = 2
+    """Early stopping: stop a stage after this many epochs in a row without a lower validation loss
+    (0: run every epoch, still keeping the best)."""
+    max_tokens: int | None = None
+    """Training tokens per epoch (prompt + target tokens of every training example): when the examples
+    hold more, a seeded, merchant-stratified sample of whole sessions that fits is kept (counted in the
+    manifest). None: every example."""
+    stage1_lr: float = 5e-3
+    """Peak learning rate of stage 1 (new rows start far from trained values, so it is high)."""
+    stage2_lr: float = 1e-3
+    """Peak learning rate of stage 2 (about 2e-5 suits full fine-tuning of pretrained billion-scale models)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay in stage 2 (stage 1 always uses 0 so frozen rows stay bit-identical)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps at the start of each stage; constant afterwards."""
+    batch_size: int = 16
+    """Examples per optimizer step and worker."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    history_len: int = 5
+    """Previous actions shown in the prompt (prompt.py); serving must use the same value."""
+    max_observation_tokens: int = 512
+    """Observation tokens kept in the prompt; serving must use the same value."""
+    goal_share: float = 0.5
+    """Share of purchasing sessions added once more with the hindsight goal (the bought product) shown."""
+    heldout_merchant_share: float = 0.0
+    """Share of merchants held out of training entirely (written to AGENT/eval/ for offline evaluation)."""
+    heldout_buyer_share: float = 0.0
+    """Share of the remaining merchants' buyers held out of training."""
+    workers: int = 1
+    """Ray Train workers (0: train in this process without Ray)."""
+    use_gpu: bool = field(default=False, metadata=option(switch=True))
+    """One GPU per worker (bf16 autocast)."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from by restarting at the latest checkpoint."""
+    seed: int = 0
+    """Seed of the tiny model's weights, token initialisation, goal sampling, splits and shuffles."""
+    log_every: int = 20
+    """Print a progress line every this many steps."""
+    max_examples: int | None = None
+    """Train on at most this many examples (the first, in trace order; for quick tries, `max_tokens`
+    sizes real runs); None = all."""

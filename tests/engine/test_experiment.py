@@ -1,0 +1,289 @@
+"""What-if experiments: visit outcomes by replay, paired effects, the plan, the report, the command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from engine.cli import main as simpersona
+from engine.experiment import ExperimentConfig, arm_simulation, experiment_arms, run_experiment
+from engine.experiment_effects import Pairs, estimate
+from engine.experiment_outcomes import METRICS, replay_visit
+from engine.experiment_plan import plan
+from engine.simulation_config import SimulationConfig
+from envs.catalog import Catalog
+from envs.storefront import Storefront
+from envs.treatments import TreatedStorefront, Treatment
+from learners.agent.markov_policy import MarkovPolicy
+from learners.data.synth import SynthConfig, synth_prepared
+from tests.engine.sim_fixtures import write_distributions
+
+pytestmark = pytest.mark.ray
+
+CHAIN = {
+    "home": {"product_view": 6, "page_view": 2, "exit": 1},
+    "category": {"product_view": 6, "page_view": 1, "exit": 1},
+    "search": {"product_view": 4, "exit": 1},
+    "product": {"add_to_cart": 3, "checkout": 2, "favorite": 1, "page_view": 2, "exit": 2},
+    "cart": {"checkout": 5, "exit": 1},
+    "checkout": {"purchase": 5, "exit": 2},
+    "confirmation": {"exit": 1},
+}
+"""A page-level Markov chain that buys often enough: a stochastic policy (each step drawn from the
+step's seed), so a null arm is exactly the control only because the seeds are common."""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("experiment")
+    _, data = synth_prepared(SynthConfig(buyers=120, merchants=2, seed=3), root)
+    merchants = sorted(pl.read_parquet(data / "merchants.parquet")["merchant_id"].to_list())
+    chain = MarkovPolicy(CHAIN, {}).save(root / "markov.json")
+    personas = root / "personas"
+    personas.mkdir()
+    types = {"0": {"description": "converts at 2.0x the average (40%); most reach purchase"}}
+    (personas / "metrics.json").write_text(json.dumps({"types": types}))
+    return {
+        "data": str(data),
+        "distributions": str(write_distributions(root / "dist.parquet", merchants, codes=4)),
+        "policy_path": str(chain),
+        "personas": str(personas),
+    }
+
+
+def experiment(store: dict[str, str], out: Path, arms: dict, **fields) -> ExperimentConfig:
+    values = {
+        "out": str(out),
+        "policy": "markov",
+        "buyers_per_merchant": 60,
+        "max_steps": 12,
+        "bootstrap": 300,
+        "arms": {"control": {"kind": "none"}, **arms},
+        "simulation": {"runners": 1, "runner_num_cpus": 0.5, "chunk_size": 64, "envs_per_runner": 64},
+        **store,
+    }
+    return ExperimentConfig(**(values | fields))
+
+
+def overall(result: dict, treatment: str) -> dict[str, dict]:
+    return {
+        r["metric"]: r
+        for r in result["rows"]
+        if r["treatment"] == treatment and r["merchant"] == "all" and r["type"] is None
+    }
+
+
+# ---- outcomes of one visit -----------------------------------------------------------------------
+
+
+def _catalog() -> Catalog:
+    return Catalog.from_records(
+        "m",
+        [
+            {"product_id": f"p{i}", "category_id": "c", "price": 10.0 + i, "popularity": 9 - i}
+            for i in range(3)
+        ],
+    )
+
+
+def test_replay_counts_what_a_visit_did():
+    sf = Storefront(_catalog())
+    actions = [
+        "open product p1",
+        "add to cart",
+        "add to cart",
+        "go to cart",
+        "checkout",
+        "place order",
+        "exit",
+    ]
+    assert replay_visit(sf, actions, [True] * len(actions)) == (1.0, 1.0, 1.0, 22.0, 5.0)
+    # An invalid step emits nothing; a replay that disagrees with the rollout is refused.
+    assert replay_visit(sf, ["place order", "open product p0", "home"], [False, True, True]) == (
+        0,
+        0,
+        1,
+        0,
+        1,
+    )
+    with pytest.raises(RuntimeError, match="invalid on replay"):
+        replay_visit(sf, ["place order"], [True])
+
+
+def test_replay_uses_the_arms_prices_and_checkout():
+    cheaper = TreatedStorefront(_catalog(), Treatment(kind="price", percent=-30))
+    actions = ["open product p1", "add to cart", "add to cart", "go to cart", "checkout", "place order"]
+    assert replay_visit(cheaper, actions, [True] * 6)[3] == pytest.approx(2 * 7.7)
+    one_page = TreatedStorefront(_catalog(), Treatment(kind="one-page-checkout"))
+    bought = replay_visit(one_page, ["open product p2", "add to cart", "place order"], [True] * 3)
+    assert bought == (1.0, 1.0, 1.0, 12.0, 3.0)  # one of the product, at its price
+
+
+# ---- statistics on known distributions ----------------------------------------------------------
+
+
+def test_paired_intervals_cover_a_null_effect_and_beat_unpaired_ones():
+    """Independent draws with a shared buyer component: under no effect the paired 95% interval
+    covers 0 about 95% of the time, and is narrower than the unpaired one."""
+    rng = np.random.default_rng(0)
+    covered, narrower, runs, n = 0, 0, 120, 80
+    shape = (2 * n, len(METRICS))
+    for _ in range(runs):
+        buyer = rng.normal(size=(2 * n, 1))
+        pairs = Pairs(
+            merchants=np.array(["m"] * 2 * n),
+            codes=np.repeat([0, 1], n),
+            control=buyer + 0.5 * rng.normal(size=shape),
+            treated=buyer + 0.5 * rng.normal(size=shape),
+            same_buyers=True,
+        )
+        rows = [r for r in estimate(pairs, "t", replicates=300, seed=1) if r["type"] is None]
+        covered += sum(r["low"] <= 0 <= r["high"] for r in rows)
+        narrower += sum(r["high"] - r["low"] < r["unpaired_high"] - r["unpaired_low"] for r in rows)
+        assert all(r["variance_ratio"] < 0.5 for r in rows)
+    cells = runs * len(METRICS)
+    assert 0.92 <= covered / cells <= 0.98
+    assert narrower == cells
+
+
+# ---- experiments on a synthetic store -----------------------------------------------------------
+
+
+def test_a_treatment_that_changes_nothing_has_no_effect(store, tmp_path, ray_local):
+    """Common random numbers: with a stochastic policy, an arm whose storefront is the control's
+    (plain, or treated with a change that changes nothing) replays every visit exactly."""
+    null = {"same": {"kind": "none"}, "zero-price": {"kind": "price", "percent": 0}}
+    for seed in (0, 1):
+        result = run_experiment(experiment(store, tmp_path / f"crn-{seed}", null, seed=seed))
+        assert result["same_buyers"] == {"same": True, "zero-price": True}
+        assert all(r["effect"] == 0 and r["low"] <= 0 <= r["high"] for r in result["rows"])
+        views = overall(result, "same")["product_views"]
+        assert views["control"] > 0 and views["unpaired_high"] > views["unpaired_low"]  # the visits vary
+
+
+def test_independent_arms_cover_zero_in_an_aa_test(store, tmp_path, ray_local):
+    """Without common random numbers the arms are two populations; a null treatment's intervals then
+    contain 0 in most cells (nominal 95%; zero-variance cells count as containing 0)."""
+    cells = covered = 0
+    for seed in (0, 1, 2):
+        config = experiment(
+            store, tmp_path / f"aa-{seed}", {"same": {}}, seed=seed, common_random_numbers=False
+        )
+        result = run_experiment(config)
+        assert result["same_buyers"] == {"same": False}
+        cells += len(result["rows"])
+        covered += sum(r["low"] <= 0 <= r["high"] for r in result["rows"])
+    assert covered / cells >= 0.9, f"{covered} of {cells} cells contain 0"
+
+
+def test_price_cut_pairs_narrower_than_unpaired(store, tmp_path, ray_local):
+    result = run_experiment(
+        experiment(store, tmp_path / "price", {"price-30": {"kind": "price", "percent": -30}})
+    )
+    rows = [r for r in result["rows"] if r["treatment"] == "price-30"]
+    for r in rows:
+        assert r["high"] - r["low"] <= r["unpaired_high"] - r["unpaired_low"] + 1e-12
+    revenue = overall(result, "price-30")["revenue"]
+    assert revenue["high"] - revenue["low"] < 0.5 * (revenue["unpaired_high"] - revenue["unpaired_low"])
+    assert revenue["relative"] == pytest.approx(-0.3, abs=0.01) and revenue["significant"]
+    assert revenue["variance_ratio"] < 0.2 and revenue["mde"] > 0
+    # The Markov chain does not read prices: the same buyers buy the same things, only cheaper.
+    assert overall(result, "price-30")["conversion"]["effect"] == 0
+
+
+@pytest.mark.browser
+def test_command_report_resume_and_plan(store, tmp_path, ray_local, capsys):
+    out = tmp_path / "cli"
+    config = tmp_path / "experiment.yaml"
+    arms = {
+        "price-10": {"kind": "price", "percent": -10},
+        "order": {"kind": "order", "order": "price-ascending"},
+    }
+    values = experiment(store, out, arms).__dict__
+    config.write_text(yaml.safe_dump(values))
+
+    assert simpersona(["experiment", str(config), "--plan", "--mde", "0.02"]) == 0
+    assert "Bernoulli bound" in capsys.readouterr().out
+    bound = _needed(out)
+    assert simpersona(["experiment", str(config), "--plan", "--mde", "0.01"]) == 0
+    assert _needed(out) == pytest.approx(4 * np.array(bound), abs=4)  # 1 / MDE^2
+
+    assert simpersona(["experiment", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "price-10" in printed and "revenue" in printed and "per type" in printed
+    frame = pl.read_parquet(out / "effects.parquet")
+    assert set(frame["metric"]) == set(METRICS) and set(frame["treatment"]) == {"price-10", "order"}
+    assert (out / "arms" / "order" / "rollouts").is_dir() and (
+        out / "arms" / "price-10" / "outcomes.parquet"
+    ).exists()
+    page = (out / "report.html").read_text()
+    assert "type 0: converts at 2.0x the average" in page and "type 1" in page  # a name, and the fallback
+    assert "simpersona experiment" in page
+
+    parts = sorted((out / "arms").glob("*/rollouts/part-*.parquet"))
+    before = [p.stat().st_mtime_ns for p in parts]
+    assert simpersona(["experiment", str(config)]) == 0
+    assert "not simulated again" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in parts] == before
+
+    # Other settings in the same OUT would mix two populations: refused, with the way out.
+    assert simpersona(["experiment", str(config), "--buyers-per-merchant", "61"]) == 2
+    assert "buyers_per_merchant" in capsys.readouterr().err
+
+    # With the arms in OUT, the plan measures the paired variance instead of bounding it.
+    assert simpersona(["experiment", str(config), "--plan", "--mde", "0.02", "--mde-metric", "revenue"]) == 0
+    assert "pilot" in capsys.readouterr().out
+    pilot = _needed(out)
+    assert simpersona(["experiment", str(config), "--plan", "--mde", "0.04", "--mde-metric", "revenue"]) == 0
+    assert 4 * np.array(_needed(out)) == pytest.approx(pilot, abs=4)
+
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which("chromium"):
+        pytest.fail("Debian chromium is missing: `make test` installs it")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        view = browser.new_page()
+        view.goto((out / "report.html").as_uri())
+        widths = view.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        browser.close()
+    assert len(widths) == len(METRICS) and all(w > 100 for w in widths)
+
+
+def _needed(out: Path) -> list[int]:
+    """The visits needed per type (and overall, last) of the plan just written."""
+    return [r["visits_needed"] for r in json.loads((out / "plan.json").read_text())["rows"]]
+
+
+def test_config_is_checked_early(store, tmp_path):
+    with pytest.raises(ValueError, match="control and at least one treatment"):
+        ExperimentConfig(arms={"control": {}})
+    with pytest.raises(ValueError, match="set by the experiment itself"):
+        ExperimentConfig(arms={"control": {}, "b": {}}, simulation={"seed": 3})
+    with pytest.raises(ValueError, match="unknown treatment kind"):
+        experiment_arms(ExperimentConfig(arms={"control": {}, "b": {"kind": "discount"}}))
+    with pytest.raises(ValueError, match="plain folder names"):
+        ExperimentConfig(arms={"control": {}, "../b": {}})
+    assert SimulationConfig(env_kwargs="{treatment: {kind: none}}").env_kwargs == {
+        "treatment": {"kind": "none"}
+    }
+    flags = ExperimentConfig(
+        arms="{control: {kind: none}, cut: {kind: price, percent: -10}}", simulation="{runners: 3}"
+    )
+    arms = experiment_arms(flags)
+    assert [a.name for a in arms] == ["control", "cut"] and arms[1].treatment == {
+        "kind": "price",
+        "percent": -10.0,
+    }
+    sim = arm_simulation(experiment(store, tmp_path, {"cut": {"kind": "price", "percent": -10}}), arms[1])
+    assert sim.env_id == "simpersona/TreatedStorefront-v0" and sim.env_kwargs["treatment"]["percent"] == -10.0
+    assert plan(experiment(store, tmp_path / "p", {"b": {}}), "conversion", 0.05)["rows"][-1]["type"] is None
