@@ -184,11 +184,14 @@ def per_planted(cells: pl.DataFrame, mix: pl.DataFrame, per_type: pl.DataFrame) 
 
 
 def summary(results: dict[str, pl.DataFrame], unit: str) -> list[str]:
-    """Per system and treatment: coverage of the truth and the sign test over the detectable cells."""
+    """Per system and treatment: coverage of the truth, the sign test over the detectable cells and,
+    where the cells carry it, the median variance ratio of the paired design to independent arms."""
+    ratio = all("variance_ratio" in cells.columns for cells in results.values())
     out = [
         f"| system | treatment | cells ({unit} x metric) | truth inside the 95% interval | detectable cells"
-        " (abs(truth) > MDE) | with the true sign |",
-        "|---|---|---:|---:|---:|---:|",
+        " (abs(truth) > MDE) | with the true sign |"
+        + (" median variance ratio (paired / unpaired) |" if ratio else ""),
+        "|---|---|---:|---:|---:|---:|" + ("---:|" if ratio else ""),
     ]
     for system, cells in results.items():
         for treatment in TREATMENTS:
@@ -197,24 +200,13 @@ def summary(results: dict[str, pl.DataFrame], unit: str) -> list[str]:
             out.append(
                 f"| {system} | {treatment} | {c.height} | {c['inside'].mean():.2f} | {det.height} | "
                 f"{det['same_sign'].sum()} / {det.height} |"
+                + (f" {c['variance_ratio'].median():.3f} |" if ratio else "")
             )
     return out
 
 
 def markdown(results: dict[str, pl.DataFrame], mix: pl.DataFrame) -> list[str]:
-    out = [
-        "| system | treatment | cells | truth inside the 95% interval | detectable cells (abs(truth) > MDE) | "
-        "with the true sign | median variance ratio (paired / unpaired) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for system, cells in results.items():
-        for treatment in TREATMENTS:
-            c = cells.filter(pl.col("treatment") == treatment)
-            det = c.filter("detectable")
-            out.append(
-                f"| {system} | {treatment} | {c.height} | {c['inside'].mean():.2f} | {det.height} | "
-                f"{det['same_sign'].sum()} / {det.height} | {c['variance_ratio'].median():.3f} |"
-            )
+    out = summary(results, "code")
     dominant = mix.sort("share", descending=True).group_by("code", maintain_order=True).first()
     names = {r["code"]: f"{r['planted']} ({r['share']:.0%})" for r in dominant.iter_rows(named=True)}
     out += [
