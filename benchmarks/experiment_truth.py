@@ -35,14 +35,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import yaml
 
 from envs.treatments import Treatment
-from learners.data.planted_types import TYPE_NAMES
 from learners.data.synth import SynthConfig
-from learners.data.synth_truth import METRICS, visits_under
+from learners.data.synth_truth import ALL, true_effects
 
 ROOT = Path(__file__).resolve().parents[1]
 TREATMENTS = {
@@ -115,22 +113,15 @@ def experiment(work: Path, system: str, merchants: list[str], buyers: int, seed:
 
 def truth_per_type(synth: SynthConfig, merchants: list[str], visits: int, seed: int) -> pl.DataFrame:
     """The generator's paired effect per (treatment, planted type, metric) at ``merchants``."""
-    control = visits_under(synth, Treatment(), visits, seed)
-    index = np.array([int(m.rsplit("-", 1)[1]) for m in merchants])
-    here = np.isin(control.visit_merchant, index)
-    rows = []
-    for name, spec in TREATMENTS.items():
-        treated = visits_under(synth, Treatment.from_dict(spec), visits, seed)
-        for metric in METRICS:
-            d = treated.metrics[metric] - control.metrics[metric]
-            for t, type_name in enumerate(TYPE_NAMES):
-                dt = d[here & (control.visit_type == t)]
-                se = float(dt.std(ddof=1) / np.sqrt(len(dt))) if len(dt) > 1 else float("nan")
-                rows.append(
-                    (name, type_name, metric, float(dt.mean()) if len(dt) else float("nan"), se, len(dt))
-                )
-    return pl.DataFrame(
-        rows, schema=["treatment", "planted", "metric", "truth", "truth_se", "n"], orient="row"
+    treatments = {name: Treatment.from_dict(spec) for name, spec in TREATMENTS.items()}
+    table = true_effects(synth, treatments, visits, seed, merchants=merchants)
+    return table.filter(pl.col("type") != ALL).select(
+        "treatment",
+        pl.col("type").alias("planted"),
+        "metric",
+        pl.col("effect").alias("truth"),
+        pl.col("se").alias("truth_se"),
+        "n",
     )
 
 

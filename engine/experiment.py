@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from engine.experiment_effects import estimate, pair_visits
 from engine.experiment_outcomes import METRIC_LABELS, METRICS, OUTCOMES_FILE, arm_outcomes, arm_storefronts
@@ -32,7 +31,7 @@ from engine.experiment_report import write_report
 from engine.rollout_store import MANIFEST, RESULT_FIELDS
 from engine.simulation_config import SimulationConfig
 from envs import STOREFRONT_ID
-from learners.config import config_to_dict
+from learners.config import config_to_dict, mapping_value
 
 ARMS_DIR = "arms"
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -54,15 +53,6 @@ EXPERIMENT_FIELDS = (
 """SimulationConfig fields an experiment sets itself; `simulation` may not repeat them."""
 ARM_FIELDS = ("env_id", "env_kwargs", "resume")
 """SimulationConfig fields that differ per arm, set from the arm's treatment."""
-
-
-def _mapping(value: Any, name: str) -> dict[str, Any]:
-    """A mapping given as a dict (YAML file, code) or as JSON/YAML text (a command-line flag)."""
-    if isinstance(value, str):
-        value = yaml.safe_load(value) or {}
-    if not isinstance(value, dict):
-        raise ValueError(f"experiment config: `{name}` must be a mapping, got {value!r}")
-    return dict(value)
 
 
 @dataclass
@@ -117,8 +107,9 @@ class ExperimentConfig:
     """Ray cluster address ("auto" inside a cluster job); none starts or reuses a local instance."""
 
     def __post_init__(self) -> None:
-        self.arms = {str(k): _mapping(v or {}, f"arms.{k}") for k, v in _mapping(self.arms, "arms").items()}
-        self.simulation = _mapping(self.simulation, "simulation")
+        arms = mapping_value(self.arms, "arms")
+        self.arms = {str(k): mapping_value(v or {}, f"arms.{k}") for k, v in arms.items()}
+        self.simulation = mapping_value(self.simulation, "simulation")
         if len(self.arms) < 2:
             raise ValueError(
                 f"experiment config: need a control and at least one treatment arm, got {sorted(self.arms)}"

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import yaml
 
 from engine.population import PopulationSampler, SimBuyer, with_goals
 from envs.catalog import PreparedCatalogs
+from learners.config import mapping_value
 
 
 @dataclass
@@ -122,12 +122,7 @@ class SimulationConfig:
     """Show a progress bar and print the per-merchant summary."""
 
     def __post_init__(self) -> None:
-        # A flag gives the mapping as text; the YAML file, and code, give it as a dict.
-        if isinstance(self.env_kwargs, str):
-            parsed = yaml.safe_load(self.env_kwargs) or {}
-            if not isinstance(parsed, dict):
-                raise ValueError(f"env_kwargs: expected a mapping, got {self.env_kwargs!r}")
-            self.env_kwargs = parsed
+        self.env_kwargs = mapping_value(self.env_kwargs, "env_kwargs")
 
 
 def buyers_per_merchant(config: SimulationConfig, merchants: list[str]) -> dict[str, int]:

@@ -109,6 +109,15 @@ def _default(f: dataclasses.Field) -> Any:
     return MISSING
 
 
+def mapping_value(value: Any, name: str) -> dict[str, Any]:
+    """A mapping field's value: a dict (YAML file, code) or its JSON/YAML text (a command-line flag)."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"config field {name!r}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
 def _convert(value: Any, annotation: Any, name: str) -> Any:
     if value is None:
         return None
@@ -122,6 +131,8 @@ def _convert(value: Any, annotation: Any, name: str) -> Any:
         items = (value.split(",") if value else []) if isinstance(value, str) else list(value)
         converted = [_convert(v, elem, name) for v in items]
         return converted if origin is list else tuple(converted)
+    if kind is dict or origin is dict:
+        return mapping_value(value, name)
     if kind is bool:
         if isinstance(value, bool):
             return value

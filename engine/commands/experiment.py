@@ -30,10 +30,8 @@ import argparse
 import shlex
 from pathlib import Path
 
-import yaml
-
 from engine.experiment import ExperimentConfig
-from learners.config import add_config_args, build_config, load_yaml
+from learners.config import add_config_args, build_config, load_yaml, mapping_value
 
 NAME = "experiment"
 HELP = "what-if A/B tests of storefront changes on a simulated population, effects per buyer type"
@@ -65,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
     command = launch_command(args)
     if args.cfg__simulation is not None and args.config:
         # The flag adds to the file's simulation settings instead of replacing them all.
-        flag = yaml.safe_load(args.cfg__simulation) or {}
-        if not isinstance(flag, dict):
-            raise ValueError(f"--simulation: expected a mapping, got {args.cfg__simulation!r}")
+        flag = mapping_value(args.cfg__simulation, "simulation")
         args.cfg__simulation = {**(load_yaml(args.config).get("simulation") or {}), **flag}
     config = build_config(ExperimentConfig, args, args.config)
     if args.plan:

@@ -135,10 +135,12 @@ class MarkovPolicy:
     ) -> tuple[list[str], float]:
         """The options of one template, drawn by how often it was taken in this context, plus one, and
         the log-probability of that draw."""
+        if not seen:
+            return options, 0.0
         by_template: dict[str, list[str]] = defaultdict(list)
         for action in options:
             by_template[action_template(action)].append(action)
-        if len(by_template) == 1 or not seen:
+        if len(by_template) == 1:
             return options, 0.0
         names = list(by_template)
         weights = np.array([seen.get(t, 0) + 1.0 for t in names])

@@ -34,7 +34,7 @@ those arms with the truth in expectation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,11 +137,20 @@ def visits_under(config: SynthConfig, treatment: Treatment, visits_per_type: int
 
 
 def true_effects(
-    config: SynthConfig, treatments: Mapping[str, Treatment], visits_per_type: int = 20_000, seed: int = 0
+    config: SynthConfig,
+    treatments: Mapping[str, Treatment],
+    visits_per_type: int = 20_000,
+    seed: int = 0,
+    merchants: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Per (treatment, type or ``all``, metric): control and treated means per visit, effect, se, n
-    (the module docstring defines them). ``seed`` draws the visits; ``config.seed`` the world."""
+    (the module docstring defines them). ``seed`` draws the visits; ``config.seed`` the world.
+    ``merchants``: only the visits at these merchants count (e.g. an experiment's held-out ones)."""
     setup = _setup(config, visits_per_type, seed)
+    here = np.ones(len(setup.visit_type), dtype=bool)
+    if merchants is not None:
+        names = setup.world.merchant_names.to_pylist()
+        here = np.isin(setup.visit_merchant, [names.index(m) for m in merchants])
     for name, treatment in treatments.items():
         _check(name, treatment, config)
     control = _walk(setup, Treatment())
@@ -153,16 +162,20 @@ def true_effects(
             c, d = control.metrics[metric], treated.metrics[metric] - control.metrics[metric]
             parts = []
             for t, type_name in enumerate(TYPE_NAMES):
-                ct, dt = c[setup.visit_type == t], d[setup.visit_type == t]
-                mean_c, effect = float(ct.mean()), float(dt.mean())
-                se = float(dt.std(ddof=1) / np.sqrt(len(dt)))
+                mask = here & (setup.visit_type == t)
+                ct, dt = c[mask], d[mask]
+                if len(dt) < 2:  # a type without visits at the chosen merchants
+                    mean_c = effect = se = float("nan")
+                else:
+                    mean_c, effect = float(ct.mean()), float(dt.mean())
+                    se = float(dt.std(ddof=1) / np.sqrt(len(dt)))
                 parts.append((mean_c, effect, se))
                 rows.append(_row(name, treatment, type_name, metric, mean_c, effect, se, len(dt), note))
             w = setup.weights
             mean_c = float(sum(wt * p[0] for wt, p in zip(w, parts, strict=True)))
             effect = float(sum(wt * p[1] for wt, p in zip(w, parts, strict=True)))
             se = float(np.sqrt(sum((wt * p[2]) ** 2 for wt, p in zip(w, parts, strict=True))))
-            rows.append(_row(name, treatment, ALL, metric, mean_c, effect, se, len(d), note))
+            rows.append(_row(name, treatment, ALL, metric, mean_c, effect, se, int(here.sum()), note))
     return pl.DataFrame(rows, schema=_SCHEMA, orient="row")
 
 
