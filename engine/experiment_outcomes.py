@@ -27,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 import polars as pl
 
+from engine.evaluate import NAVIGATION
 from envs.storefront import Event, InvalidAction, SessionState, Storefront
 
 METRICS = ("conversion", "add_to_cart", "product_views", "revenue", "visit_length")
@@ -38,7 +39,6 @@ METRIC_LABELS = {
     "revenue": "revenue per visit",
     "visit_length": "visit length (events, navigation excluded)",
 }
-NAVIGATION = "page_view"
 OUTCOMES_FILE = "outcomes.parquet"
 
 
@@ -96,7 +96,7 @@ def replay_visit(
                 carted = 1.0
             elif kind == "product_view":
                 views += 1
-            if kind != NAVIGATION:
+            if kind not in NAVIGATION:
                 length += 1
         state = after
     return converted, carted, views, revenue, length
