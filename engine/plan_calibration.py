@@ -131,11 +131,12 @@ def calibrate_training(name: str, model, tokenizer, pairs: list, seed: int) -> R
     import torch
 
     from learners.agent.train import AgentTrainConfig
-    from learners.agent.train_loop import collate
+    from learners.agent.train_loop import TargetLoss, collate
 
     cfg = AgentTrainConfig()
     rng = np.random.default_rng(seed)
     model.train()
+    loss_of = TargetLoss(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.stage2_lr)
     least, enough_s, most_s = TRAIN_STEPS
     tokens, timed, seconds, step, warmup = 0, 0, 0.0, 0, WARMUP_STEPS
@@ -145,9 +146,9 @@ def calibrate_training(name: str, model, tokenizer, pairs: list, seed: int) -> R
             [pairs[i] for i in rng.integers(0, len(pairs), cfg.batch_size)], tokenizer.pad_token_id
         )
         start = time.perf_counter()
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+        loss = loss_of(batch.input_ids, batch.position_ids, batch.labels)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         took = time.perf_counter() - start

@@ -64,6 +64,7 @@ RUN_NAME = "agent"
 # Fields that shape the model or its data: a resumed run must keep them.
 FIXED_ON_RESUME = (
     "base_model",
+    "schedule",
     "no_persona",
     "lora",
     "lora_rank",

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 from learners.config import option
 
+SCHEDULES = ("linear", "constant")
+"""Learning-rate schedules after warm-up (``AgentTrainConfig.schedule``)."""
+
 
 @dataclass
 class AgentTrainConfig:
@@ -49,7 +52,11 @@ class AgentTrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay in stage 2 (stage 1 always uses 0 so frozen rows stay bit-identical)."""
     warmup_steps: int = 10
-    """Linear warm-up steps at the start of each stage; constant afterwards."""
+    """Linear warm-up steps at the start of each stage."""
+    schedule: str = "linear"
+    """Learning rate after warm-up: ``linear`` decays it to 0 over the stage's most epochs (its last
+    epochs' weights move less, so the seed and the epoch early stopping picks matter less; a run resumed
+    with a higher epoch cap continues on the new cap's line); ``constant`` keeps the peak."""
     batch_size: int = 16
     """Examples per optimizer step and worker."""
     max_grad_norm: float = 1.0
@@ -77,3 +84,7 @@ class AgentTrainConfig:
     max_examples: int | None = None
     """Train on at most this many examples (the first, in trace order; for quick tries, `max_tokens`
     sizes real runs); None = all."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")

@@ -52,13 +52,26 @@ def test_stage1_changes_only_the_persona_rows(tmp_path, small):
 
 
 def test_resumed_run_matches_uninterrupted(tmp_path, small):
+    """A run cut short by a lower epoch cap, resumed with the full cap. Under the linear schedule the
+    cap sets the rates, so this holds for the constant one (a crash: test_early_stopping.py)."""
     traces, codes = small
-    full = train_agent(_config(stage2_epochs=2), traces, codes, tmp_path / "full", log=lambda _: None)
-    train_agent(_config(stage2_epochs=1), traces, codes, tmp_path / "cut", log=lambda _: None)
+    full = train_agent(
+        _config(stage2_epochs=2, schedule="constant"), traces, codes, tmp_path / "full", log=lambda _: None
+    )
+    train_agent(
+        _config(stage2_epochs=1, schedule="constant"), traces, codes, tmp_path / "cut", log=lambda _: None
+    )
     with pytest.raises(ValueError, match="--resume"):
-        train_agent(_config(stage2_epochs=2), traces, codes, tmp_path / "cut", log=lambda _: None)
+        train_agent(
+            _config(stage2_epochs=2, schedule="constant"), traces, codes, tmp_path / "cut", log=lambda _: None
+        )
     resumed = train_agent(
-        _config(stage2_epochs=2), traces, codes, tmp_path / "cut", resume=True, log=lambda _: None
+        _config(stage2_epochs=2, schedule="constant"),
+        traces,
+        codes,
+        tmp_path / "cut",
+        resume=True,
+        log=lambda _: None,
     )
     assert [(e["stage"], e["epoch"]) for e in resumed.epochs] == [(2, 2)]  # only the missing epoch ran
     a, b = _weights(full.out_dir), _weights(resumed.out_dir)
