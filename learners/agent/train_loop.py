@@ -3,7 +3,9 @@
 Stage 1 trains only the persona-token rows of the input embedding: every other parameter is frozen
 and the embedding's gradient is masked to those rows; AdamW without weight decay then leaves every
 other value bit-identical (a zero gradient gives a zero Adam update). Stage 2 trains the policy with
-the tokens in place: all parameters, or LoRA adapters plus the persona rows (tokens.py).
+the tokens in place: all parameters, or LoRA adapters plus the persona rows (tokens.py). A step
+takes a batch of random examples packed into rows (``collate``) and scores only their target tokens
+(``TargetLoss``); the learning rate warms up and then follows ``cfg.schedule`` (``learning_rate``).
 
 Validation and early stopping (both stages): with validation examples (whole merchants held out of
 training, selection.py), every epoch of either stage ends with the validation loss (mean cross-entropy
