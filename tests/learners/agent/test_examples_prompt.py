@@ -219,6 +219,32 @@ def test_hindsight_goals_of_a_replayed_session():
     assert {g for g in some if g} == {x}
 
 
+def test_goal_copies_carry_codes_drawn_from_every_buyer_type(traces_and_codes):
+    """Goal-free rows keep the buyer's code; goal-shown copies draw one of the codes the buyers have,
+    seeded, so every type sees goals through to the purchase."""
+    traces, codes = traces_and_codes
+    own = {
+        (m, b): c
+        for m, b, c in zip(
+            *(codes.column(k).to_pylist() for k in ("merchant_id", "buyer_id", "code")), strict=True
+        )
+    }
+    rows = build_examples(traces, codes, goal_share=1.0, seed=3).examples.to_pylist()
+    free = [r for r in rows if r["goal"] is None]
+    copies = [r for r in rows if r["goal"] is not None]
+    assert free and all(r["code"] == own[(r["merchant_id"], r["buyer_id"])] for r in free)
+    assert {r["code"] for r in copies} == set(own.values())
+    assert any(r["code"] != own[(r["merchant_id"], r["buyer_id"])] for r in copies)
+    by_episode = {}
+    for r in copies:  # one code per copy (session and goal)
+        by_episode.setdefault((r["merchant_id"], r["buyer_id"], r["session_id"], r["goal"]), set()).add(
+            r["code"]
+        )
+    assert all(len(drawn) == 1 for drawn in by_episode.values())
+    again = build_examples(traces, codes, goal_share=1.0, seed=3).examples.to_pylist()
+    assert [r["code"] for r in again] == [r["code"] for r in rows]
+
+
 def test_split_is_merchant_disjoint(traces_and_codes):
     traces, codes = traces_and_codes
     ex = build_examples(traces, codes).examples

@@ -57,8 +57,19 @@ def test_target_loss_equals_the_models_own_loss_and_gradients(lora):
     pairs = [
         (tokenizer.encode(text)[: 6 + 5 * k], tokenizer.encode(" exit")) for k, text in enumerate(CORPUS[:6])
     ]
-    padded = _right_padded(pairs, tokenizer.pad_token_id)
-    own = model(**padded).loss
+    # The reference: each example alone, unpadded, through the model's own loss, weighted by its targets.
+    targets = sum(len(target) for _, target in pairs)
+    own = (
+        sum(
+            model(
+                input_ids=torch.tensor([prompt + target]),
+                labels=torch.tensor([[IGNORE_INDEX] * len(prompt) + target]),
+            ).loss
+            * len(target)
+            for prompt, target in pairs
+        )
+        / targets
+    )
     own.backward()
     own_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
@@ -71,19 +82,6 @@ def test_target_loss_equals_the_models_own_loss_and_gradients(lora):
     assert grads.keys() == own_grads.keys() and grads
     for name, grad in grads.items():
         torch.testing.assert_close(grad, own_grads[name], rtol=1e-4, atol=1e-6, msg=name)
-
-
-def _right_padded(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """The plain layout: one example per row, right-padded, with an attention mask."""
-    width = max(len(p) + len(t) for p, t in pairs)
-    ids = torch.full((len(pairs), width), pad_id)
-    mask = torch.zeros((len(pairs), width), dtype=torch.long)
-    labels = torch.full((len(pairs), width), IGNORE_INDEX)
-    for i, (prompt, target) in enumerate(pairs):
-        ids[i, : len(prompt) + len(target)] = torch.tensor(prompt + target)
-        mask[i, : len(prompt) + len(target)] = 1
-        labels[i, len(prompt) : len(prompt) + len(target)] = torch.tensor(target)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def test_learning_rate_warms_up_then_follows_the_schedule():
