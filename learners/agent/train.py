@@ -61,6 +61,10 @@ from learners.config import config_to_dict
 MANIFEST_FILE = "manifest.json"
 VALIDATION_FILE = "validation.parquet"
 RUN_NAME = "agent"
+BEFORE_RECORDED = {"schedule": "constant"}
+"""The value of a field a run's manifest does not record because it was added later, where it differs
+from today's default (runs before the schedule field kept the rate constant)."""
+
 # Fields that shape the model or its data: a resumed run must keep them.
 FIXED_ON_RESUME = (
     "base_model",
@@ -201,7 +205,8 @@ def _device(use_gpu: bool) -> torch.device:
 
 def _check_resumable(config: AgentTrainConfig, manifest: dict, path: Path) -> None:
     saved, current = manifest["config"], config_to_dict(config)
-    default = config_to_dict(AgentTrainConfig())  # fields added since the run was started
+    # Fields added since the run was started: what such a run did, i.e. the default then.
+    default = config_to_dict(AgentTrainConfig()) | BEFORE_RECORDED
     changed = [
         f"{k}: {saved.get(k, default[k])!r} -> {current[k]!r}"
         for k in FIXED_ON_RESUME

@@ -65,6 +65,15 @@ def test_resumed_run_matches_uninterrupted(tmp_path, small):
         train_agent(
             _config(stage2_epochs=2, schedule="constant"), traces, codes, tmp_path / "cut", log=lambda _: None
         )
+    # A run from before the schedule was recorded kept its rate constant: it resumes only as such.
+    manifest_path = tmp_path / "cut" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["config"]["schedule"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="schedule: 'constant' -> 'linear'"):
+        train_agent(
+            _config(stage2_epochs=2), traces, codes, tmp_path / "cut", resume=True, log=lambda _: None
+        )
     resumed = train_agent(
         _config(stage2_epochs=2, schedule="constant"),
         traces,
