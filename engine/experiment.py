@@ -64,7 +64,7 @@ class ExperimentConfig:
     data: str | None = None
     """Prepared directory (`simpersona prepare --out`): the merchants' catalogues and real conversion."""
     distributions: str | None = None
-    """merchant_distributions.parquet (merchant_id, code, p, n) of `simpersona assign`: each merchant's
+    """merchant_distributions.parquet (merchant_id, code, p, n, visits, buyer_share) of `simpersona assign`: each merchant's
     persona mix, which its simulated population is drawn from."""
     personas: str | None = None
     """VQ-VAE run directory (`simpersona fit-personas --out`) whose metrics.json describes the types, for

@@ -190,7 +190,7 @@ def format_plan(result: dict[str, Any]) -> str:
         f" two-sided; {result['formula']})",
         f"variance: {result['variance_source']}",
         f"now: {result['buyers_per_merchant']} buyers per merchant x {len(result['merchants'])} merchants;"
-        " buyers/merchant: what gives the type its visits (each merchant sends it its share of buyers)",
+        " buyers/merchant: what gives the type its visits (each merchant sends it its share of visits)",
         "",
         f"{'type':<44} {'share':>6} {'variance':>9} {'from':>5} {'visits needed':>13} {'buyers/merchant':>15}"
         f" {'visits now':>10} {'MDE now':>8}",

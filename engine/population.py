@@ -1,7 +1,8 @@
 """Simulated buyer populations: merchant -> categorical over persona codes -> one code per buyer.
 
-A merchant's code distribution is its empirical share of buyers per codebook entry
-(``merchant_distributions.parquet``: merchant_id, code, p, n). Sampling is seeded per merchant from
+A merchant's code distribution is the share ``p`` of its real visits made by buyers of each codebook
+entry (``merchant_distributions.parquet`` of the assignment step): a simulated buyer plays one visit,
+so a type whose buyers come back often is drawn as often as it visits. Sampling is seeded per merchant from
 (run seed, merchant id), so adding a merchant to a run never changes another merchant's buyers, and
 every simulated buyer carries its own seed derived from (run seed, buyer index) so its episode does
 not depend on which runner plays it or when. Goal tasks give each buyer a target product drawn from
@@ -139,7 +140,7 @@ class PopulationSampler:
     def from_parquet(
         cls, path: str | Path, smoothing: float = 0.0, codebook_size: int | None = None
     ) -> PopulationSampler:
-        """Load ``merchant_distributions.parquet`` (merchant_id, code, p, n)."""
+        """Load ``merchant_distributions.parquet`` (merchant_id, code, p, n, visits, buyer_share)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(

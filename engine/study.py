@@ -378,7 +378,7 @@ class Study:
                 compare=[s for s in COMPARED if s in c.systems],
                 goals=[f"{name}={path}" for name, path in goals.items()],
                 notes=f"{variant} variant ({window}); {len(split['heldout'])} held-out merchants (seed"
-                f" {c.seed}), one real buyer = one session",
+                f" {c.seed}), one real buyer = one session, simulated types drawn by their share of visits",
                 replicates=c.bootstrap,
                 seed=c.seed,
             )

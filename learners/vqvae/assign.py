@@ -2,7 +2,7 @@
 
 ``assign(RUN, DATA, OUT)`` writes
   OUT/codes.parquet                  merchant_id, buyer_id, code
-  OUT/merchant_distributions.parquet merchant_id, code, p, n (each merchant's empirical mixture)
+  OUT/merchant_distributions.parquet merchant_id, code, p, n, visits, buyer_share (each merchant's mix)
   OUT/quarantine.parquet             merchant_id, buyer_id, reason of buyers that could not be encoded
   OUT/manifest.json                  inputs, counts (read = assigned + quarantined), timing
 In-process by default; ``use_ray=True`` streams the buyers table through Ray Data ``map_batches``
@@ -42,6 +42,8 @@ MERCHANT_DISTRIBUTIONS = pa.schema(
         pa.field("code", pa.int32(), nullable=False),
         pa.field("p", pa.float64(), nullable=False),
         pa.field("n", pa.int64(), nullable=False),
+        pa.field("visits", pa.int64(), nullable=False),
+        pa.field("buyer_share", pa.float64(), nullable=False),
     ]
 )
 QUARANTINE = pa.schema([("merchant_id", pa.string()), ("buyer_id", pa.string()), ("reason", pa.string())])
@@ -118,17 +120,39 @@ class CodeAssigner:
         return pa.concat_tables([assigned, dropped.cast(assigned.schema)])
 
 
-def merchant_distributions(codes: pa.Table) -> pa.Table:
-    """Each merchant's share ``p`` and count ``n`` of buyers per code (codes with n > 0)."""
+def buyer_visits(path: str | Path) -> pa.Table:
+    """merchant_id, buyer_id, n_sessions of a BUYERS table: how many visits each buyer made."""
+    return pq.read_table(path, columns=["merchant_id", "buyer_id", "n_sessions"])
+
+
+def merchant_distributions(codes: pa.Table, visits: pa.Table) -> pa.Table:
+    """Each merchant's mix over the codes its buyers have (``visits`` as from ``buyer_visits``).
+
+    ``p`` is the share of the merchant's visits made by buyers of a code, ``n`` those buyers,
+    ``visits`` their sessions and ``buyer_share`` their share of its buyers. A simulated buyer plays
+    one visit, so populations draw codes by ``p``: a type whose buyers come back often makes more of
+    a store's visits, as it does in the real sessions that simulations are compared with.
+    """
     frame = pl.from_arrow(codes)
-    assert isinstance(frame, pl.DataFrame)
+    sessions = pl.from_arrow(visits)
+    assert isinstance(frame, pl.DataFrame) and isinstance(sessions, pl.DataFrame)
+    joined = frame.join(sessions, on=["merchant_id", "buyer_id"], how="left")
+    missing = joined.filter(pl.col("n_sessions").is_null())
+    if missing.height:
+        row = missing.row(0, named=True)
+        raise ValueError(
+            f"{missing.height} coded buyer(s) have no visit count, e.g. merchant {row['merchant_id']!r}"
+            f" buyer {row['buyer_id']!r}: pass the BUYERS table the codes were assigned from"
+        )
     counts = (
-        frame.group_by("merchant_id", "code")
-        .len(name="n")
-        .with_columns(pl.col("n").cast(pl.Int64))
-        .with_columns((pl.col("n") / pl.col("n").sum().over("merchant_id")).alias("p"))
+        joined.group_by("merchant_id", "code")
+        .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("n_sessions").sum().cast(pl.Int64).alias("visits"))
+        .with_columns(
+            (pl.col("visits") / pl.col("visits").sum().over("merchant_id")).alias("p"),
+            (pl.col("n") / pl.col("n").sum().over("merchant_id")).alias("buyer_share"),
+        )
         .sort("merchant_id", "code")
-        .select("merchant_id", "code", "p", "n")
+        .select("merchant_id", "code", "p", "n", "visits", "buyer_share")
     )
     return counts.to_arrow().cast(MERCHANT_DISTRIBUTIONS)
 
@@ -201,7 +225,7 @@ def assign(
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(codes, out / CODES_FILE)
-    pq.write_table(merchant_distributions(codes), out / DISTRIBUTIONS_FILE)
+    pq.write_table(merchant_distributions(codes, buyer_visits(path)), out / DISTRIBUTIONS_FILE)
     pq.write_table(quarantined, out / "quarantine.parquet")
     read = pq.read_metadata(path).num_rows
     if read != codes.num_rows + quarantined.num_rows:

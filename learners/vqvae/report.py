@@ -22,7 +22,7 @@ import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from learners.data.schema import FEATURE_NAMES, TABLE_FILES  # noqa: E402
-from learners.vqvae.assign import CodeAssigner, merchant_distributions  # noqa: E402
+from learners.vqvae.assign import CodeAssigner, buyer_visits, merchant_distributions  # noqa: E402
 from learners.vqvae.dataset import BuyerRows, buyers_path, read_buyers, rows_from_table  # noqa: E402
 from learners.vqvae.kmeans_baseline import run_baseline  # noqa: E402
 from learners.vqvae.metrics import coherence_per_type, event_distributions, type_metrics  # noqa: E402
@@ -217,7 +217,7 @@ def _plots(run: Path, rows: BuyerRows, codes: np.ndarray, k: int, dist: pl.DataF
     for i, merchant in enumerate(top["merchant_id"].to_list()):
         mix = dist.filter(pl.col("merchant_id") == merchant).sort("code")
         bottom = 0.0
-        for code, p in zip(mix["code"].to_list(), mix["p"].to_list(), strict=True):
+        for code, p in zip(mix["code"].to_list(), mix["buyer_share"].to_list(), strict=True):
             ax.bar(i, p, bottom=bottom, color=plt.cm.tab20(code % 20))
             bottom += p
     ax.set_xticks(
@@ -293,7 +293,7 @@ def write_report(
     standardised = assigner.stats.apply(rows.features)
     vq = type_metrics(codes, k, standardised, rows.features, rows.converted, labels)
     km = run_baseline(rows, assigner.stats, k, seed=seed, truth=labels).metrics
-    dist = pl.from_arrow(merchant_distributions(codes_table))
+    dist = pl.from_arrow(merchant_distributions(codes_table, buyer_visits(buyers_path(data))))
     assert isinstance(dist, pl.DataFrame)
     profiles = type_profiles(rows, codes, top_categories(data, codes_table))
     plots = _plots(run, rows, codes, k, dist)

@@ -13,7 +13,7 @@ import torch
 
 from engine.cli import main
 from learners.data.schema import N_FEATURES
-from learners.vqvae.assign import assign
+from learners.vqvae.assign import assign, merchant_distributions
 from learners.vqvae.checkpoint import load_model
 from learners.vqvae.dataset import rows_from_table
 from tests.learners.vqvae.conftest import make_buyers, write_prepared
@@ -39,10 +39,36 @@ def test_codes_and_merchant_distributions(full_run, planted_data, tmp_path):
     assert codes.column("buyer_id").to_pylist() == table.column("buyer_id").to_pylist()
     assert np.array_equal(codes.column("code").to_numpy(), brute_force_codes(full_run.run_dir, table))
     dist = pl.read_parquet(tmp_path / "merchant_distributions.parquet")
-    sums = dist.group_by("merchant_id").agg(pl.col("p").sum(), pl.col("n").sum()).sort("merchant_id")
-    assert np.allclose(sums["p"].to_numpy(), 1.0)
-    expected = pl.from_arrow(codes).group_by("merchant_id").len().sort("merchant_id")
+    sums = (
+        dist.group_by("merchant_id")
+        .agg(pl.col("p").sum(), pl.col("buyer_share").sum(), pl.col("n").sum(), pl.col("visits").sum())
+        .sort("merchant_id")
+    )
+    assert np.allclose(sums["p"].to_numpy(), 1.0) and np.allclose(sums["buyer_share"].to_numpy(), 1.0)
+    expected = (
+        pl.from_arrow(table.select(["merchant_id", "n_sessions"]))
+        .group_by("merchant_id")
+        .agg(pl.len(), pl.col("n_sessions").sum())
+        .sort("merchant_id")
+    )
     assert sums["n"].to_list() == expected["len"].to_list()
+    assert sums["visits"].to_list() == expected["n_sessions"].to_list()
+
+
+def test_distributions_weigh_codes_by_visits():
+    codes = pa.table({"merchant_id": ["m", "m", "m"], "buyer_id": ["a", "b", "c"], "code": [0, 1, 1]})
+    visits = pa.table({"merchant_id": ["m"] * 3, "buyer_id": ["a", "b", "c"], "n_sessions": [6, 1, 1]})
+    dist = merchant_distributions(codes, visits).to_pydict()
+    assert dist["code"] == [0, 1] and dist["n"] == [1, 2] and dist["visits"] == [6, 2]
+    assert dist["p"] == pytest.approx([0.75, 0.25])
+    assert dist["buyer_share"] == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_distributions_need_every_buyers_visits():
+    codes = pa.table({"merchant_id": ["m", "m"], "buyer_id": ["a", "b"], "code": [0, 1]})
+    visits = pa.table({"merchant_id": ["m"], "buyer_id": ["a"], "n_sessions": [2]})
+    with pytest.raises(ValueError, match="buyer 'b'"):
+        merchant_distributions(codes, visits)
 
 
 def test_quarantined_buyers_are_counted(full_run, tmp_path):
