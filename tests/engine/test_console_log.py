@@ -103,6 +103,17 @@ def test_fit_then_train_print_progress_once_and_ray_only_to_its_log(data: Path, 
     assert ray_lines(lines, agent / LOG_FILE) == []
     assert "(RayTrainWorker pid=" in (agent / LOG_FILE).read_text()
 
+    # Where a simulation loads the agent (the driver plays chunks too), no loading bar reaches the
+    # console once a stage has quieted model loading; without it the bar is there.
+    load = (
+        f"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained({str(agent)!r})"
+    )
+    quiet = "from engine.stages import _quiet_model_loading; _quiet_model_loading(); "
+    for code, bar in ((load, True), (quiet + load, False)):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert ("Loading weights" in done.stderr) is bar
+
 
 def test_verbose_brings_ray_back_to_the_console(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
