@@ -53,6 +53,10 @@ scored whole: a shorter, shared prefix would overlap other templates' mass (`` o
 the continuation); other actions score whole; with ``length_normalize`` every candidate's rule score
 is divided by its target length.
 
+A calibrated agent (calibration.py) also adds one bias per action kind, fitted on stores it never
+trained on, to every valid action's score (``action_scores``): the same in both backends, and kind
+wide, so no ranking within a kind changes.
+
 The rule reads the model's probabilities only, but v2's search template is only sound for agents
 trained on examples that show inserted searches with their goal alone (examples.py), which came
 with the ``page-first-goal-marked`` prompt layout: an agent's manifest names the rule it is served
@@ -64,7 +68,7 @@ prompt layout is refused anyway, prompt.py), and an agent naming another rule is
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +76,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from envs.storefront import OPEN_CATEGORY, OPEN_PRODUCT, REMOVE_PRODUCT
-from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE
+from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE, action_kind
 from learners.agent.policy import ActRequest, choose
 from learners.agent.prompt import alias_goal, encode_target, unalias_goal
 from learners.agent.random_policy import search_actions
@@ -80,6 +84,8 @@ from learners.agent.random_policy import search_actions
 SCORING_RULE = "two-level-v2"
 """The rule above (v2: the searches too; v1 scored them whole); an agent's manifest names the rule
 it is served with (``"scoring"``)."""
+CALIBRATION_FILE = "calibration.json"
+"""An agent directory's per-kind biases (calibration.py), when it was calibrated."""
 ITEM_TEMPLATES: tuple[str, ...] = (OPEN_PRODUCT, OPEN_CATEGORY, REMOVE_PRODUCT, SEARCH_PREFIX)
 """The action grammar's per-item templates (envs/web/page_reader.py groups the first three the same
 way), and the suggested searches' ``search "``."""
@@ -97,22 +103,32 @@ def scored_candidates(request: ActRequest) -> list[str]:
     return actions
 
 
-def action_scores(request: ActRequest, scores: np.ndarray) -> np.ndarray:
+def action_scores(
+    request: ActRequest, scores: np.ndarray, kind_bias: Mapping[str, float] | None = None
+) -> np.ndarray:
     """Each valid action's score from the scores of ``scored_candidates(request)``: the search
-    template's is the logsumexp of the suggested searches' scores."""
+    template's is the logsumexp of the suggested searches' scores; plus its kind's bias, if any."""
     plain = len(request.valid_actions) - (SEARCH_TEMPLATE in request.valid_actions)
     values = iter(scores[:plain])
     searches = float(np.logaddexp.reduce(scores[plain:])) if len(scores) > plain else -np.inf
-    return np.array([searches if a == SEARCH_TEMPLATE else next(values) for a in request.valid_actions])
+    out = np.array([searches if a == SEARCH_TEMPLATE else next(values) for a in request.valid_actions])
+    if kind_bias:
+        out += np.array([kind_bias.get(action_kind(a), 0.0) for a in request.valid_actions])
+    return out
 
 
 def pick(
-    request: ActRequest, candidates: list[str], scores: np.ndarray, temperature: float
+    request: ActRequest,
+    candidates: list[str],
+    scores: np.ndarray,
+    temperature: float,
+    kind_bias: Mapping[str, float] | None = None,
 ) -> tuple[str, float, np.ndarray]:
     """The chosen action (a search with its query filled in; the goal's real id where the agent
     named it ``your goal``), its score, and each valid action's score; ``candidates`` and ``scores``
-    are ``scored_candidates(request)`` and their scores (``candidate_scores``)."""
-    per_action = action_scores(request, scores)
+    are ``scored_candidates(request)`` and their scores (``candidate_scores``), ``kind_bias`` the
+    agent's calibration (calibration.py)."""
+    per_action = action_scores(request, scores, kind_bias)
     k = choose(per_action, temperature, request.seed)
     if request.valid_actions[k] != SEARCH_TEMPLATE:
         return request.valid_actions[k], float(per_action[k]), per_action
@@ -181,6 +197,14 @@ def candidate_scores(
         cont = np.array([logprobs[starts[i] + k : starts[i] + lengths[i]].sum() for i in members])
         scores[index] = prefix + cont - np.logaddexp.reduce(cont)
     return scores / lengths if length_normalize else scores
+
+
+def read_kind_bias(agent_dir: str | Path) -> dict[str, float]:
+    """An agent directory's per-kind biases (calibration.py; empty when it was not calibrated)."""
+    path = Path(agent_dir) / CALIBRATION_FILE
+    if not path.exists():
+        return {}
+    return {str(k): float(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["bias"].items()}
 
 
 def check_scoring_rule(agent_dir: str | Path) -> str:

@@ -13,6 +13,8 @@ process, no Ray), and exports the final model. The output directory AGENT holds:
     init/                                             the base model with tokens, before training
     data/train.parquet, data/quarantine.parquet       examples and quarantined trace rows
     data/validation.parquet                           validation examples (whole merchants; selection.py)
+    data/calibration.parquet, calibration.json        goal-free validation rows before the budget's cut,
+                                                      and the kind biases fitted on them (calibration.py)
     eval/heldout_buyers.parquet, heldout_merchants    held-out examples (when the shares are > 0)
     ray/ (Ray Train runs) or checkpoints/ (in-process) one checkpoint per stage and epoch
 
@@ -21,7 +23,8 @@ What is trained on (``_prepare``): the examples of the traces (examples.py), les
 after every epoch for early stopping, train_loop.py), cut to ``max_tokens`` training tokens per epoch by
 a seeded, merchant-stratified sample of whole sessions when they hold more (selection.py; the
 validation set is cut to the same share). The exported model is each stage's best epoch on the
-validation loss (the last epoch without validation examples).
+validation loss (the last epoch without validation examples); with validation merchants, it is then
+calibrated on their goal-free rows (``calibration_rows``, calibration.py).
 
 AGENT must be on storage every worker can read (a local path on one machine; shared storage on a
 cluster), as Ray Train's own storage_path must be.
@@ -35,13 +38,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_model
 
 from learners.agent.base_models import load_base, parameter_count
+from learners.agent.calibration import calibrate
 from learners.agent.examples import build_examples, split_examples
+from learners.agent.llm_policy import LLMPolicy
 from learners.agent.prompt import PROMPT_LAYOUT, PromptFormat, trained_layout
 from learners.agent.scoring import SCORING_RULE
 from learners.agent.selection import budget_sessions, keep_share, session_ids, split_validation
@@ -60,6 +67,7 @@ from learners.config import config_to_dict
 
 MANIFEST_FILE = "manifest.json"
 VALIDATION_FILE = "validation.parquet"
+CALIBRATION_ROWS_FILE = "calibration.parquet"
 RUN_NAME = "agent"
 BEFORE_RECORDED = {"schedule": "constant"}
 """The value of a field a run's manifest does not record because it was added later, where it differs
@@ -155,6 +163,13 @@ def train_agent(
     else:
         epochs, latest = _fit_on_ray(config, init_dir, train_path, out, progress, validation)
     _export(config, init_dir, latest, out)
+    if (out / "data" / CALIBRATION_ROWS_FILE).exists():
+        policy = LLMPolicy.from_pretrained(out, kind_bias={})
+        calibration = calibrate(
+            policy, pq.read_table(out / "data" / CALIBRATION_ROWS_FILE), config.calibration_rows
+        )
+        calibration.save(out)
+        log(calibration.line())
     state = (read_state(latest) if latest else None) or {}
     history = state.get("history", epochs)
     chosen = chosen_epochs(history)
@@ -248,6 +263,13 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
         )
     )
 
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    free = validation.filter(pc.is_null(validation["goal"]))
+    if config.calibration_rows and free.num_rows:
+        rng = np.random.default_rng(config.seed)
+        rows = np.sort(rng.choice(free.num_rows, min(free.num_rows, config.calibration_rows), replace=False))
+        pq.write_table(free.take(rows), out / "data" / CALIBRATION_ROWS_FILE)
+
     # A preset's tokenizer is trained on the training texts before any budget cut, so every agent of
     # a study given the same traces gets the same tokenizer.
     model, tokenizer = load_base(config.base_model, _corpus(train), seed=config.seed)
@@ -278,7 +300,6 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
                 f"max_tokens {config.max_tokens:,} keeps no session (the first in line needs more); raise it"
             )
 
-    (out / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(train, out / "data" / "train.parquet")
     if validation.num_rows:
         pq.write_table(validation, out / "data" / VALIDATION_FILE)

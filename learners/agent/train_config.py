@@ -38,6 +38,11 @@ class AgentTrainConfig:
     validation: its loss is measured after every epoch of both stages, a stage stops early after
     `patience` epochs without improvement, and its best epoch is kept. 0: no validation, every epoch
     runs and the last is kept."""
+    calibration_rows: int = 6000
+    """After training, one score bias per action kind is fitted on up to this many goal-free rows of
+    the validation merchants (all of them, before any token budget's cut), stores the agent never
+    trained on, so its action rates carry to new stores (learners/agent/calibration.py). 0, or no
+    validation: not calibrated."""
     patience: int = 2
     """Early stopping: stop a stage after this many epochs in a row without a lower validation loss
     (0: run every epoch, still keeping the best)."""

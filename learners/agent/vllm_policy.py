@@ -29,7 +29,7 @@ import dataclasses
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from learners.agent.scoring import (
     check_scoring_rule,
     item_groups,
     pick,
+    read_kind_bias,
     scored_candidates,
 )
 from learners.agent.tokens import agent_persona_tokens
@@ -59,10 +60,13 @@ class VLLMPolicy:
         max_model_len: int = 2048,
         dtype: str = "float32",
         ids_per_request: int | None = None,
+        kind_bias: Mapping[str, float] | None = None,
         **engine_options: Any,
     ) -> None:
         """``ids_per_request``: most next-token ids scored by one engine request (default and upper
-        bound: vLLM's ``MAX_LOGPROB_TOKEN_IDS``); ``engine_options`` go to ``AsyncEngineArgs``."""
+        bound: vLLM's ``MAX_LOGPROB_TOKEN_IDS``); ``kind_bias``: the agent's calibration
+        (calibration.py), read from its directory when not given; ``engine_options`` go to
+        ``AsyncEngineArgs``."""
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
@@ -75,6 +79,7 @@ class VLLMPolicy:
         self.ids_per_request = ids_per_request
         directory = Path(agent_dir)
         self.scoring_rule = check_scoring_rule(directory)
+        self.kind_bias = dict(read_kind_bias(directory) if kind_bias is None else kind_bias)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.tokens = agent_persona_tokens(directory, self.tokenizer)
         self.fmt = saved_prompt_format(directory)
@@ -163,7 +168,7 @@ class VLLMPolicy:
         logprobs = await self._token_logprobs(prompt, targets)
         groups = item_groups(self.tokenizer, candidates, targets)
         scores = candidate_scores(logprobs, [len(t) for t in targets], groups, self.length_normalize)
-        action, score, per_action = pick(request, candidates, scores, self.temperature)
+        action, score, per_action = pick(request, candidates, scores, self.temperature, self.kind_bias)
         tokens = len(prompt) + sum(map(len, targets))
         info: dict[str, Any] = {"scores": per_action.tolist(), "candidates": list(request.valid_actions)}
         return ActResult(action, score, tokens, info)

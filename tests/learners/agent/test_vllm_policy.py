@@ -13,7 +13,7 @@ import pytest
 
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.llm_policy import LLMPolicy
-from learners.agent.scoring import SCORING_RULE, scored_candidates
+from learners.agent.scoring import CALIBRATION_FILE, SCORING_RULE, scored_candidates
 from learners.agent.vllm_policy import read_requests, write_requests
 from tests.engine.sim_fixtures import storefront_pages, write_prepared, write_tiny_agent
 
@@ -48,6 +48,9 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     data = write_prepared(tmp_path / "prepared")
     agent = write_tiny_agent(tmp_path / "agent", data)
     (agent / "manifest.json").write_text(json.dumps({"scoring": SCORING_RULE}), encoding="utf-8")
+    # A calibrated agent: both backends add the same kind biases (read from its directory).
+    bias = {"exit": -1.5, "product_view": 0.7, "page_view": 0.3}
+    (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": bias}), encoding="utf-8")
     pages = storefront_pages(data)
     # Search-only requests: the query each backend picks among the page's suggestions must agree too.
     searches = [dataclasses.replace(r, valid_actions=(SEARCH_TEMPLATE,)) for r in pages[:6:2]]
@@ -77,6 +80,7 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     served = json.loads(out.read_text(encoding="utf-8"))
     policy = LLMPolicy.from_pretrained(agent, temperature=0.0)
+    assert policy.kind_bias == bias
     reference = policy.act(requests)
     assert len(served) == len(reference) == len(requests)
     # The two-level rule is in play: some pages list several items of one template.
