@@ -126,14 +126,26 @@ def truth_per_type(synth: SynthConfig, merchants: list[str], visits: int, seed: 
 
 
 def type_mix(work: Path, merchants: list[str]) -> pl.DataFrame:
-    """P(planted type | persona code) over the held-out merchants' buyers."""
+    """P(planted type | persona code) over the held-out merchants' visits (``visits`` per code and
+    type): a simulated buyer plays one visit, drawn by its code's share of visits."""
     codes = pl.read_parquet(
         work / "study" / "codes" / "codes.parquet", columns=["merchant_id", "buyer_id", "code"]
     )
+    visits = pl.read_parquet(
+        work / "study" / "data" / "buyers.parquet", columns=["merchant_id", "buyer_id", "n_sessions"]
+    )
     truth = pl.read_parquet(work / "raw" / "truth.parquet", columns=["merchant_id", "buyer_id", "type"])
-    joined = codes.join(truth, on=["merchant_id", "buyer_id"]).filter(pl.col("merchant_id").is_in(merchants))
-    mix = joined.with_columns(pl.col("code").cast(pl.Int64)).group_by("code", "type").len()
-    return mix.with_columns(share=pl.col("len") / pl.col("len").sum().over("code")).rename(
+    joined = (
+        codes.join(truth, on=["merchant_id", "buyer_id"])
+        .join(visits, on=["merchant_id", "buyer_id"])
+        .filter(pl.col("merchant_id").is_in(merchants))
+    )
+    mix = (
+        joined.with_columns(pl.col("code").cast(pl.Int64))
+        .group_by("code", "type")
+        .agg(pl.col("n_sessions").sum().alias("visits"))
+    )
+    return mix.with_columns(share=pl.col("visits") / pl.col("visits").sum().over("code")).rename(
         {"type": "planted"}
     )
 
@@ -151,9 +163,9 @@ def compare(effects: pl.DataFrame, truth_code: pl.DataFrame) -> pl.DataFrame:
 
 def per_planted(cells: pl.DataFrame, mix: pl.DataFrame, per_type: pl.DataFrame) -> pl.DataFrame:
     """The simulated effect per planted type: the codes' effects weighted by P(code | type) among the
-    held-out buyers, with a normal 95% interval from the codes' standard errors (different codes are
+    held-out buyers' visits, with a normal 95% interval from the codes' standard errors (different codes are
     different buyers, so their errors add in quadrature), beside the truth."""
-    weights = mix.with_columns(w=pl.col("len") / pl.col("len").sum().over("planted"))
+    weights = mix.with_columns(w=pl.col("visits") / pl.col("visits").sum().over("planted"))
     sim = (
         cells.select("treatment", pl.col("type").alias("code"), "metric", "effect", "se")
         .join(weights.select("code", "planted", "w"), on="code")
