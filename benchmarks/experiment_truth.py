@@ -268,7 +268,7 @@ def main() -> None:
         "",
         *markdown(results, mix),
         "",
-        "Per planted type (the codes' effects weighted by P(code | type) among the held-out buyers):",
+        "Per planted type (the codes' effects weighted by P(code | type) among the held-out buyers' visits):",
         "",
         *summary(planted, "planted type"),
         "",
