@@ -64,8 +64,8 @@ class ExperimentConfig:
     data: str | None = None
     """Prepared directory (`simpersona prepare --out`): the merchants' catalogues and real conversion."""
     distributions: str | None = None
-    """merchant_distributions.parquet (merchant_id, code, p, n, visits, buyer_share) of `simpersona assign`: each merchant's
-    persona mix, which its simulated population is drawn from."""
+    """merchant_distributions.parquet of `simpersona assign`: each merchant's persona mix (``p``, the
+    share of its visits per code), which its simulated population is drawn from."""
     personas: str | None = None
     """VQ-VAE run directory (`simpersona fit-personas --out`) whose metrics.json describes the types, for
     readable type names; default: the run named in the distributions' assign manifest; else "type N"."""

@@ -2,10 +2,10 @@
 
 A merchant's code distribution is the share ``p`` of its real visits made by buyers of each codebook
 entry (``merchant_distributions.parquet`` of the assignment step): a simulated buyer plays one visit,
-so a type whose buyers come back often is drawn as often as it visits. Sampling is seeded per merchant from
-(run seed, merchant id), so adding a merchant to a run never changes another merchant's buyers, and
-every simulated buyer carries its own seed derived from (run seed, buyer index) so its episode does
-not depend on which runner plays it or when. Goal tasks give each buyer a target product drawn from
+so a type whose buyers come back often is drawn as often as it visits. Sampling is seeded per
+merchant from (run seed, merchant id), so adding a merchant to a run never changes another
+merchant's buyers, and every simulated buyer carries its own seed derived from (run seed, buyer
+index) so its episode does not depend on which runner plays it or when. Goal tasks give each buyer a target product drawn from
 its merchant's catalogue, weighted by popularity, with a generator seeded by the buyer's seed only.
 """
 

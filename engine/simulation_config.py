@@ -28,7 +28,7 @@ class SimulationConfig:
     data: str | None = None
     """Prepared directory the storefront env reads (passed to the env as data=...)."""
     distributions: str | None = None
-    """merchant_distributions.parquet (merchant_id, code, p, n, visits, buyer_share) from the VQ-VAE assignment step."""
+    """merchant_distributions.parquet from the VQ-VAE assignment step (``p``: share of visits per code)."""
     merchants: list[str] = field(default_factory=list)
     """Merchants to simulate (comma-separated on the command line); empty means all in distributions."""
     buyers_per_merchant: int = 100

@@ -4,7 +4,8 @@
   simpersona assign run/ big-data/ --out codes/ --ray        # stream through Ray Data map_batches
 
 Writes codes.parquet (merchant_id, buyer_id, code), merchant_distributions.parquet (merchant_id,
-code, p = share of visits, n buyers, visits, buyer_share), quarantine.parquet (buyers that could not be encoded, with the reason) and manifest.json.
+code, p = share of the merchant's visits, n buyers, visits, buyer_share), quarantine.parquet (buyers
+that could not be encoded, with the reason) and manifest.json.
 """
 
 from __future__ import annotations
