@@ -3,6 +3,7 @@ match the effect the synthetic generator itself shows, per buyer type?
 
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt --buyers-per-merchant 1500 --markdown out.md
+  .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-digits --split-digits   # agents read prices digit by digit
 
 Steps (each skipped when its output is there, so an interrupted run continues):
 
@@ -62,7 +63,7 @@ def simpersona(*args: str) -> None:
     print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def prepare(work: Path, synth: SynthConfig, truth_visits: int) -> None:
+def prepare(work: Path, synth: SynthConfig, truth_visits: int, split_digits: bool = False) -> None:
     raw = work / "raw"
     if not (raw / "truth.parquet").exists():
         (work / "treatments.yaml").write_text(yaml.safe_dump(TREATMENTS), encoding="utf-8")
@@ -81,6 +82,7 @@ def prepare(work: Path, synth: SynthConfig, truth_visits: int) -> None:
             "systems": ["persona", "no-persona", "markov"],
             "goal_systems": [],
         }
+        config["agent"] = config.get("agent", {}) | {"split_digits": split_digits}
         (work / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         simpersona("study", str(work / "study.yaml"))
 
@@ -243,11 +245,14 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--split-digits", action="store_true", help="agents' tokenizers split numbers into digits (prices)"
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     synth = SynthConfig(buyers=args.buyers, merchants=args.merchants, seed=args.synth_seed)
-    prepare(args.work, synth, args.truth_visits)
+    prepare(args.work, synth, args.truth_visits, args.split_digits)
     merchants = json.loads((args.work / "study" / "split.json").read_text(encoding="utf-8"))["heldout"]
     per_type = truth_per_type(synth, merchants, args.truth_visits, args.seed)
     mix = type_mix(args.work, merchants)

@@ -248,7 +248,10 @@ class Planner:
                 # A tiny preset's tokenizer is trained on the examples' texts, as training does.
                 cache = (model_name, examples.num_rows)
                 if cache not in loaded:
-                    loaded[cache] = [*load_base(model_name, _corpus(examples), seed=c.seed), None]
+                    base = load_base(
+                        model_name, _corpus(examples), seed=c.seed, split_digits=c.agent.split_digits
+                    )
+                    loaded[cache] = [*base, None]
                 model, tokenizer, tokens = loaded[cache]
                 if key == "persona" and tokens is None:
                     tokens = loaded[cache][2] = add_persona_tokens(

@@ -83,10 +83,18 @@ PRESETS: dict[str, TinyPreset] = {
 }
 
 
-def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (GPT-2 style: every byte representable) trained on ``corpus``."""
+def train_bpe_tokenizer(
+    corpus: Iterable[str], vocab_size: int, split_digits: bool = False
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 style: every byte representable) trained on ``corpus``;
+    ``split_digits``: every digit its own token, so no merge spans two digits."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -99,11 +107,11 @@ def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTok
 
 
 def build_tiny(
-    preset: str, corpus: Iterable[str], seed: int = 0
+    preset: str, corpus: Iterable[str], seed: int = 0, split_digits: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """A randomly initialised Qwen3 model of a named preset and a tokenizer trained on ``corpus``."""
     shape = PRESETS[preset]
-    tokenizer = train_bpe_tokenizer(corpus, shape.vocab_size)
+    tokenizer = train_bpe_tokenizer(corpus, shape.vocab_size, split_digits)
     config = preset_config(preset, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -144,15 +152,20 @@ def preset_parameters(preset: str, vocab_size: int | None = None) -> int:
 
 
 def load_base(
-    model: str, corpus: Iterable[str] = (), seed: int = 0, dtype: torch.dtype | None = None
+    model: str,
+    corpus: Iterable[str] = (),
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    split_digits: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base model and tokenizer for ``model``: a preset name (``PRESETS``: ``tiny``, ``small``,
-    ``base`` and their ``-8x`` twins), a Hugging Face hub id, or a local ``save_pretrained`` directory. ``corpus`` trains a preset's tokenizer.
+    ``base`` and their ``-8x`` twins), a Hugging Face hub id, or a local ``save_pretrained``
+    directory. ``corpus`` trains a preset's tokenizer (``split_digits``: see train_bpe_tokenizer).
 
     Loaded tokenizers without a pad token get their EOS as pad (batched scoring needs one).
     """
     if model in PRESETS:
-        return build_tiny(model, corpus, seed=seed)
+        return build_tiny(model, corpus, seed=seed, split_digits=split_digits)
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

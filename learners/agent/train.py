@@ -272,7 +272,9 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
 
     # A preset's tokenizer is trained on the training texts before any budget cut, so every agent of
     # a study given the same traces gets the same tokenizer.
-    model, tokenizer = load_base(config.base_model, _corpus(train), seed=config.seed)
+    model, tokenizer = load_base(
+        config.base_model, _corpus(train), seed=config.seed, split_digits=config.split_digits
+    )
     tokens = None
     if codes is not None:
         tokens = add_persona_tokens(model, tokenizer, _num_codes(codes, codebook), codebook, seed=config.seed)

@@ -21,6 +21,10 @@ class AgentTrainConfig:
     base_model: str = "tiny"
     """Base model: a preset built locally (``tiny``, ``small``, ``base`` and their 8x twins ``tiny-8x``,
     ``small-8x``, ``base-8x``; learners/agent/base_models.py), a Hugging Face hub id, or a local directory."""
+    split_digits: bool = False
+    """A preset's tokenizer splits every number into single digits (as Llama's and Qwen's do), so prices
+    line up digit by digit; otherwise BPE merges digit runs as the logs make them frequent. Ignored
+    for hub and local models, which bring their own tokenizer."""
     no_persona: bool = field(default=False, metadata=option(switch=True))
     """Train the same policy without persona tokens (the no-persona baseline); skips stage 1."""
     lora: bool = field(default=False, metadata=option(switch=True))

@@ -195,6 +195,23 @@ def test_many_products_keep_the_template_mass_and_rank_by_their_ids(tok):
     assert normed == pytest.approx(scores / np.array(lengths))
 
 
+def test_a_digit_split_tokenizer_spells_numbers_and_keeps_the_item_templates():
+    corpus = [" open product 100230", " open product 100231", "Price: 34.29", "price 48.99", " exit"] * 20
+    merged = train_bpe_tokenizer(corpus, vocab_size=300)
+    digits = train_bpe_tokenizer(corpus, vocab_size=300, split_digits=True)
+    assert any(sum(c.isdigit() for c in t) > 1 for t in merged.tokenize("Price: 34.29 price 48.99"))
+    spelled = digits.tokenize("Price: 34.29 price 48.99")
+    assert all(sum(c.isdigit() for c in t) <= 1 for t in spelled)
+    assert [t for t in spelled if any(c.isdigit() for c in t)] == ["3", "4", "2", "9", "4", "8", "9", "9"]
+    assert digits.decode(digits.encode(" open product 100230")) == " open product 100230"
+    # The two-level rule still finds `` open product`` as every item's token prefix.
+    request, candidates = _page(["100230", "100231", "7"])
+    targets = [encode_target(digits, c) for c in candidates]
+    groups = item_groups(digits, candidates, targets)
+    items = tuple(candidates.index(f"open product {p}") for p in ("100230", "100231", "7"))
+    assert items in groups.members
+
+
 def test_products_get_their_template_mass_on_the_pick():
     """Ids the model cannot predict no longer hide the template: a greedy pick opens the best product
     when the model's next-token mass is on "open product"; the whole-action rule would exit."""
