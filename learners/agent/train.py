@@ -164,7 +164,7 @@ def train_agent(
         epochs, latest = _fit_on_ray(config, init_dir, train_path, out, progress, validation)
     _export(config, init_dir, latest, out)
     if (out / "data" / CALIBRATION_ROWS_FILE).exists():
-        policy = LLMPolicy.from_pretrained(out, kind_bias={})
+        policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), kind_bias={})
         calibration = calibrate(
             policy, pq.read_table(out / "data" / CALIBRATION_ROWS_FILE), config.calibration_rows
         )
