@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -109,8 +110,11 @@ def test_fit_then_train_print_progress_once_and_ray_only_to_its_log(data: Path, 
         f"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained({str(agent)!r})"
     )
     quiet = "from engine.stages import _quiet_model_loading; _quiet_model_loading(); "
+    shown = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")}
     for code, bar in ((load, True), (quiet + load, False)):
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=shown
+        )
         assert done.returncode == 0, done.stderr
         assert ("Loading weights" in done.stderr) is bar
 
