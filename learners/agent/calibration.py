@@ -116,27 +116,32 @@ def fit_kind_bias(
     return {k: round(float(v), 6) for k, v in zip(names, found.x, strict=True)}
 
 
-def calibrate(policy: ScoringPolicy, examples: pa.Table, max_rows: int, seed: int = 0) -> KindCalibration:
-    """Fit kind biases for ``policy`` (scoring without biases) on up to ``max_rows`` goal-free rows
-    of ``examples`` (an agent's validation examples), drawn at random with ``seed``."""
+def calibration_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Table:
+    """Up to ``max_rows`` goal-free rows of ``examples`` (an agent's validation examples), a seeded
+    sample in their order when there are more."""
     free = examples.filter(pc.is_null(examples["goal"]))
-    if free.num_rows == 0:
+    if free.num_rows <= max_rows:
+        return free
+    return free.take(np.sort(np.random.default_rng(seed).choice(free.num_rows, max_rows, replace=False)))
+
+
+def calibrate(policy: ScoringPolicy, rows: pa.Table) -> KindCalibration:
+    """Fit kind biases for ``policy`` (scoring without biases) on ``rows`` (``calibration_rows``)."""
+    if rows.num_rows == 0:
         raise ValueError("calibration needs goal-free validation rows; there are none")
-    if free.num_rows > max_rows:
-        free = free.take(np.sort(np.random.default_rng(seed).choice(free.num_rows, max_rows, replace=False)))
-    requests = requests_for(free, "true")
+    requests = requests_for(rows, "true")
     scores: list[np.ndarray] = []
     for start in range(0, len(requests), 64):
         scores += policy.score(requests[start : start + 64])
     kinds = [[action_kind(a) for a in r.valid_actions] for r in requests]
-    chosen = [action_kind(a) for a in free.column("action").to_pylist()]
+    chosen = [action_kind(a) for a in rows.column("action").to_pylist()]
     bias = fit_kind_bias(scores, kinds, chosen)
     real = {k: chosen.count(k) / len(chosen) for k in sorted(set(chosen))}
     before, after = kind_rates(scores, kinds, {}), kind_rates(scores, kinds, bias)
     return KindCalibration(
         bias=bias,
-        rows=free.num_rows,
-        merchants=len(set(free.column("merchant_id").to_pylist())),
+        rows=rows.num_rows,
+        merchants=len(set(rows.column("merchant_id").to_pylist())),
         real=real,
         before={k: before.get(k, 0.0) for k in real},
         after={k: after.get(k, 0.0) for k in real},

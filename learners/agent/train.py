@@ -38,15 +38,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_model
 
 from learners.agent.base_models import load_base, parameter_count
-from learners.agent.calibration import calibrate
+from learners.agent.calibration import calibrate, calibration_rows
 from learners.agent.examples import build_examples, split_examples
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.prompt import PROMPT_LAYOUT, PromptFormat, trained_layout
@@ -165,9 +163,7 @@ def train_agent(
     _export(config, init_dir, latest, out)
     if (out / "data" / CALIBRATION_ROWS_FILE).exists():
         policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), kind_bias={})
-        calibration = calibrate(
-            policy, pq.read_table(out / "data" / CALIBRATION_ROWS_FILE), config.calibration_rows
-        )
+        calibration = calibrate(policy, pq.read_table(out / "data" / CALIBRATION_ROWS_FILE))
         calibration.save(out)
         log(calibration.line())
     state = (read_state(latest) if latest else None) or {}
@@ -264,11 +260,9 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
     )
 
     (out / "data").mkdir(parents=True, exist_ok=True)
-    free = validation.filter(pc.is_null(validation["goal"]))
-    if config.calibration_rows and free.num_rows:
-        rng = np.random.default_rng(config.seed)
-        rows = np.sort(rng.choice(free.num_rows, min(free.num_rows, config.calibration_rows), replace=False))
-        pq.write_table(free.take(rows), out / "data" / CALIBRATION_ROWS_FILE)
+    rows = calibration_rows(validation, config.calibration_rows, config.seed)
+    if rows.num_rows:
+        pq.write_table(rows, out / "data" / CALIBRATION_ROWS_FILE)
 
     # A preset's tokenizer is trained on the training texts before any budget cut, so every agent of
     # a study given the same traces gets the same tokenizer.
