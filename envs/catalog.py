@@ -44,6 +44,9 @@ class Product:
     price: float | None
     title: str
     popularity: float
+    list_price: float | None = None
+    """The regular price ``price`` is marked down from (a price-cut arm's catalogue), shown beside it
+    on the product page; None: ``price`` is the regular price."""
 
 
 def placeholder_id(category_id: str) -> str:

@@ -13,6 +13,11 @@ drawn by ``render_text`` from the view's goal line, so the browser env (which re
 observes the same marks; ``mark_goal`` gives the goal-task text of a goal-free observation (the
 training examples' hindsight goals, learners/agent/examples.py). Without a goal nothing changes.
 
+Prices: a product page shows the price the session sees and, when it is marked down from the
+product's regular price (a price-cut arm's catalogue, or a replayed session's logged price below the
+catalogue's), the regular price beside it: ``Price: 69.99 (was 99.99)``. Listing rows show the
+catalogue's current price; cart and checkout rows and the checkout total, the session's.
+
 Length is bounded by construction: at most ``Storefront.page_size`` product rows (PAGE_SIZE, or a
 treatment's page size up to envs.treatments.MAX_PAGE_SIZE; FEATURED + HOME_CATEGORIES links
 on home), ids of at most 64 characters, titles of at most 80, queries of at most 64; every observation
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from envs.catalog import Product
     from envs.storefront import SessionState, Storefront
 
 MAX_OBSERVATION_CHARS = 8192
@@ -34,6 +40,9 @@ GOAL_MARK = " | your goal"
 """Appended to every line of a goal task's page that shows the goal product."""
 VIEW_CACHE = 8192
 """Listing-page views kept per storefront before its cache is cleared."""
+MARKDOWN_SHARE = 0.99
+"""A price at most this share of the regular price is a markdown: the product page shows the regular
+price beside it (``Price: 69.99 (was 99.99)``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +87,30 @@ def _price(price: float | None) -> str:
     return "n/a" if price is None else f"{price:.2f}"
 
 
-def _row(storefront: Storefront, product_id: str, quantity: int = 0) -> ProductRow:
+def shown_price(p: Product, state: SessionState) -> tuple[float | None, float | None]:
+    """The price a session sees for ``p``, and the regular price it is marked down from (None when
+    it is not): the session's own price (``state.prices``, a replayed session's logged one) or the
+    catalogue's, against the catalogue's ``list_price`` or else its ``price``."""
+    now = p.price
+    for pid, price in state.prices:
+        if pid == p.product_id:
+            now = price
+    regular = p.list_price if p.list_price is not None else p.price
+    if now is None or regular is None or now > regular * MARKDOWN_SHARE:
+        return now, None
+    return now, regular
+
+
+def _row(
+    storefront: Storefront, product_id: str, quantity: int = 0, state: SessionState | None = None
+) -> ProductRow:
     if not quantity:
         hit = storefront.row_cache.get(product_id)
         if hit is not None:
             return hit
     p = storefront.catalog.by_id[product_id]
-    row = ProductRow(p.product_id, p.title, p.category_id, p.price, "open product " + p.product_id, quantity)
+    price = p.price if state is None else shown_price(p, state)[0]
+    row = ProductRow(p.product_id, p.title, p.category_id, price, "open product " + p.product_id, quantity)
     if not quantity:
         storefront.row_cache[product_id] = row
     return row
@@ -107,10 +133,11 @@ def _title(storefront: Storefront, state: SessionState) -> tuple[str, tuple[str,
     if kind == "product":
         p = storefront.catalog.by_id[page.arg or ""]
         qty = state.in_cart(p.product_id)
+        now, regular = shown_price(p, state)
         return p.title, (
             f"Product id: {p.product_id}",
             f"Category: {p.category_id}",
-            f"Price: {_price(p.price)}",
+            f"Price: {_price(now)}" + ("" if regular is None else f" (was {regular:.2f})"),
             f"In cart: {qty}" if qty else "Not in cart",
             "In favourites" if p.product_id in state.favourites else "Not in favourites",
         )
@@ -118,7 +145,7 @@ def _title(storefront: Storefront, state: SessionState) -> tuple[str, tuple[str,
         return "Cart" + where, (f"{state.cart_items} items" if state.cart else "Your cart is empty",)
     if kind == "checkout":
         items = storefront.checkout_items(state)
-        total = sum((storefront.catalog.by_id[i].price or 0.0) * q for i, q in items)
+        total = sum((shown_price(storefront.catalog.by_id[i], state)[0] or 0.0) * q for i, q in items)
         return "Checkout", (f"{sum(q for _, q in items)} items, total {total:.2f}",)
     bought = (page.arg or "").split("\t")
     return "Order placed", (f"Thank you! Order of {len(bought)} items placed.",)
@@ -145,9 +172,9 @@ def _parts(storefront: Storefront, state: SessionState) -> tuple:
             storefront.view_cache.clear()
         storefront.view_cache[page] = (title, lines, links, rows)
     elif page.kind == "cart":
-        rows = tuple(_row(storefront, pid, qty) for pid, qty in storefront.cart_page(state))
+        rows = tuple(_row(storefront, pid, qty, state) for pid, qty in storefront.cart_page(state))
     elif page.kind == "checkout":
-        rows = tuple(_row(storefront, pid, qty) for pid, qty in storefront.checkout_items(state)[:10])
+        rows = tuple(_row(storefront, pid, qty, state) for pid, qty in storefront.checkout_items(state)[:10])
     else:
         rows = ()
     return title, lines, links, rows

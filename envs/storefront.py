@@ -97,6 +97,14 @@ class SessionState:
     goal: str | None = None
     """Product the buyer is asked to buy (goal tasks), or None."""
     exited: bool = False
+    prices: tuple[tuple[str, float], ...] = ()
+    """(product id, price) for prices this session sees that differ from the catalogue's: a replayed
+    session's logged prices (learners/data/traces.py). Simulated sessions have none."""
+
+    def priced(self, product_id: str, price: float) -> SessionState:
+        """This state with ``product_id`` shown at ``price`` from now on."""
+        rest = tuple(item for item in self.prices if item[0] != product_id)
+        return replace(self, prices=(*rest, (product_id, price)))
 
     def in_cart(self, product_id: str) -> int:
         """Quantity of a product in the cart."""
@@ -142,7 +150,7 @@ def search_query(action: str) -> str | None:
 
 def _moved(s: SessionState, page: Page, history: tuple[Page, ...]) -> SessionState:
     # Navigation is the hot path; the constructor is several times faster than dataclasses.replace.
-    return SessionState(page, s.cart, s.favourites, history, s.purchased, s.goal, s.exited)
+    return SessionState(page, s.cart, s.favourites, history, s.purchased, s.goal, s.exited, s.prices)
 
 
 def _pages(n: int, size: int) -> int:

@@ -9,7 +9,8 @@ the text env with a treatment; the browser env does not take treatments). Kinds:
 - ``none``: no change; the same pages, actions and events as ``simpersona/Storefront-v0``.
 - ``price`` (``percent``, ``category``): prices of one category (None: every product) change by
   ``percent`` (-10 = 10% cheaper), rounded to cents, wherever a price shows (listing rows, product
-  page, cart, checkout total). Revenue is the treated price times the quantity: ``treated_catalog``
+  page, cart, checkout total); a product page shows a cut as a markdown, the control price beside
+  the new one (``Price: 69.99 (was 99.99)``, envs/render.py). Revenue is the treated price times the quantity: ``treated_catalog``
   gives the prices an arm's buyers paid.
 - ``order`` (``order``, ``seed``): category and search listings, and the home page's featured
   products (the first FEATURED of the whole catalogue in that order), follow ``popularity`` (the
@@ -254,7 +255,9 @@ def treated_catalog(catalog: Catalog, treatment: Treatment) -> Catalog:
     products, changed = [], False
     for p in catalog.products:
         if p.price is not None and (treatment.category is None or p.category_id == treatment.category):
-            products.append(dataclasses.replace(p, price=round(p.price * factor, 2)))
+            # A cut is shown as a markdown from the control price; a rise is just the new price.
+            regular = p.price if factor < 1.0 else None
+            products.append(dataclasses.replace(p, price=round(p.price * factor, 2), list_price=regular))
             changed = True
         else:
             products.append(p)

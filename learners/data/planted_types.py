@@ -7,15 +7,18 @@ them, naive k-means on counts does not).
 Planted sensitivities to what storefront treatments change (envs/treatments.py), as built in
 learners/data/synth_model.py; learners/data/synth_truth.py measures their true effects:
 
-==============  ========  ======  =====  ===========  =======  ============================================
-type            position  appeal  cheap  sensitivity  listing  responds to
-==============  ========  ======  =====  ===========  =======  ============================================
-window_shopper  1.5       0       0      0            0        listing order (what is viewed), not price
-researcher      0.3       0       0      0            1.0      page size (views more on longer pages)
-decisive_buyer  0         1.0     0      0            0        nothing: goes to the hits it came for
-cart_abandoner  1.0       0       0      0            0        listing order (what is viewed), not price
-deal_hunter     0.8       0       2.0    4.0          0        price (choice, add-to-cart), listing order
-==============  ========  ======  =====  ===========  =======  ============================================
+==============  ========  ======  =====  =====  =======  ========  =======  ================================
+type            position  appeal  cheap  price  reserve  markdown  listing  responds to
+==============  ========  ======  =====  =====  =======  ========  =======  ================================
+window_shopper  1.5       0       0      0      1        0         0        listing order (views), not price
+researcher      0.3       0       0      0      1        0         1.0      page size (views more on longer)
+decisive_buyer  0         1.0     0      0      1        0         0        nothing: buys the hits it wants
+cart_abandoner  1.0       0       0      0      1        0         0        listing order (views), not price
+deal_hunter     0.8       0       2.0    4.0    0.7      4.0       0        price, markdowns, listing order
+==============  ========  ======  =====  =====  =======  ========  =======  ================================
+
+Columns: ``position_power``, ``appeal_power``, ``cheap_power``, ``price_sensitivity``,
+``reservation``, ``markdown_sensitivity``, ``listing_depth``.
 
 - Product choice weight over the merchant's products: ``position ** -position_power *
   appeal_rank ** -appeal_power * (reference / price) ** cheap_power``. ``position`` is the
@@ -23,27 +26,33 @@ deal_hunter     0.8       0       2.0    4.0          0        price (choice, ad
   merchant's popularity order, as a prepared catalog lists it), so a listing-order treatment changes
   what position-biased types view and buy. The decisive buyer ignores the listing and goes by
   ``appeal_rank``, a demand rank of its own, independent of the listing order (in the log it buys
-  hits wherever they are listed), which no treatment changes.
-- ``reference`` is the control median price of the product's category at its merchant (what its
-  listing compares it with). It never moves with a treatment, so a price cut makes products look
-  cheaper. Add-to-cart (after a view) happens with chance ``1 / (1 + (price / reference) **
-  price_sensitivity)`` (one half at the reference price, rising smoothly as the price falls below
-  it); else the buyer views on.
+  hits wherever they are listed), which no treatment changes. Choice goes by the storefront's
+  regular prices (a week's markdowns in the log do not move it).
+- ``reference`` is the control median regular price of the product's category at its merchant (what
+  its listing compares it with). It never moves with a treatment, so a price cut makes products look
+  cheaper. Add-to-cart (after a view) happens with chance ``1 / (1 + (price / (reservation *
+  reference)) ** price_sensitivity * (price / regular) ** markdown_sensitivity)``, else the buyer
+  views on: a deal hunter adds to cart half the time at 70% of the category's median and regular
+  price, more as the price falls below it, and more again when the price is marked down from the
+  product's regular price (a week's sale in the log, shown as "was" beside the price; a price-cut
+  treatment, likewise shown).
 - After a product view, the weight of ending the visit is multiplied by ``(10 / shown) **
   listing_depth``, ``shown`` being the number of products on the listing page that holds the viewed
   product (10 on a full default page, fewer on a category's last page or a small category, more with
   a larger page size).
-- Logs vary every factor: prices spread log-normally (sd 0.5) around each category's level, listing
-  positions run the whole category and are independent of ``appeal_rank``, and categories differ
-  in size (Zipf shares), so short last pages and small categories are common. Each product has one
-  price for the whole log (the replayed page shows one catalog price), so all price variation is
-  across products.
+- Logs vary every factor: prices spread log-normally (sd 0.5) around each category's level and
+  change over time (each product is marked down 10-40% in about 30% of the log's weeks, and a
+  visit sees its week's prices), listing positions run the whole category and are independent of
+  ``appeal_rank``, and categories differ in size (Zipf shares), so short last pages and small
+  categories are common.
 - Hiding the favourite button removes ``fav`` from every move (the other moves keep their
   proportions). Banner, one-page checkout and custom variants have no planted response: their true
   effect is exactly 0.
 - Caveats: a fresh product pick ranges over the whole merchant (categories weigh in through their
   products' weights), and the listing order is the generator's latent popularity order; a prepared
-  catalog lists by observed popularity, which follows it closely but not exactly.
+  catalog lists by observed popularity, which follows it closely but not exactly. A prepared
+  catalog's price is a product's median logged price, its regular price unless it was marked down
+  in most of the weeks it was seen.
 """
 
 from __future__ import annotations
@@ -90,8 +99,14 @@ class BuyerType:
     cheap_power: float
     """... times (category's control median price / price) ** cheap_power."""
     price_sensitivity: float
-    """An add-to-cart happens with chance 1 / (1 + (price / reference) ** sensitivity), reference the
-    category's control median, else another view (0: always)."""
+    """An add-to-cart happens with chance 1 / (1 + (price / (reservation * reference)) ** sensitivity
+    * ...), reference the category's control median, else another view (0: always)."""
+    reservation: float
+    """The price the type is glad to pay, as a share of the category's control median: add-to-cart
+    weighs price against reservation * reference (1: the median itself)."""
+    markdown_sensitivity: float
+    """... and times (price / regular price) ** sensitivity: a markdown (a price below the product's
+    regular one, shown beside it) makes adding to cart likelier still (0: markdowns count only as price)."""
     listing_depth: float
     """After a view, the END weight is times (10 / products on the viewed product's listing page) ** depth."""
     query_forms: tuple[int, ...]
@@ -118,6 +133,8 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         appeal_power=0.0,
         cheap_power=0.0,
         price_sensitivity=0.0,
+        reservation=1.0,
+        markdown_sensitivity=0.0,
         listing_depth=0.0,
         query_forms=(0,),
     ),
@@ -142,6 +159,8 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         appeal_power=0.0,
         cheap_power=0.0,
         price_sensitivity=0.0,
+        reservation=1.0,
+        markdown_sensitivity=0.0,
         listing_depth=1.0,
         query_forms=(0, 3),
     ),
@@ -165,6 +184,8 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         appeal_power=1.0,
         cheap_power=0.0,
         price_sensitivity=0.0,
+        reservation=1.0,
+        markdown_sensitivity=0.0,
         listing_depth=0.0,
         query_forms=(0,),
     ),
@@ -188,6 +209,8 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         appeal_power=0.0,
         cheap_power=0.0,
         price_sensitivity=0.0,
+        reservation=1.0,
+        markdown_sensitivity=0.0,
         listing_depth=0.0,
         query_forms=(0,),
     ),
@@ -197,7 +220,7 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         moves={
             "home": {"search": 0.6, "view": 0.3, "end": 0.1},
             "search": {"view": 0.7, "search": 0.2, "end": 0.1},
-            "view": {"view": 0.35, "search": 0.25, "cart": 0.2, "fav": 0.03, "end": 0.17},
+            "view": {"view": 0.3, "search": 0.2, "cart": 0.3, "fav": 0.03, "end": 0.17},
             "fav": {"view": 0.5, "end": 0.5},
             "cart": {"checkout": 0.5, "uncart": 0.15, "view": 0.15, "end": 0.2},
             "uncart": {"search": 0.4, "end": 0.6},
@@ -212,6 +235,8 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         appeal_power=0.0,
         cheap_power=2.0,
         price_sensitivity=4.0,
+        reservation=0.7,
+        markdown_sensitivity=4.0,
         listing_depth=0.0,
         query_forms=(1, 2),
     ),

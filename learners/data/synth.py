@@ -13,7 +13,8 @@
   action        ``home`` ``search`` ``view`` ``fav`` ``cart`` ``uncart`` ``checkout`` ``buy``
   item          product id (text), empty for home, search and checkout
   category      category id (text) of the item, empty where item is
-  price         item price (float), empty where item is
+  price         the item's price at the time (float): its regular price, or lower in a week it is
+                marked down; empty where item is
   search_terms  the query of a search event, empty otherwise
   visit         visit (session) id, an integer unique over the whole log
   ============  =====================================================================================
@@ -33,13 +34,15 @@ must quarantine exactly those rows, so the clean events and ``truth.parquet`` ar
 
 Each planted type is a Markov chain over the raw actions (with an END state), plus its own number of
 visits, pauses between events and between visits, product choice (position in the category listing,
-latent appeal, price against the category's median), price sensitivity when adding to cart and
-listing depth (longer listing pages, longer visits); ``behaviour_noise`` mixes every chain with the
+latent appeal, price against the category's median), price sensitivity when adding to cart (price
+against the category's median and, for markdowns, against the product's regular price) and listing
+depth (longer listing pages, longer visits); ``behaviour_noise`` mixes every chain with the
 population average so types overlap. Merchants draw their type mixture from a Dirichlet, their size
-from a Zipf law, and own a catalog (categories of Zipf sizes, log-normal prices, a latent popularity
-order). The visit model is learners/data/synth_model.py; learners/data/planted_types.py tabulates
-each type's sensitivities, and learners/data/synth_truth.py measures the true effect of a storefront
-treatment on them (``simpersona synth --treatment FILE`` writes truth-effects.parquet and .md).
+from a Zipf law, and own a catalog (categories of Zipf sizes, log-normal prices marked down in some
+weeks, a latent popularity order). The visit model is learners/data/synth_model.py;
+learners/data/planted_types.py tabulates each type's sensitivities, and learners/data/synth_truth.py
+measures the true effect of a storefront treatment on them (``simpersona synth --treatment FILE``
+writes truth-effects.parquet and .md).
 """
 
 from __future__ import annotations
@@ -58,7 +61,17 @@ import yaml
 
 from learners.config import config_to_dict
 from learners.data.planted_types import ACTION_TO_EVENT, BUYER_TYPES, QUERY_FORMS, RAW_ACTIONS, TYPE_NAMES
-from learners.data.synth_model import ITEM_STATES, Chains, S, World, build_chains, build_world, walk_visits
+from learners.data.synth_model import (
+    ITEM_STATES,
+    MAX_VISIT_EVENTS,
+    WEEK_S,
+    Chains,
+    S,
+    World,
+    build_chains,
+    build_world,
+    walk_visits,
+)
 
 LOGS_DIR = "logs"
 """Sub-folder of the raw log parts, so `prepare DIR/logs` never picks up truth.parquet."""
@@ -72,6 +85,8 @@ MALFORMED_KINDS: tuple[str, ...] = (
 
 _MIN_VISIT_GAP_S = 1801
 _MAX_EVENT_GAP_S = 1500
+_VISIT_ROOM_S = 7200
+"""Time a visit's events may take (pauses of the rare longer visit are shortened to fit)."""
 _EVENTS_PER_BLOCK = 400_000
 _FIRST_VISITOR = 1_000_000
 
@@ -153,7 +168,8 @@ def _block_events(
     chains: Chains,
     visit_scale: float,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Events of buyers [lo, hi) as numpy columns (buyer, seconds from start, action, product, visit id)."""
+    """Events of buyers [lo, hi) as numpy columns (buyer, seconds from start, action, product, visit id,
+    price shown); returns them and the number of visits."""
     rng = np.random.default_rng(seed_parts)
     b_type = world.buyer_type[lo:hi].astype(np.int64)
     n_b = hi - lo
@@ -164,40 +180,42 @@ def _block_events(
     v_type = b_type[v_buyer]
     v_merchant = world.buyer_merchant[lo:hi][v_buyer]
 
-    key = int(rng.integers(0, 2**63))  # this block's visits' counter-based draws (synth_model.uniforms)
-    e_visit, e_action, e_product = walk_visits(world, world.control, chains, v_type, v_merchant, key)
-    per_visit = np.bincount(e_visit, minlength=len(v_buyer))
-    first = _segment_starts(per_visit)
-
-    # Pauses within a visit stay under 30 minutes; visits of a buyer are at least 30 minutes apart.
+    # Visits are scheduled before they are walked, so each knows its week's prices: a visit has
+    # _VISIT_ROOM_S for its events, then at least 30 minutes pass before the buyer's next visit.
     pace = rng.lognormal(0.0, 0.3, n_b)
-    median_gap = np.array([bt.event_gap_s for bt in BUYER_TYPES])[v_type] * pace[v_buyer]
-    gap = np.clip(np.round(rng.lognormal(np.log(median_gap[e_visit]), 0.9)), 1, _MAX_EVENT_GAP_S)
-    gap[first] = 0
-    offset = np.cumsum(gap)
-    offset -= np.repeat(offset[first], per_visit)
-    duration = offset[first + per_visit - 1]
-
     visit_gap_mean = np.array([bt.visit_gap_h for bt in BUYER_TYPES])[v_type] * 3600 * pace[v_buyer]
     extra = rng.exponential(visit_gap_mean)
     b_first = _segment_starts(n_visits)
     extra[b_first] = 0
-    fixed = np.bincount(v_buyer, weights=duration + _MIN_VISIT_GAP_S, minlength=n_b) - _MIN_VISIT_GAP_S
     window = cfg.days * 86_400 - 1
+    fixed = n_visits * (_VISIT_ROOM_S + _MIN_VISIT_GAP_S) - _MIN_VISIT_GAP_S
     extra_sum = np.bincount(v_buyer, weights=extra, minlength=n_b)
     squeeze = np.clip((window - fixed) / np.maximum(extra_sum, 1.0), 0.0, 1.0)
-    step = np.where(
-        np.arange(len(v_buyer)) == b_first[v_buyer],
-        0.0,
-        _MIN_VISIT_GAP_S + np.floor(extra * squeeze[v_buyer]),
-    )
-    prev_duration = np.concatenate([[0.0], duration[:-1]])
-    step += np.where(step > 0, prev_duration, 0.0)
+    step = np.floor(extra * squeeze[v_buyer]) + _VISIT_ROOM_S + _MIN_VISIT_GAP_S
+    step[b_first] = 0
     v_start = np.cumsum(step)
     v_start -= np.repeat(v_start[b_first], n_visits)
-    span = v_start[b_first + n_visits - 1] + duration[b_first + n_visits - 1]
+    span = v_start[b_first + n_visits - 1] + _VISIT_ROOM_S
     b_start = np.floor(rng.random(n_b) * np.maximum(window - span, 0))
-    ts = (b_start[v_buyer] + v_start)[e_visit] + offset
+    v_start += b_start[v_buyer]
+    v_week = np.minimum(v_start // WEEK_S, world.week_price.shape[1] - 1).astype(np.int64)
+
+    key = int(rng.integers(0, 2**63))  # this block's visits' counter-based draws (synth_model.uniforms)
+    e_visit, e_action, e_product = walk_visits(world, world.control, chains, v_type, v_merchant, key, v_week)
+    per_visit = np.bincount(e_visit, minlength=len(v_buyer))
+    first = _segment_starts(per_visit)
+
+    median_gap = np.array([bt.event_gap_s for bt in BUYER_TYPES])[v_type] * pace[v_buyer]
+    gap = np.clip(np.round(rng.lognormal(np.log(median_gap[e_visit]), 0.9)), 1, _MAX_EVENT_GAP_S)
+    gap[first] = 0
+    # A visit longer than its room has its pauses shortened (each >= 1 s) to fit.
+    duration = np.bincount(e_visit, weights=gap, minlength=len(v_buyer))
+    shrink = np.minimum(1.0, (_VISIT_ROOM_S - MAX_VISIT_EVENTS) / np.maximum(duration, 1.0))
+    gap = np.where(gap > 0, np.maximum(1.0, np.floor(gap * shrink[e_visit])), 0.0)
+    offset = np.cumsum(gap)
+    offset -= np.repeat(offset[first], per_visit)
+    ts = v_start[e_visit] + offset
+    sold = np.where(e_product >= 0, e_product, 0)
 
     columns = {
         "buyer": v_buyer[e_visit] + lo,
@@ -205,6 +223,7 @@ def _block_events(
         "action": e_action,
         "product": e_product,
         "visit": e_visit.astype(np.int64) + visit_base,
+        "price": world.week_price[sold, v_week[e_visit]],
     }
     return columns, len(v_buyer)
 
@@ -236,7 +255,7 @@ def _table(cfg: SynthConfig, world: World, cols: dict[str, np.ndarray], epoch: i
 
     action = np.where(kind == 0, len(RAW_ACTIONS), action)
     ts = np.where(kind == 3, ts - 25 * 365 * 86_400, ts)
-    price = np.where(kind == 2, -world.product_price[safe_product], world.product_price[safe_product])
+    price = np.where(kind == 2, -cols["price"][order], cols["price"][order])
     visitor = pa.array(world.buyer_user[buyer] + _FIRST_VISITOR, mask=kind == 1).cast(pa.string())
     if cfg.timestamp_format == "unix_ms":
         time_col = pa.array(ts * 1000, type=pa.int64())

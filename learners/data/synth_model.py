@@ -6,11 +6,16 @@ under a treatment to measure true effects. The planted sensitivities are documen
 learners/data/planted_types.py; how they are built:
 
 - A merchant sells a few categories (Zipf shares, so sizes differ: small categories and short last
-  pages are common) with log-normal prices around each category's level; each product has one
-  price for the whole log. Two independent latent ranks per product: ``listing_rank``, the
-  merchant's popularity order (what the storefront lists first; position-biased buyers make it
-  popular), and ``appeal_rank``, what buyers who come for a specific product want (the decisive
-  buyer), wherever it is listed, so logs show those buyers ignoring positions.
+  pages are common) with log-normal prices around each category's level. Two independent latent
+  ranks per product: ``listing_rank``, the merchant's popularity order (what the storefront lists
+  first; position-biased buyers make it popular), and ``appeal_rank``, what buyers who come for a
+  specific product want (the decisive buyer), wherever it is listed, so logs show those buyers
+  ignoring positions.
+- Prices change over time: each product has a regular price and is marked down 10-40% in about 30%
+  of the log's weeks (``week_price``). A visit of the log sees its week's prices: a markdown is what
+  the logged events record and what a deal hunter's add-to-cart weighs (product choice goes by the
+  regular price). Storefronts without markdowns (control and treatments, as an experiment shows
+  them) use regular prices.
 - ``Shop`` is a merchant set's storefront under a treatment (envs/treatments.py): shown prices, each
   product's position in its category listing (control order: ``listing_rank``), the size of the
   listing page that holds it, and the product-choice CDFs. The reference price of a product is its
@@ -52,6 +57,12 @@ _CATEGORY_ZIPF = 1.2
 """Category shares of a merchant's products fall as rank ** -1.2: a few big categories, several small."""
 _PRICE_SPREAD = 0.5
 """Sd of log price around the category level: what lets a buyer see a product as cheap or dear."""
+WEEK_S = 7 * 86_400
+"""Prices change weekly: a product's price holds from the log's start day + 7 k to + 7 (k + 1)."""
+_SALE_SHARE = 0.3
+"""Chance that a product is marked down in a given week."""
+_SALE_DEPTHS = (0.1, 0.2, 0.3, 0.4)
+"""How deep a markdown goes (share off the regular price), drawn uniformly."""
 # Purposes of a visit-step's uniforms (the counter's low bits).
 _START, _NEW, _PICK, _MOVE, _ACCEPT = range(5)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -108,7 +119,8 @@ class World:
     product_ids: pa.Array  # [P] global product index -> id text
     product_merchant: np.ndarray  # [P]
     product_category: np.ndarray  # [P] category index
-    product_price: np.ndarray  # [P] the one (control) price of the log
+    product_price: np.ndarray  # [P] the regular (control) price
+    week_price: np.ndarray  # [P, W] the price in each week of the log: regular, or a markdown below it
     listing_rank: np.ndarray  # [P] 1-based rank in the merchant's control (popularity) order
     appeal_rank: np.ndarray  # [P] 1-based demand rank of buyers who come for a product (independent)
     reference: np.ndarray  # [P] control median price of its category at its merchant
@@ -157,6 +169,11 @@ def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
     u = rng.random(cfg.buyers)
     kind = (u[:, None] >= np.cumsum(mixtures, 1)[merchant]).sum(1).clip(0, n_t - 1).astype(np.int8)
     order = np.lexsort((merchant, user))  # a user's buyers are adjacent, as in user-sorted logs
+    # Markdowns are drawn last, so catalogs and buyers are those of the same seed without them.
+    regular = np.concatenate(prices)
+    weeks = cfg.days // 7 + 1
+    on_sale = rng.random((total, weeks)) < _SALE_SHARE
+    marked = np.round(np.floor(regular[:, None] * (1.0 - rng.choice(_SALE_DEPTHS, (total, weeks)))) + 0.99, 2)
 
     world = World(
         merchant_names=pa.array([f"shop-{m:03d}" for m in range(n_m)]),
@@ -165,7 +182,8 @@ def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
         product_ids=pa.array([str(100_000 + i) for i in range(total)]),
         product_merchant=np.repeat(np.arange(n_m), n_products),
         product_category=np.concatenate(categories),
-        product_price=np.concatenate(prices),
+        product_price=regular,
+        week_price=np.where(on_sale & (marked < regular[:, None]), marked, regular[:, None]),
         listing_rank=np.concatenate(listing).astype(float),
         appeal_rank=np.concatenate(appeal).astype(float),
         reference=np.concatenate(references),
@@ -193,6 +211,7 @@ class Shop:
     treatment: Treatment
     price: np.ndarray  # [P] shown (and paid) price
     cheap: np.ndarray  # [P] category reference / price: what add-to-cart weighs
+    markdown: np.ndarray  # [P] regular / shown price (> 1: marked down), which add-to-cart weighs too
     position: np.ndarray  # [P] 1-based position in its category listing
     shown: np.ndarray  # [P] products on the listing page that holds it
     choice_cdf: np.ndarray  # per-(type, merchant) product CDFs, concatenated, offset by t * M + m
@@ -235,6 +254,7 @@ def build_shop(world: World, treatment: Treatment) -> Shop:
         treatment=treatment,
         price=price,
         cheap=cheap,
+        markdown=world.product_price / price,
         position=position,
         shown=shown,
         choice_cdf=_choice_cdf(world, position, cheap),
@@ -296,13 +316,19 @@ def walk_visits(
     visit_type: np.ndarray,
     visit_merchant: np.ndarray,
     key: int,
+    visit_week: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run all visits' chains in lock step: (visit index, action, product or -1) per event, visit-major.
-    Visit i draws its uniforms from (key, i); the same key gives the same draws in every shop."""
+    Visit i draws its uniforms from (key, i); the same key gives the same draws in every shop.
+
+    ``visit_week`` (the log's control walk): each visit's week, whose markdowns (``world.week_price``)
+    its add-to-cart weighs; None (storefronts without markdowns, as an experiment's): regular prices."""
     n_m = len(world.merchant_names)
     n_p = len(shop.price)
     new_product = np.array([bt.new_product for bt in BUYER_TYPES])
     sensitivity = np.array([bt.price_sensitivity for bt in BUYER_TYPES])
+    deal_power = np.array([bt.markdown_sensitivity for bt in BUYER_TYPES])
+    reservation = np.array([bt.reservation for bt in BUYER_TYPES])
     depth = np.array([bt.listing_depth for bt in BUYER_TYPES])
     first_p, next_p = chains.first, chains.next
     if shop.hide_favorite:  # no favourite button: the other moves keep their proportions
@@ -339,7 +365,12 @@ def walk_visits(
         picky = np.flatnonzero((nxt == S["cart"]) & (sensitivity[kind] > 0) & (cur >= 0))
         # 1 / (1 + (price / reference) ** s): one half at the reference, rising all the way down (no
         # saturation, so a cut moves buyers of already cheap products too).
-        accept = 1.0 / (1.0 + shop.cheap[cur[picky]] ** -sensitivity[kind[picky]])
+        product, t = cur[picky], kind[picky]
+        cheap, markdown = shop.cheap[product], shop.markdown[product]
+        if visit_week is not None:
+            shown = world.week_price[product, visit_week[idx[picky]]]
+            cheap, markdown = world.reference[product] / shown, world.product_price[product] / shown
+        accept = 1.0 / (1.0 + (cheap * reservation[t]) ** -sensitivity[t] * markdown ** -deal_power[t])
         nxt[picky[uniforms(key, idx[picky], step, _ACCEPT) >= accept]] = S["view"]  # too dear: view on
         keep = nxt != END
         idx, state = idx[keep], nxt[keep]

@@ -20,6 +20,10 @@ A real event that no action can express is counted under a reason and skipped (n
 Each session ends with an inserted ``exit``. Product-less events (tmall-brand) use the placeholder
 product of their category (see envs/catalog.py).
 
+A session sees the prices its events logged: from an event whose price differs from the
+catalogue's (the median logged price), that product's page, cart and checkout show it, as a markdown
+(``Price: 69.99 (was 99.99)``) when it is lower (envs/render.py).
+
 Traces table: ``merchant_id, buyer_id, session_id, step, observation, action, valid`` plus
 ``real_event`` (the step is a real event, not inserted navigation), ``event_type`` (the canonical
 event the step emitted; null for ``exit``), ``seq`` (the real event's ``seq``; null when inserted)
@@ -41,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from envs.catalog import Catalog, Product, load_catalogs
+from envs.render import shown_price
 from envs.storefront import (
     BACK,
     HOME,
@@ -79,6 +84,7 @@ EVENT_COLUMNS = (
     "product_id",
     "category_id",
     "query",
+    "price",
 )
 FLUSH_ROWS = 50_000
 
@@ -148,6 +154,7 @@ class RealEvent:
     product_id: str | None
     category_id: str | None
     query: str | None
+    price: float | None = None
 
 
 # ---- planning: the actions that express one real event on the current page ------------------------
@@ -338,6 +345,9 @@ def replay_session(
             step += 1
 
     for ev in events:
+        product = sf.catalog.by_id.get(ev.product_id) if ev.product_id is not None else None
+        if product is not None and ev.price is not None and shown_price(product, state)[0] != ev.price:
+            state = state.priced(product.product_id, ev.price)  # the price this visit saw from here on
         counts = report.by_event_type.setdefault(ev.event_type, {"real": 0, "mapped": 0})
         counts["real"] += 1
         report.real_events += 1
@@ -376,6 +386,7 @@ def _sessions(events: pa.Table) -> Iterator[tuple[tuple[str, str, str], list[Rea
                 cols["product_id"][i],
                 cols["category_id"][i],
                 cols["query"][i],
+                cols["price"][i],
             )
         )
     if batch:

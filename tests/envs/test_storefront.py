@@ -303,3 +303,26 @@ def test_search_matches_a_naive_scan():
     ]:
         for limit in (5, 100, 1000):
             assert catalog.search(query, limit) == naive(query, limit), (query, limit)
+
+
+def test_a_session_price_shows_as_a_markdown_only_where_lower(shop):
+    p = shop.catalog.products[0]
+    on_page = shop.step(shop.initial_state(), f"open product {p.product_id}")[0]
+    assert f"Price: {p.price:.2f}\n" in shop.observe(on_page)
+
+    cut = round(p.price * 0.7, 2)
+    s = on_page.priced(p.product_id, cut)
+    assert f"Price: {cut:.2f} (was {p.price:.2f})" in shop.observe(s)
+    s = shop.step(s, "add to cart")[0]
+    s = shop.step(s, "go to cart")[0]
+    assert f"- product {p.product_id} | category {p.category_id} | price {cut:.2f}" in shop.observe(s)
+    s = shop.step(s, "checkout")[0]
+    assert f"1 items, total {cut:.2f}" in shop.observe(s)
+    listing = Page("category", p.category_id)
+    assert shop.observe(SessionState(listing, prices=s.prices)) == shop.observe(SessionState(listing))
+
+    dearer = on_page.priced(p.product_id, cut).priced(p.product_id, round(p.price * 1.2, 2))
+    assert dearer.prices == ((p.product_id, round(p.price * 1.2, 2)),)  # the latest price replaces
+    assert f"Price: {round(p.price * 1.2, 2):.2f}\n" in shop.observe(dearer)
+    rounding = on_page.priced(p.product_id, round(p.price * 0.995, 2))
+    assert "(was" not in shop.observe(rounding)  # under 1% off is not a markdown

@@ -161,7 +161,9 @@ def test_price_changes_one_category_everywhere_a_price_shows():
     s = shop.initial_state()
     for action in (f"open product {a.product_id}", "add to cart", "add to cart"):
         s, _ = shop.step(s, action)
-    assert f"Price: {round(a.price * 0.9, 2):.2f}" in shop.observe(s)
+    assert f"Price: {round(a.price * 0.9, 2):.2f} (was {a.price:.2f})" in shop.observe(
+        s
+    )  # shown as a markdown
     for action in (
         "home",
         f'search "{b.product_id}"',
@@ -187,6 +189,9 @@ def test_treated_catalog_is_the_same_object_when_prices_do_not_change():
     assert treated_catalog(base, Treatment("price", 0)) is base
     up = treated_catalog(base, Treatment("price", 25))
     assert [p.price for p in up.products] == [round(p.price * 1.25, 2) for p in base.products]
+    p = base.products[0]
+    page = SessionState(Page("product", p.product_id))
+    assert f"Price: {round(p.price * 1.25, 2):.2f}\n" in Storefront(up).observe(page)  # a rise: no "was"
     assert [p.product_id for p in up.products] == [p.product_id for p in base.products]
 
 

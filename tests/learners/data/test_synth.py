@@ -233,3 +233,26 @@ def test_prepare_reads_the_log_with_its_mapping(
     buyers = pl.read_parquet(prepared / "buyers.parquet", columns=["merchant_id", "buyer_id"])
     truth = pl.read_parquet(raw / "truth.parquet")
     assert buyers.join(truth, on=["merchant_id", "buyer_id"]).height == truth.height
+
+
+def test_prices_change_weekly_and_deal_hunters_buy_markdowns(
+    clean_log: tuple[Path, dict, pl.DataFrame],
+) -> None:
+    out, _, raw = clean_log
+    t = raw.with_columns(pl.col("price").cast(pl.Float64), ts=pl.col("time").str.to_datetime(time_zone="UTC"))
+    start = pl.col("ts").min().over("visit") - pl.datetime(2024, 3, 1, time_zone="UTC")
+    t = t.with_columns(week=start.dt.total_days() // 7, regular=pl.col("price").max().over("item"))
+    priced = t.drop_nulls("price")
+    # A visit sees its start week's price; prices differ across weeks, and about 30% are markdowns.
+    assert priced.group_by("item", "week").agg(n=pl.col("price").n_unique())["n"].max() == 1
+    assert (priced.group_by("item").agg(n=pl.col("price").n_unique())["n"] > 1).mean() > 0.3
+    assert 0.15 < (priced["price"] < priced["regular"]).mean() < 0.45
+
+    truth = pl.read_parquet(out / "truth.parquet")
+    t = t.join(truth, left_on=["shop", "visitor"], right_on=["merchant_id", "buyer_id"]).sort("visit", "ts")
+    views = t.with_columns(carted=pl.col("action").shift(-1).over("visit") == "cart").filter(
+        (pl.col("action") == "view") & (pl.col("type") == "deal_hunter")
+    )
+    rate = views.group_by(marked=pl.col("price") < pl.col("regular")).agg(pl.col("carted").mean())
+    by = dict(zip(rate["marked"], rate["carted"], strict=True))
+    assert by[True] > by[False] + 0.05  # a markdown makes a deal hunter's add-to-cart likelier

@@ -245,3 +245,23 @@ def test_tmall_ijcai15_maps_at_least_95_percent(real_file, tmp_path):
     events = pq.read_table(out / schema.TABLE_FILES["events"], filters=[("merchant_id", "in", top)])
     assert report.real_events == events.num_rows
     assert report.mapped_share >= 0.95
+
+
+def test_a_session_sees_the_prices_its_events_logged(tmp_path):
+    catalog = Catalog.from_records("shop", product_records(45))
+    p = catalog.products[0]
+    sale = round(p.price * 0.8, 2)
+
+    def priced(session: str, price: float | None) -> list[dict]:
+        rows = events_of("shop", "u1", session, [("product_view", p.product_id, None, None)] * 2)
+        rows[0]["price"], rows[1]["event_type"], rows[1]["price"] = price, "add_to_cart", price
+        return rows
+
+    events = [*priced("s1", sale), *priced("s2", p.price), *priced("s3", None)]
+    build_traces(
+        write_prepared(tmp_path / "prep", catalog_rows("shop"), events), tmp_path / "out", TracesConfig()
+    )
+    rows = read_traces(tmp_path / "out")
+    carts = {r["session_id"]: r["observation"] for r in rows if r["action"] == "add to cart"}
+    assert f"Price: {sale:.2f} (was {p.price:.2f})" in carts["s1"]  # the logged markdown
+    assert f"Price: {p.price:.2f}\n" in carts["s2"] and f"Price: {p.price:.2f}\n" in carts["s3"]
