@@ -139,6 +139,8 @@ class AgentTrained:
     examples: int
     quarantined: int
     validation_examples: int
+    rollout_calibration: str | None = None
+    """The rollout calibration's line (engine/rollout_calibration.py), when it ran."""
 
     def lines(self) -> list[str]:
         lines = []
@@ -151,6 +153,8 @@ class AgentTrained:
         if self.validation_examples:
             kept = ", ".join(f"stage {stage}: epoch {epoch}" for stage, epoch in sorted(self.chosen.items()))
             lines.append(f"  kept (lowest validation loss, {self.validation_examples:,} examples): {kept}")
+        if self.rollout_calibration:
+            lines.append("  " + self.rollout_calibration)
         lines.append(
             f"{self.examples:,} examples ({self.quarantined:,} trace rows quarantined) -> {self.out}"
         )

@@ -166,6 +166,7 @@ def train_agent(config: TrainAgentStage, verbose: bool = False) -> AgentTrained:
                 source=source,
                 progress=logs.progress if logs else None,
             )
+        rollouts = _calibrate_rollouts(config, traces, personas.codes if personas else None)
     return AgentTrained(
         result.out_dir,
         result.epochs,
@@ -173,7 +174,43 @@ def train_agent(config: TrainAgentStage, verbose: bool = False) -> AgentTrained:
         result.examples,
         result.quarantined,
         result.validation_examples,
+        rollouts,
     )
+
+
+def _calibrate_rollouts(config: TrainAgentStage, traces, codes) -> str | None:
+    """Refine the trained agent's biases on its own simulated visits (engine/rollout_calibration.py);
+    its console line, or None when it is off or the agent has no validation merchants."""
+    agent = config.agent
+    if agent.calibration_visits <= 0 or agent.calibration_rounds <= 0:
+        return None
+    from engine.rollout_calibration import calibrate_rollouts, prepared_of, validation_merchants
+    from learners.agent.llm_policy import LLMPolicy
+    from learners.agent.scoring import CALIBRATION_FILE
+    from learners.agent.sources import load_personas, load_traces
+
+    out = Path(config.out)
+    merchants = validation_merchants(out)
+    if not merchants or not (out / CALIBRATION_FILE).exists():
+        return None
+    with tempfile.TemporaryDirectory(prefix="rollout-calibration-") as work:
+        if traces is None:  # a resumed run read no traces
+            traces, _ = load_traces(config.data, Path(work) / "traces")
+            if not agent.no_persona and config.personas is not None:
+                codes = load_personas(config.personas, config.data, Path(work) / "codes").codes
+        policy = LLMPolicy.from_pretrained(out, device="cuda" if agent.use_gpu else "cpu", temperature=1.0)
+        record = calibrate_rollouts(
+            policy,
+            prepared_of(config.data),
+            traces,
+            None if agent.no_persona else codes,
+            merchants,
+            visits=agent.calibration_visits,
+            rounds=agent.calibration_rounds,
+            seed=agent.seed,
+        )
+    record.save(out)
+    return record.line()
 
 
 def fit_markov(config: FitMarkovStage, verbose: bool = False) -> MarkovFitted:

@@ -1,0 +1,162 @@
+"""Rollout calibration: real uses per visit are cut as the env cuts a visit, simulated uses are
+counted in expectation, and the rounds carry a real tiny agent's simulated uses toward the real ones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.rollout_calibration import (
+    CALIBRATED,
+    REFERENCE,
+    KindTally,
+    RolloutCalibration,
+    calibrate_rollouts,
+    prepared_of,
+    uses_per_visit,
+    validation_buyers,
+)
+from learners.agent.llm_policy import LLMPolicy
+from learners.agent.policy import ActRequest, ActResult
+from learners.agent.scoring import CALIBRATION_FILE
+
+from .sim_fixtures import write_prepared, write_tiny_agent
+
+
+def _traces(sessions: dict[tuple[str, str, str], list[str]]) -> pa.Table:
+    rows = [
+        {"merchant_id": m, "buyer_id": b, "session_id": s, "step": i, "action": a}
+        for (m, b, s), actions in sessions.items()
+        for i, a in enumerate(actions)
+    ]
+    return pa.Table.from_pylist(rows)
+
+
+def test_real_uses_count_real_events_up_to_the_first_purchase_and_the_step_cap():
+    traces = _traces(
+        {
+            ("m1", "u1", "s1"): [
+                "open product p1",
+                "add to cart",
+                "go to cart",
+                "checkout",
+                "place order",
+                "open product p2",
+                "exit",
+            ],  # fmt: skip
+            ("m1", "u2", "s2"): ['search "p2"', "open product p2", "favorite", "open product p1", "exit"],
+        }
+    )
+    inserted = [True] * traces.num_rows
+    inserted[7] = False  # s2's search is the replay's route to p2, not the buyer's
+    traces = traces.append_column("real_event", pa.array(inserted))
+    uses, sessions = uses_per_visit(traces, max_steps=3)
+    assert sessions == 2 and set(uses) == set(CALIBRATED)
+    # s1 keeps view, cart and a navigation step (not calibrated); s2 its route, view and favourite.
+    assert {k: v for k, v in uses.items() if v} == {"product_view": 1.0, "add_to_cart": 0.5, "favorite": 0.5}
+    uses, _ = uses_per_visit(traces, max_steps=30)
+    assert uses["purchase"] == uses["checkout"] == 0.5 and uses["search"] == 0.0
+    assert uses["product_view"] == 1.5  # s1's view after its purchase is cut, as the env ends the visit
+
+
+class _FixedScores:
+    def act(self, requests: list[ActRequest]) -> list[ActResult]:
+        return [ActResult(r.valid_actions[0], info={"scores": [0.0, np.log(3.0)]}) for r in requests]
+
+
+def test_the_tally_adds_each_kinds_probability_at_every_step():
+    tally = KindTally(_FixedScores(), temperature=1.0)
+    request = ActRequest(observation="page", valid_actions=("exit", "favorite"))
+    tally([request, request])
+    assert tally.total == pytest.approx({"exit": 0.5, "favorite": 1.5})
+    sharp = KindTally(_FixedScores(), temperature=0.5)
+    sharp([request])
+    assert sharp.total["favorite"] == pytest.approx(0.9)  # softmax of (0, 2 ln 3): 9 / 10
+
+
+def test_rounds_carry_simulated_uses_toward_the_real_ones(tmp_path):
+    data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
+    agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
+    step_bias = {"favorite": 0.0, "exit": 0.25}
+    (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": step_bias}))
+    # Real buyers of the validation merchant m1 favourite twice a visit; m2's (the prior) never.
+    favourites = ["open product p0", "favorite", "open product p1", "favorite", "exit"]
+    sessions = {("m1", f"u{i}", f"s{i}"): favourites for i in range(30)}
+    sessions |= {("m2", f"v{i}", f"t{i}"): ["open product p0", "exit"] for i in range(10)}
+    codes = pa.Table.from_pylist(
+        [{"merchant_id": m, "buyer_id": b, "code": i % 4} for i, (m, b, _) in enumerate(sessions)]
+    )
+    policy = LLMPolicy.from_pretrained(agent, temperature=1.0)
+    record = calibrate_rollouts(
+        policy, data, _traces(sessions), codes, ["m1"], visits=24, rounds=3, max_steps=10, seed=0
+    )
+
+    assert record.visits == 24 and record.merchants == 1 and len(record.rounds) == 3
+    assert record.real["favorite"] == pytest.approx(2.0 * 30 / (30 + 50))  # shrunk toward m2's 0
+    assert record.real["product_view"] == pytest.approx((2.0 * 30 + 1.0 * 50) / (30 + 50))
+
+    def error(simulated: dict[str, float]) -> float:
+        kinds = [k for k in CALIBRATED if record.real[k] > 0]
+        return float(np.mean([abs(np.log(simulated.get(k, 1e-6) / record.real[k])) for k in kinds]))
+
+    assert error(record.rounds[-1]["simulated"]) < 0.5 * error(record.rounds[0]["simulated"])
+    assert record.rounds[-1]["simulated"]["favorite"] > 2 * record.rounds[0]["simulated"]["favorite"]
+    assert record.bias[REFERENCE] == step_bias[REFERENCE] and policy.kind_bias == record.bias
+
+    record.save(agent)
+    saved = json.loads((agent / CALIBRATION_FILE).read_text())
+    assert saved["bias"] == record.bias and saved["step_bias"] == step_bias
+    assert LLMPolicy.from_pretrained(agent).kind_bias == record.bias
+    assert "rollout-calibrated on 24 simulated visits of 1 validation merchants" in record.line()
+    assert isinstance(RolloutCalibration(**saved["rollouts"]).bias, dict)
+
+
+def test_buyers_are_the_validation_sessions_with_their_codes_and_a_seeded_sample():
+    sessions = {("m1", f"u{i}", "s"): ["exit"] for i in range(10)} | {("m2", "w", "s"): ["exit"]}
+    codes = pa.Table.from_pylist(
+        [{"merchant_id": "m1", "buyer_id": f"u{i}", "code": i % 3} for i in range(9)]
+    )
+    buyers = validation_buyers(_traces(sessions), codes, ["m1"], visits=100, seed=0)
+    assert [(b.merchant_id, b.code) for b in buyers] == [("m1", i % 3) for i in range(9)]  # u9 has no code
+    sample = validation_buyers(_traces(sessions), None, ["m1"], visits=4, seed=1)
+    assert len(sample) == 4 and sample == validation_buyers(_traces(sessions), None, ["m1"], visits=4, seed=1)
+    assert len({b.seed for b in sample}) == 4
+
+
+def test_the_prepared_directory_is_found_behind_traces(tmp_path):
+    data = write_prepared(tmp_path / "data")
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "manifest.json").write_text(json.dumps({"inputs": {"prepared": str(data)}}))
+    assert prepared_of(data) == data and prepared_of(traces) == data
+    with pytest.raises(FileNotFoundError, match="--calibration-visits 0"):
+        prepared_of(tmp_path)
+
+
+def test_train_agent_refines_a_calibrated_agent_unless_turned_off(tmp_path):
+    from engine.stage_configs import TrainAgentStage
+    from engine.stages import _calibrate_rollouts
+    from learners.agent.train_config import AgentTrainConfig
+
+    data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
+    agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
+    (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": {"exit": 0.1}}))
+    (agent / "data").mkdir()
+    pq.write_table(pa.table({"merchant_id": ["m1", "m1"]}), agent / "data" / "calibration.parquet")
+    traces = _traces({("m1", f"u{i}", "s"): ["open product p0", "favorite", "exit"] for i in range(8)})
+
+    def stage(**agent_fields) -> TrainAgentStage:
+        settings = AgentTrainConfig(no_persona=True, calibration_rounds=2, **agent_fields)
+        return TrainAgentStage(str(data), str(agent), agent=settings)
+
+    assert _calibrate_rollouts(stage(calibration_visits=0), traces, None) is None
+    assert "rollouts" not in json.loads((agent / CALIBRATION_FILE).read_text())
+    line = _calibrate_rollouts(stage(calibration_visits=8), traces, None)
+    saved = json.loads((agent / CALIBRATION_FILE).read_text())
+    assert line.startswith("rollout-calibrated on 8 simulated visits of 1 validation merchants, 2 rounds")
+    assert saved["rollouts"]["visits"] == 8 and saved["step_bias"] == {"exit": 0.1}
+    assert saved["bias"]["exit"] == 0.1 and saved["bias"]["favorite"] != 0.0
