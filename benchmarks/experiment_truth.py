@@ -4,15 +4,18 @@ match the effect the synthetic generator itself shows, per buyer type?
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt --buyers-per-merchant 1500 --markdown out.md
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-digits --split-digits   # agents read prices digit by digit
+  .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-demo --max-tokens 1350000   # the demo's agent budget
 
 Steps (each skipped when its output is there, so an interrupted run continues):
 
-1. ``simpersona synth`` (planted types with price, listing and page-size sensitivities) and its true
+1. ``simpersona synth`` (planted types with price, markdown, listing and page-size sensitivities) and its true
    effects of the treatments (``--treatment``), written by the generator under control and treatment
    with common random numbers (learners/data/synth_truth.py).
 2. ``simpersona study`` on that log with examples/study-demo.yaml's settings, merchant-disjoint: the
    VQ-VAE, the persona agent, the no-persona agent and the per-type Markov chain see only the training
-   merchants; the held-out merchants are the ones experimented on.
+   merchants; the held-out merchants are the ones experimented on. The agents train on every replayed
+   session (``--max-tokens`` budgets them as the demo does): on the demo's 1.35M tokens an agent kept
+   its first epoch of 11% of the sessions, too little to learn how one type answers a markdown.
 3. ``simpersona experiment`` once per system (persona agent, no-persona agent, Markov chain) on the
    held-out merchants, the population drawn from each merchant's own persona mix, arms: control,
    a price cut on every product and the cheapest-first listing order.
@@ -63,7 +66,9 @@ def simpersona(*args: str) -> None:
     print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def prepare(work: Path, synth: SynthConfig, truth_visits: int, split_digits: bool = False) -> None:
+def prepare(
+    work: Path, synth: SynthConfig, truth_visits: int, split_digits: bool = False, max_tokens: int = 0
+) -> None:
     raw = work / "raw"
     if not (raw / "truth.parquet").exists():
         (work / "treatments.yaml").write_text(yaml.safe_dump(TREATMENTS), encoding="utf-8")
@@ -82,7 +87,10 @@ def prepare(work: Path, synth: SynthConfig, truth_visits: int, split_digits: boo
             "systems": ["persona", "no-persona", "markov"],
             "goal_systems": [],
         }
-        config["agent"] = config.get("agent", {}) | {"split_digits": split_digits}
+        config["agent"] = config.get("agent", {}) | {
+            "split_digits": split_digits,
+            "max_tokens": max_tokens or None,
+        }
         (work / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         simpersona("study", str(work / "study.yaml"))
 
@@ -248,11 +256,17 @@ def main() -> None:
     parser.add_argument(
         "--split-digits", action="store_true", help="agents' tokenizers split numbers into digits (prices)"
     )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=0,
+        help="agents' training tokens per epoch (0: every replayed session; the demo recipe budgets 1350000)",
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     synth = SynthConfig(buyers=args.buyers, merchants=args.merchants, seed=args.synth_seed)
-    prepare(args.work, synth, args.truth_visits, args.split_digits)
+    prepare(args.work, synth, args.truth_visits, args.split_digits, args.max_tokens)
     merchants = json.loads((args.work / "study" / "split.json").read_text(encoding="utf-8"))["heldout"]
     per_type = truth_per_type(synth, merchants, args.truth_visits, args.seed)
     mix = type_mix(args.work, merchants)

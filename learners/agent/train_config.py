@@ -47,11 +47,13 @@ class AgentTrainConfig:
     the validation merchants (all of them, before any token budget's cut), stores the agent never
     trained on, so its action rates carry to new stores (learners/agent/calibration.py). 0, or no
     validation: not calibrated."""
-    calibration_visits: int = 600
-    """Then the biases are refined on visits the agent walks itself: up to this many simulated visits
-    of the validation merchants (one per real session, its buyer's code) per round, each kind's bias
-    moved by the log ratio of its real to its simulated uses per visit (engine/rollout_calibration.py,
-    run by `simpersona train-agent` and the study). 0: per-step calibration only."""
+    calibration_visits: int = 0
+    """With > 0, the biases are then refined on visits the agent walks itself: up to this many
+    simulated visits of the validation merchants (one per real session, its buyer's code) per round,
+    each kind's bias moved by the log ratio of its real to its simulated uses per visit
+    (engine/rollout_calibration.py, run by `simpersona train-agent` and the study; 600 takes seconds).
+    Off by default: on the Tmall and brand studies it moved fidelity within noise, and with Tmall's 4
+    validation sellers it fitted their rates, not a new store's (benchmarks/RESULTS.md, session 10)."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
     patience: int = 2
