@@ -13,7 +13,8 @@ buyers took (L-BFGS; a small ridge keeps kinds they never took finite and fixes 
 At the optimum the kinds' mean probabilities on those rows equal their real shares. Scoring adds the
 bias of an action's kind to its score (scoring.py's ``action_scores``), so both backends apply it;
 they read it from the agent's ``calibration.json``. A kind-wide bias keeps every ranking within a
-kind: which product a buyer opens is still the model's choice.
+kind: which product a buyer opens is still the model's choice. Goal tasks are left uncalibrated: the
+rows are goal-free, and a buyer told what to buy does not shop at a store's free rates.
 """
 
 from __future__ import annotations

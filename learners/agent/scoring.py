@@ -107,12 +107,15 @@ def action_scores(
     request: ActRequest, scores: np.ndarray, kind_bias: Mapping[str, float] | None = None
 ) -> np.ndarray:
     """Each valid action's score from the scores of ``scored_candidates(request)``: the search
-    template's is the logsumexp of the suggested searches' scores; plus its kind's bias, if any."""
+    template's is the logsumexp of the suggested searches' scores; plus its kind's bias, if any, in a
+    goal-free request. The biases are fitted on goal-free rows (calibration.py): they carry a free
+    shopper's rates to new stores, while a goal task's buyer has been told what to buy (on the demo a
+    validation store's cart abandoners set ``purchase`` to -0.7 and goal tasks exited at checkout)."""
     plain = len(request.valid_actions) - (SEARCH_TEMPLATE in request.valid_actions)
     values = iter(scores[:plain])
     searches = float(np.logaddexp.reduce(scores[plain:])) if len(scores) > plain else -np.inf
     out = np.array([searches if a == SEARCH_TEMPLATE else next(values) for a in request.valid_actions])
-    if kind_bias:
+    if kind_bias and request.goal is None:
         out += np.array([kind_bias.get(action_kind(a), 0.0) for a in request.valid_actions])
     return out
 

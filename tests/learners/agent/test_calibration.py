@@ -55,7 +55,7 @@ def test_rows_whose_real_kind_the_page_does_not_offer_are_left_out():
     assert fit_kind_bias([np.zeros(3)], [KINDS[:3]], ["purchase"]) == {}
 
 
-def test_scoring_adds_the_kind_bias_and_keeps_rankings_within_a_kind():
+def test_scoring_adds_the_kind_bias_to_goal_free_requests_and_keeps_rankings_within_a_kind():
     request = ActRequest("page", ("open product a", "open product b", "home", "exit"), None, None, (), 3)
     raw = np.array([-1.0, -2.5, -1.2, -0.7])
     bias = {"product_view": 1.0, "exit": -0.5}
@@ -65,6 +65,9 @@ def test_scoring_adds_the_kind_bias_and_keeps_rankings_within_a_kind():
     # At temperature 0 the biased agent opens the product the model ranks first; unbiased, it exits.
     assert pick(request, list(request.valid_actions), raw, 0.0)[0] == "exit"
     assert pick(request, list(request.valid_actions), raw, 0.0, bias)[0] == "open product a"
+    # A goal task's buyer knows what to buy: the goal-free biases leave its scores alone.
+    goal_task = ActRequest("page", request.valid_actions, None, "a", (), 3)
+    assert np.array_equal(action_scores(goal_task, raw, bias), action_scores(goal_task, raw))
 
 
 def _config(**overrides) -> AgentTrainConfig:
