@@ -189,12 +189,13 @@ def calibrate_rollouts(
     merchants: Sequence[str],
     visits: int = 600,
     rounds: int = 4,
-    max_steps: int = 20,
+    max_steps: int = 30,
     temperature: float = 1.0,
     seed: int = 0,
 ) -> RolloutCalibration:
     """Refine ``policy.kind_bias`` (an ``LLMPolicy`` with its per-step calibration) on simulated visits
-    of ``merchants`` (the agent's validation merchants) in ``prepared``; the policy keeps the result."""
+    of ``merchants`` (the agent's validation merchants) in ``prepared``, each cut at ``max_steps`` (the
+    studies' and the example experiment's cap); the policy keeps the result."""
     held = pc.is_in(traces["merchant_id"], pa.array(list(merchants)))
     real, n_real = uses_per_visit(traces.filter(held), max_steps)
     prior, _ = uses_per_visit(traces.filter(pc.invert(held)), max_steps)
