@@ -215,7 +215,7 @@ def _block_events(
     offset = np.cumsum(gap)
     offset -= np.repeat(offset[first], per_visit)
     ts = v_start[e_visit] + offset
-    sold = np.where(e_product >= 0, e_product, 0)
+    item = np.where(e_product >= 0, e_product, 0)  # a placeholder where there is none (price unused)
 
     columns = {
         "buyer": v_buyer[e_visit] + lo,
@@ -223,7 +223,7 @@ def _block_events(
         "action": e_action,
         "product": e_product,
         "visit": e_visit.astype(np.int64) + visit_base,
-        "price": world.week_price[sold, v_week[e_visit]],
+        "price": world.week_price[item, v_week[e_visit]],
     }
     return columns, len(v_buyer)
 
