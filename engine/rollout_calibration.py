@@ -81,6 +81,8 @@ class RolloutCalibration:
 
     def line(self) -> str:
         """One console line: the kinds whose uses moved most, first round against last."""
+        if not self.rounds:
+            return f"not rollout-calibrated: 0 rounds on {self.visits:,} visits"
         first, last = self.rounds[0]["simulated"], self.rounds[-1]["simulated"]
         shown = [k for k in self.real if self.real[k] > 0]  # the kinds the source logs
         moved = sorted(shown, key=lambda k: -abs(last.get(k, 0.0) - first.get(k, 0.0)))
@@ -181,6 +183,21 @@ def validation_buyers(
     ]
 
 
+def bias_step(target: dict[str, float], simulated: dict[str, float]) -> dict[str, float]:
+    """One round's change of each calibrated kind's bias: log(real / simulated uses per visit),
+    clipped to ``MAX_STEP``, for the kinds both sides show."""
+    step = {
+        k: float(np.clip(np.log(target[k] / simulated[k]), -MAX_STEP, MAX_STEP))
+        for k in CALIBRATED
+        if target.get(k, 0.0) > 0 and simulated.get(k, 0.0) > 0
+    }
+    if target.get("checkout", 0.0) == 0 and "purchase" in step:
+        # The source logs no checkout (Tmall: a replay inserts `buy now` before each purchase),
+        # and `place order` follows a checkout almost always: purchases are steered at checkout.
+        step["checkout"] = step.pop("purchase")
+    return step
+
+
 def calibrate_rollouts(
     policy,
     prepared: str | Path,
@@ -190,12 +207,14 @@ def calibrate_rollouts(
     visits: int = 600,
     rounds: int = 4,
     max_steps: int = 30,
-    temperature: float = 1.0,
     seed: int = 0,
 ) -> RolloutCalibration:
     """Refine ``policy.kind_bias`` (an ``LLMPolicy`` with its per-step calibration) on simulated visits
     of ``merchants`` (the agent's validation merchants) in ``prepared``, each cut at ``max_steps`` (the
-    studies' and the example experiment's cap); the policy keeps the result."""
+    studies' and the example experiment's cap), sampled at the policy's temperature; the policy keeps
+    the result."""
+    if not merchants:
+        raise ValueError("rollout calibration needs the agent's validation merchants; there are none")
     held = pc.is_in(traces["merchant_id"], pa.array(list(merchants)))
     real, n_real = uses_per_visit(traces.filter(held), max_steps)
     prior, _ = uses_per_visit(traces.filter(pc.invert(held)), max_steps)
@@ -211,7 +230,7 @@ def calibrate_rollouts(
         max_steps=max_steps,
         use_persona=codes is not None,
     )
-    temperature = max(temperature, 1e-3)
+    temperature = max(policy.temperature, 1e-3)  # argmax: the tally of a very sharp softmax
     record = RolloutCalibration(len(buyers), len(set(merchants)), target, dict(policy.kind_bias))
     bias = dict(policy.kind_bias)
     for _ in range(rounds):
@@ -219,15 +238,7 @@ def calibrate_rollouts(
         tally = KindTally(policy, temperature)
         player.play(buyers, tally)
         simulated = {k: v / len(buyers) for k, v in tally.total.items()}
-        step = {
-            k: float(np.clip(np.log(target[k] / simulated[k]), -MAX_STEP, MAX_STEP))
-            for k in CALIBRATED
-            if target[k] > 0 and simulated.get(k, 0.0) > 0
-        }
-        if target["checkout"] == 0 and "purchase" in step:
-            # The source logs no checkout (Tmall: a replay inserts `buy now` before each purchase),
-            # and `place order` follows a checkout almost always: purchases are steered at checkout.
-            step["checkout"] = step.pop("purchase")
+        step = bias_step(target, simulated)
         bias = {k: round(bias.get(k, 0.0) + step.get(k, 0.0), 6) for k in set(bias) | set(step)}
         record.rounds.append({"simulated": simulated, "bias": dict(sorted(bias.items()))})
     policy.kind_bias = bias

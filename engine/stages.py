@@ -198,6 +198,8 @@ def _calibrate_rollouts(config: TrainAgentStage, traces, codes) -> str | None:
             traces, _ = load_traces(config.data, Path(work) / "traces")
             if not agent.no_persona and config.personas is not None:
                 codes = load_personas(config.personas, config.data, Path(work) / "codes").codes
+        if codes is None and not agent.no_persona:
+            return None  # a resumed persona agent without --personas: its buyers' codes are unknown
         policy = LLMPolicy.from_pretrained(out, device="cuda" if agent.use_gpu else "cpu", temperature=1.0)
         record = calibrate_rollouts(
             policy,

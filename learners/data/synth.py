@@ -86,7 +86,8 @@ MALFORMED_KINDS: tuple[str, ...] = (
 _MIN_VISIT_GAP_S = 1801
 _MAX_EVENT_GAP_S = 1500
 _VISIT_ROOM_S = 7200
-"""Time a visit's events may take (pauses of the rare longer visit are shortened to fit)."""
+"""Time a visit's events may take (pauses of the rare longer visit are shortened to fit); a buyer with
+more visits than fit a short log's window at this size gets less, down to a second per event."""
 _EVENTS_PER_BLOCK = 400_000
 _FIRST_VISITOR = 1_000_000
 
@@ -180,22 +181,26 @@ def _block_events(
     v_type = b_type[v_buyer]
     v_merchant = world.buyer_merchant[lo:hi][v_buyer]
 
-    # Visits are scheduled before they are walked, so each knows its week's prices: a visit has
-    # _VISIT_ROOM_S for its events, then at least 30 minutes pass before the buyer's next visit.
+    # Visits are scheduled before they are walked, so each knows its week's prices: a visit has a
+    # room for its events (_VISIT_ROOM_S, less for a buyer whose visits would not fit the log's
+    # window), then at least 30 minutes pass before the buyer's next visit.
     pace = rng.lognormal(0.0, 0.3, n_b)
     visit_gap_mean = np.array([bt.visit_gap_h for bt in BUYER_TYPES])[v_type] * 3600 * pace[v_buyer]
     extra = rng.exponential(visit_gap_mean)
     b_first = _segment_starts(n_visits)
     extra[b_first] = 0
     window = cfg.days * 86_400 - 1
-    fixed = n_visits * (_VISIT_ROOM_S + _MIN_VISIT_GAP_S) - _MIN_VISIT_GAP_S
+    room = np.clip(
+        np.floor((window + _MIN_VISIT_GAP_S) / n_visits) - _MIN_VISIT_GAP_S, MAX_VISIT_EVENTS, _VISIT_ROOM_S
+    )
+    fixed = n_visits * (room + _MIN_VISIT_GAP_S) - _MIN_VISIT_GAP_S
     extra_sum = np.bincount(v_buyer, weights=extra, minlength=n_b)
     squeeze = np.clip((window - fixed) / np.maximum(extra_sum, 1.0), 0.0, 1.0)
-    step = np.floor(extra * squeeze[v_buyer]) + _VISIT_ROOM_S + _MIN_VISIT_GAP_S
+    step = np.floor(extra * squeeze[v_buyer]) + room[v_buyer] + _MIN_VISIT_GAP_S
     step[b_first] = 0
     v_start = np.cumsum(step)
     v_start -= np.repeat(v_start[b_first], n_visits)
-    span = v_start[b_first + n_visits - 1] + _VISIT_ROOM_S
+    span = v_start[b_first + n_visits - 1] + room
     b_start = np.floor(rng.random(n_b) * np.maximum(window - span, 0))
     v_start += b_start[v_buyer]
     v_week = np.minimum(v_start // WEEK_S, world.week_price.shape[1] - 1).astype(np.int64)
@@ -210,7 +215,7 @@ def _block_events(
     gap[first] = 0
     # A visit longer than its room has its pauses shortened (each >= 1 s) to fit.
     duration = np.bincount(e_visit, weights=gap, minlength=len(v_buyer))
-    shrink = np.minimum(1.0, (_VISIT_ROOM_S - MAX_VISIT_EVENTS) / np.maximum(duration, 1.0))
+    shrink = np.minimum(1.0, np.maximum(room[v_buyer] - per_visit, 0.0) / np.maximum(duration, 1.0))
     gap = np.where(gap > 0, np.maximum(1.0, np.floor(gap * shrink[e_visit])), 0.0)
     offset = np.cumsum(gap)
     offset -= np.repeat(offset[first], per_visit)

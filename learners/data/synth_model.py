@@ -211,7 +211,7 @@ class Shop:
     treatment: Treatment
     price: np.ndarray  # [P] shown (and paid) price
     cheap: np.ndarray  # [P] category reference / price: what add-to-cart weighs
-    markdown: np.ndarray  # [P] regular / shown price (> 1: marked down), which add-to-cart weighs too
+    markdown: np.ndarray  # [P] regular / shown price, at least 1 (> 1: marked down), add-to-cart weighs it
     position: np.ndarray  # [P] 1-based position in its category listing
     shown: np.ndarray  # [P] products on the listing page that holds it
     choice_cdf: np.ndarray  # per-(type, merchant) product CDFs, concatenated, offset by t * M + m
@@ -254,7 +254,7 @@ def build_shop(world: World, treatment: Treatment) -> Shop:
         treatment=treatment,
         price=price,
         cheap=cheap,
-        markdown=world.product_price / price,
+        markdown=np.maximum(world.product_price / price, 1.0),  # a rise shows no "was" (envs/treatments.py)
         position=position,
         shown=shown,
         choice_cdf=_choice_cdf(world, position, cheap),
@@ -363,8 +363,9 @@ def walk_visits(
         u = uniforms(key, idx, step, _MOVE) * cum[:, -1]
         nxt = np.minimum((u[:, None] >= cum).sum(1), END)
         picky = np.flatnonzero((nxt == S["cart"]) & (sensitivity[kind] > 0) & (cur >= 0))
-        # 1 / (1 + (price / reference) ** s): one half at the reference, rising all the way down (no
-        # saturation, so a cut moves buyers of already cheap products too).
+        # 1 / (1 + (price / (reservation * reference)) ** s * (price / regular) ** m): one half at the
+        # reservation price without a markdown, rising all the way down (no saturation, so a cut moves
+        # buyers of already cheap products too) and again with a markdown (planted_types.py).
         product, t = cur[picky], kind[picky]
         cheap, markdown = shop.cheap[product], shop.markdown[product]
         if visit_week is not None:

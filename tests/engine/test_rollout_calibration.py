@@ -12,9 +12,11 @@ import pytest
 
 from engine.rollout_calibration import (
     CALIBRATED,
+    MAX_STEP,
     REFERENCE,
     KindTally,
     RolloutCalibration,
+    bias_step,
     calibrate_rollouts,
     prepared_of,
     uses_per_visit,
@@ -160,3 +162,23 @@ def test_train_agent_refines_a_calibrated_agent_unless_turned_off(tmp_path):
     assert line.startswith("rollout-calibrated on 8 simulated visits of 1 validation merchants, 2 rounds")
     assert saved["rollouts"]["visits"] == 8 and saved["step_bias"] == {"exit": 0.1}
     assert saved["bias"]["exit"] == 0.1 and saved["bias"]["favorite"] != 0.0
+
+
+def test_a_round_moves_logged_kinds_and_steers_unlogged_checkouts_by_purchases():
+    target = dict.fromkeys(CALIBRATED, 0.0) | {"product_view": 2.0, "favorite": 0.1, "purchase": 0.05}
+    simulated = {"product_view": 1.0, "favorite": 1.0, "purchase": 0.1, "checkout": 0.2, "search": 0.3}
+    step = bias_step(target, simulated)
+    # Tmall-like: no checkout is logged, so the purchases' ratio moves checkout, and place order stays.
+    assert step == pytest.approx(
+        {"product_view": np.log(2.0), "favorite": -MAX_STEP, "checkout": np.log(0.5)}
+    )
+    logged = bias_step(target | {"checkout": 0.05}, simulated)
+    assert logged["purchase"] == pytest.approx(np.log(0.5)) and logged["checkout"] == pytest.approx(
+        np.log(0.25)
+    )
+    assert "search" not in step  # no real search is logged: its bias stays
+
+
+def test_no_validation_merchants_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="validation merchants"):
+        calibrate_rollouts(object(), tmp_path, _traces({("m", "u", "s"): ["exit"]}), None, [])

@@ -256,3 +256,18 @@ def test_prices_change_weekly_and_deal_hunters_buy_markdowns(
     rate = views.group_by(marked=pl.col("price") < pl.col("regular")).agg(pl.col("carted").mean())
     by = dict(zip(rate["marked"], rate["carted"], strict=True))
     assert by[True] > by[False] + 0.05  # a markdown makes a deal hunter's add-to-cart likelier
+
+
+def test_a_short_log_keeps_busy_buyers_inside_its_window(tmp_path: Path) -> None:
+    """A day-long log with 100 events per buyer: visits get less room each, never a later day."""
+    synthesize(SynthConfig(buyers=300, merchants=3, seed=1, days=1, events_per_buyer=100), tmp_path)
+    raw = read_raw(tmp_path).with_columns(ts=pl.col("time").str.to_datetime(time_zone="UTC"))
+    assert raw["ts"].max() < datetime(2024, 3, 2, tzinfo=UTC) and raw["ts"].min() >= datetime(
+        2024, 3, 1, tzinfo=UTC
+    )
+    t = raw.sort("shop", "visitor", "ts").with_columns(
+        gap=pl.col("ts").diff().dt.total_seconds().over("shop", "visitor"),
+        same_visit=pl.col("visit") == pl.col("visit").shift().over("shop", "visitor"),
+    )
+    assert t.filter(pl.col("same_visit"))["gap"].max() < 1800
+    assert t.filter(~pl.col("same_visit"))["gap"].drop_nulls().min() >= 1800
