@@ -215,7 +215,7 @@ def _block_events(
     gap[first] = 0
     # A visit longer than its room has its pauses shortened (each >= 1 s) to fit.
     duration = np.bincount(e_visit, weights=gap, minlength=len(v_buyer))
-    shrink = np.minimum(1.0, np.maximum(room[v_buyer] - per_visit, 0.0) / np.maximum(duration, 1.0))
+    shrink = np.minimum(1.0, (room[v_buyer] - MAX_VISIT_EVENTS) / np.maximum(duration, 1.0))
     gap = np.where(gap > 0, np.maximum(1.0, np.floor(gap * shrink[e_visit])), 0.0)
     offset = np.cumsum(gap)
     offset -= np.repeat(offset[first], per_visit)
