@@ -52,8 +52,9 @@ class AgentTrainConfig:
     simulated visits of the validation merchants (one per real session, its buyer's code) per round,
     each kind's bias moved by the log ratio of its real to its simulated uses per visit
     (engine/rollout_calibration.py, run by `simpersona train-agent` and the study; 600 takes seconds).
-    Off by default: on the Tmall and brand studies it moved fidelity within noise, and with Tmall's 4
-    validation sellers it fitted their rates, not a new store's (benchmarks/RESULTS.md, session 10)."""
+    Off by default: on the brand study it moved fidelity within noise, and on Tmall it fitted the 4
+    validation sellers' rates, not a new store's, and held-out conversion fell below the real rate
+    (benchmarks/RESULTS.md, session 10)."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
     patience: int = 2
