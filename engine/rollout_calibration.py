@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from engine.env_runner import EnvSpec, EpisodePlayer
 from engine.population import SimBuyer, buyer_seed, stable_hash
@@ -262,9 +261,10 @@ def prepared_of(data: str | Path) -> Path:
     )
 
 
-def validation_merchants(agent_dir: str | Path) -> list[str]:
-    """The merchants of an agent's calibration rows (its validation merchants), empty when none."""
-    path = Path(agent_dir) / "data" / "calibration.parquet"
+def agent_validation_merchants(agent_dir: str | Path) -> list[str]:
+    """The validation merchants an agent's manifest records (train.py), empty when it had none."""
+    path = Path(agent_dir) / "manifest.json"
     if not path.exists():
         return []
-    return sorted(set(pq.read_table(path, columns=["merchant_id"]).column("merchant_id").to_pylist()))
+    validation = json.loads(path.read_text(encoding="utf-8")).get("validation") or {}
+    return sorted(validation.get("merchants") or [])

@@ -184,13 +184,13 @@ def _calibrate_rollouts(config: TrainAgentStage, traces, codes) -> str | None:
     agent = config.agent
     if agent.calibration_visits <= 0 or agent.calibration_rounds <= 0:
         return None
-    from engine.rollout_calibration import calibrate_rollouts, prepared_of, validation_merchants
+    from engine.rollout_calibration import agent_validation_merchants, calibrate_rollouts, prepared_of
     from learners.agent.llm_policy import LLMPolicy
     from learners.agent.scoring import CALIBRATION_FILE
     from learners.agent.sources import load_personas, load_traces
 
     out = Path(config.out)
-    merchants = validation_merchants(out)
+    merchants = agent_validation_merchants(out)
     if not merchants or not (out / CALIBRATION_FILE).exists():
         return None
     with tempfile.TemporaryDirectory(prefix="rollout-calibration-") as work:
