@@ -15,6 +15,10 @@ Computed per buyer over the whole ordered history (sessions.py). Definitions of 
   b the event counts (add_to_cart, product_view, purchase); clipped so every ratio is in [0, 1]
   (Tmall logs many purchases with no cart event).
 * ``log_mean_price``: mean of the non-null prices of the buyer's events (0 without prices).
+* ``price_index``: mean over the buyer's priced product events of ``log(price) - reference``, the
+  reference being the mean log price of that (merchant, category)'s priced product events over the
+  whole log (``reference_prices``): below 0 for buyers who pick what is cheap in its category
+  (0 without prices or categories).
 * ``depth_frac``: funnel depth (max ``schema.FUNNEL_DEPTH`` over events) / 5.
 
 ``event_seq`` / ``gap_seq`` hold the most recent ``max_seq_len`` events, oldest first: the
@@ -33,6 +37,9 @@ from learners.data import schema
 from learners.data.sessions import BUYER_KEY, SESSION_RUN
 
 _MS_PER_DAY = 86_400_000
+REFERENCE_KEYS = ("merchant_id", "category_id")
+_LOG_PRICE_SCALE = 1_000_000
+"""Log prices are summed as integer micro-units, so the reference is exact whatever the chunking."""
 _MAX_DEPTH = max(schema.FUNNEL_DEPTH.values())
 _N_CODES = len(schema.EVENT_TYPES)
 
@@ -47,6 +54,43 @@ def _type_counts(frame: pl.DataFrame, n_buyers: int) -> pl.DataFrame:
 
 def _ratio(a: str, b: str) -> pl.Expr:
     return pl.min_horizontal(pl.col(a) / pl.max_horizontal(pl.col(b), 1), 1.0)
+
+
+def _priced(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.filter(
+        pl.col("product_id").is_not_null() & pl.col("category_id").is_not_null() & (pl.col("price") > 0)
+    )
+
+
+def price_partial(events: pa.Table | pl.DataFrame) -> pl.DataFrame:
+    """Summed log prices (micro-units) and counts per (merchant, category) of canonical events'
+    priced product events; partials of any chunking merge by summing (``reference_prices``)."""
+    frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
+    assert isinstance(frame, pl.DataFrame)
+    return (
+        _priced(frame.select(*REFERENCE_KEYS, "product_id", "price"))
+        .group_by(list(REFERENCE_KEYS))
+        .agg(
+            (pl.col("price").log() * _LOG_PRICE_SCALE).round().cast(pl.Int64).sum().alias("log_price_sum"),
+            pl.len().cast(pl.Int64).alias("priced"),
+        )
+    )
+
+
+def merge_price_partials(partials: list[pl.DataFrame]) -> pl.DataFrame:
+    """One ``price_partial`` summing ``partials`` (at least one)."""
+    return pl.concat(partials, how="vertical").group_by(list(REFERENCE_KEYS)).agg(pl.all().sum())
+
+
+def reference_prices(partials: list[pl.DataFrame]) -> pl.DataFrame:
+    """``merchant_id, category_id, reference``: the mean log price of each category's priced
+    product events, from ``price_partial``s."""
+    if not partials:
+        return pl.DataFrame(
+            schema={"merchant_id": pl.String, "category_id": pl.String, "reference": pl.Float64}
+        )
+    reference = pl.col("log_price_sum").cast(pl.Float64) / _LOG_PRICE_SCALE / pl.col("priced")
+    return merge_price_partials(partials).select(*REFERENCE_KEYS, reference.alias("reference"))
 
 
 def _aggregate(frame: pl.DataFrame, tail: int) -> pl.DataFrame:
@@ -68,16 +112,20 @@ def _aggregate(frame: pl.DataFrame, tail: int) -> pl.DataFrame:
         (is_view & pl.col("product_id").is_not_null()).sum().alias("_views_with_product"),
         pl.col("product_id").filter(is_view).drop_nulls().n_unique().alias("_viewed_products"),
         pl.col("price").mean().fill_null(0.0).alias("_mean_price"),
+        pl.col("_relative_price").mean().fill_null(0.0).alias("_price_index"),
         pl.col("_depth").max().alias("depth"),
         pl.col("_code").tail(tail).alias("event_seq"),
         pl.col("_gap").tail(tail).alias("gap_seq"),
     )
 
 
-def buyer_frame(ordered: pl.DataFrame, *, max_seq_len: int) -> pl.DataFrame:
+def buyer_frame(
+    ordered: pl.DataFrame, *, max_seq_len: int, references: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """One row per buyer of an ordered frame (sessions.order_frame): BUYERS columns as plain columns.
 
     The feature columns are named as in ``schema.FEATURE_NAMES``; rows are in ``_buyer`` order.
+    ``references`` (``reference_prices`` of the whole log) defaults to this frame's own.
     """
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
@@ -88,8 +136,12 @@ def buyer_frame(ordered: pl.DataFrame, *, max_seq_len: int) -> pl.DataFrame:
     )
     # Rows are in buyer order, so the previous row is the buyer's previous event except at seq 0.
     after_same_session = pl.col(SESSION_RUN) == pl.col(SESSION_RUN).shift(1)
-    frame = ordered.with_columns(
+    if references is None:
+        references = reference_prices([price_partial(ordered)])
+    priced = pl.col("product_id").is_not_null() & (pl.col("price") > 0)
+    frame = ordered.join(references, on=list(REFERENCE_KEYS), how="left", maintain_order="left").with_columns(
         pl.col(BUYER_KEY).set_sorted(),
+        pl.when(priced).then(pl.col("price").log() - pl.col("reference")).alias("_relative_price"),
         pl.when(pl.col("seq") == 0).then(0.0).otherwise(gap_s).log1p().cast(pl.Float32).alias("_gap"),
         pl.when(after_same_session).then(gap_s).alias("_session_gap"),
         (ts.dt.epoch("ms") // _MS_PER_DAY).alias("_day"),
@@ -121,6 +173,7 @@ def buyer_frame(ordered: pl.DataFrame, *, max_seq_len: int) -> pl.DataFrame:
         "purchase_per_view": _ratio("n_purchase", "n_product_view"),
         "purchase_per_cart": _ratio("n_purchase", "n_add_to_cart"),
         "log_mean_price": pl.col("_mean_price").log1p(),
+        "price_index": pl.col("_price_index"),
         "depth_frac": pl.col("depth").cast(pl.Float64) / _MAX_DEPTH,
     }
     assert tuple(features) == schema.FEATURE_NAMES

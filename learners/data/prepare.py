@@ -5,7 +5,9 @@ buyer's hash bucket and, once more than ``partition_rows`` events have arrived, 
 bucket's Arrow IPC file (partitions.py). Runs of consecutive buckets then come back as partitions of
 complete buyers, each ordered, sessionized and featurized on its own (``partition_tables``: the
 pure table function the Ray path calls too) and streamed into Parquet files by a writer thread.
-Catalogs and the merchant summary merge the partitions' partial aggregates at the end. On two cores
+Catalogs and the merchant summary merge the partitions' partial aggregates at the end. Reading sums
+each category's log prices too (features.price_partial), so every buyer's ``price_index`` compares
+with the whole input's reference prices, whatever the partitioning. On two cores
 every stage overlaps another: reading with bucketing, bucketing with spilling, reading a partition
 back with building the previous one, building one table with another, and building with writing.
 
@@ -48,7 +50,13 @@ from learners.data.catalogs import (
     merchants_table,
     merge_catalog_partials,
 )
-from learners.data.features import buyer_frame, buyers_table
+from learners.data.features import (
+    buyer_frame,
+    buyers_table,
+    merge_price_partials,
+    price_partial,
+    reference_prices,
+)
 from learners.data.partitions import BuyerPartitions, assign_buckets
 from learners.data.sessions import events_table, order_frame, sessions_table
 
@@ -63,6 +71,8 @@ the dictionary saves."""
 _MAX_PENDING_WRITES = 3
 _READ_AHEAD_CHUNKS = 2
 _TABLE_THREADS = 2
+_PRICE_PARTIALS = 64
+"""Per-chunk price partials kept before they are summed into one (bounded memory on huge inputs)."""
 
 T = TypeVar("T")
 
@@ -98,17 +108,24 @@ class PartitionResult:
     merchant_partial: pa.Table
 
 
-def _buyer_tables(ordered: pl.DataFrame, max_seq_len: int) -> tuple[pa.Table, pa.Table]:
-    buyers = buyer_frame(ordered, max_seq_len=max_seq_len)
+def _buyer_tables(
+    ordered: pl.DataFrame, max_seq_len: int, references: pl.DataFrame | None
+) -> tuple[pa.Table, pa.Table]:
+    buyers = buyer_frame(ordered, max_seq_len=max_seq_len, references=references)
     return buyers_table(buyers), merchant_partial(buyers).to_arrow()
 
 
 def partition_tables(
-    events: pa.Table | pl.DataFrame, *, day_resolution: bool, config: PrepareConfig
+    events: pa.Table | pl.DataFrame,
+    *,
+    day_resolution: bool,
+    config: PrepareConfig,
+    references: pl.DataFrame | None = None,
 ) -> Iterator[tuple[str, pa.Table]]:
     """Canonical (or bucketed, see partitions.py) events of complete buyers -> this partition's
     tables, as (PartitionResult field, table) pairs in a fixed order, each as soon as it is ready (so
-    a caller can write one while the next is built)."""
+    a caller can write one while the next is built). ``references``: the whole input's
+    ``features.reference_prices`` (default: this partition's own)."""
     frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
     assert isinstance(frame, pl.DataFrame)
     ordered = order_frame(frame, day_resolution=day_resolution, session_gap_s=config.session_gap_s)
@@ -116,7 +133,7 @@ def partition_tables(
     # keeps both cores busy where one table's work is sequential.
     with ThreadPoolExecutor(max_workers=_TABLE_THREADS, thread_name_prefix="partition-table") as pool:
         sessions = pool.submit(sessions_table, ordered)
-        buyers = pool.submit(_buyer_tables, ordered, config.max_seq_len)
+        buyers = pool.submit(_buyer_tables, ordered, config.max_seq_len, references)
         catalog = pool.submit(lambda: catalog_partial(ordered).to_arrow())
         yield "events", events_table(ordered)
         yield "sessions", sessions.result()
@@ -126,9 +143,12 @@ def partition_tables(
         yield "merchant_partial", merchant_result
 
 
-def build_partition(events: pa.Table, *, day_resolution: bool, config: PrepareConfig) -> PartitionResult:
+def build_partition(
+    events: pa.Table, *, day_resolution: bool, config: PrepareConfig, references: pl.DataFrame | None = None
+) -> PartitionResult:
     """Canonical events of complete buyers -> this partition's outputs."""
-    return PartitionResult(**dict(partition_tables(events, day_resolution=day_resolution, config=config)))
+    tables = partition_tables(events, day_resolution=day_resolution, config=config, references=references)
+    return PartitionResult(**dict(tables))
 
 
 def read_ahead(items: Iterable[T], depth: int = _READ_AHEAD_CHUNKS) -> Iterator[T]:
@@ -418,6 +438,7 @@ def prepare(
     partials = PartialAggregates(compact_rows=config.partition_rows)
     rows_read = rows_kept = 0
     dropped_codes: Counter[str] = Counter()
+    price_partials: list[pl.DataFrame] = []
     with (
         OutputWriters(out, config.compression) as writers,
         BuyerPartitions(config.n_buckets, config.partition_rows, config.spill_dir) as partitions,
@@ -429,12 +450,18 @@ def prepare(
                 rows_kept += chunk.events.num_rows
                 dropped_codes.update(chunk.dropped)
                 if chunk.events.num_rows:
+                    price_partials.append(price_partial(chunk.events))
+                    if len(price_partials) > _PRICE_PARTIALS:
+                        price_partials = [merge_price_partials(price_partials)]
                     partitions.add(assign_buckets(chunk.events, config.n_buckets))
                 writers.add_quarantine(chunk.quarantine)
                 bar.update(chunk.rows_read)
+        references = reference_prices(price_partials)
         with tqdm(total=len(partitions), desc="build", unit=" partitions", disable=not progress) as bar:
             for events in read_ahead(frames(partitions.partitions()), depth=1):
-                tables = partition_tables(events, day_resolution=adapter.day_resolution, config=config)
+                tables = partition_tables(
+                    events, day_resolution=adapter.day_resolution, config=config, references=references
+                )
                 partials.add(writers.add_partition(tables))
                 bar.update(1)
         return finish_outputs(

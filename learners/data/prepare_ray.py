@@ -1,6 +1,7 @@
 """The Ray Data path of `prepare`: the same table functions as prepare.py, distributed over a cluster.
 
-  inputs --from_items.map_batches--> one task per file: adapter.read -> assign_buckets
+  inputs --from_items.map_batches--> one task per file: adapter.read -> assign_buckets, price_partial
+         (the driver sums the chunks' price partials into the reference prices every part uses)
          --groupby(_part).map_groups--> build_partition per part (the one shuffle, by buyer hash)
          --to_arrow_refs--> the driver fetches parts in order into the local path's Parquet writers
 
@@ -21,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from learners.data.adapter import Adapter
+from learners.data.features import price_partial, reference_prices
 from learners.data.partitions import BUCKET, assign_buckets
 from learners.data.prepare import (
     OutputWriters,
@@ -73,6 +76,7 @@ def read_file(batch: pa.Table, adapter: Adapter, n_buckets: int) -> Iterator[pa.
                     "rows_kept": pa.array([events.num_rows], pa.int64()),
                     "dropped": pa.array([json.dumps(chunk.dropped)], pa.string()),
                     "events": pa.array([to_ipc(assign_buckets(events, n_buckets))], pa.large_binary()),
+                    "prices": pa.array([to_ipc(price_partial(events).to_arrow())], pa.large_binary()),
                     "quarantine": pa.array([to_ipc(chunk.quarantine)], pa.large_binary()),
                 }
             )
@@ -85,10 +89,16 @@ def unpack_events(batch: pa.Table, n_parts: int, n_buckets: int) -> pa.Table:
     return events.append_column(PART, pa.array(buckets * n_parts // n_buckets, pa.int32()))
 
 
-def build_part(events: pa.Table, day_resolution: bool, config: PrepareConfig) -> pa.Table:
+def build_part(
+    events: pa.Table, day_resolution: bool, config: PrepareConfig, references: pa.Table
+) -> pa.Table:
     """Ray UDF (map_groups): one part's events -> one row of IPC blobs of its PartitionResult."""
     part = events[PART][0].as_py()
-    result = build_partition(events.drop_columns([PART]), day_resolution=day_resolution, config=config)
+    frame = pl.from_arrow(references)
+    assert isinstance(frame, pl.DataFrame)
+    result = build_partition(
+        events.drop_columns([PART]), day_resolution=day_resolution, config=config, references=frame
+    )
     row: dict[str, Any] = {PART: pa.array([part], pa.int32())}
     for name in _RESULT_TABLES:
         row[name] = pa.array([to_ipc(getattr(result, name))], pa.large_binary())
@@ -154,7 +164,10 @@ def prepare_with_ray(
         with OutputWriters(out, config.compression) as writers:
             rows_read = rows_kept = 0
             dropped_codes: Counter[str] = Counter()
-            meta = chunks.select_columns(["index", "rows_read", "rows_kept", "dropped", "quarantine"])
+            price_partials: list[pl.DataFrame] = []
+            meta = chunks.select_columns(
+                ["index", "rows_read", "rows_kept", "dropped", "quarantine", "prices"]
+            )
             for batch in meta.iter_batches(batch_size=1, batch_format="pyarrow"):
                 index = batch["index"][0].as_py()
                 rows_read += batch["rows_read"][0].as_py()
@@ -162,6 +175,9 @@ def prepare_with_ray(
                 dropped_codes.update(json.loads(batch["dropped"][0].as_py()))
                 quarantine = from_ipc(batch["quarantine"][0].as_py())
                 writers.add_quarantine(_name_file_as_given(quarantine, items, inputs, index))
+                prices = pl.from_arrow(from_ipc(batch["prices"][0].as_py()))
+                assert isinstance(prices, pl.DataFrame)
+                price_partials.append(prices)
             partials = PartialAggregates(compact_rows=config.partition_rows)
             if rows_kept:
                 n_parts = max(1, min(config.n_buckets, -(-rows_kept // config.partition_rows)))
@@ -177,7 +193,11 @@ def prepare_with_ray(
                     .map_groups(
                         build_part,
                         batch_format="pyarrow",
-                        fn_kwargs={"day_resolution": adapter.day_resolution, "config": config},
+                        fn_kwargs={
+                            "day_resolution": adapter.day_resolution,
+                            "config": config,
+                            "references": reference_prices(price_partials).to_arrow(),
+                        },
                     )
                 )
                 for result in ordered_results(results):

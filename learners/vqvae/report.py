@@ -47,8 +47,14 @@ HEATMAP_FEATURES = (
     "cart_per_view",
     "purchase_per_view",
     "log_mean_price",
+    "price_index",
     "depth_frac",
 )
+
+
+_PRICE_WORDS = 0.2
+"""A type's mean price_index beyond +-this (prices about a fifth off their categories' usual) reads as
+picking cheap (dear) products."""
 
 
 def _col(name: str) -> int:
@@ -69,6 +75,8 @@ class TypeProfile:
     median_gap_s: float
     coherence: float
     top_categories: list[str]
+    price_index: float = 0.0
+    """Mean of the type's buyers' ``price_index``: below 0, they pick what is cheap in its category."""
     description: str = ""
 
 
@@ -98,6 +106,7 @@ def type_profiles(rows: BuyerRows, codes: np.ndarray, categories: dict[int, list
                 median_gap_s=float(np.expm1(np.median(feats[m, _col("log_mean_gap_s")]))),
                 coherence=coh[int(code)],
                 top_categories=categories.get(int(code), []),
+                price_index=float(feats[m, _col("price_index")].mean()),
             )
         )
     population = TypeProfile(
@@ -138,7 +147,15 @@ def describe(p: TypeProfile, population: TypeProfile) -> str:
     converts = (
         "never converts" if p.conversion == 0 else f"converts at {_ratio_words(conv)} ({p.conversion:.0%})"
     )
-    return f"{converts}; {reach}; {p.events_per_buyer:.1f} events per buyer ({_ratio_words(activity)}){pace}"
+    prices = (
+        "; picks cheap products"
+        if p.price_index < -_PRICE_WORDS
+        else ("; picks dear products" if p.price_index > _PRICE_WORDS else "")
+    )
+    return (
+        f"{converts}; {reach}; {p.events_per_buyer:.1f} events per buyer ({_ratio_words(activity)})"
+        f"{pace}{prices}"
+    )
 
 
 def top_categories(data_dir: Path, codes: pa.Table, k: int = 3) -> dict[int, list[str]]:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from learners.data import schema
+from learners.data.features import REFERENCE_KEYS, merge_price_partials, price_partial, reference_prices
 from tests.learners.data.one_table import build_buyers, sessionize
 
 T0 = dt.datetime(2021, 3, 1, tzinfo=dt.UTC)
@@ -48,7 +49,16 @@ def ratio(a: float, b: float) -> float:
     return min(1.0, a / max(b, 1))
 
 
-def naive_buyer(events: list[dict], max_seq_len: int) -> dict:
+def naive_references(events: list[dict]) -> dict[tuple[str, str], float]:
+    """Mean log price of each (merchant, category)'s priced product events."""
+    logs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for e in events:
+        if e["product_id"] is not None and e["category_id"] is not None and (e["price"] or 0) > 0:
+            logs[(e["merchant_id"], e["category_id"])].append(math.log(e["price"]))
+    return {key: sum(v) / len(v) for key, v in logs.items()}
+
+
+def naive_buyer(events: list[dict], max_seq_len: int, references: dict[tuple[str, str], float]) -> dict:
     """Features of one buyer from its events already in `seq` order (the order is tested elsewhere)."""
     n = len(events)
     counts = {t: sum(e["event_type"] == t for e in events) for t in schema.EVENT_TYPES}
@@ -65,6 +75,11 @@ def naive_buyer(events: list[dict], max_seq_len: int) -> dict:
             repeats += e["product_id"] in seen
             seen.add(e["product_id"])
     prices = [e["price"] for e in events if e["price"] is not None]
+    relative = [
+        math.log(e["price"]) - references[(e["merchant_id"], e["category_id"])]
+        for e in events
+        if e["product_id"] is not None and e["category_id"] is not None and (e["price"] or 0) > 0
+    ]
     depth = max(schema.FUNNEL_DEPTH[e["event_type"]] for e in events)
     first, last = events[0]["ts"], events[-1]["ts"]
     feats = {
@@ -83,6 +98,7 @@ def naive_buyer(events: list[dict], max_seq_len: int) -> dict:
         "purchase_per_view": ratio(counts["purchase"], counts["product_view"]),
         "purchase_per_cart": ratio(counts["purchase"], counts["add_to_cart"]),
         "log_mean_price": math.log1p(sum(prices) / len(prices)) if prices else 0.0,
+        "price_index": sum(relative) / len(relative) if relative else 0.0,
         "depth_frac": depth / 5,
     }
     gap_all = [0.0] + [
@@ -114,11 +130,12 @@ def test_features_match_naive_computation(day_resolution: bool) -> None:
     for e in ordered:
         history[(e["merchant_id"], e["buyer_id"])].append(e)
     assert buyers.num_rows == len(history)
+    references = naive_references(ordered)
     assert sorted(
         zip(buyers["merchant_id"].to_pylist(), buyers["buyer_id"].to_pylist(), strict=True)
     ) == sorted(history)
     for row in buyers.to_pylist():
-        want = naive_buyer(history[(row["merchant_id"], row["buyer_id"])], max_seq_len)
+        want = naive_buyer(history[(row["merchant_id"], row["buyer_id"])], max_seq_len, references)
         np.testing.assert_allclose(row["features"], want["features"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(row["gap_seq"], want["gap_seq"], rtol=1e-5, atol=1e-6)
         for key in (
@@ -168,3 +185,46 @@ def test_sequences_keep_the_most_recent_events_oldest_first() -> None:
 def test_max_seq_len_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_seq_len"):
         build_buyers(random_events(seed=1, day_resolution=False, n=5), day_resolution=False, max_seq_len=0)
+
+
+def test_price_index_compares_a_buyer_with_its_categorys_prices() -> None:
+    rows = [
+        {"buyer_id": buyer, "product_id": product, "category_id": "c1", "price": price}
+        for buyer, product, price in [("cheap", "p1", 5.0), ("cheap", "p1", 5.0), ("dear", "p2", 20.0)]
+    ] + [{"buyer_id": "none", "product_id": None, "category_id": None, "price": None}]
+    events = pa.Table.from_pylist(
+        [
+            {
+                "merchant_id": "m1",
+                "session_id": None,
+                "ts": T0 + dt.timedelta(seconds=i),
+                "event_type": "product_view",
+                "query": None,
+                "src_order": i,
+                **row,
+            }
+            for i, row in enumerate(rows)
+        ],
+        schema=schema.CANONICAL_EVENTS,
+    )
+    buyers = build_buyers(events, day_resolution=False, max_seq_len=4)
+    index = {
+        row["buyer_id"]: row["features"][schema.FEATURE_NAMES.index("price_index")]
+        for row in buyers.to_pylist()
+    }
+    reference = (2 * math.log(5.0) + math.log(20.0)) / 3
+    assert index["cheap"] == pytest.approx(math.log(5.0) - reference, abs=1e-6)
+    assert index["dear"] == pytest.approx(math.log(20.0) - reference, abs=1e-6)
+    assert index["cheap"] < 0 < index["dear"]
+    assert index["none"] == 0.0
+
+
+def test_reference_prices_merge_exactly_whatever_the_chunking() -> None:
+    events = random_events(seed=5, day_resolution=False, n=600)
+    whole = reference_prices([price_partial(events)]).sort(REFERENCE_KEYS)
+    chunks = [price_partial(events.slice(start, 97)) for start in range(0, events.num_rows, 97)]
+    assert reference_prices(chunks).sort(REFERENCE_KEYS).equals(whole)
+    assert (
+        reference_prices([merge_price_partials(chunks[:3]), *chunks[3:]]).sort(REFERENCE_KEYS).equals(whole)
+    )
+    assert whole.height == 4  # two merchants x two categories

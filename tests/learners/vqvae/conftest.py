@@ -48,6 +48,7 @@ def buyer_features(events: np.ndarray, gaps: np.ndarray) -> np.ndarray:
             buys / max(views, 1),
             buys / max(carts, 1),
             np.log1p(30.0),
+            0.0,  # price_index: every product at its category's price
             depth / 5,
         ],
         dtype=np.float32,
