@@ -1,8 +1,13 @@
 """A merchant's product catalogue: what its storefront lists, in one stable order.
 
 Sources: a prepared directory (``catalogs.parquet``, one merchant's rows), or records built in
-memory (``product_id`` and optional ``category_id``, ``price``, ``title``, ``popularity``: tests,
-examples).
+memory (``product_id`` and optional ``category_id``, ``price``, ``title``, ``popularity``,
+``n_purchases``: tests, examples).
+
+Bestsellers: the merchant's most-bought products (``BESTSELLER_SHARE`` of its catalogue, ranked by
+``n_purchases``, each bought at least once) carry the badge ``bestseller``, shown on their listing
+rows and product page as stores do. It stays with the product whatever the listing order, so a
+buyer who goes for what others buy can still find it when a treatment reorders the listings.
 
 Order: products by popularity (descending), then product id; categories by number of products
 (descending), then category id. Every listing in the storefront follows these orders, so pages are
@@ -18,8 +23,9 @@ of the merchant's events. Replay maps a product-less event onto the placeholder 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -31,6 +37,9 @@ UNCATEGORIZED = "uncategorized"
 """Category of products whose source gives none."""
 PLACEHOLDER_CATEGORY = "all"
 """The single category of a placeholder catalogue built from events without categories."""
+BESTSELLER_SHARE = 0.1
+"""Share of a catalogue's products (rounded up) that can carry the ``bestseller`` badge."""
+BESTSELLER = "bestseller"
 MAX_ID_CHARS = 64
 """Product and category ids longer than this are refused: observations must stay bounded."""
 
@@ -47,6 +56,8 @@ class Product:
     list_price: float | None = None
     """The regular price ``price`` is marked down from (a price-cut arm's catalogue), shown beside it
     on the product page; None: ``price`` is the regular price."""
+    badge: str = ""
+    """A word the storefront shows with the product (``BESTSELLER``), or empty."""
 
 
 def placeholder_id(category_id: str) -> str:
@@ -108,8 +119,10 @@ class Catalog:
     def from_records(
         cls, merchant_id: str, records: Iterable[Mapping[str, object]], source: str = "records"
     ) -> Catalog:
-        """Build from dicts with ``product_id`` and optional ``category_id, price, title, popularity``."""
+        """Build from dicts with ``product_id`` and optional ``category_id, price, title, popularity,
+        n_purchases`` (the most-bought products get the bestseller badge)."""
         products = []
+        purchases = []
         for i, row in enumerate(records, start=1):
             where = f"{source}: row {i}"
             if row.get("product_id") in (None, ""):
@@ -121,10 +134,18 @@ class Catalog:
             try:
                 price = None if price in (None, "") else float(price)  # type: ignore[arg-type]
                 popularity = float(row.get("popularity") or 0.0)  # type: ignore[arg-type]
+                purchases.append(int(row.get("n_purchases") or 0))  # type: ignore[call-overload]
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{where}: price/popularity must be numbers ({err})") from err
+                raise ValueError(f"{where}: price/popularity/n_purchases must be numbers ({err})") from err
             title = str(row.get("title") or f"Product {pid}")
             products.append(Product(pid, cat, price, " ".join(title.split())[:80], popularity))
+        top = sorted(
+            range(len(products)),
+            key=lambda i: (-purchases[i], -products[i].popularity, products[i].product_id),
+        )
+        for i in top[: math.ceil(BESTSELLER_SHARE * len(products))]:
+            if purchases[i] > 0:
+                products[i] = replace(products[i], badge=BESTSELLER)
         return cls(merchant_id, tuple(products))
 
     @classmethod

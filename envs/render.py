@@ -18,6 +18,9 @@ product's regular price (a price-cut arm's catalogue, or a replayed session's lo
 catalogue's), the regular price beside it: ``Price: 69.99 (was 99.99)``. Listing rows show the
 catalogue's current price; cart and checkout rows and the checkout total, the session's.
 
+Badges: a product's badge (envs/catalog.py: ``bestseller`` on a merchant's most-bought products) ends
+its rows (``- product P | ... | bestseller``) and is a line of its page (``Bestseller``).
+
 Length is bounded by construction: at most ``Storefront.page_size`` product rows (PAGE_SIZE, or a
 treatment's page size up to envs.treatments.MAX_PAGE_SIZE; FEATURED + HOME_CATEGORIES links
 on home), ids of at most 64 characters, titles of at most 80, queries of at most 64; every observation
@@ -57,6 +60,8 @@ class ProductRow:
     """The action that opens this product."""
     quantity: int = 0
     """Quantity in the cart (cart rows only)."""
+    badge: str = ""
+    """The product's badge (``bestseller``), or empty."""
     line: str = field(init=False, compare=False)
     """The row as one line of observation text."""
 
@@ -64,6 +69,8 @@ class ProductRow:
         text = f"- product {self.product_id} | category {self.category_id} | price {_price(self.price)}"
         if self.title != f"Product {self.product_id}":
             text += f" | {self.title}"
+        if self.badge:
+            text += f" | {self.badge}"
         object.__setattr__(self, "line", text + (f" | quantity {self.quantity}" if self.quantity else ""))
 
 
@@ -110,7 +117,9 @@ def _row(
             return hit
     p = storefront.catalog.by_id[product_id]
     price = p.price if state is None else shown_price(p, state)[0]
-    row = ProductRow(p.product_id, p.title, p.category_id, price, "open product " + p.product_id, quantity)
+    row = ProductRow(
+        p.product_id, p.title, p.category_id, price, "open product " + p.product_id, quantity, p.badge
+    )
     if not quantity:
         storefront.row_cache[product_id] = row
     return row
@@ -138,6 +147,7 @@ def _title(storefront: Storefront, state: SessionState) -> tuple[str, tuple[str,
             f"Product id: {p.product_id}",
             f"Category: {p.category_id}",
             f"Price: {_price(now)}" + ("" if regular is None else f" (was {regular:.2f})"),
+            *((p.badge.capitalize(),) if p.badge else ()),
             f"In cart: {qty}" if qty else "Not in cart",
             "In favourites" if p.product_id in state.favourites else "Not in favourites",
         )

@@ -317,7 +317,12 @@ class TreatedStorefront(Storefront):
                 promoted = cat.by_id[treatment.product]
                 self._promoted_product = promoted.product_id
                 row = ProductRow(
-                    promoted.product_id, promoted.title, promoted.category_id, promoted.price, ""
+                    promoted.product_id,
+                    promoted.title,
+                    promoted.category_id,
+                    promoted.price,
+                    "",
+                    badge=promoted.badge,
                 )
                 self._banner = PROMO_PREFIX + row.line.removeprefix("- ")
             else:

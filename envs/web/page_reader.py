@@ -103,7 +103,7 @@ BUTTON_ACTIONS: tuple[str, ...] = (
 _FIELDS = ("page_kind", "title", "status", "goal", "lines", "event")
 _GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "category_links": (("category_id", "label"), ("open",)),
-    "product_rows": (("product_id", "title", "category_id", "price", "quantity"), ("open", "remove")),
+    "product_rows": (("product_id", "title", "category_id", "price", "quantity", "badge"), ("open", "remove")),
     "product_category": (("category_id",), ()),
     "cart_lines": (("product_id", "quantity"), ()),
     "order_items": (("product_id",), ()),
@@ -279,7 +279,8 @@ EXTRACT_JS = """
     event: read(document, m.event),
     lines,
     links: group(m.category_links, ['category_id', 'label'], ['open']),
-    rows: group(m.product_rows, ['product_id', 'title', 'category_id', 'price', 'quantity'], ['open', 'remove']),
+    rows: group(m.product_rows, ['product_id', 'title', 'category_id', 'price', 'quantity', 'badge'],
+                ['open', 'remove']),
     product_category: pc ? {category_id: read(pc, m.product_category.category_id),
                             open: {path: [[m.product_category.selector, 0]], target: target(pc)}} : null,
     buttons,
@@ -369,6 +370,7 @@ def read_page(raw: dict[str, Any]) -> PageRead:
                 price=_price(row["price"], url),
                 action=sf.OPEN_PRODUCT + pid,
                 quantity=_int(row["quantity"]),
+                badge=row["badge"] or "",
             )
         )
         for key, prefix in (("open", sf.OPEN_PRODUCT), ("remove", sf.REMOVE_PRODUCT)):

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from envs.catalog import Catalog, load_catalogs, placeholder_id
+from envs.catalog import BESTSELLER, Catalog, load_catalogs, placeholder_id
 from envs.render import MAX_OBSERVATION_CHARS
 from envs.storefront import (
     PAGE_SIZE,
@@ -327,3 +327,29 @@ def test_a_session_price_shows_as_a_markdown_only_where_lower(shop):
     assert f"Price: {round(p.price * 1.2, 2):.2f}\n" in shop.observe(dearer)
     rounding = on_page.priced(p.product_id, round(p.price * 0.995, 2))
     assert "(was" not in shop.observe(rounding)  # under 1% off is not a markdown
+
+
+def test_the_most_bought_products_carry_a_bestseller_badge_on_rows_and_page():
+    records = product_records(30)
+    for i, r in enumerate(records):
+        r["n_purchases"] = i % 10  # 3 per count; the top 3 (rounded up 10%) are bought 9 times
+    catalog = Catalog.from_records("m1", records)
+    badged = {p.product_id for p in catalog.products if p.badge == BESTSELLER}
+    top = sorted(records, key=lambda r: (-r["n_purchases"], -r["popularity"], r["product_id"]))[:3]
+    assert badged == {r["product_id"] for r in top}
+    assert all(r["n_purchases"] == 9 for r in top)
+
+    unsold = [dict(r, n_purchases=0) for r in records]
+    unsold[5]["n_purchases"] = 1
+    assert [p.product_id for p in Catalog.from_records("m1", unsold).products if p.badge] == ["5005"]
+
+    shop = Storefront(catalog)
+    hit = catalog.by_id[top[0]["product_id"]]
+    listing = shop.observe(SessionState(Page("category", hit.category_id)))
+    for line in listing.splitlines():
+        if line.startswith("- product "):
+            assert line.endswith(" | bestseller") == (line.split()[2] in badged), line
+    page = shop.observe(SessionState(Page("product", hit.product_id)))
+    assert "\nBestseller\n" in page
+    plain = next(p for p in catalog.products if not p.badge)
+    assert "Bestseller" not in shop.observe(SessionState(Page("product", plain.product_id)))

@@ -218,6 +218,23 @@ def test_price_ascending_and_descending_order_listings_and_featured():
     assert up.observe(s) == Storefront(base).observe(s)
 
 
+def test_a_reordered_listing_keeps_each_products_badge():
+    records = [dict(r, n_purchases=i % 7) for i, r in enumerate(product_records())]
+    base = Catalog.from_records("m1", records)
+    cheapest_first = TreatedStorefront(base, Treatment(kind="order", order="price-ascending"))
+    seen = 0
+    for c in base.categories:
+        rows = [
+            line
+            for line in cheapest_first.observe(SessionState(Page("category", c))).splitlines()
+            if "- product" in line
+        ]
+        for line in rows:
+            assert line.endswith(" | bestseller") == bool(base.by_id[line.split()[2]].badge), line
+            seen += line.endswith(" | bestseller")
+    assert seen > 0
+
+
 def test_random_order_is_seeded_deterministic_and_a_permutation():
     page = Page("category", "10")
     first, again = (

@@ -32,6 +32,8 @@ def make_catalog(n: int = 40) -> Catalog:
             "price": None if i % 7 == 0 else round(1.25 * i, 2),
             "popularity": 1.0 / (i + 1),
             "title": f"Tea & <cups> {i}" if i % 3 == 0 else None,
+            # Bestsellers (the top 4 of 40) are not the most popular: p1 (0 bought) outranks them.
+            "n_purchases": (i * 7) % 13,
         }
         for i in range(n)
     ]
