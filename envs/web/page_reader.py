@@ -103,7 +103,10 @@ BUTTON_ACTIONS: tuple[str, ...] = (
 _FIELDS = ("page_kind", "title", "status", "goal", "lines", "event")
 _GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "category_links": (("category_id", "label"), ("open",)),
-    "product_rows": (("product_id", "title", "category_id", "price", "quantity", "badge"), ("open", "remove")),
+    "product_rows": (
+        ("product_id", "title", "category_id", "price", "quantity", "badge"),
+        ("open", "remove"),
+    ),
     "product_category": (("category_id",), ()),
     "cart_lines": (("product_id", "quantity"), ()),
     "order_items": (("product_id",), ()),
