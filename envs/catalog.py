@@ -135,7 +135,7 @@ class Catalog:
                 price = None if price in (None, "") else float(price)  # type: ignore[arg-type]
                 popularity = float(row.get("popularity") or 0.0)  # type: ignore[arg-type]
                 purchases.append(int(row.get("n_purchases") or 0))  # type: ignore[call-overload]
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, OverflowError) as err:
                 raise ValueError(f"{where}: price/popularity/n_purchases must be numbers ({err})") from err
             title = str(row.get("title") or f"Product {pid}")
             products.append(Product(pid, cat, price, " ".join(title.split())[:80], popularity))

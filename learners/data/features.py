@@ -15,10 +15,10 @@ Computed per buyer over the whole ordered history (sessions.py). Definitions of 
   b the event counts (add_to_cart, product_view, purchase); clipped so every ratio is in [0, 1]
   (Tmall logs many purchases with no cart event).
 * ``log_mean_price``: mean of the non-null prices of the buyer's events (0 without prices).
-* ``price_index``: mean over the buyer's priced product events of ``log(price) - reference``, the
-  reference being the mean log price of that (merchant, category)'s priced product events over the
-  whole log (``reference_prices``): below 0 for buyers who pick what is cheap in its category
-  (0 without prices or categories).
+* ``price_index``: mean over the buyer's priced product events (a product and category id, price
+  > 0) of ``log(price) - reference``, the reference being the mean log price of that (merchant,
+  category)'s priced product events over the whole log (``reference_prices``): below 0 for buyers
+  who pick what is cheap in its category (0 for a buyer without priced product events).
 * ``depth_frac``: funnel depth (max ``schema.FUNNEL_DEPTH`` over events) / 5.
 
 ``event_seq`` / ``gap_seq`` hold the most recent ``max_seq_len`` events, oldest first: the
@@ -65,10 +65,13 @@ def _priced(frame: pl.DataFrame) -> pl.DataFrame:
 def price_partial(events: pa.Table | pl.DataFrame) -> pl.DataFrame:
     """Summed log prices (micro-units) and counts per (merchant, category) of canonical events'
     priced product events; partials of any chunking merge by summing (``reference_prices``)."""
-    frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
+    columns = [*REFERENCE_KEYS, "product_id", "price"]
+    frame = (
+        events.select(columns) if isinstance(events, pl.DataFrame) else pl.from_arrow(events.select(columns))
+    )
     assert isinstance(frame, pl.DataFrame)
     return (
-        _priced(frame.select(*REFERENCE_KEYS, "product_id", "price"))
+        _priced(frame)
         .group_by(list(REFERENCE_KEYS))
         .agg(
             (pl.col("price").log() * _LOG_PRICE_SCALE).round().cast(pl.Int64).sum().alias("log_price_sum"),

@@ -71,7 +71,7 @@ the dictionary saves."""
 _MAX_PENDING_WRITES = 3
 _READ_AHEAD_CHUNKS = 2
 _TABLE_THREADS = 2
-_PRICE_PARTIALS = 64
+PRICE_PARTIALS_KEPT = 64
 """Per-chunk price partials kept before they are summed into one (bounded memory on huge inputs)."""
 
 T = TypeVar("T")
@@ -109,7 +109,7 @@ class PartitionResult:
 
 
 def _buyer_tables(
-    ordered: pl.DataFrame, max_seq_len: int, references: pl.DataFrame | None
+    ordered: pl.DataFrame, max_seq_len: int, references: pl.DataFrame
 ) -> tuple[pa.Table, pa.Table]:
     buyers = buyer_frame(ordered, max_seq_len=max_seq_len, references=references)
     return buyers_table(buyers), merchant_partial(buyers).to_arrow()
@@ -120,12 +120,12 @@ def partition_tables(
     *,
     day_resolution: bool,
     config: PrepareConfig,
-    references: pl.DataFrame | None = None,
+    references: pl.DataFrame,
 ) -> Iterator[tuple[str, pa.Table]]:
     """Canonical (or bucketed, see partitions.py) events of complete buyers -> this partition's
     tables, as (PartitionResult field, table) pairs in a fixed order, each as soon as it is ready (so
     a caller can write one while the next is built). ``references``: the whole input's
-    ``features.reference_prices`` (default: this partition's own)."""
+    ``features.reference_prices``."""
     frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
     assert isinstance(frame, pl.DataFrame)
     ordered = order_frame(frame, day_resolution=day_resolution, session_gap_s=config.session_gap_s)
@@ -144,7 +144,7 @@ def partition_tables(
 
 
 def build_partition(
-    events: pa.Table, *, day_resolution: bool, config: PrepareConfig, references: pl.DataFrame | None = None
+    events: pa.Table, *, day_resolution: bool, config: PrepareConfig, references: pl.DataFrame
 ) -> PartitionResult:
     """Canonical events of complete buyers -> this partition's outputs."""
     tables = partition_tables(events, day_resolution=day_resolution, config=config, references=references)
@@ -451,7 +451,7 @@ def prepare(
                 dropped_codes.update(chunk.dropped)
                 if chunk.events.num_rows:
                     price_partials.append(price_partial(chunk.events))
-                    if len(price_partials) > _PRICE_PARTIALS:
+                    if len(price_partials) > PRICE_PARTIALS_KEPT:
                         price_partials = [merge_price_partials(price_partials)]
                     partitions.add(assign_buckets(chunk.events, config.n_buckets))
                 writers.add_quarantine(chunk.quarantine)

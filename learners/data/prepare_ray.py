@@ -28,9 +28,10 @@ import pyarrow.compute as pc
 import ray
 
 from learners.data.adapter import Adapter
-from learners.data.features import price_partial, reference_prices
+from learners.data.features import merge_price_partials, price_partial, reference_prices
 from learners.data.partitions import BUCKET, assign_buckets
 from learners.data.prepare import (
+    PRICE_PARTIALS_KEPT,
     OutputWriters,
     PartialAggregates,
     PartitionResult,
@@ -178,6 +179,8 @@ def prepare_with_ray(
                 prices = pl.from_arrow(from_ipc(batch["prices"][0].as_py()))
                 assert isinstance(prices, pl.DataFrame)
                 price_partials.append(prices)
+                if len(price_partials) > PRICE_PARTIALS_KEPT:
+                    price_partials = [merge_price_partials(price_partials)]
             partials = PartialAggregates(compact_rows=config.partition_rows)
             if rows_kept:
                 n_parts = max(1, min(config.n_buckets, -(-rows_kept // config.partition_rows)))

@@ -127,7 +127,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "purchase_per_view",
     "purchase_per_cart",
     "log_mean_price",  # 0 where the source has no prices
-    "price_index",  # mean log(price / its category's reference price); 0 where the source has no prices
+    "price_index",  # mean log(price / its category's reference price) over priced product events, else 0
     "depth_frac",  # funnel depth / 5
 )
 N_FEATURES = len(FEATURE_NAMES)

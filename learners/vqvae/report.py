@@ -120,6 +120,7 @@ def type_profiles(rows: BuyerRows, codes: np.ndarray, categories: dict[int, list
         median_gap_s=float(np.expm1(np.median(feats[:, _col("log_mean_gap_s")]))),
         coherence=0.0,
         top_categories=[],
+        price_index=float(feats[:, _col("price_index")].mean()),
     )
     for p in profiles:
         p.description = describe(p, population)

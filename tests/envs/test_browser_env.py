@@ -106,6 +106,19 @@ def test_same_observations_rewards_and_ends_as_the_text_env(pool, servers, templ
 
 
 @pytest.mark.parametrize("template", ["default", "alt"])
+def test_a_bestseller_badge_is_read_back_from_the_page(pool, servers, template):
+    text_env = StorefrontEnv(catalog=make_catalog())
+    browser_env = BrowserStorefrontEnv(server=servers[template], pool=pool)
+    try:
+        observations = [e.reset(seed=0)[0] for e in (text_env, browser_env)]
+        for action, shown in (('search "p9"', "| bestseller\n"), ("open product p9", "\nBestseller\n")):
+            observations = [e.step(action)[0] for e in (text_env, browser_env)]
+            assert observations[0] == observations[1] and shown in observations[0], action
+    finally:
+        browser_env.close()
+
+
+@pytest.mark.parametrize("template", ["default", "alt"])
 def test_the_goal_products_marks_are_read_back_from_the_page(pool, servers, template):
     text_env = StorefrontEnv(catalog=make_catalog())
     browser_env = BrowserStorefrontEnv(server=servers[template], pool=pool)

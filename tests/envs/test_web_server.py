@@ -32,7 +32,7 @@ def make_catalog(n: int = 40) -> Catalog:
             "price": None if i % 7 == 0 else round(1.25 * i, 2),
             "popularity": 1.0 / (i + 1),
             "title": f"Tea & <cups> {i}" if i % 3 == 0 else None,
-            # Bestsellers (the top 4 of 40) are not the most popular: p1 (0 bought) outranks them.
+            # Bestsellers (the top 4 of 40: p9, p11, p24, p37) are not the most popular ones.
             "n_purchases": (i * 7) % 13,
         }
         for i in range(n)
@@ -69,17 +69,21 @@ class Browserless:
         return self.server.shop.sessions.get(sid, MERCHANT)
 
     def act(self, action: str) -> int:
-        """Perform a valid action the way its page control does."""
+        """Perform a valid action the way its page control does; its status."""
+        return self.perform(action)[0]
+
+    def perform(self, action: str) -> tuple[int, str, str]:
+        """Perform a valid action the way its page control does; status, URL and the page it leads to."""
         session = self.session()
         store = self.server.shop.storefronts[MERCHANT]
         controls = controls_for(MERCHANT, session, tuple(store.valid_actions(session.state)))
         query = sf.search_query(action)
         control = controls[sf.SEARCH_TEMPLATE if query is not None else action]
         if query is not None:
-            return self.get(f"{control.href}?{urlencode({**dict(control.fields), 'q': query})}")[0]
+            return self.get(f"{control.href}?{urlencode({**dict(control.fields), 'q': query})}")
         if control.href is not None:
-            return self.get(control.href)[0]
-        return self.post(control.post, dict(control.fields))[0]
+            return self.get(control.href)
+        return self.post(control.post, dict(control.fields))
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +156,21 @@ def test_pages_escape_catalog_text(server):
     client.get(server.start_url(MERCHANT))
     html = client.get(f"/m/{MERCHANT}/product/p0")[2]
     assert "Tea &amp; &lt;cups&gt; 0" in html and "<cups>" not in html
+
+
+@pytest.mark.parametrize(
+    ("template", "cell"),
+    [("default", '<span class="badge">bestseller</span>'), ("alt", '<dd class="card-tag">bestseller</dd>')],
+)
+def test_both_templates_draw_the_bestseller_badge(template, cell):
+    with StorefrontServer.from_catalogs(make_catalog(), template=template) as srv:
+        client = Browserless(srv)
+        client.get(srv.start_url(MERCHANT))
+        listing = client.perform('search "p"')[2]  # p0..p9: one bestseller, p9
+        assert listing.count(cell) == 1 and listing.count("bestseller") == 1
+        assert "Bestseller" in client.perform("open product p9")[2]
+        client.perform("back")
+        assert "estseller" not in client.perform("open product p8")[2]
 
 
 def test_bundled_selector_mappings_load():

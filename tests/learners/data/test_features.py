@@ -191,7 +191,12 @@ def test_price_index_compares_a_buyer_with_its_categorys_prices() -> None:
     rows = [
         {"buyer_id": buyer, "product_id": product, "category_id": "c1", "price": price}
         for buyer, product, price in [("cheap", "p1", 5.0), ("cheap", "p1", 5.0), ("dear", "p2", 20.0)]
-    ] + [{"buyer_id": "none", "product_id": None, "category_id": None, "price": None}]
+    ] + [
+        {"buyer_id": "none", "product_id": None, "category_id": None, "price": None},
+        {"buyer_id": "none", "product_id": "p3", "category_id": None, "price": 1.0},  # no category
+        {"buyer_id": "none", "product_id": "p4", "category_id": "c1", "price": 0.0},  # no price
+        {"buyer_id": "dear", "product_id": "p5", "category_id": "c1", "price": 0.0},
+    ]
     events = pa.Table.from_pylist(
         [
             {
