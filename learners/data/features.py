@@ -40,6 +40,8 @@ _MS_PER_DAY = 86_400_000
 REFERENCE_KEYS = ("merchant_id", "category_id")
 _LOG_PRICE_SCALE = 1_000_000
 """Log prices are summed as integer micro-units, so the reference is exact whatever the chunking."""
+_PRICED = pl.col("product_id").is_not_null() & pl.col("category_id").is_not_null() & (pl.col("price") > 0)
+"""A priced product event: what ``price_index`` and its reference prices are made of."""
 _MAX_DEPTH = max(schema.FUNNEL_DEPTH.values())
 _N_CODES = len(schema.EVENT_TYPES)
 
@@ -56,12 +58,6 @@ def _ratio(a: str, b: str) -> pl.Expr:
     return pl.min_horizontal(pl.col(a) / pl.max_horizontal(pl.col(b), 1), 1.0)
 
 
-def _priced(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.filter(
-        pl.col("product_id").is_not_null() & pl.col("category_id").is_not_null() & (pl.col("price") > 0)
-    )
-
-
 def price_partial(events: pa.Table | pl.DataFrame) -> pl.DataFrame:
     """Summed log prices (micro-units) and counts per (merchant, category) of canonical events'
     priced product events; partials of any chunking merge by summing (``reference_prices``)."""
@@ -71,7 +67,7 @@ def price_partial(events: pa.Table | pl.DataFrame) -> pl.DataFrame:
     )
     assert isinstance(frame, pl.DataFrame)
     return (
-        _priced(frame)
+        frame.filter(_PRICED)
         .group_by(list(REFERENCE_KEYS))
         .agg(
             (pl.col("price").log() * _LOG_PRICE_SCALE).round().cast(pl.Int64).sum().alias("log_price_sum"),
@@ -141,10 +137,9 @@ def buyer_frame(
     after_same_session = pl.col(SESSION_RUN) == pl.col(SESSION_RUN).shift(1)
     if references is None:
         references = reference_prices([price_partial(ordered)])
-    priced = pl.col("product_id").is_not_null() & (pl.col("price") > 0)
     frame = ordered.join(references, on=list(REFERENCE_KEYS), how="left", maintain_order="left").with_columns(
         pl.col(BUYER_KEY).set_sorted(),
-        pl.when(priced).then(pl.col("price").log() - pl.col("reference")).alias("_relative_price"),
+        pl.when(_PRICED).then(pl.col("price").log() - pl.col("reference")).alias("_relative_price"),
         pl.when(pl.col("seq") == 0).then(0.0).otherwise(gap_s).log1p().cast(pl.Float32).alias("_gap"),
         pl.when(after_same_session).then(gap_s).alias("_session_gap"),
         (ts.dt.epoch("ms") // _MS_PER_DAY).alias("_day"),
