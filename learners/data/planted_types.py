@@ -7,35 +7,40 @@ them, naive k-means on counts does not).
 Planted sensitivities to what storefront treatments change (envs/treatments.py), as built in
 learners/data/synth_model.py; learners/data/synth_truth.py measures their true effects:
 
-==============  ========  ======  =====  =====  =======  ========  =======  ================================
-type            position  appeal  cheap  price  reserve  markdown  listing  responds to
-==============  ========  ======  =====  =====  =======  ========  =======  ================================
-window_shopper  1.5       0       0      0      1        0         0        listing order (views), not price
-researcher      0.3       0       0      0      1        0         1.0      page size (views more on longer)
-decisive_buyer  0         1.0     0      0      1        0         0        nothing: buys the hits it wants
-cart_abandoner  1.0       0       0      0      1        0         0        listing order (views), not price
-deal_hunter     0.8       0       2.0    4.0    0.7      4.0       0        price, markdowns, listing order
-==============  ========  ======  =====  =====  =======  ========  =======  ================================
+==============  ========  ======  =====  =====  =======  ========  ====  =======  ==============================
+type            position  appeal  cheap  price  reserve  markdown  seek  listing  responds to
+==============  ========  ======  =====  =====  =======  ========  ====  =======  ==============================
+window_shopper  1.5       0       0      0      1        0         0     0        listing order (views), not price
+researcher      0.3       0       0      0      1        0         0     1.0      page size (views more on longer)
+decisive_buyer  0         1.0     0      0      1        0         0     0        nothing: buys the hits it wants
+cart_abandoner  1.0       0       0      0      1        0         0     0        listing order (views), not price
+deal_hunter     0.8       0       2.0    3.0    0.5      8.0       4.0   0        price, markdowns, listing order
+==============  ========  ======  =====  =====  =======  ========  ====  =======  ==============================
 
 Columns: ``position_power``, ``appeal_power``, ``cheap_power``, ``price_sensitivity``,
-``reservation``, ``markdown_sensitivity``, ``listing_depth``.
+``reservation``, ``markdown_sensitivity``, ``markdown_seek``, ``listing_depth``.
 
 - Product choice weight over the merchant's products: ``position ** -position_power *
-  appeal_rank ** -appeal_power * (reference / price) ** cheap_power``. ``position`` is the
+  appeal_rank ** -appeal_power * (reference / regular) ** cheap_power * (regular / price) **
+  markdown_seek``. ``position`` is the
   product's 1-based place in its category listing in the storefront's order (control: the
   merchant's popularity order, as a prepared catalog lists it), so a listing-order treatment changes
   what position-biased types view and buy. The decisive buyer ignores the listing and goes by
   ``appeal_rank``, a demand rank of its own, independent of the listing order (in the log it buys
-  hits wherever they are listed), which no treatment changes. Choice goes by the storefront's
-  regular prices (a week's markdowns in the log do not move it).
+  hits wherever they are listed), which no treatment changes. A deal hunter goes for what is cheap
+  in its category and, more still, for what is marked down (a week's sale in the log: 59% of its
+  product views there are of marked-down products, against 27% without ``markdown_seek``, on the
+  truth benchmark's log).
 - ``reference`` is the control median regular price of the product's category at its merchant (what
   its listing compares it with). It never moves with a treatment, so a price cut makes products look
   cheaper. Add-to-cart (after a view) happens with chance ``1 / (1 + (price / (reservation *
   reference)) ** price_sensitivity * (price / regular) ** markdown_sensitivity)``, else the buyer
-  views on: a deal hunter adds to cart half the time at 70% of the category's median and regular
-  price, more as the price falls below it, and more again when the price is marked down from the
+  views on: a deal hunter adds to cart half the time at half the category's median and regular
+  price, more as the price falls below it, and far more when the price is marked down from the
   product's regular price (a week's sale in the log, shown as "was" beside the price; a price-cut
-  treatment, likewise shown).
+  treatment, likewise shown). A deal hunter waits for sales: in the truth benchmark's log it
+  accepts 38% of the regular-priced products it means to add to cart and 88% of the marked-down
+  ones, so a replayed log shows the response clearly enough to learn.
 - After a product view, the weight of ending the visit is multiplied by ``(10 / shown) **
   listing_depth``, ``shown`` being the number of products on the listing page that holds the viewed
   product (10 on a full default page, fewer on a category's last page or a small category, more with
@@ -107,6 +112,9 @@ class BuyerType:
     markdown_sensitivity: float
     """... and times (price / regular price) ** sensitivity: a markdown (a price below the product's
     regular one, shown beside it) makes adding to cart likelier still (0: markdowns count only as price)."""
+    markdown_seek: float
+    """Product choice weight times (regular price / shown price) ** seek: a marked-down product draws the
+    type to it (a week's sale in the log, a price-cut treatment's "was"; 0: markdowns do not draw)."""
     listing_depth: float
     """After a view, the END weight is times (10 / products on the viewed product's listing page) ** depth."""
     query_forms: tuple[int, ...]
@@ -135,6 +143,7 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         price_sensitivity=0.0,
         reservation=1.0,
         markdown_sensitivity=0.0,
+        markdown_seek=0.0,
         listing_depth=0.0,
         query_forms=(0,),
     ),
@@ -161,6 +170,7 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         price_sensitivity=0.0,
         reservation=1.0,
         markdown_sensitivity=0.0,
+        markdown_seek=0.0,
         listing_depth=1.0,
         query_forms=(0, 3),
     ),
@@ -186,6 +196,7 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         price_sensitivity=0.0,
         reservation=1.0,
         markdown_sensitivity=0.0,
+        markdown_seek=0.0,
         listing_depth=0.0,
         query_forms=(0,),
     ),
@@ -211,6 +222,7 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         price_sensitivity=0.0,
         reservation=1.0,
         markdown_sensitivity=0.0,
+        markdown_seek=0.0,
         listing_depth=0.0,
         query_forms=(0,),
     ),
@@ -234,9 +246,10 @@ BUYER_TYPES: tuple[BuyerType, ...] = (
         position_power=0.8,
         appeal_power=0.0,
         cheap_power=2.0,
-        price_sensitivity=4.0,
-        reservation=0.7,
-        markdown_sensitivity=4.0,
+        price_sensitivity=3.0,
+        reservation=0.5,
+        markdown_sensitivity=8.0,
+        markdown_seek=4.0,
         listing_depth=0.0,
         query_forms=(1, 2),
     ),

@@ -13,9 +13,9 @@ learners/data/planted_types.py; how they are built:
   ignoring positions.
 - Prices change over time: each product has a regular price and is marked down 10-40% in about 30%
   of the log's weeks (``week_price``). A visit of the log sees its week's prices: a markdown is what
-  the logged events record and what a deal hunter's add-to-cart weighs (product choice goes by the
-  regular price). Storefronts without markdowns (control and treatments, as an experiment shows
-  them) use regular prices.
+  the logged events record, what a deal hunter's add-to-cart weighs and what draws its product
+  choice (``World.week_choice_cdf``). Storefronts without markdowns (control and treatments, as an
+  experiment shows them) use regular prices.
 - ``Shop`` is a merchant set's storefront under a treatment (envs/treatments.py): shown prices, each
   product's position in its category listing (control order: ``listing_rank``), the size of the
   listing page that holds it, and the product-choice CDFs. The reference price of a product is its
@@ -130,6 +130,9 @@ class World:
     buyer_type: np.ndarray  # [B]
     control: Shop = field(init=False)
     """The storefront of the log (treatment none), built once by build_world."""
+    week_choice_cdf: np.ndarray = field(init=False)
+    """The log's product-choice CDFs, one block of ``Shop.choice_cdf`` per week (its markdowns draw
+    markdown-seeking types), offset by week * T * M; built once by build_world."""
 
 
 def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
@@ -195,6 +198,14 @@ def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
         buyer_type=kind[order],
     )
     world.control = build_shop(world, Treatment())
+    n_blocks = len(BUYER_TYPES) * n_m
+    world.week_choice_cdf = np.concatenate(
+        [
+            week * n_blocks
+            + _choice_cdf(world, world.control.position, world.control.cheap, regular / world.week_price[:, week])
+            for week in range(weeks)
+        ]
+    )
     return world
 
 
@@ -250,14 +261,15 @@ def build_shop(world: World, treatment: Treatment) -> Shop:
     page = treatment.page_size if treatment.kind == "page-size" else PAGE_SIZE
     shown = np.minimum(page, size - (position - 1) // page * page)
     cheap = world.reference / price
+    markdown = np.maximum(world.product_price / price, 1.0)  # a rise shows no "was" (envs/treatments.py)
     return Shop(
         treatment=treatment,
         price=price,
         cheap=cheap,
-        markdown=np.maximum(world.product_price / price, 1.0),  # a rise shows no "was" (envs/treatments.py)
+        markdown=markdown,
         position=position,
         shown=shown,
-        choice_cdf=_choice_cdf(world, position, cheap),
+        choice_cdf=_choice_cdf(world, position, cheap, markdown),
         hide_favorite=treatment.kind == "hide-favorite",
     )
 
@@ -281,15 +293,18 @@ def _shuffled_rank(world: World, seed: int) -> np.ndarray:
     return rank
 
 
-def _choice_cdf(world: World, position: np.ndarray, cheap: np.ndarray) -> np.ndarray:
+def _choice_cdf(world: World, position: np.ndarray, cheap: np.ndarray, markdown: np.ndarray) -> np.ndarray:
     """Per (type, merchant) CDF over the merchant's products, shifted by t * M + m so one
-    searchsorted over the concatenation finds a product of the right type and merchant."""
+    searchsorted over the concatenation finds a product of the right type and merchant. ``cheap``
+    is the category reference over the regular price (a week's markdown draws a type through
+    ``markdown``, regular / shown price, alone)."""
     n_m = len(world.merchant_names)
     m = world.product_merchant
     last = world.merchant_start[1:] - 1
     cdfs = []
     for t, bt in enumerate(BUYER_TYPES):
         w = position**-bt.position_power * world.appeal_rank**-bt.appeal_power * cheap**bt.cheap_power
+        w = w * markdown**bt.markdown_seek
         c = np.cumsum(w)
         before = np.concatenate([[0.0], c])[world.merchant_start[:-1]]
         cdf = (c - before[m]) / (c[last] - before)[m]
@@ -321,8 +336,9 @@ def walk_visits(
     """Run all visits' chains in lock step: (visit index, action, product or -1) per event, visit-major.
     Visit i draws its uniforms from (key, i); the same key gives the same draws in every shop.
 
-    ``visit_week`` (the log's control walk): each visit's week, whose markdowns (``world.week_price``)
-    its add-to-cart weighs; None (storefronts without markdowns, as an experiment's): regular prices."""
+    ``visit_week`` (the log's walk, ``shop`` the control): each visit's week, whose markdowns
+    (``world.week_price``) its product choice and add-to-cart weigh; None (storefronts without
+    markdowns, as an experiment's): regular prices."""
     n_m = len(world.merchant_names)
     n_p = len(shop.price)
     new_product = np.array([bt.new_product for bt in BUYER_TYPES])
@@ -331,6 +347,9 @@ def walk_visits(
     reservation = np.array([bt.reservation for bt in BUYER_TYPES])
     depth = np.array([bt.listing_depth for bt in BUYER_TYPES])
     first_p, next_p = chains.first, chains.next
+    if visit_week is not None and shop is not world.control:
+        raise ValueError("a walk with the log's weekly markdowns (visit_week) runs on the control shop")
+    cdf = shop.choice_cdf if visit_week is None else world.week_choice_cdf
     if shop.hide_favorite:  # no favourite button: the other moves keep their proportions
         first_p, next_p = (_without(p, S["fav"]) for p in (first_p, next_p))
     current = np.full(len(visit_type), -1, dtype=np.int64)
@@ -346,8 +365,10 @@ def walk_visits(
         fresh |= (state == S["view"]) & (uniforms(key, idx, step, _NEW) < new_product[kind])
         pick = np.flatnonzero(fresh)
         target = kind[pick] * n_m + visit_merchant[idx[pick]] + uniforms(key, idx[pick], step, _PICK)
-        # The CDF array holds one copy of all products per type: fold the index back to a product.
-        cur[pick] = np.searchsorted(shop.choice_cdf, target, side="right") % n_p
+        if visit_week is not None:
+            target += visit_week[idx[pick]] * (len(BUYER_TYPES) * n_m)
+        # The CDF array holds one copy of all products per type (and week): fold the index back to a product.
+        cur[pick] = np.searchsorted(cdf, target, side="right") % n_p
         current[idx] = cur
         rows.append(idx)
         actions.append(state.astype(np.int8))
