@@ -202,7 +202,9 @@ def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
     world.week_choice_cdf = np.concatenate(
         [
             week * n_blocks
-            + _choice_cdf(world, world.control.position, world.control.cheap, regular / world.week_price[:, week])
+            + _choice_cdf(
+                world, world.control.position, world.control.cheap, regular / world.week_price[:, week]
+            )
             for week in range(weeks)
         ]
     )
