@@ -202,7 +202,6 @@ def catalogs_table(ev: pd.DataFrame) -> pd.DataFrame:
         .groupby(["merchant_id", "product_id"])
         .agg(
             category_id=("category_id", "first"),
-            price=("price", "median"),
             n_events=("event_type", "size"),
             n_views=("is_view", "sum"),
             n_carts=("is_cart", "sum"),
@@ -210,6 +209,11 @@ def catalogs_table(ev: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
+    # The regular price: the highest price at least 10% of the product's priced events logged.
+    key = ["merchant_id", "product_id"]
+    w = prod.dropna(subset=["price"]).groupby([*key, "price"]).size().rename("w").reset_index()
+    w = w[w["w"] >= 0.1 * w.groupby(key)["w"].transform("sum")]
+    c = c.merge(w.groupby(key)["price"].max().reset_index(), on=key, how="left")
     c["popularity"] = c["n_events"] / c.groupby("merchant_id")["n_events"].transform("sum")
     return c.drop(columns="n_events")
 

@@ -55,8 +55,8 @@ Columns: ``position_power``, ``appeal_power``, ``cheap_power``, ``price_sensitiv
 - Caveats: a fresh product pick ranges over the whole merchant (categories weigh in through their
   products' weights), and the listing order is the generator's latent popularity order; a prepared
   catalog lists by observed popularity, which follows it closely but not exactly. A prepared
-  catalog's price is a product's median logged price, its regular price unless it was marked down
-  in most of the weeks it was seen.
+  catalog's price is a product's regular price (learners/data/catalogs.py) unless the log saw it
+  only on sale.
 """
 
 from __future__ import annotations

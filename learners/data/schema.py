@@ -156,7 +156,7 @@ CATALOGS = pa.schema(
         pa.field("merchant_id", pa.string(), nullable=False),
         pa.field("product_id", pa.string(), nullable=False),
         pa.field("category_id", pa.string()),
-        pa.field("price", pa.float64()),  # median observed price; null when the source has none
+        pa.field("price", pa.float64()),  # regular price (catalogs.py); null when the source has none
         pa.field("n_views", pa.int32(), nullable=False),
         pa.field("n_carts", pa.int32(), nullable=False),
         pa.field("n_purchases", pa.int32(), nullable=False),

@@ -21,7 +21,7 @@ Each session ends with an inserted ``exit``. Product-less events (tmall-brand) u
 product of their category (see envs/catalog.py).
 
 A session sees the prices its events logged: from an event whose price differs from the
-catalogue's (the median logged price), that product's page, cart and checkout show it, as a markdown
+catalogue's (its regular price, learners/data/catalogs.py), that product's page, cart and checkout show it, as a markdown
 (``Price: 69.99 (was 99.99)``) when it is lower (envs/render.py).
 
 Traces table: ``merchant_id, buyer_id, session_id, step, observation, action, valid`` plus

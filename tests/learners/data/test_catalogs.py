@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
 
 import polars as pl
@@ -10,6 +9,7 @@ import pytest
 
 from learners.data import schema
 from learners.data.catalogs import (
+    REGULAR_PRICE_SHARE,
     build_catalogs,
     build_merchants,
     catalog_partial,
@@ -52,13 +52,43 @@ def test_catalog_matches_naive_computation(canonical: pl.DataFrame) -> None:
         want_cat = min(cats, key=lambda c: (-cats[c], c)) if cats else None
         prices = [e["price"] for e in events if e["price"] is not None]
         assert row["category_id"] == want_cat
-        assert row["price"] == (statistics.median(prices) if prices else None)
+        common = [p for p in prices if prices.count(p) >= REGULAR_PRICE_SHARE * len(prices)]
+        assert row["price"] == (max(common) if prices else None)
         assert row["n_views"] == sum(e["event_type"] == "product_view" for e in events)
         assert row["n_carts"] == sum(e["event_type"] == "add_to_cart" for e in events)
         assert row["n_purchases"] == sum(e["event_type"] == "purchase" for e in events)
         assert row["popularity"] == pytest.approx(len(events) / merchant_total[key[0]])
     merchants = [r["merchant_id"] for r in table.to_pylist()]
     assert merchants == sorted(merchants)
+
+
+def test_catalog_price_is_the_regular_price_below_which_sales_show() -> None:
+    """A sale that drew most of a product's events does not become its price; an odd price that
+    one event in twenty logged does not either, but one in five does."""
+
+    def partial(product: str, counts: dict[float | None, int]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "merchant_id": "m",
+                "product_id": product,
+                "category_id": "c",
+                "price": list(counts),
+                "n_events": list(counts.values()),
+                "n_views": list(counts.values()),
+                "n_carts": 0,
+                "n_purchases": 0,
+            },
+            schema_overrides={"price": pl.Float64},
+        )
+
+    parts = [
+        partial("sale", {10.0: 6, 7.0: 10, 8.0: 4}),
+        partial("odd", {10.0: 19, 50.0: 1}),
+        partial("few", {10.0: 4, 50.0: 1}),
+        partial("unpriced", {None: 3}),
+    ]
+    prices = dict(build_catalogs(parts).select("product_id", "price").iter_rows())
+    assert prices == {"sale": 10.0, "odd": 10.0, "few": 50.0, "unpriced": None}
 
 
 def test_merchants_match_naive_computation(canonical: pl.DataFrame) -> None:
