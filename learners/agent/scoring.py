@@ -78,7 +78,7 @@ from transformers import PreTrainedTokenizerBase
 from envs.storefront import OPEN_CATEGORY, OPEN_PRODUCT, REMOVE_PRODUCT
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE, action_kind
 from learners.agent.policy import ActRequest, choose
-from learners.agent.prompt import alias_goal, encode_target, unalias_goal
+from learners.agent.prompt import GOAL_ALIAS, alias_goal, encode_target, unalias_goal
 from learners.agent.random_policy import search_actions
 
 SCORING_RULE = "two-level-v2"
@@ -138,6 +138,20 @@ def pick(
     plain = len(request.valid_actions) - 1
     j = plain + choose(scores[plain:], temperature, (request.seed, 1))
     return unalias_goal(candidates[j], request.goal), float(scores[j]), per_action
+
+
+def unseen_store_tokens(tokenizer: PreTrainedTokenizerBase, action: str, target: Sequence[int]) -> int:
+    """How many trailing tokens of ``action``'s target (prompt.py's ``encode_target``) name an item:
+    an item action's continuation after its template prefix (the id or a suggested search's query,
+    then EOS), unless it names the goal (``GOAL_ALIAS``). On a store the agent never saw no model can
+    predict them, and the rule above only ranks the page's own items by them. 0 for other actions,
+    and where the tokenizer merged the prefix into the item (``item_groups`` scores those whole)."""
+    template = item_template(action)
+    if template is None or action[len(template) :].strip('"') == GOAL_ALIAS:
+        return 0
+    prefix = encode_target(tokenizer, template.rstrip())[:-1]
+    k = len(prefix)
+    return len(target) - k if k and len(target) > k and list(target[:k]) == prefix else 0
 
 
 def item_template(action: str) -> str | None:

@@ -8,8 +8,14 @@ takes a batch of random examples packed into rows (``collate``) and scores only 
 (``TargetLoss``); the learning rate warms up and then follows ``cfg.schedule`` (``learning_rate``).
 
 Validation and early stopping (both stages): with validation examples (whole merchants held out of
-training, selection.py), every epoch of either stage ends with the validation loss (mean cross-entropy
-per target token, over all validation examples, no shuffling). A stage stops when that loss has not
+training, selection.py), every epoch of either stage ends with the validation loss: the mean
+cross-entropy per target token, over all validation examples, no shuffling, leaving out the tokens
+that name an item (an item action's id, a suggested search's query: scoring.py's
+``unseen_store_tokens``). Those are what a store the agent never saw gives no way to predict, and the
+scoring rule only ranks the page's own items by them; counted in, they decided when training stopped.
+On the truth benchmark's agent (benchmarks/experiment_truth.py, 1,500 validation examples) the item
+tokens' loss went 7.15 -> 8.35 nats from epoch 1 to 2 while the others' went 0.686 -> 0.675, so the
+whole loss rose and training kept epoch 1. A stage stops when that loss has not
 improved (strictly) for ``patience`` epochs in a row (0: never early; the stage's epoch count is the
 cap either way), and the model goes back to the stage's best epoch before the next stage starts (and
 before export, after stage 2). Without validation examples every epoch runs and the last one is kept.
@@ -42,6 +48,7 @@ from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from learners.agent.prompt import IGNORE_INDEX, PromptFormat, encode_prompt, encode_target
+from learners.agent.scoring import unseen_store_tokens
 from learners.agent.tokens import PERSONA_TOKENS_FILE, PersonaTokens, persona_lora_config
 
 if TYPE_CHECKING:
@@ -164,6 +171,21 @@ def encode_examples(
 ENCODED_COLUMNS = ("observation", "action", "history", "goal", "code")
 
 
+def encode_validation(
+    table_path: str, tokenizer, tokens: PersonaTokens | None, fmt: PromptFormat
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt ids, target ids, labels) per example row: the labels are the target ids but those that
+    name an item (``unseen_store_tokens``), which are ``IGNORE_INDEX``."""
+    table = pq.read_table(table_path, columns=list(ENCODED_COLUMNS))
+    out = []
+    for (prompt, target), action in zip(
+        encode_table(table, tokenizer, tokens, fmt), table.column("action").to_pylist(), strict=True
+    ):
+        k = unseen_store_tokens(tokenizer, action, target)
+        out.append((prompt, target, target[: len(target) - k] + [IGNORE_INDEX] * k))
+    return out
+
+
 def encode_table(
     table, tokenizer, tokens: PersonaTokens | None, fmt: PromptFormat
 ) -> list[tuple[list[int], list[int]]]:
@@ -178,13 +200,14 @@ def encode_table(
     ]
 
 
-def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
-    """The examples packed into as few rows as first-fit decreasing allows, each row as wide as the
-    longest example, with labels on the target tokens only. Each example keeps its own positions and
+def collate(pairs: list[tuple[list[int], ...]], pad_id: int) -> Batch:
+    """The examples, (prompt ids, target ids) or (prompt ids, target ids, labels), packed into as few
+    rows as first-fit decreasing allows, each row as wide as the longest example, with labels on the
+    target tokens only (the target ids themselves unless given). Each example keeps its own positions and
     sees only its own tokens (transformers builds a block-causal mask from position ids that restart;
     ``TargetLoss``), so the loss equals that of a right-padded batch: a batch of random examples is
     about half padding when padded, a few percent when packed."""
-    lengths = [len(prompt) + len(target) for prompt, target in pairs]
+    lengths = [len(pair[0]) + len(pair[1]) for pair in pairs]
     width = max(lengths)
     rows: list[list[int]] = []
     free: list[int] = []
@@ -202,11 +225,11 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
     for r, members in enumerate(rows):
         at = 0
         for i in members:
-            prompt, target = pairs[i]
+            prompt, target, *given = pairs[i]
             n = lengths[i]
             ids[r, at : at + n] = torch.tensor(prompt + target)
             positions[r, at : at + n] = torch.arange(n)
-            labels[r, at + len(prompt) : at + n] = torch.tensor(target)
+            labels[r, at + len(prompt) : at + n] = torch.tensor(given[0] if given else target)
             at += n
         positions[r, at:] = torch.arange(width - at)  # the padding: a sequence of its own
     return Batch(ids, positions, labels, sum(lengths))
@@ -224,7 +247,7 @@ def epoch_batches(
         yield [data[i] for i in mine[start : start + batch_size]]
 
 
-def _length(pair: tuple[list[int], list[int]]) -> int:
+def _length(pair: tuple[list[int], ...]) -> int:
     return len(pair[0]) + len(pair[1])
 
 
@@ -294,7 +317,7 @@ def run_stages(
     model, tokenizer, tokens = load_init(init_dir, device)
     fmt = PromptFormat(cfg.history_len, cfg.max_observation_tokens)
     data = encode_examples(train_path, tokenizer, tokens, fmt)
-    validation = encode_examples(validation_path, tokenizer, tokens, fmt) if validation_path else []
+    validation = encode_validation(validation_path, tokenizer, tokens, fmt) if validation_path else []
     if len(data) < world:
         raise ValueError(
             f"{train_path}: {len(data)} training examples for {world} workers; need at least one each"
@@ -391,15 +414,16 @@ def run_stages(
 
 def validation_loss(
     model: torch.nn.Module,
-    data: list[tuple[list[int], list[int]]],
+    data: list[tuple[list[int], ...]],
     pad_id: int,
     batch_size: int,
     rank: int,
     world: int,
     device: torch.device,
 ) -> float:
-    """Mean cross-entropy per target token over ``data`` (this rank scores every ``world``-th example;
-    the sums are added across ranks), in a fixed order, without gradients."""
+    """Mean cross-entropy per labelled target token over ``data`` (``collate``'s examples; this rank
+    scores every ``world``-th example; the sums are added across ranks), in a fixed order, without
+    gradients."""
     was_training = model.training
     model.eval()
     mine = sorted(data[rank::world], key=_length)
@@ -409,11 +433,13 @@ def validation_loss(
     with torch.no_grad():
         for start in range(0, len(mine), batch_size):
             batch = collate(mine[start : start + batch_size], pad_id)
+            n = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+            if n == 0:
+                continue
             with autocast:
                 loss = target_loss(
                     batch.input_ids.to(device), batch.position_ids.to(device), batch.labels.to(device)
                 )
-            n = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
             total += float(loss) * n
             count += n
     model.train(was_training)

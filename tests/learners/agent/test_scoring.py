@@ -32,6 +32,7 @@ from learners.agent.scoring import (
     item_template,
     pick,
     scored_candidates,
+    unseen_store_tokens,
 )
 
 
@@ -260,6 +261,26 @@ def test_a_template_merged_with_its_ids_scores_its_items_whole():
     scores = candidate_scores(logprobs, [len(t) for t in targets], groups)
     whole = _whole(logprobs, targets)
     assert scores[[0, 1, 2, 4]] == pytest.approx(whole[[0, 1, 2, 4]])
+
+
+def test_unseen_store_tokens_are_an_item_actions_id_or_query_and_eos(tok):
+    def unseen(action: str) -> list[int]:
+        target = encode_target(tok, action)
+        return target[len(target) - unseen_store_tokens(tok, action, target) :]
+
+    for action, template in [
+        ("open product 100230", "open product"),
+        ("open category 7", "open category"),
+        ("remove product 12", "remove product"),
+        ('search "100230"', 'search "'),
+    ]:
+        prefix = encode_target(tok, template)[:-1]
+        assert prefix + unseen(action) == encode_target(tok, action)
+        assert unseen(action)[-1] == tok.eos_token_id and len(unseen(action)) >= 2
+    for action in ("home", "exit", "add to cart", "open product your goal", 'search "your goal"'):
+        assert unseen(action) == []
+    merging = MergingTokenizer()  # the prefix merged into the id: scored whole, nothing left out
+    assert unseen_store_tokens(merging, "open product 12", encode_target(merging, "open product 12")) == 0
 
 
 def test_the_manifest_names_the_scoring_rule_old_agents_get_this_one(tmp_path):

@@ -1,20 +1,23 @@
 """The training loop's batches and loss: packed examples keep their own positions and labels, and the
-target-only loss equals the model's own loss and gradients (plain and with LoRA persona rows)."""
+target-only loss equals the model's own loss and gradients (plain and with LoRA persona rows); the
+validation loss leaves out the tokens that name an item."""
 
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from peft import get_peft_model
 
 from learners.agent.base_models import build_tiny
-from learners.agent.prompt import IGNORE_INDEX
+from learners.agent.prompt import IGNORE_INDEX, PromptFormat, encode_prompt, encode_target
 from learners.agent.tokens import add_persona_tokens, persona_lora_config
 from learners.agent.train_config import AgentTrainConfig
-from learners.agent.train_loop import TargetLoss, collate, learning_rate
+from learners.agent.train_loop import TargetLoss, collate, encode_validation, learning_rate, validation_loss
 
 CORPUS = [
     f"== Product {i} ==\nPrice: {i % 7}.99\nActions:\nopen product {i}\nadd to cart\nexit" for i in range(60)
@@ -82,6 +85,46 @@ def test_target_loss_equals_the_models_own_loss_and_gradients(lora):
     assert grads.keys() == own_grads.keys() and grads
     for name, grad in grads.items():
         torch.testing.assert_close(grad, own_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_validation_loss_leaves_out_the_tokens_that_name_an_item(tmp_path):
+    model, tokenizer = build_tiny("tiny", CORPUS, seed=1)
+    tokens = add_persona_tokens(model, tokenizer, 4)
+    fmt = PromptFormat()
+    rows = [
+        (CORPUS[1], "open product 1", [], None, 0),
+        (CORPUS[2], "add to cart", ["home"], None, 1),
+        (CORPUS[3], "open product your goal", [], "3", 2),
+        (CORPUS[4], 'search "4"', ["home", "open product 4"], None, None),
+        (CORPUS[5], "exit", [], None, 3),
+    ]
+    columns = ("observation", "action", "history", "goal", "code")
+    path = tmp_path / "validation.parquet"
+    pq.write_table(pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}), path)
+    data = encode_validation(str(path), tokenizer, tokens, fmt)
+    ignored = []
+    for (prompt, target, labels), (obs, action, history, goal, code) in zip(data, rows, strict=True):
+        assert prompt == encode_prompt(tokenizer, obs, code, goal, history, tokens, fmt)
+        assert target == encode_target(tokenizer, action) and len(labels) == len(target)
+        ignored.append(labels.count(IGNORE_INDEX))
+        kept = [t for t, lab in zip(target, labels, strict=True) if lab != IGNORE_INDEX]
+        assert kept and labels[: len(kept)] == kept == target[: len(kept)]  # the ignored tokens end it
+    assert [n > 0 for n in ignored] == [True, False, False, True, False]
+    # The loss: the model's mean cross-entropy over exactly the labelled target tokens.
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for prompt, target, labels in data:
+            logits = model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1 : -1]
+            ce = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(target), reduction="none")
+            picked = torch.tensor(labels) != IGNORE_INDEX
+            total += float(ce[picked].sum())
+            count += int(picked.sum())
+    got = validation_loss(model, data, tokenizer.pad_token_id, 2, 0, 1, torch.device("cpu"))
+    assert got == pytest.approx(total / count, rel=1e-5)
+    whole = validation_loss(
+        model, [(p, t) for p, t, _ in data], tokenizer.pad_token_id, 2, 0, 1, torch.device("cpu")
+    )
+    assert whole != pytest.approx(got, rel=1e-3)
 
 
 def test_learning_rate_warms_up_then_follows_the_schedule():
