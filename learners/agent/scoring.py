@@ -149,9 +149,14 @@ def unseen_store_tokens(tokenizer: PreTrainedTokenizerBase, action: str, target:
     template = item_template(action)
     if template is None or action[len(template) :].strip('"') == GOAL_ALIAS:
         return 0
-    prefix = encode_target(tokenizer, template.rstrip())[:-1]
+    prefix = _prefix_ids(tokenizer, template)
     k = len(prefix)
     return len(target) - k if k and len(target) > k and list(target[:k]) == prefix else 0
+
+
+def _prefix_ids(tokenizer: PreTrainedTokenizerBase, template: str) -> list[int]:
+    """An item template's text as target tokens, without EOS (`` open product``)."""
+    return encode_target(tokenizer, template.rstrip())[:-1]
 
 
 def item_template(action: str) -> str | None:
@@ -185,7 +190,7 @@ def item_groups(
             found.setdefault(template, []).append(i)
     members, prefix_tokens = [], []
     for template, group in found.items():
-        prefix = encode_target(tokenizer, template.rstrip())[:-1]  # the text, without EOS
+        prefix = _prefix_ids(tokenizer, template)
         k = len(prefix)
         if k and all(len(targets[i]) > k and list(targets[i][:k]) == prefix for i in group):
             members.append(tuple(group))
