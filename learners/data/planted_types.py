@@ -7,22 +7,23 @@ them, naive k-means on counts does not).
 Planted sensitivities to what storefront treatments change (envs/treatments.py), as built in
 learners/data/synth_model.py; learners/data/synth_truth.py measures their true effects:
 
-==============  ========  ======  =====  =====  =======  ========  ====  =======  ==============================
+==============  ========  ======  =====  =====  =======  ========  ====  =======  ================================
 type            position  appeal  cheap  price  reserve  markdown  seek  listing  responds to
-==============  ========  ======  =====  =====  =======  ========  ====  =======  ==============================
+==============  ========  ======  =====  =====  =======  ========  ====  =======  ================================
 window_shopper  1.5       0       0      0      1        0         0     0        listing order (views), not price
 researcher      0.3       0       0      0      1        0         0     1.0      page size (views more on longer)
 decisive_buyer  0         1.0     0      0      1        0         0     0        nothing: buys the hits it wants
 cart_abandoner  1.0       0       0      0      1        0         0     0        listing order (views), not price
 deal_hunter     0.8       0       2.0    3.0    0.5      8.0       4.0   0        price, markdowns, listing order
-==============  ========  ======  =====  =====  =======  ========  ====  =======  ==============================
+==============  ========  ======  =====  =====  =======  ========  ====  =======  ================================
 
 Columns: ``position_power``, ``appeal_power``, ``cheap_power``, ``price_sensitivity``,
 ``reservation``, ``markdown_sensitivity``, ``markdown_seek``, ``listing_depth``.
 
 - Product choice weight over the merchant's products: ``position ** -position_power *
-  appeal_rank ** -appeal_power * (reference / regular) ** cheap_power * (regular / price) **
-  markdown_seek``. ``position`` is the
+  appeal_rank ** -appeal_power * (reference / price) ** cheap_power * (regular / price) **
+  markdown_seek``, ``price`` the storefront's (a treatment's) price; in the log, ``cheap_power``
+  reads the regular price and a week's markdown draws through ``markdown_seek`` alone. ``position`` is the
   product's 1-based place in its category listing in the storefront's order (control: the
   merchant's popularity order, as a prepared catalog lists it), so a listing-order treatment changes
   what position-biased types view and buy. The decisive buyer ignores the listing and goes by
