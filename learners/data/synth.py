@@ -34,7 +34,7 @@ must quarantine exactly those rows, so the clean events and ``truth.parquet`` ar
 
 Each planted type is a Markov chain over the raw actions (with an END state), plus its own number of
 visits, pauses between events and between visits, product choice (position in the category listing,
-latent appeal, price against the category's median), price sensitivity when adding to cart (price
+latent appeal, price against the category's median, a markdown's draw), price sensitivity when adding to cart (price
 against the category's median and, for markdowns, against the product's regular price) and listing
 depth (longer listing pages, longer visits); ``behaviour_noise`` mixes every chain with the
 population average so types overlap. Merchants draw their type mixture from a Dirichlet, their size
