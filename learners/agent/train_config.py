@@ -39,9 +39,9 @@ class AgentTrainConfig:
     """Epochs of stage 2 (the policy); with validation examples, the most it may run."""
     validation_share: float = 0.0
     """Share of the training merchants (whole merchants, at least one when > 0) held out of training as
-    validation: its loss is measured after every epoch of both stages, a stage stops early after
-    `patience` epochs without improvement, and its best epoch is kept. 0: no validation, every epoch
-    runs and the last is kept."""
+    validation: its loss (item ids left out, train_loop.py) is measured after every epoch of both
+    stages, a stage stops early after `patience` epochs without improvement, and its best epoch is
+    kept. 0: no validation, every epoch runs and the last is kept."""
     calibration_rows: int = 6000
     """After training, one score bias per action kind is fitted on up to this many goal-free rows of
     the validation merchants (all of them, before any token budget's cut), stores the agent never
