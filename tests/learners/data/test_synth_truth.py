@@ -14,7 +14,7 @@ from engine.cli import main as cli_main
 from envs.treatments import Treatment
 from learners.data.planted_types import TYPE_NAMES
 from learners.data.synth import SynthConfig
-from learners.data.synth_model import S, build_shop, build_world
+from learners.data.synth_model import S, build_chains, build_shop, build_world, walk_visits
 from learners.data.synth_truth import (
     ALL,
     METRICS,
@@ -219,3 +219,16 @@ def test_cli_writes_truth_effects(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli_main([*args, "--out", str(tmp_path / "other"), "--treatment", str(spec)]) == 2
     assert "treatment 'cut'" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_only_the_logs_control_walk_sees_its_weekly_markdowns() -> None:
+    """A walk given the visits' weeks draws from the log's weekly choice CDFs, which belong to the
+    control storefront: asking it of a treated one is an error, not a silent mix of the two."""
+    world = build_world(CONFIG, np.random.default_rng(CONFIG.seed))
+    chains = build_chains(CONFIG.behaviour_noise)
+    visits = np.zeros(50, dtype=np.int64)
+    weeks = np.zeros(50, dtype=np.int64)
+    walk_visits(world, world.control, chains, visits.astype(np.int8), visits, key=1, visit_week=weeks)
+    cut = build_shop(world, Treatment(kind="price", percent=-20.0))
+    with pytest.raises(ValueError, match="control shop"):
+        walk_visits(world, cut, chains, visits.astype(np.int8), visits, key=1, visit_week=weeks)
