@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from learners.data.catalogs import REGULAR_PRICE_SHARE
 from learners.data.mapping import SourceMapping, load_mapping
 from learners.data.schema import EVENT_TYPES, FUNNEL_DEPTH, FUNNEL_STAGES, SESSION_GAP_SECONDS
 
@@ -209,10 +210,10 @@ def catalogs_table(ev: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
-    # The regular price: the highest price at least 10% of the product's priced events logged.
+    # The regular price: the highest price a REGULAR_PRICE_SHARE of the product's priced events logged.
     key = ["merchant_id", "product_id"]
     w = prod.dropna(subset=["price"]).groupby([*key, "price"]).size().rename("w").reset_index()
-    w = w[w["w"] >= 0.1 * w.groupby(key)["w"].transform("sum")]
+    w = w[w["w"] >= REGULAR_PRICE_SHARE * w.groupby(key)["w"].transform("sum")]
     c = c.merge(w.groupby(key)["price"].max().reset_index(), on=key, how="left")
     c["popularity"] = c["n_events"] / c.groupby("merchant_id")["n_events"].transform("sum")
     return c.drop(columns="n_events")

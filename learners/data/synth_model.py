@@ -297,9 +297,9 @@ def _shuffled_rank(world: World, seed: int) -> np.ndarray:
 
 def _choice_cdf(world: World, position: np.ndarray, cheap: np.ndarray, markdown: np.ndarray) -> np.ndarray:
     """Per (type, merchant) CDF over the merchant's products, shifted by t * M + m so one
-    searchsorted over the concatenation finds a product of the right type and merchant. ``cheap``
-    is the category reference over the regular price (a week's markdown draws a type through
-    ``markdown``, regular / shown price, alone)."""
+    searchsorted over the concatenation finds a product of the right type and merchant. ``cheap`` is
+    the category reference over the price choice reads (a shop's shown price; the regular one in the
+    log's weekly CDFs, where a week's markdown draws through ``markdown``, regular / shown, alone)."""
     n_m = len(world.merchant_names)
     m = world.product_merchant
     last = world.merchant_start[1:] - 1

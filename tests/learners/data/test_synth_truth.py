@@ -228,7 +228,10 @@ def test_only_the_logs_control_walk_sees_its_weekly_markdowns() -> None:
     chains = build_chains(CONFIG.behaviour_noise)
     visits = np.zeros(50, dtype=np.int64)
     weeks = np.zeros(50, dtype=np.int64)
-    walk_visits(world, world.control, chains, visits.astype(np.int8), visits, key=1, visit_week=weeks)
+    rows, _, _ = walk_visits(
+        world, world.control, chains, visits.astype(np.int8), visits, key=1, visit_week=weeks
+    )
+    assert set(rows.tolist()) == set(range(50))
     cut = build_shop(world, Treatment(kind="price", percent=-20.0))
     with pytest.raises(ValueError, match="control shop"):
         walk_visits(world, cut, chains, visits.astype(np.int8), visits, key=1, visit_week=weeks)
