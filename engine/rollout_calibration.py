@@ -2,47 +2,48 @@
 
 Per-step calibration (learners/agent/calibration.py) makes the agent's choice probabilities match
 real buyers' on the validation merchants' real pages. A simulated visit walks the agent's own pages,
-and small per-step differences compound along it. Measured on Tmall IJCAI-15 (issue 15, session 9):
-the per-step-calibrated persona agent favourited in 0.17-0.21 of its held-out visits against
-0.11-0.15 real, and the brand log's agent never added to cart in two of four strata.
+and a buyer's choices within a visit depend on each other. Measured on Tmall IJCAI-15 (issue 15,
+session 12's study agent): its simulated buyers favourited as often per visit as the real ones on
+the training sellers (0.21 against 0.20 uses), but spread over more visits: real buyers who
+favourite favourite 1.5 items, and 0.14 of real visits favourite against 0.17-0.20 simulated.
 
-So after per-step calibration, the validation merchants' visits are simulated (one per real session,
-with that buyer's persona code, in process: ``EpisodePlayer`` with the agent's ``LLMPolicy``), and
-each calibrated kind's bias moves by the log ratio of its real uses per visit to its simulated ones.
-The calibrated kinds (``CALIBRATED``) are those a real event is: views, favourites, cart, checkout,
-purchase, search. Navigation is left alone (a simulated buyer routes to a product its own way, a
-replay by an inserted shortest route), and ``exit``, once per visit, is the reference.
+So after per-step calibration, visits of every replayed merchant are simulated (one per real
+session, with that buyer's persona code, in process: ``EpisodePlayer`` with the agent's
+``LLMPolicy``), and each calibrated kind's bias moves by the log ratio of its real rate to its
+simulated one. The rate is the funnel's for every kind but ``DEPTH`` (product views): the share of
+visits that take it, as the evaluation's ARA compares them; for product views, which nearly every
+visit takes, it is uses per visit (how deep a visit browses). The calibrated kinds (``CALIBRATED``)
+are those a real event is: views, favourites, cart, checkout, purchase, search. Navigation is left
+alone (a simulated buyer routes to a product its own way, a replay by an inserted shortest route),
+and ``exit``, once per visit, is the reference.
 
-- Simulated uses are counted in expectation: the sum over every step of the policy's probability of
-  the kind, unbiased along the walked visits and smooth for rare kinds.
-- Real uses are the replayed sessions' real events, each session cut as the env cuts a visit (at its
-  first purchase and after ``max_steps``), shrunk towards the other training merchants' rate by
-  ``PRIOR_SESSIONS`` sessions, so a kind the few validation merchants never show keeps a small rate.
-  A kind no real event shows at all is one the source does not log, so its bias stays; when that kind
-  is checkout (Tmall: a replay inserts ``buy now`` before each purchase), the purchases' ratio moves
-  checkout's bias instead of ``place order``'s, which follows a checkout almost always.
+- Simulated rates are counted in expectation: at every step of a walked visit, the policy's
+  probability of the kind, added while the visit has not yet taken it (every step for ``DEPTH``).
+  That is unbiased along the walked visits and smooth for rare kinds.
+- Real rates come from the replayed sessions' real events, each session cut as the env cuts a visit
+  (at its first purchase and after ``max_steps``). A kind no real event shows at all is one the
+  source does not log, so its bias stays; when that kind is checkout (Tmall: a replay inserts ``buy
+  now`` before each purchase), the purchases' ratio moves checkout's bias instead of ``place
+  order``'s, which follows a checkout almost always.
+- Every replayed merchant, not only the validation ones: a few stores' rates are not a new store's.
+  Session 10 fitted Tmall's 4 validation sellers, who favourite more and buy less than the held-out
+  ones, and held-out conversion fell from 13.0% to 8.8% (real 11.2%).
 - A few rounds, each step clipped to ``MAX_STEP``. The biases stay kind-wide, so within a kind (which
   product to open) the model still chooses.
 
-It is off by default (``AgentTrainConfig.calibration_visits``). Measured on the session-9 study
-agents, 4 rounds of 600 visits (benchmarks/RESULTS.md, session 10): the brand log's 22 validation
-brands moved its held-out ARA 0.692 -> 0.705 and conversion 5.5% -> 5.9% (real 5.5%), within the
-intervals; Tmall's 4 validation sellers favourite more and buy less than the held-out ones, and fitting
-them moved held-out conversion 13.0% -> 8.8% (real 11.2%). A drift estimated on a few stores follows
-those stores.
+Measured on session 12's Tmall study agent (600 visits, 4 rounds; benchmarks/RESULTS.md, session
+13): held-out favourite shares per stratum 0.18-0.23 -> 0.13-0.17 (real 0.11-0.15).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from engine.env_runner import EnvSpec, EpisodePlayer
 from engine.population import SimBuyer, buyer_seed, stable_hash
@@ -50,36 +51,37 @@ from learners.agent.actions import action_kind
 from learners.agent.policy import ActRequest, ActResult
 from learners.agent.scoring import CALIBRATION_FILE
 
-PRIOR_SESSIONS = 50.0
-"""Weight, in sessions, of the other training merchants' rate in a kind's real uses per visit."""
 MAX_STEP = 1.5
 """Largest change of a bias in one round (log scale)."""
 REFERENCE = "exit"
 CALIBRATED = ("product_view", "favorite", "add_to_cart", "remove_from_cart", "checkout", "purchase", "search")
 """Kinds whose biases the rounds move: the ones a real event is. Navigation is not (a simulated buyer
 routes to a product its own way, a replay by the inserted shortest route) and ``exit`` is the reference."""
+DEPTH = ("product_view",)
+"""Kinds calibrated on uses per visit (how deep a visit browses); every other calibrated kind on the
+share of visits that take it, the funnel's rate, as the evaluation's ARA compares them."""
 
 
 @dataclass
 class RolloutCalibration:
-    """What the rounds did: per kind, real and simulated uses per visit, and the biases."""
+    """What the rounds did: per kind, real and simulated rates (``visit_rates``), and the biases."""
 
     visits: int
-    """Simulated visits per round (one per real validation session, up to the cap)."""
+    """Simulated visits per round (one per real session, up to the cap)."""
     merchants: int
     real: dict[str, float]
-    """Real uses per visit of each kind (validation merchants, shrunk towards the others)."""
+    """Real rate of each kind over the replayed sessions."""
     start: dict[str, float]
     """The per-step biases the rounds started from."""
     rounds: list[dict[str, dict[str, float]]] = field(default_factory=list)
-    """Per round: ``simulated`` uses per visit with the biases it played, and the ``bias`` after it."""
+    """Per round: ``simulated`` rates with the biases it played, and the ``bias`` after it."""
 
     @property
     def bias(self) -> dict[str, float]:
         return self.rounds[-1]["bias"] if self.rounds else dict(self.start)
 
     def line(self) -> str:
-        """One console line: the kinds whose uses moved most, first round against last."""
+        """One console line: the kinds whose rates moved most, first round against last."""
         if not self.rounds:
             return f"not rollout-calibrated: 0 rounds on {self.visits:,} visits"
         first, last = self.rounds[0]["simulated"], self.rounds[-1]["simulated"]
@@ -90,24 +92,25 @@ class RolloutCalibration:
             for k in moved[:3]
         )
         return (
-            f"rollout-calibrated on {self.visits:,} simulated visits of {self.merchants} validation merchants,"
-            f" {len(self.rounds)} rounds, uses per visit: {parts}"
+            f"rollout-calibrated on {self.visits:,} simulated visits of {self.merchants} merchants,"
+            f" {len(self.rounds)} rounds, per visit: {parts}"
         )
 
     def save(self, agent_dir: str | Path) -> None:
         """Write the refined biases into the agent's calibration.json (the per-step fit is kept)."""
         path = Path(agent_dir) / CALIBRATION_FILE
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"bias": {}}
         record["step_bias"] = record.get("step_bias", record["bias"])
         record["bias"] = self.bias
         record["rollouts"] = asdict(self)
         path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
-def uses_per_visit(traces: pa.Table, max_steps: int) -> tuple[dict[str, float], int]:
-    """Mean uses per session of each calibrated kind (``CALIBRATED``) in replayed ``traces``, real
-    events only (a replay's inserted navigation is not behaviour), each session cut after its first
-    purchase and after ``max_steps`` steps of any kind (as the env ends a visit); and the session count."""
+def visit_rates(traces: pa.Table, max_steps: int) -> tuple[dict[str, float], int]:
+    """Per calibrated kind (``CALIBRATED``), in replayed ``traces``: uses per session for a ``DEPTH``
+    kind, else the share of sessions that take it; real events only (a replay's inserted navigation
+    is not behaviour), each session cut after its first purchase and after ``max_steps`` steps of any
+    kind (as the env ends a visit); and the session count."""
     keys = zip(
         *(traces.column(c).to_pylist() for c in ("merchant_id", "buyer_id", "session_id")), strict=True
     )
@@ -118,23 +121,27 @@ def uses_per_visit(traces: pa.Table, max_steps: int) -> tuple[dict[str, float], 
     )
     counts: Counter[str] = Counter()
     sessions = 0
-    current, steps, done = None, 0, False
+    current, steps, done, taken = None, 0, False, set()
     for key, action, is_real in zip(keys, traces.column("action").to_pylist(), real, strict=True):
         if key != current:
-            current, steps, done = key, 0, False
+            current, steps, done, taken = key, 0, False, set()
             sessions += 1
         if done or steps >= max_steps:
             continue
         kind = action_kind(action)
         steps += 1
-        counts[kind] += int(is_real and kind in CALIBRATED)
+        if is_real and kind in CALIBRATED and (kind in DEPTH or kind not in taken):
+            counts[kind] += 1
+            taken.add(kind)
         done = kind == "purchase"
     return {k: counts[k] / max(sessions, 1) for k in CALIBRATED}, sessions
 
 
 class KindTally:
     """An ``act`` callable around a policy that adds up, at every step it answers, the probability
-    the policy gave each action kind (softmax of the answer's scores at ``temperature``)."""
+    the policy gave each action kind (softmax of the answer's scores at ``temperature``): for a
+    ``DEPTH`` kind at every step (expected uses), for any other only while the visit's history holds
+    none of that kind (expected first uses: the share of visits that take it, in expectation)."""
 
     def __init__(self, policy, temperature: float) -> None:
         self.policy = policy
@@ -147,19 +154,19 @@ class KindTally:
             z = np.asarray(result.info["scores"], dtype=np.float64) / self.temperature
             p = np.exp(z - z.max())
             p /= p.sum()
+            taken = {action_kind(a) for a in request.history}
             for action, value in zip(request.valid_actions, p, strict=True):
-                self.total[action_kind(action)] += float(value)
+                kind = action_kind(action)
+                if kind in DEPTH or kind not in taken:
+                    self.total[kind] += float(value)
         return results
 
 
-def validation_buyers(
-    traces: pa.Table, codes: pa.Table | None, merchants: Sequence[str], visits: int, seed: int
-) -> list[SimBuyer]:
-    """One simulated buyer per real session of ``merchants`` (a seeded sample of ``visits`` when
-    there are more), with that buyer's persona code (0 without codes)."""
+def session_buyers(traces: pa.Table, codes: pa.Table | None, visits: int, seed: int) -> list[SimBuyer]:
+    """One simulated buyer per real session of ``traces`` (a seeded sample of ``visits`` when there
+    are more), with that buyer's persona code (0 without codes)."""
     sessions = (
-        traces.filter(pc.is_in(traces["merchant_id"], pa.array(list(merchants))))
-        .select(["merchant_id", "buyer_id", "session_id"])
+        traces.select(["merchant_id", "buyer_id", "session_id"])
         .group_by(["merchant_id", "buyer_id", "session_id"])
         .aggregate([])
         .sort_by([("merchant_id", "ascending"), ("buyer_id", "ascending"), ("session_id", "ascending")])
@@ -183,7 +190,7 @@ def validation_buyers(
 
 
 def bias_step(target: dict[str, float], simulated: dict[str, float]) -> dict[str, float]:
-    """One round's change of each calibrated kind's bias: log(real / simulated uses per visit),
+    """One round's change of each calibrated kind's bias: log(real / simulated rate),
     clipped to ``MAX_STEP``, for the kinds both sides show."""
     step = {
         k: float(np.clip(np.log(target[k] / simulated[k]), -MAX_STEP, MAX_STEP))
@@ -202,27 +209,19 @@ def calibrate_rollouts(
     prepared: str | Path,
     traces: pa.Table,
     codes: pa.Table | None,
-    merchants: Sequence[str],
     visits: int = 600,
     rounds: int = 4,
     max_steps: int = 30,
     seed: int = 0,
 ) -> RolloutCalibration:
-    """Refine ``policy.kind_bias`` (an ``LLMPolicy`` with its per-step calibration) on simulated visits
-    of ``merchants`` (the agent's validation merchants) in ``prepared``, each cut at ``max_steps`` (the
-    studies' and the example experiment's cap), sampled at the policy's temperature; the policy keeps
-    the result."""
-    if not merchants:
-        raise ValueError("rollout calibration needs the agent's validation merchants; there are none")
-    held = pc.is_in(traces["merchant_id"], pa.array(list(merchants)))
-    real, n_real = uses_per_visit(traces.filter(held), max_steps)
-    prior, _ = uses_per_visit(traces.filter(pc.invert(held)), max_steps)
-    target = {
-        k: (real[k] * n_real + prior[k] * PRIOR_SESSIONS) / (n_real + PRIOR_SESSIONS) for k in CALIBRATED
-    }
-    buyers = validation_buyers(traces, codes, merchants, visits, seed)
+    """Refine ``policy.kind_bias`` (an ``LLMPolicy``, with its per-step calibration when it has one)
+    on simulated visits of the merchants in ``traces`` (the replayed sessions) in ``prepared``, each
+    cut at ``max_steps`` (the studies' and the example experiment's cap), sampled at the policy's
+    temperature; the policy keeps the result."""
+    target, _ = visit_rates(traces, max_steps)
+    buyers = session_buyers(traces, codes, visits, seed)
     if not buyers:
-        raise ValueError("rollout calibration needs sessions of the validation merchants; there are none")
+        raise ValueError("rollout calibration needs replayed sessions (with persona codes); there are none")
     player = EpisodePlayer(
         EnvSpec(kwargs={"data": str(prepared)}),
         max_envs=256,
@@ -230,7 +229,8 @@ def calibrate_rollouts(
         use_persona=codes is not None,
     )
     temperature = max(policy.temperature, 1e-3)  # argmax: the tally of a very sharp softmax
-    record = RolloutCalibration(len(buyers), len(set(merchants)), target, dict(policy.kind_bias))
+    merchants = len({b.merchant_id for b in buyers})
+    record = RolloutCalibration(len(buyers), merchants, target, dict(policy.kind_bias))
     bias = dict(policy.kind_bias)
     for _ in range(rounds):
         policy.kind_bias = bias
@@ -259,12 +259,3 @@ def prepared_of(data: str | Path) -> Path:
         f"{data}: rollout calibration needs the prepared directory its traces came from (catalogs.parquet);"
         " pass the prepared directory, or turn it off with --calibration-visits 0"
     )
-
-
-def agent_validation_merchants(agent_dir: str | Path) -> list[str]:
-    """The validation merchants an agent's manifest records (train.py), empty when it had none."""
-    path = Path(agent_dir) / "manifest.json"
-    if not path.exists():
-        return []
-    validation = json.loads(path.read_text(encoding="utf-8")).get("validation") or {}
-    return sorted(validation.get("merchants") or [])

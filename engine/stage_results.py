@@ -140,7 +140,7 @@ class AgentTrained:
     quarantined: int
     validation_examples: int
     rollout_calibration: str | None = None
-    """The rollout calibration's line (engine/rollout_calibration.py), when it ran."""
+    """The rollout calibration's line (engine/rollout_calibration.py), or why it was skipped; None when off."""
 
     def lines(self) -> list[str]:
         lines = []

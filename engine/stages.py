@@ -180,33 +180,32 @@ def train_agent(config: TrainAgentStage, verbose: bool = False) -> AgentTrained:
 
 def _calibrate_rollouts(config: TrainAgentStage, traces, codes) -> str | None:
     """Refine the trained agent's biases on its own simulated visits (engine/rollout_calibration.py);
-    its console line, or None when it is off or the agent has no validation merchants."""
+    its console line (or why it was skipped), or None when it is off."""
     agent = config.agent
     if agent.calibration_visits <= 0 or agent.calibration_rounds <= 0:
         return None
-    from engine.rollout_calibration import agent_validation_merchants, calibrate_rollouts, prepared_of
+    from engine.rollout_calibration import calibrate_rollouts, prepared_of
     from learners.agent.llm_policy import LLMPolicy
-    from learners.agent.scoring import CALIBRATION_FILE
     from learners.agent.sources import load_personas, load_traces
 
     out = Path(config.out)
-    merchants = agent_validation_merchants(out)
-    if not merchants or not (out / CALIBRATION_FILE).exists():
-        return None
+    try:
+        prepared = prepared_of(config.data)
+    except FileNotFoundError as missing:  # training is done: say why this step is skipped
+        return f"not rollout-calibrated: {missing}"
     with tempfile.TemporaryDirectory(prefix="rollout-calibration-") as work:
         if traces is None:  # a resumed run read no traces
             traces, _ = load_traces(config.data, Path(work) / "traces")
             if not agent.no_persona and config.personas is not None:
                 codes = load_personas(config.personas, config.data, Path(work) / "codes").codes
         if codes is None and not agent.no_persona:
-            return None  # a resumed persona agent without --personas: its buyers' codes are unknown
+            return "not rollout-calibrated: a resumed persona agent needs --personas (its buyers' codes)"
         policy = LLMPolicy.from_pretrained(out, device="cuda" if agent.use_gpu else "cpu", temperature=1.0)
         record = calibrate_rollouts(
             policy,
-            prepared_of(config.data),
+            prepared,
             traces,
             None if agent.no_persona else codes,
-            merchants,
             visits=agent.calibration_visits,
             rounds=agent.calibration_rounds,
             seed=agent.seed,

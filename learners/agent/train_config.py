@@ -47,14 +47,13 @@ class AgentTrainConfig:
     the validation merchants (all of them, before any token budget's cut), stores the agent never
     trained on, so its action rates carry to new stores (learners/agent/calibration.py). 0, or no
     validation: not calibrated."""
-    calibration_visits: int = 0
-    """With > 0, the biases are then refined on visits the agent walks itself: up to this many
-    simulated visits of the validation merchants (one per real session, its buyer's code) per round,
-    each kind's bias moved by the log ratio of its real to its simulated uses per visit
-    (engine/rollout_calibration.py, run by `simpersona train-agent` and the study; 600 takes seconds).
-    Off by default: on the brand study it moved fidelity within noise, and on Tmall it fitted the 4
-    validation sellers' rates, not a new store's, and held-out conversion fell below the real rate
-    (benchmarks/RESULTS.md, session 10)."""
+    calibration_visits: int = 600
+    """The biases are then refined on visits the agent walks itself: up to this many simulated
+    visits of the replayed merchants (one per real session, its buyer's code) per round, each kind's
+    bias moved by the log ratio of its real to its simulated share of visits taking it (uses per
+    visit for product views; engine/rollout_calibration.py, run by `simpersona train-agent` and the
+    study; 600 visits take about 20 s on a CPU). On the Tmall study agent it brought favourites to
+    the real share of visits (benchmarks/RESULTS.md, session 13). 0: off."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
     patience: int = 2

@@ -1,5 +1,5 @@
-"""Rollout calibration: real uses per visit are cut as the env cuts a visit, simulated uses are
-counted in expectation, and the rounds carry a real tiny agent's simulated uses toward the real ones."""
+"""Rollout calibration: real rates per visit are cut as the env cuts a visit, simulated rates are
+counted in expectation, and the rounds carry a real tiny agent's simulated rates toward the real ones."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from engine.rollout_calibration import (
     CALIBRATED,
+    DEPTH,
     MAX_STEP,
     REFERENCE,
     KindTally,
@@ -18,8 +19,8 @@ from engine.rollout_calibration import (
     bias_step,
     calibrate_rollouts,
     prepared_of,
-    uses_per_visit,
-    validation_buyers,
+    session_buyers,
+    visit_rates,
 )
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest, ActResult
@@ -37,7 +38,7 @@ def _traces(sessions: dict[tuple[str, str, str], list[str]]) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def test_real_uses_count_real_events_up_to_the_first_purchase_and_the_step_cap():
+def test_real_rates_count_real_events_up_to_the_first_purchase_and_the_step_cap():
     traces = _traces(
         {
             ("m1", "u1", "s1"): [
@@ -49,19 +50,28 @@ def test_real_uses_count_real_events_up_to_the_first_purchase_and_the_step_cap()
                 "open product p2",
                 "exit",
             ],  # fmt: skip
-            ("m1", "u2", "s2"): ['search "p2"', "open product p2", "favorite", "open product p1", "exit"],
+            ("m1", "u2", "s2"): [
+                'search "p2"',
+                "open product p2",
+                "favorite",
+                "open product p1",
+                "favorite",
+                "exit",
+            ],  # fmt: skip
         }
     )
     inserted = [True] * traces.num_rows
     inserted[7] = False  # s2's search is the replay's route to p2, not the buyer's
     traces = traces.append_column("real_event", pa.array(inserted))
-    uses, sessions = uses_per_visit(traces, max_steps=3)
-    assert sessions == 2 and set(uses) == set(CALIBRATED)
+    rates, sessions = visit_rates(traces, max_steps=3)
+    assert sessions == 2 and set(rates) == set(CALIBRATED)
     # s1 keeps view, cart and a navigation step (not calibrated); s2 its route, view and favourite.
-    assert {k: v for k, v in uses.items() if v} == {"product_view": 1.0, "add_to_cart": 0.5, "favorite": 0.5}
-    uses, _ = uses_per_visit(traces, max_steps=30)
-    assert uses["purchase"] == uses["checkout"] == 0.5 and uses["search"] == 0.0
-    assert uses["product_view"] == 1.5  # s1's view after its purchase is cut, as the env ends the visit
+    assert {k: v for k, v in rates.items() if v} == {"product_view": 1.0, "add_to_cart": 0.5, "favorite": 0.5}
+    rates, _ = visit_rates(traces, max_steps=30)
+    assert rates["purchase"] == rates["checkout"] == 0.5 and rates["search"] == 0.0
+    assert rates["favorite"] == 0.5  # s2 favourites twice: the share of visits that favourite
+    assert DEPTH == ("product_view",) and rates["product_view"] == 1.5  # uses: s1's view after its
+    # purchase is cut, as the env ends the visit, and s2 views two products
 
 
 class _FixedScores:
@@ -69,7 +79,7 @@ class _FixedScores:
         return [ActResult(r.valid_actions[0], info={"scores": [0.0, np.log(3.0)]}) for r in requests]
 
 
-def test_the_tally_adds_each_kinds_probability_at_every_step():
+def test_the_tally_adds_each_kinds_probability_until_the_visit_takes_it():
     tally = KindTally(_FixedScores(), temperature=1.0)
     request = ActRequest(observation="page", valid_actions=("exit", "favorite"))
     tally([request, request])
@@ -77,14 +87,21 @@ def test_the_tally_adds_each_kinds_probability_at_every_step():
     sharp = KindTally(_FixedScores(), temperature=0.5)
     sharp([request])
     assert sharp.total["favorite"] == pytest.approx(0.9)  # softmax of (0, 2 ln 3): 9 / 10
+    later = KindTally(_FixedScores(), temperature=1.0)
+    later([ActRequest(observation="page", valid_actions=("exit", "favorite"), history=("favorite",))])
+    assert later.total == pytest.approx({"exit": 0.25})  # this visit has favourited already
+    views = KindTally(_FixedScores(), temperature=1.0)
+    viewed = ("open product p1", "open product p2")
+    views([ActRequest(observation="page", valid_actions=viewed, history=("open product p1",))])
+    assert views.total == pytest.approx({"product_view": 1.0})  # views count at every step (DEPTH)
 
 
-def test_rounds_carry_simulated_uses_toward_the_real_ones(tmp_path):
+def test_rounds_carry_simulated_rates_toward_the_real_ones(tmp_path):
     data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
     agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
     step_bias = {"favorite": 0.0, "exit": 0.25}
     (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": step_bias}))
-    # Real buyers of the validation merchant m1 favourite twice a visit; m2's (the prior) never.
+    # Most real buyers (m1's) favourite twice a visit; m2's never do.
     favourites = ["open product p0", "favorite", "open product p1", "favorite", "exit"]
     sessions = {("m1", f"u{i}", f"s{i}"): favourites for i in range(30)}
     sessions |= {("m2", f"v{i}", f"t{i}"): ["open product p0", "exit"] for i in range(10)}
@@ -93,12 +110,12 @@ def test_rounds_carry_simulated_uses_toward_the_real_ones(tmp_path):
     )
     policy = LLMPolicy.from_pretrained(agent, temperature=1.0)
     record = calibrate_rollouts(
-        policy, data, _traces(sessions), codes, ["m1"], visits=24, rounds=3, max_steps=10, seed=0
+        policy, data, _traces(sessions), codes, visits=24, rounds=3, max_steps=10, seed=0
     )
 
-    assert record.visits == 24 and record.merchants == 1 and len(record.rounds) == 3
-    assert record.real["favorite"] == pytest.approx(2.0 * 30 / (30 + 50))  # shrunk toward m2's 0
-    assert record.real["product_view"] == pytest.approx((2.0 * 30 + 1.0 * 50) / (30 + 50))
+    assert record.visits == 24 and record.merchants == 2 and len(record.rounds) == 3
+    assert record.real["favorite"] == pytest.approx(30 / 40)  # the share of visits that favourite
+    assert record.real["product_view"] == pytest.approx((2 * 30 + 10) / 40)  # views per visit
 
     def error(simulated: dict[str, float]) -> float:
         kinds = [k for k in CALIBRATED if record.real[k] > 0]
@@ -106,25 +123,28 @@ def test_rounds_carry_simulated_uses_toward_the_real_ones(tmp_path):
 
     assert error(record.rounds[-1]["simulated"]) < 0.5 * error(record.rounds[0]["simulated"])
     assert record.rounds[-1]["simulated"]["favorite"] > 2 * record.rounds[0]["simulated"]["favorite"]
+    assert record.rounds[-1]["simulated"]["favorite"] <= 1.0  # a share of visits, not uses
     assert record.bias[REFERENCE] == step_bias[REFERENCE] and policy.kind_bias == record.bias
 
     record.save(agent)
     saved = json.loads((agent / CALIBRATION_FILE).read_text())
     assert saved["bias"] == record.bias and saved["step_bias"] == step_bias
     assert LLMPolicy.from_pretrained(agent).kind_bias == record.bias
-    assert "rollout-calibrated on 24 simulated visits of 1 validation merchants" in record.line()
+    assert "rollout-calibrated on 24 simulated visits of 2 merchants" in record.line()
     assert RolloutCalibration(**saved["rollouts"]).bias == record.bias  # the record round-trips
 
 
-def test_buyers_are_the_validation_sessions_with_their_codes_and_a_seeded_sample():
+def test_buyers_are_the_replayed_sessions_with_their_codes_and_a_seeded_sample():
     sessions = {("m1", f"u{i}", "s"): ["exit"] for i in range(10)} | {("m2", "w", "s"): ["exit"]}
     codes = pa.Table.from_pylist(
         [{"merchant_id": "m1", "buyer_id": f"u{i}", "code": i % 3} for i in range(9)]
+        + [{"merchant_id": "m2", "buyer_id": "w", "code": 2}]
     )
-    buyers = validation_buyers(_traces(sessions), codes, ["m1"], visits=100, seed=0)
-    assert [(b.merchant_id, b.code) for b in buyers] == [("m1", i % 3) for i in range(9)]  # u9 has no code
-    sample = validation_buyers(_traces(sessions), None, ["m1"], visits=4, seed=1)
-    assert len(sample) == 4 and sample == validation_buyers(_traces(sessions), None, ["m1"], visits=4, seed=1)
+    buyers = session_buyers(_traces(sessions), codes, visits=100, seed=0)
+    expected = [("m1", i % 3) for i in range(9)] + [("m2", 2)]  # u9 has no code
+    assert [(b.merchant_id, b.code) for b in buyers] == expected
+    sample = session_buyers(_traces(sessions), None, visits=4, seed=1)
+    assert len(sample) == 4 and sample == session_buyers(_traces(sessions), None, visits=4, seed=1)
     assert len({b.seed for b in sample}) == 4
 
 
@@ -138,7 +158,7 @@ def test_the_prepared_directory_is_found_behind_traces(tmp_path):
         prepared_of(tmp_path)
 
 
-def test_train_agent_refines_a_calibrated_agent_unless_turned_off(tmp_path):
+def test_train_agent_refines_an_agent_unless_turned_off(tmp_path):
     from engine.stage_configs import TrainAgentStage
     from engine.stages import _calibrate_rollouts
     from learners.agent.train_config import AgentTrainConfig
@@ -146,7 +166,6 @@ def test_train_agent_refines_a_calibrated_agent_unless_turned_off(tmp_path):
     data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
     agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
     (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": {"exit": 0.1}}))
-    (agent / "manifest.json").write_text(json.dumps({"validation": {"merchants": ["m1"]}}))
     traces = _traces({("m1", f"u{i}", "s"): ["open product p0", "favorite", "exit"] for i in range(8)})
 
     def stage(**agent_fields) -> TrainAgentStage:
@@ -157,9 +176,19 @@ def test_train_agent_refines_a_calibrated_agent_unless_turned_off(tmp_path):
     assert "rollouts" not in json.loads((agent / CALIBRATION_FILE).read_text())
     line = _calibrate_rollouts(stage(calibration_visits=8), traces, None)
     saved = json.loads((agent / CALIBRATION_FILE).read_text())
-    assert line.startswith("rollout-calibrated on 8 simulated visits of 1 validation merchants, 2 rounds")
+    assert line.startswith("rollout-calibrated on 8 simulated visits of 1 merchants, 2 rounds")
     assert saved["rollouts"]["visits"] == 8 and saved["step_bias"] == {"exit": 0.1}
     assert saved["bias"]["exit"] == 0.1 and saved["bias"]["favorite"] != 0.0
+    # An agent without per-step biases (no validation merchants) is refined from none.
+    (agent / CALIBRATION_FILE).unlink()
+    _calibrate_rollouts(stage(calibration_visits=8), traces, None)
+    saved = json.loads((agent / CALIBRATION_FILE).read_text())
+    assert saved["step_bias"] == {} and saved["bias"]["favorite"] != 0.0
+    # Traces with no prepared directory behind them: the trained agent is kept, and the line says why.
+    bare = TrainAgentStage(str(tmp_path), str(agent), agent=AgentTrainConfig(no_persona=True))
+    assert bare.agent.calibration_visits > 0  # on by default
+    skipped = _calibrate_rollouts(bare, traces, None)
+    assert skipped.startswith("not rollout-calibrated:") and "--calibration-visits 0" in skipped
 
 
 def test_a_round_moves_logged_kinds_and_steers_unlogged_checkouts_by_purchases():
@@ -177,6 +206,7 @@ def test_a_round_moves_logged_kinds_and_steers_unlogged_checkouts_by_purchases()
     assert "search" not in step  # no real search is logged: its bias stays
 
 
-def test_no_validation_merchants_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="validation merchants"):
-        calibrate_rollouts(object(), tmp_path, _traces({("m", "u", "s"): ["exit"]}), None, [])
+def test_no_replayed_session_with_a_code_is_a_clear_error(tmp_path):
+    codes = pa.Table.from_pylist([{"merchant_id": "m", "buyer_id": "other", "code": 0}])
+    with pytest.raises(ValueError, match="replayed sessions"):
+        calibrate_rollouts(object(), tmp_path, _traces({("m", "u", "s"): ["exit"]}), codes)
