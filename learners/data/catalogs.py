@@ -69,7 +69,7 @@ def build_catalogs(partials: Sequence[pl.DataFrame]) -> pl.DataFrame:
         .group_by(product)
         .agg(pl.col("category_id").first())
     )
-    price = _regular_price(merged)
+    price = regular_prices(merged)
     total = pl.col("n_events").sum().over("merchant_id")
     return (
         counts.join(category, on=product, how="left")
@@ -80,8 +80,10 @@ def build_catalogs(partials: Sequence[pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def _regular_price(merged: pl.DataFrame) -> pl.DataFrame:
-    """Per product, the highest non-null price that at least REGULAR_PRICE_SHARE of its priced events logged."""
+def regular_prices(merged: pl.DataFrame) -> pl.DataFrame:
+    """``merchant_id, product_id, price``: per product of ``merged`` (event counts ``n_events`` per
+    ``CATALOG_KEYS``), the highest non-null price that at least REGULAR_PRICE_SHARE of its priced
+    events logged."""
     product = ["merchant_id", "product_id"]
     weighted = (
         merged.filter(pl.col("price").is_not_null())

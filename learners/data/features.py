@@ -19,6 +19,10 @@ Computed per buyer over the whole ordered history (sessions.py). Definitions of 
   > 0) of ``log(price) - reference``, the reference being the mean log price of that (merchant,
   category)'s priced product events over the whole log (``reference_prices``): below 0 for buyers
   who pick what is cheap in its category (0 for a buyer without priced product events).
+* ``markdown_share``: share of the buyer's product events with a price > 0 that logged at most
+  ``envs.render.MARKDOWN_SHARE`` of the product's regular price (the catalogue's rule,
+  ``catalogs.regular_prices``, over the whole log): the markdowns a product page shows as
+  ``(was ...)``. High for buyers who seek sales (0 without priced product events).
 * ``depth_frac``: funnel depth (max ``schema.FUNNEL_DEPTH`` over events) / 5.
 
 ``event_seq`` / ``gap_seq`` hold the most recent ``max_seq_len`` events, oldest first: the
@@ -29,11 +33,15 @@ first event and between events of one day-only stamp). Outcomes: ``n_purchases``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from envs.render import MARKDOWN_SHARE
 from learners.data import schema
+from learners.data.catalogs import CATALOG_KEYS, regular_prices
 from learners.data.sessions import BUYER_KEY, SESSION_RUN
 
 _MS_PER_DAY = 86_400_000
@@ -42,6 +50,9 @@ _LOG_PRICE_SCALE = 1_000_000
 """Log prices are summed as integer micro-units, so the reference is exact whatever the chunking."""
 _PRICED = pl.col("product_id").is_not_null() & pl.col("category_id").is_not_null() & (pl.col("price") > 0)
 """A priced product event: what ``price_index`` and its reference prices are made of."""
+_NO_EVENTS = pl.DataFrame(
+    schema={"merchant_id": pl.String, "product_id": pl.String, "category_id": pl.String, "price": pl.Float64}
+)
 _MAX_DEPTH = max(schema.FUNNEL_DEPTH.values())
 _N_CODES = len(schema.EVENT_TYPES)
 
@@ -59,37 +70,52 @@ def _ratio(a: str, b: str) -> pl.Expr:
 
 
 def price_partial(events: pa.Table | pl.DataFrame) -> pl.DataFrame:
-    """Summed log prices (micro-units) and counts per (merchant, category) of canonical events'
-    priced product events; partials of any chunking merge by summing (``reference_prices``)."""
-    columns = [*REFERENCE_KEYS, "product_id", "price"]
+    """Event counts (``n_events``) per (merchant, product, category, price) of the events that name a
+    product and a price: what both price references are made of (``reference_prices``). Partials of
+    any chunking merge by summing (``merge_price_partials``)."""
+    columns = list(CATALOG_KEYS)
     frame = (
         events.select(columns) if isinstance(events, pl.DataFrame) else pl.from_arrow(events.select(columns))
     )
     assert isinstance(frame, pl.DataFrame)
     return (
-        frame.filter(_PRICED)
-        .group_by(list(REFERENCE_KEYS))
-        .agg(
-            (pl.col("price").log() * _LOG_PRICE_SCALE).round().cast(pl.Int64).sum().alias("log_price_sum"),
-            pl.len().cast(pl.Int64).alias("priced"),
-        )
+        frame.filter(pl.col("product_id").is_not_null() & pl.col("price").is_not_null())
+        .group_by(columns)
+        .agg(pl.len().cast(pl.Int64).alias("n_events"))
     )
 
 
 def merge_price_partials(partials: list[pl.DataFrame]) -> pl.DataFrame:
     """One ``price_partial`` summing ``partials`` (at least one)."""
-    return pl.concat(partials, how="vertical").group_by(list(REFERENCE_KEYS)).agg(pl.all().sum())
+    return pl.concat(partials, how="vertical").group_by(list(CATALOG_KEYS)).agg(pl.col("n_events").sum())
 
 
-def reference_prices(partials: list[pl.DataFrame]) -> pl.DataFrame:
-    """``merchant_id, category_id, reference``: the mean log price of each category's priced
-    product events, from ``price_partial``s."""
-    if not partials:
-        return pl.DataFrame(
-            schema={"merchant_id": pl.String, "category_id": pl.String, "reference": pl.Float64}
+@dataclass(frozen=True)
+class PriceReferences:
+    """The whole log's prices that a buyer's are compared with (``reference_prices``)."""
+
+    category: pl.DataFrame
+    """``merchant_id, category_id, reference``: the mean log price of the category's priced product
+    events (category id, price > 0), for ``price_index``."""
+    regular: pl.DataFrame
+    """``merchant_id, product_id, regular``: each product's regular price, for ``markdown_share``."""
+
+
+def reference_prices(partials: list[pl.DataFrame]) -> PriceReferences:
+    """Both price references from ``price_partial``s: the same whatever the chunking (log prices are
+    summed as integer micro-units)."""
+    merged = merge_price_partials(partials) if partials else price_partial(_NO_EVENTS)
+    log_price = (pl.col("price").log() * _LOG_PRICE_SCALE).round().cast(pl.Int64) * pl.col("n_events")
+    category = (
+        merged.filter(pl.col("category_id").is_not_null() & (pl.col("price") > 0))
+        .group_by(list(REFERENCE_KEYS))
+        .agg(
+            (log_price.sum().cast(pl.Float64) / _LOG_PRICE_SCALE / pl.col("n_events").sum()).alias(
+                "reference"
+            )
         )
-    reference = pl.col("log_price_sum").cast(pl.Float64) / _LOG_PRICE_SCALE / pl.col("priced")
-    return merge_price_partials(partials).select(*REFERENCE_KEYS, reference.alias("reference"))
+    )
+    return PriceReferences(category, regular_prices(merged).rename({"price": "regular"}))
 
 
 def _aggregate(frame: pl.DataFrame, tail: int) -> pl.DataFrame:
@@ -112,6 +138,7 @@ def _aggregate(frame: pl.DataFrame, tail: int) -> pl.DataFrame:
         pl.col("product_id").filter(is_view).drop_nulls().n_unique().alias("_viewed_products"),
         pl.col("price").mean().fill_null(0.0).alias("_mean_price"),
         pl.col("_relative_price").mean().fill_null(0.0).alias("_price_index"),
+        pl.col("_markdown").mean().fill_null(0.0).alias("_markdown_share"),
         pl.col("_depth").max().alias("depth"),
         pl.col("_code").tail(tail).alias("event_seq"),
         pl.col("_gap").tail(tail).alias("gap_seq"),
@@ -119,7 +146,7 @@ def _aggregate(frame: pl.DataFrame, tail: int) -> pl.DataFrame:
 
 
 def buyer_frame(
-    ordered: pl.DataFrame, *, max_seq_len: int, references: pl.DataFrame | None = None
+    ordered: pl.DataFrame, *, max_seq_len: int, references: PriceReferences | None = None
 ) -> pl.DataFrame:
     """One row per buyer of an ordered frame (sessions.order_frame): BUYERS columns as plain columns.
 
@@ -137,13 +164,20 @@ def buyer_frame(
     after_same_session = pl.col(SESSION_RUN) == pl.col(SESSION_RUN).shift(1)
     if references is None:
         references = reference_prices([price_partial(ordered)])
-    frame = ordered.join(references, on=list(REFERENCE_KEYS), how="left", maintain_order="left").with_columns(
-        pl.col(BUYER_KEY).set_sorted(),
-        pl.when(_PRICED).then(pl.col("price").log() - pl.col("reference")).alias("_relative_price"),
-        pl.when(pl.col("seq") == 0).then(0.0).otherwise(gap_s).log1p().cast(pl.Float32).alias("_gap"),
-        pl.when(after_same_session).then(gap_s).alias("_session_gap"),
-        (ts.dt.epoch("ms") // _MS_PER_DAY).alias("_day"),
-        depth.alias("_depth"),
+    product = ["merchant_id", "product_id"]
+    sale = pl.col("price") <= MARKDOWN_SHARE * pl.col("regular")
+    frame = (
+        ordered.join(references.category, on=list(REFERENCE_KEYS), how="left", maintain_order="left")
+        .join(references.regular, on=product, how="left", maintain_order="left")
+        .with_columns(
+            pl.col(BUYER_KEY).set_sorted(),
+            pl.when(_PRICED).then(pl.col("price").log() - pl.col("reference")).alias("_relative_price"),
+            pl.when(pl.col("price") > 0).then(sale.cast(pl.Float64)).alias("_markdown"),
+            pl.when(pl.col("seq") == 0).then(0.0).otherwise(gap_s).log1p().cast(pl.Float32).alias("_gap"),
+            pl.when(after_same_session).then(gap_s).alias("_session_gap"),
+            (ts.dt.epoch("ms") // _MS_PER_DAY).alias("_day"),
+            depth.alias("_depth"),
+        )
     )
     agg = _aggregate(frame, max_seq_len)
     if (agg["_session_runs"] != agg["n_sessions"]).any():
@@ -172,6 +206,7 @@ def buyer_frame(
         "purchase_per_cart": _ratio("n_purchase", "n_add_to_cart"),
         "log_mean_price": pl.col("_mean_price").log1p(),
         "price_index": pl.col("_price_index"),
+        "markdown_share": pl.col("_markdown_share"),
         "depth_frac": pl.col("depth").cast(pl.Float64) / _MAX_DEPTH,
     }
     assert tuple(features) == schema.FEATURE_NAMES

@@ -5,9 +5,9 @@ buyer's hash bucket and, once more than ``partition_rows`` events have arrived, 
 bucket's Arrow IPC file (partitions.py). Runs of consecutive buckets then come back as partitions of
 complete buyers, each ordered, sessionized and featurized on its own (``partition_tables``: the
 pure table function the Ray path calls too) and streamed into Parquet files by a writer thread.
-Catalogs and the merchant summary merge the partitions' partial aggregates at the end. Reading sums
-each category's log prices too (features.price_partial), so every buyer's ``price_index`` compares
-with the whole input's reference prices, whatever the partitioning. On two cores
+Catalogs and the merchant summary merge the partitions' partial aggregates at the end. Reading
+counts each product's prices too (features.price_partial), so every buyer's ``price_index`` and
+``markdown_share`` compare with the whole input's prices, whatever the partitioning. On two cores
 every stage overlaps another: reading with bucketing, bucketing with spilling, reading a partition
 back with building the previous one, building one table with another, and building with writing.
 
@@ -51,6 +51,7 @@ from learners.data.catalogs import (
     merge_catalog_partials,
 )
 from learners.data.features import (
+    PriceReferences,
     buyer_frame,
     buyers_table,
     merge_price_partials,
@@ -109,7 +110,7 @@ class PartitionResult:
 
 
 def _buyer_tables(
-    ordered: pl.DataFrame, max_seq_len: int, references: pl.DataFrame
+    ordered: pl.DataFrame, max_seq_len: int, references: PriceReferences
 ) -> tuple[pa.Table, pa.Table]:
     buyers = buyer_frame(ordered, max_seq_len=max_seq_len, references=references)
     return buyers_table(buyers), merchant_partial(buyers).to_arrow()
@@ -120,7 +121,7 @@ def partition_tables(
     *,
     day_resolution: bool,
     config: PrepareConfig,
-    references: pl.DataFrame,
+    references: PriceReferences,
 ) -> Iterator[tuple[str, pa.Table]]:
     """Canonical (or bucketed, see partitions.py) events of complete buyers -> this partition's
     tables, as (PartitionResult field, table) pairs in a fixed order, each as soon as it is ready (so
@@ -144,7 +145,7 @@ def partition_tables(
 
 
 def build_partition(
-    events: pa.Table, *, day_resolution: bool, config: PrepareConfig, references: pl.DataFrame
+    events: pa.Table, *, day_resolution: bool, config: PrepareConfig, references: PriceReferences
 ) -> PartitionResult:
     """Canonical events of complete buyers -> this partition's outputs."""
     tables = partition_tables(events, day_resolution=day_resolution, config=config, references=references)

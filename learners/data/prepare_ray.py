@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import ray
 
 from learners.data.adapter import Adapter
-from learners.data.features import merge_price_partials, price_partial, reference_prices
+from learners.data.features import PriceReferences, merge_price_partials, price_partial, reference_prices
 from learners.data.partitions import BUCKET, assign_buckets
 from learners.data.prepare import (
     PRICE_PARTIALS_KEPT,
@@ -91,14 +91,12 @@ def unpack_events(batch: pa.Table, n_parts: int, n_buckets: int) -> pa.Table:
 
 
 def build_part(
-    events: pa.Table, day_resolution: bool, config: PrepareConfig, references: pa.Table
+    events: pa.Table, day_resolution: bool, config: PrepareConfig, references: PriceReferences
 ) -> pa.Table:
     """Ray UDF (map_groups): one part's events -> one row of IPC blobs of its PartitionResult."""
     part = events[PART][0].as_py()
-    frame = pl.from_arrow(references)
-    assert isinstance(frame, pl.DataFrame)
     result = build_partition(
-        events.drop_columns([PART]), day_resolution=day_resolution, config=config, references=frame
+        events.drop_columns([PART]), day_resolution=day_resolution, config=config, references=references
     )
     row: dict[str, Any] = {PART: pa.array([part], pa.int32())}
     for name in _RESULT_TABLES:
@@ -199,7 +197,7 @@ def prepare_with_ray(
                         fn_kwargs={
                             "day_resolution": adapter.day_resolution,
                             "config": config,
-                            "references": reference_prices(price_partials).to_arrow(),
+                            "references": reference_prices(price_partials),
                         },
                     )
                 )

@@ -128,6 +128,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "purchase_per_cart",
     "log_mean_price",  # 0 where the source has no prices
     "price_index",  # mean log(price / its category's reference price) over priced product events, else 0
+    "markdown_share",  # share of priced product events at a markdown of the product's regular price
     "depth_frac",  # funnel depth / 5
 )
 N_FEATURES = len(FEATURE_NAMES)

@@ -223,7 +223,10 @@ def rows_from_table(table: pa.Table, max_seq_len: int) -> BuyerRows:
     feats_col = table.column("features").combine_chunks()
     flat = feats_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     if flat.size != n * N_FEATURES:
-        raise ValueError(f"features must hold {N_FEATURES} values per buyer (FEATURE_NAMES)")
+        raise ValueError(
+            f"features must hold {N_FEATURES} values per buyer (FEATURE_NAMES), got {flat.size / max(n, 1):g}:"
+            " a directory prepared by another version; run `simpersona prepare` on its logs again"
+        )
     features = flat.reshape(n, N_FEATURES)
     ev_values, ev_offsets = _list_parts(table.column("event_seq"))
     gap_values, gap_offsets = _list_parts(table.column("gap_seq"))

@@ -48,6 +48,7 @@ HEATMAP_FEATURES = (
     "purchase_per_view",
     "log_mean_price",
     "price_index",
+    "markdown_share",
     "depth_frac",
 )
 
@@ -55,6 +56,8 @@ HEATMAP_FEATURES = (
 _PRICE_WORDS = 0.2
 """A type's mean price_index beyond +-this (prices about a fifth off their categories' usual) reads as
 picking cheap (dear) products."""
+_SALE_WORDS = 1.5
+"""A type whose mean markdown_share is at least this times the population's reads as seeking sales."""
 
 
 def _col(name: str) -> int:
@@ -77,6 +80,8 @@ class TypeProfile:
     top_categories: list[str]
     price_index: float = 0.0
     """Mean of the type's buyers' ``price_index``: below 0, they pick what is cheap in its category."""
+    markdown_share: float = 0.0
+    """Mean of the type's buyers' ``markdown_share``: how many of their product events were on sale."""
     description: str = ""
 
 
@@ -107,6 +112,7 @@ def type_profiles(rows: BuyerRows, codes: np.ndarray, categories: dict[int, list
                 coherence=coh[int(code)],
                 top_categories=categories.get(int(code), []),
                 price_index=float(feats[m, _col("price_index")].mean()),
+                markdown_share=float(feats[m, _col("markdown_share")].mean()),
             )
         )
     population = TypeProfile(
@@ -121,6 +127,7 @@ def type_profiles(rows: BuyerRows, codes: np.ndarray, categories: dict[int, list
         coherence=0.0,
         top_categories=[],
         price_index=float(feats[:, _col("price_index")].mean()),
+        markdown_share=float(feats[:, _col("markdown_share")].mean()),
     )
     for p in profiles:
         p.description = describe(p, population)
@@ -153,9 +160,14 @@ def describe(p: TypeProfile, population: TypeProfile) -> str:
         if p.price_index < -_PRICE_WORDS
         else ("; picks dear products" if p.price_index > _PRICE_WORDS else "")
     )
+    sales = (
+        f"; seeks sales ({p.markdown_share:.0%} of its product events on sale)"
+        if population.markdown_share > 0 and p.markdown_share >= _SALE_WORDS * population.markdown_share
+        else ""
+    )
     return (
         f"{converts}; {reach}; {p.events_per_buyer:.1f} events per buyer ({_ratio_words(activity)})"
-        f"{pace}{prices}"
+        f"{pace}{prices}{sales}"
     )
 
 

@@ -58,7 +58,24 @@ def naive_references(events: list[dict]) -> dict[tuple[str, str], float]:
     return {key: sum(v) / len(v) for key, v in logs.items()}
 
 
-def naive_buyer(events: list[dict], max_seq_len: int, references: dict[tuple[str, str], float]) -> dict:
+def naive_regular(events: list[dict]) -> dict[tuple[str, str], float]:
+    """Each product's highest price that at least a tenth of its priced events logged."""
+    counts: dict[tuple[str, str], dict[float, int]] = defaultdict(lambda: defaultdict(int))
+    for e in events:
+        if e["product_id"] is not None and e["price"] is not None:
+            counts[(e["merchant_id"], e["product_id"])][e["price"]] += 1
+    return {
+        key: max(p for p, n in prices.items() if n >= 0.1 * sum(prices.values()))
+        for key, prices in counts.items()
+    }
+
+
+def naive_buyer(
+    events: list[dict],
+    max_seq_len: int,
+    references: dict[tuple[str, str], float],
+    regular: dict[tuple[str, str], float],
+) -> dict:
     """Features of one buyer from its events already in `seq` order (the order is tested elsewhere)."""
     n = len(events)
     counts = {t: sum(e["event_type"] == t for e in events) for t in schema.EVENT_TYPES}
@@ -80,6 +97,11 @@ def naive_buyer(events: list[dict], max_seq_len: int, references: dict[tuple[str
         for e in events
         if e["product_id"] is not None and e["category_id"] is not None and (e["price"] or 0) > 0
     ]
+    sales = [
+        e["price"] <= 0.99 * regular[(e["merchant_id"], e["product_id"])]
+        for e in events
+        if e["product_id"] is not None and (e["price"] or 0) > 0
+    ]
     depth = max(schema.FUNNEL_DEPTH[e["event_type"]] for e in events)
     first, last = events[0]["ts"], events[-1]["ts"]
     feats = {
@@ -99,6 +121,7 @@ def naive_buyer(events: list[dict], max_seq_len: int, references: dict[tuple[str
         "purchase_per_cart": ratio(counts["purchase"], counts["add_to_cart"]),
         "log_mean_price": math.log1p(sum(prices) / len(prices)) if prices else 0.0,
         "price_index": sum(relative) / len(relative) if relative else 0.0,
+        "markdown_share": sum(sales) / len(sales) if sales else 0.0,
         "depth_frac": depth / 5,
     }
     gap_all = [0.0] + [
@@ -130,12 +153,12 @@ def test_features_match_naive_computation(day_resolution: bool) -> None:
     for e in ordered:
         history[(e["merchant_id"], e["buyer_id"])].append(e)
     assert buyers.num_rows == len(history)
-    references = naive_references(ordered)
+    references, regular = naive_references(ordered), naive_regular(ordered)
     assert sorted(
         zip(buyers["merchant_id"].to_pylist(), buyers["buyer_id"].to_pylist(), strict=True)
     ) == sorted(history)
     for row in buyers.to_pylist():
-        want = naive_buyer(history[(row["merchant_id"], row["buyer_id"])], max_seq_len, references)
+        want = naive_buyer(history[(row["merchant_id"], row["buyer_id"])], max_seq_len, references, regular)
         np.testing.assert_allclose(row["features"], want["features"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(row["gap_seq"], want["gap_seq"], rtol=1e-5, atol=1e-6)
         for key in (
@@ -224,12 +247,53 @@ def test_price_index_compares_a_buyer_with_its_categorys_prices() -> None:
     assert index["none"] == 0.0
 
 
+def test_markdown_share_counts_the_sales_a_product_page_shows() -> None:
+    # p1 sells at 10.0; 7.0 is its sale. p2 is only ever 4.0, and 0.0 or no price is no price.
+    rows = [("other", "p1", 10.0)] * 7 + [
+        ("hunter", "p1", 7.0),
+        ("hunter", "p1", 7.0),
+        ("hunter", "p1", 10.0),
+        ("hunter", "p2", 0.0),
+        ("steady", "p2", 4.0),
+        ("steady", "p1", 9.95),  # within MARKDOWN_SHARE of the regular price: no sale shown
+        ("none", "p3", None),
+    ]
+    events = pa.Table.from_pylist(
+        [
+            {
+                "merchant_id": "m1",
+                "buyer_id": buyer,
+                "session_id": None,
+                "ts": T0 + dt.timedelta(seconds=i),
+                "event_type": "product_view",
+                "product_id": product,
+                "category_id": "c1",
+                "price": price,
+                "query": None,
+                "src_order": i,
+            }
+            for i, (buyer, product, price) in enumerate(rows)
+        ],
+        schema=schema.CANONICAL_EVENTS,
+    )
+    buyers = build_buyers(events, day_resolution=False, max_seq_len=4)
+    share = {
+        row["buyer_id"]: row["features"][schema.FEATURE_NAMES.index("markdown_share")]
+        for row in buyers.to_pylist()
+    }
+    assert share == pytest.approx({"hunter": 2 / 3, "other": 0.0, "steady": 0.0, "none": 0.0})
+
+
 def test_reference_prices_merge_exactly_whatever_the_chunking() -> None:
     events = random_events(seed=5, day_resolution=False, n=600)
-    whole = reference_prices([price_partial(events)]).sort(REFERENCE_KEYS)
+    whole = reference_prices([price_partial(events)])
     chunks = [price_partial(events.slice(start, 97)) for start in range(0, events.num_rows, 97)]
-    assert reference_prices(chunks).sort(REFERENCE_KEYS).equals(whole)
-    assert (
-        reference_prices([merge_price_partials(chunks[:3]), *chunks[3:]]).sort(REFERENCE_KEYS).equals(whole)
-    )
-    assert whole.height == 4  # two merchants x two categories
+    product = ["merchant_id", "product_id"]
+    for merged in (
+        reference_prices(chunks),
+        reference_prices([merge_price_partials(chunks[:3]), *chunks[3:]]),
+    ):
+        assert merged.category.sort(REFERENCE_KEYS).equals(whole.category.sort(REFERENCE_KEYS))
+        assert merged.regular.sort(product).equals(whole.regular.sort(product))
+    assert whole.category.height == 4  # two merchants x two categories
+    assert whole.regular.height == 8  # two merchants x four products

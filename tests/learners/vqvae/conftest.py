@@ -49,6 +49,7 @@ def buyer_features(events: np.ndarray, gaps: np.ndarray) -> np.ndarray:
             buys / max(carts, 1),
             np.log1p(30.0),
             0.0,  # price_index: every product at its category's price
+            0.0,  # markdown_share: no sales
             depth / 5,
         ],
         dtype=np.float32,
