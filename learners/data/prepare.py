@@ -72,8 +72,9 @@ the dictionary saves."""
 _MAX_PENDING_WRITES = 3
 _READ_AHEAD_CHUNKS = 2
 _TABLE_THREADS = 2
-PRICE_PARTIALS_KEPT = 64
-"""Per-chunk price partials kept before they are summed into one (bounded memory on huge inputs)."""
+PRICE_PARTIALS_KEPT = 8
+"""Per-chunk price partials kept before they are summed into one (bounded memory on huge inputs: a
+partial holds a row per product and price that the chunk logged)."""
 
 T = TypeVar("T")
 
