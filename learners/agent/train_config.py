@@ -52,8 +52,9 @@ class AgentTrainConfig:
     visits of the replayed merchants (one per real session, its buyer's code) per round, each kind's
     bias moved by the log ratio of its real to its simulated share of visits taking it (uses per
     visit for product views; engine/rollout_calibration.py, run by `simpersona train-agent` and the
-    study; 600 visits take about 20 s on a CPU). On the Tmall study agent it brought favourites to
-    the real share of visits (benchmarks/RESULTS.md, session 13). 0: off."""
+    study; 4 rounds of 600 visits took under 40 s for the Tmall CPU recipe's persona agent on a
+    2-core box). On that agent it brought favourites to the real share of visits (benchmarks/RESULTS.md,
+    session 13). 0: off."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
     patience: int = 2
