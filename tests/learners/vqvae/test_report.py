@@ -32,7 +32,7 @@ def test_a_type_that_picks_cheap_or_dear_products_is_read_so() -> None:
 def test_a_type_that_seeks_sales_is_read_so() -> None:
     population = dataclasses.replace(AVERAGE, markdown_share=0.3)
     hunter = dataclasses.replace(population, code=0, markdown_share=0.55)
-    usual = dataclasses.replace(population, code=1, markdown_share=0.35)
+    usual = dataclasses.replace(population, code=1, markdown_share=0.36)
     assert describe(hunter, population).endswith("; seeks sales (55% of its product events on sale)")
     assert "sales" not in describe(usual, population)
     assert "sales" not in describe(dataclasses.replace(AVERAGE, code=2), AVERAGE)  # a log without sales
