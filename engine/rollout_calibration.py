@@ -31,8 +31,11 @@ and ``exit``, once per visit, is the reference.
 - A few rounds, each step clipped to ``MAX_STEP``. The biases stay kind-wide, so within a kind (which
   product to open) the model still chooses.
 
-Measured on session 12's Tmall study agent (600 visits, 4 rounds; benchmarks/RESULTS.md, session
-13): held-out favourite shares per stratum 0.18-0.23 -> 0.13-0.17 (real 0.11-0.15).
+Off by default (``AgentTrainConfig.calibration_visits``). Measured on three study agents (600
+visits, 4 rounds; benchmarks/RESULTS.md, session 13): Tmall's held-out favourite shares per stratum
+0.18-0.23 -> 0.13-0.17 (real 0.11-0.15); one brand-log agent unchanged (ARA 0.748 -> 0.744); another
+ARA 0.700 -> 0.649, its held-out favourites too high: on stores it never saw that agent favourites
+more than on the replayed ones, and the replayed stores cannot show it.
 """
 
 from __future__ import annotations

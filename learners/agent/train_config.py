@@ -47,14 +47,16 @@ class AgentTrainConfig:
     the validation merchants (all of them, before any token budget's cut), stores the agent never
     trained on, so its action rates carry to new stores (learners/agent/calibration.py). 0, or no
     validation: not calibrated."""
-    calibration_visits: int = 600
-    """The biases are then refined on visits the agent walks itself: up to this many simulated
-    visits of the replayed merchants (one per real session, its buyer's code) per round, each kind's
-    bias moved by the log ratio of its real to its simulated share of visits taking it (uses per
-    visit for product views; engine/rollout_calibration.py, run by `simpersona train-agent` and the
-    study; 4 rounds of 600 visits took under 40 s for the Tmall CPU recipe's persona agent on a
-    2-core box). On that agent it brought favourites to the real share of visits (benchmarks/RESULTS.md,
-    session 13). 0: off."""
+    calibration_visits: int = 0
+    """With > 0, the biases are then refined on visits the agent walks itself: up to this many
+    simulated visits of the replayed merchants (one per real session, its buyer's code) per round,
+    each kind's bias moved by the log ratio of its real to its simulated share of visits taking it
+    (uses per visit for product views; engine/rollout_calibration.py, run by `simpersona train-agent`
+    and the study; 4 rounds of 600 visits took under 40 s for the Tmall CPU recipe's persona agent
+    on a 2-core box). Off by default: measured on three study agents (benchmarks/RESULTS.md, session
+    13) it brought the Tmall agent's favourites to the real share of visits, changed nothing on one
+    brand-log agent and cost another ARA, because the replayed stores cannot show how an agent
+    drifts on a store it never saw."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
     patience: int = 2

@@ -185,8 +185,9 @@ def test_train_agent_refines_an_agent_unless_turned_off(tmp_path):
     saved = json.loads((agent / CALIBRATION_FILE).read_text())
     assert saved["step_bias"] == {} and saved["bias"]["favorite"] != 0.0
     # Traces with no prepared directory behind them: the trained agent is kept, and the line says why.
-    bare = TrainAgentStage(str(tmp_path), str(agent), agent=AgentTrainConfig(no_persona=True))
-    assert bare.agent.calibration_visits > 0  # on by default
+    bare = TrainAgentStage(
+        str(tmp_path), str(agent), agent=AgentTrainConfig(no_persona=True, calibration_visits=8)
+    )
     skipped = _calibrate_rollouts(bare, traces, None)
     assert skipped.startswith("not rollout-calibrated:") and "--calibration-visits 0" in skipped
 
