@@ -109,6 +109,12 @@ class RolloutCalibration:
         path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
+def counts_toward_rate(kind: str, taken: set[str]) -> bool:
+    """Whether a use of ``kind``, in a visit that has taken the kinds ``taken``, counts toward the
+    kind's rate: every use of a ``DEPTH`` kind, the first of any other (the share of visits)."""
+    return kind in DEPTH or kind not in taken
+
+
 def visit_rates(traces: pa.Table, max_steps: int) -> tuple[dict[str, float], int]:
     """Per calibrated kind (``CALIBRATED``), in replayed ``traces``: uses per session for a ``DEPTH``
     kind, else the share of sessions that take it; real events only (a replay's inserted navigation
@@ -133,7 +139,7 @@ def visit_rates(traces: pa.Table, max_steps: int) -> tuple[dict[str, float], int
             continue
         kind = action_kind(action)
         steps += 1
-        if is_real and kind in CALIBRATED and (kind in DEPTH or kind not in taken):
+        if is_real and kind in CALIBRATED and counts_toward_rate(kind, taken):
             counts[kind] += 1
             taken.add(kind)
         done = kind == "purchase"
@@ -160,7 +166,7 @@ class KindTally:
             taken = {action_kind(a) for a in request.history}
             for action, value in zip(request.valid_actions, p, strict=True):
                 kind = action_kind(action)
-                if kind in DEPTH or kind not in taken:
+                if counts_toward_rate(kind, taken):
                     self.total[kind] += float(value)
         return results
 
