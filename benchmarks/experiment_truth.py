@@ -5,6 +5,7 @@ match the effect the synthetic generator itself shows, per buyer type?
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt --buyers-per-merchant 1500 --markdown out.md
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-digits --split-digits   # agents read prices digit by digit
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-demo --max-tokens 1350000   # the demo's agent budget
+  .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-small --base-model small --stage2-epochs 8 --patience 2
 
 Steps (each skipped when its output is there, so an interrupted run continues):
 
@@ -66,9 +67,8 @@ def simpersona(*args: str) -> None:
     print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def prepare(
-    work: Path, synth: SynthConfig, truth_visits: int, split_digits: bool = False, max_tokens: int = 0
-) -> None:
+def prepare(work: Path, synth: SynthConfig, truth_visits: int, agent: dict | None = None) -> None:
+    """The synthetic log with its truth, then the study; ``agent`` overrides the demo recipe's agent fields."""
     raw = work / "raw"
     if not (raw / "truth.parquet").exists():
         (work / "treatments.yaml").write_text(yaml.safe_dump(TREATMENTS), encoding="utf-8")
@@ -87,10 +87,7 @@ def prepare(
             "systems": ["persona", "no-persona", "markov"],
             "goal_systems": [],
         }
-        config["agent"] = config.get("agent", {}) | {
-            "split_digits": split_digits,
-            "max_tokens": max_tokens or None,
-        }
+        config["agent"] = config.get("agent", {}) | (agent or {})
         (work / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         simpersona("study", str(work / "study.yaml"))
 
@@ -218,6 +215,34 @@ def summary(results: dict[str, pl.DataFrame], unit: str) -> list[str]:
     return out
 
 
+def touched(results: dict[str, pl.DataFrame], mix: pl.DataFrame) -> list[str]:
+    """Per system and treatment, the share of each planted type's buyers whose visit took another path
+    than in the control (the codes' shares weighted by P(code | type)): 0 means the system did not
+    respond at all to what the treatment changed."""
+    weights = mix.with_columns(w=pl.col("visits") / pl.col("visits").sum().over("planted"))
+    planted = sorted(mix["planted"].unique().to_list())
+    out = ["| system | treatment | " + " | ".join(planted) + " |", "|---|---|" + "---:|" * len(planted)]
+    for system, cells in results.items():
+        shares = (
+            cells.filter(pl.col("metric") == "conversion")
+            .select("treatment", pl.col("type").alias("code"), "changed")
+            .join(weights.select("code", "planted", "w"), on="code")
+            .group_by("treatment", "planted")
+            .agg((pl.col("w") * pl.col("changed")).sum().alias("changed"))
+        )
+        for treatment in TREATMENTS:
+            got = {
+                r["planted"]: r["changed"]
+                for r in shares.filter(pl.col("treatment") == treatment).iter_rows(named=True)
+            }
+            out.append(
+                f"| {system} | {treatment} | "
+                + " | ".join(f"{got.get(p, float('nan')):.1%}" for p in planted)
+                + " |"
+            )
+    return out
+
+
 def markdown(results: dict[str, pl.DataFrame], mix: pl.DataFrame) -> list[str]:
     out = summary(results, "code")
     dominant = mix.sort("share", descending=True).group_by("code", maintain_order=True).first()
@@ -262,11 +287,30 @@ def main() -> None:
         default=0,
         help="agents' training tokens per epoch (0: every replayed session; the demo recipe budgets 1350000)",
     )
+    parser.add_argument(
+        "--base-model", default="tiny", help="agents' base model (a preset such as small, or a model)"
+    )
+    parser.add_argument(
+        "--stage2-epochs",
+        type=int,
+        default=3,
+        help="the most epochs an agent trains (early stopping on validation)",
+    )
+    parser.add_argument(
+        "--patience", type=int, default=1, help="epochs without a lower validation loss to stop"
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     synth = SynthConfig(buyers=args.buyers, merchants=args.merchants, seed=args.synth_seed)
-    prepare(args.work, synth, args.truth_visits, args.split_digits, args.max_tokens)
+    agent = {
+        "split_digits": args.split_digits,
+        "max_tokens": args.max_tokens or None,
+        "base_model": args.base_model,
+        "stage2_epochs": args.stage2_epochs,
+        "patience": args.patience,
+    }
+    prepare(args.work, synth, args.truth_visits, agent)
     merchants = json.loads((args.work / "study" / "split.json").read_text(encoding="utf-8"))["heldout"]
     per_type = truth_per_type(synth, merchants, args.truth_visits, args.seed)
     mix = type_mix(args.work, merchants)
@@ -290,6 +334,10 @@ def main() -> None:
         "Per planted type (the codes' effects weighted by P(code | type) among the held-out buyers' visits):",
         "",
         *summary(planted, "planted type"),
+        "",
+        "Buyers whose visit took another path than in the control (same buyer and draws), per planted type:",
+        "",
+        *touched(results, mix),
         "",
         "| system | treatment | planted type | metric | truth | simulated [95%] | MDE |",
         "|---|---|---|---|---:|---:|---:|",

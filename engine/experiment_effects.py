@@ -20,7 +20,11 @@ For one scope and outcome:
   var(control_c) in place of var(d_c); ``variance_ratio`` = se^2 / unpaired_se^2: the share of the
   variance pairing leaves (0.25: the same precision without pairing needs 4x the visits);
 - ``mde`` = 2.80 x se: the smallest true effect this run detects with 80% power in a two-sided test
-  at alpha 0.05 (z_0.975 + z_0.8 = 1.96 + 0.84).
+  at alpha 0.05 (z_0.975 + z_0.8 = 1.96 + 0.84);
+- ``changed``: the share of the scope's buyers whose visit took another path in the treatment arm
+  (any action different; common random numbers only, else None). A type at 0 did exactly the same in
+  both arms: the policy did not respond to what the treatment changes (a Markov chain reads no
+  prices), so its effects are only what the change does by itself (revenue at the new prices).
 
 Percentile intervals of a mean of many visits are accurate at the sample sizes an experiment has
 (the bootstrap distribution of a mean is close to normal there, and needs no assumption about the
@@ -66,6 +70,8 @@ class Pairs:
     """(n, len(METRICS)) outcomes of the same buyers in the treatment arm."""
     same_buyers: bool
     """Each pair is one simulated buyer (same sim_buyer_id): common random numbers."""
+    changed: np.ndarray | None = None
+    """(n,) whether the buyer's visit took another path in the treatment arm; None: unknown."""
 
 
 def pair_visits(control: pl.DataFrame, treated: pl.DataFrame) -> Pairs:
@@ -88,6 +94,7 @@ def pair_visits(control: pl.DataFrame, treated: pl.DataFrame) -> Pairs:
         control=joined.select(METRICS).to_numpy().astype(np.float64),
         treated=joined.select([f"{m}_t" for m in METRICS]).to_numpy().astype(np.float64),
         same_buyers=bool((joined["sim_buyer_id"] == joined["sim_buyer_id_t"]).all()),
+        changed=(joined["path"] != joined["path_t"]).to_numpy() if "path" in joined.columns else None,
     )
 
 
@@ -157,6 +164,8 @@ def estimate(
     means_t = np.stack([pairs.treated[i].mean(0) for i in index])
     # The effect is the mean difference, not means_t - means_c: identical visits give exactly 0.
     means_d = np.stack([d[i].mean(0) for i in index])
+    known = pairs.changed is not None and pairs.same_buyers
+    changed = np.array([pairs.changed[i].mean() if known else np.nan for i in index])  # type: ignore[index]
 
     merchants = sorted({m for m, _ in keys})
     scopes: list[tuple[str, int | None]] = [(ALL, None), *((ALL, c) for c in sorted({c for _, c in keys}))]
@@ -175,6 +184,7 @@ def estimate(
         low, high = _percentiles(np.einsum("c,cbm->bm", w, paired_reps))
         u_low, u_high = _percentiles(np.einsum("c,cbm->bm", w, unpaired_reps))
         effects = w @ means_d
+        touched = float(w @ changed) if known else None
         for j, metric in enumerate(METRICS):
             effect = effects[j]
             rows.append(
@@ -197,6 +207,7 @@ def estimate(
                     "variance_ratio": _value(se[j] ** 2 / se_u[j] ** 2) if se_u[j] > 0 else None,
                     "mde": float(MDE_FACTOR * se[j]),
                     "significant": bool(low[j] > 0 or high[j] < 0),
+                    "changed": touched,
                 }
             )
     return rows
@@ -228,6 +239,7 @@ def effects_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
             )
         },
         "significant": pl.Boolean,
+        "changed": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema)
 

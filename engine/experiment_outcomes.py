@@ -14,10 +14,15 @@ Outcomes of one visit (the definitions the synthetic truth uses too):
   (a product without a price counts 0);
 - ``visit_length``: its events other than page navigation (page_view: home, category, next or
   previous page, back, go to cart) and exit; an invalid action emits no event and is not counted.
+
+Beside them, ``path``: a hash of the visit's action texts in order. Under common random numbers a
+buyer whose path is the same in two arms did exactly the same in both: the policy did not respond
+to what the treatment changed (experiment_effects.py counts those visits).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,8 +107,14 @@ def replay_visit(
     return converted, carted, views, revenue, length
 
 
+def path_hash(actions: Sequence[str]) -> int:
+    """A visit's ``path``: a signed 64-bit hash of its actions in order, the same in every process."""
+    digest = hashlib.blake2b("\x1f".join(actions).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 def arm_outcomes(rollouts_dir: str | Path, storefront_of: Callable[[str], Storefront]) -> pl.DataFrame:
-    """One row per simulated visit: sim_buyer_id, merchant_id, code, then ``METRICS``."""
+    """One row per simulated visit: sim_buyer_id, merchant_id, code, ``METRICS``, then ``path``."""
     parts = sorted((Path(rollouts_dir) / "rollouts").glob("part-*.parquet"))
     if not parts:
         raise FileNotFoundError(f"no rollout parts under {rollouts_dir}/rollouts")
@@ -125,5 +136,9 @@ def arm_outcomes(rollouts_dir: str | Path, storefront_of: Callable[[str], Storef
             "merchant_id": [merchants[s] for s in starts],
             "code": np.asarray([codes[s] for s in starts], dtype=np.int64),
             **{m: values[:, i] for i, m in enumerate(METRICS)},
+            "path": np.array(
+                [path_hash(actions[s:e]) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)],
+                dtype=np.int64,
+            ),
         }
     )

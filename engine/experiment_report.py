@@ -102,6 +102,7 @@ def summary_text(result: dict[str, Any]) -> str:
                 f"{_num(r['effect'], True) + ' ' + interval(r) + mark:<28} {_num(r['mde']):>8}  "
                 f"{pairing_text(r['variance_ratio'])}"
             )
+    lines += changed_lines(result)
     lines.append("per type (* above and below: the interval excludes 0):")
     for t in _treatments(result):
         typed = [
@@ -119,6 +120,41 @@ def summary_text(result: dict[str, Any]) -> str:
                 f" (control {_num(r['control'])})"
             )
     return "\n".join(lines)
+
+
+def _changed(result: dict[str, Any], treatment: str, code: int | None) -> float | None:
+    return next(
+        (
+            r.get("changed")
+            for r in result["rows"]
+            if r["treatment"] == treatment and r["merchant"] == ALL and r["type"] == code
+        ),
+        None,
+    )
+
+
+UNTOUCHED = (
+    "did exactly the same in both arms: the policy did not respond to this change, so its effects are only what"
+    " the change does by itself (revenue at the new prices) and say nothing about how real buyers respond"
+)
+
+
+def changed_lines(result: dict[str, Any]) -> list[str]:
+    """Per treatment, the share of buyers whose visit took another path than in the control (common
+    random numbers only), and the types none of whose visits did."""
+    lines = []
+    for t in _treatments(result):
+        share = _changed(result, t, None)
+        if share is None:
+            continue
+        still = [c for c in sorted(int(c) for c in result["types"]) if _changed(result, t, c) == 0]
+        text = f"{t}: {_share(share)} of buyers took another path than in {result['control']}"
+        if share == 0:
+            text += f"; every buyer {UNTOUCHED}"
+        elif still:
+            text += f"; type(s) {', '.join(map(str, still))} {UNTOUCHED}"
+        lines.append(text)
+    return lines
 
 
 def plot_forest(result: dict[str, Any], metric: str, path: Path) -> None:
@@ -177,6 +213,13 @@ def _table(head: list[str], body: list[list[str]], text: tuple[int, ...] = (0,))
     return f"<table><tr>{cells}</tr>{rows}</table>"
 
 
+def _share(x: float | None) -> str:
+    """A share as a percentage; one decimal below 1%, so a few changed visits do not read as none."""
+    if x is None:
+        return "–"
+    return f"{x:.1%}" if 0 < x < 0.01 else f"{x:.0%}"
+
+
 def _effect_cell(r: dict[str, Any]) -> str:
     text = html.escape(f"{_num(r['effect'], True)} {interval(r)}")
     return f"<b>{text}</b>" if r["significant"] else text
@@ -216,11 +259,12 @@ def _treatment_section(result: dict[str, Any], t: str) -> str:
     }
     codes = sorted(int(c) for c in result["types"])
     typed = _table(
-        ["type", "visits", *METRICS],
+        ["type", "visits", "took another path", *METRICS],
         [
             [
                 html.escape(type_name(c, descriptions, short=True)),
                 str(result["types"][str(c)]["visits"]),
+                _share(_changed(result, t, c)),
                 *(
                     f"{_effect_cell(by_type[c, m])}<br><small>MDE {_num(by_type[c, m]['mde'])}</small>"
                     for m in METRICS
@@ -242,8 +286,16 @@ def _treatment_section(result: dict[str, Any], t: str) -> str:
             [[html.escape(m), *(_effect_cell(cells[m, k]) for k in METRICS)] for m in names],
         )
     arm = next(a for a in result["arms"] if a["name"] == t)
+    share = _changed(result, t, None)
+    touched = (
+        ""
+        if share is None
+        else f"<p>{_share(share)} of buyers took another path than in {html.escape(result['control'])} (same buyer,"
+        " same random draws, some action different); a type at 0% "
+        f"{html.escape(UNTOUCHED)}.</p>"
+    )
     return (
-        f"<h2>{html.escape(t)}: {html.escape(arm['description'])}</h2><h4>Every buyer</h4>{overall}"
+        f"<h2>{html.escape(t)}: {html.escape(arm['description'])}</h2>{touched}<h4>Every buyer</h4>{overall}"
         f"<h4>Per buyer type (bold: the interval excludes 0)</h4>{typed}{per_merchant}"
     )
 

@@ -14,8 +14,9 @@ import yaml
 from engine.cli import main as simpersona
 from engine.experiment import ExperimentConfig, arm_simulation, experiment_arms, run_experiment
 from engine.experiment_effects import Pairs, estimate
-from engine.experiment_outcomes import METRICS, replay_visit
+from engine.experiment_outcomes import METRICS, path_hash, replay_visit
 from engine.experiment_plan import plan
+from engine.experiment_report import summary_text
 from engine.simulation_config import SimulationConfig
 from envs.catalog import Catalog
 from envs.storefront import Storefront
@@ -125,7 +126,35 @@ def test_replay_uses_the_arms_prices_and_checkout():
     assert bought == (1.0, 1.0, 1.0, 12.0, 3.0)  # one of the product, at its price
 
 
+def test_a_path_is_the_actions_in_order():
+    walk = ["open product p1", "add to cart", "exit"]
+    assert path_hash(walk) == path_hash(list(walk))
+    assert path_hash(walk) != path_hash(walk[::-1])
+    assert path_hash(["open product p1", "0"]) != path_hash(["open product p10"])  # the boundaries count
+    assert path_hash([]) != path_hash(["exit"])
+
+
 # ---- statistics on known distributions ----------------------------------------------------------
+
+
+def test_changed_share_per_type_and_overall():
+    """``changed`` is the share of each scope's buyers whose path differed, weighted like the effects."""
+    zeros = np.zeros((6, len(METRICS)))
+    pairs = Pairs(
+        merchants=np.array(["a", "a", "a", "b", "b", "b"]),
+        codes=np.array([0, 0, 1, 0, 1, 1]),
+        control=zeros,
+        treated=zeros,
+        same_buyers=True,
+        changed=np.array([True, False, False, True, True, False]),
+    )
+    rows = estimate(pairs, "t", replicates=20)
+    share = {(r["merchant"], r["type"]): r["changed"] for r in rows}
+    assert share["all", None] == pytest.approx(3 / 6)
+    assert share["all", 0] == pytest.approx(2 / 3) and share["all", 1] == pytest.approx(1 / 3)
+    assert share["a", None] == pytest.approx(1 / 3) and share["b", None] == pytest.approx(2 / 3)
+    unknown = estimate(Pairs(pairs.merchants, pairs.codes, zeros, zeros, same_buyers=True), "t", 20)
+    assert {r["changed"] for r in unknown} == {None}
 
 
 def test_paired_intervals_cover_a_null_effect_and_beat_unpaired_ones():
@@ -163,6 +192,7 @@ def test_a_treatment_that_changes_nothing_has_no_effect(store, tmp_path, ray_loc
         result = run_experiment(experiment(store, tmp_path / f"crn-{seed}", null, seed=seed))
         assert result["same_buyers"] == {"same": True, "zero-price": True}
         assert all(r["effect"] == 0 and r["low"] <= 0 <= r["high"] for r in result["rows"])
+        assert all(r["changed"] == 0 for r in result["rows"])  # every buyer walked the same path
         views = overall(result, "same")["product_views"]
         assert views["control"] > 0 and views["unpaired_high"] > views["unpaired_low"]  # the visits vary
 
@@ -177,6 +207,7 @@ def test_independent_arms_cover_zero_in_an_aa_test(store, tmp_path, ray_local):
         )
         result = run_experiment(config)
         assert result["same_buyers"] == {"same": False}
+        assert all(r["changed"] is None for r in result["rows"])  # different buyers: not comparable
         cells += len(result["rows"])
         covered += sum(r["low"] <= 0 <= r["high"] for r in result["rows"])
     assert covered / cells >= 0.9, f"{covered} of {cells} cells contain 0"
@@ -193,8 +224,13 @@ def test_price_cut_pairs_narrower_than_unpaired(store, tmp_path, ray_local):
     assert revenue["high"] - revenue["low"] < 0.5 * (revenue["unpaired_high"] - revenue["unpaired_low"])
     assert revenue["relative"] == pytest.approx(-0.3, abs=0.01) and revenue["significant"]
     assert revenue["variance_ratio"] < 0.2 and revenue["mde"] > 0
-    # The Markov chain does not read prices: the same buyers buy the same things, only cheaper.
+    # The Markov chain does not read prices: the same buyers buy the same things, only cheaper, and
+    # the report says that no buyer did anything else.
     assert overall(result, "price-30")["conversion"]["effect"] == 0
+    assert revenue["changed"] == 0
+    assert "price-30: 0% of buyers took another path than in control; every buyer did exactly the same" in (
+        summary_text(result)
+    )
 
 
 @pytest.mark.browser
@@ -217,6 +253,11 @@ def test_command_report_resume_and_plan(store, tmp_path, ray_local, capsys):
     assert simpersona(["experiment", str(config)]) == 0
     printed = capsys.readouterr().out
     assert "price-10" in printed and "revenue" in printed and "per type" in printed
+    # A listing in another order shows the chain other products to open; a price cut changes no path.
+    effects = json.loads((out / "effects.json").read_text())
+    assert overall(effects, "order")["product_views"]["changed"] > 0.2
+    assert overall(effects, "price-10")["product_views"]["changed"] == 0
+    assert "order: " in printed and "of buyers took another path than in control" in printed
     frame = pl.read_parquet(out / "effects.parquet")
     assert set(frame["metric"]) == set(METRICS) and set(frame["treatment"]) == {"price-10", "order"}
     assert (out / "arms" / "order" / "rollouts").is_dir() and (
@@ -225,6 +266,7 @@ def test_command_report_resume_and_plan(store, tmp_path, ray_local, capsys):
     page = (out / "report.html").read_text()
     assert "type 0: converts at 2.0x the average" in page and "type 1" in page  # a name, and the fallback
     assert "simpersona experiment" in page
+    assert "took another path" in page
 
     parts = sorted((out / "arms").glob("*/rollouts/part-*.parquet"))
     before = [p.stat().st_mtime_ns for p in parts]
