@@ -164,8 +164,9 @@ def estimate(
     means_t = np.stack([pairs.treated[i].mean(0) for i in index])
     # The effect is the mean difference, not means_t - means_c: identical visits give exactly 0.
     means_d = np.stack([d[i].mean(0) for i in index])
-    known = pairs.changed is not None and pairs.same_buyers
-    changed = np.array([pairs.changed[i].mean() if known else np.nan for i in index])  # type: ignore[index]
+    # Whether a path changed means something only when each pair is one buyer.
+    paths = pairs.changed if pairs.same_buyers else None
+    changed = None if paths is None else np.array([paths[i].mean() for i in index])
 
     merchants = sorted({m for m, _ in keys})
     scopes: list[tuple[str, int | None]] = [(ALL, None), *((ALL, c) for c in sorted({c for _, c in keys}))]
@@ -184,7 +185,7 @@ def estimate(
         low, high = _percentiles(np.einsum("c,cbm->bm", w, paired_reps))
         u_low, u_high = _percentiles(np.einsum("c,cbm->bm", w, unpaired_reps))
         effects = w @ means_d
-        touched = float(w @ changed) if known else None
+        touched = None if changed is None else float(w @ changed)
         for j, metric in enumerate(METRICS):
             effect = effects[j]
             rows.append(

@@ -122,15 +122,13 @@ def summary_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _changed(result: dict[str, Any], treatment: str, code: int | None) -> float | None:
-    return next(
-        (
-            r.get("changed")
-            for r in result["rows"]
-            if r["treatment"] == treatment and r["merchant"] == ALL and r["type"] == code
-        ),
-        None,
-    )
+def _changed(result: dict[str, Any], treatment: str) -> dict[int | None, float | None]:
+    """The treatment's ``changed`` share per type (None: every buyer), from its rows over every merchant."""
+    return {
+        r["type"]: r.get("changed")
+        for r in result["rows"]
+        if r["treatment"] == treatment and r["merchant"] == ALL and r["metric"] == METRICS[0]
+    }
 
 
 UNTOUCHED = (
@@ -144,10 +142,11 @@ def changed_lines(result: dict[str, Any]) -> list[str]:
     random numbers only), and the types none of whose visits did."""
     lines = []
     for t in _treatments(result):
-        share = _changed(result, t, None)
+        shares = _changed(result, t)
+        share = shares.get(None)
         if share is None:
             continue
-        still = [c for c in sorted(int(c) for c in result["types"]) if _changed(result, t, c) == 0]
+        still = sorted(c for c, x in shares.items() if c is not None and x == 0)
         text = f"{t}: {_share(share)} of buyers took another path than in {result['control']}"
         if share == 0:
             text += f"; every buyer {UNTOUCHED}"
@@ -258,13 +257,14 @@ def _treatment_section(result: dict[str, Any], t: str) -> str:
         if r["treatment"] == t and r["merchant"] == ALL and r["type"] is not None
     }
     codes = sorted(int(c) for c in result["types"])
+    shares = _changed(result, t)
     typed = _table(
         ["type", "visits", "took another path", *METRICS],
         [
             [
                 html.escape(type_name(c, descriptions, short=True)),
                 str(result["types"][str(c)]["visits"]),
-                _share(_changed(result, t, c)),
+                _share(shares.get(c)),
                 *(
                     f"{_effect_cell(by_type[c, m])}<br><small>MDE {_num(by_type[c, m]['mde'])}</small>"
                     for m in METRICS
@@ -286,7 +286,7 @@ def _treatment_section(result: dict[str, Any], t: str) -> str:
             [[html.escape(m), *(_effect_cell(cells[m, k]) for k in METRICS)] for m in names],
         )
     arm = next(a for a in result["arms"] if a["name"] == t)
-    share = _changed(result, t, None)
+    share = shares.get(None)
     touched = (
         ""
         if share is None

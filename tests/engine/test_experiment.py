@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +131,19 @@ def test_replay_uses_the_arms_prices_and_checkout():
 
 def test_a_path_is_the_actions_in_order():
     walk = ["open product p1", "add to cart", "exit"]
-    assert path_hash(walk) == path_hash(list(walk))
+    # Arms' outcomes may be replayed in different processes: no salted hash (PYTHONHASHSEED).
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from engine.experiment_outcomes import path_hash; print(path_hash({walk!r}))",
+        ],
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(other.stdout) == path_hash(walk)
     assert path_hash(walk) != path_hash(walk[::-1])
     assert path_hash(["open product p1", "0"]) != path_hash(["open product p10"])  # the boundaries count
     assert path_hash([]) != path_hash(["exit"])
