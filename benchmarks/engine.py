@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from engine.env_runner import EnvSpec, EpisodePlayer
+from engine.episode_player import EnvSpec, EpisodePlayer
 from engine.policy_server import PolicyServer
 from engine.population import SimBuyer
 from engine.simulation import simulate

@@ -16,7 +16,8 @@ from typing import Any
 
 import ray
 
-from engine.env_runner import EnvRunner, EnvSpec, play_chunk
+from engine.env_runner import EnvRunner, play_chunk
+from engine.episode_player import EnvSpec
 from engine.placement import runner_options, serving_config
 from engine.policy_server import PolicyRouter
 from engine.population import SimBuyer

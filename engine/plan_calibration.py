@@ -88,7 +88,7 @@ def calibrate_simulation(
 ) -> tuple[Rate, float | None]:
     """Simulated steps/s of one policy on the held-out merchants' storefronts, played in this process,
     and the mean steps of a visit when every calibration visit ended within the budget."""
-    from engine.env_runner import EnvSpec, EpisodePlayer
+    from engine.episode_player import EnvSpec, EpisodePlayer
     from engine.population import SimBuyer, buyer_seed
     from engine.simulation_config import SimulationConfig
 

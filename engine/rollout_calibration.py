@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from engine.env_runner import EnvSpec, EpisodePlayer
+from engine.episode_player import EnvSpec, EpisodePlayer
 from engine.population import SimBuyer, buyer_seed, stable_hash
 from learners.agent.actions import action_kind
 from learners.agent.policy import ActRequest, ActResult

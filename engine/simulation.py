@@ -33,7 +33,7 @@ import ray
 from tqdm import tqdm
 
 from engine.actor_pool import RunnerPool
-from engine.env_runner import EnvSpec, EpisodePlayer
+from engine.episode_player import EnvSpec, EpisodePlayer
 from engine.fault_recovery import FaultRecovery
 from engine.placement import check_cpus, in_runner, unused_gpus_hint
 from engine.rollout_store import RolloutStore, format_summary

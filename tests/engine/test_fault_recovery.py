@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from engine.env_runner import EpisodePlayer
+from engine.episode_player import EpisodePlayer
 from engine.simulation import env_spec, simulate
 from engine.simulation_config import build_population
 from tests.engine.sim_fixtures import CrashOncePolicy, UniformPolicy, tiny_simulation
