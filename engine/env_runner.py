@@ -7,7 +7,8 @@ group whose answers came back, so the runner and the policy work at the same tim
 and calls it in process: no server round trip, every chunk on its own core, and no actor to start
 (Ray reuses its pooled worker processes from chunk to chunk and from run to run). Episodes are
 seeded from their buyer's seed only, so a buyer's rollout is the same whichever runner plays it,
-in whichever group, next to whichever other buyers.
+in whichever group, next to whichever other buyers. The loop itself is
+engine/episode_player.py's ``EpisodePlayer``, which runs without Ray too.
 """
 
 from __future__ import annotations
