@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.episode_player import EnvSpec
+from engine.population import PopulationSampler, SimBuyer
 from engine.simulation_config import SimulationConfig
 from learners.agent.policy import ActRequest, ActResult
 from learners.data.schema import CATALOGS, TABLE_FILES
@@ -54,6 +56,23 @@ def write_distributions(path: Path, merchants: Sequence[str] = MERCHANTS, codes:
             rows.append({"merchant_id": m, "code": c, "p": float(w), "n": int(w * 100)})
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+def episode_world(root: Path) -> tuple[str, list[SimBuyer]]:
+    """A prepared storefront of the two merchants and 12 seeded buyers of each (seed 7)."""
+    data = write_prepared(root / "prepared")
+    sampler = PopulationSampler.from_parquet(write_distributions(root / "dist.parquet"))
+    return str(data), sampler.population(list(MERCHANTS), 12, seed=7)
+
+
+def text_env_spec(data: str) -> EnvSpec:
+    """The registered text storefront on a prepared directory."""
+    return EnvSpec(kwargs={"data": data})
+
+
+def rollout_rows(table: pa.Table) -> list[dict]:
+    """A rollouts table's rows by buyer, then step."""
+    return table.sort_by([("sim_buyer_id", "ascending"), ("step", "ascending")]).to_pylist()
 
 
 def tiny_simulation(root: Path, **fields) -> SimulationConfig:

@@ -10,35 +10,28 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from engine.episode_player import ROLLOUTS, CallClient, EnvSpec, EpisodePlayer
-from engine.population import PopulationSampler
+from engine.episode_player import ROLLOUTS, CallClient, EpisodePlayer
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.policy import ActResult
-from tests.engine.sim_fixtures import UniformPolicy, write_distributions, write_prepared
+from tests.engine.sim_fixtures import (
+    UniformPolicy,
+    episode_world,
+    rollout_rows,
+    text_env_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    data = write_prepared(root / "prepared")
-    sampler = PopulationSampler.from_parquet(write_distributions(root / "dist.parquet"))
-    return str(data), sampler.population(["m1", "m2"], 12, seed=7)
-
-
-def spec(data: str) -> EnvSpec:
-    return EnvSpec(kwargs={"data": data})
-
-
-def sorted_rows(table):
-    return table.sort_by([("sim_buyer_id", "ascending"), ("step", "ascending")]).to_pylist()
+    return episode_world(tmp_path_factory.mktemp("world"))
 
 
 def test_player_one_request_per_tick_and_episode_rows(world):
     data, buyers = world
     policy = UniformPolicy()
-    table = EpisodePlayer(spec(data), max_envs=10, max_steps=6).play(buyers, policy.act)
+    table = EpisodePlayer(text_env_spec(data), max_envs=10, max_steps=6).play(buyers, policy.act)
     assert table.schema == ROLLOUTS
     # Ticks carry every live episode: the first is full, and no call exceeds the env pool.
     assert policy.batch_sizes[0] == 10 and max(policy.batch_sizes) == 10
@@ -60,11 +53,13 @@ def test_player_one_request_per_tick_and_episode_rows(world):
 
 def test_rollouts_do_not_depend_on_pool_size_or_neighbours(world):
     data, buyers = world
-    wide = EpisodePlayer(spec(data), max_envs=24, max_steps=6).play(buyers, UniformPolicy().act)
-    narrow = EpisodePlayer(spec(data), max_envs=3, max_steps=6).play(buyers, UniformPolicy().act)
-    alone = EpisodePlayer(spec(data), max_envs=1, max_steps=6).play(buyers[5:6], UniformPolicy().act)
-    assert sorted_rows(wide) == sorted_rows(narrow)
-    assert [r for r in sorted_rows(wide) if r["sim_buyer_id"] == buyers[5].sim_buyer_id] == sorted_rows(alone)
+    wide = EpisodePlayer(text_env_spec(data), max_envs=24, max_steps=6).play(buyers, UniformPolicy().act)
+    narrow = EpisodePlayer(text_env_spec(data), max_envs=3, max_steps=6).play(buyers, UniformPolicy().act)
+    alone = EpisodePlayer(text_env_spec(data), max_envs=1, max_steps=6).play(buyers[5:6], UniformPolicy().act)
+    assert rollout_rows(wide) == rollout_rows(narrow)
+    assert [r for r in rollout_rows(wide) if r["sim_buyer_id"] == buyers[5].sim_buyer_id] == rollout_rows(
+        alone
+    )
 
 
 def test_invalid_actions_are_recorded(world):
@@ -75,7 +70,7 @@ def test_invalid_actions_are_recorded(world):
             return UniformPolicy().act(requests)
         return [ActResult("fly to the moon") for _ in requests]
 
-    table = EpisodePlayer(spec(data), max_envs=4, max_steps=3).play(buyers[:4], clumsy)
+    table = EpisodePlayer(text_env_spec(data), max_envs=4, max_steps=3).play(buyers[:4], clumsy)
     first = table.filter(pc.equal(table["step"], 0))
     assert first["valid"].to_pylist() == [False] * 4
     assert first["action_kind"].to_pylist() == ["other"] * 4
@@ -99,10 +94,10 @@ class RecordingClient(CallClient):
 
 def test_env_groups_overlap_and_do_not_change_rollouts(world):
     data, buyers = world
-    lockstep = EpisodePlayer(spec(data), max_envs=10, max_steps=6).play(buyers, UniformPolicy().act)
+    lockstep = EpisodePlayer(text_env_spec(data), max_envs=10, max_steps=6).play(buyers, UniformPolicy().act)
     client = RecordingClient(UniformPolicy().act)
-    grouped = EpisodePlayer(spec(data), max_envs=10, max_steps=6, groups=2).play(buyers, client)
-    assert sorted_rows(grouped) == sorted_rows(lockstep)
+    grouped = EpisodePlayer(text_env_spec(data), max_envs=10, max_steps=6, groups=2).play(buyers, client)
+    assert rollout_rows(grouped) == rollout_rows(lockstep)
     # Two groups of 5: both batches are out before the first answers are awaited, and a group's next
     # batch is sent before the other group's answers are fetched.
     assert client.log[:3] == [("submit", 5), ("submit", 5), ("fetch", 5)]
@@ -114,7 +109,7 @@ def test_env_groups_overlap_and_do_not_change_rollouts(world):
         assert 0 <= outstanding <= 2
     assert outstanding == 0 and sum(n for k, n in client.log if k == "fetch") == grouped.num_rows
     with pytest.raises(ValueError, match="groups"):
-        EpisodePlayer(spec(data), max_envs=2, groups=3)
+        EpisodePlayer(text_env_spec(data), max_envs=2, groups=3)
 
 
 def test_the_in_process_paths_import_no_ray():
