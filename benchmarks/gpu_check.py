@@ -34,6 +34,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import yaml
@@ -41,6 +42,7 @@ import yaml
 from engine.episode_player import EnvSpec, EpisodePlayer
 from engine.population import PopulationSampler
 from learners.agent.llm_policy import LLMPolicy
+from learners.agent.offline_eval import requests_for
 from learners.agent.policy import ActRequest
 from learners.agent.sources import load_personas, load_traces
 from learners.agent.train import train_agent
@@ -77,21 +79,10 @@ def train(study: Path, out: Path, config: AgentTrainConfig) -> dict:
 
 def requests(agent: Path, n: int, seed: int) -> list[ActRequest]:
     """``n`` goal-free requests as the agent's training examples show them (page, actions, code, history)."""
-    table = pq.read_table(
-        agent / "data" / "train.parquet", columns=["observation", "valid_actions", "code", "history", "goal"]
-    )
-    rows = [r for r in table.to_pylist() if r["goal"] is None]
-    pick = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
-    return [
-        ActRequest(
-            rows[i]["observation"],
-            tuple(rows[i]["valid_actions"]),
-            persona=rows[i]["code"],
-            history=tuple(rows[i]["history"] or ()),
-            seed=int(i),
-        )
-        for i in pick
-    ]
+    table = pq.read_table(agent / "data" / "train.parquet")
+    table = table.filter(pc.is_null(table["goal"]))
+    pick = np.random.default_rng(seed).choice(table.num_rows, size=min(n, table.num_rows), replace=False)
+    return requests_for(table.take(pick), "true", seed=seed)
 
 
 def serve(policy: LLMPolicy, pool: list[ActRequest], per_batch: int) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from learners.agent.llm_policy import LLMPolicy
-from learners.agent.policy import ActRequest
+from learners.agent.offline_eval import requests_for
 
 PRICE = re.compile(r"^Price: ([0-9.]+)(?: \(was ([0-9.]+)\))?$", re.M)
 CUT = 0.7
@@ -67,16 +67,10 @@ def p_add(
     policy: LLMPolicy, rows: list[dict], observations: list[str] | None = None, batch: int = 64
 ) -> np.ndarray:
     """The agent's P(add to cart) per row (on ``observations`` instead of the rows' own, if given)."""
-    persona = policy.tokens is not None
-    requests = [
-        ActRequest(
-            obs,
-            tuple(r["valid_actions"]),
-            persona=r["code"] if persona else None,
-            history=tuple(r["history"] or ()),
-        )
-        for r, obs in zip(rows, observations or [r["observation"] for r in rows], strict=True)
-    ]
+    table = pl.DataFrame(rows).select("observation", "valid_actions", "goal", "history", "code")
+    if observations is not None:
+        table = table.with_columns(observation=pl.Series(observations))
+    requests = requests_for(table.to_arrow(), "true" if policy.tokens is not None else "none")
     out = []
     for start in range(0, len(requests), batch):
         chunk = requests[start : start + batch]
