@@ -300,12 +300,15 @@ def step_quality(rollouts_dir: str | Path) -> dict:
         per_buyer = goals.group_by(["sim_buyer_id", *([seed_col] if seed_col else [])]).agg(
             (pl.col("reward").max() > 0).alias("success")
         )
+        seeds = {}
         if seed_col and per_buyer[seed_col].n_unique() > 1:
-            rates = per_buyer.group_by(seed_col).agg(pl.col("success").mean())["success"].to_list()
-            ci = M.success_rate_ci(rates)
+            by_seed = per_buyer.group_by(seed_col).agg(pl.col("success").mean()).sort(seed_col)
+            seeds = {str(k): v for k, v in by_seed.iter_rows()}
+            ci = M.success_rate_ci(list(seeds.values()))
         else:
             ci = M.wilson_interval(int(per_buyer["success"].sum()), per_buyer.height)
-        out["goal_success"] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n}
+        # Per-seed rates let two systems given the same tasks be compared seed by seed (study_report.py).
+        out["goal_success"] = {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "seeds": seeds}
     if "code" in steps.columns and steps["code"].is_not_null().any():
         per_buyer = steps.group_by("sim_buyer_id").agg(
             pl.col("code").first(),

@@ -225,6 +225,21 @@ def success_rate_ci(per_seed_rates: Sequence[float], level: float = 0.95) -> Rat
     return RateInterval(mean, max(0.0, mean - half), min(1.0, mean + half), int(rates.size))
 
 
+def paired_difference_ci(
+    a: Sequence[float], b: Sequence[float], level: float = 0.95
+) -> dict[str, float | None]:
+    """Mean of the paired differences ``a[i] - b[i]`` (e.g. two systems' success rates on the same seeds)
+    with a Student-t interval over the pairs: ``diff``, ``low``, ``high`` (None with one pair), ``n``."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if d.size == 0:
+        raise ValueError("no pairs to compare")
+    mean = float(d.mean())
+    if d.size == 1:
+        return {"diff": mean, "low": None, "high": None, "n": 1}
+    half = float(stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    return {"diff": mean, "low": mean - half, "high": mean + half, "n": int(d.size)}
+
+
 def wilson_interval(successes: int, trials: int, level: float = 0.95) -> RateInterval:
     """Wilson score interval for a pooled success count (used when there is a single seed)."""
     if trials <= 0:

@@ -5,8 +5,10 @@ entry (``merchant_distributions.parquet`` of the assignment step): a simulated b
 so a type whose buyers come back often is drawn as often as it visits. Sampling is seeded per
 merchant from (run seed, merchant id), so adding a merchant to a run never changes another
 merchant's buyers, and every simulated buyer carries its own seed derived from (run seed, buyer
-index) so its episode does not depend on which runner plays it or when. Goal tasks give each buyer a target product drawn from
-its merchant's catalogue, weighted by popularity, with a generator seeded by the buyer's seed only.
+index) so its episode does not depend on which runner plays it or when. Goal tasks give each buyer
+a target product drawn from its merchant's catalogue with a generator seeded by the buyer's seed only
+(``GOAL_DRAWS``): weighted by popularity, or uniformly among the products the home page does not
+feature, so that the buyer has to search or browse for it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs.catalog import Catalog
+from envs.storefront import FEATURED
 
 DISTRIBUTION_COLUMNS = ("merchant_id", "code", "p")
 GOAL_STREAM = 0x60A1
 """Second SeedSequence entry of the goal draw, so it is independent of the episode's own stream."""
+GOAL_DRAWS = ("popular", "off-home")
+"""How a goal product is drawn. ``popular``: popularity-weighted over the whole catalogue, so the goal
+is often one of the FEATURED products of the home page, where a goal task ends in three steps (open,
+buy now, place order). ``off-home``: uniform over the products the home page does not feature, so the
+buyer must search or open a category to find it; it needs more than FEATURED products."""
 
 
 @dataclass(frozen=True)
@@ -60,18 +68,30 @@ def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def goal_product(catalog: Catalog, seed: int) -> str:
-    """A buyer's target product: a popularity-weighted draw (uniform if no product has popularity)."""
+def goal_product(catalog: Catalog, seed: int, draw: str = "popular") -> str:
+    """A buyer's target product (``GOAL_DRAWS``; popular: uniform if no product has popularity)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, GOAL_STREAM]))
+    if draw == "off-home":
+        if len(catalog.products) <= FEATURED:
+            raise ValueError(
+                f"merchant {catalog.merchant_id!r}: all {len(catalog.products)} products are featured on the"
+                f" home page, so an off-home goal cannot be drawn; use goal draw 'popular' for it, or"
+                f" merchants with more than {FEATURED} products"
+            )
+        return catalog.products[FEATURED + int(rng.integers(len(catalog.products) - FEATURED))].product_id
+    if draw != "popular":
+        raise ValueError(f"goal draw {draw!r}: expected one of {', '.join(GOAL_DRAWS)}")
     weights = np.array([max(p.popularity, 0.0) for p in catalog.products], dtype=np.float64)
     total = weights.sum()
     p = weights / total if total > 0 else None
-    rng = np.random.default_rng(np.random.SeedSequence([seed, GOAL_STREAM]))
     return catalog.products[int(rng.choice(len(catalog.products), p=p))].product_id
 
 
-def with_goals(buyers: Sequence[SimBuyer], catalogs: Mapping[str, Catalog]) -> list[SimBuyer]:
+def with_goals(
+    buyers: Sequence[SimBuyer], catalogs: Mapping[str, Catalog], draw: str = "popular"
+) -> list[SimBuyer]:
     """The buyers, each with a goal product from its merchant's catalogue (see ``goal_product``)."""
-    return [replace(b, goal=goal_product(catalogs[b.merchant_id], b.seed)) for b in buyers]
+    return [replace(b, goal=goal_product(catalogs[b.merchant_id], b.seed, draw)) for b in buyers]
 
 
 def largest_remainder_counts(p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

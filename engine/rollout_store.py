@@ -46,6 +46,7 @@ RESULT_FIELDS = (
     "chunk_size",
     "replicates",
     "goal_tasks",
+    "goal_draw",
 )
 
 

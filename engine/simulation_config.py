@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from engine.population import PopulationSampler, SimBuyer, with_goals
+from engine.population import GOAL_DRAWS, PopulationSampler, SimBuyer, with_goals
 from envs.catalog import PreparedCatalogs
 from learners.config import mapping_value
 
@@ -43,8 +43,12 @@ class SimulationConfig:
     """Copies of the population drawn with run seeds seed, seed+1, ... (the rollouts' `seed` column);
     several give per-seed rates, e.g. goal success with a confidence interval over seeds."""
     goal_tasks: bool = False
-    """Goal-oriented shopping: every buyer gets a target product (popularity-weighted from its merchant's
-    catalogue in `data`, drawn from the buyer's seed); the env rewards buying it and stops after 20 steps."""
+    """Goal-oriented shopping: every buyer gets a target product (drawn as `goal_draw` says from its
+    merchant's catalogue in `data`, with the buyer's seed); the env rewards buying it and stops after 20 steps."""
+    goal_draw: str = "popular"
+    """How goal tasks draw their target: `popular` (popularity-weighted over the catalogue, so often one of
+    the products the home page features) or `off-home` (uniform over the products it does not feature:
+    the buyer must search or browse for it; needs catalogues of more than 5 products)."""
     stratified: bool = True
     """Sample codes by exact largest-remainder quotas (true) or i.i.d. from each merchant's distribution."""
     smoothing: float = 0.0
@@ -123,6 +127,10 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         self.env_kwargs = mapping_value(self.env_kwargs, "env_kwargs")
+        if self.goal_draw not in GOAL_DRAWS:
+            raise ValueError(
+                f"simulation config: goal_draw {self.goal_draw!r}; expected one of {', '.join(GOAL_DRAWS)}"
+            )
 
 
 def buyers_per_merchant(config: SimulationConfig, merchants: list[str]) -> dict[str, int]:
@@ -159,4 +167,4 @@ def build_population(config: SimulationConfig) -> list[SimBuyer]:
             " catalogs.parquet the goal products are drawn from)"
         )
     catalogs = PreparedCatalogs(config.data, merchants)
-    return with_goals(buyers, {m: catalogs.get(m) for m in merchants})
+    return with_goals(buyers, {m: catalogs.get(m) for m in merchants}, config.goal_draw)

@@ -21,12 +21,13 @@ is already there, so an interrupted study continues where it stopped:
    chain fitted on the same examples as the persona agent. Only what the chosen systems use is built.
 5. ``simulate``: every system simulates, per held-out merchant, at least ``simulate.buyers_per_merchant``
    visits and ``simulate.buyers_per_real_session`` per real session, and goal tasks (buy a target
-   product within 20 steps) over ``goal_seeds`` seeds.
+   product within 20 steps; ``simulate.goal_draw`` says which products are targets) over ``goal_seeds``
+   seeds.
 6. ``evaluate`` (run every time, never skipped): one report per variant (``report/<variant>/``) and
    ``OUT/metrics.json``, ``OUT/summary.md``, ``OUT/index.html``: every system's metrics with 95%
    intervals beside the perfect simulator's ceiling and the floor (``engine/bootstrap.py``),
    normalised scores, the main system's paired differences with each baseline, invalid rate and goal
-   success.
+   success (the main system's minus each other's, paired by seed).
 
 A simulated buyer is one visit, so real rates are per session (``engine/evaluate.py``). The systems
 (``SYSTEMS``) differ only in policy, persona use and code distribution; everything else is shared.
@@ -60,7 +61,9 @@ from engine.stage_configs import (
     command_line,
 )
 from engine.study_config import RUN_ONLY_FIELDS, SECTIONS, SYSTEMS, StudyConfig
-from engine.study_report import COMPARED, index_html, summary_markdown, targets
+from engine.study_report import COMPARED, goal_effects, index_html, summary_markdown, targets
+from envs.catalog import PreparedCatalogs
+from envs.storefront import FEATURED
 from learners.config import config_to_dict
 from learners.data.merchant_split import eligible_merchants, filter_prepared, heldout_merchants
 from learners.data.windows import window_cutoff, window_prepared
@@ -219,6 +222,15 @@ class Study:
             )
         return json.loads(path.read_text())
 
+    def agent_paths(self) -> dict[str, Path]:
+        """Where each policy the systems use lives in the study directory (``SYSTEMS[name].agent``)."""
+        return {
+            "persona": self.out / "agent",
+            "no-persona": self.out / "agent-no-persona",
+            "larger": self.out / "agent-larger",
+            "markov": self.out / "markov.json",
+        }
+
     def agents(self, split: dict) -> dict[str, Path]:
         """Traces of the training merchants (every session, unless ``traces.max_sessions`` caps them),
         the three agents (each on ``agent.max_tokens`` per epoch at most, with ``agent.validation_share``
@@ -231,12 +243,7 @@ class Study:
         )
         self.stage("traces (training merchants)", stages.replay_traces, replay, traces / "traces.parquet")
         needed = {SYSTEMS[s].agent for s in [*c.systems, *c.goal_systems]}
-        paths = {
-            "persona": self.out / "agent",
-            "no-persona": self.out / "agent-no-persona",
-            "larger": self.out / "agent-larger",
-            "markov": self.out / "markov.json",
-        }
+        paths = self.agent_paths()
         codes = str(self.out / "codes")
         trained = [
             ("persona", codes, c.agent.base_model),
@@ -279,13 +286,21 @@ class Study:
         for variant in dists:
             out["uniform", variant] = folder / "uniform.parquet"
         pq.write_table(uniform, folder / "uniform.parquet")
-        goal_merchants = pa.array(split["heldout"][: self.config.goal_merchants], pa.string())
+        goal_merchants = pa.array(self.goal_merchants(split)[: c.goal_merchants], pa.string())
         own = pq.read_table(out["own", "same-window"])
         out["goal", "same-window"] = folder / "goal.parquet"
         pq.write_table(
             own.filter(pc.is_in(own["merchant_id"], value_set=goal_merchants)), out["goal", "same-window"]
         )
         return out
+
+    def goal_merchants(self, split: dict) -> list[str]:
+        """The held-out merchants that can give goal tasks: all of them, or for off-home goals those
+        with a product the home page does not feature (engine/population.py's ``GOAL_DRAWS``)."""
+        if self.config.simulate.goal_draw != "off-home":
+            return list(split["heldout"])
+        catalogs = PreparedCatalogs(self.prepared(), split["heldout"])
+        return [m for m in split["heldout"] if len(catalogs.get(m).products) > FEATURED]
 
     def simulate(
         self, name: str, run: str, dist: Path, paths: dict[str, Path], data: Path, goals: bool
@@ -341,9 +356,17 @@ class Study:
                     dist = dist_files[system.codes, "same-window" if shared else variant]
                     runs[name, key] = self.simulate(name, key, dist, paths, data, goals=False)
                 runs[name, variant] = runs[name, key]
+        goal_dist = dist_files["goal", "same-window"]
+        if c.goal_systems and pq.read_metadata(goal_dist).num_rows == 0:
+            print(
+                f"\nno goal tasks: no held-out merchant has more than {FEATURED} products, which goal draw"
+                " 'off-home' needs (--simulate.goal-draw popular draws among all products)",
+                flush=True,
+            )
         goals = {
-            name: self.simulate(name, "goals", dist_files["goal", "same-window"], paths, data, goals=True)
+            name: self.simulate(name, "goals", goal_dist, paths, data, goals=True)
             for name in c.goal_systems
+            if pq.read_metadata(goal_dist).num_rows
         }
         result = self.evaluate(data, split, runs, goals)
         result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -397,7 +420,10 @@ class Study:
             "split": {k: v for k, v in split.items() if k != "traced"} | {"traced": len(split["traced"])},
             "window": self.window(data, split) if "strict" in c.variants else None,
             "variants": variants,
-            "targets": {v: targets(r["systems"], main, r["fidelity"]) for v, r in variants.items()},
+            "targets": {
+                v: targets(r["systems"], main, r["fidelity"], goal_effects(r["goal_success"], main))
+                for v, r in variants.items()
+            },
         }
 
 

@@ -133,7 +133,8 @@ class StudyConfig:
     )
     """Systems given goal tasks (buy a target product within 20 steps)."""
     goal_merchants: int = 10
-    """Held-out merchants (the first ones, sorted) whose catalogues give the goal tasks."""
+    """Held-out merchants (the first ones, sorted) whose catalogues give the goal tasks; with
+    `simulate.goal_draw` off-home, the first ones with a product the home page does not feature."""
     goal_buyers_per_merchant: int = 10
     """Goal tasks per merchant and seed."""
     goal_seeds: int = 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 
+from engine.metrics import paired_difference_ci
 from engine.report import fidelity_html, fidelity_text, markdown_table
 
 COMPARED = ("mismatched-merchant", "mismatched-uniform", "no-persona", "larger-no-persona", "markov")
@@ -13,11 +14,27 @@ COMPARED = ("mismatched-merchant", "mismatched-uniform", "no-persona", "larger-n
 NORMALISED_TARGET = 0.95
 
 
-def targets(systems: dict[str, dict], main: str, bounded: dict) -> dict[str, dict]:
+def goal_effects(goal_success: dict[str, dict | None], main: str) -> dict[str, dict]:
+    """The main system's goal success minus each other system's, paired by seed (the same buyers and
+    goals per seed), with a t interval over the seeds; systems without per-seed rates are left out."""
+    mine = (goal_success.get(main) or {}).get("seeds") or {}
+    out = {}
+    for name, other in goal_success.items():
+        theirs = (other or {}).get("seeds") or {}
+        shared = sorted(mine.keys() & theirs.keys(), key=int)
+        if name != main and shared:
+            out[name] = paired_difference_ci([mine[k] for k in shared], [theirs[k] for k in shared])
+    return out
+
+
+def targets(
+    systems: dict[str, dict], main: str, bounded: dict, goals: dict[str, dict] | None = None
+) -> dict[str, dict]:
     """The study's targets for the main system, stated against what the data allows: CRA and ARA
     within the perfect simulator's reach (normalised score >= 0.95), a paired effect over each
     mismatched baseline whose interval is above 0, not below the Markov chain, and goal success above
-    the larger no-persona model. Each with its measured value and whether it is met."""
+    the larger no-persona model (its paired interval over seeds above 0, ``goals`` from
+    ``goal_effects``; the means alone without them). Each with its measured value and whether it is met."""
     me, effects = bounded["systems"][main], bounded["effects"]["vs"]
     checks: dict[str, tuple[float | None, bool]] = {}
     for k in ("cra", "ara"):
@@ -43,7 +60,13 @@ def targets(systems: dict[str, dict], main: str, bounded: dict) -> dict[str, dic
             )
     larger = systems.get("larger-no-persona", {}).get("goal_success")
     mine = systems[main].get("goal_success")
-    if larger is not None and mine is not None:
+    paired = (goals or {}).get("larger-no-persona")
+    if paired is not None and paired["low"] is not None:
+        checks[f"goal_success: {main} - larger-no-persona > 0 (paired 95% low)"] = (
+            paired["low"],
+            paired["low"] > 0,
+        )
+    elif larger is not None and mine is not None:
         checks["goal_success > larger-no-persona"] = (mine - larger, mine > larger)
     return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()}
 
@@ -127,6 +150,26 @@ def index_html(result: dict) -> str:
     )
 
 
+def _signed(d: dict) -> str:
+    span = "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
+    return f"{d['diff']:+.3f}{span}"
+
+
+def goal_lines(goal_success: dict[str, dict | None], main: str) -> list[str]:
+    """The goal tasks' table: each system's success with its interval over seeds, and the main system
+    minus it, paired by seed."""
+    effects = goal_effects(goal_success, main)
+    lines = [
+        f"| system | goal success [95% over seeds] | {main} − system, paired by seed [95%] |",
+        "|---|---:|---:|",
+    ]
+    for name, g in goal_success.items():
+        if g is not None:
+            versus = _signed(effects[name]) if name in effects else ""
+            lines.append(f"| {name} | {g['mean']:.3f} [{g['low']:.3f}, {g['high']:.3f}] | {versus} |")
+    return lines
+
+
 def summary_markdown(result: dict) -> str:
     split = result["split"]
     lines = [
@@ -150,6 +193,11 @@ def summary_markdown(result: dict) -> str:
         lines += ["| target | value | met |", "|---|---:|---|"]
         for name, t in result["targets"][variant].items():
             lines.append(f"| {name} | {_value(t)} | {'yes' if t['met'] else 'no'} |")
+    goals = next(iter(result["variants"].values()), {}).get("goal_success") or {}
+    if goals:
+        draw = result["config"]["simulate"].get("goal_draw", "popular")
+        lines += ["", f"## Goal tasks ({draw} goals, same window)", ""]
+        lines += goal_lines(goals, result["config"]["systems"][0])
     lines += ["", "## Commands", "", "| stage | command | s |", "|---|---|---:|"]
     for entry in result["log"]:
         seconds = "done before" if entry.get("skipped") else entry["seconds"]

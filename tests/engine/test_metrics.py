@@ -117,5 +117,10 @@ def test_success_rate_intervals():
     assert ci.mean == pytest.approx(0.5)
     assert ci.high - ci.mean == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
     assert M.success_rate_ci([0.3]).low == 0.3
+    d = M.paired_difference_ci([0.9, 0.8, 0.7], [0.5, 0.6, 0.7])  # differences 0.4, 0.2, 0.0
+    assert d["diff"] == pytest.approx(0.2) and d["n"] == 3
+    assert d["high"] - d["diff"] == pytest.approx(4.302653 * 0.2 / math.sqrt(3), rel=1e-5)
+    assert d["low"] < 0 < d["high"]  # not clipped: a difference may be negative
+    assert M.paired_difference_ci([0.9], [0.5])["low"] is None
     w = M.wilson_interval(5, 10)
     assert (w.low, w.high) == pytest.approx((0.2366, 0.7634), abs=1e-4)

@@ -18,6 +18,7 @@ from engine.population import (
     with_goals,
 )
 from envs.catalog import Catalog
+from envs.storefront import FEATURED, Storefront
 
 P_A = {0: 0.5, 1: 0.3, 2: 0.15, 3: 0.05}
 P_B = {2: 0.7, 4: 0.3}
@@ -138,3 +139,26 @@ def test_goal_products_are_seeded_and_popularity_weighted():
     }  # uniform when nothing is popular
     buyers = with_goals(PopulationSampler(table()).population(["A"], 5, seed=2), {"A": catalog})
     assert [b.goal for b in buyers] == [goal_product(catalog, b.seed) for b in buyers]
+
+
+def test_off_home_goals_are_drawn_uniformly_among_the_products_the_home_page_does_not_feature():
+    catalog = Catalog.from_records("A", [{"product_id": f"p{i}", "popularity": 10.0 - i} for i in range(9)])
+    featured = {p.product_id for p in Storefront(catalog).listing(Storefront(catalog).initial_state().page)}
+    assert len(featured) == FEATURED
+    seeds = [buyer_seed(3, i) for i in range(4_000)]
+    goals = [goal_product(catalog, s, "off-home") for s in seeds]
+    assert goals[:50] == [goal_product(catalog, s, "off-home") for s in seeds[:50]]
+    others = sorted({p.product_id for p in catalog.products} - featured)
+    assert sorted(set(goals)) == others  # never featured, every other product drawn
+    _, pvalue = stats.chisquare([goals.count(g) for g in others])
+    assert pvalue > 1e-4
+    buyers = with_goals(PopulationSampler(table()).population(["A"], 5, seed=2), {"A": catalog}, "off-home")
+    assert [b.goal for b in buyers] == [goal_product(catalog, b.seed, "off-home") for b in buyers]
+
+
+def test_off_home_goals_need_a_product_beyond_the_home_page():
+    small = Catalog.from_records("shop-7", [{"product_id": f"p{i}"} for i in range(FEATURED)])
+    with pytest.raises(ValueError, match=r"'shop-7': all 5 products are featured.*'popular'"):
+        goal_product(small, 1, "off-home")
+    with pytest.raises(ValueError, match="goal draw 'rare'"):
+        goal_product(small, 1, "rare")

@@ -201,6 +201,7 @@ def test_goal_tasks_give_each_buyer_its_target_and_per_seed_success(ray_local, b
     quality = step_quality(out)["goal_success"]
     assert quality["n"] == 3 and quality["mean"] == pytest.approx(sum(rates) / 3)
     assert quality["low"] <= quality["mean"] <= quality["high"]
+    assert quality["seeds"] == pytest.approx({str(base.seed + i): r for i, r in enumerate(rates)})
 
 
 def test_goal_tasks_need_the_prepared_catalogs(base, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from engine.cli import main as simpersona
 from engine.study import Study, other_merchants
 from engine.study_config import StudyConfig
-from engine.study_report import explain, targets
+from engine.study_report import explain, goal_effects, goal_lines, targets
 from learners.config import config_from_dict
 
 
@@ -97,6 +97,7 @@ def test_every_system_is_reported_per_variant(study):
     assert "## strict" in summary and "## same-window" in summary and "simpersona fit-personas" in summary
     assert "*ceiling* (perfect simulator, 12 visits per merchant)" in summary and "*floor*" in summary
     assert "markov − markov-mismatched-merchant" not in summary  # only the main system's baselines
+    assert "## Goal tasks (popular goals, same window)" in summary and "| markov | " in summary
     assert "same-window: " in summary and "perfect simulator's" in summary
     for variant, r in result["variants"].items():
         bounded = r["fidelity"]
@@ -198,6 +199,53 @@ def test_targets_are_stated_against_the_ceiling_and_paired_effects():
     assert not t["cr_corr: persona - mismatched-uniform > 0 (paired 95% low)"]["met"]
     assert not t["cra: persona not below markov (paired 95% high >= 0)"]["met"]
     assert t["goal_success > larger-no-persona"]["met"] is False
+
+
+def test_goal_success_is_compared_seed_by_seed():
+    goals = {
+        "persona": {"mean": 0.8, "low": 0.7, "high": 0.9, "n": 3, "seeds": {"0": 0.9, "1": 0.8, "2": 0.7}},
+        "larger-no-persona": {
+            "mean": 0.6,
+            "low": 0.4,
+            "high": 0.8,
+            "n": 3,
+            "seeds": {"2": 0.7, "0": 0.5, "1": 0.6},
+        },
+        "markov": {"mean": 0.1, "low": 0.1, "high": 0.1, "n": 1, "seeds": {}},
+    }
+    effects = goal_effects(goals, "persona")
+    assert set(effects) == {"larger-no-persona"}  # markov has no per-seed rates to pair
+    assert effects["larger-no-persona"]["diff"] == pytest.approx(0.2)  # seeds matched by key, not order
+    assert effects["larger-no-persona"]["low"] < 0  # differences 0.4, 0.2, 0.0: not above 0
+    bounded = {
+        "systems": {"persona": {"cra": {"normalised": 1.0}, "ara": {"normalised": 1.0}}},
+        "effects": {"vs": {}},
+    }
+    systems = {name: {"goal_success": g["mean"]} for name, g in goals.items()}
+    checks = targets(systems, "persona", bounded, effects)
+    assert checks["goal_success: persona - larger-no-persona > 0 (paired 95% low)"]["met"] is False
+    assert "goal_success > larger-no-persona" not in checks  # the means alone (0.8 > 0.6) do not count
+    steady = goal_effects(
+        goals | {"persona": goals["persona"] | {"seeds": {"0": 0.8, "1": 0.9, "2": 0.95}}}, "persona"
+    )
+    assert targets(systems, "persona", bounded, steady)[
+        "goal_success: persona - larger-no-persona > 0 (paired 95% low)"
+    ]["met"]
+    table = "\n".join(goal_lines(goals, "persona"))
+    assert "| larger-no-persona | 0.600 [0.400, 0.800] | +0.200 [" in table and "| markov | 0.100" in table
+
+
+def test_off_home_goal_tasks_come_from_merchants_with_a_product_beyond_the_home_page(tmp_path):
+    products = [("big", f"b{i}") for i in range(8)] + [("small", f"s{i}") for i in range(3)]
+    pq.write_table(
+        pa.table({"merchant_id": [m for m, _ in products], "product_id": [p for _, p in products]}),
+        tmp_path / "catalogs.parquet",
+    )
+    config = StudyConfig(data=str(tmp_path))
+    split = {"heldout": ["small", "big"]}
+    assert Study(config).goal_merchants(split) == ["small", "big"]
+    off_home = replace(config, simulate=replace(config.simulate, goal_draw="off-home"))
+    assert Study(off_home).goal_merchants(split) == ["big"]
 
 
 def test_the_headline_paragraph_says_what_the_numbers_mean():
