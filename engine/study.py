@@ -357,16 +357,15 @@ class Study:
                     runs[name, key] = self.simulate(name, key, dist, paths, data, goals=False)
                 runs[name, variant] = runs[name, key]
         goal_dist = dist_files["goal", "same-window"]
-        if c.goal_systems and pq.read_metadata(goal_dist).num_rows == 0:
+        goal_systems = c.goal_systems if pq.read_metadata(goal_dist).num_rows else []
+        if c.goal_systems and not goal_systems:
             print(
                 f"\nno goal tasks: no held-out merchant has more than {FEATURED} products, which goal draw"
                 " 'off-home' needs (--simulate.goal-draw popular draws among all products)",
                 flush=True,
             )
         goals = {
-            name: self.simulate(name, "goals", goal_dist, paths, data, goals=True)
-            for name in c.goal_systems
-            if pq.read_metadata(goal_dist).num_rows
+            name: self.simulate(name, "goals", goal_dist, paths, data, goals=True) for name in goal_systems
         }
         result = self.evaluate(data, split, runs, goals)
         result["wall_s"] = round(time.perf_counter() - started, 1)
