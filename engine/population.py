@@ -72,11 +72,12 @@ def goal_product(catalog: Catalog, seed: int, draw: str = "popular") -> str:
     """A buyer's target product (``GOAL_DRAWS``; popular: uniform if no product has popularity)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, GOAL_STREAM]))
     if draw == "off-home":
-        if len(catalog.products) <= FEATURED:
+        n = len(catalog.products)
+        if n <= FEATURED:
+            shown = "its only product is" if n == 1 else f"all {n} of its products are"
             raise ValueError(
-                f"merchant {catalog.merchant_id!r}: all {len(catalog.products)} products are featured on the"
-                f" home page, so an off-home goal cannot be drawn; use goal draw 'popular' for it, or"
-                f" merchants with more than {FEATURED} products"
+                f"merchant {catalog.merchant_id!r}: {shown} featured on the home page, so an off-home goal"
+                f" cannot be drawn; use goal draw 'popular' for it, or merchants with more than {FEATURED} products"
             )
         return catalog.products[FEATURED + int(rng.integers(len(catalog.products) - FEATURED))].product_id
     if draw != "popular":

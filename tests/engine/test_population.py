@@ -158,7 +158,10 @@ def test_off_home_goals_are_drawn_uniformly_among_the_products_the_home_page_doe
 
 def test_off_home_goals_need_a_product_beyond_the_home_page():
     small = Catalog.from_records("shop-7", [{"product_id": f"p{i}"} for i in range(FEATURED)])
-    with pytest.raises(ValueError, match=r"'shop-7': all 5 products are featured.*'popular'"):
+    with pytest.raises(ValueError, match=r"'shop-7': all 5 of its products are featured.*'popular'"):
         goal_product(small, 1, "off-home")
+    single = Catalog.from_records("brand-1", [{"product_id": "item-all"}])
+    with pytest.raises(ValueError, match="'brand-1': its only product is featured"):
+        goal_product(single, 1, "off-home")
     with pytest.raises(ValueError, match="goal draw 'rare'"):
         goal_product(small, 1, "rare")
