@@ -140,6 +140,19 @@ def index_html(result: dict) -> str:
             f' {variant}">{fidelity_html(r["fidelity"])}'
             f"<h3>Targets</h3><table><tr><th>target</th><th>value</th><th>met</th></tr>{rows}</table>"
         )
+    goals = next(iter(result["variants"].values()), {}).get("goal_success") or {}
+    if goals:
+        main = result["config"]["systems"][0]
+        draw = result["config"]["simulate"].get("goal_draw", "popular")
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{success}</td><td>{versus}</td></tr>"
+            for name, success, versus in goal_rows(goals, main)
+        )
+        sections.append(
+            f"<h2>Goal tasks ({html.escape(draw)} goals, same window)</h2><table><tr><th>system</th>"
+            f"<th>goal success [95% over seeds]</th><th>{html.escape(main)} − system, paired by seed [95%]</th>"
+            f"</tr>{rows}</table>"
+        )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>SimPersona study</title>'
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;"
@@ -155,19 +168,30 @@ def _signed(d: dict) -> str:
     return f"{d['diff']:+.3f}{span}"
 
 
-def goal_lines(goal_success: dict[str, dict | None], main: str) -> list[str]:
-    """The goal tasks' table: each system's success with its interval over seeds, and the main system
-    minus it, paired by seed."""
+def goal_rows(goal_success: dict[str, dict | None], main: str) -> list[tuple[str, str, str]]:
+    """The goal tasks' table rows: each system, its success with the interval over seeds, and the main
+    system minus it, paired by seed (empty for the main system and systems without per-seed rates)."""
     effects = goal_effects(goal_success, main)
+    return [
+        (
+            name,
+            f"{g['mean']:.3f} [{g['low']:.3f}, {g['high']:.3f}]",
+            _signed(effects[name]) if name in effects else "",
+        )
+        for name, g in goal_success.items()
+        if g is not None
+    ]
+
+
+def goal_lines(goal_success: dict[str, dict | None], main: str) -> list[str]:
+    """The goal tasks' table in Markdown (``goal_rows``)."""
     lines = [
         f"| system | goal success [95% over seeds] | {main} − system, paired by seed [95%] |",
         "|---|---:|---:|",
     ]
-    for name, g in goal_success.items():
-        if g is not None:
-            versus = _signed(effects[name]) if name in effects else ""
-            lines.append(f"| {name} | {g['mean']:.3f} [{g['low']:.3f}, {g['high']:.3f}] | {versus} |")
-    return lines
+    return lines + [
+        f"| {name} | {success} | {versus} |" for name, success, versus in goal_rows(goal_success, main)
+    ]
 
 
 def summary_markdown(result: dict) -> str:

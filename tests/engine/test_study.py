@@ -93,6 +93,7 @@ def test_every_system_is_reported_per_variant(study):
         assert set(report["systems"]) == set(config.systems)
     index = Path(config.out, "index.html").read_text()
     assert all(f"report/{v}/index.html" in index for v in result["variants"])
+    assert "<h2>Goal tasks (popular goals, same window)</h2>" in index and "<td>markov</td>" in index
     summary = Path(config.out, "summary.md").read_text()
     assert "## strict" in summary and "## same-window" in summary and "simpersona fit-personas" in summary
     assert "*ceiling* (perfect simulator, 12 visits per merchant)" in summary and "*floor*" in summary
