@@ -30,14 +30,13 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-import yaml
 
 from engine.episode_player import EnvSpec, EpisodePlayer
 from engine.population import PopulationSampler
@@ -47,6 +46,7 @@ from learners.agent.policy import ActRequest
 from learners.agent.sources import load_personas, load_traces
 from learners.agent.train import train_agent
 from learners.agent.train_config import AgentTrainConfig
+from learners.config import config_from_dict, load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "study-tmall-gpu.yaml"
@@ -55,9 +55,7 @@ BATCHES = (1, 8, 64, 256)
 
 def recipe(device: str, overrides: dict) -> AgentTrainConfig:
     """The GPU recipe's agent settings, in process, with ``overrides`` (None values dropped)."""
-    section = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))["agent"]
-    known = {f.name for f in fields(AgentTrainConfig)}
-    config = AgentTrainConfig(**{k: v for k, v in section.items() if k in known})
+    config = config_from_dict(AgentTrainConfig, load_yaml(RECIPE)["agent"])
     set_ = {k: v for k, v in overrides.items() if v is not None}
     return replace(config, workers=0, use_gpu=device == "cuda", **set_)
 
