@@ -27,9 +27,8 @@ query tokens that no page of a new storefront lets a model predict, and the agen
 from: trace replays reach products by searching their ids (learners/data/traces.py), and agents
 trained on those inserted searches as if buyers had made them put most of their mass on searching
 (on a Tmall study home page, 0.76 of the valid actions' mass; that agent searched in 94% of its
-steps). Examples therefore show an inserted search as a search only with its product as the goal
-(learners/agent/examples.py; goal-free, it shows the page's way on), and the template learns the
-rate of the source's real searches.
+steps). Examples therefore show an inserted search only with its product as the goal
+(learners/agent/examples.py), and the template learns the rate of the source's real searches.
 
 Item actions score in two levels (``SCORING_RULE``; so do the searches, above). An item template
 (``open product P``, ``open category C``, ``remove product P``: the action grammar's per-item
