@@ -32,21 +32,14 @@ Inserted searches: the replay reaches a product the buyer saw by searching its i
 route exists (learners/data/traces.py); the buyer never made that search (a source that records
 searches has its own real ``search`` events). Shown without a goal, those steps taught free-shopping
 agents to search at the rate the replay needs them (on Tmall, which records no search, most steps),
-not at the buyers' rate. Left out, they taught the opposite error: each was a buyer going on to
-another product, and without them a product page's rows over-teach leaving. On the Tmall study's
-training sellers they were 3,381 of the goal-free product-page rows' 10,705, and 648 of the 1,499
-after a favourite; its agent then ended its visits early and spread favourites over more visits
-than real buyers, who favourite 1.5 products per favouriting visit (benchmarks/RESULTS.md, session
-17). So an inserted search's goal-free row shows what the buyer did in kind, going on, by the page's
-way on that is not a search (``way_on``: ``back``, else ``next page``, else ``home`` off the home
-page); the search itself is taught only in its product's goal-shown copy (when it is drawn), where
-searching for the product one wants is right. A page with no such way on quarantines the row with
-that reason. Traces without a ``real_event`` column count every step as real.
+not at the buyers' rate. So an inserted search's goal-free row is quarantined with that reason; the
+step is taught only in its product's goal-shown copy (when it is drawn), where searching for the
+product one wants is right. Traces without a ``real_event`` column count every step as real.
 
 Rows that cannot teach the policy are quarantined with a reason, never dropped silently: steps the
-page could not perform (``valid`` false), empty observations or actions, inserted searches on a page
-with no way on (above), and, for persona training, buyers without a code. rows read + goal copies =
-examples + quarantined rows.
+page could not perform (``valid`` false), empty observations or actions, inserted searches (above),
+and, for persona training, buyers without a code. rows read + goal copies = examples + quarantined
+rows.
 """
 
 from __future__ import annotations
@@ -61,7 +54,7 @@ import pyarrow as pa
 
 from envs.render import mark_goal
 from envs.storefront import search_query
-from learners.agent.actions import action_kind, action_product, listed_actions, page_kind
+from learners.agent.actions import action_kind, action_product, listed_actions
 from learners.agent.prompt import alias_goal
 from learners.data.schema import QUARANTINE
 
@@ -99,8 +92,6 @@ class ExampleSet:
     """Trace rows read."""
     goal_copies: int = 0
     """Examples that are goal-shown copies of steps (hindsight goals, ``goal_segments``)."""
-    ways_on: int = 0
-    """Goal-free examples of inserted searches, shown as the page's way on (``way_on``)."""
 
 
 def _stable_unit(*parts: object) -> float:
@@ -139,20 +130,9 @@ def session_goal(actions: list[str]) -> str | None:
 _PAGE_PRODUCT = re.compile(r"^Product id: (\S+)", re.MULTILINE)
 _ROW_PRODUCT = re.compile(r"^- product (\S+) \|", re.MULTILINE)
 INSERTED_SEARCH = (
-    "inserted search (the replay's route to a product, not the buyer's search) on a page with no other"
-    " way on: shown only with that product as the goal"
+    "inserted search (the replay's route to a product, not the buyer's search): shown only with that"
+    " product as the goal"
 )
-WAYS_ON = ("back", "next page", "home")
-"""The navigation an inserted search's goal-free row shows instead, the first its page offers."""
-
-
-def way_on(observation: str, valid_actions: Sequence[str]) -> str | None:
-    """The page's way to go on browsing without a search (``WAYS_ON``; ``home`` only off the home
-    page, where it would go nowhere), or None when it offers none."""
-    for action in WAYS_ON:
-        if action in valid_actions and not (action == "home" and page_kind(observation) == "home"):
-            return action
-    return None
 
 
 def step_products(action: str, observation: str) -> tuple[str, ...]:
@@ -296,9 +276,7 @@ def build_examples(
     bad = frame.filter(pl.col("_reason").is_not_null())
 
     histories: list[list[str]] = []
-    goal_free: list[int] = []  # kept rows shown without a goal: all but inserted searches with no way on
-    free_actions: list[str] = []  # their actions: an inserted search's is its page's way on
-    ways_on = 0
+    goal_free: list[int] = []  # kept rows shown without a goal: all but inserted searches
     copy_rows: list[int] = []
     copy_goals: list[str] = []
     copy_histories: list[list[str]] = []
@@ -310,16 +288,10 @@ def build_examples(
         actions = group["action"].to_list()
         observations = group["observation"].to_list()
         real = group["real_event"].to_list()
-        valid = group["valid_actions"].to_list()
         histories += [actions[:i] for i in range(len(actions))]
-        for i, action in enumerate(actions):
-            shown: str | None = action
-            if not real[i] and search_query(" ".join(action.split())) is not None:
-                shown = way_on(observations[i], valid[i] or ())
-                ways_on += shown is not None
-            if shown is not None:
-                goal_free.append(start + i)
-                free_actions.append(shown)
+        goal_free += [
+            start + i for i, a in enumerate(actions) if real[i] or search_query(" ".join(a.split())) is None
+        ]
         if goal_share > 0:
             for rank, (product, steps, bought) in enumerate(goal_segments(actions, observations, real), 1):
                 if bought or _stable_unit(seed, merchant, buyer, session, product) < goal_share:
@@ -371,9 +343,7 @@ def build_examples(
         pl.concat(
             [
                 examples.select(pl.all().gather(pl.Series(goal_free, dtype=pl.UInt32))).with_columns(
-                    pl.Series("action", free_actions, dtype=pl.String),
-                    pl.Series("kind", [action_kind(a) for a in free_actions], dtype=pl.String),
-                    pl.lit(0, dtype=pl.Int64).alias("_rank"),
+                    pl.lit(0, dtype=pl.Int64).alias("_rank")
                 ),
                 copies,
             ]
@@ -409,7 +379,7 @@ def build_examples(
         },
         schema=QUARANTINE,
     )
-    return ExampleSet(examples.to_arrow().cast(EXAMPLES), quarantine, traces.num_rows, copies.height, ways_on)
+    return ExampleSet(examples.to_arrow().cast(EXAMPLES), quarantine, traces.num_rows, copies.height)
 
 
 def split_examples(

@@ -251,8 +251,7 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
         )
     log(
         f"{built.rows_read} trace rows: {built.examples.num_rows} examples ({built.goal_copies} of them"
-        f" goal-shown copies, {built.ways_on} inserted searches shown as their page's way on),"
-        f" {built.quarantine.num_rows} quarantined; {train.num_rows} for training"
+        f" goal-shown copies), {built.quarantine.num_rows} quarantined; {train.num_rows} for training"
         + (
             f", {validation.num_rows} for validation ({len(validation_merchants)} merchants)"
             if validation_merchants
