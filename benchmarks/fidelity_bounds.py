@@ -9,6 +9,12 @@ Sections, each printed as a Markdown table:
   both drawn from that truth, ``--draws`` times: the mean CRA, ARA and cr_corr with their 5–95% range,
   for N real sessions per merchant (rows) and V visits (columns). It answers how many real sessions
   and simulated visits a user needs before a given CRA can be read as a simulator's fault.
+- effects: what the studies' "persona beats another merchant's codes" targets can show:
+  ``engine/bootstrap.py``'s effect ceiling with ``--visits`` visits per merchant and ``--draws``
+  replicates. A perfect simulator and one given another merchant's buyers (a fixed derangement) are
+  compared with the same resample of each merchant's real sessions; the table gives their difference
+  in CRA, ARA and cr_corr (mean and 95% range) and the share of draws in which it exceeds 1.96 of its
+  standard deviations: about how often a study's paired interval would clear 0 for a perfect simulator.
 - speed: the bootstrap of ``engine/bootstrap.py`` (ceiling, floor, intervals, paired effects) for
   ``--systems`` systems against today's point metrics (``engine.evaluate.fidelity``) on the same
   units, and against a baseline that loops over replicates in Python.
@@ -62,6 +68,32 @@ def precision(units: Units, draws: int, seed: int) -> list[str]:
                 f"r {np.nanmean(got['cr_corr']):.2f}"
             )
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def effects(units: Units, draws: int, visits: int, seed: int) -> list[str]:
+    """Rows of the effects table: ``uncertainty``'s effect ceiling with ``visits`` visits per merchant."""
+    summary = uncertainty(
+        units,
+        {
+            "perfect": Units(
+                units.actions, {m: np.resize(r, (visits, r.shape[1])) for m, r in units.rows.items()}
+            )
+        },
+        "perfect",
+        replicates=draws,
+        seed=seed,
+    )
+    lines = [
+        f"| metric ({len(units.rows)} merchants, {visits} visits, {draws} draws) | perfect − perfect given "
+        "another merchant's buyers: mean [95%] | share of draws that clear 0 |",
+        "|---|---:|---:|",
+    ]
+    for metric in ("cra", "ara", "cr_corr"):
+        c = summary["effect_ceiling"][metric]
+        lines.append(
+            f"| {metric} | {c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] | {c['power']:.2f} |"
+        )
     return lines
 
 
@@ -132,6 +164,7 @@ def main() -> None:
     parser.add_argument("--min-sessions", type=int, default=50)
     parser.add_argument("--merchants", type=int, default=42)
     parser.add_argument("--draws", type=int, default=400)
+    parser.add_argument("--visits", type=int, default=200, help="simulated visits per merchant (effects)")
     parser.add_argument("--systems", type=int, default=8)
     parser.add_argument("--replicates", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -144,6 +177,8 @@ def main() -> None:
         f"{np.median(sizes):.0f}), seed {args.seed}\n"
     )
     print("\n".join(precision(units, args.draws, args.seed)))
+    print()
+    print("\n".join(effects(units, args.draws, args.visits, args.seed)))
     print()
     print("\n".join(speed(units, args.systems, args.replicates, 200, args.seed)))
 

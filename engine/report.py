@@ -102,6 +102,14 @@ def effects_table(fidelity: dict) -> str:
             mark = "**" if d["claimed"] else ""
             cells.append(f"{mark}{_fmt(d['diff'])}{mark} {_span(d['low'], d['high'])}")
         rows.append(f"| {main} − {other} | " + " | ".join(cells) + " |")
+    ceiling = fidelity.get("effect_ceiling")
+    if ceiling:
+        cells = [
+            f"{_fmt(ceiling[k]['mean'])} {_span(ceiling[k]['low'], ceiling[k]['high'])}"
+            + ("" if ceiling[k]["power"] is None else f" ({ceiling[k]['power']:.0%} of draws clear 0)")
+            for k in METRICS
+        ]
+        rows.append("| *perfect − perfect given another merchant's buyers* | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -144,7 +152,9 @@ def fidelity_text(fidelity: dict) -> str:
         + normalised_table(fidelity)
         + (
             "\n\nPaired differences (same merchant and real resamples); **bold**: the interval excludes 0, an "
-            "effect the data supports. For js_* a negative difference is better.\n\n"
+            "effect the data supports. For js_* a negative difference is better. The last row is the most an "
+            "effect over another merchant's codes can be here: a perfect simulator against one given another "
+            "merchant's buyers, with how often its own paired interval would clear 0.\n\n"
             + effects_table(fidelity)
             if fidelity["effects"]["vs"]
             else ""

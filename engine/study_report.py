@@ -34,9 +34,13 @@ def targets(
     within the perfect simulator's reach (normalised score >= 0.95), a paired effect over each
     mismatched baseline whose interval is above 0, not below the Markov chain, and goal success above
     the larger no-persona model (its paired interval over seeds above 0, ``goals`` from
-    ``goal_effects``; the means alone without them). Each with its measured value and whether it is met."""
+    ``goal_effects``; the means alone without them). Each with its measured value and whether it is met;
+    the effects over another merchant's codes also with ``perfect``, the share of draws in which a
+    perfect simulator would meet them (``bounded["effect_ceiling"]``, engine/bootstrap.py)."""
     me, effects = bounded["systems"][main], bounded["effects"]["vs"]
+    ceiling = bounded.get("effect_ceiling") or {}
     checks: dict[str, tuple[float | None, bool]] = {}
+    perfect: dict[str, float | None] = {}
     for k in ("cra", "ara"):
         value = me[k]["normalised"]
         checks[f"{k} normalised >= {NORMALISED_TARGET}"] = (
@@ -47,10 +51,10 @@ def targets(
         for k in ("cra", "ara", "cr_corr"):
             if other in effects:
                 d = effects[other][k]
-                checks[f"{k}: {main} - {other} > 0 (paired 95% low)"] = (
-                    d["low"],
-                    d["low"] is not None and d["low"] > 0,
-                )
+                name = f"{k}: {main} - {other} > 0 (paired 95% low)"
+                checks[name] = (d["low"], d["low"] is not None and d["low"] > 0)
+                if other == "mismatched-merchant" and k in ceiling:
+                    perfect[name] = ceiling[k]["power"]
     if "markov" in effects:
         for k in ("cra", "ara"):
             d = effects["markov"][k]
@@ -68,7 +72,10 @@ def targets(
         )
     elif larger is not None and mine is not None:
         checks["goal_success > larger-no-persona"] = (mine - larger, mine > larger)
-    return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()}
+    return {
+        name: {"value": value, "met": bool(met)} | ({"perfect": perfect[name]} if name in perfect else {})
+        for name, (value, met) in checks.items()
+    }
 
 
 def explain(variant: str, fidelity: dict, main: str) -> str:
@@ -123,12 +130,19 @@ def _value(target: dict) -> str:
     return "–" if target["value"] is None else f"{target['value']:.3f}"
 
 
+def _perfect(target: dict) -> str:
+    """How often a perfect simulator meets the target, where the study can say."""
+    share = target.get("perfect")
+    return "–" if share is None else f"{share:.0%}"
+
+
 def index_html(result: dict) -> str:
     """One page over the variants: the target checks and links to each variant's full report."""
     sections = []
     for variant, r in result["variants"].items():
         rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{_value(t)}</td><td>{'met' if t['met'] else 'missed'}</td></tr>"
+            f"<tr><td>{html.escape(name)}</td><td>{_value(t)}</td><td>{'met' if t['met'] else 'missed'}</td>"
+            f"<td>{_perfect(t)}</td></tr>"
             for name, t in result["targets"][variant].items()
         )
         sections.append(
@@ -138,7 +152,8 @@ def index_html(result: dict) -> str:
             f'<p><a href="report/{variant}/index.html">full report</a></p>'
             f'<img src="fidelity-{variant}.png" alt="each system with its interval, the ceiling and the floor,'
             f' {variant}">{fidelity_html(r["fidelity"])}'
-            f"<h3>Targets</h3><table><tr><th>target</th><th>value</th><th>met</th></tr>{rows}</table>"
+            f"<h3>Targets</h3><table><tr><th>target</th><th>value</th><th>met</th><th>a perfect simulator meets it</th></tr>"
+            f"{rows}</table>"
         )
     goals = next(iter(result["variants"].values()), {}).get("goal_success") or {}
     if goals:
@@ -214,9 +229,9 @@ def summary_markdown(result: dict) -> str:
         lines += [r["notes"] + f"; {r['merchants']} merchants compared.", ""]
         lines += [f"![fidelity](fidelity-{variant}.png)", "", fidelity_text(r["fidelity"]), ""]
         lines += ["Other figures:", "", markdown_table(r["systems"]), ""]
-        lines += ["| target | value | met |", "|---|---:|---|"]
+        lines += ["| target | value | met | a perfect simulator meets it |", "|---|---:|---|---:|"]
         for name, t in result["targets"][variant].items():
-            lines.append(f"| {name} | {_value(t)} | {'yes' if t['met'] else 'no'} |")
+            lines.append(f"| {name} | {_value(t)} | {'yes' if t['met'] else 'no'} | {_perfect(t)} |")
     goals = next(iter(result["variants"].values()), {}).get("goal_success") or {}
     if goals:
         draw = result["config"]["simulate"].get("goal_draw", "popular")

@@ -66,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{variant} ({r['merchants']} merchants)\n{fidelity_text(r['fidelity'])}")
         print(f"\n{markdown_table(r['systems'])}")
         for name, t in result["targets"][variant].items():
-            print(f"  {name}: {'met' if t['met'] else 'missed'} ({t['value']})")
+            perfect = (
+                ""
+                if t.get("perfect") is None
+                else f"; a perfect simulator meets it in {t['perfect']:.0%} of draws"
+            )
+            print(f"  {name}: {'met' if t['met'] else 'missed'} ({t['value']}{perfect})")
     print(f"\nstudy finished in {result['wall_s']} s; reports under {Path(config.out) / 'report'}")
     return 0

@@ -128,6 +128,31 @@ def test_the_same_seed_gives_the_same_intervals_and_identical_systems_no_effect(
     assert not any(d["claimed"] for d in first["effects"]["vs"]["b"].values())
 
 
+def test_the_effect_ceiling_is_what_a_perfect_simulator_gains_over_another_merchants_buyers():
+    def gain(params, n, seed):
+        real, sim = population(params, n, seed=seed), population(params, 4 * n, seed=seed + 1)
+        return uncertainty(real, {"sim": sim}, "sim", replicates=400)["effect_ceiling"]
+
+    # Merchants that differ: a perfect simulator beats one given another merchant's buyers, and its
+    # own paired interval clears 0 in nearly every draw (for js_*, lower is better).
+    params = truth()
+    differ = gain(params, 150, seed=1)
+    for metric in ("cra", "ara", "cr_corr"):
+        assert differ[metric]["low"] > 0 and differ[metric]["power"] > 0.9, metric
+    assert differ["js_action"]["high"] < 0 and differ["js_action"]["power"] > 0.9
+    # Merchants alike: each merchant's real units stand for its truth, so the gain is only their
+    # sampling noise. It is smaller than the gain over merchants that differ, and it shrinks as the real
+    # units grow (an upper bound on what the data can show). cr_corr is scale-free: it correlates even
+    # small sampling deviations, so it is left out here.
+    alike = dict.fromkeys(params, (0.15, 0.2, 3.0))
+    few, many = gain(alike, 150, seed=3), gain(alike, 1200, seed=5)
+    for metric in ("cra", "ara"):
+        assert many[metric]["mean"] < few[metric]["mean"] < differ[metric]["mean"], metric
+    # One merchant has no other merchant's buyers to be given.
+    one = {"m00": params["m00"]}
+    assert gain(one, 50, seed=7) is None
+
+
 def test_units_must_share_the_action_vocabulary():
     params = truth(4)
     real = population(params, 20, seed=1)
