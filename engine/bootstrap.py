@@ -52,6 +52,8 @@ from engine.evaluate import Units
 
 LEVEL = 0.95
 DIVERGENCES = ("js_action", "js_length")
+NORMALISED_TARGET = 0.95
+"""A study's target for a normalised score; ``uncertainty`` says how often a perfect simulator meets it."""
 """Metrics over sparse histograms, whose bootstrap bias ``Bootstrap._debiased`` removes."""
 
 
@@ -89,6 +91,17 @@ def _centred(samples: np.ndarray, value: float | None) -> np.ndarray:
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+def _share_normalised(ceiling: np.ndarray, floor: np.ndarray) -> float | None:
+    """The share of a perfect simulator's replicates whose normalised score is at least
+    ``NORMALISED_TARGET``; about half by construction, so such a target on a point estimate is met
+    by a perfect simulator about half the time."""
+    top, bottom = _interval(ceiling)["mean"], _interval(floor)["mean"]
+    scores = _normalise(ceiling[np.isfinite(ceiling)], bottom, top)
+    if scores.size == 0 or not np.isfinite(scores).any():
+        return None
+    return float(np.mean(scores >= NORMALISED_TARGET))
 
 
 def _normalise(values: np.ndarray, floor: float | None, ceiling: float | None) -> np.ndarray:
@@ -295,7 +308,7 @@ def uncertainty(
     ceiling, unlimited, floor = boot.ceiling(visits), boot.ceiling(None), boot.floor(visits)
     bounds = {
         k: {
-            "ceiling": _interval(ceiling[k]),
+            "ceiling": _interval(ceiling[k]) | {"meets_target": _share_normalised(ceiling[k], floor[k])},
             "ceiling_unlimited": _interval(unlimited[k]),
             "floor": _interval(floor[k]),
         }

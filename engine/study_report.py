@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import html
 
+from engine.bootstrap import NORMALISED_TARGET
 from engine.metrics import paired_difference_ci
 from engine.report import fidelity_html, fidelity_text, markdown_table
 
 COMPARED = ("mismatched-merchant", "mismatched-uniform", "no-persona", "larger-no-persona", "markov")
 """Baselines whose paired difference with the main system a study reports."""
-NORMALISED_TARGET = 0.95
 
 
 def goal_effects(goal_success: dict[str, dict | None], main: str) -> dict[str, dict]:
@@ -35,18 +35,20 @@ def targets(
     mismatched baseline whose interval is above 0, not below the Markov chain, and goal success above
     the larger no-persona model (its paired interval over seeds above 0, ``goals`` from
     ``goal_effects``; the means alone without them). Each with its measured value and whether it is met;
-    the effects over another merchant's codes also with ``perfect``, the share of draws in which a
-    perfect simulator would meet them (``bounded["effect_ceiling"]``, engine/bootstrap.py)."""
+    the normalised scores and the effects over another merchant's codes also with ``perfect``, the
+    share of draws in which a perfect simulator would meet them (the ceiling's ``meets_target`` and
+    ``bounded["effect_ceiling"]``, engine/bootstrap.py)."""
     me, effects = bounded["systems"][main], bounded["effects"]["vs"]
     ceiling = bounded.get("effect_ceiling") or {}
     checks: dict[str, tuple[float | None, bool]] = {}
     perfect: dict[str, float | None] = {}
     for k in ("cra", "ara"):
         value = me[k]["normalised"]
-        checks[f"{k} normalised >= {NORMALISED_TARGET}"] = (
-            value,
-            value is not None and value >= NORMALISED_TARGET,
-        )
+        name = f"{k} normalised >= {NORMALISED_TARGET}"
+        checks[name] = (value, value is not None and value >= NORMALISED_TARGET)
+        share = bounded.get("bounds", {}).get(k, {}).get("ceiling", {}).get("meets_target")
+        if share is not None:
+            perfect[name] = share
     for other in ("mismatched-merchant", "mismatched-uniform"):
         for k in ("cra", "ara", "cr_corr"):
             if other in effects:

@@ -200,12 +200,14 @@ def test_targets_are_stated_against_the_ceiling_and_paired_effects():
     assert not t["cr_corr: persona - mismatched-uniform > 0 (paired 95% low)"]["met"]
     assert not t["cra: persona not below markov (paired 95% high >= 0)"]["met"]
     assert t["goal_success > larger-no-persona"]["met"] is False
-    # With the effect ceiling, the effects over another merchant's codes say how often a perfect
-    # simulator would meet them; no other target has such a share.
+    # With the ceiling's share and the effect ceiling, the normalised scores and the effects over another
+    # merchant's codes say how often a perfect simulator would meet them; no other target has such a share.
     ceiling = {
         k: {"mean": 0.1, "low": -0.01, "high": 0.2, "power": p} for k, p in (("cra", 1.0), ("ara", 0.45))
     }
-    t = targets(systems, "persona", bounded | {"effect_ceiling": ceiling})
+    bounds = {"cra": {"ceiling": {"meets_target": 0.6}}, "ara": {"ceiling": {"meets_target": 0.5}}}
+    t = targets(systems, "persona", bounded | {"effect_ceiling": ceiling, "bounds": bounds})
+    assert t["ara normalised >= 0.95"] == {"value": 0.5, "met": False, "perfect": 0.5}
     assert t["ara: persona - mismatched-merchant > 0 (paired 95% low)"] == {
         "value": 0.05,
         "met": True,
@@ -213,8 +215,9 @@ def test_targets_are_stated_against_the_ceiling_and_paired_effects():
     }
     assert t["cra: persona - mismatched-merchant > 0 (paired 95% low)"]["perfect"] == 1.0
     assert [name for name, check in t.items() if "perfect" in check] == [
-        f"{k}: persona - mismatched-merchant > 0 (paired 95% low)" for k in ("cra", "ara")
-    ]
+        "cra normalised >= 0.95",
+        "ara normalised >= 0.95",
+    ] + [f"{k}: persona - mismatched-merchant > 0 (paired 95% low)" for k in ("cra", "ara")]
 
 
 def test_goal_success_is_compared_seed_by_seed():
