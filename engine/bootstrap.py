@@ -52,9 +52,9 @@ from engine.evaluate import Units
 
 LEVEL = 0.95
 DIVERGENCES = ("js_action", "js_length")
+"""Metrics over sparse histograms, whose bootstrap bias ``Bootstrap._debiased`` removes."""
 NORMALISED_TARGET = 0.95
 """A study's target for a normalised score; ``uncertainty`` says how often a perfect simulator meets it."""
-"""Metrics over sparse histograms, whose bootstrap bias ``Bootstrap._debiased`` removes."""
 
 
 def compress(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -154,8 +154,8 @@ def index_html(result: dict) -> str:
             f'<p><a href="report/{variant}/index.html">full report</a></p>'
             f'<img src="fidelity-{variant}.png" alt="each system with its interval, the ceiling and the floor,'
             f' {variant}">{fidelity_html(r["fidelity"])}'
-            f"<h3>Targets</h3><table><tr><th>target</th><th>value</th><th>met</th><th>a perfect simulator meets it</th></tr>"
-            f"{rows}</table>"
+            "<h3>Targets</h3><table><tr><th>target</th><th>value</th><th>met</th>"
+            f"<th>a perfect simulator meets it</th></tr>{rows}</table>"
         )
     goals = next(iter(result["variants"].values()), {}).get("goal_success") or {}
     if goals:

@@ -36,7 +36,8 @@ not at the buyers' rate. So an inserted search's goal-free row is quarantined wi
 step is taught only in its product's goal-shown copy (when it is drawn), where searching for the
 product one wants is right. Shown goal-free as the page's non-search way on (``back``, ``next
 page``, ``home``) instead, they made the Tmall study's simulated visits longer and its ARA worse
-(0.737 -> 0.671; benchmarks/RESULTS.md, session 17). Traces without a ``real_event`` column count every step as real.
+(0.737 -> 0.671; benchmarks/RESULTS.md, session 17). Traces without a ``real_event`` column count
+every step as real.
 
 Rows that cannot teach the policy are quarantined with a reason, never dropped silently: steps the
 page could not perform (``valid`` false), empty observations or actions, inserted searches (above),
