@@ -93,11 +93,10 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def _share_normalised(ceiling: np.ndarray, floor: np.ndarray) -> float | None:
-    """The share of a perfect simulator's replicates whose normalised score is at least
+def _share_normalised(ceiling: np.ndarray, bottom: float | None, top: float | None) -> float | None:
+    """The share of a perfect simulator's replicates (``ceiling``) whose normalised score is at least
     ``NORMALISED_TARGET``; about half by construction, so such a target on a point estimate is met
     by a perfect simulator about half the time."""
-    top, bottom = _interval(ceiling)["mean"], _interval(floor)["mean"]
     scores = _normalise(ceiling[np.isfinite(ceiling)], bottom, top)
     if scores.size == 0 or not np.isfinite(scores).any():
         return None
@@ -308,12 +307,14 @@ def uncertainty(
     ceiling, unlimited, floor = boot.ceiling(visits), boot.ceiling(None), boot.floor(visits)
     bounds = {
         k: {
-            "ceiling": _interval(ceiling[k]) | {"meets_target": _share_normalised(ceiling[k], floor[k])},
+            "ceiling": _interval(ceiling[k]),
             "ceiling_unlimited": _interval(unlimited[k]),
             "floor": _interval(floor[k]),
         }
         for k in METRICS
     }
+    for k, b in bounds.items():
+        b["ceiling"]["meets_target"] = _share_normalised(ceiling[k], b["floor"]["mean"], b["ceiling"]["mean"])
     points = {name: boot.point(name) for name in systems}
     out_systems = {}
     for name in systems:

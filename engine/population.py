@@ -68,12 +68,18 @@ def step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def goal_draw_fits(catalog: Catalog, draw: str) -> bool:
+    """Whether ``draw`` can give this catalogue a goal: off-home needs a product the home page does
+    not feature."""
+    return draw != "off-home" or len(catalog.products) > FEATURED
+
+
 def goal_product(catalog: Catalog, seed: int, draw: str = "popular") -> str:
     """A buyer's target product (``GOAL_DRAWS``; popular: uniform if no product has popularity)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, GOAL_STREAM]))
     if draw == "off-home":
         n = len(catalog.products)
-        if n <= FEATURED:
+        if not goal_draw_fits(catalog, draw):
             shown = "its only product is" if n == 1 else f"all {n} of its products are"
             raise ValueError(
                 f"merchant {catalog.merchant_id!r}: {shown} featured on the home page, so an off-home goal"

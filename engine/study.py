@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine import stages
+from engine.population import goal_draw_fits
 from engine.report import headline, plot_bounds
 from engine.stage_configs import (
     AssignStage,
@@ -300,7 +301,7 @@ class Study:
         if self.config.simulate.goal_draw != "off-home":
             return list(split["heldout"])
         catalogs = PreparedCatalogs(self.prepared(), split["heldout"])
-        return [m for m in split["heldout"] if len(catalogs.get(m).products) > FEATURED]
+        return [m for m in split["heldout"] if goal_draw_fits(catalogs.get(m), "off-home")]
 
     def simulate(
         self, name: str, run: str, dist: Path, paths: dict[str, Path], data: Path, goals: bool

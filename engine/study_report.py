@@ -8,7 +8,7 @@ import html
 
 from engine.bootstrap import NORMALISED_TARGET
 from engine.metrics import paired_difference_ci
-from engine.report import fidelity_html, fidelity_text, markdown_table
+from engine.report import fidelity_html, fidelity_text, html_table, markdown_table
 
 COMPARED = ("mismatched-merchant", "mismatched-uniform", "no-persona", "larger-no-persona", "markov")
 """Baselines whose paired difference with the main system a study reports."""
@@ -159,17 +159,9 @@ def index_html(result: dict) -> str:
         )
     goals = next(iter(result["variants"].values()), {}).get("goal_success") or {}
     if goals:
-        main = result["config"]["systems"][0]
         draw = result["config"]["simulate"].get("goal_draw", "popular")
-        rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{success}</td><td>{versus}</td></tr>"
-            for name, success, versus in goal_rows(goals, main)
-        )
-        sections.append(
-            f"<h2>Goal tasks ({html.escape(draw)} goals, same window)</h2><table><tr><th>system</th>"
-            f"<th>goal success [95% over seeds]</th><th>{html.escape(main)} − system, paired by seed [95%]</th>"
-            f"</tr>{rows}</table>"
-        )
+        table = html_table("\n".join(goal_lines(goals, result["config"]["systems"][0])))
+        sections.append(f"<h2>Goal tasks ({html.escape(draw)} goals, same window)</h2>{table}")
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>SimPersona study</title>'
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;"
@@ -185,29 +177,20 @@ def _signed(d: dict) -> str:
     return f"{d['diff']:+.3f}{span}"
 
 
-def goal_rows(goal_success: dict[str, dict | None], main: str) -> list[tuple[str, str, str]]:
-    """The goal tasks' table rows: each system, its success with the interval over seeds, and the main
-    system minus it, paired by seed (empty for the main system and systems without per-seed rates)."""
-    effects = goal_effects(goal_success, main)
-    return [
-        (
-            name,
-            f"{g['mean']:.3f} [{g['low']:.3f}, {g['high']:.3f}]",
-            _signed(effects[name]) if name in effects else "",
-        )
-        for name, g in goal_success.items()
-        if g is not None
-    ]
-
-
 def goal_lines(goal_success: dict[str, dict | None], main: str) -> list[str]:
-    """The goal tasks' table in Markdown (``goal_rows``)."""
+    """The goal tasks' table in Markdown: each system, its success with the interval over seeds, and
+    the main system minus it, paired by seed (empty for the main system and systems without per-seed
+    rates)."""
+    effects = goal_effects(goal_success, main)
     lines = [
         f"| system | goal success [95% over seeds] | {main} − system, paired by seed [95%] |",
         "|---|---:|---:|",
     ]
     return lines + [
-        f"| {name} | {success} | {versus} |" for name, success, versus in goal_rows(goal_success, main)
+        f"| {name} | {g['mean']:.3f} [{g['low']:.3f}, {g['high']:.3f}] | "
+        f"{_signed(effects[name]) if name in effects else ''} |"
+        for name, g in goal_success.items()
+        if g is not None
     ]
 
 
