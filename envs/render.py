@@ -29,6 +29,7 @@ stays under MAX_OBSERVATION_CHARS.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,8 @@ VIEW_CACHE = 8192
 MARKDOWN_SHARE = 0.99
 """A price at most this share of the regular price is a markdown: the product page shows the regular
 price beside it (``Price: 69.99 (was 99.99)``)."""
+MARKED_DOWN_LINE = re.compile(r"^Price: [0-9.]+ \(was [0-9.]+\)$", re.M)
+"""A product page's price line when it shows a markdown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,11 @@ class PageView:
 
 def _price(price: float | None) -> str:
     return "n/a" if price is None else f"{price:.2f}"
+
+
+def shows_markdown(observation: str) -> bool:
+    """Whether a rendered page is a product page whose price is marked down."""
+    return MARKED_DOWN_LINE.search(observation) is not None
 
 
 def shown_price(p: Product, state: SessionState) -> tuple[float | None, float | None]:

@@ -58,6 +58,7 @@ from learners.agent.scoring import (
     item_groups,
     pick,
     read_kind_bias,
+    read_markdown_bias,
     scored_candidates,
 )
 from learners.agent.tokens import PersonaTokens, agent_persona_tokens
@@ -95,8 +96,10 @@ class LLMPolicy:
         max_new_tokens: int = 24,
         max_requests_per_forward: int | None = None,
         kind_bias: Mapping[str, float] | None = None,
+        markdown_bias: Mapping[int | None, Mapping[str, float]] | None = None,
     ) -> None:
-        """``kind_bias``: the agent's calibration (calibration.py), added to each action kind's scores."""
+        """``kind_bias``: the agent's calibration (calibration.py), added to each action kind's scores;
+        ``markdown_bias``: its per-code biases on marked-down pages (markdown_response.py)."""
         if mode not in ("score", "generate"):
             raise ValueError(f"LLMPolicy mode must be 'score' or 'generate', got {mode!r}")
         if max_requests_per_forward is not None and max_requests_per_forward < 1:
@@ -111,6 +114,7 @@ class LLMPolicy:
         self.max_new_tokens = max_new_tokens
         self.max_requests_per_forward = max_requests_per_forward
         self.kind_bias = dict(kind_bias or {})
+        self.markdown_bias = {k: dict(v) for k, v in (markdown_bias or {}).items()}
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._targets: dict[str, list[int]] = {}
@@ -126,7 +130,7 @@ class LLMPolicy:
     @classmethod
     def from_pretrained(cls, agent_dir: str | Path, device: str = "cpu", **kwargs) -> LLMPolicy:
         """Load an exported agent (train.py) or any causal LM directory / hub id (then no persona),
-        with its calibration unless ``kind_bias`` is given. Raises ValueError for an agent whose
+        with its calibration unless ``kind_bias`` (``markdown_bias``) is given. Raises ValueError for an agent whose
         manifest names another scoring rule (scoring.py)."""
         check_scoring_rule(agent_dir)
         model = AutoModelForCausalLM.from_pretrained(agent_dir).to(device)
@@ -134,6 +138,7 @@ class LLMPolicy:
         fmt = kwargs.pop("fmt", None) or saved_prompt_format(agent_dir)
         tokens = agent_persona_tokens(agent_dir, tokenizer)
         kwargs.setdefault("kind_bias", read_kind_bias(agent_dir))
+        kwargs.setdefault("markdown_bias", read_markdown_bias(agent_dir))
         return cls(model, tokenizer, tokens, fmt, **kwargs)
 
     def prompt(self, request: ActRequest) -> Prompt:
@@ -198,7 +203,10 @@ class LLMPolicy:
         log-probs, or its mean; the search template's from the page's searches)."""
         prompts = prompts if prompts is not None else [self.prompt(r) for r in requests]
         found = self._scores(prompts, [scored_candidates(r) for r in requests])
-        return [action_scores(r, values, self.kind_bias) for r, values in zip(requests, found, strict=True)]
+        return [
+            action_scores(r, values, self.kind_bias, self.markdown_bias)
+            for r, values in zip(requests, found, strict=True)
+        ]
 
     def _scores(self, prompts: list[Prompt], candidates: list[list[str]]) -> list[np.ndarray]:
         """Per request, each candidate's score under scoring.py's rule."""
@@ -308,7 +316,9 @@ class LLMPolicy:
         for r, prompt, trie, scores, choices in zip(
             requests, prompts, tries, all_scores, candidates, strict=True
         ):
-            action, score, per_action = pick(r, choices, scores, self.temperature, self.kind_bias)
+            action, score, per_action = pick(
+                r, choices, scores, self.temperature, self.kind_bias, self.markdown_bias
+            )
             tokens = sum(map(len, prompt)) + sum(trie.lengths)
             info = {"scores": per_action.tolist(), "candidates": list(r.valid_actions)}
             results.append(ActResult(action, score, tokens, info))

@@ -24,7 +24,8 @@ after every epoch for early stopping, train_loop.py), cut to ``max_tokens`` trai
 a seeded, merchant-stratified sample of whole sessions when they hold more (selection.py; the
 validation set is cut to the same share). The exported model is each stage's best epoch on the
 validation loss (the last epoch without validation examples); with validation merchants, it is then
-calibrated on their goal-free rows (``calibration_rows``, calibration.py).
+calibrated on their goal-free rows (``calibration_rows``, calibration.py), and each code's
+answer to a markdown is measured on the training examples (markdown_response.py).
 
 AGENT must be on storage every worker can read (a local path on one machine; shared storage on a
 cluster), as Ray Train's own storage_path must be.
@@ -47,6 +48,7 @@ from learners.agent.base_models import load_base, parameter_count
 from learners.agent.calibration import calibrate, calibration_rows
 from learners.agent.examples import build_examples, split_examples
 from learners.agent.llm_policy import LLMPolicy
+from learners.agent.markdown_response import MARKDOWN_COLUMNS, fit_markdown_response, product_page_rows
 from learners.agent.prompt import PROMPT_LAYOUT, PromptFormat, trained_layout
 from learners.agent.scoring import SCORING_RULE
 from learners.agent.selection import budget_sessions, keep_share, session_ids, split_validation
@@ -166,6 +168,13 @@ def train_agent(
         calibration = calibrate(policy, pq.read_table(out / "data" / CALIBRATION_ROWS_FILE))
         calibration.save(out)
         log(calibration.line())
+    if config.markdown_rows > 0:
+        policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), markdown_bias={})
+        examples = pq.read_table(train_path, columns=list(MARKDOWN_COLUMNS))
+        rows = product_page_rows(examples, config.markdown_rows, config.seed)
+        response = fit_markdown_response(policy, rows, personas=not config.no_persona)
+        response.save(out)
+        log(response.line())
     state = (read_state(latest) if latest else None) or {}
     history = state.get("history", epochs)
     chosen = chosen_epochs(history)

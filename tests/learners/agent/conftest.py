@@ -27,19 +27,26 @@ def storefront(merchant: str, n_products: int = 14) -> Storefront:
 
 
 def walk(
-    shop: Storefront, code: int, rng: np.random.Generator, max_steps: int = 7
+    shop: Storefront, code: int, rng: np.random.Generator, max_steps: int = 7, markdown: float = 0.0
 ) -> list[tuple[str, str, bool]]:
     """(observation, action, valid) steps of one session: the persona's preferred kinds first, with
-    some randomness, and an occasional invalid action (a real log's action the page cannot do)."""
+    some randomness, and an occasional invalid action (a real log's action the page cannot do). With
+    ``markdown``, that share of opened products shows a 30% markdown, which persona 0 adds to cart."""
     state = shop.initial_state()
     steps = []
     for _ in range(max_steps):
+        marked = False
+        # Drawn only with markdowns, so every other test's walks stay as they were.
+        if markdown and state.page.kind == "product" and rng.random() < markdown:
+            product = shop.catalog.by_id[state.page.arg]
+            state, marked = state.priced(product.product_id, round(product.price * 0.7, 2)), True
         actions = [a for a in shop.valid_actions(state) if a != SEARCH_TEMPLATE]
         observation = shop.observe(state)
         if rng.random() < 0.05:
             steps.append((observation, "place order", "place order" in actions))
             continue
-        preferred = [a for p in PREFERENCES[code] for a in actions if a.startswith(p)]
+        wants = ("add to cart", *PREFERENCES[code]) if marked and code == 0 else PREFERENCES[code]
+        preferred = [a for p in wants for a in actions if a.startswith(p)]
         pool = preferred if preferred and rng.random() < 0.85 else actions
         weights = np.array([1.0 / (1 + i) for i in range(len(pool))])
         action = pool[rng.choice(len(pool), p=weights / weights.sum())]
@@ -51,7 +58,7 @@ def walk(
 
 
 def make_traces(
-    merchants=("m1", "m2"), buyers: int = 6, sessions: int = 2, seed: int = 0
+    merchants=("m1", "m2"), buyers: int = 6, sessions: int = 2, seed: int = 0, markdown: float = 0.0
 ) -> tuple[pa.Table, pa.Table]:
     rng = np.random.default_rng(seed)
     rows: dict[str, list] = {
@@ -66,7 +73,7 @@ def make_traces(
             codes["buyer_id"].append(f"u{b}")
             codes["code"].append(code)
             for s in range(sessions):
-                for step, (obs, action, valid) in enumerate(walk(shop, code, rng)):
+                for step, (obs, action, valid) in enumerate(walk(shop, code, rng, markdown=markdown)):
                     for key, value in zip(
                         rows, (merchant, f"u{b}", f"u{b}-s{s}", step, obs, action, valid), strict=True
                     ):

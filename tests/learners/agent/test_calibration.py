@@ -12,7 +12,7 @@ import pytest
 from learners.agent.calibration import fit_kind_bias, kind_rates
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
-from learners.agent.scoring import CALIBRATION_FILE, action_scores, pick, read_kind_bias
+from learners.agent.scoring import CALIBRATION_FILE, MARKDOWN_FILE, action_scores, pick, read_kind_bias
 from learners.agent.train import CALIBRATION_ROWS_FILE, AgentTrainConfig, train_agent
 
 from .conftest import make_traces
@@ -100,7 +100,15 @@ def test_training_calibrates_on_the_validation_merchants_goal_free_rows(tmp_path
     gap = {w: sum(abs(saved[w][k] - saved["real"][k]) for k in saved["real"]) for w in ("before", "after")}
     assert gap["after"] < gap["before"]
     assert any(line.startswith(f"calibrated on {rows.num_rows} goal-free rows") for line in lines)
+    # These traces never change a price: the markdown response is measured and finds nothing.
+    assert json.loads((agent / MARKDOWN_FILE).read_text()) == {"codes": {}}
+    assert LLMPolicy.from_pretrained(agent).markdown_bias == {}
+    assert any(line.startswith("markdown response: no buyer saw both") for line in lines)
 
-    train_agent(_config(calibration_rows=0), traces, codes, tmp_path / "off", log=lambda _: None)
-    assert not (tmp_path / "off" / CALIBRATION_FILE).exists()
+    train_agent(
+        _config(calibration_rows=0, markdown_rows=0), traces, codes, tmp_path / "off", log=lambda _: None
+    )
+    assert (
+        not (tmp_path / "off" / CALIBRATION_FILE).exists() and not (tmp_path / "off" / MARKDOWN_FILE).exists()
+    )
     assert LLMPolicy.from_pretrained(tmp_path / "off").kind_bias == {}

