@@ -17,8 +17,8 @@ Steps (each skipped when its output is there, so an interrupted run continues):
    merchants; the held-out merchants are the ones experimented on. The agents train on every replayed
    session (``--max-tokens`` budgets them as the demo does): on the demo's 1.35M tokens an agent kept
    its first epoch of 11% of the sessions, too little to learn how one type answers a markdown.
-3. ``simpersona experiment`` once per system (persona agent, no-persona agent, Markov chain) on the
-   held-out merchants, the population drawn from each merchant's own persona mix, arms: control,
+3. ``simpersona experiment`` once per system (persona agent, the same without its markdown response,
+   no-persona agent, Markov chain) on the held-out merchants, the population drawn from each merchant's own persona mix, arms: control,
    a price cut on every product and the cheapest-first listing order.
 4. The truth at the held-out merchants: the generator's visits there under control and treatment
    (paired), per planted type; per persona code, the mixture of the planted types of the held-out
@@ -27,14 +27,16 @@ Steps (each skipped when its output is there, so an interrupted run continues):
 Printed (Markdown): per system and treatment, the share of (code x metric) cells whose true effect
 lies inside the simulated 95% interval, and the share with the true sign among the cells whose true
 effect exceeds the run's detectable effect (MDE); then every cell. The baselines are in the same run:
-the Markov chain (it reads no prices) and the no-persona agent (it cannot tell the types apart), and
-the unpaired design (the variance ratio of the paired difference against independent arms).
+the Markov chain (it reads no prices), the no-persona agent (it cannot tell the types apart), the
+persona agent without the per-code biases its training measured on marked-down pages (``persona-no-md``),
+and the unpaired design (the variance ratio of the paired difference against independent arms).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +46,7 @@ import polars as pl
 import yaml
 
 from envs.treatments import Treatment
+from learners.agent.scoring import MARKDOWN_FILE
 from learners.data.synth import SynthConfig
 from learners.data.synth_truth import ALL, true_effects
 
@@ -54,6 +57,9 @@ TREATMENTS = {
 }
 SYSTEMS = {
     "persona": {"policy": "transformers", "path": "agent", "use_persona": True},
+    # The same agent without its markdown response (learners/agent/markdown_response.py): the baseline
+    # for what the per-code biases add.
+    "persona-no-md": {"policy": "transformers", "path": "agent-no-md", "use_persona": True},
     "no-persona": {"policy": "transformers", "path": "agent-no-persona", "use_persona": False},
     "markov": {"policy": "markov", "path": "markov.json", "use_persona": True},
 }
@@ -97,6 +103,10 @@ def experiment(work: Path, system: str, merchants: list[str], buyers: int, seed:
     if not (out / "effects.parquet").exists():
         spec = SYSTEMS[system]
         study = work / "study"
+        if system == "persona-no-md" and not (study / spec["path"]).exists():
+            shutil.copytree(
+                study / "agent", study / spec["path"], ignore=shutil.ignore_patterns(MARKDOWN_FILE)
+            )
         config = {
             "out": str(out),
             "data": str(study / "data"),
