@@ -103,6 +103,7 @@ def summary_text(result: dict[str, Any]) -> str:
                 f"{pairing_text(r['variance_ratio'])}"
             )
     lines += changed_lines(result)
+    lines += markdown_lines(result)
     lines.append("per type (* above and below: the interval excludes 0):")
     for t in _treatments(result):
         typed = [
@@ -154,6 +155,18 @@ def changed_lines(result: dict[str, Any]) -> list[str]:
             text += f"; type(s) {', '.join(map(str, still))} {UNTOUCHED}"
         lines.append(text)
     return lines
+
+
+def markdown_lines(result: dict[str, Any]) -> list[str]:
+    """The agent's measured answer to a marked-down page per type, largest first (none without one)."""
+    answers = {c: t["markdown_answer"] for c, t in result["types"].items() if "markdown_answer" in t}
+    if not answers:
+        return []
+    top = sorted(answers.items(), key=lambda kv: -abs(kv[1]["add_to_cart"]))[:HIGHLIGHTS]
+    parts = ", ".join(f"type {c} {a['add_to_cart']:+.3f} ({a['buyers']} buyers)" for c, a in top)
+    return [
+        f"the agent's answer to a markdown, measured in its training (add to cart per marked-down page): {parts}"
+    ]
 
 
 def plot_forest(result: dict[str, Any], metric: str, path: Path) -> None:
@@ -210,6 +223,10 @@ def _table(head: list[str], body: list[list[str]], text: tuple[int, ...] = (0,))
     cells = "".join(cell("th", i, html.escape(h)) for i, h in enumerate(head))
     rows = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in body)
     return f"<table><tr>{cells}</tr>{rows}</table>"
+
+
+def _answer(answer: dict[str, float] | None) -> str:
+    return "–" if answer is None else f"{answer['add_to_cart']:+.3f} ({answer['buyers']} buyers)"
 
 
 def _share(x: float | None) -> str:
@@ -327,8 +344,14 @@ def report_html(result: dict[str, Any], plots: dict[str, str]) -> str:
         ],
         text=(0, 1, 2),
     )
+    answered = any("markdown_answer" in t for t in result["types"].values())
     types = _table(
-        ["type", "visits per arm", "share", "what it is (VQ-VAE type report)"],
+        ["type", "visits per arm", "share", "what it is (VQ-VAE type report)"]
+        + (
+            ["answer to a markdown (add to cart per marked-down page, measured in training)"]
+            if answered
+            else []
+        ),
         [
             [
                 str(c),
@@ -336,6 +359,7 @@ def report_html(result: dict[str, Any], plots: dict[str, str]) -> str:
                 f"{t['share']:.1%}",
                 html.escape(descriptions.get(int(c), f"type {c} (no description in the personas run)")),
             ]
+            + ([_answer(t.get("markdown_answer"))] if answered else [])
             for c, t in sorted(result["types"].items(), key=lambda kv: int(kv[0]))
         ],
         text=(0, 3),

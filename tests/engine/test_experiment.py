@@ -15,16 +15,23 @@ import pytest
 import yaml
 
 from engine.cli import main as simpersona
-from engine.experiment import ExperimentConfig, arm_simulation, experiment_arms, run_experiment
+from engine.experiment import (
+    ExperimentConfig,
+    arm_simulation,
+    experiment_arms,
+    markdown_answers,
+    run_experiment,
+)
 from engine.experiment_effects import Pairs, estimate
 from engine.experiment_outcomes import METRICS, path_hash, replay_visit
 from engine.experiment_plan import plan
-from engine.experiment_report import summary_text
+from engine.experiment_report import markdown_lines, summary_text
 from engine.simulation_config import SimulationConfig
 from envs.catalog import Catalog
 from envs.storefront import Storefront
 from envs.treatments import TreatedStorefront, Treatment
 from learners.agent.markov_policy import MarkovPolicy
+from learners.agent.scoring import MARKDOWN_FILE
 from learners.data.synth import SynthConfig, synth_prepared
 from tests.engine.sim_fixtures import write_distributions
 
@@ -344,3 +351,23 @@ def test_config_is_checked_early(store, tmp_path):
     sim = arm_simulation(experiment(store, tmp_path, {"cut": {"kind": "price", "percent": -10}}), arms[1])
     assert sim.env_id == "simpersona/TreatedStorefront-v0" and sim.env_kwargs["treatment"]["percent"] == -10.0
     assert plan(experiment(store, tmp_path / "p", {"b": {}}), "conversion", 0.05)["rows"][-1]["type"] is None
+
+
+def test_an_agents_measured_answer_to_a_markdown_is_reported_per_type(store, tmp_path):
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    fits = {
+        "0": {"buyers": 90, "shrunk": {"add_to_cart": 0.076, "exit": -0.03}, "bias": {"add_to_cart": 0.2}},
+        "2": {"buyers": 40, "shrunk": {"add_to_cart": -0.004}, "bias": {"add_to_cart": -0.05}},
+    }
+    (agent / MARKDOWN_FILE).write_text(json.dumps({"codes": fits}))
+    arms = {"cut": {"kind": "price", "percent": -30}}
+    config = experiment(store, tmp_path / "out", arms, policy="transformers", policy_path=str(agent))
+    answers = markdown_answers(config)
+    assert answers == {0: {"add_to_cart": 0.076, "buyers": 90}, 2: {"add_to_cart": -0.004, "buyers": 40}}
+    # The Markov chain reads no prices: it has no answer to report.
+    assert markdown_answers(experiment(store, tmp_path / "out", arms, policy_path=str(agent))) == {}
+    result = {"types": {str(c): {"markdown_answer": a} for c, a in answers.items()} | {"1": {}}}
+    (line,) = markdown_lines(result)
+    assert line.endswith("type 0 +0.076 (90 buyers), type 2 -0.004 (40 buyers)")
+    assert markdown_lines({"types": {"0": {}}}) == []
