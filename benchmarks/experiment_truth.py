@@ -178,11 +178,21 @@ def compare(effects: pl.DataFrame, truth_code: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def per_planted(cells: pl.DataFrame, mix: pl.DataFrame, per_type: pl.DataFrame) -> pl.DataFrame:
+def per_planted(
+    cells: pl.DataFrame, mix: pl.DataFrame, per_type: pl.DataFrame, truth_code: pl.DataFrame
+) -> pl.DataFrame:
     """The simulated effect per planted type: the codes' effects weighted by P(code | type) among the
     held-out buyers' visits, with a normal 95% interval from the codes' standard errors (different codes are
-    different buyers, so their errors add in quadrature), beside the truth."""
+    different buyers, so their errors add in quadrature), beside the truth; and beside what a perfect
+    simulator at these codes would show (``perfect``: the codes' true effects, mixtures of their types',
+    weighted the same way). Where a code mixes types, even that one dilutes a type's own effect by the
+    codes' purity: ``perfect_inside`` is the coverage a simulator true to every code would get."""
     weights = mix.with_columns(w=pl.col("visits") / pl.col("visits").sum().over("planted"))
+    perfect = (
+        truth_code.join(weights.select("code", "planted", "w"), on="code")
+        .group_by("treatment", "planted", "metric")
+        .agg((pl.col("w") * pl.col("truth")).sum().alias("perfect"))
+    )
     sim = (
         cells.select("treatment", pl.col("type").alias("code"), "metric", "effect", "se")
         .join(weights.select("code", "planted", "w"), on="code")
@@ -193,13 +203,19 @@ def per_planted(cells: pl.DataFrame, mix: pl.DataFrame, per_type: pl.DataFrame) 
         )
     )
     truth = per_type.select("treatment", "planted", "metric", "truth")
-    return sim.join(truth, on=["treatment", "planted", "metric"]).with_columns(
-        low=pl.col("effect") - 1.96 * pl.col("se"),
-        high=pl.col("effect") + 1.96 * pl.col("se"),
-        mde=2.8 * pl.col("se"),
-        inside=(pl.col("truth") - pl.col("effect")).abs() <= 1.96 * pl.col("se"),
-        detectable=pl.col("truth").abs() > 2.8 * pl.col("se"),
-        same_sign=(pl.col("truth") * pl.col("effect")) > 0,
+    keys = ["treatment", "planted", "metric"]
+    return (
+        sim.join(truth, on=keys)
+        .join(perfect, on=keys)
+        .with_columns(
+            low=pl.col("effect") - 1.96 * pl.col("se"),
+            high=pl.col("effect") + 1.96 * pl.col("se"),
+            mde=2.8 * pl.col("se"),
+            inside=(pl.col("truth") - pl.col("effect")).abs() <= 1.96 * pl.col("se"),
+            perfect_inside=(pl.col("truth") - pl.col("perfect")).abs() <= 1.96 * pl.col("se"),
+            detectable=pl.col("truth").abs() > 2.8 * pl.col("se"),
+            same_sign=(pl.col("truth") * pl.col("effect")) > 0,
+        )
     )
 
 
@@ -207,11 +223,13 @@ def summary(results: dict[str, pl.DataFrame], unit: str) -> list[str]:
     """Per system and treatment: coverage of the truth, the sign test over the detectable cells and,
     where the cells carry it, the median variance ratio of the paired design to independent arms."""
     ratio = all("variance_ratio" in cells.columns for cells in results.values())
+    perfect = all("perfect_inside" in cells.columns for cells in results.values())
     out = [
         f"| system | treatment | cells ({unit} x metric) | truth inside the 95% interval | detectable cells"
         " (abs(truth) > MDE) | with the true sign |"
-        + (" median variance ratio (paired / unpaired) |" if ratio else ""),
-        "|---|---|---:|---:|---:|---:|" + ("---:|" if ratio else ""),
+        + (" median variance ratio (paired / unpaired) |" if ratio else "")
+        + (" a perfect simulator at these codes: truth inside |" if perfect else ""),
+        "|---|---|---:|---:|---:|---:|" + ("---:|" if ratio else "") + ("---:|" if perfect else ""),
     ]
     for system, cells in results.items():
         for treatment in TREATMENTS:
@@ -221,6 +239,7 @@ def summary(results: dict[str, pl.DataFrame], unit: str) -> list[str]:
                 f"| {system} | {treatment} | {c.height} | {c['inside'].mean():.2f} | {det.height} | "
                 f"{det['same_sign'].sum()} / {det.height} |"
                 + (f" {c['variance_ratio'].median():.3f} |" if ratio else "")
+                + (f" {c['perfect_inside'].mean():.2f} |" if perfect else "")
             )
     return out
 
@@ -333,7 +352,7 @@ def main() -> None:
         s: compare(experiment(args.work, s, merchants, args.buyers_per_merchant, args.seed), truth_code)
         for s in args.systems.split(",")
     }
-    planted = {system: per_planted(cells, mix, per_type) for system, cells in results.items()}
+    planted = {system: per_planted(cells, mix, per_type, truth_code) for system, cells in results.items()}
     lines = [
         f"Synthetic log: {args.buyers} buyers, {args.merchants} merchants, seed {args.synth_seed}; held-out merchants "
         f"{', '.join(merchants)}; {args.buyers_per_merchant} simulated buyers per merchant and arm, experiment seed "
@@ -341,7 +360,8 @@ def main() -> None:
         "",
         *markdown(results, mix),
         "",
-        "Per planted type (the codes' effects weighted by P(code | type) among the held-out buyers' visits):",
+        "Per planted type (the codes' effects weighted by P(code | type) among the held-out buyers' visits; a"
+        " perfect simulator at these codes has each code's true effect, its types' mixed):",
         "",
         *summary(planted, "planted type"),
         "",
@@ -349,10 +369,10 @@ def main() -> None:
         "",
         *touched(results, mix),
         "",
-        "| system | treatment | planted type | metric | truth | simulated [95%] | MDE |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| system | treatment | planted type | metric | truth | a perfect simulator at these codes | simulated [95%] | MDE |",
+        "|---|---|---|---|---:|---:|---:|---:|",
         *(
-            f"| {system} | {r['treatment']} | {r['planted']} | {r['metric']} | {r['truth']:+.4f} | "
+            f"| {system} | {r['treatment']} | {r['planted']} | {r['metric']} | {r['truth']:+.4f} | {r['perfect']:+.4f} | "
             f"{r['effect']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]{'' if r['inside'] else ' ✗'} | {r['mde']:.4f} |"
             for system, cells in planted.items()
             for r in cells.sort("treatment", "planted", "metric").iter_rows(named=True)
