@@ -47,7 +47,9 @@ VIEW_CACHE = 8192
 MARKDOWN_SHARE = 0.99
 """A price at most this share of the regular price is a markdown: the product page shows the regular
 price beside it (``Price: 69.99 (was 99.99)``)."""
-MARKED_DOWN_LINE = re.compile(r"^Price: [0-9.]+ \(was [0-9.]+\)$", re.M)
+PRICE_PREFIX = "Price: "
+"""Begins a product page's price line (and no other line of any page)."""
+MARKED_DOWN_LINE = re.compile(rf"^{PRICE_PREFIX}[0-9.]+ \(was [0-9.]+\)$", re.M)
 """A product page's price line when it shows a markdown."""
 
 
@@ -154,7 +156,7 @@ def _title(storefront: Storefront, state: SessionState) -> tuple[str, tuple[str,
         return p.title, (
             f"Product id: {p.product_id}",
             f"Category: {p.category_id}",
-            f"Price: {_price(now)}" + ("" if regular is None else f" (was {regular:.2f})"),
+            f"{PRICE_PREFIX}{_price(now)}" + ("" if regular is None else f" (was {regular:.2f})"),
             *((p.badge.capitalize(),) if p.badge else ()),
             f"In cart: {qty}" if qty else "Not in cart",
             "In favourites" if p.product_id in state.favourites else "Not in favourites",

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.optimize import minimize
 
-from envs.render import shows_markdown
+from envs.render import PRICE_PREFIX, shows_markdown
 from learners.agent.actions import action_kind
 from learners.agent.offline_eval import ScoringPolicy, requests_for
 from learners.agent.scoring import MARKDOWN_FILE
@@ -70,7 +70,7 @@ class CodeResponse:
     buyers: int
     """Buyers of the code who saw both marked-down and regular product pages."""
     rows: int
-    """Their product pages."""
+    """The code's product pages fitted on (its other buyers' too)."""
     contrast: dict[str, float]
     """Within-buyer contrast (marked − regular) of the real choice less the model's probability."""
     stderr: dict[str, float]
@@ -165,7 +165,7 @@ def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Ta
     """The goal-free product pages of ``examples`` (an agent's training examples), up to ``max_rows``
     of them: whole buyers, drawn with ``seed`` when there are more."""
     pages = examples.filter(pc.is_null(examples["goal"]))
-    pages = pages.filter(pc.match_substring(pages["observation"], "\nPrice: "))
+    pages = pages.filter(pc.match_substring(pages["observation"], "\n" + PRICE_PREFIX))
     if pages.num_rows <= max_rows:
         return pages
     keys = _buyer_keys(pages)
