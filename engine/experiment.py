@@ -17,6 +17,7 @@ rollouts are there (with the same settings) is not simulated again, an interrupt
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -297,8 +298,8 @@ def type_descriptions(config: ExperimentConfig) -> dict[int, str]:
 
 def markdown_answers(config: ExperimentConfig) -> dict[int, dict[str, float]]:
     """Code -> the agent's measured answer to a marked-down product page (learners/agent/
-    markdown_response.py: the change in P(add to cart) its training added, and the buyers it was
-    measured on), where the policy is an agent that has one."""
+    markdown_response.py: the change in P(add to cart) its training added, the measured contrast's
+    standard error and the buyers it was measured on), where the policy is an agent that has one."""
     if config.policy not in ("transformers", "vllm") or not config.policy_path:
         return {}
     path = Path(config.policy_path) / MARKDOWN_FILE
@@ -306,7 +307,11 @@ def markdown_answers(config: ExperimentConfig) -> dict[int, dict[str, float]]:
         return {}
     codes = json.loads(path.read_text(encoding="utf-8"))["codes"]
     return {
-        int(code): {"add_to_cart": float(fit["shrunk"].get("add_to_cart", 0.0)), "buyers": int(fit["buyers"])}
+        int(code): {
+            "add_to_cart": float(fit["shrunk"].get("add_to_cart", 0.0)),
+            "stderr": float(fit["stderr"].get("add_to_cart", math.inf)),
+            "buyers": int(fit["buyers"]),
+        }
         for code, fit in codes.items()
         if code != "none"
     }

@@ -163,9 +163,10 @@ def markdown_lines(result: dict[str, Any]) -> list[str]:
     if not answers:
         return []
     top = sorted(answers.items(), key=lambda kv: -abs(kv[1]["add_to_cart"]))[:HIGHLIGHTS]
-    parts = ", ".join(f"type {c} {a['add_to_cart']:+.3f} ({a['buyers']} buyers)" for c, a in top)
+    parts = ", ".join(f"type {c} {_answer(a)}" for c, a in top)
     return [
-        f"the agent's answer to a markdown, measured in its training (add to cart per marked-down page): {parts}"
+        "the agent's answer to a markdown, measured in its training (add to cart per marked-down page,"
+        f" ± the measurement's standard error): {parts}"
     ]
 
 
@@ -226,7 +227,9 @@ def _table(head: list[str], body: list[list[str]], text: tuple[int, ...] = (0,))
 
 
 def _answer(answer: dict[str, float] | None) -> str:
-    return "–" if answer is None else f"{answer['add_to_cart']:+.3f} ({answer['buyers']} buyers)"
+    if answer is None:
+        return "–"
+    return f"{answer['add_to_cart']:+.3f} (± {answer['stderr']:.3f}, {answer['buyers']} buyers)"
 
 
 def _share(x: float | None) -> str:

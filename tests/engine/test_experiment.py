@@ -357,17 +357,25 @@ def test_an_agents_measured_answer_to_a_markdown_is_reported_per_type(store, tmp
     agent = tmp_path / "agent"
     agent.mkdir()
     fits = {
-        "0": {"buyers": 90, "shrunk": {"add_to_cart": 0.076, "exit": -0.03}, "bias": {"add_to_cart": 0.2}},
-        "2": {"buyers": 40, "shrunk": {"add_to_cart": -0.004}, "bias": {"add_to_cart": -0.05}},
+        "0": {
+            "buyers": 90,
+            "shrunk": {"add_to_cart": 0.076, "exit": -0.03},
+            "stderr": {"add_to_cart": 0.036, "exit": 0.02},
+            "bias": {"add_to_cart": 0.2},
+        },
+        "2": {"buyers": 40, "shrunk": {"add_to_cart": -0.004}, "stderr": {"add_to_cart": 0.05}, "bias": {}},
     }
     (agent / MARKDOWN_FILE).write_text(json.dumps({"codes": fits}))
     arms = {"cut": {"kind": "price", "percent": -30}}
     config = experiment(store, tmp_path / "out", arms, policy="transformers", policy_path=str(agent))
     answers = markdown_answers(config)
-    assert answers == {0: {"add_to_cart": 0.076, "buyers": 90}, 2: {"add_to_cart": -0.004, "buyers": 40}}
+    assert answers == {
+        0: {"add_to_cart": 0.076, "stderr": 0.036, "buyers": 90},
+        2: {"add_to_cart": -0.004, "stderr": 0.05, "buyers": 40},
+    }
     # The Markov chain reads no prices: it has no answer to report.
     assert markdown_answers(experiment(store, tmp_path / "out", arms, policy_path=str(agent))) == {}
     result = {"types": {str(c): {"markdown_answer": a} for c, a in answers.items()} | {"1": {}}}
     (line,) = markdown_lines(result)
-    assert line.endswith("type 0 +0.076 (90 buyers), type 2 -0.004 (40 buyers)")
+    assert line.endswith("type 0 +0.076 (± 0.036, 90 buyers), type 2 -0.004 (± 0.050, 40 buyers)")
     assert markdown_lines({"types": {"0": {}}}) == []
