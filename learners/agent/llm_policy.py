@@ -130,8 +130,8 @@ class LLMPolicy:
     @classmethod
     def from_pretrained(cls, agent_dir: str | Path, device: str = "cpu", **kwargs) -> LLMPolicy:
         """Load an exported agent (train.py) or any causal LM directory / hub id (then no persona),
-        with its calibration unless ``kind_bias`` (``markdown_bias``) is given. Raises ValueError for an agent whose
-        manifest names another scoring rule (scoring.py)."""
+        with its calibration (``kind_bias`` and ``markdown_bias``, each read from the directory unless
+        given). Raises ValueError for an agent whose manifest names another scoring rule (scoring.py)."""
         check_scoring_rule(agent_dir)
         model = AutoModelForCausalLM.from_pretrained(agent_dir).to(device)
         tokenizer = AutoTokenizer.from_pretrained(agent_dir)
