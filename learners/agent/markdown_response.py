@@ -9,7 +9,8 @@ agent, with the planted types themselves as codes, four times the log or higher 
 by 0.00-0.03; the response is 0.0002 nats per training row, too small a part of the loss to learn.
 
 So after training the missing part is measured and added as a score bias, per persona code and
-action kind, on goal-free product pages that show a markdown:
+action kind, on goal-free product pages that show a markdown. It is measured on the product pages of
+the training and validation merchants before any token budget's cut (train.py), every buyer's:
 
 - **Within buyers.** Buyers who seek sales are the ones on marked-down pages, so comparing marked and
   regular pages across a code's buyers mixes its types (on that log a code of 71% deal hunters adds to
@@ -162,8 +163,8 @@ def fit_share_bias(
 
 
 def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Table:
-    """The goal-free product pages of ``examples`` (an agent's training examples), up to ``max_rows``
-    of them: whole buyers, drawn with ``seed`` when there are more."""
+    """The goal-free product pages of ``examples`` (an agent's examples), up to ``max_rows`` of them:
+    whole buyers, drawn with ``seed`` when there are more."""
     pages = examples.filter(pc.is_null(examples["goal"]))
     pages = pages.filter(pc.match_substring(pages["observation"], "\n" + PRICE_PREFIX))
     if pages.num_rows <= max_rows:

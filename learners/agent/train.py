@@ -25,7 +25,8 @@ a seeded, merchant-stratified sample of whole sessions when they hold more (sele
 validation set is cut to the same share). The exported model is each stage's best epoch on the
 validation loss (the last epoch without validation examples); with validation merchants, it is then
 calibrated on their goal-free rows (``calibration_rows``, calibration.py), and each code's
-answer to a markdown is measured on the training examples (markdown_response.py).
+answer to a markdown is measured on the product pages of the training and validation merchants,
+before the budget's cut (``markdown_rows``, markdown_response.py).
 
 AGENT must be on storage every worker can read (a local path on one machine; shared storage on a
 cluster), as Ray Train's own storage_path must be.
@@ -68,6 +69,8 @@ from learners.config import config_to_dict
 MANIFEST_FILE = "manifest.json"
 VALIDATION_FILE = "validation.parquet"
 CALIBRATION_ROWS_FILE = "calibration.parquet"
+MARKDOWN_ROWS_FILE = "markdown.parquet"
+"""The product pages the markdown response is measured on (markdown_response.py)."""
 RUN_NAME = "agent"
 BEFORE_RECORDED = {"schedule": "constant"}
 """The value of a field a run's manifest does not record because it was added later, where it differs
@@ -170,8 +173,8 @@ def train_agent(
         log(calibration.line())
     if config.markdown_rows > 0:
         policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), markdown_bias={})
-        examples = pq.read_table(train_path, columns=list(MARKDOWN_COLUMNS))
-        rows = product_page_rows(examples, config.markdown_rows, config.seed)
+        pages = out / "data" / MARKDOWN_ROWS_FILE
+        rows = pq.read_table(pages) if pages.exists() else pa.table({c: [] for c in MARKDOWN_COLUMNS})
         response = fit_markdown_response(policy, rows, personas=not config.no_persona)
         response.save(out)
         log(response.line())
@@ -272,6 +275,13 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
     rows = calibration_rows(validation, config.calibration_rows, config.seed)
     if rows.num_rows:
         pq.write_table(rows, out / "data" / CALIBRATION_ROWS_FILE)
+    if config.markdown_rows > 0:
+        # Every buyer of the training and validation merchants, before any budget cut: a code's answer
+        # is measured within buyers, and each buyer who saw both kinds of page counts.
+        both = pa.concat_tables([t.select(list(MARKDOWN_COLUMNS)) for t in (train, validation)])
+        pages = product_page_rows(both, config.markdown_rows, config.seed)
+        if pages.num_rows:
+            pq.write_table(pages, out / "data" / MARKDOWN_ROWS_FILE)
 
     # A preset's tokenizer is trained on the training texts before any budget cut, so every agent of
     # a study given the same traces gets the same tokenizer.

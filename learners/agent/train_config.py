@@ -61,9 +61,10 @@ class AgentTrainConfig:
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
     markdown_rows: int = 20000
     """After calibration, each persona code's answer to a marked-down price that the model misses is
-    measured within buyers on up to this many goal-free product pages of the training examples (whole
-    buyers) and served as per-code score biases on marked-down pages (learners/agent/markdown_response.py).
-    0: not fitted. A log without markdowns fits nothing."""
+    measured within buyers on up to this many goal-free product pages of the training and validation
+    merchants (whole buyers, before any `max_tokens` cut) and served as per-code score biases on
+    marked-down pages (learners/agent/markdown_response.py). 0: not fitted. A log without markdowns
+    fits nothing."""
     patience: int = 2
     """Early stopping: stop a stage after this many epochs in a row without a lower validation loss
     (0: run every epoch, still keeping the best)."""

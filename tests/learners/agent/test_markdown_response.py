@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from envs.render import shows_markdown
+from envs.render import PRICE_PREFIX, shows_markdown
 from learners.agent.actions import action_kind
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.markdown_response import (
@@ -21,7 +22,7 @@ from learners.agent.markdown_response import (
 )
 from learners.agent.policy import ActRequest
 from learners.agent.scoring import MARKDOWN_FILE, action_scores, pick, read_markdown_bias
-from learners.agent.train import AgentTrainConfig, train_agent
+from learners.agent.train import MARKDOWN_ROWS_FILE, AgentTrainConfig, train_agent
 
 from .conftest import make_traces, storefront
 
@@ -182,11 +183,23 @@ def test_rows_are_whole_buyers_up_to_the_cap():
 def test_training_measures_each_codes_answer_and_the_policy_serves_it(tmp_path):
     # Persona 0 adds a marked-down product to cart; persona 1 adds every product it opens.
     traces, codes = make_traces(merchants=("m1", "m2"), buyers=12, sessions=3, seed=6, markdown=0.5)
+    # A token budget keeps some sessions for training; the answer is measured on every buyer's pages.
     config = AgentTrainConfig(
-        workers=0, stage1_epochs=0, stage2_epochs=1, batch_size=8, max_observation_tokens=96, log_every=1000
+        workers=0,
+        stage1_epochs=0,
+        stage2_epochs=1,
+        batch_size=8,
+        max_observation_tokens=96,
+        log_every=1000,
+        max_tokens=20_000,
     )
     lines: list[str] = []
     train_agent(config, traces, codes, tmp_path / "agent", log=lines.append)
+    trained = pq.read_table(tmp_path / "agent" / "data" / "train.parquet")
+    pages = pq.read_table(tmp_path / "agent" / "data" / MARKDOWN_ROWS_FILE)
+    assert pages["goal"].null_count == pages.num_rows
+    assert all("\n" + PRICE_PREFIX in o for o in pages["observation"].to_pylist())
+    assert pages.num_rows > product_page_rows(trained, max_rows=100_000).num_rows > 0
     saved = json.loads((tmp_path / "agent" / MARKDOWN_FILE).read_text())["codes"]
     assert set(saved) == {"0", "1"}
     # What the model misses: after one epoch it answers a markdown alike for both personas.
