@@ -59,7 +59,7 @@ class AgentTrainConfig:
     drifts on a store it never saw."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
-    markdown_rows: int = 20000
+    markdown_rows: int = 50000
     """After calibration, each persona code's answer to a marked-down price that the model misses is
     measured within buyers on up to this many goal-free product pages of the training and validation
     merchants (whole buyers, before any `max_tokens` cut) and served as per-code score biases on
