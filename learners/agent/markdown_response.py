@@ -93,7 +93,9 @@ class MarkdownResponse:
             return "markdown response: no buyer saw both marked-down and regular product pages"
         top = sorted(self.codes.items(), key=lambda kv: -abs(kv[1].shrunk.get("add_to_cart", 0.0)))[:3]
         parts = ", ".join(
-            f"code {k} {v.shrunk.get('add_to_cart', 0.0):+.3f} ({v.buyers} buyers)" for k, v in top
+            f"{'every buyer' if k == 'none' else 'code ' + k} {v.shrunk.get('add_to_cart', 0.0):+.3f}"
+            f" ({v.buyers} buyers)"
+            for k, v in top
         )
         return f"markdown response (add to cart on a marked-down page, beyond the model's): {parts}"
 
