@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from learners.agent.llm_policy import LLMPolicy
+from learners.agent.markdown_response import MARKDOWN_COLUMNS
 from learners.agent.offline_eval import requests_for
 
 PRICE = re.compile(r"^Price: ([0-9.]+)(?: \(was ([0-9.]+)\))?$", re.M)
@@ -40,19 +41,7 @@ ADD = "add to cart"
 def pages(examples: Path, truth: Path) -> pl.DataFrame:
     """Goal-free product-page examples that offer add to cart, with the buyer's planted type."""
     types = pl.read_parquet(truth).select("merchant_id", pl.col("buyer_id").cast(pl.Utf8), "type")
-    table = pl.read_parquet(
-        examples,
-        columns=[
-            "merchant_id",
-            "buyer_id",
-            "observation",
-            "action",
-            "history",
-            "goal",
-            "code",
-            "valid_actions",
-        ],
-    )
+    table = pl.read_parquet(examples, columns=list(MARKDOWN_COLUMNS))
     return (
         table.filter(pl.col("goal").is_null() & pl.col("valid_actions").list.contains(ADD))
         .with_columns(
