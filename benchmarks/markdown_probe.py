@@ -17,7 +17,8 @@ example's persona code and history. Per planted type, ``--pages`` of them sample
   P(add to cart) on each, beside the share of the examples that did add to cart (the target).
 
 P is the softmax of the agent's scores over the page's valid actions without its calibration
-(``kind_bias``), so an epoch checkpoint, which has none, reads like the exported agent.
+(``kind_bias``) or markdown response (``markdown_bias``): the model's own answer, so an epoch
+checkpoint, which has neither, reads like the exported agent.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     frame = pages(args.examples or args.agent / "data" / "train.parquet", args.work / "raw" / "truth.parquet")
-    policy = LLMPolicy.from_pretrained(args.agent, kind_bias={})
+    policy = LLMPolicy.from_pretrained(args.agent, kind_bias={}, markdown_bias={})
     rng = np.random.default_rng(args.seed)
     print(
         f"agent {args.agent}: P(add to cart), no calibration, {args.pages} pages per type and probe (seed {args.seed})"
