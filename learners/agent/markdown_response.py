@@ -165,13 +165,18 @@ def fit_share_bias(
 
 
 def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Table:
-    """The goal-free product pages of ``examples`` (an agent's examples), up to ``max_rows`` of them:
-    whole buyers, drawn with ``seed`` when there are more."""
+    """The goal-free product pages of ``examples`` (an agent's examples) of the buyers who saw both
+    marked-down and regular ones (no other buyer is measured), up to ``max_rows`` of them: whole
+    buyers, drawn with ``seed`` when there are more."""
     pages = examples.filter(pc.is_null(examples["goal"]))
     pages = pages.filter(pc.match_substring(pages["observation"], "\n" + PRICE_PREFIX))
+    keys = _buyer_keys(pages)
+    marked = np.array([shows_markdown(o) for o in pages["observation"].to_pylist()], dtype=bool)
+    both = set(keys[marked]) & set(keys[~marked])
+    measured = np.array([k in both for k in keys], dtype=bool)
+    pages, keys = pages.filter(pa.array(measured, pa.bool_())), keys[measured]
     if pages.num_rows <= max_rows:
         return pages
-    keys = _buyer_keys(pages)
     rng = np.random.default_rng(seed)
     order, counts = np.unique(keys, return_counts=True)
     keep, total = set(), 0

@@ -171,8 +171,15 @@ def test_a_log_without_markdowns_fits_nothing():
     assert fit.codes == {} and "no buyer saw both" in fit.line()
 
 
-def test_rows_are_whole_buyers_up_to_the_cap():
+def test_rows_are_whole_buyers_who_saw_both_kinds_of_page_up_to_the_cap():
     table = _pages(buyers=30, seed=5)
+    # Buyer u0 sees only regular prices: nothing to compare within them.
+    regular = [
+        b != "u0" or not shows_markdown(o)
+        for b, o in zip(table["buyer_id"].to_pylist(), table["observation"].to_pylist(), strict=True)
+    ]
+    table = table.filter(pa.array(regular))
+    assert "u0" not in set(product_page_rows(table, max_rows=100_000)["buyer_id"].to_pylist())
     rows = product_page_rows(table, max_rows=100, seed=0)
     assert rows.num_rows <= 100
     kept = set(rows["buyer_id"].to_pylist())
