@@ -18,8 +18,9 @@ Steps (each skipped when its output is there, so an interrupted run continues):
    session (``--max-tokens`` budgets them as the demo does): on the demo's 1.35M tokens an agent kept
    its first epoch of 11% of the sessions, too little to learn how one type answers a markdown.
 3. ``simpersona experiment`` once per system (persona agent, the same without its markdown response,
-   no-persona agent, Markov chain) on the held-out merchants, the population drawn from each merchant's own persona mix, arms: control,
-   a price cut on every product and the cheapest-first listing order.
+   no-persona agent, Markov chain) on the held-out merchants, the population drawn from each
+   merchant's own persona mix, arms: control, a price cut on every product and the cheapest-first
+   listing order.
 4. The truth at the held-out merchants: the generator's visits there under control and treatment
    (paired), per planted type; per persona code, the mixture of the planted types of the held-out
    buyers with that code (P(type | code)), since an experiment reports per code.
