@@ -80,6 +80,36 @@ def kind_rates(
     return {k: v / len(scores) for k, v in total.items()}
 
 
+def fit_share_bias(
+    scores: Sequence[np.ndarray], kinds: Sequence[np.ndarray], target: np.ndarray, ridge: float = RIDGE
+) -> np.ndarray:
+    """Per-kind biases whose mean softmax probabilities over the rows equal ``target`` (kinds indexed
+    0..len(target)-1; ``kinds[i]`` holds row i's actions' kind indices): the minimum of the mean
+    logsumexp of the biased scores less target·bias, convex, whose gradient is the shares' gap. With
+    ``target`` the shares of the rows' chosen kinds it is their maximum likelihood (``fit_kind_bias``)."""
+    n, size = len(scores), len(target)
+    width = max(len(s) for s in scores)
+    z0 = np.full((n, width), -np.inf)
+    kind = np.zeros((n, width), dtype=np.int64)
+    for i, (row, row_kinds) in enumerate(zip(scores, kinds, strict=True)):
+        z0[i, : len(row)] = row
+        kind[i, : len(row)] = row_kinds
+    present = np.isfinite(z0)
+    flat = (np.arange(n)[:, None] * size + kind)[present]
+
+    def objective(b: np.ndarray) -> tuple[float, np.ndarray]:
+        z = np.where(present, z0 + b[kind], -np.inf)
+        top = z.max(1, keepdims=True)
+        p = np.where(present, np.exp(z - top), 0.0)
+        total = p.sum(1, keepdims=True)
+        p /= total
+        value = float((top + np.log(total)).mean()) - float(target @ b) + ridge / 2 * float(b @ b)
+        share = np.bincount(flat, weights=p[present], minlength=n * size).reshape(n, size).mean(0)
+        return value, share - target + ridge * b
+
+    return minimize(objective, np.zeros(size), jac=True, method="L-BFGS-B").x
+
+
 def fit_kind_bias(
     scores: Sequence[np.ndarray], kinds: Sequence[Sequence[str]], chosen: Sequence[str], ridge: float = RIDGE
 ) -> dict[str, float]:
@@ -87,34 +117,15 @@ def fit_kind_bias(
     ``scores[i]`` and ``kinds[i]`` are row i's valid actions' scores and kinds."""
     names = sorted({k for row in kinds for k in row})
     index = {k: i for i, k in enumerate(names)}
-    width = max(len(s) for s in scores)
-    z0 = np.full((len(scores), width), -np.inf)
-    kind = np.zeros((len(scores), width), dtype=np.int64)
-    for i, (row, row_kinds) in enumerate(zip(scores, kinds, strict=True)):
-        z0[i, : len(row)] = row
-        kind[i, : len(row)] = [index[k] for k in row_kinds]
-    present = np.isfinite(z0)
-    target = np.array([index.get(c, -1) for c in chosen])
-    taken = present & (kind == target[:, None])
-    keep = taken.any(1)  # a row whose real kind its page does not offer says nothing here
-    z0, kind, present, taken, target = z0[keep], kind[keep], present[keep], taken[keep], target[keep]
-    n, size = len(z0), len(names)
-    if n == 0:
+    coded = [np.array([index[k] for k in row]) for row in kinds]
+    taken = [index.get(c, -1) for c in chosen]
+    # A row whose real kind its page does not offer says nothing here.
+    keep = [i for i, (row, c) in enumerate(zip(coded, taken, strict=True)) if c in row]
+    if not keep:
         return {}
-    flat = (np.arange(n)[:, None] * size + kind)[present]
-
-    def objective(b: np.ndarray) -> tuple[float, np.ndarray]:
-        z = np.where(present, z0 + b[kind], -np.inf)
-        z -= z.max(1, keepdims=True)
-        p = np.where(present, np.exp(z), 0.0)
-        p /= p.sum(1, keepdims=True)
-        nll = -np.log(np.where(taken, p, 0.0).sum(1)).mean()
-        share = np.bincount(flat, weights=p[present], minlength=n * size).reshape(n, size).mean(0)
-        real = np.bincount(target, minlength=size) / n
-        return nll + ridge / 2 * float(b @ b), share - real + ridge * b
-
-    found = minimize(objective, np.zeros(size), jac=True, method="L-BFGS-B")
-    return {k: round(float(v), 6) for k, v in zip(names, found.x, strict=True)}
+    target = np.bincount([taken[i] for i in keep], minlength=len(names)) / len(keep)
+    found = fit_share_bias([scores[i] for i in keep], [coded[i] for i in keep], target, ridge)
+    return {k: round(float(v), 6) for k, v in zip(names, found, strict=True)}
 
 
 def calibration_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Table:

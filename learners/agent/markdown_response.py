@@ -24,8 +24,8 @@ saw both marked-down and regular ones:
   (its variance: the contrasts' mean square less their mean squared error), so a code with a few
   buyers does not answer a price cut by noise.
 - **As biases.** On a code's marked-down rows, one bias per kind is fitted so that the kinds' mean
-  probabilities equal the model's plus the shrunk contrast (a convex problem: at the optimum the means
-  match). Scoring adds them to goal-free requests whose page shows a markdown (scoring.py's
+  probabilities equal the model's plus the shrunk contrast (calibration.py's ``fit_share_bias``, the
+  kind calibration's own fit). Scoring adds them to goal-free requests whose page shows a markdown (scoring.py's
   ``action_scores``), so both backends serve them; a no-persona agent has one set for all buyers.
 
 A kind-wide bias keeps every ranking within a kind. A log whose products never change price has no
@@ -43,15 +43,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.optimize import minimize
 
 from envs.render import PRICE_PREFIX, shows_markdown
 from learners.agent.actions import action_kind
+from learners.agent.calibration import fit_share_bias
 from learners.agent.offline_eval import ScoringPolicy, requests_for
 from learners.agent.scoring import MARKDOWN_FILE
 
-RIDGE = 1e-3
-"""L2 weight on a code's biases (per row-averaged objective); fixes the softmax's shared offset."""
 MARKDOWN_COLUMNS = (
     "merchant_id",
     "buyer_id",
@@ -144,29 +142,6 @@ def shrink(contrast: np.ndarray, stderr: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_share_bias(
-    scores: list[np.ndarray], kinds: list[np.ndarray], target: np.ndarray, ridge: float = RIDGE
-) -> np.ndarray:
-    """Per-kind biases whose mean softmax probabilities over the rows equal ``target`` (kinds indexed
-    0..len(target)-1; ``kinds[i]`` names row i's actions' kinds): the minimum of the mean logsumexp
-    of the biased scores less target·bias, convex, whose gradient is the shares' gap."""
-    size = len(target)
-
-    def objective(b: np.ndarray) -> tuple[float, np.ndarray]:
-        value, share = 0.0, np.zeros(size)
-        for z0, k in zip(scores, kinds, strict=True):
-            z = z0 + b[k]
-            top = z.max()
-            p = np.exp(z - top)
-            total = p.sum()
-            value += top + np.log(total)
-            np.add.at(share, k, p / total)
-        n = len(scores)
-        return value / n - target @ b + ridge / 2 * b @ b, share / n - target + ridge * b
-
-    return minimize(objective, np.zeros(size), jac=True, method="L-BFGS-B").x
-
-
 def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Table:
     """The goal-free product pages of ``examples`` (an agent's examples) of the buyers who saw both
     marked-down and regular ones (no other buyer is measured), up to ``max_rows`` of them: whole
@@ -205,9 +180,9 @@ def fit_markdown_response(policy: ScoringPolicy, rows: pa.Table, personas: bool)
     index = {k: i for i, k in enumerate(names)}
     kinds = [np.array([index[action_kind(a)] for a in r.valid_actions]) for r in requests]
     chosen = [index[action_kind(a)] for a in rows.column("action").to_pylist()]
+    probs = [np.exp(z - np.logaddexp.reduce(z)) for z in scores]
     residual = np.zeros((len(requests), len(names)))
-    for i, (z, k, c) in enumerate(zip(scores, kinds, chosen, strict=True)):
-        p = np.exp(z - np.logaddexp.reduce(z))
+    for i, (p, k, c) in enumerate(zip(probs, kinds, chosen, strict=True)):
         np.add.at(residual[i], k, -p)
         residual[i, c] += 1.0
     buyer = _buyer_keys(rows)
@@ -226,7 +201,7 @@ def fit_markdown_response(policy: ScoringPolicy, rows: pa.Table, personas: bool)
         on = np.flatnonzero((code == g) & marked)
         model = np.zeros(len(names))
         for i in on:
-            np.add.at(model, kinds[i], np.exp(scores[i] - np.logaddexp.reduce(scores[i])))
+            np.add.at(model, kinds[i], probs[i])
         model /= len(on)
         target = np.maximum(model + shrunk[gi], SMALLEST_SHARE) * (model > 0)
         target /= target.sum()  # kinds shrink apart, so their contrasts no longer sum to 0

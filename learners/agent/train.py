@@ -49,7 +49,12 @@ from learners.agent.base_models import load_base, parameter_count
 from learners.agent.calibration import calibrate, calibration_rows
 from learners.agent.examples import build_examples, split_examples
 from learners.agent.llm_policy import LLMPolicy
-from learners.agent.markdown_response import MARKDOWN_COLUMNS, fit_markdown_response, product_page_rows
+from learners.agent.markdown_response import (
+    MARKDOWN_COLUMNS,
+    MarkdownResponse,
+    fit_markdown_response,
+    product_page_rows,
+)
 from learners.agent.prompt import PROMPT_LAYOUT, PromptFormat, trained_layout
 from learners.agent.scoring import SCORING_RULE
 from learners.agent.selection import budget_sessions, keep_share, session_ids, split_validation
@@ -172,10 +177,11 @@ def train_agent(
         calibration.save(out)
         log(calibration.line())
     if config.markdown_rows > 0:
-        policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), markdown_bias={})
-        pages = out / "data" / MARKDOWN_ROWS_FILE
-        rows = pq.read_table(pages) if pages.exists() else pa.table({c: [] for c in MARKDOWN_COLUMNS})
-        response = fit_markdown_response(policy, rows, personas=not config.no_persona)
+        # No pages file: no buyer saw both kinds of page (``_prepare``), so there is nothing to score.
+        pages, response = out / "data" / MARKDOWN_ROWS_FILE, MarkdownResponse()
+        if pages.exists():
+            policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), markdown_bias={})
+            response = fit_markdown_response(policy, pq.read_table(pages), personas=not config.no_persona)
         response.save(out)
         log(response.line())
     state = (read_state(latest) if latest else None) or {}

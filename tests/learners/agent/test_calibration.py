@@ -1,5 +1,6 @@
-"""Kind calibration: the fit recovers planted per-kind biases, scoring adds them without changing any
-ranking within a kind, and training calibrates on its validation merchants' goal-free rows."""
+"""Kind calibration: the fit recovers planted per-kind biases, the shared share fit meets any target,
+scoring adds the biases without changing any ranking within a kind, and training calibrates on its
+validation merchants' goal-free rows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from learners.agent.calibration import fit_kind_bias, kind_rates
+from learners.agent.calibration import fit_kind_bias, fit_share_bias, kind_rates
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
 from learners.agent.scoring import CALIBRATION_FILE, MARKDOWN_FILE, action_scores, pick, read_kind_bias
@@ -46,6 +47,19 @@ def test_the_fit_recovers_planted_kind_biases_and_matches_the_real_shares():
     before, after = kind_rates(scores, kinds, {}), kind_rates(scores, kinds, bias)
     assert max(abs(after[k] - real[k]) for k in real) < 0.003
     assert abs(before["checkout"] - real["checkout"]) > 0.02  # there was something to correct
+
+
+def test_the_biases_make_the_mean_shares_equal_the_target():
+    rng = np.random.default_rng(2)
+    scores = [rng.normal(0, 1.5, 5) for _ in range(300)]
+    kinds = [rng.integers(0, 3, 5) for _ in range(300)]
+    target = np.array([0.5, 0.3, 0.2])
+    bias = fit_share_bias(scores, kinds, target)
+    share = np.zeros(3)
+    for z, k in zip(scores, kinds, strict=True):
+        p = np.exp(z + bias[k] - np.logaddexp.reduce(z + bias[k]))
+        np.add.at(share, k, p)
+    assert share / len(scores) == pytest.approx(target, abs=1e-3)
 
 
 def test_rows_whose_real_kind_the_page_does_not_offer_are_left_out():

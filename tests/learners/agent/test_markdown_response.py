@@ -1,5 +1,6 @@
 """Markdown response: the within-buyer contrast sees through buyers who seek sales, the prior pulls
-noise to 0, the biases carry the measured contrast, and scoring adds them only where a markdown shows."""
+noise to 0, the fit carries the measured contrast, and scoring adds the biases only where a markdown
+shows."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from learners.agent.actions import action_kind
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.markdown_response import (
     fit_markdown_response,
-    fit_share_bias,
     product_page_rows,
     shrink,
     within_buyer_contrast,
@@ -96,19 +96,6 @@ def test_the_prior_pulls_noise_to_zero_and_keeps_a_clear_contrast():
     assert kept[[0, 6]] == pytest.approx(clear[[0, 6]], rel=0.05)
     # A code no buyer measured (infinite error) gets nothing.
     assert shrink(np.array([0.3, 0.2]), np.array([np.inf, 0.01]))[0] == 0.0
-
-
-def test_the_biases_make_the_mean_shares_equal_the_target():
-    rng = np.random.default_rng(2)
-    scores = [rng.normal(0, 1.5, 5) for _ in range(300)]
-    kinds = [rng.integers(0, 3, 5) for _ in range(300)]
-    target = np.array([0.5, 0.3, 0.2])
-    bias = fit_share_bias(scores, kinds, target)
-    share = np.zeros(3)
-    for z, k in zip(scores, kinds, strict=True):
-        p = np.exp(z + bias[k] - np.logaddexp.reduce(z + bias[k]))
-        np.add.at(share, k, p)
-    assert share / len(scores) == pytest.approx(target, abs=1e-3)
 
 
 def test_the_fit_carries_each_codes_contrast_onto_its_marked_down_pages(tmp_path):
