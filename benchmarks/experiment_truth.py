@@ -17,10 +17,10 @@ Steps (each skipped when its output is there, so an interrupted run continues):
    merchants; the held-out merchants are the ones experimented on. The agents train on every replayed
    session (``--max-tokens`` budgets them as the demo does): on the demo's 1.35M tokens an agent kept
    its first epoch of 11% of the sessions, too little to learn how one type answers a markdown.
-3. ``simpersona experiment`` once per system (persona agent, the same without its markdown response,
-   no-persona agent, Markov chain) on the held-out merchants, the population drawn from each
-   merchant's own persona mix, arms: control, a price cut on every product and the cheapest-first
-   listing order.
+3. ``simpersona experiment`` once per system (persona agent, the same without its price response or
+   with its markdown cells only, no-persona agent, Markov chain) on the held-out merchants, the
+   population drawn from each merchant's own persona mix, arms: control, a price cut on every
+   product and the cheapest-first listing order.
 4. The truth at the held-out merchants: the generator's visits there under control and treatment
    (paired), per planted type; per persona code, the mixture of the planted types of the held-out
    buyers with that code (P(type | code)), since an experiment reports per code.
@@ -29,7 +29,8 @@ Printed (Markdown): per system and treatment, the share of (code x metric) cells
 lies inside the simulated 95% interval, and the share with the true sign among the cells whose true
 effect exceeds the run's detectable effect (MDE); then every cell. The baselines are in the same run:
 the Markov chain (it reads no prices), the no-persona agent (it cannot tell the types apart), the
-persona agent without the per-code biases its training measured on marked-down pages (``persona-no-md``),
+persona agent without the per-code biases its training measured on each price cell's pages
+(``persona-no-price``) and with those of the marked-down cells only (``persona-marked-only``),
 and the unpaired design (the variance ratio of the paired difference against independent arms).
 """
 
@@ -47,7 +48,7 @@ import polars as pl
 import yaml
 
 from envs.treatments import Treatment
-from learners.agent.scoring import MARKDOWN_FILE
+from learners.agent.scoring import PRICE_RESPONSE_FILE
 from learners.data.synth import SynthConfig
 from learners.data.synth_truth import ALL, true_effects
 
@@ -58,9 +59,21 @@ TREATMENTS = {
 }
 SYSTEMS = {
     "persona": {"policy": "transformers", "path": "agent", "use_persona": True},
-    # The same agent without its markdown response (learners/agent/markdown_response.py): the baseline
-    # for what the per-code biases add.
-    "persona-no-md": {"policy": "transformers", "path": "agent-no-md", "use_persona": True},
+    # The same agent without its price response (learners/agent/price_response.py), the baseline for
+    # what the per-code biases add, and with the biases of its marked-down cells only (what the
+    # typical price's cells add).
+    "persona-no-price": {
+        "policy": "transformers",
+        "path": "agent-no-price",
+        "use_persona": True,
+        "cells": "",
+    },
+    "persona-marked-only": {
+        "policy": "transformers",
+        "path": "agent-marked-only",
+        "use_persona": True,
+        "cells": "marked",
+    },
     "no-persona": {"policy": "transformers", "path": "agent-no-persona", "use_persona": False},
     "markov": {"policy": "markov", "path": "markov.json", "use_persona": True},
 }
@@ -99,15 +112,23 @@ def prepare(work: Path, synth: SynthConfig, truth_visits: int, agent: dict | Non
         simpersona("study", str(work / "study.yaml"))
 
 
+def copy_biases(agent: Path, to: Path, cells: str) -> None:
+    """A copy of ``agent`` whose price response keeps only the cells whose name holds ``cells`` (none
+    when empty)."""
+    shutil.copytree(agent, to, ignore=shutil.ignore_patterns(PRICE_RESPONSE_FILE))
+    if cells and (agent / PRICE_RESPONSE_FILE).exists():
+        fit = json.loads((agent / PRICE_RESPONSE_FILE).read_text(encoding="utf-8"))
+        fit["codes"] = {k: {c: v for c, v in cs.items() if cells in c} for k, cs in fit["codes"].items()}
+        (to / PRICE_RESPONSE_FILE).write_text(json.dumps(fit, indent=1) + "\n", encoding="utf-8")
+
+
 def experiment(work: Path, system: str, merchants: list[str], buyers: int, seed: int) -> pl.DataFrame:
     out = work / "experiments" / system
     if not (out / "effects.parquet").exists():
         spec = SYSTEMS[system]
         study = work / "study"
-        if system == "persona-no-md" and not (study / spec["path"]).exists():
-            shutil.copytree(
-                study / "agent", study / spec["path"], ignore=shutil.ignore_patterns(MARKDOWN_FILE)
-            )
+        if "cells" in spec and not (study / spec["path"]).exists():
+            copy_biases(study / "agent", study / spec["path"], str(spec["cells"]))
         config = {
             "out": str(out),
             "data": str(study / "data"),

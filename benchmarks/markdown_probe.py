@@ -17,7 +17,7 @@ example's persona code and history. Per planted type, ``--pages`` of them sample
   P(add to cart) on each, beside the share of the examples that did add to cart (the target).
 
 P is the softmax of the agent's scores over the page's valid actions without its calibration
-(``kind_bias``) or markdown response (``markdown_bias``): the model's own answer, so an epoch
+(``kind_bias``) or price response (``price_bias``): the model's own answer, so an epoch
 checkpoint, which has neither, reads like the exported agent.
 """
 
@@ -31,8 +31,8 @@ import numpy as np
 import polars as pl
 
 from learners.agent.llm_policy import LLMPolicy
-from learners.agent.markdown_response import MARKDOWN_COLUMNS
 from learners.agent.offline_eval import requests_for
+from learners.agent.price_response import PRICE_COLUMNS
 
 PRICE = re.compile(r"^Price: ([0-9.]+)(?: \(was ([0-9.]+)\))?$", re.M)
 CUT = 0.7
@@ -42,7 +42,7 @@ ADD = "add to cart"
 def pages(examples: Path, truth: Path) -> pl.DataFrame:
     """Goal-free product-page examples that offer add to cart, with the buyer's planted type."""
     types = pl.read_parquet(truth).select("merchant_id", pl.col("buyer_id").cast(pl.Utf8), "type")
-    table = pl.read_parquet(examples, columns=list(MARKDOWN_COLUMNS))
+    table = pl.read_parquet(examples, columns=list(PRICE_COLUMNS))
     return (
         table.filter(pl.col("goal").is_null() & pl.col("valid_actions").list.contains(ADD))
         .with_columns(
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     frame = pages(args.examples or args.agent / "data" / "train.parquet", args.work / "raw" / "truth.parquet")
-    policy = LLMPolicy.from_pretrained(args.agent, kind_bias={}, markdown_bias={})
+    policy = LLMPolicy.from_pretrained(args.agent, kind_bias={}, price_bias={})
     rng = np.random.default_rng(args.seed)
     print(
         f"agent {args.agent}: P(add to cart), no calibration, {args.pages} pages per type and probe (seed {args.seed})"

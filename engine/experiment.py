@@ -32,7 +32,7 @@ from engine.experiment_report import write_report
 from engine.rollout_store import MANIFEST, RESULT_FIELDS
 from engine.simulation_config import SimulationConfig
 from envs import STOREFRONT_ID
-from learners.agent.scoring import MARKDOWN_FILE
+from learners.agent.scoring import PRICE_RESPONSE_FILE
 from learners.config import config_to_dict, mapping_value
 
 ARMS_DIR = "arms"
@@ -296,23 +296,27 @@ def type_descriptions(config: ExperimentConfig) -> dict[int, str]:
     return {int(code): str(t.get("description", "")) for code, t in types.items() if t.get("description")}
 
 
-def markdown_answers(config: ExperimentConfig) -> dict[int, dict[str, float]]:
-    """Code -> the agent's measured answer to a marked-down product page (learners/agent/
-    markdown_response.py: the change in P(add to cart) its training added, the measured contrast's
-    standard error and the buyers it was measured on), where the policy is an agent that has one."""
+def price_answers(config: ExperimentConfig) -> dict[int, dict[str, dict[str, float]]]:
+    """Code -> price cell -> the agent's measured answer to that cell's product pages against regular
+    ones (learners/agent/price_response.py: the change in P(add to cart) its training added, the
+    measured contrast's standard error and the buyers it was measured on), where the policy is an
+    agent that has one."""
     if config.policy not in ("transformers", "vllm") or not config.policy_path:
         return {}
-    path = Path(config.policy_path) / MARKDOWN_FILE
+    path = Path(config.policy_path) / PRICE_RESPONSE_FILE
     if not path.exists():
         return {}
     codes = json.loads(path.read_text(encoding="utf-8"))["codes"]
     return {
         int(code): {
-            "add_to_cart": float(fit["shrunk"].get("add_to_cart", 0.0)),
-            "stderr": float(fit["stderr"].get("add_to_cart", math.inf)),
-            "buyers": int(fit["buyers"]),
+            cell: {
+                "add_to_cart": float(fit["shrunk"].get("add_to_cart", 0.0)),
+                "stderr": float(fit["stderr"].get("add_to_cart", math.inf)),
+                "buyers": int(fit["buyers"]),
+            }
+            for cell, fit in cells.items()
         }
-        for code, fit in codes.items()
+        for code, cells in codes.items()
         if code != "none"
     }
 
@@ -351,7 +355,7 @@ def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = 
         # Each treatment's resamples from its own stream: adding an arm changes no other arm's intervals.
         rows += estimate(pairs, arm.name, config.bootstrap, seed=[config.seed, arm.index])
     descriptions = type_descriptions(config)
-    answers = markdown_answers(config)
+    answers = price_answers(config)
     codes = control["code"].value_counts().sort("code")
     result = {
         "command": command,
@@ -379,7 +383,7 @@ def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = 
                 "share": n / control.height,
                 "description": descriptions.get(code, ""),
             }
-            | ({"markdown_answer": answers[code]} if code in answers else {})
+            | ({"price_answers": answers[code]} if code in answers else {})
             for code, n in zip(codes["code"].to_list(), codes["count"].to_list(), strict=True)
         },
         "metrics": {m: METRIC_LABELS[m] for m in METRICS},

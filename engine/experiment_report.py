@@ -18,6 +18,7 @@ import yaml  # noqa: E402
 
 from engine.experiment_effects import ALL, effects_frame  # noqa: E402
 from engine.experiment_outcomes import METRICS  # noqa: E402
+from envs.render import PRICE_CELLS  # noqa: E402
 
 EFFECTS_PARQUET = "effects.parquet"
 EFFECTS_JSON = "effects.json"
@@ -103,7 +104,7 @@ def summary_text(result: dict[str, Any]) -> str:
                 f"{pairing_text(r['variance_ratio'])}"
             )
     lines += changed_lines(result)
-    lines += markdown_lines(result)
+    lines += price_lines(result)
     lines.append("per type (* above and below: the interval excludes 0):")
     for t in _treatments(result):
         typed = [
@@ -157,16 +158,18 @@ def changed_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown_lines(result: dict[str, Any]) -> list[str]:
-    """The agent's measured answer to a marked-down page per type, largest first (none without one)."""
-    answers = {c: t["markdown_answer"] for c, t in result["types"].items() if "markdown_answer" in t}
+def price_lines(result: dict[str, Any]) -> list[str]:
+    """The agent's largest measured answers to a price cell, per type and cell (none without them)."""
+    answers = [
+        (c, cell, a) for c, t in result["types"].items() for cell, a in t.get("price_answers", {}).items()
+    ]
     if not answers:
         return []
-    top = sorted(answers.items(), key=lambda kv: -abs(kv[1]["add_to_cart"]))[:HIGHLIGHTS]
-    parts = ", ".join(f"type {c} {_answer(a)}" for c, a in top)
+    top = sorted(answers, key=lambda ca: -abs(ca[2]["add_to_cart"]))[:HIGHLIGHTS]
+    parts = ", ".join(f"type {c} on {cell} {_answer(a)}" for c, cell, a in top)
     return [
-        "the agent's answer to a markdown, measured in its training (add to cart per marked-down page,"
-        f" ± the measurement's standard error): {parts}"
+        "the agent's answer to a price, measured in its training (add to cart per product page of a price"
+        f" cell against a regular one, ± the measurement's standard error): {parts}"
     ]
 
 
@@ -347,14 +350,10 @@ def report_html(result: dict[str, Any], plots: dict[str, str]) -> str:
         ],
         text=(0, 1, 2),
     )
-    answered = any("markdown_answer" in t for t in result["types"].values())
+    cells = [c for c in PRICE_CELLS if any(c in t.get("price_answers", {}) for t in result["types"].values())]
     types = _table(
         ["type", "visits per arm", "share", "what it is (VQ-VAE type report)"]
-        + (
-            ["answer to a markdown (add to cart per marked-down page, measured in training)"]
-            if answered
-            else []
-        ),
+        + [f"add to cart on {c} pages against regular ones (measured in training)" for c in cells],
         [
             [
                 str(c),
@@ -362,7 +361,7 @@ def report_html(result: dict[str, Any], plots: dict[str, str]) -> str:
                 f"{t['share']:.1%}",
                 html.escape(descriptions.get(int(c), f"type {c} (no description in the personas run)")),
             ]
-            + ([_answer(t.get("markdown_answer"))] if answered else [])
+            + [_answer(t.get("price_answers", {}).get(c)) for c in cells]
             for c, t in sorted(result["types"].items(), key=lambda kv: int(kv[0]))
         ],
         text=(0, 3),

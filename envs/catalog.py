@@ -9,6 +9,12 @@ Bestsellers: the merchant's most-bought products (``BESTSELLER_SHARE`` of its ca
 rows and product page as stores do. It stays with the product whatever the listing order, so a
 buyer who goes for what others buy can still find it when a treatment reorders the listings.
 
+Typical prices: each category's median regular price (``list_price`` where a product is marked
+down, else ``price``) over its products with a price, when it has at least ``TYPICAL_MIN_PRODUCTS``
+of them. A product page shows it beside the price (envs/render.py): what a buyer who knows the
+category compares a price with. A treated catalogue keeps the control's (envs/treatments.py), so a
+price change moves a price against it, as a sale does against what buyers have seen before.
+
 Order: products by popularity (descending), then product id; categories by number of products
 (descending), then category id. Every listing in the storefront follows these orders, so pages are
 the same on every machine and every run.
@@ -40,6 +46,8 @@ PLACEHOLDER_CATEGORY = "all"
 BESTSELLER_SHARE = 0.1
 """Share of a catalogue's products (rounded up) that can carry the ``bestseller`` badge."""
 BESTSELLER = "bestseller"
+TYPICAL_MIN_PRODUCTS = 5
+"""A category needs this many products with a price to have a typical price."""
 MAX_ID_CHARS = 64
 """Product and category ids longer than this are refused: observations must stay bounded."""
 
@@ -58,6 +66,18 @@ class Product:
     on the product page; None: ``price`` is the regular price."""
     badge: str = ""
     """A word the storefront shows with the product (``BESTSELLER``), or empty."""
+
+
+def _typical_prices(groups: Mapping[str, Sequence[Product]]) -> dict[str, float]:
+    typical = {}
+    for category, products in groups.items():
+        prices = sorted(
+            p.price if p.list_price is None else p.list_price for p in products if p.price is not None
+        )
+        if len(prices) >= TYPICAL_MIN_PRODUCTS:
+            mid = len(prices) // 2
+            typical[category] = prices[mid] if len(prices) % 2 else (prices[mid - 1] + prices[mid]) / 2
+    return typical
 
 
 def placeholder_id(category_id: str) -> str:
@@ -82,6 +102,8 @@ class Catalog:
     products: tuple[Product, ...]
     is_placeholder: bool = False
     """True when the products are placeholders derived from event counts (no product ids in the source)."""
+    typical_prices: Mapping[str, float] | None = field(default=None, repr=False, compare=False)
+    """Each category's typical price (module docstring); None: computed from ``products``."""
     by_id: Mapping[str, Product] = field(init=False, repr=False, compare=False)
     categories: tuple[str, ...] = field(init=False, repr=False, compare=False)
     by_category: Mapping[str, tuple[Product, ...]] = field(init=False, repr=False, compare=False)
@@ -104,6 +126,8 @@ class Catalog:
         object.__setattr__(self, "by_id", by_id)
         object.__setattr__(self, "categories", categories)
         object.__setattr__(self, "by_category", {c: tuple(groups[c]) for c in categories})
+        if self.typical_prices is None:
+            object.__setattr__(self, "typical_prices", _typical_prices(groups))
         # Search scans one lowercase text of "id<TAB>title" lines with str.find (C speed) instead of
         # a Python loop over products: replay searches every product it cannot see on the page.
         lines = [f"{p.product_id}\t{p.title}".lower() for p in ordered]

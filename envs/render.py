@@ -15,8 +15,12 @@ training examples' hindsight goals, learners/agent/examples.py). Without a goal 
 
 Prices: a product page shows the price the session sees and, when it is marked down from the
 product's regular price (a price-cut arm's catalogue, or a replayed session's logged price below the
-catalogue's), the regular price beside it: ``Price: 69.99 (was 99.99)``. Listing rows show the
-catalogue's current price; cart and checkout rows and the checkout total, the session's.
+catalogue's), the regular price beside it: ``Price: 69.99 (was 99.99)``. When its category has a
+typical price (envs/catalog.py), the next line shows it: ``Typical price in its category: 89.99``.
+``price_cell`` reads a product page's place among prices from those two lines: regular or marked
+down, and at or above its category's typical price, below it, or far below it (under
+``FAR_BELOW_SHARE`` of it). Listing rows show the catalogue's current price; cart and checkout rows
+and the checkout total, the session's.
 
 Badges: a product's badge (envs/catalog.py: ``bestseller`` on a merchant's most-bought products) ends
 its rows (``- product P | ... | bestseller``) and is a line of its page (``Bestseller``).
@@ -51,6 +55,23 @@ PRICE_PREFIX = "Price: "
 """Begins a product page's price line (and no other line of any page)."""
 MARKED_DOWN_LINE = re.compile(rf"^{PRICE_PREFIX}[0-9.]+ \(was [0-9.]+\)$", re.M)
 """A product page's price line when it shows a markdown."""
+TYPICAL_PREFIX = "Typical price in its category: "
+"""Begins a product page's line with its category's typical price."""
+FAR_BELOW_SHARE = 0.7
+"""A price under this share of its category's typical price is far below it."""
+REGULAR_CELL = "regular"
+"""``price_cell`` of a product page that shows no markdown at or above its category's typical price."""
+PRICE_CELLS: tuple[str, ...] = (
+    REGULAR_CELL,
+    "below",
+    "far-below",
+    "marked",
+    "below+marked",
+    "far-below+marked",
+)
+"""The product pages' price cells: the typical price's level, then whether a markdown shows."""
+_PRICE_LINE = re.compile(rf"^{PRICE_PREFIX}([0-9.]+)( \(was [0-9.]+\))?$", re.M)
+_TYPICAL_LINE = re.compile(rf"^{TYPICAL_PREFIX}([0-9.]+)$", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +125,21 @@ def shows_markdown(observation: str) -> bool:
     return MARKED_DOWN_LINE.search(observation) is not None
 
 
+def price_cell(observation: str) -> str | None:
+    """A rendered product page's price cell (``PRICE_CELLS``), None for other pages and a page without
+    a price."""
+    price = _PRICE_LINE.search(observation)
+    if price is None:
+        return None
+    level = ""
+    typical = _TYPICAL_LINE.search(observation)
+    if typical is not None and float(typical.group(1)) > 0:
+        ratio = float(price.group(1)) / float(typical.group(1))
+        level = "far-below" if ratio < FAR_BELOW_SHARE else "below" if ratio < 1.0 else ""
+    marked = "marked" if price.group(2) else ""
+    return "+".join(part for part in (level, marked) if part) or REGULAR_CELL
+
+
 def shown_price(p: Product, state: SessionState) -> tuple[float | None, float | None]:
     """The price a session sees for ``p``, and the regular price it is marked down from (None when
     it is not): the session's own price (``state.prices``, a replayed session's logged one) or the
@@ -153,10 +189,12 @@ def _title(storefront: Storefront, state: SessionState) -> tuple[str, tuple[str,
         p = storefront.catalog.by_id[page.arg or ""]
         qty = state.in_cart(p.product_id)
         now, regular = shown_price(p, state)
+        typical = (storefront.catalog.typical_prices or {}).get(p.category_id)
         return p.title, (
             f"Product id: {p.product_id}",
             f"Category: {p.category_id}",
             f"{PRICE_PREFIX}{_price(now)}" + ("" if regular is None else f" (was {regular:.2f})"),
+            *((f"{TYPICAL_PREFIX}{typical:.2f}",) if typical else ()),
             *((p.badge.capitalize(),) if p.badge else ()),
             f"In cart: {qty}" if qty else "Not in cart",
             "In favourites" if p.product_id in state.favourites else "Not in favourites",

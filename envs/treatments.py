@@ -10,8 +10,9 @@ the text env with a treatment; the browser env does not take treatments). Kinds:
 - ``price`` (``percent``, ``category``): prices of one category (None: every product) change by
   ``percent`` (-10 = 10% cheaper), rounded to cents, wherever a price shows (listing rows, product
   page, cart, checkout total); a product page shows a cut as a markdown, the control price beside
-  the new one (``Price: 69.99 (was 99.99)``, envs/render.py). Revenue is the treated price times
-  the quantity: ``treated_catalog`` gives the prices an arm's buyers paid.
+  the new one (``Price: 69.99 (was 99.99)``, envs/render.py), and the category's typical price stays
+  the control's (envs/catalog.py), so a changed price shows against what buyers knew. Revenue is the
+  treated price times the quantity: ``treated_catalog`` gives the prices an arm's buyers paid.
 - ``order`` (``order``, ``seed``): category and search listings, and the home page's featured
   products (the first FEATURED of the whole catalogue in that order), follow ``popularity`` (the
   plain order), ``price-ascending`` / ``price-descending`` (products without a price last, ties in
@@ -261,7 +262,9 @@ def treated_catalog(catalog: Catalog, treatment: Treatment) -> Catalog:
             changed = True
         else:
             products.append(p)
-    return Catalog(catalog.merchant_id, tuple(products), catalog.is_placeholder) if changed else catalog
+    if not changed:
+        return catalog
+    return Catalog(catalog.merchant_id, tuple(products), catalog.is_placeholder, catalog.typical_prices)
 
 
 def _ordered(catalog: Catalog, treatment: Treatment) -> tuple[Product, ...]:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from envs.render import GOAL_PREFIX  # how the prompt (and a goal task's page) states a goal
+from envs.render import GOAL_PREFIX, TYPICAL_PREFIX  # how the prompt (and a goal task's page) states a goal
 from envs.storefront import OPEN_PRODUCT, REMOVE_PRODUCT
 from learners.agent.actions import SEARCH_PREFIX
 from learners.agent.policy import ActRequest
@@ -160,10 +160,16 @@ def _goal_view(line: str, goal: str) -> str:
 
 
 def page_text(observation: str) -> str:
-    """The page as the prompt shows it: a goal-free page as observed; a goal task's page (it states
-    the goal, envs/render.py) without its goal line (the buyer part states the goal), the goal
-    product named ``GOAL_ALIAS`` and every other product, and the shop, ``OTHER_ID``: what the
-    agent does toward its goal does not depend on the ids of a storefront it has never seen."""
+    """The page as the prompt shows it: a goal-free page as observed but its category's typical price
+    (envs/render.py; the price response reads it, price_response.py: in the prompt the demo's agent
+    did worse with it, RESULTS.md session 19); a goal task's page (it states the goal) also without
+    its goal line (the buyer part states the goal), the goal product named ``GOAL_ALIAS`` and every
+    other product, and the shop, ``OTHER_ID``: what the agent does toward its goal does not depend
+    on the ids of a storefront it has never seen."""
+    if TYPICAL_PREFIX in observation:
+        observation = "\n".join(
+            line for line in observation.split("\n") if not line.startswith(TYPICAL_PREFIX)
+        )
     if GOAL_PREFIX not in observation:
         return observation
     lines = observation.split("\n")

@@ -55,9 +55,9 @@ is divided by its target length.
 
 A calibrated agent (calibration.py) also adds one bias per action kind, fitted on stores it never
 trained on, to every valid action's score (``action_scores``): the same in both backends, and kind
-wide, so no ranking within a kind changes. On a product page that shows a markdown, it adds its
-buyer's code's biases too (markdown_response.py: the part of a type's answer to a lower price the
-model misses).
+wide, so no ranking within a kind changes. On a product page, it adds its buyer's code's biases
+for the page's price cell too (price_response.py: the part of a type's answer to a price the model
+misses).
 
 The rule reads the model's probabilities only, but v2's search template is only sound for agents
 trained on examples that show inserted searches with their goal alone (examples.py), which came
@@ -77,7 +77,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from envs.render import shows_markdown
+from envs.render import price_cell
 from envs.storefront import OPEN_CATEGORY, OPEN_PRODUCT, REMOVE_PRODUCT
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE, action_kind
 from learners.agent.policy import ActRequest, choose
@@ -89,8 +89,8 @@ SCORING_RULE = "two-level-v2"
 it is served with (``"scoring"``)."""
 CALIBRATION_FILE = "calibration.json"
 """An agent directory's per-kind biases (calibration.py), when it was calibrated."""
-MARKDOWN_FILE = "markdown_response.json"
-"""An agent directory's per-code biases on marked-down product pages (markdown_response.py)."""
+PRICE_RESPONSE_FILE = "price_response.json"
+"""An agent directory's per-code, per-price-cell biases on product pages (price_response.py)."""
 ITEM_TEMPLATES: tuple[str, ...] = (OPEN_PRODUCT, OPEN_CATEGORY, REMOVE_PRODUCT, SEARCH_PREFIX)
 """The action grammar's per-item templates (envs/web/page_reader.py groups the first three the same
 way), and the suggested searches' ``search "``."""
@@ -112,12 +112,12 @@ def action_scores(
     request: ActRequest,
     scores: np.ndarray,
     kind_bias: Mapping[str, float] | None = None,
-    markdown_bias: Mapping[int | None, Mapping[str, float]] | None = None,
+    price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
 ) -> np.ndarray:
     """Each valid action's score from the scores of ``scored_candidates(request)``: the search
     template's is the logsumexp of the suggested searches' scores; plus its kind's bias, if any, in a
-    goal-free request, and on a marked-down product page the buyer's code's bias for the kind
-    (``markdown_bias``, markdown_response.py). The biases are fitted on goal-free rows (calibration.py):
+    goal-free request, and on a product page the buyer's code's bias for the kind on the page's price
+    cell (``price_bias``, price_response.py). The biases are fitted on goal-free rows (calibration.py):
     they carry a free shopper's rates to new stores, while a goal task's buyer has been told what to
     buy (on the demo a validation store's cart abandoners set ``purchase`` to -0.7 and goal tasks
     exited at checkout)."""
@@ -127,8 +127,9 @@ def action_scores(
     out = np.array([searches if a == SEARCH_TEMPLATE else next(values) for a in request.valid_actions])
     if kind_bias and request.goal is None:
         out += np.array([kind_bias.get(action_kind(a), 0.0) for a in request.valid_actions])
-    response = (markdown_bias or {}).get(request.persona)
-    if response and request.goal is None and shows_markdown(request.observation):
+    cells = (price_bias or {}).get(request.persona)
+    response = cells.get(price_cell(request.observation) or "") if cells and request.goal is None else None
+    if response:
         out += np.array([response.get(action_kind(a), 0.0) for a in request.valid_actions])
     return out
 
@@ -139,13 +140,13 @@ def pick(
     scores: np.ndarray,
     temperature: float,
     kind_bias: Mapping[str, float] | None = None,
-    markdown_bias: Mapping[int | None, Mapping[str, float]] | None = None,
+    price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
 ) -> tuple[str, float, np.ndarray]:
     """The chosen action (a search with its query filled in; the goal's real id where the agent
     named it ``your goal``), its score, and each valid action's score; ``candidates`` and ``scores``
     are ``scored_candidates(request)`` and their scores (``candidate_scores``), ``kind_bias`` and
-    ``markdown_bias`` the agent's calibration (calibration.py, markdown_response.py)."""
-    per_action = action_scores(request, scores, kind_bias, markdown_bias)
+    ``price_bias`` the agent's calibration (calibration.py, price_response.py)."""
+    per_action = action_scores(request, scores, kind_bias, price_bias)
     k = choose(per_action, temperature, request.seed)
     if request.valid_actions[k] != SEARCH_TEMPLATE:
         return request.valid_actions[k], float(per_action[k]), per_action
@@ -243,17 +244,20 @@ def read_kind_bias(agent_dir: str | Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["bias"].items()}
 
 
-def read_markdown_bias(agent_dir: str | Path) -> dict[int | None, dict[str, float]]:
-    """An agent directory's per-code biases on marked-down pages (markdown_response.py; empty when
+def read_price_bias(agent_dir: str | Path) -> dict[int | None, dict[str, dict[str, float]]]:
+    """An agent directory's per-code biases on each price cell's pages (price_response.py; empty when
     none were fitted)."""
-    path = Path(agent_dir) / MARKDOWN_FILE
+    path = Path(agent_dir) / PRICE_RESPONSE_FILE
     if not path.exists():
         return {}
     codes = json.loads(path.read_text(encoding="utf-8"))["codes"]
     return {
-        None if key == "none" else int(key): {str(k): float(v) for k, v in fit["bias"].items()}
-        for key, fit in codes.items()
-        if fit["bias"]
+        None if key == "none" else int(key): {
+            cell: {str(k): float(v) for k, v in fit["bias"].items()}
+            for cell, fit in cells.items()
+            if fit["bias"]
+        }
+        for key, cells in codes.items()
     }
 
 

@@ -25,8 +25,8 @@ a seeded, merchant-stratified sample of whole sessions when they hold more (sele
 validation set is cut to the same share). The exported model is each stage's best epoch on the
 validation loss (the last epoch without validation examples); with validation merchants, it is then
 calibrated on their goal-free rows (``calibration_rows``, calibration.py), and each code's
-answer to a markdown is measured on the product pages of the training and validation merchants,
-before the budget's cut (``markdown_rows``, markdown_response.py).
+answer to a price is measured on the product pages of the training and validation merchants,
+before the budget's cut (``price_rows``, price_response.py).
 
 AGENT must be on storage every worker can read (a local path on one machine; shared storage on a
 cluster), as Ray Train's own storage_path must be.
@@ -49,10 +49,10 @@ from learners.agent.base_models import load_base, parameter_count
 from learners.agent.calibration import calibrate, calibration_rows
 from learners.agent.examples import build_examples, split_examples
 from learners.agent.llm_policy import LLMPolicy
-from learners.agent.markdown_response import (
-    MARKDOWN_COLUMNS,
-    MarkdownResponse,
-    fit_markdown_response,
+from learners.agent.price_response import (
+    PRICE_COLUMNS,
+    PriceResponse,
+    fit_price_response,
     product_page_rows,
 )
 from learners.agent.prompt import PROMPT_LAYOUT, PromptFormat, trained_layout
@@ -74,8 +74,8 @@ from learners.config import config_to_dict
 MANIFEST_FILE = "manifest.json"
 VALIDATION_FILE = "validation.parquet"
 CALIBRATION_ROWS_FILE = "calibration.parquet"
-MARKDOWN_ROWS_FILE = "markdown.parquet"
-"""The product pages the markdown response is measured on (markdown_response.py)."""
+PRICE_ROWS_FILE = "price_pages.parquet"
+"""The product pages the price response is measured on (price_response.py)."""
 RUN_NAME = "agent"
 BEFORE_RECORDED = {"schedule": "constant"}
 """The value of a field a run's manifest does not record because it was added later, where it differs
@@ -176,12 +176,12 @@ def train_agent(
         calibration = calibrate(policy, pq.read_table(out / "data" / CALIBRATION_ROWS_FILE))
         calibration.save(out)
         log(calibration.line())
-    if config.markdown_rows > 0:
-        # No pages file: no buyer saw both kinds of page (``_prepare``), so there is nothing to score.
-        pages, response = out / "data" / MARKDOWN_ROWS_FILE, MarkdownResponse()
+    if config.price_rows > 0:
+        # No pages file: no buyer saw a regular page and another cell's (``_prepare``): nothing to score.
+        pages, response = out / "data" / PRICE_ROWS_FILE, PriceResponse()
         if pages.exists():
-            policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), markdown_bias={})
-            response = fit_markdown_response(policy, pq.read_table(pages), personas=not config.no_persona)
+            policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), price_bias={})
+            response = fit_price_response(policy, pq.read_table(pages), personas=not config.no_persona)
         response.save(out)
         log(response.line())
     state = (read_state(latest) if latest else None) or {}
@@ -281,13 +281,13 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
     rows = calibration_rows(validation, config.calibration_rows, config.seed)
     if rows.num_rows:
         pq.write_table(rows, out / "data" / CALIBRATION_ROWS_FILE)
-    if config.markdown_rows > 0:
+    if config.price_rows > 0:
         # Every buyer of the training and validation merchants, before any budget cut: a code's answer
-        # is measured within buyers, and each buyer who saw both kinds of page counts.
-        both = pa.concat_tables([t.select(list(MARKDOWN_COLUMNS)) for t in (train, validation)])
-        pages = product_page_rows(both, config.markdown_rows, config.seed)
+        # is measured within buyers, and each buyer who saw a regular page and another cell's counts.
+        both = pa.concat_tables([t.select(list(PRICE_COLUMNS)) for t in (train, validation)])
+        pages = product_page_rows(both, config.price_rows, config.seed)
         if pages.num_rows:
-            pq.write_table(pages, out / "data" / MARKDOWN_ROWS_FILE)
+            pq.write_table(pages, out / "data" / PRICE_ROWS_FILE)
 
     # A preset's tokenizer is trained on the training texts before any budget cut, so every agent of
     # a study given the same traces gets the same tokenizer.

@@ -59,12 +59,13 @@ class AgentTrainConfig:
     drifts on a store it never saw."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
-    markdown_rows: int = 50000
-    """After calibration, each persona code's answer to a marked-down price that the model misses is
-    measured within buyers on up to this many goal-free product pages of the training and validation
-    merchants (whole buyers, before any `max_tokens` cut) and served as per-code score biases on
-    marked-down pages (learners/agent/markdown_response.py). 0: not fitted. A log without markdowns
-    fits nothing."""
+    price_rows: int = 50000
+    """After calibration, each persona code's answer to a price that the model misses (a markdown, a
+    price below its category's typical one) is measured within buyers on up to this many goal-free
+    product pages of the training and validation merchants (whole buyers, before any `max_tokens`
+    cut) and served as per-code score biases on each price cell's pages
+    (learners/agent/price_response.py). 0: not fitted. A log whose pages are all regular fits
+    nothing."""
     patience: int = 2
     """Early stopping: stop a stage after this many epochs in a row without a lower validation loss
     (0: run every epoch, still keeping the best)."""

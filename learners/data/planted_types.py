@@ -31,7 +31,8 @@ Columns: ``position_power``, ``appeal_power``, ``cheap_power``, ``price_sensitiv
   hits wherever they are listed), which no treatment changes. A deal hunter goes for what is cheap
   in its category and, more still, for what is marked down (a week's sale in the log).
 - ``reference`` is the control median regular price of the product's category at its merchant (what
-  its listing compares it with). It never moves with a treatment, so a price cut makes products look
+  its listing compares it with; a prepared catalog's product page shows much the same median as the
+  category's typical price, envs/catalog.py). It never moves with a treatment, so a price cut makes products look
   cheaper. Add-to-cart (after a view) happens with chance ``1 / (1 + (price / (reservation *
   reference)) ** price_sensitivity * (price / regular) ** markdown_sensitivity)``, else the buyer
   views on: a deal hunter adds to cart half the time at half the category's median and regular

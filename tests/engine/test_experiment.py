@@ -19,19 +19,19 @@ from engine.experiment import (
     ExperimentConfig,
     arm_simulation,
     experiment_arms,
-    markdown_answers,
+    price_answers,
     run_experiment,
 )
 from engine.experiment_effects import Pairs, estimate
 from engine.experiment_outcomes import METRICS, path_hash, replay_visit
 from engine.experiment_plan import plan
-from engine.experiment_report import markdown_lines, summary_text
+from engine.experiment_report import price_lines, summary_text
 from engine.simulation_config import SimulationConfig
 from envs.catalog import Catalog
 from envs.storefront import Storefront
 from envs.treatments import TreatedStorefront, Treatment
 from learners.agent.markov_policy import MarkovPolicy
-from learners.agent.scoring import MARKDOWN_FILE
+from learners.agent.scoring import PRICE_RESPONSE_FILE
 from learners.data.synth import SynthConfig, synth_prepared
 from tests.engine.sim_fixtures import write_distributions
 
@@ -353,29 +353,40 @@ def test_config_is_checked_early(store, tmp_path):
     assert plan(experiment(store, tmp_path / "p", {"b": {}}), "conversion", 0.05)["rows"][-1]["type"] is None
 
 
-def test_an_agents_measured_answer_to_a_markdown_is_reported_per_type(store, tmp_path):
+def test_an_agents_measured_answer_to_a_price_is_reported_per_type(store, tmp_path):
     agent = tmp_path / "agent"
     agent.mkdir()
     fits = {
         "0": {
-            "buyers": 90,
-            "shrunk": {"add_to_cart": 0.076, "exit": -0.03},
-            "stderr": {"add_to_cart": 0.036, "exit": 0.02},
-            "bias": {"add_to_cart": 0.2},
+            "marked": {
+                "buyers": 90,
+                "shrunk": {"add_to_cart": 0.076, "exit": -0.03},
+                "stderr": {"add_to_cart": 0.036, "exit": 0.02},
+                "bias": {"add_to_cart": 0.2},
+            },
+            "far-below": {"buyers": 70, "shrunk": {"add_to_cart": 0.041}, "stderr": {"add_to_cart": 0.02}},
         },
-        "2": {"buyers": 40, "shrunk": {"add_to_cart": -0.004}, "stderr": {"add_to_cart": 0.05}, "bias": {}},
+        "2": {
+            "marked": {"buyers": 40, "shrunk": {"add_to_cart": -0.004}, "stderr": {"add_to_cart": 0.05}},
+        },
     }
-    (agent / MARKDOWN_FILE).write_text(json.dumps({"codes": fits}))
+    (agent / PRICE_RESPONSE_FILE).write_text(json.dumps({"codes": fits}))
     arms = {"cut": {"kind": "price", "percent": -30}}
     config = experiment(store, tmp_path / "out", arms, policy="transformers", policy_path=str(agent))
-    answers = markdown_answers(config)
+    answers = price_answers(config)
     assert answers == {
-        0: {"add_to_cart": 0.076, "stderr": 0.036, "buyers": 90},
-        2: {"add_to_cart": -0.004, "stderr": 0.05, "buyers": 40},
+        0: {
+            "marked": {"add_to_cart": 0.076, "stderr": 0.036, "buyers": 90},
+            "far-below": {"add_to_cart": 0.041, "stderr": 0.02, "buyers": 70},
+        },
+        2: {"marked": {"add_to_cart": -0.004, "stderr": 0.05, "buyers": 40}},
     }
     # The Markov chain reads no prices: it has no answer to report.
-    assert markdown_answers(experiment(store, tmp_path / "out", arms, policy_path=str(agent))) == {}
-    result = {"types": {str(c): {"markdown_answer": a} for c, a in answers.items()} | {"1": {}}}
-    (line,) = markdown_lines(result)
-    assert line.endswith("type 0 +0.076 (± 0.036, 90 buyers), type 2 -0.004 (± 0.050, 40 buyers)")
-    assert markdown_lines({"types": {"0": {}}}) == []
+    assert price_answers(experiment(store, tmp_path / "out", arms, policy_path=str(agent))) == {}
+    result = {"types": {str(c): {"price_answers": a} for c, a in answers.items()} | {"1": {}}}
+    (line,) = price_lines(result)
+    assert line.endswith(
+        "type 0 on marked +0.076 (± 0.036, 90 buyers), type 0 on far-below +0.041 (± 0.020, 70 buyers),"
+        " type 2 on marked -0.004 (± 0.050, 40 buyers)"
+    )
+    assert price_lines({"types": {"0": {}}}) == []

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from envs.catalog import BESTSELLER, Catalog, load_catalogs, placeholder_id
-from envs.render import MAX_OBSERVATION_CHARS, shows_markdown
+from envs.render import MAX_OBSERVATION_CHARS, REGULAR_CELL, TYPICAL_PREFIX, price_cell, shows_markdown
 from envs.storefront import (
     PAGE_SIZE,
     SEARCH_TEMPLATE,
@@ -330,6 +330,34 @@ def test_a_session_price_shows_as_a_markdown_only_where_lower(shop):
     assert f"Price: {round(p.price * 1.2, 2):.2f}\n" in shop.observe(dearer)
     rounding = on_page.priced(p.product_id, round(p.price * 0.995, 2))
     assert "(was" not in shop.observe(rounding)  # under 1% off is not a markdown
+
+
+def test_a_product_page_shows_its_categorys_typical_price_and_its_price_cell():
+    rows = [
+        {"product_id": f"a{i}", "category_id": "big", "price": p} for i, p in enumerate((10, 25, 30, 40, 100))
+    ]
+    rows += [{"product_id": "a9", "category_id": "big"}]  # no price: not counted
+    rows += [{"product_id": f"b{i}", "category_id": "small", "price": 5.0} for i in range(4)]
+    shop = Storefront(Catalog.from_records("m", rows))
+    assert shop.catalog.typical_prices == {"big": 30.0}  # the median of five; four are too few
+
+    def page(pid: str, price: float | None = None) -> str:
+        state = SessionState(Page("product", pid))
+        return shop.observe(state if price is None else state.priced(pid, price))
+
+    assert f"Price: 10.00\n{TYPICAL_PREFIX}30.00\n" in page("a0")
+    cells = {pid: price_cell(page(pid)) for pid in ("a0", "a1", "a2", "a4", "b0")}
+    assert cells == {
+        "a0": "far-below",
+        "a1": "below",
+        "a2": REGULAR_CELL,
+        "a4": REGULAR_CELL,
+        "b0": REGULAR_CELL,
+    }
+    assert TYPICAL_PREFIX not in page("b0") and price_cell(page("a9")) is None  # "Price: n/a"
+    assert price_cell(page("a4", 50.0)) == "marked" and price_cell(page("a4", 25.0)) == "below+marked"
+    assert price_cell(page("a3", 20.0)) == "far-below+marked"
+    assert price_cell(shop.observe(shop.initial_state())) is None  # not a product page
 
 
 def test_the_most_bought_products_carry_a_bestseller_badge_on_rows_and_page():

@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.catalog import Catalog
-from envs.render import MAX_OBSERVATION_CHARS
+from envs.render import MAX_OBSERVATION_CHARS, TYPICAL_PREFIX, price_cell
 from envs.storefront import FEATURED, PAGE_SIZE, SEARCH_TEMPLATE, Page, SessionState, Storefront
 from envs.text_env import shared_storefront
 from envs.treatments import (
@@ -193,6 +193,23 @@ def test_treated_catalog_is_the_same_object_when_prices_do_not_change():
     page = SessionState(Page("product", p.product_id))
     assert f"Price: {round(p.price * 1.25, 2):.2f}\n" in Storefront(up).observe(page)  # a rise: no "was"
     assert [p.product_id for p in up.products] == [p.product_id for p in base.products]
+
+
+def test_a_price_change_moves_prices_against_the_controls_typical_price():
+    base = catalog()
+    p = base.listing("10")[0]
+    typical = base.typical_prices["10"]
+    page = SessionState(Page("product", p.product_id))
+    assert f"\n{TYPICAL_PREFIX}{typical:.2f}\n" in Storefront(base).observe(page)
+    for percent in (-40, 60):
+        treated = treated_catalog(base, Treatment("price", percent))
+        assert treated.typical_prices == base.typical_prices  # what buyers knew, not the new prices
+        shown = Storefront(treated).observe(page)
+        assert f"\n{TYPICAL_PREFIX}{typical:.2f}\n" in shown
+        ratio = treated.by_id[p.product_id].price / typical
+        level = "far-below" if ratio < 0.7 else "below" if ratio < 1 else ""
+        want = "+".join(x for x in (level, "marked" if percent < 0 else "") if x) or "regular"
+        assert price_cell(shown) == want
 
 
 # ---- order -------------------------------------------------------------------------------------------

@@ -13,7 +13,14 @@ import pytest
 from learners.agent.calibration import fit_kind_bias, fit_share_bias, kind_rates
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
-from learners.agent.scoring import CALIBRATION_FILE, MARKDOWN_FILE, action_scores, pick, read_kind_bias
+from learners.agent.scoring import (
+    CALIBRATION_FILE,
+    PRICE_RESPONSE_FILE,
+    action_scores,
+    pick,
+    read_kind_bias,
+    read_price_bias,
+)
 from learners.agent.train import CALIBRATION_ROWS_FILE, AgentTrainConfig, train_agent
 
 from .conftest import make_traces
@@ -114,15 +121,18 @@ def test_training_calibrates_on_the_validation_merchants_goal_free_rows(tmp_path
     gap = {w: sum(abs(saved[w][k] - saved["real"][k]) for k in saved["real"]) for w in ("before", "after")}
     assert gap["after"] < gap["before"]
     assert any(line.startswith(f"calibrated on {rows.num_rows} goal-free rows") for line in lines)
-    # These traces never change a price: the markdown response is measured and finds nothing.
-    assert json.loads((agent / MARKDOWN_FILE).read_text()) == {"codes": {}}
-    assert LLMPolicy.from_pretrained(agent).markdown_bias == {}
-    assert any(line.startswith("markdown response: no buyer saw both") for line in lines)
+    # These traces never change a price, but two of their categories have a typical price: the price
+    # response is measured on the pages below it, and on no marked-down cell.
+    saved_cells = json.loads((agent / PRICE_RESPONSE_FILE).read_text())["codes"]
+    assert saved_cells and not any("marked" in c for cells in saved_cells.values() for c in cells)
+    assert LLMPolicy.from_pretrained(agent).price_bias == read_price_bias(agent)
+    assert any(line.startswith("price response (add to cart") for line in lines)
 
     train_agent(
-        _config(calibration_rows=0, markdown_rows=0), traces, codes, tmp_path / "off", log=lambda _: None
+        _config(calibration_rows=0, price_rows=0), traces, codes, tmp_path / "off", log=lambda _: None
     )
     assert (
-        not (tmp_path / "off" / CALIBRATION_FILE).exists() and not (tmp_path / "off" / MARKDOWN_FILE).exists()
+        not (tmp_path / "off" / CALIBRATION_FILE).exists()
+        and not (tmp_path / "off" / PRICE_RESPONSE_FILE).exists()
     )
     assert LLMPolicy.from_pretrained(tmp_path / "off").kind_bias == {}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pyarrow as pa
 import pytest
 
-from envs.render import GOAL_MARK, mark_goal
+from envs.render import GOAL_MARK, TYPICAL_PREFIX, mark_goal, price_cell
 from learners.agent.actions import action_kind, listed_actions, page_kind
 from learners.agent.base_models import load_base
 from learners.agent.examples import (
@@ -333,7 +334,7 @@ def test_a_goal_tasks_page_names_the_goal_and_no_id():
     for page, text in zip(pages, shown, strict=True):
         assert GOAL_PREFIX not in text and "m1p" not in text and "Shop other |" in text
         # Line for line the page, where every id reads "your goal" or "other".
-        lines = [line for line in page.split("\n") if not line.startswith(GOAL_PREFIX)]
+        lines = [line for line in page.split("\n") if not line.startswith((GOAL_PREFIX, TYPICAL_PREFIX))]
         assert len(text.split("\n")) == len(lines)
         for line, seen in zip(lines, text.split("\n"), strict=True):
             if "m1p" not in line and not line.startswith("Shop "):
@@ -370,3 +371,15 @@ def test_serving_refuses_an_agent_trained_on_another_prompt_layout(tmp_path):
         saved_prompt_format(tmp_path)
     manifest.write_text(json.dumps({"config": config, "prompt_layout": PROMPT_LAYOUT}))
     assert saved_prompt_format(tmp_path) == PromptFormat(3, 64)
+
+
+def test_the_prompt_leaves_out_the_typical_price_the_price_response_reads():
+    shop = storefront("m1")
+    state = shop.step(shop.step(shop.initial_state(), "open category c0")[0], "open product m1p0")[0]
+    page = shop.observe(state)
+    assert f"\n{TYPICAL_PREFIX}16.00\n" in page and price_cell(page) == "far-below"
+    shown = page_text(page)
+    assert TYPICAL_PREFIX not in shown
+    assert shown == "\n".join(line for line in page.split("\n") if not line.startswith(TYPICAL_PREFIX))
+    goal_page = shop.observe(replace(state, goal="m1p0"))
+    assert TYPICAL_PREFIX in goal_page and TYPICAL_PREFIX not in page_text(goal_page)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from envs.render import shows_markdown
+from envs.render import PRICE_CELLS, REGULAR_CELL, price_cell
 from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.scoring import (
     CALIBRATION_FILE,
-    MARKDOWN_FILE,
+    PRICE_RESPONSE_FILE,
     SCORING_RULE,
-    read_markdown_bias,
+    read_price_bias,
     scored_candidates,
 )
 from learners.agent.vllm_policy import read_requests, write_requests
@@ -60,16 +60,22 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     # A calibrated agent: both backends add the same kind biases (read from its directory).
     bias = {"exit": -1.5, "product_view": 0.7, "page_view": 0.3}
     (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": bias}), encoding="utf-8")
-    # And per-code biases on marked-down product pages (markdown_response.py).
-    markdown = {str(c): {"bias": {"add_to_cart": 1.0 + c, "exit": -0.5}} for c in range(4)}
-    (agent / MARKDOWN_FILE).write_text(json.dumps({"codes": markdown}), encoding="utf-8")
+    # And per-code biases on each price cell's product pages (price_response.py).
+    cells = {
+        str(c): {
+            cell: {"bias": {"add_to_cart": 1.0 + c + i / 4, "exit": -0.5}}
+            for i, cell in enumerate(PRICE_CELLS)
+        }
+        for c in range(4)
+    }
+    (agent / PRICE_RESPONSE_FILE).write_text(json.dumps({"codes": cells}), encoding="utf-8")
     pages = storefront_pages(data)
     marked = [
         dataclasses.replace(r, observation=PRICE.sub(r"Price: 1.00 (was \1)", r.observation))
         for r in pages
         if PRICE.search(r.observation)
     ]
-    assert marked and all(shows_markdown(r.observation) for r in marked)
+    assert marked and all(price_cell(r.observation) not in (None, REGULAR_CELL) for r in marked)
     # Search-only requests: the query each backend picks among the page's suggestions must agree too.
     searches = [dataclasses.replace(r, valid_actions=(SEARCH_TEMPLATE,)) for r in pages[:6:2]]
     requests = pages + marked + searches
@@ -98,7 +104,7 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     served = json.loads(out.read_text(encoding="utf-8"))
     policy = LLMPolicy.from_pretrained(agent, temperature=0.0)
-    assert policy.kind_bias == bias and policy.markdown_bias == read_markdown_bias(agent) != {}
+    assert policy.kind_bias == bias and policy.price_bias == read_price_bias(agent) != {}
     reference = policy.act(requests)
     assert len(served) == len(reference) == len(requests)
     # The two-level rule is in play: some pages list several items of one template.

@@ -1,0 +1,286 @@
+"""Each buyer type's answer to a price, measured within buyers and added where the model misses it.
+
+A what-if price cut or a cheapest-first listing works only if the simulated buyers answer a price the
+way their type does. The agent reads the price from the page (``Price: 69.99 (was 99.99)`` and
+``Typical price in its category: 89.99``, envs/render.py), but at the sizes this project trains on a
+CPU it does not learn how its persona token changes that answer. Measured on the planted-truth log
+(issue 18, benchmarks/RESULTS.md sessions 12-15): the traces' deal hunters add to cart on 22% of
+marked-down product pages against 14% of the others, while every tiny agent, with the planted types
+themselves as codes, four times the log or higher learning rates, moved by 0.00-0.03; the response
+is 0.0002 nats per training row, too small a part of the loss to learn.
+
+So after training the missing part is measured and added as a score bias, per persona code, price
+cell and action kind, on goal-free product pages. A page's price cell (envs/render.py's
+``price_cell``) says whether it shows a markdown and whether its price is at or above its category's
+typical price, below it, or far below it; the ``regular`` cell (no markdown, at or above) is the
+reference every other cell is compared with. The fit reads the product pages of the training and
+validation merchants before any token budget's cut (train.py), of every buyer who saw a regular page
+and a page of another cell:
+
+- **Within buyers.** Buyers who seek sales are the ones on marked-down pages, so comparing cells
+  across a code's buyers mixes its types (on that log a code of 71% deal hunters adds to cart 0.229
+  on marked-down pages against 0.213 on the others). Each buyer who saw both a cell and the regular
+  one is compared with themself, and the code's contrast is the mean of those, weighted by
+  1 / (1 / n_cell + 1 / n_regular): there the same codes give +0.07 and +0.12 for a markdown, the
+  decisive buyers' codes 0.00.
+- **Of what the model misses.** The contrast is of the residual, the real choice's indicator minus the
+  model's probability of each kind, so what the agent already answers is not added twice.
+- **Shrunk across codes.** Each cell's and kind's contrasts are pulled toward 0 by an empirical-Bayes
+  prior fitted on the codes: a contrast is exactly 0 with some chance, else normal (``shrink``). So
+  a code with a few buyers does not answer a price by noise, even where the deal hunters' codes'
+  contrasts are large: with a normal prior alone their size set its variance, and a 33-buyer code
+  of cart abandoners kept +0.049 of a +0.059 ± 0.054 contrast.
+- **As biases.** On a code's pages of a cell, one bias per kind is fitted so that the kinds' mean
+  probabilities equal the model's plus the shrunk contrast (calibration.py's ``fit_share_bias``, the
+  kind calibration's own fit). Scoring adds them to goal-free requests by their page's cell
+  (scoring.py's ``action_scores``), so both backends serve them; a no-persona agent has one set for
+  all buyers.
+
+A kind-wide bias keeps every ranking within a kind. A log whose products never change price and
+whose categories have no typical price (fewer than five priced products) has only regular pages, and
+nothing is fitted. On the truth benchmark (RESULTS.md, session 19) the persona agent's deal hunters
+answered a 30% price cut with −0.005 add-to-cart per visit without the biases and +0.060 with them (a
+simulator exact for every code: +0.065), and a cheapest-first listing with −0.013 and +0.003 (+0.028).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from envs.render import PRICE_CELLS, PRICE_PREFIX, REGULAR_CELL, price_cell
+from learners.agent.actions import action_kind
+from learners.agent.calibration import fit_share_bias
+from learners.agent.offline_eval import ScoringPolicy, requests_for
+from learners.agent.scoring import PRICE_RESPONSE_FILE
+
+PRICE_COLUMNS = (
+    "merchant_id",
+    "buyer_id",
+    "observation",
+    "action",
+    "history",
+    "goal",
+    "code",
+    "valid_actions",
+)
+"""The training examples' columns the fit reads."""
+SPIKE_GRID = np.linspace(0.0, 0.98, 50)
+"""The prior's chances of a contrast being exactly 0 that ``shrink`` tries."""
+TAU_GRID = np.logspace(-4, 0, 41)
+"""The prior's variances that ``shrink`` tries, as shares of the largest squared contrast."""
+SMALLEST_SHARE = 1e-4
+"""No kind's target share on a cell's pages falls below this (a contrast may overshoot 0)."""
+
+
+@dataclass
+class CellResponse:
+    """One persona code's measured answer (per kind) on one price cell, and the biases that carry it."""
+
+    buyers: int
+    """Buyers of the code who saw both this cell's and regular product pages."""
+    rows: int
+    """The code's pages of this cell fitted on."""
+    contrast: dict[str, float]
+    """Within-buyer contrast (cell − regular) of the real choice less the model's probability."""
+    stderr: dict[str, float]
+    shrunk: dict[str, float]
+    """The contrast after the prior across codes (renormalised to shares that sum to 1): what the
+    biases add to the model's mean probabilities on the code's pages of this cell."""
+    bias: dict[str, float]
+
+
+@dataclass
+class PriceResponse:
+    """The fit over every code (``"none"`` for a no-persona agent's one set) and price cell."""
+
+    codes: dict[str, dict[str, CellResponse]] = field(default_factory=dict)
+
+    def answer(self, code: str, cell: str, kind: str = "add_to_cart") -> tuple[float, float, int] | None:
+        """A code's measured answer on a cell: its shrunk contrast for ``kind``, the raw contrast's
+        standard error, and its buyers; None when not measured."""
+        fit = self.codes.get(code, {}).get(cell)
+        if fit is None:
+            return None
+        return fit.shrunk.get(kind, 0.0), fit.stderr.get(kind, float("inf")), fit.buyers
+
+    def line(self) -> str:
+        """One console line: the (code, cell) pairs whose add-to-cart contrast is largest."""
+        pairs = [(k, c, v) for k, cells in self.codes.items() for c, v in cells.items()]
+        if not pairs:
+            return "price response: no buyer saw both regular product pages and pages of another price cell"
+        top = sorted(pairs, key=lambda kcv: -abs(kcv[2].shrunk.get("add_to_cart", 0.0)))[:3]
+        parts = ", ".join(
+            f"{'every buyer' if k == 'none' else 'code ' + k} on {c} {v.shrunk.get('add_to_cart', 0.0):+.3f}"
+            f" ({v.buyers} buyers)"
+            for k, c, v in top
+        )
+        return f"price response (add to cart against a regular page, beyond the model's): {parts}"
+
+    def save(self, agent_dir: str | Path) -> None:
+        codes = {k: {c: asdict(v) for c, v in cells.items()} for k, cells in self.codes.items()}
+        (Path(agent_dir) / PRICE_RESPONSE_FILE).write_text(json.dumps({"codes": codes}, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, agent_dir: str | Path) -> PriceResponse:
+        """An agent directory's fit (empty when it has none)."""
+        path = Path(agent_dir) / PRICE_RESPONSE_FILE
+        if not path.exists():
+            return cls()
+        codes = json.loads(path.read_text(encoding="utf-8"))["codes"]
+        return cls({k: {c: CellResponse(**v) for c, v in cells.items()} for k, cells in codes.items()})
+
+
+def within_buyer_contrast(
+    values: np.ndarray, marked: np.ndarray, buyer: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per column of ``values`` (rows x columns): the weighted mean over buyers who have rows both
+    marked and not of (mean on marked − mean on the other rows), weights 1 / (1 / n_marked + 1 /
+    n_other); its standard error over buyers; and how many buyers."""
+    diffs, weights = [], []
+    for b in np.unique(buyer):
+        mine = buyer == b
+        on, off = mine & marked, mine & ~marked
+        if on.any() and off.any():
+            diffs.append(values[on].mean(0) - values[off].mean(0))
+            weights.append(1.0 / (1.0 / on.sum() + 1.0 / off.sum()))
+    width = values.shape[1]
+    if not diffs:
+        return np.zeros(width), np.full(width, np.inf), 0
+    d, w = np.array(diffs), np.array(weights)
+    mean = w @ d / w.sum()
+    if len(d) < 2:
+        return mean, np.full(width, np.inf), 1
+    # The ratio estimator's variance over buyers (first order), with n/(n-1) for the fitted mean.
+    var = (w**2) @ (d - mean) ** 2 / w.sum() ** 2 * len(d) / (len(d) - 1)
+    return mean, np.sqrt(var), len(d)
+
+
+def shrink(contrast: np.ndarray, stderr: np.ndarray) -> np.ndarray:
+    """Each contrast's posterior mean under an empirical-Bayes prior at 0 (``contrast`` is one kind's
+    over codes): exactly 0 with chance ``spike``, else normal with variance ``tau2``, the two fitted
+    by maximum marginal likelihood over the codes on a grid. ``spike`` 0 is a normal prior; a spike
+    pulls the codes that look like noise to 0 even where another code's contrast is large, which a
+    normal prior, its variance set by that code, does not (adaptive shrinkage, Stephens 2017)."""
+    finite = np.isfinite(stderr)
+    out = np.zeros_like(contrast)
+    x, s2 = contrast[finite], np.maximum(stderr[finite], 1e-9) ** 2
+    top = float(np.max(x**2)) if len(x) else 0.0
+    if top <= 0:
+        return out
+    tau2 = top * TAU_GRID[:, None]  # [T, 1]
+    null = _log_normal(x, s2)  # [n]
+    slab = _log_normal(x, s2 + tau2)  # [T, n]
+    spike = SPIKE_GRID[:, None, None]  # [S, 1, 1]
+    with np.errstate(divide="ignore"):  # log 0: the normal prior, no spike
+        joint = np.logaddexp(np.log(spike) + null, np.log1p(-spike) + slab)  # [S, T, n]
+    si, ti = np.unravel_index(np.argmax(joint.sum(-1)), joint.shape[:2])
+    weight = np.exp(np.log1p(-SPIKE_GRID[si]) + slab[ti] - joint[si, ti])  # P(not the spike | x)
+    out[finite] = weight * x * tau2[ti] / (tau2[ti] + s2)
+    return out
+
+
+def _log_normal(x: np.ndarray, var: np.ndarray) -> np.ndarray:
+    return -0.5 * (np.log(2 * np.pi * var) + x**2 / var)
+
+
+def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Table:
+    """The goal-free product pages of ``examples`` (an agent's examples) whose action the page can
+    do, of the buyers who saw a regular page and a page of another price cell (no other buyer is measured), up to ``max_rows``
+    of them: whole buyers, drawn with ``seed`` when there are more."""
+    pages = examples.filter(pc.is_null(examples["goal"]))
+    pages = pages.filter(pc.match_substring(pages["observation"], "\n" + PRICE_PREFIX))
+    # A logged action the page cannot do (replay keeps them, examples.py) has no kind to compare.
+    doable = [
+        action_kind(a) in {action_kind(v) for v in valid}
+        for a, valid in zip(pages["action"].to_pylist(), pages["valid_actions"].to_pylist(), strict=True)
+    ]
+    pages = pages.filter(pa.array(doable, pa.bool_()))
+    keys = _buyer_keys(pages)
+    regular = np.array([price_cell(o) == REGULAR_CELL for o in pages["observation"].to_pylist()], dtype=bool)
+    both = set(keys[regular]) & set(keys[~regular])
+    measured = np.array([k in both for k in keys], dtype=bool)
+    pages, keys = pages.filter(pa.array(measured, pa.bool_())), keys[measured]
+    if pages.num_rows <= max_rows:
+        return pages
+    rng = np.random.default_rng(seed)
+    order, counts = np.unique(keys, return_counts=True)
+    keep, total = set(), 0
+    for i in rng.permutation(len(order)):
+        if total + counts[i] > max_rows:
+            continue
+        keep.add(order[i])
+        total += counts[i]
+    return pages.filter(pa.array([k in keep for k in keys]))
+
+
+def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) -> PriceResponse:
+    """Fit the per-code, per-cell biases (module doc) for ``policy`` (scoring with its kind
+    calibration, without price biases) on ``rows`` (``product_page_rows``); ``personas``: whether it
+    reads codes."""
+    requests = requests_for(rows, "true" if personas else "none")
+    cell = np.array([price_cell(r.observation) or REGULAR_CELL for r in requests])
+    regular = cell == REGULAR_CELL
+    if regular.all() or not regular.any():
+        return PriceResponse()
+    scores: list[np.ndarray] = []
+    for start in range(0, len(requests), 64):
+        scores += policy.score(requests[start : start + 64])
+    names = sorted({action_kind(a) for r in requests for a in r.valid_actions})
+    index = {k: i for i, k in enumerate(names)}
+    kinds = [np.array([index[action_kind(a)] for a in r.valid_actions]) for r in requests]
+    chosen = [index[action_kind(a)] for a in rows.column("action").to_pylist()]
+    probs = [np.exp(z - np.logaddexp.reduce(z)) for z in scores]
+    residual = np.zeros((len(requests), len(names)))
+    for i, (p, k, c) in enumerate(zip(probs, kinds, chosen, strict=True)):
+        np.add.at(residual[i], k, -p)
+        residual[i, c] += 1.0
+    buyer = _buyer_keys(rows)
+    code = np.array(["none" if r.persona is None else str(r.persona) for r in requests])
+    groups = sorted(set(code), key=lambda g: (g == "none", int(g) if g != "none" else 0))
+    out = PriceResponse()
+    for c in PRICE_CELLS:
+        if c == REGULAR_CELL or not (cell == c).any():
+            continue
+        measured = {}
+        for g in groups:
+            mine = (code == g) & ((cell == c) | regular)
+            measured[g] = within_buyer_contrast(residual[mine], cell[mine] == c, buyer[mine])
+        contrast = np.array([measured[g][0] for g in groups])
+        stderr = np.array([measured[g][1] for g in groups])
+        shrunk = np.column_stack([shrink(contrast[:, j], stderr[:, j]) for j in range(len(names))])
+        for gi, g in enumerate(groups):
+            if measured[g][2] == 0:
+                continue
+            on = np.flatnonzero((code == g) & (cell == c))
+            model = np.zeros(len(names))
+            for i in on:
+                np.add.at(model, kinds[i], probs[i])
+            model /= len(on)
+            target = np.maximum(model + shrunk[gi], SMALLEST_SHARE) * (model > 0)
+            target /= target.sum()  # kinds shrink apart, so their contrasts no longer sum to 0
+            bias = fit_share_bias([scores[i] for i in on], [kinds[i] for i in on], target)
+            out.codes.setdefault(g, {})[c] = CellResponse(
+                buyers=measured[g][2],
+                rows=len(on),
+                contrast=_by_kind(names, contrast[gi]),
+                stderr=_by_kind(names, stderr[gi]),
+                shrunk=_by_kind(names, target - model),
+                bias=_by_kind(names, bias),
+            )
+    return out
+
+
+def _buyer_keys(rows: pa.Table) -> np.ndarray:
+    """Each row's buyer (a buyer id is a merchant's)."""
+    keys = pc.binary_join_element_wise(rows["merchant_id"], rows["buyer_id"], "\t")
+    return keys.to_numpy(zero_copy_only=False)
+
+
+def _by_kind(names: list[str], values: np.ndarray) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in zip(names, values, strict=True) if np.isfinite(v)}
