@@ -191,8 +191,8 @@ def _log_normal(x: np.ndarray, var: np.ndarray) -> np.ndarray:
 
 def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Table:
     """The goal-free product pages of ``examples`` (an agent's examples) whose action the page can
-    do, of the buyers who saw a regular page and a page of another price cell (no other buyer is measured), up to ``max_rows``
-    of them: whole buyers, drawn with ``seed`` when there are more."""
+    do, of the buyers who saw a regular page and a page of another price cell (no other buyer is
+    measured), up to ``max_rows`` of them: whole buyers, drawn with ``seed`` when there are more."""
     pages = examples.filter(pc.is_null(examples["goal"]))
     pages = pages.filter(pc.match_substring(pages["observation"], "\n" + PRICE_PREFIX))
     # A logged action the page cannot do (replay keeps them, examples.py) has no kind to compare.
