@@ -53,8 +53,6 @@ MARKDOWN_SHARE = 0.99
 price beside it (``Price: 69.99 (was 99.99)``)."""
 PRICE_PREFIX = "Price: "
 """Begins a product page's price line (and no other line of any page)."""
-MARKED_DOWN_LINE = re.compile(rf"^{PRICE_PREFIX}[0-9.]+ \(was [0-9.]+\)$", re.M)
-"""A product page's price line when it shows a markdown."""
 TYPICAL_PREFIX = "Typical price in its category: "
 """Begins a product page's line with its category's typical price."""
 FAR_BELOW_SHARE = 0.7
@@ -118,11 +116,6 @@ class PageView:
 
 def _price(price: float | None) -> str:
     return "n/a" if price is None else f"{price:.2f}"
-
-
-def shows_markdown(observation: str) -> bool:
-    """Whether a rendered page is a product page whose price is marked down."""
-    return MARKED_DOWN_LINE.search(observation) is not None
 
 
 def price_cell(observation: str) -> str | None:

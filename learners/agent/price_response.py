@@ -101,14 +101,6 @@ class PriceResponse:
 
     codes: dict[str, dict[str, CellResponse]] = field(default_factory=dict)
 
-    def answer(self, code: str, cell: str, kind: str = "add_to_cart") -> tuple[float, float, int] | None:
-        """A code's measured answer on a cell: its shrunk contrast for ``kind``, the raw contrast's
-        standard error, and its buyers; None when not measured."""
-        fit = self.codes.get(code, {}).get(cell)
-        if fit is None:
-            return None
-        return fit.shrunk.get(kind, 0.0), fit.stderr.get(kind, float("inf")), fit.buyers
-
     def line(self) -> str:
         """One console line: the (code, cell) pairs whose add-to-cart contrast is largest."""
         pairs = [(k, c, v) for k, cells in self.codes.items() for c, v in cells.items()]
