@@ -1,6 +1,7 @@
-"""VQ-VAE sweep on planted types: K in {16, 32, 64, 128}, commitment beta, encoder (GRU vs transformer).
+"""VQ-VAE sweep on planted types: K in {8, 16, 32, 64, 128}, commitment beta, encoder (GRU vs
+transformer), outcome-head weight.
 
-  .venv/bin/python -m benchmarks.vqvae_sweep [--buyers 3000] [--epochs 10] [--markdown FILE]
+  .venv/bin/python -m benchmarks.vqvae_sweep [--buyers 3000] [--epochs 10] [--only 7,8,9] [--markdown FILE]
 
 Each row trains the VQ-VAE in one process (the training loop Ray Train workers run) on the same
 `simpersona synth` + `prepare` data and reports codebook utilisation, perplexity, Calinski-Harabasz,
@@ -34,6 +35,9 @@ GRID = [
     {"codes": 32, "beta": 1.0},
     {"codes": 32, "beta": 0.05},
     {"codes": 32, "encoder": "transformer"},
+    {"codes": 32, "outcome_weight": 0.2},
+    {"codes": 8, "outcome_weight": 1.0},
+    {"codes": 8, "outcome_weight": 0.2},
 ]
 
 
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--buyers", type=int, default=3000)
     parser.add_argument("--events-per-buyer", type=float, default=40.0)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--only", help="comma-separated rows of the grid to run (0-based; default: all)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a 1-CPU Ray Train worker: deterministic and comparable
@@ -60,6 +65,7 @@ def main() -> None:
         "encoder",
         "K",
         "beta",
+        "outcome weight",
         "in use",
         "perplexity",
         "CH",
@@ -77,7 +83,8 @@ def main() -> None:
         "|" + "---|" * len(cols),
     ]
     print("\n".join(lines), flush=True)
-    for overrides in GRID:
+    rows_to_run = [int(i) for i in args.only.split(",")] if args.only else range(len(GRID))
+    for overrides in (GRID[i] for i in rows_to_run):
         config = VQVAEConfig(**{"epochs": args.epochs, "warmup_epochs": 4, "batch_size": 64, **overrides})
         work = WorkerTraining(config, batch, stats, torch.device("cpu"))
         start = time.perf_counter()
@@ -89,7 +96,7 @@ def main() -> None:
         vq = type_metrics(codes, config.codes, standardised, rows.features, rows.converted, truth)
         km = run_baseline(rows, stats, config.codes, truth=truth).metrics
         line = (
-            f"| {config.encoder} | {config.codes} | {config.beta} | {vq['utilisation']:.0%} | "
+            f"| {config.encoder} | {config.codes} | {config.beta} | {config.outcome_weight} | {vq['utilisation']:.0%} | "
             f"{vq['perplexity']:.1f} | {vq['calinski_harabasz']:.0f} | {vq['coherence']:.4f} | "
             f"{vq['nmi']:.3f} | {km['nmi']:.3f} | {km['calinski_harabasz']:.0f} | {seconds:.0f} |"
         )

@@ -25,11 +25,15 @@ and a page of another cell:
   decisive buyers' codes 0.00.
 - **Of what the model misses.** The contrast is of the residual, the real choice's indicator minus the
   model's probability of each kind, so what the agent already answers is not added twice.
-- **Shrunk across codes.** Each cell's and kind's contrasts are pulled toward 0 by an empirical-Bayes
-  prior fitted on the codes: a contrast is exactly 0 with some chance, else normal (``shrink``). So
-  a code with a few buyers does not answer a price by noise, even where the deal hunters' codes'
-  contrasts are large: with a normal prior alone their size set its variance, and a 33-buyer code
-  of cart abandoners kept +0.049 of a +0.059 ± 0.054 contrast.
+- **Shrunk across codes and cells.** A kind's contrasts, every code's on every cell, are pulled toward
+  0 by one empirical-Bayes prior fitted on them all: a contrast is exactly 0 with some chance, else
+  normal (``shrink``). So a code with a few buyers does not answer a price by noise, even where the
+  deal hunters' codes' contrasts are large: with a normal prior alone their size set its variance,
+  and a 33-buyer code of cart abandoners kept +0.049 of a +0.059 ± 0.054 contrast. The prior is one
+  per kind, not per cell and kind, because eight codes are too few to fit it on: on the truth
+  benchmark's log (session 20) a per-cell prior kept −0.049 of a cart abandoners' code's −0.078 ±
+  0.032 exit contrast, and that code's simulated visits grew by a third of a step under a price cut
+  its buyers do not answer; pooled, it keeps −0.006, and the deal hunters' add-to-cart answers grow.
 - **As biases.** On a code's pages of a cell, one bias per kind is fitted so that the kinds' mean
   probabilities equal the model's plus the shrunk contrast (calibration.py's ``fit_share_bias``, the
   kind calibration's own fit). Scoring adds them to goal-free requests by their page's cell
@@ -155,8 +159,8 @@ def within_buyer_contrast(
 
 def shrink(contrast: np.ndarray, stderr: np.ndarray) -> np.ndarray:
     """Each contrast's posterior mean under an empirical-Bayes prior at 0 (``contrast`` is one kind's
-    over codes): exactly 0 with chance ``spike``, else normal with variance ``tau2``, the two fitted
-    by maximum marginal likelihood over the codes on a grid. ``spike`` 0 is a normal prior; a spike
+    over codes and cells): exactly 0 with chance ``spike``, else normal with variance ``tau2``, the two
+    fitted by maximum marginal likelihood over the contrasts on a grid. ``spike`` 0 is a normal prior; a spike
     pulls the codes that look like noise to 0 even where another code's contrast is large, which a
     normal prior, its variance set by that code, does not (adaptive shrinkage, Stephens 2017)."""
     finite = np.isfinite(stderr)
@@ -235,36 +239,36 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
     buyer = _buyer_keys(rows)
     code = np.array(["none" if r.persona is None else str(r.persona) for r in requests])
     groups = sorted(set(code), key=lambda g: (g == "none", int(g) if g != "none" else 0))
-    out = PriceResponse()
-    for c in PRICE_CELLS:
-        if c == REGULAR_CELL or not (cell == c).any():
-            continue
-        measured = {}
+    cells = [c for c in PRICE_CELLS if c != REGULAR_CELL and (cell == c).any()]
+    measured = {}
+    for c in cells:
         for g in groups:
             mine = (code == g) & ((cell == c) | regular)
-            measured[g] = within_buyer_contrast(residual[mine], cell[mine] == c, buyer[mine])
-        contrast = np.array([measured[g][0] for g in groups])
-        stderr = np.array([measured[g][1] for g in groups])
-        shrunk = np.column_stack([shrink(contrast[:, j], stderr[:, j]) for j in range(len(names))])
-        for gi, g in enumerate(groups):
-            if measured[g][2] == 0:
-                continue
-            on = np.flatnonzero((code == g) & (cell == c))
-            model = np.zeros(len(names))
-            for i in on:
-                np.add.at(model, kinds[i], probs[i])
-            model /= len(on)
-            target = np.maximum(model + shrunk[gi], SMALLEST_SHARE) * (model > 0)
-            target /= target.sum()  # kinds shrink apart, so their contrasts no longer sum to 0
-            bias = fit_share_bias([scores[i] for i in on], [kinds[i] for i in on], target)
-            out.codes.setdefault(g, {})[c] = CellResponse(
-                buyers=measured[g][2],
-                rows=len(on),
-                contrast=_by_kind(names, contrast[gi]),
-                stderr=_by_kind(names, stderr[gi]),
-                shrunk=_by_kind(names, target - model),
-                bias=_by_kind(names, bias),
-            )
+            measured[c, g] = within_buyer_contrast(residual[mine], cell[mine] == c, buyer[mine])
+    keys = list(measured)
+    contrast = np.array([measured[k][0] for k in keys])
+    stderr = np.array([measured[k][1] for k in keys])
+    shrunk = np.column_stack([shrink(contrast[:, j], stderr[:, j]) for j in range(len(names))])
+    out = PriceResponse()
+    for ki, (c, g) in enumerate(keys):
+        if measured[c, g][2] == 0:
+            continue
+        on = np.flatnonzero((code == g) & (cell == c))
+        model = np.zeros(len(names))
+        for i in on:
+            np.add.at(model, kinds[i], probs[i])
+        model /= len(on)
+        target = np.maximum(model + shrunk[ki], SMALLEST_SHARE) * (model > 0)
+        target /= target.sum()  # kinds shrink apart, so their contrasts no longer sum to 0
+        bias = fit_share_bias([scores[i] for i in on], [kinds[i] for i in on], target)
+        out.codes.setdefault(g, {})[c] = CellResponse(
+            buyers=measured[c, g][2],
+            rows=len(on),
+            contrast=_by_kind(names, contrast[ki]),
+            stderr=_by_kind(names, stderr[ki]),
+            shrunk=_by_kind(names, target - model),
+            bias=_by_kind(names, bias),
+        )
     return out
 
 

@@ -106,6 +106,37 @@ def test_the_prior_pulls_noise_to_zero_and_keeps_a_clear_contrast():
     assert shrink(np.array([0.3, 0.2]), np.array([np.inf, 0.01]))[0] == 0.0
 
 
+def test_one_prior_over_every_cell_pulls_a_cluster_of_chance_contrasts_in_one_cell_harder():
+    # A kind no code answers: 8 codes x 5 cells of noise, and three contrasts of about 2.5 standard
+    # errors that chance put in one cell. Fitted on that cell's 8 codes, the prior takes the three for
+    # answers; fitted on all 40 contrasts, it sees as many as chance gives.
+    stderr = np.full((5, 8), 0.04)
+    cluster = (4, [3, 4, 7])
+    for seed in range(4):
+        contrast = np.random.default_rng(seed).normal(0, 0.04, (5, 8))
+        contrast[cluster] = [-0.11, -0.095, 0.1]
+        per_cell = np.array([shrink(contrast[c], stderr[c]) for c in range(5)])
+        pooled = shrink(contrast.ravel(), stderr.ravel()).reshape(5, 8)
+        assert np.abs(pooled[cluster]).max() < 0.8 * np.abs(per_cell[cluster]).max()
+        assert np.abs(pooled).max() < np.abs(per_cell).max()
+
+
+def test_the_fit_shrinks_each_kind_over_every_code_and_cell_at_once(monkeypatch):
+    import learners.agent.price_response as price_response
+
+    sizes = []
+
+    def recording(contrast, stderr):
+        sizes.append(len(contrast))
+        return shrink(contrast, stderr)
+
+    monkeypatch.setattr(price_response, "shrink", recording)
+    fit = fit_price_response(UniformModel(), product_page_rows(_pages(buyers=200, seed=4), 100_000), True)
+    cells = {cell for found in fit.codes.values() for cell in found}
+    kinds = {kind for found in fit.codes.values() for cell in found.values() for kind in cell.contrast}
+    assert len(cells) >= 3 and sizes == [2 * len(cells)] * len(kinds)
+
+
 def _planted(code: int, cell: str) -> float:
     return RESPONSE[code] * ("marked" in cell) + FAR_BELOW[code] * cell.startswith("far-below")
 
