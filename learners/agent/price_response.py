@@ -30,10 +30,10 @@ and a page of another cell:
   normal (``shrink``). So a code with a few buyers does not answer a price by noise, even where the
   deal hunters' codes' contrasts are large: with a normal prior alone their size set its variance,
   and a 33-buyer code of cart abandoners kept +0.049 of a +0.059 ± 0.054 contrast. The prior is one
-  per kind, not per cell and kind, because eight codes are too few to fit it on: on the truth
-  benchmark's log (session 20) a per-cell prior kept −0.049 of a cart abandoners' code's −0.078 ±
-  0.032 exit contrast, and that code's simulated visits grew by a third of a step under a price cut
-  its buyers do not answer; pooled, it keeps −0.006, and the deal hunters' add-to-cart answers grow.
+  per kind, not one per cell and kind: eight codes are too few to fit it on. On the truth benchmark's
+  log (RESULTS.md, session 20) a per-cell prior kept −0.049 of a cart abandoners' code's −0.078 ±
+  0.032 exit contrast (the pooled one keeps −0.006), and under a price cut its biases lengthened the
+  cart abandoners' visits by 0.35 steps (0.02 without them; the truth: 0).
 - **As biases.** On a code's pages of a cell, one bias per kind is fitted so that the kinds' mean
   probabilities equal the model's plus the shrunk contrast (calibration.py's ``fit_share_bias``, the
   kind calibration's own fit). Scoring adds them to goal-free requests by their page's cell
@@ -42,9 +42,9 @@ and a page of another cell:
 
 A kind-wide bias keeps every ranking within a kind. A log whose products never change price and
 whose categories have no typical price (fewer than five priced products) has only regular pages, and
-nothing is fitted. On the truth benchmark (RESULTS.md, session 19) the persona agent's deal hunters
-answered a 30% price cut with −0.005 add-to-cart per visit without the biases and +0.060 with them (a
-simulator exact for every code: +0.065), and a cheapest-first listing with −0.013 and +0.003 (+0.028).
+nothing is fitted. On the truth benchmark (RESULTS.md, session 20) the persona agent's deal hunters
+answered a 30% price cut with +0.097 add-to-cart per visit, as a simulator exact for every code would
+(+0.097; the planted truth +0.255), and a cheapest-first listing with +0.036 (+0.042).
 """
 
 from __future__ import annotations
