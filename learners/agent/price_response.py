@@ -159,10 +159,11 @@ def within_buyer_contrast(
 
 def shrink(contrast: np.ndarray, stderr: np.ndarray) -> np.ndarray:
     """Each contrast's posterior mean under an empirical-Bayes prior at 0 (``contrast`` is one kind's
-    over codes and cells): exactly 0 with chance ``spike``, else normal with variance ``tau2``, the two
-    fitted by maximum marginal likelihood over the contrasts on a grid. ``spike`` 0 is a normal prior; a spike
-    pulls the codes that look like noise to 0 even where another code's contrast is large, which a
-    normal prior, its variance set by that code, does not (adaptive shrinkage, Stephens 2017)."""
+    over codes and cells): exactly 0 with chance ``spike``, else normal with variance ``tau2``, the
+    two fitted by maximum marginal likelihood over the contrasts on a grid. ``spike`` 0 is a normal
+    prior; a spike pulls the codes that look like noise to 0 even where another code's contrast is
+    large, which a normal prior, its variance set by that code, does not (adaptive shrinkage,
+    Stephens 2017)."""
     finite = np.isfinite(stderr)
     out = np.zeros_like(contrast)
     x, s2 = contrast[finite], np.maximum(stderr[finite], 1e-9) ** 2

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from envs.render import PRICE_PREFIX, REGULAR_CELL, price_cell
+from learners.agent import price_response
 from learners.agent.actions import action_kind
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
@@ -122,8 +123,6 @@ def test_one_prior_over_every_cell_pulls_a_cluster_of_chance_contrasts_in_one_ce
 
 
 def test_the_fit_shrinks_each_kind_over_every_code_and_cell_at_once(monkeypatch):
-    import learners.agent.price_response as price_response
-
     sizes = []
 
     def recording(contrast, stderr):
