@@ -1,4 +1,6 @@
-"""End to end on planted types: synth -> prepare -> fit-personas --truth; NMI >= 0.85 and above k-means."""
+"""End to end on planted types: synth -> prepare -> fit-personas --truth; NMI >= 0.85 and above k-means,
+at K = 16 and at K = 8 (where outcome heads weighed as much as the features split buyers by whether
+they bought, and k-means did better: NMI 0.76 against 0.83)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from learners.data.synth import SynthConfig, synth_prepared
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_vqvae_recovers_planted_types_better_than_kmeans(ray_local, tmp_path, capsys):
+@pytest.mark.parametrize("codes", [16, 8])
+def test_vqvae_recovers_planted_types_better_than_kmeans(ray_local, tmp_path, capsys, codes):
     raw, data = synth_prepared(SynthConfig(buyers=3000, merchants=8, seed=0, events_per_buyer=40), tmp_path)
     run = tmp_path / "run"
     assert (
@@ -21,7 +24,7 @@ def test_vqvae_recovers_planted_types_better_than_kmeans(ray_local, tmp_path, ca
                 "fit-personas",
                 str(data),
                 "--codes",
-                "16",
+                str(codes),
                 "--workers",
                 "1",
                 "--epochs",
@@ -41,7 +44,7 @@ def test_vqvae_recovers_planted_types_better_than_kmeans(ray_local, tmp_path, ca
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["nmi"] >= 0.85
     assert metrics["nmi"] > metrics["kmeans"]["nmi"]
-    assert metrics["codes_in_use"] >= 8
+    assert metrics["codes_in_use"] >= min(codes, 8)
     for name in (
         "report.md",
         "report.html",
