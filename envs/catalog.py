@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,12 +72,9 @@ class Product:
 def _typical_prices(groups: Mapping[str, Sequence[Product]]) -> dict[str, float]:
     typical = {}
     for category, products in groups.items():
-        prices = sorted(
-            p.price if p.list_price is None else p.list_price for p in products if p.price is not None
-        )
+        prices = [p.price if p.list_price is None else p.list_price for p in products if p.price is not None]
         if len(prices) >= TYPICAL_MIN_PRODUCTS:
-            mid = len(prices) // 2
-            typical[category] = prices[mid] if len(prices) % 2 else (prices[mid - 1] + prices[mid]) / 2
+            typical[category] = statistics.median(prices)
     return typical
 
 

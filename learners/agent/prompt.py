@@ -51,7 +51,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from envs.render import GOAL_PREFIX, TYPICAL_PREFIX  # how the prompt (and a goal task's page) states a goal
+from envs.render import GOAL_PREFIX, TYPICAL_PREFIX  # a goal task's goal line; a product page's typical price
 from envs.storefront import OPEN_PRODUCT, REMOVE_PRODUCT
 from learners.agent.actions import SEARCH_PREFIX
 from learners.agent.policy import ActRequest
