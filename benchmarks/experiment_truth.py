@@ -17,8 +17,8 @@ Steps (each skipped when its output is there, so an interrupted run continues):
    merchants; the held-out merchants are the ones experimented on. The agents train on every replayed
    session (``--max-tokens`` budgets them as the demo does): on the demo's 1.35M tokens an agent kept
    its first epoch of 11% of the sessions, too little to learn how one type answers a markdown.
-3. ``simpersona experiment`` once per system (persona agent, the same without its price response or
-   with its markdown cells only, no-persona agent, Markov chain) on the held-out merchants, the
+3. ``simpersona experiment`` once per system (persona agent, the same without its price response,
+   with its markdown cells only or without its row choice, no-persona agent, Markov chain) on the held-out merchants, the
    population drawn from each merchant's own persona mix, arms: control, a price cut on every
    product and the cheapest-first listing order.
 4. The truth at the held-out merchants: the generator's visits there under control and treatment
@@ -31,7 +31,8 @@ effect exceeds the run's detectable effect (MDE); then every cell. The baselines
 the Markov chain (it reads no prices), the no-persona agent (it cannot tell the types apart), the
 persona agent without the per-code biases its training measured on each price cell's pages
 (``persona-no-price``) and with those of the marked-down cells only (``persona-marked-only``),
-and the unpaired design (the variance ratio of the paired difference against independent arms).
+the persona agent ranking a listing's rows by its own id scores instead of its row choice
+(``persona-model-rows``, learners/agent/row_choice.py), and the unpaired design (the variance ratio of the paired difference against independent arms).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import polars as pl
 import yaml
 
 from envs.treatments import Treatment
-from learners.agent.scoring import PRICE_RESPONSE_FILE
+from learners.agent.scoring import PRICE_RESPONSE_FILE, ROW_CHOICE_FILE
 from learners.data.synth import SynthConfig
 from learners.data.synth_truth import ALL, true_effects
 
@@ -73,6 +74,13 @@ SYSTEMS = {
         "path": "agent-marked-only",
         "use_persona": True,
         "cells": "marked",
+    },
+    # The same agent with the model's own ranking of a listing's rows (learners/agent/row_choice.py).
+    "persona-model-rows": {
+        "policy": "transformers",
+        "path": "agent-model-rows",
+        "use_persona": True,
+        "rows": False,
     },
     "no-persona": {"policy": "transformers", "path": "agent-no-persona", "use_persona": False},
     "markov": {"policy": "markov", "path": "markov.json", "use_persona": True},
@@ -112,10 +120,11 @@ def prepare(work: Path, synth: SynthConfig, truth_visits: int, agent: dict | Non
         simpersona("study", str(work / "study.yaml"))
 
 
-def copy_biases(agent: Path, to: Path, cells: str) -> None:
+def copy_biases(agent: Path, to: Path, cells: str | None, rows: bool) -> None:
     """A copy of ``agent`` whose price response keeps only the cells whose name holds ``cells`` (none
-    when empty)."""
-    shutil.copytree(agent, to, ignore=shutil.ignore_patterns(PRICE_RESPONSE_FILE))
+    when empty, all when None), without its row choice unless ``rows``."""
+    dropped = ([] if cells is None else [PRICE_RESPONSE_FILE]) + ([] if rows else [ROW_CHOICE_FILE])
+    shutil.copytree(agent, to, ignore=shutil.ignore_patterns(*dropped))
     if cells and (agent / PRICE_RESPONSE_FILE).exists():
         fit = json.loads((agent / PRICE_RESPONSE_FILE).read_text(encoding="utf-8"))
         fit["codes"] = {k: {c: v for c, v in cs.items() if cells in c} for k, cs in fit["codes"].items()}
@@ -127,8 +136,8 @@ def experiment(work: Path, system: str, merchants: list[str], buyers: int, seed:
     if not (out / "effects.parquet").exists():
         spec = SYSTEMS[system]
         study = work / "study"
-        if "cells" in spec and not (study / spec["path"]).exists():
-            copy_biases(study / "agent", study / spec["path"], str(spec["cells"]))
+        if ("cells" in spec or "rows" in spec) and not (study / spec["path"]).exists():
+            copy_biases(study / "agent", study / spec["path"], spec.get("cells"), spec.get("rows", True))
         config = {
             "out": str(out),
             "data": str(study / "data"),

@@ -32,6 +32,7 @@ from engine.experiment_report import write_report
 from engine.rollout_store import MANIFEST, RESULT_FIELDS
 from engine.simulation_config import SimulationConfig
 from envs import STOREFRONT_ID
+from learners.agent.row_choice import RowChoice
 from learners.agent.scoring import PRICE_RESPONSE_FILE
 from learners.config import config_to_dict, mapping_value
 
@@ -296,6 +297,25 @@ def type_descriptions(config: ExperimentConfig) -> dict[int, str]:
     return {int(code): str(t.get("description", "")) for code, t in types.items() if t.get("description")}
 
 
+def row_choices(config: ExperimentConfig) -> dict[int, dict[str, float]]:
+    """Code -> how its buyers chose among a listing's rows in the logs the agent was trained on
+    (learners/agent/row_choice.py: share of opens of a bestseller row, the rows' bestseller share, the
+    first row's share, buyers), where the policy is an agent that has a row choice."""
+    if config.policy not in ("transformers", "vllm") or not config.policy_path:
+        return {}
+    fit = RowChoice.load(config.policy_path)
+    return {
+        int(code): {
+            "bestseller_share": c.bestseller_share,
+            "bestseller_rows": c.bestseller_rows,
+            "first_share": c.first_share,
+            "buyers": c.buyers,
+        }
+        for code, c in fit.codes.items()
+        if code != "none"
+    }
+
+
 def price_answers(config: ExperimentConfig) -> dict[int, dict[str, dict[str, float]]]:
     """Code -> price cell -> the agent's measured answer to that cell's product pages against regular
     ones (learners/agent/price_response.py: the change in P(add to cart) its training added, the
@@ -356,6 +376,7 @@ def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = 
         rows += estimate(pairs, arm.name, config.bootstrap, seed=[config.seed, arm.index])
     descriptions = type_descriptions(config)
     answers = price_answers(config)
+    choices = row_choices(config)
     codes = control["code"].value_counts().sort("code")
     result = {
         "command": command,
@@ -384,6 +405,7 @@ def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = 
                 "description": descriptions.get(code, ""),
             }
             | ({"price_answers": answers[code]} if code in answers else {})
+            | ({"row_choice": choices[code]} if code in choices else {})
             for code, n in zip(codes["code"].to_list(), codes["count"].to_list(), strict=True)
         },
         "metrics": {m: METRIC_LABELS[m] for m in METRICS},

@@ -158,6 +158,15 @@ def changed_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _row_choice(choice: dict[str, float] | None) -> str:
+    if not choice:
+        return "–"
+    return (
+        f"a bestseller in {choice['bestseller_share']:.0%} of its opens ({choice['bestseller_rows']:.0%} of rows),"
+        f" the first row in {choice['first_share']:.0%}; {choice['buyers']} buyers"
+    )
+
+
 def price_lines(result: dict[str, Any]) -> list[str]:
     """The agent's largest measured answers to a price cell, per type and cell (none without them)."""
     answers = [
@@ -351,9 +360,11 @@ def report_html(result: dict[str, Any], plots: dict[str, str]) -> str:
         text=(0, 1, 2),
     )
     cells = [c for c in PRICE_CELLS if any(c in t.get("price_answers", {}) for t in result["types"].values())]
+    rows_fitted = any("row_choice" in t for t in result["types"].values())
     types = _table(
         ["type", "visits per arm", "share", "what it is (VQ-VAE type report)"]
-        + [f"add to cart on {c} pages against regular ones (measured in training)" for c in cells],
+        + [f"add to cart on {c} pages against regular ones (measured in training)" for c in cells]
+        + (["which listed product it opens (in the training logs)"] if rows_fitted else []),
         [
             [
                 str(c),
@@ -362,6 +373,7 @@ def report_html(result: dict[str, Any], plots: dict[str, str]) -> str:
                 html.escape(descriptions.get(int(c), f"type {c} (no description in the personas run)")),
             ]
             + [_answer(t.get("price_answers", {}).get(c)) for c in cells]
+            + ([_row_choice(t.get("row_choice"))] if rows_fitted else [])
             for c, t in sorted(result["types"].items(), key=lambda kv: int(kv[0]))
         ],
         text=(0, 3),

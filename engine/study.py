@@ -244,7 +244,7 @@ class Study:
         )
         self.stage("traces (training merchants)", stages.replay_traces, replay, traces / "traces.parquet")
         needed = {SYSTEMS[s].agent for s in [*c.systems, *c.goal_systems]}
-        # Goal tasks are served without the goal-free biases (scoring.py): no price response to fit.
+        # Goal tasks are served without the goal-free biases (scoring.py): no price response or row choice to fit.
         goal_only = needed - {SYSTEMS[s].agent for s in c.systems}
         paths = self.agent_paths()
         codes = str(self.out / "codes")
@@ -257,7 +257,7 @@ class Study:
             if key in needed:
                 agent = replace(c.agent, seed=c.seed, base_model=base_model, no_persona=personas is None)
                 if key in goal_only:
-                    agent = replace(agent, price_rows=0)
+                    agent = replace(agent, price_rows=0, row_choice_rows=0)
                 config = TrainAgentStage(str(traces), str(paths[key]), personas, agent=agent)
                 self.stage(f"train {key} agent", stages.train_agent, config, paths[key] / "manifest.json")
         if "markov" in needed:

@@ -37,6 +37,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from envs.catalog import BESTSELLER
+
 if TYPE_CHECKING:
     from envs.catalog import Product
     from envs.storefront import SessionState, Storefront
@@ -70,6 +72,9 @@ PRICE_CELLS: tuple[str, ...] = (
 """The product pages' price cells: the typical price's level, then whether a markdown shows."""
 _PRICE_LINE = re.compile(rf"^{PRICE_PREFIX}([0-9.]+)( \(was [0-9.]+\))?$", re.M)
 _TYPICAL_LINE = re.compile(rf"^{TYPICAL_PREFIX}([0-9.]+)$", re.M)
+_PRODUCT_ROW = re.compile(r"^- product (.+?) \| category .*? \| price (n/a|[0-9.]+)((?: \| .*)?)$", re.M)
+BADGES = (BESTSELLER,)
+"""The badges a row can end with."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +136,18 @@ def price_cell(observation: str) -> str | None:
         level = "far-below" if ratio < FAR_BELOW_SHARE else "below" if ratio < 1.0 else ""
     marked = "marked" if price.group(2) else ""
     return "+".join(part for part in (level, marked) if part) or REGULAR_CELL
+
+
+def listed_products(observation: str) -> list[tuple[str, float | None, str]]:
+    """A rendered page's product rows in order: (product id, shown price or None, badge or "")."""
+    rows = []
+    for m in _PRODUCT_ROW.finditer(observation):
+        fields = m.group(3).removesuffix(GOAL_MARK).split(" | ")
+        if fields[-1].startswith("quantity "):
+            fields.pop()
+        badge = fields[-1] if fields and fields[-1] in BADGES else ""
+        rows.append((m.group(1), None if m.group(2) == "n/a" else float(m.group(2)), badge))
+    return rows
 
 
 def shown_price(p: Product, state: SessionState) -> tuple[float | None, float | None]:

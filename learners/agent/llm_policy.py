@@ -59,6 +59,7 @@ from learners.agent.scoring import (
     pick,
     read_kind_bias,
     read_price_bias,
+    read_row_choice,
     scored_candidates,
 )
 from learners.agent.tokens import PersonaTokens, agent_persona_tokens
@@ -97,9 +98,11 @@ class LLMPolicy:
         max_requests_per_forward: int | None = None,
         kind_bias: Mapping[str, float] | None = None,
         price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
+        row_choice: Mapping[int | None, Sequence[float]] | None = None,
     ) -> None:
         """``kind_bias``: the agent's calibration (calibration.py), added to each action kind's scores;
-        ``price_bias``: its per-code biases on each price cell's pages (price_response.py)."""
+        ``price_bias``: its per-code biases on each price cell's pages (price_response.py);
+        ``row_choice``: its per-code choice among a listing's rows (row_choice.py)."""
         if mode not in ("score", "generate"):
             raise ValueError(f"LLMPolicy mode must be 'score' or 'generate', got {mode!r}")
         if max_requests_per_forward is not None and max_requests_per_forward < 1:
@@ -115,6 +118,7 @@ class LLMPolicy:
         self.max_requests_per_forward = max_requests_per_forward
         self.kind_bias = dict(kind_bias or {})
         self.price_bias = {k: {c: dict(b) for c, b in v.items()} for k, v in (price_bias or {}).items()}
+        self.row_choice = {k: list(v) for k, v in (row_choice or {}).items()}
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._targets: dict[str, list[int]] = {}
@@ -130,8 +134,8 @@ class LLMPolicy:
     @classmethod
     def from_pretrained(cls, agent_dir: str | Path, device: str = "cpu", **kwargs) -> LLMPolicy:
         """Load an exported agent (train.py) or any causal LM directory / hub id (then no persona),
-        with its calibration (``kind_bias`` and ``price_bias``, each read from the directory unless
-        given). Raises ValueError for an agent whose manifest names another scoring rule (scoring.py)."""
+        with its calibration (``kind_bias``, ``price_bias`` and ``row_choice``, each read from the
+        directory unless given). Raises ValueError for an agent whose manifest names another scoring rule (scoring.py)."""
         check_scoring_rule(agent_dir)
         model = AutoModelForCausalLM.from_pretrained(agent_dir).to(device)
         tokenizer = AutoTokenizer.from_pretrained(agent_dir)
@@ -139,6 +143,7 @@ class LLMPolicy:
         tokens = agent_persona_tokens(agent_dir, tokenizer)
         kwargs.setdefault("kind_bias", read_kind_bias(agent_dir))
         kwargs.setdefault("price_bias", read_price_bias(agent_dir))
+        kwargs.setdefault("row_choice", read_row_choice(agent_dir))
         return cls(model, tokenizer, tokens, fmt, **kwargs)
 
     def prompt(self, request: ActRequest) -> Prompt:
@@ -204,7 +209,7 @@ class LLMPolicy:
         prompts = prompts if prompts is not None else [self.prompt(r) for r in requests]
         found = self._scores(prompts, [scored_candidates(r) for r in requests])
         return [
-            action_scores(r, values, self.kind_bias, self.price_bias)
+            action_scores(r, values, self.kind_bias, self.price_bias, self.row_choice)
             for r, values in zip(requests, found, strict=True)
         ]
 
@@ -317,7 +322,7 @@ class LLMPolicy:
             requests, prompts, tries, all_scores, candidates, strict=True
         ):
             action, score, per_action = pick(
-                r, choices, scores, self.temperature, self.kind_bias, self.price_bias
+                r, choices, scores, self.temperature, self.kind_bias, self.price_bias, self.row_choice
             )
             tokens = sum(map(len, prompt)) + sum(trie.lengths)
             info = {"scores": per_action.tolist(), "candidates": list(r.valid_actions)}

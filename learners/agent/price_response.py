@@ -198,13 +198,19 @@ def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Ta
         for a, valid in zip(pages["action"].to_pylist(), pages["valid_actions"].to_pylist(), strict=True)
     ]
     pages = pages.filter(pa.array(doable, pa.bool_()))
-    keys = _buyer_keys(pages)
+    keys = buyer_keys(pages)
     regular = np.array([price_cell(o) == REGULAR_CELL for o in pages["observation"].to_pylist()], dtype=bool)
     both = set(keys[regular]) & set(keys[~regular])
     measured = np.array([k in both for k in keys], dtype=bool)
     pages, keys = pages.filter(pa.array(measured, pa.bool_())), keys[measured]
-    if pages.num_rows <= max_rows:
-        return pages
+    return whole_buyers(pages, keys, max_rows, seed)
+
+
+def whole_buyers(rows: pa.Table, keys: np.ndarray, max_rows: int, seed: int) -> pa.Table:
+    """Up to ``max_rows`` of ``rows`` (``keys``: each row's buyer, ``buyer_keys``), whole buyers drawn
+    with ``seed`` when there are more."""
+    if rows.num_rows <= max_rows:
+        return rows
     rng = np.random.default_rng(seed)
     order, counts = np.unique(keys, return_counts=True)
     keep, total = set(), 0
@@ -213,7 +219,7 @@ def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Ta
             continue
         keep.add(order[i])
         total += counts[i]
-    return pages.filter(pa.array([k in keep for k in keys]))
+    return rows.filter(pa.array([k in keep for k in keys]))
 
 
 def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) -> PriceResponse:
@@ -237,7 +243,7 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
     for i, (p, k, c) in enumerate(zip(probs, kinds, chosen, strict=True)):
         np.add.at(residual[i], k, -p)
         residual[i, c] += 1.0
-    buyer = _buyer_keys(rows)
+    buyer = buyer_keys(rows)
     code = np.array(["none" if r.persona is None else str(r.persona) for r in requests])
     groups = sorted(set(code), key=lambda g: (g == "none", int(g) if g != "none" else 0))
     cells = [c for c in PRICE_CELLS if c != REGULAR_CELL and (cell == c).any()]
@@ -273,7 +279,7 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
     return out
 
 
-def _buyer_keys(rows: pa.Table) -> np.ndarray:
+def buyer_keys(rows: pa.Table) -> np.ndarray:
     """Each row's buyer (a buyer id is a merchant's)."""
     keys = pc.binary_join_element_wise(rows["merchant_id"], rows["buyer_id"], "\t")
     return keys.to_numpy(zero_copy_only=False)

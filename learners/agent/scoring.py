@@ -57,7 +57,8 @@ A calibrated agent (calibration.py) also adds one bias per action kind, fitted o
 trained on, to every valid action's score (``action_scores``): the same in both backends, and kind
 wide, so no ranking within a kind changes. On a product page, it adds its buyer's code's biases
 for the page's price cell too (price_response.py: the part of a type's answer to a price the model
-misses).
+misses); on a listing, which row an ``open product`` opens follows its code's row choice
+(row_choice.py) instead of the model's id scores, within the template, whose mass it keeps.
 
 The rule reads the model's probabilities only, but v2's search template is only sound for agents
 trained on examples that show inserted searches with their goal alone (examples.py), which came
@@ -77,7 +78,8 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from envs.render import price_cell
+from envs.catalog import BESTSELLER
+from envs.render import listed_products, price_cell
 from envs.storefront import OPEN_CATEGORY, OPEN_PRODUCT, REMOVE_PRODUCT
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE, action_kind
 from learners.agent.policy import ActRequest, choose
@@ -91,6 +93,10 @@ CALIBRATION_FILE = "calibration.json"
 """An agent directory's per-kind biases (calibration.py), when it was calibrated."""
 PRICE_RESPONSE_FILE = "price_response.json"
 """An agent directory's per-code, per-price-cell biases on product pages (price_response.py)."""
+ROW_CHOICE_FILE = "row_choice.json"
+"""An agent directory's per-code choice among a listing's rows (row_choice.py)."""
+ROW_FEATURES = ("bestseller", "log_place", "log_relative_price")
+"""What a code's row choice reads of each listed row (``listing_features``)."""
 ITEM_TEMPLATES: tuple[str, ...] = (OPEN_PRODUCT, OPEN_CATEGORY, REMOVE_PRODUCT, SEARCH_PREFIX)
 """The action grammar's per-item templates (envs/web/page_reader.py groups the first three the same
 way), and the suggested searches' ``search "``."""
@@ -113,11 +119,15 @@ def action_scores(
     scores: np.ndarray,
     kind_bias: Mapping[str, float] | None = None,
     price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
+    row_choice: Mapping[int | None, Sequence[float]] | None = None,
 ) -> np.ndarray:
     """Each valid action's score from the scores of ``scored_candidates(request)``: the search
     template's is the logsumexp of the suggested searches' scores; plus its kind's bias, if any, in a
     goal-free request, and on a product page the buyer's code's bias for the kind on the page's price
-    cell (``price_bias``, price_response.py). The biases are fitted on goal-free rows (calibration.py):
+    cell (``price_bias``, price_response.py); on a listing, which row its ``open product`` opens is
+    the code's row choice (``row_choice``: coefficients of ``ROW_FEATURES``, row_choice.py) in place
+    of the model's, so opening a product keeps its probability. The biases are fitted on goal-free
+    rows (calibration.py):
     they carry a free shopper's rates to new stores, while a goal task's buyer has been told what to
     buy (on the demo a validation store's cart abandoners set ``purchase`` to -0.7 and goal tasks
     exited at checkout)."""
@@ -131,7 +141,37 @@ def action_scores(
     response = cells.get(price_cell(request.observation) or "") if cells and request.goal is None else None
     if response:
         out += np.array([response.get(action_kind(a), 0.0) for a in request.valid_actions])
+    betas = (row_choice or {}).get(request.persona) if request.goal is None else None
+    if betas is not None:
+        index, features = listing_features(request.observation, request.valid_actions)
+        if len(index) > 1:
+            mass = np.logaddexp.reduce(out[index])
+            z = features @ np.asarray(betas)
+            out[index] = mass + z - np.logaddexp.reduce(z)
     return out
+
+
+def listing_features(observation: str, valid_actions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the valid ``open product`` actions of the page's listed rows, and each row's
+    ``ROW_FEATURES``: whether it carries the ``bestseller`` badge, the log of its 1-based place among
+    the page's rows, and the log of its price over the median of the page's row prices (0 without a
+    price), clipped to +-3."""
+    rows = listed_products(observation)
+    prices = [p for _, p, _ in rows if p is not None and p > 0]
+    median = float(np.median(prices)) if prices else 0.0
+    place = {pid: (i, p, b) for i, (pid, p, b) in enumerate(rows)}
+    index, features = [], []
+    for k, action in enumerate(valid_actions):
+        found = place.get(action[len(OPEN_PRODUCT) :]) if action.startswith(OPEN_PRODUCT) else None
+        if found is None:
+            continue
+        i, price, badge = found
+        relative = np.log(price / median) if price and median else 0.0
+        index.append(k)
+        features.append((float(badge == BESTSELLER), np.log(i + 1.0), float(np.clip(relative, -3.0, 3.0))))
+    return np.array(index, dtype=np.int64), np.array(features, dtype=np.float64).reshape(
+        -1, len(ROW_FEATURES)
+    )
 
 
 def pick(
@@ -141,12 +181,14 @@ def pick(
     temperature: float,
     kind_bias: Mapping[str, float] | None = None,
     price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
+    row_choice: Mapping[int | None, Sequence[float]] | None = None,
 ) -> tuple[str, float, np.ndarray]:
     """The chosen action (a search with its query filled in; the goal's real id where the agent
     named it ``your goal``), its score, and each valid action's score; ``candidates`` and ``scores``
-    are ``scored_candidates(request)`` and their scores (``candidate_scores``), ``kind_bias`` and
-    ``price_bias`` the agent's calibration (calibration.py, price_response.py)."""
-    per_action = action_scores(request, scores, kind_bias, price_bias)
+    are ``scored_candidates(request)`` and their scores (``candidate_scores``), ``kind_bias``,
+    ``price_bias`` and ``row_choice`` the agent's calibration (calibration.py, price_response.py,
+    row_choice.py)."""
+    per_action = action_scores(request, scores, kind_bias, price_bias, row_choice)
     k = choose(per_action, temperature, request.seed)
     if request.valid_actions[k] != SEARCH_TEMPLATE:
         return request.valid_actions[k], float(per_action[k]), per_action
@@ -258,6 +300,19 @@ def read_price_bias(agent_dir: str | Path) -> dict[int | None, dict[str, dict[st
             if fit["bias"]
         }
         for key, cells in codes.items()
+    }
+
+
+def read_row_choice(agent_dir: str | Path) -> dict[int | None, list[float]]:
+    """An agent directory's per-code row-choice coefficients (row_choice.py; empty when none were
+    fitted)."""
+    path = Path(agent_dir) / ROW_CHOICE_FILE
+    if not path.exists():
+        return {}
+    codes = json.loads(path.read_text(encoding="utf-8"))["codes"]
+    return {
+        None if key == "none" else int(key): [float(fit["coef"][f]) for f in ROW_FEATURES]
+        for key, fit in codes.items()
     }
 
 

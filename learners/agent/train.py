@@ -15,6 +15,8 @@ process, no Ray), and exports the final model. The output directory AGENT holds:
     data/validation.parquet                           validation examples (whole merchants; selection.py)
     data/calibration.parquet, calibration.json        goal-free validation rows before the budget's cut,
                                                       and the kind biases fitted on them (calibration.py)
+    data/price_pages.parquet, price_response.json     product pages and the per-code price biases
+    data/listing_pages.parquet, row_choice.json       listing pages and the per-code choice among their rows
     eval/heldout_buyers.parquet, heldout_merchants    held-out examples (when the shares are > 0)
     ray/ (Ray Train runs) or checkpoints/ (in-process) one checkpoint per stage and epoch
 
@@ -26,7 +28,8 @@ validation set is cut to the same share). The exported model is each stage's bes
 validation loss (the last epoch without validation examples); with validation merchants, it is then
 calibrated on their goal-free rows (``calibration_rows``, calibration.py), and each code's
 answer to a price is measured on the product pages of the training and validation merchants,
-before the budget's cut (``price_rows``, price_response.py).
+before the budget's cut (``price_rows``, price_response.py), and its pull toward bestsellers on their
+listings which row it opens (``row_choice_rows``, row_choice.py).
 
 AGENT must be on storage every worker can read (a local path on one machine; shared storage on a
 cluster), as Ray Train's own storage_path must be.
@@ -56,6 +59,7 @@ from learners.agent.price_response import (
     product_page_rows,
 )
 from learners.agent.prompt import PROMPT_LAYOUT, PromptFormat, trained_layout
+from learners.agent.row_choice import RowChoice, fit_row_choice, listing_page_rows
 from learners.agent.scoring import SCORING_RULE
 from learners.agent.selection import budget_sessions, keep_share, session_ids, split_validation
 from learners.agent.tokens import add_persona_tokens
@@ -76,6 +80,8 @@ VALIDATION_FILE = "validation.parquet"
 CALIBRATION_ROWS_FILE = "calibration.parquet"
 PRICE_ROWS_FILE = "price_pages.parquet"
 """The product pages the price response is measured on (price_response.py)."""
+LISTING_ROWS_FILE = "listing_pages.parquet"
+"""The listing pages the row choice is fitted on (row_choice.py)."""
 RUN_NAME = "agent"
 BEFORE_RECORDED = {"schedule": "constant"}
 """The value of a field a run's manifest does not record because it was added later, where it differs
@@ -176,14 +182,7 @@ def train_agent(
         calibration = calibrate(policy, pq.read_table(out / "data" / CALIBRATION_ROWS_FILE))
         calibration.save(out)
         log(calibration.line())
-    if config.price_rows > 0:
-        # No pages file: no buyer saw a regular page and another cell's (``_prepare``): nothing to score.
-        pages, response = out / "data" / PRICE_ROWS_FILE, PriceResponse()
-        if pages.exists():
-            policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), price_bias={})
-            response = fit_price_response(policy, pq.read_table(pages), personas=not config.no_persona)
-        response.save(out)
-        log(response.line())
+    fit_page_responses(out, config, log)
     state = (read_state(latest) if latest else None) or {}
     history = state.get("history", epochs)
     chosen = chosen_epochs(history)
@@ -198,6 +197,25 @@ def train_agent(
         chosen,
         data["rows"].get("validation", 0),
     )
+
+
+def fit_page_responses(out: Path, config: AgentTrainConfig, log: Callable[[str], None]) -> None:
+    """Fit and save the price response and the row choice of the agent in ``out`` on the pages
+    ``_prepare`` kept (none kept: nothing to fit, an empty fit is saved)."""
+    device = str(_device(config.use_gpu))
+    if config.price_rows > 0:
+        pages, response = out / "data" / PRICE_ROWS_FILE, PriceResponse()
+        if pages.exists():
+            policy = LLMPolicy.from_pretrained(out, device=device, price_bias={})
+            response = fit_price_response(policy, pq.read_table(pages), personas=not config.no_persona)
+        response.save(out)
+        log(response.line())
+    if config.row_choice_rows > 0:
+        pages, choice = out / "data" / LISTING_ROWS_FILE, RowChoice()
+        if pages.exists():
+            choice = fit_row_choice(pq.read_table(pages), personas=not config.no_persona)
+        choice.save(out)
+        log(choice.line())
 
 
 def chosen_epochs(history: list[dict]) -> dict[int, int]:
@@ -281,13 +299,16 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
     rows = calibration_rows(validation, config.calibration_rows, config.seed)
     if rows.num_rows:
         pq.write_table(rows, out / "data" / CALIBRATION_ROWS_FILE)
-    if config.price_rows > 0:
-        # Every buyer of the training and validation merchants, before any budget cut: a code's answer
-        # is measured within buyers, and each buyer who saw a regular page and another cell's counts.
-        both = pa.concat_tables([t.select(list(PRICE_COLUMNS)) for t in (train, validation)])
-        pages = product_page_rows(both, config.price_rows, config.seed)
-        if pages.num_rows:
-            pq.write_table(pages, out / "data" / PRICE_ROWS_FILE)
+    # Every buyer of the training and validation merchants, before any budget cut: a code's answer to
+    # a price is measured within buyers, and each buyer who saw a regular page and another cell's counts.
+    both = pa.concat_tables([t.select(list(PRICE_COLUMNS)) for t in (train, validation)])
+    for limit, select, name in (
+        (config.price_rows, product_page_rows, PRICE_ROWS_FILE),
+        (config.row_choice_rows, listing_page_rows, LISTING_ROWS_FILE),
+    ):
+        pages = select(both, limit, config.seed) if limit > 0 else None
+        if pages is not None and pages.num_rows:
+            pq.write_table(pages, out / "data" / name)
 
     # A preset's tokenizer is trained on the training texts before any budget cut, so every agent of
     # a study given the same traces gets the same tokenizer.

@@ -66,6 +66,12 @@ class AgentTrainConfig:
     cut) and served as per-code score biases on each price cell's pages
     (learners/agent/price_response.py). 0: not fitted. A log whose pages are all regular fits
     nothing."""
+    row_choice_rows: int = 50000
+    """Then each persona code's choice among a listing's rows (by their place, bestseller badge and
+    price) is fitted as a conditional logit on up to this many goal-free listing pages of the training
+    and validation merchants whose logged action opened a listed row (whole buyers, before any
+    `max_tokens` cut), and serves which row an `open product` opens in place of the model's id scores
+    (learners/agent/row_choice.py). 0: not fitted, the model ranks the rows."""
     patience: int = 2
     """Early stopping: stop a stage after this many epochs in a row without a lower validation loss
     (0: run every epoch, still keeping the best)."""

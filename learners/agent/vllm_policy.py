@@ -45,6 +45,7 @@ from learners.agent.scoring import (
     pick,
     read_kind_bias,
     read_price_bias,
+    read_row_choice,
     scored_candidates,
 )
 from learners.agent.tokens import agent_persona_tokens
@@ -63,12 +64,14 @@ class VLLMPolicy:
         ids_per_request: int | None = None,
         kind_bias: Mapping[str, float] | None = None,
         price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
+        row_choice: Mapping[int | None, Sequence[float]] | None = None,
         **engine_options: Any,
     ) -> None:
         """``ids_per_request``: most next-token ids scored by one engine request (default and upper
         bound: vLLM's ``MAX_LOGPROB_TOKEN_IDS``); ``kind_bias``: the agent's calibration
-        (calibration.py) and ``price_bias`` its per-code biases on each price cell's
-        pages (price_response.py), each read from its directory when not given; ``engine_options`` go to
+        (calibration.py), ``price_bias`` its per-code biases on each price cell's pages
+        (price_response.py) and ``row_choice`` its per-code choice among a listing's rows (row_choice.py), each
+        read from its directory when not given; ``engine_options`` go to
         ``AsyncEngineArgs``."""
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
@@ -84,6 +87,7 @@ class VLLMPolicy:
         self.scoring_rule = check_scoring_rule(directory)
         self.kind_bias = dict(read_kind_bias(directory) if kind_bias is None else kind_bias)
         self.price_bias = read_price_bias(directory) if price_bias is None else dict(price_bias)
+        self.row_choice = read_row_choice(directory) if row_choice is None else dict(row_choice)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.tokens = agent_persona_tokens(directory, self.tokenizer)
         self.fmt = saved_prompt_format(directory)
@@ -173,7 +177,7 @@ class VLLMPolicy:
         groups = item_groups(self.tokenizer, candidates, targets)
         scores = candidate_scores(logprobs, [len(t) for t in targets], groups, self.length_normalize)
         action, score, per_action = pick(
-            request, candidates, scores, self.temperature, self.kind_bias, self.price_bias
+            request, candidates, scores, self.temperature, self.kind_bias, self.price_bias, self.row_choice
         )
         tokens = len(prompt) + sum(map(len, targets))
         info: dict[str, Any] = {"scores": per_action.tolist(), "candidates": list(request.valid_actions)}

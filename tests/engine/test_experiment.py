@@ -20,6 +20,7 @@ from engine.experiment import (
     arm_simulation,
     experiment_arms,
     price_answers,
+    row_choices,
     run_experiment,
 )
 from engine.experiment_effects import Pairs, estimate
@@ -31,6 +32,7 @@ from envs.catalog import Catalog
 from envs.storefront import Storefront
 from envs.treatments import TreatedStorefront, Treatment
 from learners.agent.markov_policy import MarkovPolicy
+from learners.agent.row_choice import CodeRowChoice, RowChoice
 from learners.agent.scoring import PRICE_RESPONSE_FILE
 from learners.data.synth import SynthConfig, synth_prepared
 from tests.engine.sim_fixtures import write_distributions
@@ -390,3 +392,26 @@ def test_an_agents_measured_answer_to_a_price_is_reported_per_type(store, tmp_pa
         " type 2 on marked -0.004 (± 0.050, 40 buyers)"
     )
     assert price_lines({"types": {"0": {}}}) == []
+
+
+def test_an_agents_row_choice_is_reported_per_type(store, tmp_path):
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    coef = {"bestseller": 2.0, "log_place": 0.0, "log_relative_price": 0.0}
+    fit = RowChoice(
+        coef,
+        {
+            "0": CodeRowChoice(300, 700, coef, {}, coef, 0.85, 0.4, 0.1),
+            "none": CodeRowChoice(10, 20, coef, {}, coef, 0.3, 0.3, 0.3),
+        },
+    )
+    fit.save(agent)
+    arms = {"cheap": {"kind": "order", "order": "price-ascending"}}
+    config = experiment(store, tmp_path / "out", arms, policy="transformers", policy_path=str(agent))
+    assert row_choices(config) == {
+        0: {"bestseller_share": 0.85, "bestseller_rows": 0.4, "first_share": 0.1, "buyers": 300}
+    }
+    # The Markov chain has none, and neither has an agent without the file.
+    assert row_choices(experiment(store, tmp_path / "out", arms, policy_path=str(agent))) == {}
+    other = experiment(store, tmp_path / "out", arms, policy="transformers", policy_path=str(tmp_path))
+    assert row_choices(other) == {}

@@ -18,8 +18,12 @@ from learners.agent.llm_policy import LLMPolicy
 from learners.agent.scoring import (
     CALIBRATION_FILE,
     PRICE_RESPONSE_FILE,
+    ROW_CHOICE_FILE,
+    ROW_FEATURES,
     SCORING_RULE,
+    listing_features,
     read_price_bias,
+    read_row_choice,
     scored_candidates,
 )
 from learners.agent.vllm_policy import read_requests, write_requests
@@ -69,6 +73,11 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
         for c in range(4)
     }
     (agent / PRICE_RESPONSE_FILE).write_text(json.dumps({"codes": cells}), encoding="utf-8")
+    # And per-code choices among a listing's rows (row_choice.py).
+    rows = {
+        str(c): {"coef": dict(zip(ROW_FEATURES, (1.0 - c, -0.5 * c, 0.3), strict=True))} for c in range(3)
+    }
+    (agent / ROW_CHOICE_FILE).write_text(json.dumps({"codes": rows}), encoding="utf-8")
     pages = storefront_pages(data)
     marked = [
         dataclasses.replace(r, observation=PRICE.sub(r"Price: 1.00 (was \1)", r.observation))
@@ -105,6 +114,14 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     served = json.loads(out.read_text(encoding="utf-8"))
     policy = LLMPolicy.from_pretrained(agent, temperature=0.0)
     assert policy.kind_bias == bias and policy.price_bias == read_price_bias(agent) != {}
+    assert policy.row_choice == read_row_choice(agent) != {}
+    # The row choice is in play: some goal-free listings of a fitted code list several rows.
+    assert any(
+        r.persona in policy.row_choice
+        and r.goal is None
+        and len(listing_features(r.observation, r.valid_actions)[0]) > 1
+        for r in requests
+    )
     reference = policy.act(requests)
     assert len(served) == len(reference) == len(requests)
     # The two-level rule is in play: some pages list several items of one template.
