@@ -12,7 +12,7 @@ probability each gives the real row (the model's: the softmax of its scores over
 rows, without its calibration; the row choice: its code's logit), beside picking a row at random.
 Differences are paired per page, with 95% intervals over pages (pages of a buyer are not independent,
 so the intervals are a little narrow). Timing: ``LLMPolicy.act`` on ``--timing`` of those pages with
-and without the row choice, best of ``--repeats`` (alternated), as a ratio.
+and without the row choice, ``--repeats`` runs each in alternating turns, the ratio of their medians.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--agent", type=Path, required=True)
     parser.add_argument("--max-rows", type=int, default=50_000)
     parser.add_argument("--timing", type=int, default=256, help="pages act() is timed on (0: no timing)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args()
 
     data = args.agent / "data"
@@ -89,15 +89,16 @@ def main() -> None:
             "row choice": LLMPolicy.from_pretrained(args.agent, row_choice=choice),
         }
         times: dict[str, list[float]] = {name: [] for name in policies}
-        for _ in range(args.repeats):  # alternated, so a busy machine slows both alike
-            for name, p in policies.items():
+        for i in range(args.repeats):  # alternated, in turns, so a busy machine slows both alike
+            for name, p in sorted(policies.items(), reverse=bool(i % 2)):
                 start = time.perf_counter()
                 p.act(sample)
                 times[name].append(time.perf_counter() - start)
-        best = {name: min(t) for name, t in times.items()}
-        base, new = best["model's ranking"], best["row choice"]
-        print(f"act() on {len(sample)} pages, best of {args.repeats}: model's ranking {base:.3f} s,", end=" ")
-        print(f"with the row choice {new:.3f} s (ratio {new / base:.3f})")
+        print(f"act() on {len(sample)} pages, {args.repeats} runs each (min / median):")
+        for name, t in times.items():
+            print(f"  {name}: {min(t):.3f} / {np.median(t):.3f} s")
+        base, new = np.median(times["model's ranking"]), np.median(times["row choice"])
+        print(f"  ratio of medians, row choice / model's ranking: {new / base:.3f}")
 
 
 if __name__ == "__main__":
