@@ -28,8 +28,8 @@ validation set is cut to the same share). The exported model is each stage's bes
 validation loss (the last epoch without validation examples); with validation merchants, it is then
 calibrated on their goal-free rows (``calibration_rows``, calibration.py), and each code's
 answer to a price is measured on the product pages of the training and validation merchants,
-before the budget's cut (``price_rows``, price_response.py), and its pull toward bestsellers on their
-listings which row it opens (``row_choice_rows``, row_choice.py).
+before the budget's cut (``price_rows``, price_response.py), and how its buyers choose among the rows
+of those merchants' listings (``row_choice_rows``, row_choice.py).
 
 AGENT must be on storage every worker can read (a local path on one machine; shared storage on a
 cluster), as Ray Train's own storage_path must be.
