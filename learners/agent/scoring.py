@@ -71,6 +71,8 @@ prompt layout is refused anyway, prompt.py), and an agent naming another rule is
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,9 +158,9 @@ def listing_features(observation: str, valid_actions: Sequence[str]) -> tuple[np
     ``ROW_FEATURES``: whether it carries the ``bestseller`` badge, the log of its 1-based place among
     the page's rows, and the log of its price over the median of the page's row prices (0 without a
     price), clipped to +-3."""
-    rows = listed_products(observation)
-    prices = [p for _, p, _ in rows if p is not None and p > 0]
-    median = float(np.median(prices)) if prices else 0.0
+    rows = listed_products(observation) if "\n- product " in observation else []
+    prices = [p for _, p, _ in rows if p]
+    median = statistics.median(prices) if prices else 0.0
     place = {pid: (i, p, b) for i, (pid, p, b) in enumerate(rows)}
     index, features = [], []
     for k, action in enumerate(valid_actions):
@@ -166,9 +168,9 @@ def listing_features(observation: str, valid_actions: Sequence[str]) -> tuple[np
         if found is None:
             continue
         i, price, badge = found
-        relative = np.log(price / median) if price and median else 0.0
+        relative = math.log(price / median) if price and median else 0.0
         index.append(k)
-        features.append((float(badge == BESTSELLER), np.log(i + 1.0), float(np.clip(relative, -3.0, 3.0))))
+        features.append((float(badge == BESTSELLER), math.log(i + 1.0), min(max(relative, -3.0), 3.0)))
     return np.array(index, dtype=np.int64), np.array(features, dtype=np.float64).reshape(
         -1, len(ROW_FEATURES)
     )
