@@ -34,6 +34,7 @@ products fits nothing, and the model's ranking stays.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,17 +121,22 @@ def listing_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Ta
     or more listed rows; up to ``max_rows``, whole buyers drawn with ``seed`` when there are more."""
     pages = examples.filter(pc.is_null(examples["goal"]))
     pages = pages.filter(pc.starts_with(pages["action"], OPEN_PRODUCT))
-    keep = []
-    for obs, valid, action in zip(
-        pages["observation"].to_pylist(),
-        pages["valid_actions"].to_pylist(),
-        pages["action"].to_pylist(),
-        strict=True,
-    ):
-        index, _ = listing_features(obs, valid)
-        keep.append(len(index) > 1 and action in valid and valid.index(action) in index)
+    keep = [len(index) > 1 and logged in index for index, _, logged in _listings(pages)]
     pages = pages.filter(pa.array(keep, pa.bool_()))
     return whole_buyers(pages, buyer_keys(pages), max_rows, seed)
+
+
+def _listings(rows: pa.Table) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Per row: its listed rows' valid-action indices and features (``listing_features``), and the
+    index of its logged action among the valid ones (-1 when the page cannot do it)."""
+    for obs, valid, action in zip(
+        rows["observation"].to_pylist(),
+        rows["valid_actions"].to_pylist(),
+        rows["action"].to_pylist(),
+        strict=True,
+    ):
+        index, features = listing_features(obs, valid)
+        yield index, features, valid.index(action) if action in valid else -1
 
 
 @dataclass
@@ -148,15 +154,9 @@ class Choices:
 def choices_of(rows: pa.Table) -> Choices:
     """``rows`` (``listing_page_rows``) as padded choice sets."""
     sets, chosen = [], []
-    for obs, valid, action in zip(
-        rows["observation"].to_pylist(),
-        rows["valid_actions"].to_pylist(),
-        rows["action"].to_pylist(),
-        strict=True,
-    ):
-        index, features = listing_features(obs, valid)
+    for index, features, logged in _listings(rows):
         sets.append(features)
-        chosen.append(int(np.flatnonzero(index == valid.index(action))[0]))
+        chosen.append(int(np.flatnonzero(index == logged)[0]))
     width = max((len(s) for s in sets), default=1)
     x = np.zeros((len(sets), width, len(ROW_FEATURES)))
     present = np.zeros((len(sets), width), dtype=bool)

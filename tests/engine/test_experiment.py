@@ -26,7 +26,7 @@ from engine.experiment import (
 from engine.experiment_effects import Pairs, estimate
 from engine.experiment_outcomes import METRICS, path_hash, replay_visit
 from engine.experiment_plan import plan
-from engine.experiment_report import price_lines, summary_text
+from engine.experiment_report import price_lines, report_html, summary_text
 from engine.simulation_config import SimulationConfig
 from envs.catalog import Catalog
 from envs.storefront import Storefront
@@ -291,6 +291,17 @@ def test_command_report_resume_and_plan(store, tmp_path, ray_local, capsys):
     assert "type 0: converts at 2.0x the average" in page and "type 1" in page  # a name, and the fallback
     assert "simpersona experiment" in page
     assert "took another path" in page
+    # An agent's row choice (learners/agent/row_choice.py) shows in the type table; the chain has none.
+    assert "which listed product it opens" not in page
+    effects["types"]["0"]["row_choice"] = {
+        "bestseller_share": 0.85,
+        "bestseller_rows": 0.4,
+        "first_share": 0.1,
+        "buyers": 300,
+    }
+    page = report_html(effects, {})
+    assert "which listed product it opens" in page
+    assert "a bestseller in 85% of its opens (40% of rows), the first row in 10%; 300 buyers" in page
 
     parts = sorted((out / "arms").glob("*/rollouts/part-*.parquet"))
     before = [p.stat().st_mtime_ns for p in parts]
