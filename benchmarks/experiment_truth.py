@@ -18,9 +18,9 @@ Steps (each skipped when its output is there, so an interrupted run continues):
    session (``--max-tokens`` budgets them as the demo does): on the demo's 1.35M tokens an agent kept
    its first epoch of 11% of the sessions, too little to learn how one type answers a markdown.
 3. ``simpersona experiment`` once per system (persona agent, the same without its price response,
-   with its markdown cells only or without its row choice, no-persona agent, Markov chain) on the held-out merchants, the
-   population drawn from each merchant's own persona mix, arms: control, a price cut on every
-   product and the cheapest-first listing order.
+   with its markdown cells only or without its row choice, no-persona agent, Markov chain) on the
+   held-out merchants, the population drawn from each merchant's own persona mix, arms: control, a
+   price cut on every product and the cheapest-first listing order.
 4. The truth at the held-out merchants: the generator's visits there under control and treatment
    (paired), per planted type; per persona code, the mixture of the planted types of the held-out
    buyers with that code (P(type | code)), since an experiment reports per code.
@@ -32,7 +32,8 @@ the Markov chain (it reads no prices), the no-persona agent (it cannot tell the 
 persona agent without the per-code biases its training measured on each price cell's pages
 (``persona-no-price``) and with those of the marked-down cells only (``persona-marked-only``),
 the persona agent ranking a listing's rows by its own id scores instead of its row choice
-(``persona-model-rows``, learners/agent/row_choice.py), and the unpaired design (the variance ratio of the paired difference against independent arms).
+(``persona-model-rows``, learners/agent/row_choice.py), and the unpaired design (the variance ratio
+of the paired difference against independent arms).
 """
 
 from __future__ import annotations

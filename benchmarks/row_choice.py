@@ -61,12 +61,13 @@ def main() -> None:
     scores: list[np.ndarray] = []
     for start in range(0, len(requests), 64):
         scores += policy.score(requests[start : start + 64])
+    choice = fit.served()
+    pooled = [fit.pooled[f] for f in ROW_FEATURES]
     model, rows, uniform = [], [], []
     for r, z, action in zip(requests, scores, held["action"].to_pylist(), strict=True):
         index, features = listing_features(r.observation, r.valid_actions)
         k = int(np.flatnonzero(index == r.valid_actions.index(action))[0])
-        code = fit.codes.get("none" if r.persona is None else str(r.persona))
-        beta = np.array([(code.coef if code else fit.pooled)[f] for f in ROW_FEATURES])
+        beta = np.array(choice.get(r.persona, pooled))
         for values, out in ((z[index], model), (features @ beta, rows)):
             out.append(values[k] - np.logaddexp.reduce(values))
         uniform.append(-np.log(len(index)))
@@ -81,9 +82,6 @@ def main() -> None:
 
     if args.timing > 0:
         sample = requests[: args.timing]
-        choice = {
-            None if k == "none" else int(k): [v.coef[f] for f in ROW_FEATURES] for k, v in fit.codes.items()
-        }
         policies = {
             "model's ranking": LLMPolicy.from_pretrained(args.agent, row_choice={}),
             "row choice": LLMPolicy.from_pretrained(args.agent, row_choice=choice),

@@ -94,8 +94,8 @@ class CellResponse:
     """Within-buyer contrast (cell − regular) of the real choice less the model's probability."""
     stderr: dict[str, float]
     shrunk: dict[str, float]
-    """The contrast after the prior across codes and cells (renormalised to shares that sum to 1): what the
-    biases add to the model's mean probabilities on the code's pages of this cell."""
+    """The contrast after the prior across codes and cells (renormalised to shares that sum to 1):
+    what the biases add to the model's mean probabilities on the code's pages of this cell."""
     bias: dict[str, float]
 
 

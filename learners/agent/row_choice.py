@@ -99,6 +99,13 @@ class RowChoice:
             f"row choice (coefficients of {', '.join(ROW_FEATURES)}): pooled {_coefs(self.pooled)}; {parts}"
         )
 
+    def served(self) -> dict[int | None, list[float]]:
+        """Code (None: a no-persona agent's buyers) -> the coefficients of ``ROW_FEATURES`` scoring
+        serves, as scoring.py's ``read_row_choice`` reads them from the saved fit."""
+        return {
+            None if k == "none" else int(k): [v.coef[f] for f in ROW_FEATURES] for k, v in self.codes.items()
+        }
+
     def save(self, agent_dir: str | Path) -> None:
         saved = {"features": list(ROW_FEATURES), "pooled": self.pooled}
         saved["codes"] = {k: asdict(v) for k, v in self.codes.items()}

@@ -158,9 +158,11 @@ def test_a_saved_fit_is_what_the_policy_reads(tmp_path):
     fit = fit_row_choice(listing_page_rows(choice_table({0: 20, 1: 20}, pages=5, seed=6), 100_000), True)
     fit.save(tmp_path)
     assert RowChoice.load(tmp_path) == fit
-    assert read_row_choice(tmp_path) == {
-        int(k): [v.coef[f] for f in ROW_FEATURES] for k, v in fit.codes.items()
-    }
+    assert (
+        read_row_choice(tmp_path)
+        == fit.served()
+        == {int(k): [v.coef[f] for f in ROW_FEATURES] for k, v in fit.codes.items()}
+    )
     assert RowChoice.load(tmp_path / "absent") == RowChoice() and read_row_choice(tmp_path / "absent") == {}
 
 
