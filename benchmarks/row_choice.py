@@ -28,7 +28,7 @@ from learners.agent.llm_policy import LLMPolicy
 from learners.agent.offline_eval import requests_for
 from learners.agent.price_response import PRICE_COLUMNS
 from learners.agent.row_choice import fit_row_choice, listing_page_rows
-from learners.agent.scoring import ROW_FEATURES, listing_features
+from learners.agent.scoring import POOLED_ROWS, listing_features
 from learners.agent.tokens import agent_persona_tokens
 
 
@@ -62,12 +62,11 @@ def main() -> None:
     for start in range(0, len(requests), 64):
         scores += policy.score(requests[start : start + 64])
     choice = fit.served()
-    pooled = [fit.pooled[f] for f in ROW_FEATURES]
     model, rows, uniform = [], [], []
     for r, z, action in zip(requests, scores, held["action"].to_pylist(), strict=True):
         index, features = listing_features(r.observation, r.valid_actions)
         k = int(np.flatnonzero(index == r.valid_actions.index(action))[0])
-        beta = np.array(choice.get(r.persona, pooled))
+        beta = np.array(choice.get(r.persona, choice[POOLED_ROWS]))
         for values, out in ((z[index], model), (features @ beta, rows)):
             out.append(values[k] - np.logaddexp.reduce(values))
         uniform.append(-np.log(len(index)))

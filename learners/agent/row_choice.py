@@ -28,6 +28,8 @@ its ranking of the rows, so what it memorised of the training stores' ids does n
   listed rows' ``open product`` actions the template's total mass times the code's logit shares, so
   both backends serve it and how often a buyer opens a product is the model's, unchanged. Goal tasks
   keep the model's ranking (the goal's rows are marked, and the model learns to open them).
+- **Every code is served a fit.** A code that opened no listed row in training (a small code, or one
+  drawn for a mismatched population) is served the pooled fit, not the model's ranking.
 
 A no-persona agent has one fit for all buyers (code ``"none"``). A log whose pages never list two
 products fits nothing, and the model's ranking stays.
@@ -47,7 +49,7 @@ from scipy.optimize import minimize
 
 from envs.storefront import OPEN_PRODUCT
 from learners.agent.price_response import buyer_keys, shrink, whole_buyers
-from learners.agent.scoring import ROW_CHOICE_FILE, ROW_FEATURES, listing_features
+from learners.agent.scoring import POOLED_ROWS, ROW_CHOICE_FILE, ROW_FEATURES, listing_features
 
 RIDGE = 1e-3
 """L2 penalty per choice on the coefficients: keeps a code whose choices one feature separates finite."""
@@ -100,11 +102,15 @@ class RowChoice:
         )
 
     def served(self) -> dict[int | None, list[float]]:
-        """Code (None: a no-persona agent's buyers) -> the coefficients of ``ROW_FEATURES`` scoring
-        serves, as scoring.py's ``read_row_choice`` reads them from the saved fit."""
-        return {
+        """Code (None: a no-persona agent's buyers; ``POOLED_ROWS``: any code without its own fit) ->
+        the coefficients of ``ROW_FEATURES`` scoring serves, as scoring.py's ``read_row_choice`` reads
+        them from the saved fit."""
+        served: dict[int | None, list[float]] = {
             None if k == "none" else int(k): [v.coef[f] for f in ROW_FEATURES] for k, v in self.codes.items()
         }
+        if self.pooled:
+            served[POOLED_ROWS] = [self.pooled[f] for f in ROW_FEATURES]
+        return served
 
     def save(self, agent_dir: str | Path) -> None:
         saved = {"features": list(ROW_FEATURES), "pooled": self.pooled}

@@ -97,6 +97,9 @@ PRICE_RESPONSE_FILE = "price_response.json"
 """An agent directory's per-code, per-price-cell biases on product pages (price_response.py)."""
 ROW_CHOICE_FILE = "row_choice.json"
 """An agent directory's per-code choice among a listing's rows (row_choice.py)."""
+POOLED_ROWS = -1
+"""The row-choice mapping's key of the pooled fit, served to a code that opened no listed row in
+training (persona codes are 0, 1, ...): the model's own ranking of the rows is worse than random."""
 ROW_FEATURES = ("bestseller", "log_place", "log_relative_price")
 """What a code's row choice reads of each listed row (``listing_features``)."""
 ITEM_TEMPLATES: tuple[str, ...] = (OPEN_PRODUCT, OPEN_CATEGORY, REMOVE_PRODUCT, SEARCH_PREFIX)
@@ -127,8 +130,9 @@ def action_scores(
     template's is the logsumexp of the suggested searches' scores; plus its kind's bias, if any, in a
     goal-free request, and on a product page the buyer's code's bias for the kind on the page's price
     cell (``price_bias``, price_response.py); on a listing, which row its ``open product`` opens is
-    the code's row choice (``row_choice``: coefficients of ``ROW_FEATURES``, row_choice.py) in place
-    of the model's, so opening a product keeps its probability. The biases are fitted on goal-free
+    the code's row choice (``row_choice``: coefficients of ``ROW_FEATURES``, row_choice.py; the pooled
+    fit, key ``POOLED_ROWS``, for a code without its own) in place of the model's, so opening a
+    product keeps its probability. The biases are fitted on goal-free
     rows (calibration.py):
     they carry a free shopper's rates to new stores, while a goal task's buyer has been told what to
     buy (on the demo a validation store's cart abandoners set ``purchase`` to -0.7 and goal tasks
@@ -143,7 +147,9 @@ def action_scores(
     response = cells.get(price_cell(request.observation) or "") if cells and request.goal is None else None
     if response:
         out += np.array([response.get(action_kind(a), 0.0) for a in request.valid_actions])
-    betas = (row_choice or {}).get(request.persona) if request.goal is None else None
+    betas = None
+    if row_choice and request.goal is None:
+        betas = row_choice.get(request.persona, row_choice.get(POOLED_ROWS))
     if betas is not None:
         index, features = listing_features(request.observation, request.valid_actions)
         if len(index) > 1:
@@ -306,16 +312,19 @@ def read_price_bias(agent_dir: str | Path) -> dict[int | None, dict[str, dict[st
 
 
 def read_row_choice(agent_dir: str | Path) -> dict[int | None, list[float]]:
-    """An agent directory's per-code row-choice coefficients (row_choice.py; empty when none were
-    fitted)."""
+    """An agent directory's per-code row-choice coefficients and the pooled ones (key ``POOLED_ROWS``),
+    as ``RowChoice.served`` gives them (row_choice.py; empty when none were fitted)."""
     path = Path(agent_dir) / ROW_CHOICE_FILE
     if not path.exists():
         return {}
-    codes = json.loads(path.read_text(encoding="utf-8"))["codes"]
-    return {
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    served = {
         None if key == "none" else int(key): [float(fit["coef"][f]) for f in ROW_FEATURES]
-        for key, fit in codes.items()
+        for key, fit in saved["codes"].items()
     }
+    if saved["pooled"]:
+        served[POOLED_ROWS] = [float(saved["pooled"][f]) for f in ROW_FEATURES]
+    return served
 
 
 def check_scoring_rule(agent_dir: str | Path) -> str:

@@ -17,7 +17,14 @@ from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
 from learners.agent.price_response import PRICE_COLUMNS
 from learners.agent.row_choice import RowChoice, fit_row_choice, listing_page_rows
-from learners.agent.scoring import ROW_FEATURES, action_scores, listing_features, pick, read_row_choice
+from learners.agent.scoring import (
+    POOLED_ROWS,
+    ROW_FEATURES,
+    action_scores,
+    listing_features,
+    pick,
+    read_row_choice,
+)
 from learners.agent.train import LISTING_ROWS_FILE, AgentTrainConfig, train_agent
 
 from .conftest import make_traces
@@ -148,10 +155,16 @@ def test_scoring_serves_a_codes_choice_within_the_open_product_mass():
     )[0]
     assert action[len(OPEN_PRODUCT) :] in {p.product_id for p in shop.catalog.products if p.badge}
     for untouched in (
-        ActRequest(observation, valid, 1),  # a code without a fit
+        ActRequest(observation, valid, 1),  # a code without a fit, and no pooled fit to serve it
         ActRequest(observation, valid, 0, goal="p4"),  # a goal task
     ):
         assert np.array_equal(action_scores(untouched, raw, None, None, choice), raw)
+    # With a pooled fit, a code without its own is served the pooled one; a fitted code keeps its own.
+    with_pool = {**choice, POOLED_ROWS: [-2.0, 1.0, 0.0]}
+    assert action_scores(ActRequest(observation, valid, 1), raw, None, None, with_pool) == pytest.approx(
+        action_scores(ActRequest(observation, valid, 0), raw, None, None, {0: with_pool[POOLED_ROWS]})
+    )
+    assert np.array_equal(action_scores(ActRequest(observation, valid, 0), raw, None, None, with_pool), got)
 
 
 def test_a_saved_fit_is_what_the_policy_reads(tmp_path):
@@ -161,7 +174,10 @@ def test_a_saved_fit_is_what_the_policy_reads(tmp_path):
     assert (
         read_row_choice(tmp_path)
         == fit.served()
-        == {int(k): [v.coef[f] for f in ROW_FEATURES] for k, v in fit.codes.items()}
+        == {
+            **{int(k): [v.coef[f] for f in ROW_FEATURES] for k, v in fit.codes.items()},
+            POOLED_ROWS: [fit.pooled[f] for f in ROW_FEATURES],
+        }
     )
     assert RowChoice.load(tmp_path / "absent") == RowChoice() and read_row_choice(tmp_path / "absent") == {}
 
@@ -176,7 +192,7 @@ def test_training_fits_each_codes_row_choice_and_the_policy_serves_it(tmp_path):
     pages = pq.read_table(tmp_path / "agent" / "data" / LISTING_ROWS_FILE)
     assert pages.num_rows > 0 and pages["goal"].null_count == pages.num_rows
     served = LLMPolicy.from_pretrained(tmp_path / "agent").row_choice
-    assert served == read_row_choice(tmp_path / "agent") and set(served) == {0, 1}
+    assert served == read_row_choice(tmp_path / "agent") and set(served) == {0, 1, POOLED_ROWS}
     assert any(line.startswith("row choice (coefficients of") for line in lines)
     # Off: no pages kept, no fit, the model ranks the rows.
     train_agent(replace(config, row_choice_rows=0), traces, codes, tmp_path / "off", log=lambda _: None)
