@@ -24,17 +24,16 @@ checkpoint, which has neither, reads like the exported agent.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from envs.render import PRICE_LINE, PRICE_PREFIX
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.offline_eval import requests_for
-from learners.agent.price_response import PRICE_COLUMNS
+from learners.agent.price_response import FIT_COLUMNS
 
-PRICE = re.compile(r"^Price: ([0-9.]+)(?: \(was ([0-9.]+)\))?$", re.M)
 CUT = 0.7
 ADD = "add to cart"
 
@@ -42,7 +41,7 @@ ADD = "add to cart"
 def pages(examples: Path, truth: Path) -> pl.DataFrame:
     """Goal-free product-page examples that offer add to cart, with the buyer's planted type."""
     types = pl.read_parquet(truth).select("merchant_id", pl.col("buyer_id").cast(pl.Utf8), "type")
-    table = pl.read_parquet(examples, columns=list(PRICE_COLUMNS))
+    table = pl.read_parquet(examples, columns=list(FIT_COLUMNS))
     return (
         table.filter(pl.col("goal").is_null() & pl.col("valid_actions").list.contains(ADD))
         .with_columns(
@@ -72,13 +71,13 @@ def p_add(
 
 def regular_and_cut(observation: str) -> tuple[str, str] | None:
     """The page at its regular price, and cut 30% with the regular price beside it."""
-    found = PRICE.search(observation)
+    found = PRICE_LINE.search(observation)
     if found is None:
         return None
     regular = float(found.group(2) or found.group(1))
     return (
-        PRICE.sub(f"Price: {regular:.2f}", observation, count=1),
-        PRICE.sub(f"Price: {regular * CUT:.2f} (was {regular:.2f})", observation, count=1),
+        PRICE_LINE.sub(f"{PRICE_PREFIX}{regular:.2f}", observation, count=1),
+        PRICE_LINE.sub(f"{PRICE_PREFIX}{regular * CUT:.2f} (was {regular:.2f})", observation, count=1),
     )
 
 

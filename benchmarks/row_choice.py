@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.offline_eval import requests_for
-from learners.agent.price_response import PRICE_COLUMNS
+from learners.agent.price_response import FIT_COLUMNS
 from learners.agent.row_choice import fit_row_choice, listing_page_rows
 from learners.agent.scoring import POOLED_ROWS, listing_features
 from learners.agent.tokens import agent_persona_tokens
@@ -48,11 +48,9 @@ def main() -> None:
     args = parser.parse_args()
 
     data = args.agent / "data"
-    train = listing_page_rows(
-        pq.read_table(data / "train.parquet").select(list(PRICE_COLUMNS)), args.max_rows
-    )
+    train = listing_page_rows(pq.read_table(data / "train.parquet").select(list(FIT_COLUMNS)), args.max_rows)
     held = listing_page_rows(
-        pq.read_table(data / "validation.parquet").select(list(PRICE_COLUMNS)), args.max_rows
+        pq.read_table(data / "validation.parquet").select(list(FIT_COLUMNS)), args.max_rows
     )
     policy = LLMPolicy.from_pretrained(args.agent, kind_bias={}, price_bias={}, row_choice={})
     personas = agent_persona_tokens(args.agent, policy.tokenizer) is not None

@@ -70,7 +70,8 @@ PRICE_CELLS: tuple[str, ...] = (
     "far-below+marked",
 )
 """The product pages' price cells: the typical price's level, then whether a markdown shows."""
-_PRICE_LINE = re.compile(rf"^{PRICE_PREFIX}([0-9.]+)( \(was [0-9.]+\))?$", re.M)
+PRICE_LINE = re.compile(rf"^{PRICE_PREFIX}([0-9.]+)(?: \(was ([0-9.]+)\))?$", re.M)
+"""A product page's price line: the shown price, and the regular one when it is marked down."""
 _TYPICAL_LINE = re.compile(rf"^{TYPICAL_PREFIX}([0-9.]+)$", re.M)
 _PRODUCT_ROW = re.compile(r"^- product (.+?) \| category .*? \| price (n/a|[0-9.]+)((?: \| .*)?)$", re.M)
 BADGES = (BESTSELLER,)
@@ -126,7 +127,7 @@ def _price(price: float | None) -> str:
 def price_cell(observation: str) -> str | None:
     """A rendered product page's price cell (``PRICE_CELLS``), None for other pages and a page without
     a price."""
-    price = _PRICE_LINE.search(observation)
+    price = PRICE_LINE.search(observation)
     if price is None:
         return None
     level = ""

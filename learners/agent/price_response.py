@@ -63,7 +63,7 @@ from learners.agent.calibration import fit_share_bias
 from learners.agent.offline_eval import ScoringPolicy, requests_for
 from learners.agent.scoring import PRICE_RESPONSE_FILE
 
-PRICE_COLUMNS = (
+FIT_COLUMNS = (
     "merchant_id",
     "buyer_id",
     "observation",
@@ -73,7 +73,7 @@ PRICE_COLUMNS = (
     "code",
     "valid_actions",
 )
-"""The training examples' columns the fit reads."""
+"""The training examples' columns the page fits read (this price response and row_choice.py)."""
 SPIKE_GRID = np.linspace(0.0, 0.98, 50)
 """The prior's chances of a contrast being exactly 0 that ``shrink`` tries."""
 TAU_GRID = np.logspace(-4, 0, 41)
@@ -192,14 +192,18 @@ def product_page_rows(examples: pa.Table, max_rows: int, seed: int = 0) -> pa.Ta
     measured), up to ``max_rows`` of them: whole buyers, drawn with ``seed`` when there are more."""
     pages = examples.filter(pc.is_null(examples["goal"]))
     pages = pages.filter(pc.match_substring(pages["observation"], "\n" + PRICE_PREFIX))
-    # A logged action the page cannot do (replay keeps them, examples.py) has no kind to compare.
-    doable = [
-        action_kind(a) in {action_kind(v) for v in valid}
-        for a, valid in zip(pages["action"].to_pylist(), pages["valid_actions"].to_pylist(), strict=True)
+    # A page without a price (``Price: n/a``) has no cell. A logged action the page cannot do (replay
+    # keeps them, examples.py) has no kind to compare.
+    cells = [price_cell(o) for o in pages["observation"].to_pylist()]
+    kept = [
+        cell is not None and action_kind(a) in {action_kind(v) for v in valid}
+        for cell, a, valid in zip(
+            cells, pages["action"].to_pylist(), pages["valid_actions"].to_pylist(), strict=True
+        )
     ]
-    pages = pages.filter(pa.array(doable, pa.bool_()))
+    pages = pages.filter(pa.array(kept, pa.bool_()))
     keys = buyer_keys(pages)
-    regular = np.array([price_cell(o) == REGULAR_CELL for o in pages["observation"].to_pylist()], dtype=bool)
+    regular = np.array([c == REGULAR_CELL for c, k in zip(cells, kept, strict=True) if k], dtype=bool)
     both = set(keys[regular]) & set(keys[~regular])
     measured = np.array([k in both for k in keys], dtype=bool)
     pages, keys = pages.filter(pa.array(measured, pa.bool_())), keys[measured]
@@ -227,7 +231,7 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
     calibration, without price biases) on ``rows`` (``product_page_rows``); ``personas``: whether it
     reads codes."""
     requests = requests_for(rows, "true" if personas else "none")
-    cell = np.array([price_cell(r.observation) or REGULAR_CELL for r in requests])
+    cell = np.array([price_cell(r.observation) for r in requests])
     regular = cell == REGULAR_CELL
     if regular.all() or not regular.any():
         return PriceResponse()

@@ -53,7 +53,7 @@ from learners.agent.calibration import calibrate, calibration_rows
 from learners.agent.examples import build_examples, split_examples
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.price_response import (
-    PRICE_COLUMNS,
+    FIT_COLUMNS,
     PriceResponse,
     fit_price_response,
     product_page_rows,
@@ -301,7 +301,7 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
         pq.write_table(rows, out / "data" / CALIBRATION_ROWS_FILE)
     # Every buyer of the training and validation merchants, before any budget cut: a code's answer to
     # a price is measured within buyers, and each buyer who saw a regular page and another cell's counts.
-    both = pa.concat_tables([t.select(list(PRICE_COLUMNS)) for t in (train, validation)])
+    both = pa.concat_tables([t.select(list(FIT_COLUMNS)) for t in (train, validation)])
     for limit, select, name in (
         (config.price_rows, product_page_rows, PRICE_ROWS_FILE),
         (config.row_choice_rows, listing_page_rows, LISTING_ROWS_FILE),

@@ -4,6 +4,8 @@ their cell's pages."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -236,6 +238,16 @@ def test_rows_are_whole_buyers_who_saw_a_regular_page_and_another_up_to_the_cap(
     actions[table["buyer_id"].to_pylist().index("u1")] = "place order"
     odd = table.set_column(table.schema.get_field_index("action"), "action", pa.array(actions))
     assert product_page_rows(odd, max_rows=100_000).num_rows == product_page_rows(table, 100_000).num_rows - 1
+    # A page without a price has no cell: left out, and it is not the "other cell" that gets u0 measured.
+    buyers, pages = table["buyer_id"].to_pylist(), table["observation"].to_pylist()
+    for b in ("u0", "u1"):
+        i = buyers.index(b)
+        pages[i] = re.sub(rf"^{PRICE_PREFIX}.*$", f"{PRICE_PREFIX}n/a", pages[i], count=1, flags=re.M)
+        assert price_cell(pages[i]) is None
+    priceless = table.set_column(table.schema.get_field_index("observation"), "observation", pa.array(pages))
+    rows = product_page_rows(priceless, max_rows=100_000)
+    assert "u0" not in set(rows["buyer_id"].to_pylist())
+    assert rows.num_rows == product_page_rows(table, 100_000).num_rows - 1
 
 
 def test_training_measures_each_codes_answer_and_the_policy_serves_it(tmp_path):

@@ -15,7 +15,7 @@ from envs.catalog import BESTSELLER, Catalog, Product
 from envs.storefront import OPEN_PRODUCT, SEARCH_TEMPLATE, Storefront
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
-from learners.agent.price_response import PRICE_COLUMNS
+from learners.agent.price_response import FIT_COLUMNS
 from learners.agent.row_choice import RowChoice, fit_row_choice, listing_page_rows
 from learners.agent.scoring import (
     POOLED_ROWS,
@@ -67,7 +67,7 @@ def choice_table(buyers: dict[int, int], pages: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     shop = badged_shop()
     states = listing_states(shop)
-    rows: dict[str, list] = {c: [] for c in PRICE_COLUMNS}
+    rows: dict[str, list] = {c: [] for c in FIT_COLUMNS}
     for code, count in buyers.items():
         for b in range(count):
             for _ in range(pages):
@@ -79,7 +79,7 @@ def choice_table(buyers: dict[int, int], pages: int, seed: int) -> pa.Table:
                 p = np.exp(z - z.max())
                 action = valid[index[rng.choice(len(index), p=p / p.sum())]]
                 values = ("m1", f"c{code}b{b}", observation, action, [], None, code, valid)
-                for key, value in zip(PRICE_COLUMNS, values, strict=True):
+                for key, value in zip(FIT_COLUMNS, values, strict=True):
                     rows[key].append(value)
     return pa.table(rows)
 
