@@ -251,7 +251,8 @@ def add_config_args(
         kind = _scalar_type(hints[f.name])
         dest = DEST + "__".join((*_path, f.name))
         shown = "required" if default is MISSING else f"default: {default}"
-        help_text = f"{docs.get(f.name, '')} ({shown})"
+        # argparse formats help with %: a docstring's "16.1%" would break --help.
+        help_text = f"{docs.get(f.name, '')} ({shown})".replace("%", "%%")
         if opt.positional:
             many = typing.get_origin(kind) in (list, tuple)
             group.add_argument(dest, nargs="+" if many else None, metavar=f.name.upper(), help=help_text)

@@ -24,7 +24,7 @@ class ToyConfig:
     codes: int = 32
     """Number of buyer types K."""
     decay: float = 0.99
-    """EMA decay of the codebook."""
+    """EMA decay of the codebook (1% of the new assignments per step)."""
     use_gpu: bool = False
     """Train on GPU workers."""
     merchants: list[str] = field(default_factory=list)
@@ -43,7 +43,10 @@ def test_field_docstrings_become_help():
     assert field_docs(ToyConfig)["codes"] == "Number of buyer types K."
     parser = argparse.ArgumentParser()
     add_config_args(parser, ToyConfig)
-    assert "EMA decay of the codebook. (default: 0.99)" in " ".join(parser.format_help().split())
+    # A % in a docstring is text, not an argparse format.
+    assert "EMA decay of the codebook (1% of the new assignments per step). (default: 0.99)" in " ".join(
+        parser.format_help().split()
+    )
 
 
 def test_defaults_then_yaml_then_flags(tmp_path):
