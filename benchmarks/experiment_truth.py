@@ -4,6 +4,7 @@ match the effect the synthetic generator itself shows, per buyer type?
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt --buyers-per-merchant 1500 --markdown out.md
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-digits --split-digits   # agents read prices digit by digit
+  .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-k16 --codes 16   # 16 buyer types, purer
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-demo --max-tokens 1350000   # the demo's agent budget
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-small --base-model small --stage2-epochs 8 --patience 2
 
@@ -96,8 +97,11 @@ def simpersona(*args: str) -> None:
     print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def prepare(work: Path, synth: SynthConfig, truth_visits: int, agent: dict | None = None) -> None:
-    """The synthetic log with its truth, then the study; ``agent`` overrides the demo recipe's agent fields."""
+def prepare(
+    work: Path, synth: SynthConfig, truth_visits: int, agent: dict | None = None, personas: dict | None = None
+) -> None:
+    """The synthetic log with its truth, then the study; ``agent`` and ``personas`` override the demo
+    recipe's agent and VQ-VAE fields."""
     raw = work / "raw"
     if not (raw / "truth.parquet").exists():
         (work / "treatments.yaml").write_text(yaml.safe_dump(TREATMENTS), encoding="utf-8")
@@ -117,6 +121,7 @@ def prepare(work: Path, synth: SynthConfig, truth_visits: int, agent: dict | Non
             "goal_systems": [],
         }
         config["agent"] = config.get("agent", {}) | (agent or {})
+        config["personas"] = config.get("personas", {}) | (personas or {})
         (work / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         simpersona("study", str(work / "study.yaml"))
 
@@ -360,6 +365,9 @@ def main() -> None:
     parser.add_argument(
         "--patience", type=int, default=1, help="epochs without a lower validation loss to stop"
     )
+    parser.add_argument(
+        "--codes", type=int, default=8, help="persona codes K (the demo's 8; purer codes need more)"
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -371,7 +379,7 @@ def main() -> None:
         "stage2_epochs": args.stage2_epochs,
         "patience": args.patience,
     }
-    prepare(args.work, synth, args.truth_visits, agent)
+    prepare(args.work, synth, args.truth_visits, agent, {"codes": args.codes})
     merchants = json.loads((args.work / "study" / "split.json").read_text(encoding="utf-8"))["heldout"]
     per_type = truth_per_type(synth, merchants, args.truth_visits, args.seed)
     mix = type_mix(args.work, merchants)
