@@ -109,7 +109,7 @@ class Simulation:
             total=len(self.buyers),
             initial=tally.buyers,
             unit="buyer",
-            disable=not c.progress,
+            disable=None if c.progress else True,  # None: off where stderr is no terminal
             dynamic_ncols=True,
             desc="simulate",
         )

@@ -7,6 +7,7 @@ whether it ran from its own command or inside ``simpersona study``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from engine.report import fidelity_text, markdown_table
 from learners.data.traces import ReplayReport
 
 MAX_REASONS = 10
+EARLIEST_PLAUSIBLE = 1995
+"""Events dated before this year are flagged (no web shop logged clicks earlier)."""
 """Quarantine reasons and dropped codes listed one per line; the rest are summed."""
 VQ_REPORTED = ("codes_in_use", "perplexity", "calinski_harabasz", "coherence", "nmi", "kruskal_conversion_p")
 """The fit report's figures printed beside the k-means baseline's."""
@@ -26,6 +29,23 @@ def count_lines(counts: dict[str, int], what: str, where: str) -> list[str]:
     if len(items) > MAX_REASONS:
         rest = sum(n for _, n in items[MAX_REASONS:])
         lines.append(f"    {rest:>10,}  ... {len(items) - MAX_REASONS} more {what} ({where})")
+    return lines
+
+
+def time_range_lines(span: dict[str, str] | None, now: datetime | None = None) -> list[str]:
+    """The events' first and last time, and a warning when either is implausible for a clickstream
+    (before ``EARLIEST_PLAUSIBLE`` or in the future): usually a timestamp in another unit."""
+    if not span:
+        return []
+    first, last = (datetime.fromisoformat(span[k]).replace(tzinfo=UTC) for k in ("first", "last"))
+    lines = [f"  events from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC"]
+    now = now or datetime.now(UTC)
+    if first.year < EARLIEST_PLAUSIBLE or last > now + timedelta(days=1):
+        lines.append(
+            f"  check: events dated before {EARLIEST_PLAUSIBLE} or in the future: a timestamp in another unit"
+            " (seconds for milliseconds?) or a stray value; timestamp: {min: ..., max: ...} in the mapping"
+            " quarantines rows outside a range"
+        )
     return lines
 
 
@@ -50,6 +70,7 @@ class Prepared:
             f" ({rate:,.0f} events/s)",
             f"  buyers {c['buyers']:,}  sessions {c['sessions']:,}  merchants {c['merchants']:,}"
             f"  products {c['products']:,}",
+            *time_range_lines(self.manifest.get("time_range")),
             f"  quarantined {c['rows_quarantined']:,} rows",
         ]
         lines += count_lines(self.manifest["quarantine_by_reason"], "reasons", "see manifest.json")

@@ -251,8 +251,10 @@ def add_config_args(
         kind = _scalar_type(hints[f.name])
         dest = DEST + "__".join((*_path, f.name))
         shown = "required" if default is MISSING else f"default: {default}"
-        # argparse formats help with %: a docstring's "16.1%" would break --help.
-        help_text = f"{docs.get(f.name, '')} ({shown})".replace("%", "%%")
+        # A switch's flag is off unless given, so its field's default would only confuse ("--no-report
+        # ... (default: True)"). argparse formats help with %: a docstring's "16.1%" would break --help.
+        help_text = docs.get(f.name, "") if opt.switch else f"{docs.get(f.name, '')} ({shown})"
+        help_text = help_text.replace("%", "%%")
         if opt.positional:
             many = typing.get_origin(kind) in (list, tuple)
             group.add_argument(dest, nargs="+" if many else None, metavar=f.name.upper(), help=help_text)

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from engine.stage_results import time_range_lines
 from learners.data import schema
 from learners.data.summary import conversion
 
@@ -46,6 +47,7 @@ def manifest_lines(manifest: dict) -> list[str]:
     lines += [f"  {i['path']}  {i['bytes']:,} bytes  sha256 {i['sha256'][:16]}" for i in manifest["inputs"]]
     lines.append("counts:")
     lines += [f"  {k:<17}{v:>14,}" for k, v in manifest["counts"].items()]
+    lines += time_range_lines(manifest.get("time_range"))
     return lines
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from learners.config import add_config_args, build_config
 from learners.data.mapping_draft import Draft, DraftConfig
+from learners.data.mapping_draft.column_roles import CONTENT_NOTE
 
 NAME = "mapping"
 HELP = "draft a YAML source mapping from a sample of your logs (mapping draft INPUT... --out FILE)"
@@ -48,7 +49,11 @@ def summary_lines(draft: Draft, out: Path) -> list[str]:
         if column is None:
             continue
         shown = f"constant {column[1:]!r}" if column.startswith("=") else f"column {column!r}"
-        lines.append(f"  {key:<12} <- {shown}{'  (guessed from the values)' if key in draft.notes else ''}")
+        note = draft.notes.get(key, "")
+        why = (
+            "  (guessed from the values)" if note.startswith(CONTENT_NOTE) else f"  ({note})" if note else ""
+        )
+        lines.append(f"  {key:<12} <- {shown}{why}")
     if draft.timestamp is not None:
         ts = draft.timestamp
         lines.append(f"  timestamps   {ts.format} ({ts.resolution} resolution), timezone {ts.timezone}")

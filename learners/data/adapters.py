@@ -247,8 +247,11 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p) is not None)
             if not found:
+                others = sorted({p.suffix for p in path.rglob("*") if p.is_file() and p.suffix})
+                named = f" (it holds {', '.join(others[:5])} files)" if others else ""
                 raise ValueError(
-                    f"input directory {path} holds no .csv/.tsv/.parquet/.jsonl/.ndjson/.json(.gz) files; fix: point at the log files"
+                    f"input directory {path} holds no .csv/.tsv/.parquet/.jsonl/.ndjson/.json(.gz) files{named};"
+                    " fix: name the log files themselves (e.g. logs/clicks.dat), with the mapping's format: csv"
                 )
             files.extend(found)
         else:

@@ -245,7 +245,7 @@ def drop_declared(chunk: RawChunk, mapping: SourceMapping) -> tuple[RawChunk, di
     dropped rows, so rows_read = kept + quarantined + dropped still balances for the caller.
     """
     drop = mapping.event_type.drop
-    if not drop or chunk.table.num_rows == 0:
+    if not drop or mapping.event_type.column is None or chunk.table.num_rows == 0:
         return chunk, {}
     codes = as_text(chunk.table.column(mapping.event_type.column))
     hit = pc.fill_null(pc.is_in(codes, value_set=pa.array(drop, pa.string())), False)
@@ -309,16 +309,19 @@ def canonicalize(
     out["ts"] = ts
 
     code_col = mapping.event_type.column
-    codes = as_text(table.column(code_col))
-    known = list(mapping.event_type.map)
-    index = pc.index_in(codes, value_set=pa.array(known, pa.string()))
-    out["event_type"] = pc.take(pa.array(list(mapping.event_type.map.values()), pa.string()), index)
-    known_text = ", ".join(repr(k) for k in known)
-    checks.add(
-        pc.is_null(index),
-        code_col,
-        f"unknown event code in column '{code_col}'; known codes: {known_text}",
-    )
+    if code_col is None:
+        out["event_type"] = pa.repeat(pa.scalar(mapping.event_type.constant, pa.string()), n)
+    else:
+        codes = as_text(table.column(code_col))
+        known = list(mapping.event_type.map)
+        index = pc.index_in(codes, value_set=pa.array(known, pa.string()))
+        out["event_type"] = pc.take(pa.array(list(mapping.event_type.map.values()), pa.string()), index)
+        known_text = ", ".join(repr(k) for k in known)
+        checks.add(
+            pc.is_null(index),
+            code_col,
+            f"unknown event code in column '{code_col}'; known codes: {known_text}",
+        )
 
     for name in TEXT_ID_FIELDS:
         source = fields.get(name)

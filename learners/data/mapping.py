@@ -25,7 +25,7 @@ OPTIONAL_FIELDS = ("session_id", "product_id", "category_id", "price", "query")
 TOP_KEYS = ("name", "format", "csv", "fields", "timestamp", "event_type")
 CSV_KEYS = ("delimiter", "header", "columns")
 TIMESTAMP_KEYS = ("format", "year", "timezone", "resolution", "min", "max")
-EVENT_TYPE_KEYS = ("column", "map", "drop")
+EVENT_TYPE_KEYS = ("column", "map", "drop", "constant")
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,17 @@ class TimestampSpec:
 
 @dataclass(frozen=True)
 class EventTypeSpec:
-    """Which column holds the event code and what each code means."""
+    """Which column holds the event code and what each code means, or the one type of every row."""
 
-    column: str
-    """The source column holding the event code."""
-    map: dict[str, str]
+    column: str | None = None
+    """The source column holding the event code (None with ``constant``)."""
+    map: dict[str, str] = field(default_factory=dict)
     """Source code (as text) -> canonical event type (schema.EVENT_TYPES)."""
     drop: tuple[str, ...] = ()
     """Source codes (as text) whose rows are left out on purpose: counted per code, not quarantined."""
+    constant: str | None = None
+    """The canonical event type of every row, for a log of one kind of event (a file of product views
+    only, as YOOCHOOSE's clicks or Diginetica's item views): instead of column and map."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ class SourceMapping:
     def columns_used(self) -> list[str]:
         """Source columns the mapping reads, in a stable order without repeats."""
         names = [src.column for src in self.fields.values() if src.column is not None]
-        names.append(self.event_type.column)
+        if self.event_type.column is not None:
+            names.append(self.event_type.column)
         return list(dict.fromkeys(names))
 
 
@@ -131,8 +135,11 @@ def _check_keys(source: str, where: str, values: Any, known: tuple[str, ...]) ->
 
 
 def _text(source: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(source, key, f"expected a non-empty string, got {value!r}", "quote the value in the YAML")
+    if value is None or value == "":
+        # An empty value is what `simpersona mapping draft` leaves where it could not tell (its TODOs).
+        raise _fail(source, key, "no value given", "fill it in (a TODO of a drafted mapping?)")
+    if not isinstance(value, str):
+        raise _fail(source, key, f"expected a string, got {value!r}", "quote the value in the YAML")
     return value
 
 
@@ -234,6 +241,24 @@ def _timestamp(source: str, values: Any) -> TimestampSpec:
 
 def _event_type(source: str, values: Any) -> EventTypeSpec:
     values = _check_keys(source, "event_type", values, EVENT_TYPE_KEYS)
+    if "constant" in values:
+        constant = values["constant"]
+        if constant not in EVENT_TYPES:
+            raise _fail(
+                source,
+                "event_type.constant",
+                f"{constant!r} is not a canonical event type",
+                f"use one of {', '.join(EVENT_TYPES)}",
+            )
+        both = [k for k in ("column", "map", "drop") if k in values]
+        if both:
+            raise _fail(
+                source,
+                f"event_type.{both[0]}",
+                "given with event_type.constant",
+                "keep constant for a log of one event type, or column and map for a column of codes",
+            )
+        return EventTypeSpec(constant=constant)
     column = _text(source, "event_type.column", values.get("column"))
     codes = values.get("map")
     if not isinstance(codes, dict) or not codes:
@@ -356,7 +381,10 @@ def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:
         raise _fail(source, "timestamp", "missing (required)", "add a timestamp section with at least format")
     if "event_type" not in values:
         raise _fail(
-            source, "event_type", "missing (required)", "add an event_type section with column and map"
+            source,
+            "event_type",
+            "missing (required)",
+            "add an event_type section with column and map (or constant: product_view for a log of views only)",
         )
     mapping = SourceMapping(
         name=name,

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shutil
 import sys
+import tempfile
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,6 +62,7 @@ from learners.data.features import (
     reference_prices,
 )
 from learners.data.partitions import BuyerPartitions, assign_buckets
+from learners.data.readers import DELIMITERS
 from learners.data.sessions import events_table, order_frame, sessions_table
 
 _QUARANTINE_FLUSH_ROWS = 100_000
@@ -235,6 +239,8 @@ class OutputWriters:
         self._quarantine: list[pa.Table] = []
         self.rows: Counter[str] = Counter()
         self.quarantine_reasons: Counter[str] = Counter()
+        self.first_ts: Any = None
+        self.last_ts: Any = None
 
     def __enter__(self) -> OutputWriters:
         return self
@@ -271,6 +277,10 @@ class OutputWriters:
         for name, table in tables:
             if name in self.STREAMED:
                 self.write(name, table)
+            if name == "buyers" and table.num_rows:
+                first, last = pc.min(table["first_ts"]).as_py(), pc.max(table["last_ts"]).as_py()
+                self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
+                self.last_ts = last if self.last_ts is None else max(self.last_ts, last)
             result[name] = table
         return PartitionResult(**result)
 
@@ -408,6 +418,8 @@ def finish_outputs(
         "products": writers.rows["catalogs"],
     }
     manifest = build_manifest(digests, adapter, config, counts, writers.quarantine_reasons, dropped_codes)
+    if writers.first_ts is not None:
+        manifest["time_range"] = {"first": writers.first_ts.isoformat(), "last": writers.last_ts.isoformat()}
     (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -425,14 +437,77 @@ def use_ray(config: PrepareConfig) -> bool:
 def prepare(
     inputs: Sequence[Path], adapter: Adapter, config: PrepareConfig, out: Path, progress: bool = False
 ) -> dict[str, Any]:
-    """Run the pipeline from input files to the prepared directory ``out``; returns the manifest."""
+    """Run the pipeline from input files to the prepared directory ``out``; returns the manifest.
+
+    The tables are built in a staging directory beside ``out`` and moved into it only when the run
+    succeeds, so a run that fails (a wrong mapping, a file that cannot be read, no row kept) leaves
+    an earlier output in ``out`` as it was. A run that keeps no row at all fails with the reasons."""
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ValueError("prepare: no input files given; pass one or more files or directories")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".preparing", dir=out.parent))
+    try:
+        manifest = _prepare_into(inputs, adapter, config, staging, progress)
+        if manifest["counts"]["rows_kept"] == 0:
+            raise ValueError(nothing_kept(inputs, manifest, staging / schema.TABLE_FILES["quarantine"]))
+        publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move a finished run's files from ``staging`` into ``out``, replacing those of an earlier run;
+    the old manifest goes first and the new one last, so ``out`` never looks complete in between."""
     out.mkdir(parents=True, exist_ok=True)
-    # A manifest marks a complete directory: drop an old one before overwriting its tables.
     (out / schema.MANIFEST_FILE).unlink(missing_ok=True)
+    for item in sorted(staging.iterdir()):
+        if item.name != schema.MANIFEST_FILE:
+            os.replace(item, out / item.name)
+    os.replace(staging / schema.MANIFEST_FILE, out / schema.MANIFEST_FILE)
+
+
+def nothing_kept(inputs: Sequence[Path], manifest: dict[str, Any], quarantine: Path) -> str:
+    """The error of a run that kept no row: what became of the rows, an example, and the likely fix."""
+    c = manifest["counts"]
+    named = ", ".join(str(p) for p in inputs[:3]) + (
+        f" and {len(inputs) - 3} more" if len(inputs) > 3 else ""
+    )
+    lines = [f"prepare: no row of {named} was kept ({c['rows_read']:,} read"]
+    lines[0] += f", {c['rows_quarantined']:,} quarantined, {c['rows_dropped']:,} dropped on purpose)"
+    for reason, n in list(manifest["quarantine_by_reason"].items())[:3]:
+        lines.append(f"  {n:,} rows: {reason}")
+    example = pq.read_table(quarantine).slice(0, 1).to_pylist() if quarantine.exists() else []
+    if example:
+        row = example[0]
+        column = f" column '{row['column']}'" if row.get("column") else ""
+        lines.append(f"  e.g. {row['file']}:{row['line']}{column}: {row['raw']}")
+    reasons = " ".join(manifest["quarantine_by_reason"])
+    if "found 1" in reasons:
+        raw = str(example[0]["raw"]) if example else ""
+        other = max(DELIMITERS, key=raw.count)
+        fix = (
+            f'write csv: {{delimiter: "{other}"}} in the mapping'
+            if raw.count(other)
+            else "check the mapping's csv"
+        )
+        lines.append(
+            f"fix: the rows do not split into the mapping's columns; is the delimiter right? ({fix})"
+        )
+    elif c["rows_dropped"] == c["rows_read"]:
+        lines.append("fix: every row's event code is listed under event_type.drop in the mapping")
+    else:
+        lines.append("fix: see the reasons above; `simpersona prepare ... --check` lists examples of each")
+    lines.append("nothing was written")
+    return "\n".join(lines)
+
+
+def _prepare_into(
+    inputs: list[Path], adapter: Adapter, config: PrepareConfig, out: Path, progress: bool
+) -> dict[str, Any]:
+    """The pipeline, writing into the empty directory ``out``."""
     if use_ray(config):
         from learners.data.prepare_ray import prepare_with_ray
 
@@ -445,7 +520,7 @@ def prepare(
         OutputWriters(out, config.compression) as writers,
         BuyerPartitions(config.n_buckets, config.partition_rows, config.spill_dir) as partitions,
     ):
-        with tqdm(desc="read", unit=" rows", unit_scale=True, disable=not progress) as bar:
+        with tqdm(desc="read", unit=" rows", unit_scale=True, disable=None if progress else True) as bar:
             for chunk in read_ahead(adapter.read(inputs)):
                 check_chunk(chunk)
                 rows_read += chunk.rows_read
@@ -459,7 +534,9 @@ def prepare(
                 writers.add_quarantine(chunk.quarantine)
                 bar.update(chunk.rows_read)
         references = reference_prices(price_partials)
-        with tqdm(total=len(partitions), desc="build", unit=" partitions", disable=not progress) as bar:
+        with tqdm(
+            total=len(partitions), desc="build", unit=" partitions", disable=None if progress else True
+        ) as bar:
             for events in read_ahead(frames(partitions.partitions()), depth=1):
                 tables = partition_tables(
                     events, day_resolution=adapter.day_resolution, config=config, references=references

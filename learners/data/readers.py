@@ -43,6 +43,8 @@ EXTENSION_FORMATS = {
     ".json": "jsonl",
 }
 GZIP_MAGIC = b"\x1f\x8b"
+DELIMITERS = (",", "\t", ";", "|")
+"""The CSV delimiters a header is checked for (and the mapping draft detects)."""
 READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
 
 
@@ -246,12 +248,18 @@ def _header_names(path: Path, header: bytes, delimiter: str) -> list[str]:
     return next(csv.reader([text], delimiter=delimiter))
 
 
-def _check_columns(path: Path, where: str, available: list[str], mapping: SourceMapping) -> None:
+def _check_columns(
+    path: Path, where: str, available: list[str], mapping: SourceMapping, delimiter: str | None = None
+) -> None:
+    fix = "correct the mapping or the file"
+    other = [d for d in DELIMITERS if d != delimiter and len(available) == 1 and d in available[0]]
+    if delimiter is not None and other:
+        fix = f"the header splits on {other[0]!r}, not {delimiter!r}: write csv: {{delimiter: {json.dumps(other[0])}}} in the mapping"
     for column in mapping.columns_used():
         if column not in available:
             raise ValueError(
                 f"{path}: {where} has no column '{column}' named by mapping {mapping.source}; "
-                f"available columns: {', '.join(available) or '(none)'}; fix: correct the mapping or the file"
+                f"available columns: {', '.join(available) or '(none)'}; fix: {fix}"
             )
 
 
@@ -266,7 +274,7 @@ def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[Ra
             if header is None:
                 return
             names = _header_names(path, header, delimiter)
-            _check_columns(path, "line 1 (header)", names, mapping)
+            _check_columns(path, "line 1 (header)", names, mapping, delimiter)
         else:
             names = list(mapping.csv.columns or ())
         yield from _csv_chunks(path, file_index, blocks, names, delimiter, blocks.next_line - 1)

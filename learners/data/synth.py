@@ -347,7 +347,7 @@ def synthesize(config: SynthConfig, out: Path, progress: bool = False) -> dict[s
     visits = events = 0
     bad_kinds = np.zeros(len(MALFORMED_KINDS), dtype=np.int64)
     last_ts = 0
-    with tqdm(total=config.buyers, unit="buyer", desc="synth", disable=not progress) as bar:
+    with tqdm(total=config.buyers, unit="buyer", desc="synth", disable=None if progress else True) as bar:
         for i, lo in enumerate(range(0, config.buyers, block)):
             hi = min(config.buyers, lo + block)
             cols, n_visits = _block_events(

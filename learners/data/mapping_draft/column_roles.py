@@ -55,6 +55,12 @@ def _name_score(p: ColumnProfile, role: str) -> int:
     return 2 if p.tokens & {"id", "no", "key"} else 1
 
 
+EMPTY_NOTED = 0.05
+"""A buyer column empty in this share of sampled rows gets a note."""
+ANONYMOUS_SHARE = 0.5
+"""A buyer column empty in this share of sampled rows gives way to the session column."""
+
+
 def assign_roles(
     profiles: dict[str, ColumnProfile], taken: set[str], max_codes: int
 ) -> tuple[dict[str, str | None], dict[str, str]]:
@@ -94,9 +100,13 @@ def assign_roles(
 
     # What the names did not tell, from the values.
     if roles["event"] is None:
-        options = [p for p in free() if _event_ok(p, max_codes) and p.distinct <= 0.05 * p.non_null]
+        # Few distinct values alone do not make event codes (YOOCHOOSE's category, Diginetica's
+        # timeframe): some of them must read as an event (view, cart, buy, ...).
+        worded = lambda p: sum(event_word(c) is not None for c, _ in code_counts(p))  # noqa: E731
+        options = [
+            p for p in free() if _event_ok(p, max_codes) and p.distinct <= 0.05 * p.non_null and worded(p) > 0
+        ]
         if options:
-            worded = lambda p: sum(event_word(c) is not None for c, _ in code_counts(p))  # noqa: E731
             chosen = max(options, key=lambda p: (worded(p), p.ints < FIT_SHARE, -p.distinct, -order[p.name]))
             roles["event"] = chosen.name
             taken.add(chosen.name)
@@ -134,4 +144,28 @@ def assign_roles(
             roles["price"] = prices[0].name
             taken.add(prices[0].name)
             notes["price"] = CONTENT_NOTE + "; decimal numbers"
+    _anonymous_buyers(profiles, roles, notes)
     return roles, notes
+
+
+def _anonymous_buyers(
+    profiles: dict[str, ColumnProfile], roles: dict[str, str | None], notes: dict[str, str]
+) -> None:
+    """A buyer column empty in many rows (anonymous visits, as in Diginetica's userId) would get those
+    rows quarantined: past ``ANONYMOUS_SHARE`` the session column plays the buyer, else a note says so."""
+    buyer, session = roles["buyer_id"], roles["session_id"]
+    if buyer is None:
+        return
+    p = profiles[buyer]
+    empty = 1.0 - p.non_null / max(len(p.texts), 1)
+    if empty < EMPTY_NOTED:
+        return
+    if session is not None and empty >= ANONYMOUS_SHARE:
+        roles["buyer_id"] = session
+        notes["buyer_id"] = (
+            f"{buyer!r} is empty in {empty:.0%} of sampled rows (anonymous visits): each session is a buyer;"
+            f" write buyer_id: {buyer} to keep only the known users"
+        )
+        return
+    fix = f"; for anonymous visits write buyer_id: {session}" if session is not None else ""
+    notes["buyer_id"] = f"empty in {empty:.0%} of sampled rows: those rows would be quarantined{fix}"

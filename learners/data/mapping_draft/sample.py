@@ -21,11 +21,10 @@ import pyarrow.parquet as pq
 
 from learners.data.canonical import NUMBER_TEXT
 from learners.data.mapping import CsvOptions, EventTypeSpec, FieldSource, SourceMapping, TimestampSpec
-from learners.data.readers import READ_ERRORS, file_format, read_raw
+from learners.data.readers import DELIMITERS, READ_ERRORS, file_format, read_raw
 
 SNIFF_BYTES = 1 << 16
 SNIFF_LINES = 200
-DELIMITERS = (",", "\t", ";", "|")
 
 
 @dataclass

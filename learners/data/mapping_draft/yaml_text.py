@@ -179,7 +179,13 @@ def render_yaml(
     if event is None:
         out.append(_line("  column:", "TODO: the column of the event code (view, cart, order, ...)"))
         out.append("  map:")
-        todo += ["event_type.column", "event_type.map"]
+        out.append(
+            _line(
+                "  # constant: product_view",
+                "a log of one event type (views only) has no such column: use this instead of column and map",
+            )
+        )
+        todo.append("event_type (column and map, or constant for a log of one event type)")
     else:
         out.append(_line(f"  column: {col(event)}", notes.get("event", "")))
         out.append("  map:")

@@ -110,6 +110,14 @@ def test_date_only_max_is_inclusive_end_of_day():
         ({"event_type__map": {"0": "click"}}, "event_type.map.0", "not a canonical event type"),
         ({"event_type__map": {}}, "event_type.map", "non-empty"),
         ({"event_type": None}, "event_type", "missing"),
+        ({"event_type": {"constant": "click"}}, "event_type.constant", "not a canonical event type"),
+        (
+            {"event_type": {"constant": "product_view", "column": "action"}},
+            "event_type.column",
+            "given with event_type.constant",
+        ),
+        ({"fields__buyer_id": ""}, "fields.buyer_id", "no value given"),  # a drafted mapping's TODO
+        ({"event_type__column": None}, "event_type.column", "no value given"),
         ({"event_type__drop": ["2"]}, "event_type.drop.2", "both mapped (to purchase) and dropped"),
         ({"event_type__drop": [2]}, "event_type.drop.2", "both mapped (to purchase) and dropped"),
         ({"event_type__drop": "6"}, "event_type.drop", "expected a list of codes"),
@@ -124,6 +132,12 @@ def test_invalid_mapping_fails_fast_naming_key_and_fix(changes, key, words):
     assert message.startswith("mapping bad.yaml: key '" + key + "'")
     assert words in message
     assert "fix:" in message
+
+
+def test_a_log_of_one_event_type_names_it_instead_of_a_column():
+    mapping = mapping_from_dict(with_changes(event_type={"constant": "product_view"}), "views.yaml")
+    assert mapping.event_type.constant == "product_view" and mapping.event_type.column is None
+    assert sorted(mapping.columns_used()) == ["seller", "user", "when"]
 
 
 def test_headerless_columns_must_cover_mapped_columns():

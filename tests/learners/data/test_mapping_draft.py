@@ -326,3 +326,28 @@ def test_unreadable_inputs_fail_with_a_clear_message(tmp_path: Path) -> None:
         draft_mapping([empty], DraftConfig())
     with pytest.raises(ValueError, match="--rows must be at least 1"):
         draft_mapping([empty], DraftConfig(rows=0))
+
+
+def test_a_log_of_anonymous_views_drafts_sessions_as_buyers_and_prepares_with_a_constant_type(
+    tmp_path: Path,
+) -> None:
+    """Diginetica's item views: `;`, a userId empty in most rows, no event column."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "train-item-views.csv"
+    rows = ["sessionId;userId;itemId;timeframe;eventdate"]
+    for session in range(1, 121):
+        user = str(int(rng.integers(1, 40))) if rng.random() < 0.3 else ""
+        day = f"2016-05-{int(rng.integers(9, 23)):02d}"
+        for step in range(int(rng.integers(1, 6))):
+            rows.append(f"{session};{user};{int(rng.integers(1000, 1040))};{step * 9000};{day}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    values, draft = draft_values([path], tmp_path, "views")
+    assert values["csv"]["delimiter"] == ";" and values["fields"]["buyer_id"] == "sessionId"
+    assert "'userId' is empty in" in draft.notes["buyer_id"]
+    assert values["event_type"]["column"] is None and "# constant: product_view" in draft.text
+    assert any(t.startswith("event_type (column and map, or constant") for t in draft.todo)
+    values["event_type"] = {"constant": "product_view"}
+    manifest, tables = prepared([path], values, tmp_path / "out")
+    assert manifest["counts"]["rows_kept"] == len(rows) - 1 == tables["events"].num_rows
+    assert set(tables["events"]["event_type"].to_pylist()) == {"product_view"}
+    assert tables["buyers"].num_rows == 120 == tables["sessions"].num_rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -117,6 +118,9 @@ def test_counts_balance_and_manifest_describes_the_run(inputs: list[Path], tmp_p
     assert sum(tables["merchants"]["buyers"].to_pylist()) == counts["buyers"]
     assert max(len(s) for s in tables["buyers"]["event_seq"].to_pylist()) == 16
     assert sorted(tables["quarantine"]["line"].to_pylist()) == sorted([4, 404, 804, 1204] * 2)
+    ts = tables["events"]["ts"]
+    first, last = (dt.datetime.fromisoformat(manifest["time_range"][k]) for k in ("first", "last"))
+    assert (first, last) == (pc.min(ts).as_py(), pc.max(ts).as_py())
 
 
 def test_outputs_do_not_depend_on_partition_size(inputs: list[Path], tmp_path: Path) -> None:
@@ -203,6 +207,38 @@ def test_a_chunk_that_loses_rows_is_a_bug(inputs: list[Path], tmp_path: Path) ->
 
     with pytest.raises(RuntimeError, match="lost rows"):
         prepare(inputs, Lossy(), PrepareConfig(), tmp_path)
+
+
+def test_a_failed_run_leaves_an_earlier_output_as_it_was(inputs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    prepare(inputs, CanonicalParquetAdapter(), PrepareConfig(), out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    class Lossy(CanonicalParquetAdapter):
+        def read(self, inputs: Sequence[Path]) -> Iterator[CanonicalChunk]:
+            for i, chunk in enumerate(super().read(inputs)):
+                yield CanonicalChunk(chunk.events, chunk.quarantine, chunk.rows_read + (i == 2))
+
+    with pytest.raises(RuntimeError, match="lost rows"):
+        prepare(inputs, Lossy(), PrepareConfig(), out)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging directory left
+
+
+def test_a_run_that_keeps_no_row_fails_with_the_reasons_and_writes_nothing(tmp_path: Path) -> None:
+    table = random_events(7, False, n=50)
+    loose = schema.CANONICAL_EVENTS.field("buyer_id").with_nullable(True)
+    table = table.cast(schema.CANONICAL_EVENTS.set(1, loose))
+    table = table.set_column(1, loose, pa.nulls(table.num_rows, pa.string()))
+    path = tmp_path / "anonymous.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(ValueError) as err:
+        prepare([path], CanonicalParquetAdapter(), PrepareConfig(), tmp_path / "out")
+    message = str(err.value)
+    assert message.startswith(f"prepare: no row of {path} was kept (50 read, 50 quarantined")
+    assert "50 rows: missing buyer_id" in message and f"e.g. {path}:1 column 'buyer_id'" in message
+    assert "fix:" in message and message.endswith("nothing was written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anonymous.parquet"]
 
 
 def test_read_ahead_keeps_order_and_raises_the_producers_error() -> None:
