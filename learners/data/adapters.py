@@ -8,6 +8,7 @@ produces with the matching ``examples/mappings/*.yaml``.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from learners.data.mapping import (
     FieldSource,
     SourceMapping,
     TimestampSpec,
-    load_mapping,
+    load_mappings,
 )
 from learners.data.readers import file_format, read_raw
 from learners.data.schema import TS_TYPE
@@ -43,12 +44,43 @@ class MappingAdapter:
     def read(self, inputs: Sequence[Path]) -> Iterator[CanonicalChunk]:
         """Canonical chunks of each input file in order; file i's src_order carries i in its high bits."""
         for file_index, path in enumerate(inputs):
-            for raw in read_raw(Path(path), file_index, self.mapping):
-                kept, dropped = drop_declared(raw, self.mapping)
-                events, quarantine = canonicalize(kept, self.mapping, self.parse_ts)
-                yield CanonicalChunk(
-                    events=events, quarantine=quarantine, rows_read=raw.rows_read, dropped=dropped
-                )
+            yield from read_mapped(Path(path), file_index, self.mapping, self.parse_ts)
+
+
+def read_mapped(
+    path: Path, file_index: int, mapping: SourceMapping, parse_ts: TimestampParser | None = None
+) -> Iterator[CanonicalChunk]:
+    """One input file's canonical chunks, read as ``mapping`` describes it."""
+    for raw in read_raw(path, file_index, mapping):
+        kept, dropped = drop_declared(raw, mapping)
+        events, quarantine = canonicalize(kept, mapping, parse_ts)
+        yield CanonicalChunk(events=events, quarantine=quarantine, rows_read=raw.rows_read, dropped=dropped)
+
+
+class SourcesAdapter:
+    """Reads a log shipped as files of several layouts (a mapping's ``sources``): each file by the
+    first layout whose ``match`` glob fits its name, so every row is read by exactly one."""
+
+    def __init__(self, mappings: Sequence[SourceMapping]):
+        self.mappings = list(mappings)
+        self.name = self.mappings[0].name
+        self.day_resolution = self.mappings[0].day_resolution
+
+    def mapping_of(self, path: Path) -> SourceMapping:
+        """The layout of ``path``; a file no layout matches is an error that lists the globs."""
+        for mapping in self.mappings:
+            if fnmatch.fnmatch(path.name, mapping.match or ""):
+                return mapping
+        globs = ", ".join(repr(m.match) for m in self.mappings)
+        raise ValueError(
+            f"{path}: its name matches no source of mapping {self.mappings[0].source} ({globs});"
+            " fix: widen a source's match or leave the file out"
+        )
+
+    def read(self, inputs: Sequence[Path]) -> Iterator[CanonicalChunk]:
+        layouts = [self.mapping_of(Path(p)) for p in inputs]  # every file's layout before any row
+        for file_index, (path, mapping) in enumerate(zip(inputs, layouts, strict=True)):
+            yield from read_mapped(Path(path), file_index, mapping)
 
 
 def _month_day_ms(year: int, month: pa.Array, day: pa.Array) -> pa.Array:
@@ -229,7 +261,8 @@ def get_adapter(format: str | None = None, mapping: str | Path | None = None) ->
             "give exactly one of a format name or a mapping file; fix: pass --format NAME or --mapping FILE"
         )
     if mapping is not None:
-        return MappingAdapter(load_mapping(mapping))
+        mappings = load_mappings(mapping)
+        return MappingAdapter(mappings[0]) if len(mappings) == 1 else SourcesAdapter(mappings)
     if format not in FORMATS:
         raise ValueError(
             f"unknown format {format!r}; fix: use one of {', '.join(FORMATS)} or describe the source with --mapping FILE"

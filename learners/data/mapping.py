@@ -1,8 +1,10 @@
 """The generic source mapping: one raw log format described in YAML, validated strictly.
 
 ``load_mapping(path)`` reads a mapping file (``yaml.safe_load``); ``mapping_from_dict`` builds the same
-objects from a dict (tests, the synthetic generator, dedicated adapters). Every problem fails fast with
-a ``ValueError`` naming the mapping, the key and the fix.
+objects from a dict (tests, the synthetic generator, dedicated adapters). A log shipped as files of
+several layouts (YOOCHOOSE's clicks and buys) is one mapping file with a layout per entry of
+``sources``, each naming the files it reads (``load_mappings``). Every problem fails fast with a
+``ValueError`` naming the mapping, the key and the fix.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ TIMESTAMP_KEYWORDS = ("unix_s", "unix_ms", "iso")
 RESOLUTIONS = ("second", "day")
 REQUIRED_FIELDS = ("merchant_id", "buyer_id", "ts")
 OPTIONAL_FIELDS = ("session_id", "product_id", "category_id", "price", "query")
-TOP_KEYS = ("name", "format", "csv", "fields", "timestamp", "event_type")
+TOP_KEYS = ("name", "format", "csv", "fields", "timestamp", "event_type", "match")
 CSV_KEYS = ("delimiter", "header", "columns")
 TIMESTAMP_KEYS = ("format", "year", "timezone", "resolution", "min", "max")
 EVENT_TYPE_KEYS = ("column", "map", "drop", "constant")
@@ -101,6 +103,8 @@ class SourceMapping:
     """CSV layout (ignored for other formats)."""
     source: str = "<mapping>"
     """Where the mapping came from (a file path), for messages."""
+    match: str | None = None
+    """Glob of the file names this layout reads, in a mapping of several ``sources`` (load_mappings)."""
 
     @property
     def day_resolution(self) -> bool:
@@ -394,6 +398,7 @@ def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:
         format=fmt,
         csv=csv,
         source=source,
+        match=None if values.get("match") is None else _text(source, "match", values["match"]),
     )
     if csv.columns is not None:
         missing = [c for c in mapping.columns_used() if c not in csv.columns]
@@ -407,8 +412,50 @@ def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:
     return mapping
 
 
+def mappings_from_dict(values: Any, source: str = "<mapping>") -> list[SourceMapping]:
+    """A parsed mapping of one layout, or of several under ``sources`` (a log shipped as files of
+    different layouts, as YOOCHOOSE's clicks and buys): each with a ``match`` glob of the file names it
+    reads, and the top ``name``."""
+    if not isinstance(values, dict) or "sources" not in values:
+        return [mapping_from_dict(values, source)]
+    values = _check_keys(source, "", values, ("name", "sources"))
+    entries = values["sources"]
+    if not isinstance(entries, list) or not entries:
+        raise _fail(
+            source, "sources", f"expected a list of layouts, got {entries!r}", "write - match: ... entries"
+        )
+    name = values.get("name", Path(source).stem or "mapping")
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{source} sources[{i}]"
+        if not isinstance(entry, dict) or not entry.get("match"):
+            raise _fail(
+                where,
+                "match",
+                "missing (required in each source)",
+                'name the files it reads, e.g. match: "*buys*"',
+            )
+        out.append(mapping_from_dict({"name": name, **entry}, where))
+    if len({m.day_resolution for m in out}) > 1:
+        raise _fail(
+            source, "sources", "the layouts disagree on timestamp.resolution", "give every source the same"
+        )
+    return out
+
+
 def load_mapping(path: str | Path) -> SourceMapping:
-    """Read and validate a mapping YAML file."""
+    """Read and validate a mapping YAML file of one layout."""
+    mappings = load_mappings(path)
+    if len(mappings) > 1:
+        raise ValueError(
+            f"mapping {path}: holds {len(mappings)} sources where one layout is expected;"
+            " fix: pass a mapping of one layout (prepare reads a mapping of sources)"
+        )
+    return mappings[0]
+
+
+def load_mappings(path: str | Path) -> list[SourceMapping]:
+    """Read and validate a mapping YAML file: its one layout, or its ``sources`` (``mappings_from_dict``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -420,4 +467,4 @@ def load_mapping(path: str | Path) -> SourceMapping:
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ValueError(f"mapping {path}: not valid YAML ({err}); fix: correct the syntax") from None
-    return mapping_from_dict(values, source=str(path))
+    return mappings_from_dict(values, source=str(path))

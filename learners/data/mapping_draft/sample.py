@@ -201,9 +201,13 @@ def sample_inputs(inputs: Sequence[Path], rows: int) -> Sample:
                         example = f"{row['file']}:{row['line']}: {row['reason']}"
                 table = chunk.table.slice(0, rows - taken)
                 if table.column_names != names:
+                    got = ", ".join(table.column_names) or (
+                        bad["reason"][0].as_py() if bad.num_rows else "none read"
+                    )
                     raise ValueError(
-                        f"{path}: its columns ({', '.join(table.column_names)}) differ from {first}'s"
-                        f" ({', '.join(names)}); fix: draft a mapping for each layout separately"
+                        f"{path}: its columns ({got}) differ from {first}'s ({', '.join(names)}); fix: draft a"
+                        " mapping for each layout separately, then put them under sources: in one mapping"
+                        " (README, Bring your own logs)"
                     )
                 tables.append(table)
                 taken += table.num_rows

@@ -12,9 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import yaml
 
 from learners.data.adapters import FORMATS, MappingAdapter, expand_inputs, get_adapter
-from learners.data.mapping import mapping_from_dict
+from learners.data.mapping import mapping_from_dict, mappings_from_dict
 from learners.data.schema import CANONICAL_EVENTS, QUARANTINE
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
@@ -202,3 +203,33 @@ def test_get_adapter_errors(tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
         get_adapter(format="taobao", mapping=EXAMPLES / "taobao.yaml")
     assert get_adapter(mapping=EXAMPLES / "taobao.yaml").name == "taobao"
+
+
+def test_a_log_in_files_of_two_layouts_is_read_by_one_mapping_of_sources(tmp_path: Path) -> None:
+    """YOOCHOOSE: headerless clicks (session, time, item, category) and buys (+ price, quantity)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    clicks = ["1,2014-04-07T10:51:09.277Z,214536502,0", "1,2014-04-07T10:54:09.868Z,214536500,0"]
+    clicks += ["2,2014-04-07T13:56:37.614Z,214662742,S", "3,2014-04-02T16:54:11.934Z,214716935,0"]
+    buys = ["1,2014-04-07T10:58:00.000Z,214536500,1046,1", "3,2014-04-02T17:10:00.000Z,214716935,2093,2"]
+    (logs / "yoochoose-clicks.dat").write_text("\n".join(clicks) + "\n")
+    (logs / "yoochoose-buys.dat").write_text("\n".join(buys) + "\n")
+    path = EXAMPLES / "yoochoose.yaml"  # the shipped mapping of the two layouts
+    adapter = get_adapter(mapping=path)
+    files = [logs / "yoochoose-clicks.dat", logs / "yoochoose-buys.dat"]
+    events, quarantine, rows_read = collect(adapter, files)
+    assert rows_read == 6 and quarantine.num_rows == 0
+    kinds = Counter(zip(events["buyer_id"].to_pylist(), events["event_type"].to_pylist(), strict=True))
+    assert kinds == {("1", "product_view"): 2, ("1", "purchase"): 1, ("2", "product_view"): 1,
+                     ("3", "product_view"): 1, ("3", "purchase"): 1}  # fmt: skip
+    assert sorted(p for p in events["price"].to_pylist() if p is not None) == [1046.0, 2093.0]
+    # Every file's layout is known before a row is read; one no source matches is named.
+    (logs / "yoochoose-test.dat").write_text(clicks[0] + "\n")
+    with pytest.raises(
+        ValueError, match=r"yoochoose-test.dat: its name matches no source .*\('\*clicks\*', '\*buys\*'\)"
+    ):
+        collect(adapter, sorted(logs.iterdir()))
+    sources = yaml.safe_load(path.read_text(encoding="utf-8"))
+    sources["sources"][1].pop("match")
+    with pytest.raises(ValueError, match=r"sources\[1\]: key 'match': missing"):
+        mappings_from_dict(sources, "yoochoose.yaml")
