@@ -31,6 +31,8 @@ ISO_TEXT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]
 ZONE_SUFFIX = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 YEAR_JOIN = "|"
 TEXT_ID_FIELDS = ("session_id", "product_id", "category_id", "query")
+PRODUCT_EVENTS = pa.array(["product_view", "favorite", "add_to_cart", "remove_from_cart", "purchase"])
+"""Event types about one product: quarantined without a product id where the mapping names a column."""
 
 TimestampParser = Callable[[pa.Array], pa.Array]
 """Source timestamp column -> timestamp[ms, UTC], null where a value cannot be read."""
@@ -331,6 +333,14 @@ def canonicalize(
             out[name] = pa.repeat(pa.scalar(source.constant, pa.string()), n)
         else:
             out[name] = as_text(table.column(source.column))
+    product = fields.get("product_id")
+    if product is not None and product.column is not None:
+        # A product event of a log that names products must say which: replay cannot show "a" product.
+        checks.add(
+            pc.and_(pc.is_in(out["event_type"], value_set=PRODUCT_EVENTS), pc.is_null(out["product_id"])),
+            product.column,
+            f"missing product id (column '{product.column}' is empty) on a product event",
+        )
     price_source = fields.get("price")
     if price_source is None:
         out["price"] = pa.nulls(n, pa.float64())

@@ -233,3 +233,38 @@ def test_a_log_in_files_of_two_layouts_is_read_by_one_mapping_of_sources(tmp_pat
     sources["sources"][1].pop("match")
     with pytest.raises(ValueError, match=r"sources\[1\]: key 'match': missing"):
         mappings_from_dict(sources, "yoochoose.yaml")
+
+
+def test_a_product_event_without_its_product_is_quarantined(tmp_path: Path) -> None:
+    """RetailRocket's layout: a view whose itemid is empty cannot be replayed as a product page."""
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        "1433221332117,257597,view,355908,\n"
+        "1433224214164,992329,view,,\n"
+        "1433221955914,257597,addtocart,355908,\n"
+        "1433222276276,257597,search,,\n"
+    )
+    mapping = mapping_from_dict(
+        {
+            "fields": {"merchant_id": {"constant": "rr"}, "buyer_id": "visitorid", "ts": "timestamp"}
+            | {"product_id": "itemid"},
+            "timestamp": {"format": "unix_ms"},
+            "event_type": {
+                "column": "event",
+                "map": {"view": "product_view", "addtocart": "add_to_cart", "search": "search"},
+            },
+        },
+        "rr.yaml",
+    )
+    events, quarantine, _ = collect(MappingAdapter(mapping), [path])
+    assert events["event_type"].to_pylist() == ["product_view", "add_to_cart", "search"]
+    assert quarantine.to_pylist() == [
+        {
+            "file": str(path),
+            "line": 3,
+            "column": "itemid",
+            "reason": "missing product id (column 'itemid' is empty) on a product event",
+            "raw": "1433224214164,992329,view,,",
+        }
+    ]
