@@ -171,6 +171,14 @@ class Study:
         total = pq.read_metadata(data / "merchants.parquet").num_rows
         eligible = eligible_merchants(data, c.min_buyers, c.min_sessions)
         training = total - c.heldout
+        if total <= c.min_training_merchants:
+            raise ValueError(
+                f"study: the log has {total} merchant{'s' if total != 1 else ''}; the study simulates held-out"
+                f" merchants from buyer types learnt on at least {c.min_training_merchants} others, so it needs"
+                f" {c.min_training_merchants + 1} or more. Fix: for one store (or a few), run the stages"
+                " yourself on its buyers (README, 'One store': fit-personas, assign, traces, train-agent,"
+                " simulate, evaluate), or lower --min-training-merchants"
+            )
         if c.heldout > len(eligible) or training < c.min_training_merchants or len(eligible) <= c.heldout:
             raise ValueError(
                 f"study: cannot hold out {c.heldout} merchants: {len(eligible)} of {total} have >= "

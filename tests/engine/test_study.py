@@ -117,6 +117,10 @@ def test_the_split_is_printed_and_a_greedy_one_refused(study, tmp_path, capsys):
     greedy = replace(config, out=str(tmp_path / "greedy"), data=f"{config.out}/data", heldout=5)
     with pytest.raises(ValueError, match=r"cannot hold out 5 merchants: \d+ of 6 .* Fix: --heldout 2"):
         Study(greedy).run()
+    # Too few merchants for any split (a one-store log): the stages to run instead, not a split.
+    few = replace(greedy, out=str(tmp_path / "few"), heldout=1, min_training_merchants=6)
+    with pytest.raises(ValueError, match=r"the log has 6 merchants; .* needs 7 or more\. Fix: .*'One store'"):
+        Study(few).run()
     Study(replace(config, simulate=replace(config.simulate, runners=1))).split(Path(config.out, "data"))
     line = capsys.readouterr().out
     assert "split: 6 merchants" in line and "2 held out, 4 training" in line
