@@ -496,6 +496,8 @@ def nothing_kept(inputs: Sequence[Path], manifest: dict[str, Any], quarantine: P
         lines.append(
             f"fix: the rows do not split into the mapping's columns; is the delimiter right? ({fix})"
         )
+    elif c["rows_read"] == 0:
+        lines.append("fix: the inputs hold no rows; check the paths")
     elif c["rows_dropped"] == c["rows_read"]:
         lines.append("fix: every row's event code is listed under event_type.drop in the mapping")
     else:
