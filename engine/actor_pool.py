@@ -172,9 +172,11 @@ class RunnerPool:
             if slot.handle is not None:
                 ray.kill(slot.handle, no_restart=True)
                 continue
-            # Copies of chunks the driver played first, or chunks cut short by a failure; the
-            # interrupt leaves the pooled worker alive for the next chunk or run.
+            # Copies of chunks the driver played first, or chunks cut short by a failure. Their workers
+            # are ended, not interrupted: an interrupt inside `import torch` left a half-imported torch
+            # that failed every later chunk sent to that pooled worker ("function 'istft' already has a
+            # docstring", an experiment's next arm failing four times).
             for ref in slot.in_flight:
-                ray.cancel(ref)
+                ray.cancel(ref, force=True)
         if self.router is not None:
             ray.kill(self.router, no_restart=True)

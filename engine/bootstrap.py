@@ -231,7 +231,10 @@ class Bootstrap:
 
     def floor(self, visits: Mapping[str, int]) -> dict[str, np.ndarray]:
         """Per replicate, the metrics of a simulator that draws every merchant's visits from the pool
-        (the training merchants' units, else every other evaluated merchant's)."""
+        (the training merchants' units, else every other evaluated merchant's); NaN (no floor) for one
+        merchant without a pool, which has no other merchant to draw from."""
+        if self.pool is None and len(self.merchants) < 2:
+            return {k: np.full(self.replicates, np.nan) for k in METRICS}
         if self.pool is not None:
             pooled = compress(np.concatenate(list(self.pool.rows.values())))
             pools = [pooled] * len(self.merchants)
@@ -243,7 +246,7 @@ class Bootstrap:
             counts = np.zeros((len(blocks), len(unique)))
             np.add.at(counts, (owner, inverse.ravel()), 1.0)
             others = counts.sum(0) - counts
-            others[others.sum(1) == 0] = counts[others.sum(1) == 0]  # a lone merchant is its own pool
+            others[others.sum(1) == 0] = counts[others.sum(1) == 0]  # a merchant no other shares rows with
             pools = [(unique, row / row.sum()) for row in others]
         draws = [
             np.stack(
@@ -371,7 +374,13 @@ def uncertainty(
         "merchants": len(boot.merchants),
         "real_units": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())},
         "visits": {"min": int(drawn.min()), "median": float(np.median(drawn)), "max": int(drawn.max())},
-        "floor_pool": "training merchants" if pool is not None else "the other evaluated merchants",
+        "floor_pool": (
+            "training merchants"
+            if pool is not None
+            else "the other evaluated merchants"
+            if len(boot.merchants) > 1
+            else None
+        ),
         "bounds": bounds,
         "systems": out_systems,
         "effects": {"main": main, "vs": effects},

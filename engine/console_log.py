@@ -193,3 +193,18 @@ class _Relay:
             self.queue.shutdown()
         except Exception:
             pass
+
+
+def quiet_model_loading() -> None:
+    """No transformers or hub progress bars ("Loading weights") on the console: framework noise.
+
+    The variable reaches a transformers imported later and the Ray workers this process starts."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()

@@ -190,6 +190,44 @@ def experiment_arms(config: ExperimentConfig) -> list[Arm]:
     return [Arm(n, normalised_treatment(n, config.arms[n]), i) for i, n in enumerate(names)]
 
 
+def unchanged_storefronts(config: ExperimentConfig) -> list[str]:
+    """Lines naming the merchants where an arm's storefront is the control's (``Treatment.applies_to``:
+    a price change where no product has a price, a banner for a product not sold there); an arm that
+    changes no merchant's storefront is refused, since its effects would be 0 by construction."""
+    from envs.catalog import load_catalogs
+    from envs.treatments import Treatment
+
+    if not config.data or not config.distributions:
+        return []  # the simulation says what is missing
+    merchants = list(config.merchants) or sorted(
+        pl.read_parquet(config.distributions, columns=["merchant_id"])["merchant_id"].unique().to_list()
+    )
+    catalogs = load_catalogs(config.data, merchants)
+    why = {
+        "price": "none of their products has a price",
+        "order": "none of their products has a price",
+        "banner": "the product or category is not in their catalogue",
+    }
+    lines = []
+    for arm in experiment_arms(config)[1:]:
+        treatment = Treatment.from_dict(arm.treatment)
+        same = [m for m in merchants if not treatment.applies_to(catalogs[m])]
+        reason = why.get(treatment.kind, "nothing it changes is there")
+        if len(same) == len(merchants):
+            raise ValueError(
+                f"arm {arm.name!r} ({treatment.describe()}) leaves the storefront unchanged at every merchant of"
+                f" the experiment ({reason}); fix: leave the arm out, or run it on a log that shows what it"
+                " changes"
+            )
+        if same:
+            named = ", ".join(same[:5]) + (f" and {len(same) - 5} more" if len(same) > 5 else "")
+            lines.append(
+                f"arm {arm.name}: the storefront is the control's at {len(same)} of {len(merchants)} merchants"
+                f" ({named}: {reason}); their buyers' effect is 0"
+            )
+    return lines
+
+
 def arm_dir(config: ExperimentConfig, arm: Arm) -> Path:
     return Path(config.out) / ARMS_DIR / arm.name
 
@@ -234,6 +272,8 @@ def arm_status(sim: SimulationConfig) -> str:
 def run_arms(config: ExperimentConfig, verbose: bool = False) -> dict[str, dict[str, Any]]:
     """Simulate every arm that is not already complete (one Ray session for all); each arm's manifest."""
     arms = experiment_arms(config)
+    for line in unchanged_storefronts(config):
+        print(line, flush=True)
     plans = {arm.name: arm_simulation(config, arm) for arm in arms}
     status = {name: arm_status(sim) for name, sim in plans.items()}
     for name, state in status.items():
@@ -241,9 +281,10 @@ def run_arms(config: ExperimentConfig, verbose: bool = False) -> dict[str, dict[
             print(f"arm {name}: rollouts exist in {plans[name].out}; not simulated again", flush=True)
     todo = [arm for arm in arms if status[arm.name] != "done"]
     if todo:
-        from engine.console_log import ray_session
+        from engine.console_log import quiet_model_loading, ray_session
         from engine.simulation import simulate
 
+        quiet_model_loading()
         with ray_session(config.out, verbose, address=config.ray_address):
             for arm in todo:
                 sim = arm_simulation(config, arm, resume=status[arm.name] == "partial")

@@ -67,7 +67,9 @@ def interval_table(fidelity: dict) -> str:
     labels = {
         "ceiling": f"*ceiling* (perfect simulator, {visits['median']:.0f} visits per merchant)",
         "ceiling_unlimited": "*ceiling* (perfect simulator, unlimited visits)",
-        "floor": f"*floor* (visits drawn from {fidelity['floor_pool']}' sessions)",
+        "floor": f"*floor* (visits drawn from {fidelity['floor_pool']}' sessions)"
+        if fidelity["floor_pool"]
+        else "*floor* (none: one merchant; `--floor-data` names other merchants' sessions to draw from)",
     }
     for key, label in labels.items():
         cells = [fidelity["bounds"][k][key] for k in METRICS]
@@ -147,14 +149,23 @@ def fidelity_text(fidelity: dict) -> str:
         f"{fidelity['method']}, {fidelity['replicates']} replicates, seed {fidelity['seed']}. A system "
         "inside the ceiling's interval cannot be told from a perfect simulator on this data.\n\n"
         + interval_table(fidelity)
-        + "\n\nNormalised score (value − floor) / (ceiling − floor): 1 = as good as a perfect simulator, "
-        "0 = knows nothing about the merchant.\n\n"
-        + normalised_table(fidelity)
+        + (
+            "\n\nNormalised score (value − floor) / (ceiling − floor): 1 = as good as a perfect simulator, "
+            "0 = knows nothing about the merchant.\n\n" + normalised_table(fidelity)
+            if fidelity["floor_pool"]
+            else ""
+        )
         + (
             "\n\nPaired differences (same merchant and real resamples); **bold**: the interval excludes 0, an "
-            "effect the data supports. For js_* a negative difference is better. The last row is the most an "
-            "effect over another merchant's codes can be here: a perfect simulator against one given another "
-            "merchant's buyers, with how often its own paired interval would clear 0.\n\n"
+            "effect the data supports. For js_* a negative difference is better."
+            + (
+                " The last row is the most an effect over another merchant's codes can be here: a perfect"
+                " simulator against one given another merchant's buyers, with how often its own paired"
+                " interval would clear 0."
+                if fidelity.get("effect_ceiling")
+                else ""
+            )
+            + "\n\n"
             + effects_table(fidelity)
             if fidelity["effects"]["vs"]
             else ""

@@ -21,8 +21,6 @@ Heavy imports stay inside the functions, so importing this module (and ``--help`
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -30,7 +28,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from engine.console_log import ray_session
+from engine.console_log import quiet_model_loading, ray_session
 from engine.simulation_config import SimulationConfig
 from engine.stage_configs import (
     AssignStage,
@@ -122,21 +120,6 @@ def replay_traces(config: ReplayTracesStage, verbose: bool = False) -> TracesRep
     return TracesReplayed(Path(config.out), report)
 
 
-def _quiet_model_loading() -> None:
-    """No transformers or hub progress bars ("Loading weights") on the console: framework noise.
-
-    The variable reaches a transformers imported later and the Ray workers this process starts."""
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    elif "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-
-
 def train_agent(config: TrainAgentStage, verbose: bool = False) -> AgentTrained:
     """Read the traces and persona codes, then fine-tune the agent (learners/agent/train.py)."""
     agent = config.agent
@@ -145,7 +128,7 @@ def train_agent(config: TrainAgentStage, verbose: bool = False) -> AgentTrained:
     from learners.agent.sources import load_personas, load_traces
     from learners.agent.train import train_agent as fine_tune
 
-    _quiet_model_loading()
+    quiet_model_loading()
     data, out = Path(config.data), Path(config.out)
     with tempfile.TemporaryDirectory(prefix="train-agent-") as work:
         traces, source, personas = None, "resumed", None
@@ -246,7 +229,7 @@ def simulate(config: SimulationConfig, verbose: bool = False) -> Simulated:
     """The simulation on Ray (engine/simulation.py), with Ray's own output in OUT/ray.log."""
     from engine.simulation import simulate as run_simulation
 
-    _quiet_model_loading()
+    quiet_model_loading()
     with ray_session(config.out, verbose, address=config.ray_address):
         manifest = run_simulation(config)
     return Simulated(Path(config.out), manifest)

@@ -61,7 +61,7 @@ from engine.stage_configs import (
     TrainAgentStage,
     command_line,
 )
-from engine.study_config import RUN_ONLY_FIELDS, SECTIONS, SYSTEMS, StudyConfig
+from engine.study_config import PREPARE_FIELDS, RUN_ONLY_FIELDS, SECTIONS, SYSTEMS, StudyConfig
 from engine.study_report import COMPARED, goal_effects, index_html, summary_markdown, targets
 from envs.catalog import PreparedCatalogs
 from envs.storefront import FEATURED
@@ -108,14 +108,16 @@ class Study:
                 return mine.get(key, default.get(key)) != theirs.get(key, default.get(key))
 
             changed = sorted(k for k in mine.keys() | theirs.keys() if differs(k))
+            if not (self.out / "split.json").exists():
+                # No split yet (the last run was refused there): only the prepared data is kept.
+                changed = [k for k in changed if k in PREPARE_FIELDS or k.startswith("prepare.")]
             if changed:
                 raise ValueError(
                     f"{self.out} holds a study run with other settings ({', '.join(changed)}); its outputs "
                     "would be mixed with this one's: use another --out, or the settings in "
                     f"{path}"
                 )
-        else:
-            path.write_text(json.dumps(mine, indent=2) + "\n")
+        path.write_text(json.dumps(mine, indent=2) + "\n")
 
     def stage(self, what: str, run: Callable[[Any, bool], Any], config: Any, done: Path) -> Any | None:
         """``run(config)`` (a stage function) unless ``done`` exists; print and log its command and time.
@@ -170,21 +172,23 @@ class Study:
         c = self.config
         total = pq.read_metadata(data / "merchants.parquet").num_rows
         eligible = eligible_merchants(data, c.min_buyers, c.min_sessions)
-        training = total - c.heldout
-        if total <= c.min_training_merchants:
+        # A split holds out >= 1 eligible merchant, keeps one eligible to replay into traces and leaves
+        # min_training_merchants to learn the types on.
+        most = min(len(eligible) - 1, total - c.min_training_merchants)
+        needs = (
+            f"{len(eligible)} of {total} merchants have >= {c.min_sessions} real sessions and >= "
+            f"{c.min_buyers} buyers, and a split must hold out one or more of them, leave another to replay"
+            f" into traces and leave at least {c.min_training_merchants} training merchants"
+        )
+        if most < 1:
             raise ValueError(
-                f"study: the log has {total} merchant{'s' if total != 1 else ''}; the study simulates held-out"
-                f" merchants from buyer types learnt on at least {c.min_training_merchants} others, so it needs"
-                f" {c.min_training_merchants + 1} or more. Fix: for one store (or a few), run the stages"
-                " yourself on its buyers (README, 'One store': fit-personas, assign, traces, train-agent,"
-                " simulate, evaluate), or lower --min-training-merchants"
+                f"study: no split of this log works: {needs}. Fix: lower --min-sessions or"
+                " --min-training-merchants; for one store (or a few), run the stages yourself on its buyers"
+                " (README, 'One store')"
             )
-        if c.heldout > len(eligible) or training < c.min_training_merchants or len(eligible) <= c.heldout:
+        if not 1 <= c.heldout <= most:
             raise ValueError(
-                f"study: cannot hold out {c.heldout} merchants: {len(eligible)} of {total} have >= "
-                f"{c.min_sessions} real sessions and >= {c.min_buyers} buyers, and a split must leave at "
-                f"least {c.min_training_merchants} training merchants and one eligible merchant to replay "
-                f"into traces. Fix: --heldout {max(min(len(eligible) - 1, total - c.min_training_merchants), 0)}"
+                f"study: cannot hold out {c.heldout} merchants: {needs}. Fix: --heldout {most}"
                 " or lower --min-sessions"
             )
         held = heldout_merchants(data, c.heldout, c.min_buyers, c.seed, c.min_sessions)

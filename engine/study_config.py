@@ -79,6 +79,8 @@ RUN_ONLY_FIELDS = (
     "simulate.policy_placement",
 )
 """Settings that change how fast a study runs, not what it finds: a study may continue with others."""
+PREPARE_FIELDS = ("data", "inputs", "format", "mapping")
+"""Settings of the prepared data (with the ``prepare`` section), the one output before the split."""
 
 
 def _simulate_defaults() -> SimulationConfig:

@@ -218,6 +218,8 @@ class Treatment:
         """Whether the arm's storefront differs from the plain one for this merchant (a variant: True)."""
         if self.kind == "none" or (self.kind == "order" and self.order == "popularity"):
             return False
+        if self.kind == "order" and self.order.startswith("price"):
+            return any(p.price is not None for p in catalog.products)
         if self.kind == "price":
             return self.percent != 0 and any(
                 p.price is not None and (self.category is None or p.category_id == self.category)

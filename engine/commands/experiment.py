@@ -67,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
         args.cfg__simulation = {**(load_yaml(args.config).get("simulation") or {}), **flag}
     config = build_config(ExperimentConfig, args, args.config)
     if args.plan:
+        from engine.experiment import unchanged_storefronts
         from engine.experiment_plan import format_plan, plan, write_plan
 
+        for line in unchanged_storefronts(config):
+            print(line)
         result = plan(config)
         print(format_plan(result))
         print(f"\nplan written to {write_plan(result, config.out)}; nothing was simulated")

@@ -285,15 +285,26 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
             f"{source}: no training examples left ({built.quarantine.num_rows} rows quarantined; "
             "see data/quarantine.parquet)"
         )
+    reasons = (
+        built.quarantine.column("reason").value_counts().to_pylist() if built.quarantine.num_rows else []
+    )
+    why = "; ".join(f"{r['counts']} {r['values'].split(' (')[0]}" for r in reasons[:3])
     log(
         f"{built.rows_read} trace rows: {built.examples.num_rows} examples ({built.goal_copies} of them"
-        f" goal-shown copies), {built.quarantine.num_rows} quarantined; {train.num_rows} for training"
+        f" goal-shown copies), {built.quarantine.num_rows} quarantined{f' ({why})' if why else ''};"
+        f" {train.num_rows} for training"
         + (
             f", {validation.num_rows} for validation ({len(validation_merchants)} merchants)"
             if validation_merchants
             else ""
         )
     )
+    if config.validation_share > 0 and not validation_merchants:
+        # Validation holds out whole merchants, so that it measures stores the agent never saw.
+        log(
+            "no validation: the traces hold one merchant, and validation holds out whole merchants; every"
+            " epoch is trained (no early stopping) and no calibration is fitted"
+        )
 
     (out / "data").mkdir(parents=True, exist_ok=True)
     rows = calibration_rows(validation, config.calibration_rows, config.seed)

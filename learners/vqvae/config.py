@@ -72,3 +72,9 @@ class VQVAEConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.encoder not in ("gru", "transformer"):
             raise ValueError(f"encoder must be 'gru' or 'transformer', got {self.encoder!r}")
+        if self.epochs <= self.warmup_epochs:
+            # The codebook is initialised after the warm-up: without a later epoch no code is learnt.
+            raise ValueError(
+                f"epochs ({self.epochs}) must be more than warmup_epochs ({self.warmup_epochs}), which train"
+                f" without codes; fix: --epochs {self.warmup_epochs + 4} or more, or a smaller --warmup-epochs"
+            )

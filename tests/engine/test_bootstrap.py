@@ -8,6 +8,7 @@ import pytest
 from engine.batch_metrics import Sums, fidelity_batch
 from engine.bootstrap import uncertainty
 from engine.evaluate import LENGTH_CAP, MerchantStats, Units, fidelity
+from engine.report import fidelity_text
 
 ACTIONS = ["add_to_cart", "product_view", "purchase"]
 
@@ -111,6 +112,26 @@ def test_a_simulator_that_ignores_the_merchant_scores_about_the_floor():
         row = result["systems"]["blind"][metric]
         assert row["normalised_low"] <= 0.0 <= row["normalised_high"], metric
         assert row["normalised_high"] < 1.0, metric
+
+
+def test_one_merchant_without_a_pool_has_no_floor_and_no_normalised_scores():
+    params = truth(merchants=1)
+    real, sim = population(params, 200, seed=1), population(params, 200, seed=2)
+    result = uncertainty(real, {"agent": sim}, "agent", replicates=200)
+    assert result["floor_pool"] is None and result["effect_ceiling"] is None
+    for metric in ("cra", "ara", "js_action"):
+        assert result["bounds"][metric]["floor"]["mean"] is None
+        assert result["bounds"][metric]["ceiling"]["mean"] is not None
+        assert result["systems"]["agent"][metric]["normalised"] is None
+    text = fidelity_text(result)
+    assert "*floor* (none: one merchant; `--floor-data`" in text and "Normalised score" not in text
+    # With other merchants' sessions as the pool, the floor is back.
+    pooled = uncertainty(
+        real, {"agent": sim}, "agent", pool=population(truth(3, seed=4), 100, 3), replicates=200
+    )
+    assert (
+        pooled["floor_pool"] == "training merchants" and pooled["bounds"]["cra"]["floor"]["mean"] is not None
+    )
 
 
 def test_intervals_shrink_as_samples_grow():

@@ -22,6 +22,7 @@ from engine.experiment import (
     price_answers,
     row_choices,
     run_experiment,
+    unchanged_storefronts,
 )
 from engine.experiment_effects import Pairs, estimate
 from engine.experiment_outcomes import METRICS, path_hash, replay_visit
@@ -364,6 +365,24 @@ def test_config_is_checked_early(store, tmp_path):
     sim = arm_simulation(experiment(store, tmp_path, {"cut": {"kind": "price", "percent": -10}}), arms[1])
     assert sim.env_id == "simpersona/TreatedStorefront-v0" and sim.env_kwargs["treatment"]["percent"] == -10.0
     assert plan(experiment(store, tmp_path / "p", {"b": {}}), "conversion", 0.05)["rows"][-1]["type"] is None
+
+
+def test_an_arm_that_changes_no_storefront_is_refused_and_a_partial_one_named(store, tmp_path):
+    merchants = sorted(pl.read_parquet(Path(store["data"]) / "merchants.parquet")["merchant_id"].to_list())
+    catalogs = pl.read_parquet(Path(store["data"]) / "catalogs.parquet")
+    product = catalogs.filter(pl.col("merchant_id") == merchants[0])["product_id"][0]
+    arms = {"promo": {"kind": "banner", "product": product}, "cut": {"kind": "price", "percent": -10}}
+    lines = unchanged_storefronts(experiment(store, tmp_path, arms))
+    assert lines == [
+        f"arm promo: the storefront is the control's at 1 of 2 merchants ({merchants[1]}: the product or"
+        " category is not in their catalogue); their buyers' effect is 0"
+    ]
+    with pytest.raises(
+        ValueError, match=r"arm 'gone' \(.*\) leaves the storefront unchanged at every merchant"
+    ):
+        unchanged_storefronts(
+            experiment(store, tmp_path, {"gone": {"kind": "banner", "product": "none-such"}})
+        )
 
 
 def test_an_agents_measured_answer_to_a_price_is_reported_per_type(store, tmp_path):

@@ -40,7 +40,7 @@ def study(ray_local, tmp_path_factory):
             "goal_merchants": 2,
             "goal_buyers_per_merchant": 4,
             "goal_seeds": 2,
-            "personas": {"codes": 4, "epochs": 2},
+            "personas": {"codes": 4, "epochs": 2, "warmup_epochs": 1},
             "traces": {"max_sessions": 4},
             "simulate": {"buyers_per_merchant": 12, "buyers_per_real_session": 0, "envs_per_runner": 16},
         },
@@ -119,8 +119,14 @@ def test_the_split_is_printed_and_a_greedy_one_refused(study, tmp_path, capsys):
         Study(greedy).run()
     # Too few merchants for any split (a one-store log): the stages to run instead, not a split.
     few = replace(greedy, out=str(tmp_path / "few"), heldout=1, min_training_merchants=6)
-    with pytest.raises(ValueError, match=r"the log has 6 merchants; .* needs 7 or more\. Fix: .*'One store'"):
+    with pytest.raises(ValueError, match=r"no split of this log works: .* Fix: .*'One store'"):
         Study(few).run()
+    # Refused at the split, the study continues in the same OUT with the settings the message names.
+    retry = Study(replace(few, min_training_merchants=4))
+    retry.check_settings()
+    assert retry.split(Path(config.out, "data"))["heldout"]
+    with pytest.raises(ValueError, match="holds a study run with other settings"):
+        Study(replace(few, min_training_merchants=3)).check_settings()  # split drawn: settings bind
     Study(replace(config, simulate=replace(config.simulate, runners=1))).split(Path(config.out, "data"))
     line = capsys.readouterr().out
     assert "split: 6 merchants" in line and "2 held out, 4 training" in line

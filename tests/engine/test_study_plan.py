@@ -27,7 +27,7 @@ CONFIG = {
     "goal_merchants": 2,
     "goal_buyers_per_merchant": 4,
     "goal_seeds": 2,
-    "personas": {"codes": 4, "epochs": 2},
+    "personas": {"codes": 4, "epochs": 2, "warmup_epochs": 1},
     "traces": {"max_sessions": 2},
     "simulate": {
         "buyers_per_merchant": 12,

@@ -363,6 +363,11 @@ def test_category_banner_and_a_merchant_without_the_target():
     assert "Promo" not in shop.observe(SessionState(Page("product", base.listing("10")[0].product_id)))
     absent = Treatment("banner", product="not-here")
     assert not absent.applies_to(base)
+    # Price treatments change nothing in a catalogue without prices.
+    priceless = Catalog("m", tuple(dataclasses.replace(p, price=None) for p in base.products))
+    for treatment in (Treatment("price", percent=-10), Treatment("order", order="price-ascending")):
+        assert treatment.applies_to(base) and not treatment.applies_to(priceless)
+    assert Treatment("order", order="random").applies_to(priceless)
     assert TreatedStorefront(base, absent).observe(home) == Storefront(base).observe(home)
 
 

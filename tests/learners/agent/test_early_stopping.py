@@ -124,6 +124,14 @@ def test_without_validation_every_epoch_runs_and_the_last_is_kept(tmp_path, disa
     assert _same(_state(tmp_path), last)
 
 
+def test_one_merchant_has_no_validation_and_says_so(tmp_path):
+    traces, codes = make_traces(merchants=("m1",), buyers=4, sessions=1, seed=2)
+    lines: list[str] = []
+    result = train_agent(_config(stage1_epochs=0, stage2_epochs=1), traces, codes, tmp_path, log=lines.append)
+    assert result.validation_examples == 0 and result.chosen == {2: 1}
+    assert any(line.startswith("no validation: the traces hold one merchant") for line in lines)
+
+
 class Interrupted(Exception):
     pass
 
