@@ -25,7 +25,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.console_log import quiet_model_loading, ray_session
@@ -118,6 +118,15 @@ def replay_traces(config: ReplayTracesStage, verbose: bool = False) -> TracesRep
 
     report = build_traces(Path(config.data), Path(config.out), config.traces)
     return TracesReplayed(Path(config.out), report)
+
+
+def utc_time(text: str, flag: str) -> datetime:
+    """An ISO date or time; without a zone it is UTC, as the prepared timestamps are."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not an ISO date or time; fix: write e.g. 2015-06-08") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def train_agent(config: TrainAgentStage, verbose: bool = False) -> AgentTrained:
@@ -253,7 +262,7 @@ def evaluate(config: EvaluateStage, verbose: bool = False) -> Evaluated:
 
     runs, goals = _named(config.sim), _named(config.goals)
     merchants = list(config.merchants) or None
-    since = datetime.fromisoformat(config.since) if config.since else None
+    since = utc_time(config.since, "--since") if config.since else None
     real = real_stats(config.real, merchants, unit=config.unit, since=since)
     real_kinds = {k for stats in real.values() for k in stats.kind_counts}
     goal_success = {name: step_quality(path).get("goal_success") for name, path in goals.items()}

@@ -180,3 +180,15 @@ def test_the_study_builds_no_argument_lists():
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "argv" not in names and "shlex" not in modules
+
+
+def test_a_time_without_a_zone_is_utc_as_the_prepared_timestamps_are():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from engine.stages import utc_time
+
+    assert utc_time("2015-06-08", "--since") == datetime(2015, 6, 8, tzinfo=UTC)
+    assert utc_time("2015-06-08T02:00:00+02:00", "--since") == datetime(2015, 6, 8, tzinfo=UTC)
+    assert utc_time("2015-06-08T02:00:00+02:00", "--since").tzinfo == timezone(timedelta(hours=2))
+    with pytest.raises(ValueError, match=r"--since 'June 8' is not an ISO date or time; fix:"):
+        utc_time("June 8", "--since")
