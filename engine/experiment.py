@@ -193,7 +193,8 @@ def experiment_arms(config: ExperimentConfig) -> list[Arm]:
 def unchanged_storefronts(config: ExperimentConfig) -> list[str]:
     """Lines naming the merchants where an arm's storefront is the control's (``Treatment.applies_to``:
     a price change where no product has a price, a banner for a product not sold there); an arm that
-    changes no merchant's storefront is refused, since its effects would be 0 by construction."""
+    changes no merchant's storefront is refused, since its effects would be 0 by construction, unless
+    it is meant to (an A/A arm: no change, or the control's order)."""
     from envs.catalog import load_catalogs
     from envs.treatments import Treatment
 
@@ -204,13 +205,15 @@ def unchanged_storefronts(config: ExperimentConfig) -> list[str]:
     )
     catalogs = load_catalogs(config.data, merchants)
     why = {
-        "price": "none of their products has a price",
+        "price": "none of the products it reprices is sold there with a price",
         "order": "none of their products has a price",
         "banner": "the product or category is not in their catalogue",
     }
     lines = []
     for arm in experiment_arms(config)[1:]:
         treatment = Treatment.from_dict(arm.treatment)
+        if treatment.is_identity:
+            continue
         same = [m for m in merchants if not treatment.applies_to(catalogs[m])]
         reason = why.get(treatment.kind, "nothing it changes is there")
         if len(same) == len(merchants):

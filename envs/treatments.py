@@ -214,14 +214,25 @@ class Treatment:
             "hide-favorite": "no favourite action",
         }[self.kind]
 
+    @property
+    def is_identity(self) -> bool:
+        """The plain storefront by construction (no change, the control's listing order or page size, a
+        0% price change): an A/A arm."""
+        return (
+            self.kind == "none"
+            or (self.kind == "order" and self.order == "popularity")
+            or (self.kind == "price" and self.percent == 0)
+            or (self.kind == "page-size" and self.page_size == PAGE_SIZE)
+        )
+
     def applies_to(self, catalog: Catalog) -> bool:
         """Whether the arm's storefront differs from the plain one for this merchant (a variant: True)."""
-        if self.kind == "none" or (self.kind == "order" and self.order == "popularity"):
+        if self.is_identity:
             return False
         if self.kind == "order" and self.order.startswith("price"):
             return any(p.price is not None for p in catalog.products)
         if self.kind == "price":
-            return self.percent != 0 and any(
+            return any(
                 p.price is not None and (self.category is None or p.category_id == self.category)
                 for p in catalog.products
             )

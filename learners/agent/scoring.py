@@ -322,7 +322,7 @@ def read_row_choice(agent_dir: str | Path) -> dict[int | None, list[float]]:
         None if key == "none" else int(key): [float(fit["coef"][f]) for f in ROW_FEATURES]
         for key, fit in saved["codes"].items()
     }
-    if saved["pooled"]:
+    if saved.get("pooled"):
         served[POOLED_ROWS] = [float(saved["pooled"][f]) for f in ROW_FEATURES]
     return served
 

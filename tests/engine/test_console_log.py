@@ -109,7 +109,7 @@ def test_fit_then_train_print_progress_once_and_ray_only_to_its_log(data: Path, 
     load = (
         f"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained({str(agent)!r})"
     )
-    quiet = "from engine.stages import _quiet_model_loading; _quiet_model_loading(); "
+    quiet = "from engine.console_log import quiet_model_loading; quiet_model_loading(); "
     shown = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")}
     for code, bar in ((load, True), (quiet + load, False)):
         done = subprocess.run(

@@ -372,6 +372,7 @@ def test_an_arm_that_changes_no_storefront_is_refused_and_a_partial_one_named(st
     catalogs = pl.read_parquet(Path(store["data"]) / "catalogs.parquet")
     product = catalogs.filter(pl.col("merchant_id") == merchants[0])["product_id"][0]
     arms = {"promo": {"kind": "banner", "product": product}, "cut": {"kind": "price", "percent": -10}}
+    arms |= {"a-a": {"kind": "none"}}  # meant to change nothing: neither refused nor named
     lines = unchanged_storefronts(experiment(store, tmp_path, arms))
     assert lines == [
         f"arm promo: the storefront is the control's at 1 of 2 merchants ({merchants[1]}: the product or"

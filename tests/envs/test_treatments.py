@@ -368,6 +368,11 @@ def test_category_banner_and_a_merchant_without_the_target():
     for treatment in (Treatment("price", percent=-10), Treatment("order", order="price-ascending")):
         assert treatment.applies_to(base) and not treatment.applies_to(priceless)
     assert Treatment("order", order="random").applies_to(priceless)
+    # Arms that are the plain storefront by construction: A/A arms, never "applied".
+    identities = [Treatment(), Treatment("order", order="popularity"), Treatment("price", percent=0)]
+    for treatment in [*identities, Treatment("page-size", page_size=PAGE_SIZE)]:
+        assert treatment.is_identity and not treatment.applies_to(base)
+    assert not Treatment("page-size", page_size=PAGE_SIZE - 1).is_identity
     assert TreatedStorefront(base, absent).observe(home) == Storefront(base).observe(home)
 
 

@@ -77,7 +77,9 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     rows = {
         str(c): {"coef": dict(zip(ROW_FEATURES, (1.0 - c, -0.5 * c, 0.3), strict=True))} for c in range(3)
     }
-    (agent / ROW_CHOICE_FILE).write_text(json.dumps({"codes": rows}), encoding="utf-8")
+    # Code 3 has none of its own: both backends serve it the pooled fit.
+    pooled = dict(zip(ROW_FEATURES, (0.5, -0.2, 0.1), strict=True))
+    (agent / ROW_CHOICE_FILE).write_text(json.dumps({"pooled": pooled, "codes": rows}), encoding="utf-8")
     pages = storefront_pages(data)
     marked = [
         dataclasses.replace(r, observation=PRICE.sub(r"Price: 1.00 (was \1)", r.observation))
