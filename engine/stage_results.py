@@ -15,9 +15,9 @@ from engine.report import fidelity_text, markdown_table
 from learners.data.traces import ReplayReport
 
 MAX_REASONS = 10
+"""Quarantine reasons and dropped codes listed one per line; the rest are summed."""
 EARLIEST_PLAUSIBLE = 1995
 """Events dated before this year are flagged (no web shop logged clicks earlier)."""
-"""Quarantine reasons and dropped codes listed one per line; the rest are summed."""
 VQ_REPORTED = ("codes_in_use", "perplexity", "calinski_harabasz", "coherence", "nmi", "kruskal_conversion_p")
 """The fit report's figures printed beside the k-means baseline's."""
 

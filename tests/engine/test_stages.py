@@ -192,3 +192,19 @@ def test_a_time_without_a_zone_is_utc_as_the_prepared_timestamps_are():
     assert utc_time("2015-06-08T02:00:00+02:00", "--since").tzinfo == timezone(timedelta(hours=2))
     with pytest.raises(ValueError, match=r"--since 'June 8' is not an ISO date or time; fix:"):
         utc_time("June 8", "--since")
+
+
+def test_implausible_event_dates_are_flagged():
+    from datetime import UTC, datetime
+
+    from engine.stage_results import time_range_lines
+
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    fine = time_range_lines({"first": "2015-06-01T00:28:48+00:00", "last": "2015-06-14T22:26:42+00:00"}, now)
+    assert fine == ["  events from 2015-06-01 00:28 to 2015-06-14 22:26 UTC"]
+    seconds_as_ms = {"first": "1970-01-17T14:00:00+00:00", "last": "2015-06-14T22:26:42+00:00"}
+    future = {"first": "2015-06-01T00:28:48+00:00", "last": "2424-01-01T00:00:00+00:00"}
+    for span in (seconds_as_ms, future):
+        lines = time_range_lines(span, now)
+        assert len(lines) == 2 and lines[1].startswith("  check: events dated before 1995 or in the future")
+    assert time_range_lines(None) == []
