@@ -194,7 +194,7 @@ def unchanged_storefronts(config: ExperimentConfig) -> list[str]:
     """Lines naming the merchants where an arm's storefront is the control's (``Treatment.applies_to``:
     a price change where no product has a price, a banner for a product not sold there); an arm that
     changes no merchant's storefront is refused, since its effects would be 0 by construction, unless
-    it is meant to (an A/A arm: no change, or the control's order)."""
+    it is meant to (an A/A arm, ``Treatment.is_identity``)."""
     from envs.catalog import load_catalogs
     from envs.treatments import Treatment
 

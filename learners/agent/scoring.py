@@ -132,11 +132,10 @@ def action_scores(
     cell (``price_bias``, price_response.py); on a listing, which row its ``open product`` opens is
     the code's row choice (``row_choice``: coefficients of ``ROW_FEATURES``, row_choice.py; the pooled
     fit, key ``POOLED_ROWS``, for a code without its own) in place of the model's, so opening a
-    product keeps its probability. The biases are fitted on goal-free
-    rows (calibration.py):
-    they carry a free shopper's rates to new stores, while a goal task's buyer has been told what to
-    buy (on the demo a validation store's cart abandoners set ``purchase`` to -0.7 and goal tasks
-    exited at checkout)."""
+    product keeps its probability. The biases are fitted on goal-free rows (calibration.py): they
+    carry a free shopper's rates to new stores, while a goal task's buyer has been told what to buy
+    (on the demo a validation store's cart abandoners set ``purchase`` to -0.7 and goal tasks exited
+    at checkout)."""
     plain = len(request.valid_actions) - (SEARCH_TEMPLATE in request.valid_actions)
     values = iter(scores[:plain])
     searches = float(np.logaddexp.reduce(scores[plain:])) if len(scores) > plain else -np.inf
