@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from learners.data.mapping import SourceMapping, TimestampSpec
 from learners.data.readers import RawChunk, quarantine_table
-from learners.data.schema import CANONICAL_EVENTS, QUARANTINE, TS_TYPE
+from learners.data.schema import CANONICAL_EVENTS, PRODUCT_EVENT_TYPES, QUARANTINE, TS_TYPE
 
 NAIVE_MS = pa.timestamp("ms")
 INT_TEXT = r"^-?[0-9]{1,15}$"
@@ -31,8 +31,6 @@ ISO_TEXT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]
 ZONE_SUFFIX = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 YEAR_JOIN = "|"
 TEXT_ID_FIELDS = ("session_id", "product_id", "category_id", "query")
-PRODUCT_EVENTS = pa.array(["product_view", "favorite", "add_to_cart", "remove_from_cart", "purchase"])
-"""Event types about one product: quarantined without a product id where the mapping names a column."""
 
 TimestampParser = Callable[[pa.Array], pa.Array]
 """Source timestamp column -> timestamp[ms, UTC], null where a value cannot be read."""
@@ -337,7 +335,10 @@ def canonicalize(
     if product is not None and product.column is not None:
         # A product event of a log that names products must say which: replay cannot show "a" product.
         checks.add(
-            pc.and_(pc.is_in(out["event_type"], value_set=PRODUCT_EVENTS), pc.is_null(out["product_id"])),
+            pc.and_(
+                pc.is_in(out["event_type"], value_set=pa.array(PRODUCT_EVENT_TYPES)),
+                pc.is_null(out["product_id"]),
+            ),
             product.column,
             f"missing product id (column '{product.column}' is empty) on a product event",
         )

@@ -31,6 +31,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,7 +63,7 @@ from learners.data.features import (
     reference_prices,
 )
 from learners.data.partitions import BuyerPartitions, assign_buckets
-from learners.data.readers import DELIMITERS
+from learners.data.readers import delimiter_fix, other_delimiter
 from learners.data.sessions import events_table, order_frame, sessions_table
 
 _QUARANTINE_FLUSH_ROWS = 100_000
@@ -239,8 +240,9 @@ class OutputWriters:
         self._quarantine: list[pa.Table] = []
         self.rows: Counter[str] = Counter()
         self.quarantine_reasons: Counter[str] = Counter()
-        self.first_ts: Any = None
-        self.last_ts: Any = None
+        self.first_ts: datetime | None = None
+        self.last_ts: datetime | None = None
+        """The events' first and last time (the buyers' first_ts and last_ts), for the manifest."""
 
     def __enter__(self) -> OutputWriters:
         return self
@@ -418,7 +420,7 @@ def finish_outputs(
         "products": writers.rows["catalogs"],
     }
     manifest = build_manifest(digests, adapter, config, counts, writers.quarantine_reasons, dropped_codes)
-    if writers.first_ts is not None:
+    if writers.first_ts is not None and writers.last_ts is not None:
         manifest["time_range"] = {"first": writers.first_ts.isoformat(), "last": writers.last_ts.isoformat()}
     (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
@@ -486,13 +488,8 @@ def nothing_kept(inputs: Sequence[Path], manifest: dict[str, Any], quarantine: P
         lines.append(f"  e.g. {row['file']}:{row['line']}{column}: {row['raw']}")
     reasons = " ".join(manifest["quarantine_by_reason"])
     if "found 1" in reasons:
-        raw = str(example[0]["raw"]) if example else ""
-        other = max(DELIMITERS, key=raw.count)
-        fix = (
-            f'write csv: {{delimiter: "{other}"}} in the mapping'
-            if raw.count(other)
-            else "check the mapping's csv"
-        )
+        other = other_delimiter(str(example[0]["raw"]), None) if example else None
+        fix = delimiter_fix(other) if other is not None else "check the mapping's csv"
         lines.append(
             f"fix: the rows do not split into the mapping's columns; is the delimiter right? ({fix})"
         )

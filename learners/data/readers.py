@@ -248,13 +248,28 @@ def _header_names(path: Path, header: bytes, delimiter: str) -> list[str]:
     return next(csv.reader([text], delimiter=delimiter))
 
 
+def other_delimiter(text: str, delimiter: str | None) -> str | None:
+    """The delimiter of ``DELIMITERS`` other than ``delimiter`` that ``text`` (one unsplit row) holds
+    most often, None when it holds none: what a row read with the wrong delimiter was split on."""
+    counts = {d: text.count(d) for d in DELIMITERS if d != delimiter}
+    best = max(counts, key=counts.__getitem__)
+    return best if counts[best] else None
+
+
+def delimiter_fix(delimiter: str) -> str:
+    """The mapping line that reads a file split on ``delimiter``."""
+    return f"write csv: {{delimiter: {json.dumps(delimiter)}}} in the mapping"
+
+
 def _check_columns(
     path: Path, where: str, available: list[str], mapping: SourceMapping, delimiter: str | None = None
 ) -> None:
     fix = "correct the mapping or the file"
-    other = [d for d in DELIMITERS if d != delimiter and len(available) == 1 and d in available[0]]
-    if delimiter is not None and other:
-        fix = f"the header splits on {other[0]!r}, not {delimiter!r}: write csv: {{delimiter: {json.dumps(other[0])}}} in the mapping"
+    other = (
+        other_delimiter(available[0], delimiter) if delimiter is not None and len(available) == 1 else None
+    )
+    if other is not None:
+        fix = f"the header splits on {other!r}, not {delimiter!r}: {delimiter_fix(other)}"
     for column in mapping.columns_used():
         if column not in available:
             raise ValueError(

@@ -22,6 +22,14 @@ EVENT_MEANINGS: dict[str, str] = {
 }
 # Sequence codes are the positions in this tuple.
 EVENT_TYPES: tuple[str, ...] = tuple(EVENT_MEANINGS)
+PRODUCT_EVENT_TYPES: tuple[str, ...] = (
+    "product_view",
+    "favorite",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+)
+"""The event types about one product: a log that names products must say which."""
 EVENT_CODE: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
 
 

@@ -365,3 +365,31 @@ def test_real_sample_outputs_are_byte_identical_across_runs(real_file, tmp_path:
         prepare([path], get_adapter("tmall-ijcai15"), config, tmp_path / run)
     for file in schema.TABLE_FILES.values():
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
+def test_a_wrong_delimiter_is_named_with_the_one_to_write(tmp_path: Path) -> None:
+    from learners.data.adapters import MappingAdapter
+    from learners.data.mapping import mapping_from_dict
+
+    rows = ["1;2014-04-07T10:51:09Z;214536502;view", "2;2014-04-07T10:54:09Z;214536500;view"]
+    spec = {
+        "fields": {"merchant_id": {"constant": "shop"}, "buyer_id": "session", "ts": "ts"},
+        "timestamp": {"format": "iso"},
+        "event_type": {"column": "kind", "map": {"view": "product_view"}},
+    }
+    with_header = tmp_path / "with-header.csv"
+    with_header.write_text("session;ts;item;kind\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"header splits on ';', not ',': write csv: \{delimiter: \";\"\}"):
+        prepare(
+            [with_header], MappingAdapter(mapping_from_dict(spec, "m.yaml")), PrepareConfig(), tmp_path / "a"
+        )
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("\n".join(rows) + "\n")
+    bare = spec | {"csv": {"header": False, "columns": ["session", "ts", "item", "kind"]}}
+    with pytest.raises(ValueError) as err:
+        prepare(
+            [headerless], MappingAdapter(mapping_from_dict(bare, "m.yaml")), PrepareConfig(), tmp_path / "b"
+        )
+    assert "2 rows: too few columns: expected 4, found 1" in str(err.value)
+    assert 'is the delimiter right? (write csv: {delimiter: ";"} in the mapping)' in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["headerless.csv", "with-header.csv"]
