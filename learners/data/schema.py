@@ -141,6 +141,21 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 
+FEATURE_ASPECTS: dict[str, tuple[str, ...]] = {
+    "event counts": tuple(f"log_n_{t}" for t in EVENT_TYPES),
+    "event shares": tuple(f"share_{t}" for t in EVENT_TYPES),
+    "volume": (
+        *("log_n_events", "log_n_sessions", "log_events_per_session", "log_n_products"),
+        *("log_n_categories", "log_active_days", "log_span_days"),
+    ),
+    "pace": ("log_mean_gap_s",),
+    "funnel": ("repeat_view_share", "cart_per_view", "purchase_per_view", "purchase_per_cart", "depth_frac"),
+    "prices": ("log_mean_price", "price_index", "markdown_share"),
+}
+"""The aspects of behaviour the features describe, each by one or more columns. The VQ-VAE weighs every
+aspect alike (``FeatureStats``), so the sixteen columns of event counts and shares do not outvote the
+single column of pace or the three of prices."""
+
 BUYERS = pa.schema(
     [
         pa.field("merchant_id", pa.string(), nullable=False),

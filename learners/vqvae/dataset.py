@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from learners.data.schema import EVENT_TYPES, FEATURE_NAMES, N_FEATURES, TABLE_FILES
+from learners.data.schema import EVENT_TYPES, FEATURE_ASPECTS, FEATURE_NAMES, N_FEATURES, TABLE_FILES
 
 # Upper edges (seconds) of the time-gap histogram the decoder reconstructs; the last bin is open.
 GAP_EDGES_S = (2, 5, 10, 20, 40, 80, 300, 1800, 86400)
@@ -30,18 +30,38 @@ N_TRANSITIONS = (N_EVENT_TYPES + 1) * N_EVENT_TYPES
 READ_COLUMNS = ("merchant_id", "buyer_id", "features", "event_seq", "gap_seq", "converted", "depth")
 
 
+def aspect_weights(varies: np.ndarray) -> np.ndarray:
+    """Per feature, the weight that gives every aspect of ``FEATURE_ASPECTS`` the same total variance
+    after standardising: 1 / sqrt(the aspect's varying columns), scaled so the varying features' total
+    variance stays their number. Constant features keep weight 1 (they are 0 once centred)."""
+    weights = np.ones(N_FEATURES)
+    for columns in FEATURE_ASPECTS.values():
+        index = [FEATURE_NAMES.index(c) for c in columns]
+        n_varying = int(varies[index].sum())
+        if n_varying:
+            weights[index] = n_varying**-0.5
+    if varies.any():
+        weights[varies] /= np.sqrt(np.mean(weights[varies] ** 2))
+    return np.where(varies, weights, 1.0)
+
+
 @dataclass
 class FeatureStats:
-    """Per-feature mean and standard deviation of the training buyers (saved with the model)."""
+    """Per-feature centre and scale of the training buyers (saved with the model)."""
 
     mean: list[float]
     std: list[float]
+    """The scale each feature is divided by: its standard deviation, times ``aspect_weights``' inverse
+    when the aspects are balanced."""
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> FeatureStats:
+    def fit(cls, features: np.ndarray, balanced: bool = True) -> FeatureStats:
         std = features.std(0)
+        varies = std > 1e-6
         # A constant feature (e.g. prices in a source without prices) is centred, not scaled.
-        std = np.where(std > 1e-6, std, 1.0)
+        std = np.where(varies, std, 1.0)
+        if balanced:
+            std = std / aspect_weights(varies)
         return cls(mean=features.mean(0).astype(float).tolist(), std=std.astype(float).tolist())
 
     def apply(self, features: np.ndarray) -> np.ndarray:

@@ -185,7 +185,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     config: VQVAEConfig = loop_config["config"]
     rows = load_rows(loop_config["data_dir"], config.max_seq_len)
-    stats = FeatureStats.fit(rows.features)
+    stats = FeatureStats.fit(rows.features, config.balance_aspects)
     device = ray.train.torch.get_device()
     work = WorkerTraining(config, rows.batch(stats), stats, device)
     checkpoint = ray.train.get_checkpoint()
