@@ -75,12 +75,18 @@ def fit_personas(config: FitPersonasStage, verbose: bool = False) -> PersonasFit
             f"{config.truth} not found (--truth expects truth.parquet of `simpersona synth`)"
         )
     from learners.vqvae.assign import assign as assign_codes
-    from learners.vqvae.fit import fit_codebook
+    from learners.vqvae.dataset import load_rows
+    from learners.vqvae.fit import check_buyers, fit_codebook
     from learners.vqvae.report import write_report
 
     vq, data = config.vqvae, Path(config.data)
+    rows = load_rows(data, vq.max_seq_len)
+    # Before the session opens --out for Ray's log: a refused fit leaves nothing there.
+    check_buyers(rows, vq.codes)
     with ray_session(config.out, verbose) as session:
-        fit = fit_codebook(data, vq, Path(config.out), resume=config.resume, progress=session.progress)
+        fit = fit_codebook(
+            data, vq, Path(config.out), resume=config.resume, progress=session.progress, rows=rows
+        )
     last = fit.history[-1] if fit.history else {}
     fitted = PersonasFitted(
         fit.run_dir,
@@ -95,8 +101,15 @@ def fit_personas(config: FitPersonasStage, verbose: bool = False) -> PersonasFit
     assigned = assign_codes(fit.run_dir, data, fit.run_dir)
     truth = Path(config.truth) if config.truth else None
     metrics = write_report(fit.run_dir, data, truth=truth, seed=vq.seed)
+    # The summary says what report.html and metrics.json say: the codes of the final assignment, not
+    # those the last epoch's training batches hit.
     return replace(
-        fitted, assigned=assigned.buyers_assigned, quarantined=assigned.buyers_quarantined, metrics=metrics
+        fitted,
+        codes_in_use=int(metrics["codes_in_use"]),
+        perplexity=float(metrics["perplexity"]),
+        assigned=assigned.buyers_assigned,
+        quarantined=assigned.buyers_quarantined,
+        metrics=metrics,
     )
 
 

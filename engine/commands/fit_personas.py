@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that `simpersona --help` does not import torch and Ray.
     from engine.stages import fit_personas
 
-    for line in fit_personas(
-        build_config(FitPersonasStage, args, args.config), getattr(args, "verbose", False)
-    ).lines():
+    config = build_config(FitPersonasStage, args, args.config)
+    fitted = fit_personas(config, getattr(args, "verbose", False))
+    for line in fitted.lines():
         print(line)
     return 0

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_model
@@ -268,6 +269,21 @@ def _check_resumable(config: AgentTrainConfig, manifest: dict, path: Path) -> No
         )
 
 
+def no_validation_line(share: float, merchants: int) -> str:
+    """The console line of a run without validation merchants: why, and what it goes without."""
+    skipped = (
+        "every epoch is trained and the last one kept (no early stopping, no best-epoch restore) and no"
+        " calibration is fitted"
+    )
+    if merchants < 2:
+        # Validation holds out whole merchants, so that it measures stores the agent never saw.
+        return (
+            "no validation: the traces hold one merchant, and validation holds out whole merchants;"
+            f" {skipped}"
+        )
+    return f"no validation (--validation-share {share:g}): {skipped}; for them: e.g. --validation-share 0.1"
+
+
 def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> dict:
     """Examples, splits, the validation merchants, the token budget's sample and the initial model
     (base + persona tokens) under ``out``; what was kept (the manifest's rows, validation, budget)."""
@@ -299,11 +315,11 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
             else ""
         )
     )
-    if config.validation_share > 0 and not validation_merchants:
-        # Validation holds out whole merchants, so that it measures stores the agent never saw.
+    if not validation_merchants:
         log(
-            "no validation: the traces hold one merchant, and validation holds out whole merchants; every"
-            " epoch is trained (no early stopping) and no calibration is fitted"
+            no_validation_line(
+                config.validation_share, pc.count_distinct(parts["train"]["merchant_id"]).as_py()
+            )
         )
 
     (out / "data").mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from learners.data.mapping import SourceMapping, TimestampSpec
-from learners.data.readers import RawChunk, quarantine_table
+from learners.data.readers import MISSING_WORDS, RawChunk, quarantine_table
 from learners.data.schema import CANONICAL_EVENTS, PRODUCT_EVENT_TYPES, QUARANTINE, TS_TYPE
 
 NAIVE_MS = pa.timestamp("ms")
-INT_TEXT = r"^-?[0-9]{1,15}$"
+INT_TEXT = r"^-?([0-9]{1,18}|[1-8][0-9]{18})$"
+"""An integer int64 holds (unix nanoseconds have 19 digits)."""
 NUMBER_TEXT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
 ISO_TEXT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
 ZONE_SUFFIX = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
@@ -48,6 +49,22 @@ def as_text(values: pa.Array) -> pa.Array:
     if pc.any(empty).as_py():
         values = pc.if_else(empty, pa.scalar(None, pa.string()), values)
     return values
+
+
+def id_text(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """An id column as text, null where empty or a word for no value (``MISSING_WORDS``: Diginetica
+    writes ``NA`` for an anonymous user); and where it was such a word."""
+    text = as_text(values)
+    said_none = pc.fill_null(pc.is_in(text, value_set=pa.array(MISSING_WORDS, pa.string())), False)
+    if pc.any(said_none).as_py():
+        text = pc.if_else(said_none, pa.scalar(None, pa.string()), text)
+    return text, said_none
+
+
+def event_codes(values: pa.Array, named: list[str] | tuple[str, ...]) -> pa.Array:
+    """An event-code column as text; empty cells are the code ``""`` where the mapping names it, else null."""
+    codes = as_text(values)
+    return pc.fill_null(codes, "") if "" in named else codes
 
 
 def _ms_array(ms: np.ndarray, valid: np.ndarray, tz: str | None) -> pa.Array:
@@ -92,10 +109,30 @@ def _parse_pattern(texts: pa.Array, fmt: str) -> pa.Array:
     return pc.take(values, encoded.indices)
 
 
-def _parse_unix(texts: pa.Array, scale: int) -> pa.Array:
+UNIX_UNITS = {"unix_s": "s", "unix_ms": "ms", "unix_us": "us", "unix_ns": "ns"}
+"""The unix keywords of ``TimestampSpec.format`` and the unit of their integers."""
+PLAUSIBLE_YEARS = (1970, 2100)
+"""Timestamps outside these years are quarantined: a unix time read in too small a unit (milliseconds
+as seconds) lands tens of thousands of years ahead, past what a date can hold."""
+
+
+def _unix(ints: pa.Array, unit: str) -> pa.Array:
+    """Integers since 1970 in ``unit`` -> timestamp[ms, UTC]; out of int64 range -> far future (quarantined)."""
+    ints = ints.cast(pa.int64())
+    if unit in ("us", "ns"):
+        return pc.divide(ints, 1000 if unit == "us" else 1_000_000).cast(TS_TYPE)
+    if unit == "ms":
+        return ints.cast(TS_TYPE)
+    limit = 2**62 // 1000
+    return pc.multiply(
+        pc.min_element_wise(pc.max_element_wise(ints, -limit, skip_nulls=False), limit, skip_nulls=False),
+        1000,
+    ).cast(TS_TYPE)
+
+
+def _parse_unix(texts: pa.Array, unit: str) -> pa.Array:
     ok = pc.fill_null(pc.match_substring_regex(texts, INT_TEXT), False)
-    ints = pc.if_else(ok, texts, pa.scalar(None, pa.string())).cast(pa.int64())
-    return pc.multiply(ints, scale).cast(TS_TYPE)
+    return _unix(pc.if_else(ok, texts, pa.scalar(None, pa.string())).cast(pa.int64()), unit)
 
 
 def _iso_python(texts: list[str | None], aware: bool) -> pa.Array:
@@ -154,12 +191,11 @@ def parse_timestamps(values: pa.Array, spec: TimestampSpec) -> pa.Array:
     if pa.types.is_timestamp(kind):
         cast = values.cast(pa.timestamp("ms", kind.tz))
         return _finish(cast if kind.tz is None else None, cast if kind.tz is not None else None, spec)
-    if pa.types.is_integer(kind) and spec.format in ("unix_s", "unix_ms"):
-        scale = 1000 if spec.format == "unix_s" else 1
-        return _finish(None, pc.multiply(values.cast(pa.int64()), scale).cast(TS_TYPE), spec)
+    if pa.types.is_integer(kind) and spec.format in UNIX_UNITS:
+        return _finish(None, _unix(values, UNIX_UNITS[spec.format]), spec)
     texts = as_text(values)
-    if spec.format in ("unix_s", "unix_ms"):
-        return _finish(None, _parse_unix(texts, 1000 if spec.format == "unix_s" else 1), spec)
+    if spec.format in UNIX_UNITS:
+        return _finish(None, _parse_unix(texts, UNIX_UNITS[spec.format]), spec)
     if spec.format == "iso":
         aware, naive = _parse_iso(texts)
         return _finish(naive, aware, spec)
@@ -185,6 +221,10 @@ def describe_format(spec: TimestampSpec) -> str:
         return "unix seconds"
     if spec.format == "unix_ms":
         return "unix milliseconds"
+    if spec.format == "unix_us":
+        return "unix microseconds"
+    if spec.format == "unix_ns":
+        return "unix nanoseconds"
     if spec.format == "iso":
         return "an ISO 8601 date/datetime"
     year = f" with year {spec.year}" if spec.year is not None else ""
@@ -247,7 +287,7 @@ def drop_declared(chunk: RawChunk, mapping: SourceMapping) -> tuple[RawChunk, di
     drop = mapping.event_type.drop
     if not drop or mapping.event_type.column is None or chunk.table.num_rows == 0:
         return chunk, {}
-    codes = as_text(chunk.table.column(mapping.event_type.column))
+    codes = event_codes(chunk.table.column(mapping.event_type.column), drop)
     hit = pc.fill_null(pc.is_in(codes, value_set=pa.array(drop, pa.string())), False)
     if not pc.any(hit).as_py():
         return chunk, {}
@@ -277,7 +317,13 @@ def canonicalize(
         if source.column is None:
             out[name] = pa.repeat(pa.scalar(source.constant, pa.string()), n)
             continue
-        out[name] = as_text(table.column(source.column))
+        out[name], said_none = id_text(table.column(source.column))
+        # The word's own reason first: its cell is null now, so "is empty" would catch it too.
+        checks.add(
+            said_none,
+            source.column,
+            f"missing {name} (column '{source.column}' holds NA, null or a like word for no value)",
+        )
         checks.add(
             pc.is_null(out[name]),
             source.column,
@@ -295,8 +341,15 @@ def canonicalize(
         ts_col,
         f"unparseable timestamp in column '{ts_col}' (expected {describe_format(spec)})",
     )
+    ms = ts.cast(pa.int64())
+    first, last = (int(dt.datetime(y, 1, 1, tzinfo=dt.UTC).timestamp() * 1000) for y in PLAUSIBLE_YEARS)
+    checks.add(
+        pc.or_(pc.less(ms, first), pc.greater_equal(ms, last)),
+        ts_col,
+        f"timestamp before {PLAUSIBLE_YEARS[0]} or after {PLAUSIBLE_YEARS[1]} read as {describe_format(spec)};"
+        " fix: timestamp.format for the numbers' unit (10 digits unix_s, 13 unix_ms, 16 unix_us, 19 unix_ns)",
+    )
     if spec.min is not None or spec.max is not None:
-        ms = ts.cast(pa.int64())
         low = _bound_ms(spec.min, spec) if spec.min is not None else None
         high = _bound_ms(spec.max, spec) if spec.max is not None else None
         outside = pc.or_(
@@ -312,11 +365,17 @@ def canonicalize(
     if code_col is None:
         out["event_type"] = pa.repeat(pa.scalar(mapping.event_type.constant, pa.string()), n)
     else:
-        codes = as_text(table.column(code_col))
         known = list(mapping.event_type.map)
+        codes = event_codes(table.column(code_col), known)
         index = pc.index_in(codes, value_set=pa.array(known, pa.string()))
         out["event_type"] = pc.take(pa.array(list(mapping.event_type.map.values()), pa.string()), index)
         known_text = ", ".join(repr(k) for k in known)
+        checks.add(
+            pc.is_null(codes),
+            code_col,
+            f"missing event code (column '{code_col}' is empty); map the empty code ('': TYPE) or drop it"
+            " (drop: [''])",
+        )
         checks.add(
             pc.is_null(index),
             code_col,
@@ -330,7 +389,7 @@ def canonicalize(
         elif source.column is None:
             out[name] = pa.repeat(pa.scalar(source.constant, pa.string()), n)
         else:
-            out[name] = as_text(table.column(source.column))
+            out[name] = id_text(table.column(source.column))[0]
     product = fields.get("product_id")
     if product is not None and product.column is not None:
         # A product event of a log that names products must say which: replay cannot show "a" product.

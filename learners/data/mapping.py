@@ -20,12 +20,13 @@ import yaml
 from learners.data.schema import EVENT_TYPES
 
 FORMATS = ("csv", "parquet", "jsonl")
-TIMESTAMP_KEYWORDS = ("unix_s", "unix_ms", "iso")
+TIMESTAMP_KEYWORDS = ("unix_s", "unix_ms", "unix_us", "unix_ns", "iso")
 RESOLUTIONS = ("second", "day")
 REQUIRED_FIELDS = ("merchant_id", "buyer_id", "ts")
 OPTIONAL_FIELDS = ("session_id", "product_id", "category_id", "price", "query")
-TOP_KEYS = ("name", "format", "csv", "fields", "timestamp", "event_type", "match")
+TOP_KEYS = ("name", "format", "csv", "jsonl", "fields", "timestamp", "event_type", "match")
 CSV_KEYS = ("delimiter", "header", "columns")
+JSONL_KEYS = ("explode",)
 TIMESTAMP_KEYS = ("format", "year", "timezone", "resolution", "min", "max")
 EVENT_TYPE_KEYS = ("column", "map", "drop", "constant")
 
@@ -43,6 +44,15 @@ class CsvOptions:
 
 
 @dataclass(frozen=True)
+class JsonlOptions:
+    """How a JSON-lines file nests its events."""
+
+    explode: str | None = None
+    """A key whose value is a list of objects, one event each (OTTO: one session per line with its
+    ``events``): each becomes a row, its keys read as columns beside the line's own scalar keys."""
+
+
+@dataclass(frozen=True)
 class FieldSource:
     """Where a canonical field comes from: a source column or a constant."""
 
@@ -57,7 +67,8 @@ class TimestampSpec:
     """How to read the timestamp column."""
 
     format: str = "iso"
-    """A strptime pattern, or one of unix_s, unix_ms, iso."""
+    """A strptime pattern, or one of unix_s, unix_ms, unix_us, unix_ns (integer seconds, milli-, micro-,
+    nanoseconds since 1970; GA4 exports microseconds), iso."""
     year: int | None = None
     """The year of patterns that carry none (e.g. %m%d)."""
     timezone: str = "UTC"
@@ -101,6 +112,9 @@ class SourceMapping:
     """csv, parquet or jsonl; None means from each file's extension."""
     csv: CsvOptions = field(default_factory=CsvOptions)
     """CSV layout (ignored for other formats)."""
+    jsonl: JsonlOptions = field(default_factory=JsonlOptions)
+    """JSON-lines nesting (ignored for other formats). In JSON lines a column may also be a dotted path
+    into nested objects (``device.category``)."""
     source: str = "<mapping>"
     """Where the mapping came from (a file path), for messages."""
     match: str | None = None
@@ -274,6 +288,7 @@ def _event_type(source: str, values: Any) -> EventTypeSpec:
         )
     mapped: dict[str, str] = {}
     for code, event in codes.items():
+        code = _empty_code(code)
         if isinstance(code, bool) or not isinstance(code, (str, int)):
             raise _fail(source, f"event_type.map.{code}", f"code {code!r} is not text", "quote the code")
         if event not in EVENT_TYPES:
@@ -287,6 +302,12 @@ def _event_type(source: str, values: Any) -> EventTypeSpec:
     return EventTypeSpec(column=column, map=mapped, drop=_dropped_codes(source, values.get("drop"), mapped))
 
 
+def _empty_code(code: Any) -> Any:
+    """YAML's null (``~``) names the empty code, as ``""`` does: rows whose event column is empty (Coveo
+    logs page views with an empty ``product_action``)."""
+    return "" if code is None else code
+
+
 def _dropped_codes(source: str, values: Any, mapped: dict[str, str]) -> tuple[str, ...]:
     """event_type.drop: codes whose rows are left out on purpose; none may also be mapped."""
     if values is None:
@@ -297,12 +318,10 @@ def _dropped_codes(source: str, values: Any, mapped: dict[str, str]) -> tuple[st
         )
     dropped: list[str] = []
     for code in values:
-        if isinstance(code, bool) or not isinstance(code, (str, int)) or code == "":
+        code = _empty_code(code)
+        if isinstance(code, bool) or not isinstance(code, (str, int)):
             raise _fail(
-                source,
-                "event_type.drop",
-                f"code {code!r} is not a non-empty text or integer",
-                "quote the code",
+                source, "event_type.drop", f"code {code!r} is not text or an integer", "quote the code"
             )
         text = str(code)
         if text in mapped:
@@ -359,6 +378,14 @@ def _csv_options(source: str, values: Any) -> CsvOptions:
     return CsvOptions(delimiter=delimiter, header=header, columns=columns)
 
 
+def _jsonl_options(source: str, values: Any) -> JsonlOptions:
+    values = _check_keys(source, "jsonl", values, JSONL_KEYS)
+    explode = values.get("explode")
+    if explode is not None:
+        explode = _text(source, "jsonl.explode", explode)
+    return JsonlOptions(explode=explode)
+
+
 def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:
     """Validate a parsed mapping and build it; ``source`` names it in error messages."""
     values = _check_keys(source, "", values, TOP_KEYS)
@@ -374,6 +401,9 @@ def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:
     if "csv" in values and fmt not in (None, "csv"):
         raise _fail(source, "csv", f"given for format {fmt!r}", "remove the csv section")
     csv = _csv_options(source, values["csv"]) if "csv" in values else CsvOptions()
+    if "jsonl" in values and fmt not in (None, "jsonl"):
+        raise _fail(source, "jsonl", f"given for format {fmt!r}", "remove the jsonl section")
+    jsonl = _jsonl_options(source, values["jsonl"]) if "jsonl" in values else JsonlOptions()
     raw_fields = _check_keys(source, "fields", values.get("fields", {}), REQUIRED_FIELDS + OPTIONAL_FIELDS)
     for required in REQUIRED_FIELDS:
         if required not in raw_fields:
@@ -397,6 +427,7 @@ def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:
         event_type=_event_type(source, values["event_type"]),
         format=fmt,
         csv=csv,
+        jsonl=jsonl,
         source=source,
         match=None if values.get("match") is None else _text(source, "match", values["match"]),
     )

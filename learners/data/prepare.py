@@ -568,6 +568,8 @@ class RowCheck:
     """Kept rows per canonical event type, in funnel order."""
     examples: dict[str, list[dict[str, Any]]]
     """Up to ``examples`` quarantined rows per reason (file, line, column, raw)."""
+    time_range: dict[str, str] | None = None
+    """First and last kept event's time, ISO text in UTC (the manifest's time_range); None if none kept."""
 
 
 def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> RowCheck:
@@ -581,8 +583,16 @@ def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> R
     dropped_codes: Counter[str] = Counter()
     kept: Counter[str] = Counter()
     shown: dict[str, list[dict[str, Any]]] = {}
+    first: datetime | None = None
+    last: datetime | None = None
     for chunk in adapter.read(inputs):
         check_chunk(chunk)
+        if chunk.events.num_rows:
+            low, high = pc.min(chunk.events["ts"]).as_py(), pc.max(chunk.events["ts"]).as_py()
+            first, last = (
+                (low if first is None else min(first, low)),
+                (high if last is None else max(last, high)),
+            )
         dropped = chunk.dropped
         counts["rows_read"] += chunk.rows_read
         counts["rows_kept"] += chunk.events.num_rows
@@ -606,4 +616,7 @@ def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> R
         rows_dropped_by_code=by_count(dropped_codes),
         kept_by_event_type={t: kept[t] for t in schema.EVENT_TYPES if kept[t]},
         examples=shown,
+        time_range=None
+        if first is None or last is None
+        else {"first": first.isoformat(), "last": last.isoformat()},
     )

@@ -19,19 +19,22 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from learners.data.mapping import SourceMapping
+from learners.data.mapping import REQUIRED_FIELDS, SourceMapping
 from learners.data.schema import QUARANTINE
 
 CSV_BLOCK_BYTES = 8 << 20
 PARQUET_BATCH_ROWS = 1 << 18
 JSONL_BATCH_LINES = 1 << 16
+MISSING_WORDS = ("NA", "N/A", "null", "NULL", "None", "nan", "NaN", "\\N")
+"""Texts that exports write for "no value" in an id column (R and pandas' NA, SQL's NULL, MySQL's \\N):
+read as empty."""
 
 # Known extensions -> format; each may also end in .gz.
 EXTENSION_FORMATS = {
@@ -262,15 +265,21 @@ def delimiter_fix(delimiter: str) -> str:
 
 
 def _check_columns(
-    path: Path, where: str, available: list[str], mapping: SourceMapping, delimiter: str | None = None
+    path: Path,
+    where: str,
+    available: list[str],
+    mapping: SourceMapping,
+    delimiter: str | None = None,
+    fix: str = "correct the mapping or the file",
+    columns: list[str] | None = None,
 ) -> None:
-    fix = "correct the mapping or the file"
+    """Stop at the first of ``columns`` (default: every column the mapping reads) not ``available``."""
     other = (
         other_delimiter(available[0], delimiter) if delimiter is not None and len(available) == 1 else None
     )
     if other is not None:
         fix = f"the header splits on {other!r}, not {delimiter!r}: {delimiter_fix(other)}"
-    for column in mapping.columns_used():
+    for column in mapping.columns_used() if columns is None else columns:
         if column not in available:
             raise ValueError(
                 f"{path}: {where} has no column '{column}' named by mapping {mapping.source}; "
@@ -446,8 +455,10 @@ def _json_text(value: object) -> str | None:
 def read_jsonl(
     path: Path, file_index: int, mapping: SourceMapping, columns: list[str] | None = None
 ) -> Iterator[RawChunk]:
-    """Stream a JSON-lines file (plain or gzip): one object per line; bad lines are quarantined.
-    The table holds the mapped columns (or ``columns``), as text."""
+    """Stream a JSON-lines file (plain or gzip): one object per line (or, with ``jsonl.explode``, one
+    per element of its event list); bad lines are quarantined. The table holds the mapped columns (or
+    ``columns``), as text. A mapped column that no object of the first chunk has stops the read."""
+    mapped = columns is None
     columns = mapping.columns_used() if columns is None else columns
     stream = _open_binary(path)
     try:
@@ -461,7 +472,12 @@ def read_jsonl(
             if raw:
                 batch.append(raw)
             if batch and (not raw or len(batch) >= JSONL_BATCH_LINES):
-                yield _jsonl_chunk(path, file_index, columns, line_no + 1, batch)
+                chunk, seen = _jsonl_chunk(
+                    path, file_index, columns, line_no + 1, batch, mapping.jsonl.explode
+                )
+                if line_no == 0 and seen and mapped:
+                    _check_jsonl_columns(path, seen, mapping)
+                yield chunk
                 line_no += len(batch)
                 batch = []
             if not raw:
@@ -470,45 +486,113 @@ def read_jsonl(
         stream.close()
 
 
-def _jsonl_chunk(path: Path, file_index: int, columns: list[str], first: int, raws: list[bytes]) -> RawChunk:
+def _check_jsonl_columns(path: Path, seen: dict[str, bool], mapping: SourceMapping) -> None:
+    """Stop at a mapped column that no object has; where the events sit in a list, say to explode it."""
+    lists = [key for key, is_list in seen.items() if is_list]
+    fix = "correct the mapping or the file"
+    if lists and mapping.jsonl.explode is None:
+        fix = f"the events are nested in '{lists[0]}': add jsonl: {{explode: {lists[0]}}} to the mapping"
+    # An optional field may be left out of every object where it is null; a required one may not.
+    required = [mapping.fields[f].column for f in REQUIRED_FIELDS] + [mapping.event_type.column]
+    present = [c for c in required if c is not None]
+    _check_columns(path, "every object of its first lines", sorted(seen), mapping, fix=fix, columns=present)
+
+
+def _jsonl_chunk(
+    path: Path, file_index: int, columns: list[str], first: int, raws: list[bytes], explode: str | None
+) -> tuple[RawChunk, dict[str, bool]]:
+    """The chunk, and every column name (dotted paths included) its good objects hold, each with
+    whether it holds a list of objects."""
     values: dict[str, list[str | None]] = {c: [] for c in columns}
     lines: list[int] = []
+    seen: dict[str, bool] = {}
     bad: tuple[list[int], list[str | None], list[str], list[str]] = ([], [], [], [])
     for i, raw in enumerate(raws):
         text = _text_of(raw.rstrip(b"\r\n"))
-        problem, column, row = _parse_json_line(raw, text, columns)
+        problem, column, rows = _parse_json_line(raw, text, columns, explode, seen)
         if problem is not None:
             for store, item in zip(bad, (first + i, column, problem, text), strict=True):
                 store.append(item)
             continue
-        lines.append(first + i)
-        for c in columns:
-            values[c].append(row[c])
+        for row in rows:
+            lines.append(first + i)
+            for c in columns:
+                values[c].append(row[c])
     table = pa.table({c: pa.array(v, pa.string()) for c, v in values.items()})
     quarantine = quarantine_table(str(path), *bad)
-    return RawChunk(table, np.asarray(lines, np.int64), quarantine, str(path), file_index)
+    return RawChunk(table, np.asarray(lines, np.int64), quarantine, str(path), file_index), seen
+
+
+def _paths(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, bool]]:
+    """Every key of ``obj`` and dotted path into its nested objects, with whether it holds a list of
+    objects."""
+    for key, value in obj.items():
+        yield prefix + key, isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+        if isinstance(value, dict):
+            yield from _paths(value, f"{prefix}{key}.")
+
+
+def _note_paths(seen: dict[str, bool], obj: dict[str, Any]) -> None:
+    for path, is_list in _paths(obj):
+        seen[path] = seen.get(path, False) or is_list
+
+
+def _lookup(objects: tuple[dict[str, Any], ...], column: str) -> object:
+    """``column`` in the first of ``objects`` that has it: a key, else a dotted path through objects."""
+    for obj in objects:
+        if column in obj:
+            return obj[column]
+        value: object = obj
+        for part in column.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return value
+    return None
 
 
 def _parse_json_line(
-    raw: bytes, text: str, columns: list[str]
-) -> tuple[str | None, str | None, dict[str, str | None]]:
+    raw: bytes, text: str, columns: list[str], explode: str | None, seen: dict[str, bool]
+) -> tuple[str | None, str | None, list[dict[str, str | None]]]:
     if not text.strip():
-        return "empty line", None, {}
+        return "empty line", None, []
     if not _is_utf8(raw):
-        return "line is not valid UTF-8 text", None, {}
+        return "line is not valid UTF-8 text", None, []
     try:
         obj = json.loads(text)
     except ValueError as err:
-        return f"bad JSON: {err}", None, {}
+        return f"bad JSON: {err}", None, []
     if not isinstance(obj, dict):
-        return f"bad JSON: expected an object, found {type(obj).__name__}", None, {}
-    row: dict[str, str | None] = {}
-    for c in columns:
-        value = obj.get(c)
-        if isinstance(value, (dict, list)):
-            return f"bad JSON: column '{c}' holds a nested {type(value).__name__}, expected a scalar", c, {}
-        row[c] = _json_text(value)
-    return None, None, row
+        return f"bad JSON: expected an object, found {type(obj).__name__}", None, []
+    elements: list[Any] = [None]
+    if explode is not None:
+        elements = obj.get(explode)  # type: ignore[assignment]
+        if not isinstance(elements, list) or not all(isinstance(e, dict) for e in elements):
+            return f"bad JSON: '{explode}' (jsonl.explode) is not a list of objects", explode, []
+        if not elements:
+            return f"no events: '{explode}' (jsonl.explode) is an empty list", explode, []
+    _note_paths(seen, obj)
+    rows: list[dict[str, str | None]] = []
+    for element in elements:
+        objects = (obj,) if element is None else (element, obj)
+        if element is not None:
+            _note_paths(seen, element)
+        row: dict[str, str | None] = {}
+        for c in columns:
+            value = _lookup(objects, c)
+            if isinstance(value, (dict, list)):
+                fix = (
+                    f"; name a key inside it ({c}.KEY)"
+                    if isinstance(value, dict)
+                    else "; jsonl: {explode: KEY}"
+                )
+                return (
+                    f"bad JSON: column '{c}' holds a nested {type(value).__name__}, expected a scalar{fix}",
+                    c,
+                    [],
+                )
+            row[c] = _json_text(value)
+        rows.append(row)
+    return None, None, rows
 
 
 def read_raw(

@@ -31,12 +31,14 @@ from learners.vqvae.checkpoint import (
     save_state,
 )
 from learners.vqvae.config import VQVAEConfig
-from learners.vqvae.dataset import BuyerBatch, FeatureStats, buyers_path, load_rows
+from learners.vqvae.dataset import BuyerBatch, BuyerRows, FeatureStats, buyers_path, load_rows
 from learners.vqvae.model import BuyerVQVAE, feature_weights, reconstruction_loss
 from learners.vqvae.quantizer import gather_rows
 
 RUN_NAME = "vqvae"
 TRAIN_DIR = "train"
+MIN_BUYERS_PER_CODE = 10
+"""Below this many kept buyers per code, most codes stand for a handful of buyers: the fit warns."""
 
 
 @dataclass
@@ -169,11 +171,32 @@ class WorkerTraining:
         return float((everything - everything[0]).abs().max())
 
 
+def check_buyers(rows: BuyerRows, codes: int) -> str | None:
+    """Refuse (ValueError) fewer kept buyers than ``codes``: the k-means baseline needs a buyer per
+    code, and a code no buyer can hold is never learned. Returns a warning line when the codes will
+    be thin (fewer than MIN_BUYERS_PER_CODE buyers each), else None."""
+    kept = len(rows.lengths)
+    quarantined = sum(rows.quarantine.values())
+    note = f" ({quarantined:,} of {rows.rows_read:,} quarantined)" if quarantined else ""
+    if kept < codes:
+        fix = f"--codes {kept} or fewer, or more data" if kept else "more data"
+        raise ValueError(f"{kept:,} buyers kept{note}, fewer than --codes {codes}: fix: {fix}")
+    if kept < MIN_BUYERS_PER_CODE * codes:
+        return (
+            f"warning: {kept:,} buyers kept{note} for --codes {codes}: {kept / codes:.1f} buyers per code"
+            f" (fewer than {MIN_BUYERS_PER_CODE}), so the codes will be thin; fewer --codes or more data"
+            " give each more buyers"
+        )
+    return None
+
+
 def progress_line(metrics: dict[str, float], epochs: int, codes: int) -> str:
+    """One epoch's console line. Its codes are those the epoch's training batches hit, not the final
+    assignment's that the report and the run's summary count."""
     return (
         f"epoch {int(metrics['epoch'])}/{epochs}  recon {metrics['recon_loss']:.4f}  "
         f"commit {metrics['commit_loss']:.4f}  perplexity {metrics['perplexity']:.1f}  "
-        f"codes in use {int(metrics['codes_in_use'])}/{codes}  restarts {int(metrics['restarts'])}  "
+        f"codes hit this epoch {int(metrics['codes_in_use'])}/{codes}  restarts {int(metrics['restarts'])}  "
         f"({metrics['buyers_per_s']:.0f} buyers/s)"
     )
 
@@ -218,12 +241,15 @@ def fit_codebook(
     out: str | Path,
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
+    rows: BuyerRows | None = None,
 ) -> FitResult:
     """Fit the VQ-VAE on ``DATA/buyers.parquet`` with Ray Train and write the run directory ``out``.
 
     ``out`` receives model.safetensors + state.json (the fitted model), history.json and
     manifest.json; Ray Train's checkpoints live under ``out/train``. ``progress``: a picklable
-    sink that rank 0 hands each epoch's progress line to (default: the worker prints it).
+    sink that rank 0 hands each epoch's progress line to (default: the worker prints it), and this
+    process the thin-codes warning of ``check_buyers``. Fewer kept buyers than ``config.codes`` are
+    refused before anything is written. ``rows``: the buyers already read (``load_rows``), if any.
     """
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -238,6 +264,10 @@ def fit_codebook(
         raise FileNotFoundError(f"{previous} not found: nothing to resume; run without --resume first")
     if not resume and previous.exists():
         raise ValueError(f"{out} already holds a fit; pass --resume to continue it or choose another --out")
+    rows = load_rows(data_dir, config.max_seq_len) if rows is None else rows
+    warning = check_buyers(rows, config.codes)
+    if warning:
+        (progress or print)(warning)
     out.mkdir(parents=True, exist_ok=True)
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -267,15 +297,14 @@ def fit_codebook(
         checkpoint_path = Path(result.checkpoint.path)
     save_model(out, model, state)
     (out / "history.json").write_text(json.dumps(state.history, indent=1))
-    rows_info = load_rows(data_dir, config.max_seq_len)
     manifest = {
         "kind": "vqvae-run",
         "data_dir": str(data_dir),
         "config": asdict(config),
         "epochs_done": state.epochs_done,
-        "buyers_read": rows_info.rows_read,
-        "buyers_kept": int(len(rows_info.lengths)),
-        "buyers_quarantined": rows_info.quarantine,
+        "buyers_read": rows.rows_read,
+        "buyers_kept": int(len(rows.lengths)),
+        "buyers_quarantined": rows.quarantine,
         "checkpoint": str(checkpoint_path),
         "versions": {"torch": torch.__version__, "ray": ray.__version__, "numpy": np.__version__},
     }

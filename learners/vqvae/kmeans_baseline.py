@@ -27,7 +27,10 @@ class KMeansBaseline:
 def fit_kmeans(standardised: np.ndarray, k: int, seed: int = 0, n_init: int = 4) -> KMeans:
     """scikit-learn k-means with k-means++ seeding, best of ``n_init`` restarts."""
     if len(standardised) < k:
-        raise ValueError(f"k-means with {k} clusters needs at least {k} buyers, got {len(standardised)}")
+        raise ValueError(
+            f"k-means with {k} clusters needs at least {k} buyers, got {len(standardised)}:"
+            f" fix: --codes {len(standardised)} or fewer, or more data"
+        )
     return KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed).fit(standardised)
 
 

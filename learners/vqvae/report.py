@@ -341,6 +341,8 @@ def write_report(
     }
     (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
     side, per_type = _tables(profiles, vq, km)
+    # fit-personas' epoch lines count the codes an epoch's training batches hit, which can differ.
+    counted = f"codes_in_use and perplexity count the codes of this assignment of all {len(codes):,} buyers."
     descriptions = [f"- **type {p.code}** ({p.share:.1%} of buyers): {p.description}" for p in profiles]
     md = [
         f"# Buyer types of {run.name}",
@@ -350,6 +352,8 @@ def write_report(
         "## VQ-VAE vs k-means baseline (same features, same K)",
         "",
         _markdown_table(side),
+        "",
+        counted,
         "",
         "## Types",
         "",
@@ -363,7 +367,8 @@ def write_report(
     (run / "report.md").write_text("\n".join(md))
     body = (
         f"<h1>Buyer types of {html.escape(run.name)}</h1><p>{len(codes):,} buyers, K = {k}.</p>"
-        f"<h2>VQ-VAE vs k-means baseline</h2>{_html_table(side)}<h2>Types</h2><ul>"
+        f"<h2>VQ-VAE vs k-means baseline</h2>{_html_table(side)}<p>{html.escape(counted)}</p>"
+        "<h2>Types</h2><ul>"
         + "".join(
             f"<li><b>type {p.code}</b> ({p.share:.1%}): {html.escape(p.description)}</li>" for p in profiles
         )

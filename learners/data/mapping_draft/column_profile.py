@@ -12,10 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from learners.data.canonical import INT_TEXT, NUMBER_TEXT, as_text
+from learners.data.readers import MISSING_WORDS
 
 FIT_SHARE = 0.95
 """Share of a column's non-empty sampled values that must fit a reading (a timestamp format, numbers)
 for the column to be taken as such: a few stray values do not veto a reading."""
+NUMBER_IN_TEXT = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"
+"""A number anywhere in a value (its exponent's e is not a letter of a word)."""
 
 
 @dataclass
@@ -24,7 +27,9 @@ class ColumnProfile:
 
     name: str
     texts: pa.Array
-    """The values as text, empty as null."""
+    """The values as text, empty (and missing tokens) as null."""
+    missing_seen: tuple[str, ...]
+    """The ``MISSING_WORDS`` found in the column, read as empty."""
     native: pa.DataType
     non_null: int
     distinct: int
@@ -38,6 +43,11 @@ class ColumnProfile:
     """Share of rows whose value repeats the previous row's (logs grouped by that column)."""
     spaces: bool
     """Some values hold spaces (not an id)."""
+    lists: bool
+    """Some values are bracketed lists (Coveo's clicked_skus_hash, ['a1b2']): not an id."""
+    letters: float
+    """Share of non-empty values with a letter outside their numbers: text, not numbers or lists of
+    numbers (Coveo's query_vector)."""
     tokens: frozenset[str]
     """The name's words, lower case."""
 
@@ -56,6 +66,11 @@ def profile_column(name: str, values: pa.ChunkedArray | pa.Array) -> ColumnProfi
         values = values.combine_chunks()
     native = values.type
     texts = as_text(values)
+    missing = pc.fill_null(pc.is_in(texts, value_set=pa.array(MISSING_WORDS, pa.string())), False)
+    missing_seen: tuple[str, ...] = ()
+    if pc.any(missing).as_py():
+        missing_seen = tuple(sorted(pc.unique(texts.filter(missing)).to_pylist()))
+        texts = pc.if_else(missing, pa.scalar(None, pa.string()), texts)
     present = texts.drop_null()
     non_null = len(present)
     if non_null:
@@ -63,10 +78,13 @@ def profile_column(name: str, values: pa.ChunkedArray | pa.Array) -> ColumnProfi
         numbers = pc.mean(pc.match_substring_regex(present, NUMBER_TEXT).cast(pa.int8())).as_py()
         decimals = bool(pc.any(pc.match_substring(present, ".")).as_py()) and numbers > FIT_SHARE
         spaces = bool(pc.any(pc.match_substring(present, " ")).as_py())
+        lists = bool(pc.any(pc.match_substring_regex(present, r"^\[.*\]$")).as_py())
         distinct = pc.count_distinct(present).as_py()
+        worded = pc.match_substring_regex(pc.replace_substring_regex(present, NUMBER_IN_TEXT, ""), r"\pL")
+        letters = pc.mean(worded.cast(pa.int8())).as_py()
     else:
-        ints = numbers = 0.0
-        decimals = spaces = False
+        ints = numbers = letters = 0.0
+        decimals = spaces = lists = False
         distinct = 0
     run_share = 0.0
     if len(texts) > 1:
@@ -75,6 +93,7 @@ def profile_column(name: str, values: pa.ChunkedArray | pa.Array) -> ColumnProfi
     return ColumnProfile(
         name=name,
         texts=texts,
+        missing_seen=missing_seen,
         native=native,
         non_null=non_null,
         distinct=distinct,
@@ -83,5 +102,7 @@ def profile_column(name: str, values: pa.ChunkedArray | pa.Array) -> ColumnProfi
         decimals=decimals,
         run_share=run_share,
         spaces=spaces,
+        lists=lists,
+        letters=letters or 0.0,
         tokens=name_tokens(name),
     )

@@ -2,8 +2,9 @@
 
 By name: ``seller_id`` -> merchant_id, ``user_id`` -> buyer_id, ... By content: the event column by
 its few distinct values, the buyer by how often consecutive rows repeat it (logs grouped by buyer),
-the product by the most distinct values, the category by fewer, the price by decimal numbers. Each
-field guessed from content gets a note, so the YAML says which lines to check.
+the product by the most distinct values, the category by fewer, the price by decimal numbers. A log
+with no user column makes each session a buyer. Each field guessed from content, or from no column
+at all, gets a note, so the YAML says which lines to check.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ROLE_WORDS: dict[str, frozenset[str]] = {
         | {"visitor", "visitorid", "member", "memberid", "shopper", "account", "accountid"}
     ),
     "product_id": frozenset(
-        {"item", "itemid", "product", "productid", "sku", "skuid", "goods", "article", "asin", "offer"}
+        {"item", "itemid", "product", "productid", "sku", "skuid", "goods", "article", "asin", "offer", "aid"}
     ),
     "category_id": frozenset({"category", "categoryid", "cat", "catid", "categ"}),
     "event": frozenset(
@@ -37,11 +38,32 @@ ROLE_WORDS: dict[str, frozenset[str]] = {
     "query": frozenset({"query", "keyword", "keywords", "term", "searchterm", "q"}),
 }
 BRAND_WORDS = frozenset({"brand", "brandid"})
+PRODUCT_ID_WORDS = frozenset({"sku", "skuid", "item", "itemid", "article", "articleid", "aid", "asin"})
+"""Words naming a product's own id: such a name outranks one that only says product (Coveo's
+product_sku_hash over product_action)."""
+ADDRESS_WORDS = frozenset({"url", "uri", "link", "href", "referrer", "referer"})
+"""Words naming a page address: such a column is no id of a buyer, product or category, however
+often consecutive rows repeat it (Coveo's hashed_url)."""
 CONTENT_NOTE = "guessed from the values (the column name does not say): check"
+QUERY_TEXT_SHARE = 0.5
+"""A query column has text (a letter outside numbers) in at least this share of its values: not
+numbers, nor lists of them (Coveo's query_vector)."""
+CATEGORY_SHARE = 0.5
+"""A category guessed from content has at most this share of the product column's distinct values: a
+category groups several products, while Diginetica's timeframe (a time offset) and ordernumber take
+one value per order."""
 
 
 def _id_like(p: ColumnProfile) -> bool:
-    return p.non_null > 0 and not p.decimals and not p.spaces and not pa.types.is_timestamp(p.native)
+    """Values that may be ids: no decimals, spaces, lists or times, and not a page address."""
+    return (
+        p.non_null > 0
+        and not p.decimals
+        and not p.spaces
+        and not p.lists
+        and not pa.types.is_timestamp(p.native)
+        and not p.tokens & ADDRESS_WORDS
+    )
 
 
 def _event_ok(p: ColumnProfile, max_codes: int) -> bool:
@@ -53,6 +75,13 @@ def _name_score(p: ColumnProfile, role: str) -> int:
     if not p.tokens & ROLE_WORDS[role]:
         return 0
     return 2 if p.tokens & {"id", "no", "key"} else 1
+
+
+def _event_words(p: ColumnProfile, max_codes: int) -> int:
+    """How many distinct values of a column of at most ``max_codes`` the event vocabulary knows."""
+    if not 0 < p.distinct <= max_codes:
+        return 0
+    return sum(event_word(c) is not None for c, _ in code_counts(p))
 
 
 EMPTY_NOTED = 0.05
@@ -68,6 +97,10 @@ def assign_roles(
     roles: dict[str, str | None] = dict.fromkeys(ROLE_WORDS)
     notes: dict[str, str] = {}
     order = {name: i for i, name in enumerate(profiles)}
+    worded = {name: _event_words(p, max_codes) for name, p in profiles.items()}
+    # A handful of values the event vocabulary mostly knows are event codes, never ids (Coveo's
+    # product_action: detail, add, remove, purchase, click).
+    codes = {name for name, p in profiles.items() if worded[name] and 2 * worded[name] >= p.distinct}
 
     def free() -> list[ColumnProfile]:
         return [p for n, p in profiles.items() if n not in taken]
@@ -78,15 +111,23 @@ def assign_roles(
         if role == "price":
             return p.numbers >= FIT_SHARE
         if role == "query":
-            return True
-        return _id_like(p)
+            return p.letters >= QUERY_TEXT_SHARE
+        return _id_like(p) and p.name not in codes
 
     for role in ROLE_WORDS:
         candidates = [p for p in free() if _name_score(p, role) and fits(p, role)]
         if role == "buyer_id":  # "user_session" is a session; the buyer is the user column
             candidates = [p for p in candidates if not p.tokens & ROLE_WORDS["session_id"]]
         if candidates:
-            chosen = max(candidates, key=lambda p: (_name_score(p, role), p.non_null, -order[p.name]))
+            chosen = max(
+                candidates,
+                key=lambda p: (
+                    _name_score(p, role),
+                    role == "product_id" and bool(p.tokens & PRODUCT_ID_WORDS),
+                    p.non_null,
+                    -order[p.name],
+                ),
+            )
             roles[role] = chosen.name
             taken.add(chosen.name)
     if roles["merchant_id"] is None and roles["product_id"] is None:
@@ -102,18 +143,25 @@ def assign_roles(
     if roles["event"] is None:
         # Few distinct values alone do not make event codes (YOOCHOOSE's category, Diginetica's
         # timeframe): some of them must read as an event (view, cart, buy, ...).
-        worded = lambda p: sum(event_word(c) is not None for c, _ in code_counts(p))  # noqa: E731
         options = [
-            p for p in free() if _event_ok(p, max_codes) and p.distinct <= 0.05 * p.non_null and worded(p) > 0
+            p
+            for p in free()
+            if _event_ok(p, max_codes) and p.distinct <= 0.05 * p.non_null and worded[p.name] > 0
         ]
         if options:
-            chosen = max(options, key=lambda p: (worded(p), p.ints < FIT_SHARE, -p.distinct, -order[p.name]))
+            chosen = max(
+                options, key=lambda p: (worded[p.name], p.ints < FIT_SHARE, -p.distinct, -order[p.name])
+            )
             roles["event"] = chosen.name
             taken.add(chosen.name)
             notes["event"] = CONTENT_NOTE + "; the column with few distinct values"
-    ids = [p for p in free() if _id_like(p) and p.distinct > 1]
-    if roles["buyer_id"] is None and ids:
-        chosen = max(ids, key=lambda p: (p.run_share, -order[p.name]))
+    ids = [p for p in free() if _id_like(p) and p.name not in codes and p.distinct > 1]
+    session = profiles[roles["session_id"]] if roles["session_id"] is not None else None
+    # A buyer has one session or more: a column with more distinct values than the sessions is no
+    # buyer, however often rows repeat it (OTTO's aid, clicked then carted).
+    buyers = [p for p in ids if session is None or p.distinct <= session.distinct]
+    if roles["buyer_id"] is None and buyers:
+        chosen = max(buyers, key=lambda p: (p.run_share, -order[p.name]))
         if chosen.run_share >= 0.2:
             roles["buyer_id"] = chosen.name
             taken.add(chosen.name)
@@ -122,6 +170,12 @@ def assign_roles(
                 CONTENT_NOTE + f"; {chosen.run_share:.0%} of rows repeat the previous row's value"
                 " (logs grouped by buyer)"
             )
+    if roles["buyer_id"] is None and session is not None:
+        roles["buyer_id"] = session.name
+        notes["buyer_id"] = (
+            "no user column found: each session is a buyer (as for anonymous visits); name the user"
+            " column instead if the log has one"
+        )
     if roles["product_id"] is None and ids:
         chosen = max(ids, key=lambda p: (p.distinct, -order[p.name]))
         roles["product_id"] = chosen.name
@@ -130,13 +184,14 @@ def assign_roles(
         notes["product_id"] = CONTENT_NOTE + f"; the most distinct values ({chosen.distinct:,})"
     if roles["category_id"] is None and roles["product_id"] is not None and ids:
         product = profiles[roles["product_id"]]
-        fewer = [p for p in ids if p.distinct < product.distinct]
+        fewer = [p for p in ids if p.distinct <= CATEGORY_SHARE * product.distinct]
         if fewer:
             chosen = max(fewer, key=lambda p: (p.distinct, -order[p.name]))
             roles["category_id"] = chosen.name
             taken.add(chosen.name)
             notes["category_id"] = (
                 CONTENT_NOTE + f"; fewer distinct values ({chosen.distinct:,}) than the products"
+                f" ({product.distinct:,})"
             )
     if roles["price"] is None:
         prices = [p for p in free() if p.decimals and p.numbers >= FIT_SHARE]
@@ -152,20 +207,22 @@ def _anonymous_buyers(
     profiles: dict[str, ColumnProfile], roles: dict[str, str | None], notes: dict[str, str]
 ) -> None:
     """A buyer column empty in many rows (anonymous visits, as in Diginetica's userId) would get those
-    rows quarantined: past ``ANONYMOUS_SHARE`` the session column plays the buyer, else a note says so."""
+    rows quarantined: past ``ANONYMOUS_SHARE`` the session column plays the buyer, else a note says so.
+    Missing-value tokens (``NA``, ``null``, ...) count as empty."""
     buyer, session = roles["buyer_id"], roles["session_id"]
-    if buyer is None:
+    if buyer is None or buyer == session:
         return
     p = profiles[buyer]
     empty = 1.0 - p.non_null / max(len(p.texts), 1)
     if empty < EMPTY_NOTED:
         return
+    blank = "empty" + "".join(f" or {token}" for token in p.missing_seen)
     if session is not None and empty >= ANONYMOUS_SHARE:
         roles["buyer_id"] = session
         notes["buyer_id"] = (
-            f"{buyer!r} is empty in {empty:.0%} of sampled rows (anonymous visits): each session is a buyer;"
-            f" write buyer_id: {buyer} to keep only the known users"
+            f"{buyer!r} is {blank} in {empty:.0%} of sampled rows (anonymous visits): each session is a"
+            f" buyer; write buyer_id: {buyer} to keep only the known users"
         )
         return
     fix = f"; for anonymous visits write buyer_id: {session}" if session is not None else ""
-    notes["buyer_id"] = f"empty in {empty:.0%} of sampled rows: those rows would be quarantined{fix}"
+    notes["buyer_id"] = f"{blank} in {empty:.0%} of sampled rows: those rows would be quarantined{fix}"

@@ -1,12 +1,13 @@
 """Event codes: each distinct value of the event column with its count, named where the word is obvious.
 
 Only names are matched (view/pv/click -> product_view, cart -> add_to_cart, buy/order -> purchase,
-fav -> favorite, ...); a numeric code or an unknown word is left for the user, since a wrong guess
-would silently mislabel every row of that code.
+fav -> favorite, ...), in plural or past forms too (OTTO's clicks/carts/orders); a numeric code or an
+unknown word is left for the user, since a wrong guess would silently mislabel every row of that code.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ EVENT_WORDS: dict[str, str] = {
         " item_view detail detail_view product_detail view_product",
         "favorite": "fav favs favorite favourite favorited add_to_favorites wish wishlist add_to_wishlist"
         " like liked bookmark save saved collect",
-        "add_to_cart": "cart add_to_cart addtocart add_cart cart_add addtobasket add_to_basket basket atc",
+        "add_to_cart": "cart add add_to_cart addtocart add_cart cart_add addtobasket add_to_basket basket atc",
         "remove_from_cart": "remove_from_cart removefromcart remove_cart cart_remove remove remove_from_basket delete_from_cart",
         "checkout": "checkout check_out begin_checkout start_checkout",
         "purchase": "buy bought purchase purchased order ordered order_placed transaction sale pay paid payment",
@@ -33,6 +34,8 @@ EVENT_WORDS: dict[str, str] = {
     for word in words.split()
 }
 assert set(EVENT_WORDS.values()) <= set(EVENT_TYPES)
+INFLECTIONS = ("s", "es", "ed", "d")
+"""Endings cut from a word of a code not in ``EVENT_WORDS`` (carts -> cart, added_to_cart -> add_to_cart)."""
 
 
 @dataclass
@@ -51,7 +54,18 @@ def code_counts(p: ColumnProfile) -> list[tuple[str, int]]:
     return sorted(((c["values"], c["counts"]) for c in counts), key=lambda kv: (-kv[1], kv[0]))
 
 
+def _forms(word: str) -> list[str]:
+    """A word as written first (exact names win), then with each ending of ``INFLECTIONS`` cut (stems of
+    two letters or more)."""
+    cut = [word[: -len(end)] for end in INFLECTIONS if word.endswith(end) and len(word) - len(end) >= 2]
+    return [word, *cut]
+
+
 def event_word(code: str) -> str | None:
-    """The canonical type an event code obviously means (by its name), or None."""
+    """The canonical type an event code obviously means (by its name, plural or past forms too), or None."""
     key = re.sub(r"[^a-z0-9]+", "_", code.strip().lower()).strip("_")
-    return EVENT_WORDS.get(key)
+    for words in itertools.product(*map(_forms, key.split("_"))):
+        event = EVENT_WORDS.get("_".join(words))
+        if event is not None:
+            return event
+    return None

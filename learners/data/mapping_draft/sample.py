@@ -20,7 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from learners.data.canonical import NUMBER_TEXT
-from learners.data.mapping import CsvOptions, EventTypeSpec, FieldSource, SourceMapping, TimestampSpec
+from learners.data.mapping import (
+    CsvOptions,
+    EventTypeSpec,
+    FieldSource,
+    JsonlOptions,
+    SourceMapping,
+    TimestampSpec,
+)
 from learners.data.readers import DELIMITERS, READ_ERRORS, file_format, read_raw
 
 SNIFF_BYTES = 1 << 16
@@ -45,6 +52,9 @@ class Sample:
     """The first rejected line's file:line and reason."""
     nested: list[str] = field(default_factory=list)
     """JSON keys holding objects or lists (not usable as columns)."""
+    explode: str | None = None
+    """The JSON key whose list of objects holds the events (``jsonl.explode``); its elements' keys are
+    columns of the sample beside the line's own."""
 
 
 def _sniff_format(path: Path) -> str:
@@ -114,10 +124,12 @@ def sniff_csv(path: Path) -> CsvOptions:
     )
 
 
-def _jsonl_keys(path: Path, rows: int) -> tuple[list[str], list[str]]:
-    """Keys of the first JSON objects in first-seen order, and the keys holding nested values."""
+def _jsonl_keys(path: Path, rows: int) -> tuple[list[str], list[str], str | None]:
+    """Keys of the first JSON objects in first-seen order, the keys holding nested values, and the
+    first key holding a list of objects: the events, one per element, whose keys come first."""
     keys: dict[str, None] = {}
     nested: dict[str, None] = {}
+    inner: dict[str, dict[str, None]] = {}
     magic = _head_bytes(path, 2)
     opener = gzip.open if magic == b"\x1f\x8b" else open
     with opener(path, "rb") as fh:
@@ -131,10 +143,24 @@ def _jsonl_keys(path: Path, rows: int) -> tuple[list[str], list[str]]:
             if isinstance(obj, dict):
                 for key, value in obj.items():
                     (nested if isinstance(value, (dict, list)) else keys)[key] = None
-    return [k for k in keys if k not in nested], list(nested)
+                    if isinstance(value, list) and value and all(isinstance(e, dict) for e in value):
+                        elements = inner.setdefault(key, {})
+                        for element in value:
+                            elements.update(
+                                dict.fromkeys(
+                                    k for k, v in element.items() if not isinstance(v, (dict, list))
+                                )
+                            )
+    explode = next(iter(inner), None)
+    if explode is None:
+        return [k for k in keys if k not in nested], list(nested), None
+    names = [*inner[explode], *(k for k in keys if k not in nested and k not in inner[explode])]
+    return names, [k for k in nested if k != explode], explode
 
 
-def _probe(names: list[str], fmt: str, csv_options: CsvOptions | None) -> SourceMapping:
+def _probe(
+    names: list[str], fmt: str, csv_options: CsvOptions | None, explode: str | None = None
+) -> SourceMapping:
     """A mapping that lets the readers read a file whose columns are not known yet."""
     first = FieldSource(column=names[0])
     return SourceMapping(
@@ -144,6 +170,7 @@ def _probe(names: list[str], fmt: str, csv_options: CsvOptions | None) -> Source
         event_type=EventTypeSpec(column=names[0], map={}),
         format=fmt,
         csv=csv_options or CsvOptions(),
+        jsonl=JsonlOptions(explode=explode),
         source="mapping draft",
     )
 
@@ -160,6 +187,7 @@ def sample_inputs(inputs: Sequence[Path], rows: int) -> Sample:
     fmt = _sniff_format(first)
     csv_options: CsvOptions | None = None
     nested: list[str] = []
+    explode: str | None = None
     if fmt == "csv":
         csv_options = sniff_csv(first)
         if csv_options.header:
@@ -177,10 +205,10 @@ def sample_inputs(inputs: Sequence[Path], rows: int) -> Sample:
                 f"{first}: cannot read the file ({type(err).__name__}: {err}); fix: check that it is a Parquet file"
             ) from None
     else:
-        names, nested = _jsonl_keys(first, rows)
+        names, nested, explode = _jsonl_keys(first, rows)
     if not names:
         raise ValueError(f"{first}: no columns found in the first rows; fix: check the file's format")
-    probe = _probe(names, fmt, csv_options)
+    probe = _probe(names, fmt, csv_options, explode)
     tables: list[pa.Table] = []
     taken = unreadable = 0
     example: str | None = None
@@ -214,4 +242,4 @@ def sample_inputs(inputs: Sequence[Path], rows: int) -> Sample:
                 if taken >= rows:
                     break
     table = pa.concat_tables(tables) if tables else pa.table({n: pa.array([], pa.string()) for n in names})
-    return Sample(table, fmt, csv_options, used, unreadable, example, nested)
+    return Sample(table, fmt, csv_options, used, unreadable, example, nested, explode)

@@ -1,6 +1,6 @@
 """The time column and how to read it, checked with the same parser ``prepare`` uses.
 
-Formats tried: ``iso``, a strptime pattern, ``unix_s``, ``unix_ms``; day resolution for date-only
+Formats tried: ``iso``, a strptime pattern, ``unix_s``, ``unix_ms``, ``unix_us``, ``unix_ns``; day resolution for date-only
 values such as ``MMDD`` or ``M-D`` (the year then comes from the file path, or is left as a TODO).
 A zone hint comes from the hour of least activity, and a valid range is proposed when a few rows lie
 on stray days far from the rest.
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from learners.data.canonical import INT_TEXT, ISO_TEXT, parse_timestamps
+from learners.data.canonical import INT_TEXT, ISO_TEXT, UNIX_UNITS, parse_timestamps
 from learners.data.mapping import TimestampSpec
 from learners.data.mapping_draft.column_profile import FIT_SHARE, ColumnProfile
 from learners.data.mapping_draft.sample import Sample
@@ -124,7 +124,7 @@ def timestamp_candidates(p: ColumnProfile) -> list[tuple[str, str, int]]:
     texts = p.texts.drop_null()
     if p.ints >= FIT_SHARE:
         numbers = pc.cast(texts.filter(pc.match_substring_regex(texts, INT_TEXT)), pa.int64())
-        for fmt, scale in (("unix_s", 1), ("unix_ms", 1000)):
+        for fmt, scale in (("unix_s", 1), ("unix_ms", 1000), ("unix_us", 10**6), ("unix_ns", 10**9)):
             low, high = UNIX_S_RANGE[0] * scale, UNIX_S_RANGE[1] * scale
             inside = pc.sum(pc.and_(pc.greater_equal(numbers, low), pc.less(numbers, high)).cast(pa.int64()))
             if (inside.as_py() or 0) >= need:
@@ -275,7 +275,7 @@ def guess_timestamp(
         format=fmt, year=guess.year or (YEARLESS_PROBE if yearless else None), resolution=resolution
     )
     instants = parse_timestamps(sample.table.column(name).combine_chunks(), spec)
-    aware = fmt in ("unix_s", "unix_ms") or "%z" in fmt or (pa.types.is_timestamp(p.native) and p.native.tz)
+    aware = fmt in UNIX_UNITS or "%z" in fmt or (pa.types.is_timestamp(p.native) and p.native.tz)
     if resolution == "day":
         guess.zone_note = "dates only: a day stamp is midnight UTC of its date whatever the zone"
     elif fmt.endswith(" UTC"):

@@ -83,6 +83,13 @@ def render_yaml(
         f"name: {_scalar(name)}",
         f"format: {sample.format}",
     ]
+    if sample.explode is not None:
+        out.append(
+            _line(
+                f"jsonl: {{explode: {_scalar(sample.explode)}}}",
+                "each line's events are the elements of this list",
+            )
+        )
     if sample.csv is not None:
         out += ["csv:", f"  delimiter: {json.dumps(sample.csv.delimiter)}"]
         if sample.csv.header:
@@ -140,7 +147,8 @@ def render_yaml(
     if ts is None:
         out.append(
             _line(
-                "  format: iso", "TODO: no column reads as times; give a strptime pattern, unix_s or unix_ms"
+                "  format: iso",
+                "TODO: no column reads as times; give a strptime pattern, unix_s, unix_ms, unix_us or unix_ns",
             )
         )
         todo.append("timestamp.format")

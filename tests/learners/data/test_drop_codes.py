@@ -21,6 +21,9 @@ from learners.data.prepare import PrepareConfig, check_rows, prepare
 MAPPED = {"view": "product_view", "cart": "add_to_cart", "buy": "purchase"}
 DROPPED = ("impression", "6")
 CODES = ("view", "view", "view", "cart", "buy", "impression", "6", "weird", "")
+EMPTY_CODE = (
+    "missing event code (column 'kind' is empty); map the empty code ('': TYPE) or drop it (drop: [''])"
+)
 MAPPING = {
     "name": "shop",
     "format": "csv",
@@ -46,6 +49,8 @@ def write_log(tmp: Path, n: int = 2000, seed: int = 0) -> tuple[Path, dict[str, 
             dropped[code] += 1
         elif not user:
             reasons["missing buyer_id (column 'user' is empty)"] += 1
+        elif not code:
+            reasons[EMPTY_CODE] += 1
         elif code not in MAPPED:
             reasons["unknown event code in column 'kind'; known codes: 'view', 'cart', 'buy'"] += 1
         else:
@@ -146,3 +151,18 @@ def test_a_chunk_whose_dropped_rows_do_not_add_up_is_a_bug(tmp_path: Path) -> No
 
     with pytest.raises(RuntimeError, match="lost rows"):
         prepare([log], Overcounting(mapping_from_dict(MAPPING)), PrepareConfig(), tmp_path / "out")
+
+
+@pytest.mark.parametrize("empty", ["", None])
+def test_the_empty_code_can_be_mapped_or_dropped(tmp_path: Path, empty: str | None) -> None:
+    """Coveo logs page views with an empty product_action: '' (or YAML's ~) names that code."""
+    log, expected = write_log(tmp_path)
+    mapped = dict(MAPPING, event_type={"column": "kind", "map": {**MAPPED, empty: "page_view"}})
+    check = check_rows([log], get_adapter(mapping=write_mapping(tmp_path, mapped)))
+    assert EMPTY_CODE not in check.quarantine_by_reason
+    assert check.kept_by_event_type["page_view"] > 0
+    dropping = dict(MAPPING, event_type={"column": "kind", "map": MAPPED, "drop": [empty]})
+    check = check_rows([log], get_adapter(mapping=write_mapping(tmp_path, dropping)))
+    assert EMPTY_CODE not in check.quarantine_by_reason
+    assert check.rows_dropped_by_code[""] > 0
+    assert sum(check.counts[k] for k in ("rows_kept", "rows_quarantined", "rows_dropped")) == expected["read"]

@@ -121,8 +121,7 @@ def test_date_only_max_is_inclusive_end_of_day():
         ({"event_type__drop": ["2"]}, "event_type.drop.2", "both mapped (to purchase) and dropped"),
         ({"event_type__drop": [2]}, "event_type.drop.2", "both mapped (to purchase) and dropped"),
         ({"event_type__drop": "6"}, "event_type.drop", "expected a list of codes"),
-        ({"event_type__drop": [""]}, "event_type.drop", "not a non-empty text or integer"),
-        ({"event_type__drop": [["6"]]}, "event_type.drop", "not a non-empty text or integer"),
+        ({"event_type__drop": [["6"]]}, "event_type.drop", "not text or an integer"),
     ],
 )
 def test_invalid_mapping_fails_fast_naming_key_and_fix(changes, key, words):

@@ -27,6 +27,7 @@ from learners.data.adapters import MappingAdapter
 from learners.data.mapping import load_mapping, mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping, event_word, sniff_csv, stray_range
 from learners.data.prepare import PrepareConfig, check_rows, prepare
+from learners.data.readers import MISSING_WORDS
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
 SAMPLE_ROWS = 5000
@@ -221,6 +222,8 @@ def instants(n: int, seed: int = 0) -> list[dt.datetime]:
         (lambda t: t.strftime("%Y-%m-%d"), "iso", "day"),
         (lambda t: str(int(t.timestamp() * 1000)), "unix_ms", "second"),
         (lambda t: str(int(t.timestamp())), "unix_s", "second"),
+        (lambda t: str(int(t.timestamp()) * 10**6 + 123_456), "unix_us", "second"),
+        (lambda t: str(int(t.timestamp()) * 10**9 + 5), "unix_ns", "second"),
         (lambda t: t.strftime("%d/%m/%Y %H:%M"), "%d/%m/%Y %H:%M", "second"),
         (lambda t: t.strftime("%Y/%m/%d %H:%M:%S"), "%Y/%m/%d %H:%M:%S", "second"),
         (lambda t: f"{t.month}-{t.day}", "%m-%d", "day"),
@@ -311,8 +314,19 @@ def test_header_detection(tmp_path: Path) -> None:
         ("fav", "favorite"),
         ("remove_from_cart", "remove_from_cart"),
         ("search", "search"),
+        ("clicks", "product_view"),  # OTTO's codes: plural forms of known words
+        ("carts", "add_to_cart"),
+        ("orders", "purchase"),
+        ("purchases", "purchase"),
+        ("carted", "add_to_cart"),
+        ("added_to_cart", "add_to_cart"),
+        ("removed", "remove_from_cart"),
+        ("add", "add_to_cart"),  # Coveo's product_action, beside remove
+        ("detail", "product_view"),
         ("6", None),
         ("impression", None),
+        ("impressions", None),
+        ("event_product", None),
     ],
 )
 def test_obvious_event_names_are_mapped(code: str, event: str | None) -> None:
@@ -351,3 +365,145 @@ def test_a_log_of_anonymous_views_drafts_sessions_as_buyers_and_prepares_with_a_
     assert manifest["counts"]["rows_kept"] == len(rows) - 1 == tables["events"].num_rows
     assert set(tables["events"]["event_type"].to_pylist()) == {"product_view"}
     assert tables["buyers"].num_rows == 120 == tables["sessions"].num_rows
+
+
+# --- public logs the draft once misread (hand-written rows shaped like the real files, seeded) ------
+
+
+def write_rows(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("product", ["aid", "ref"])
+def test_otto_log_without_a_user_column_drafts_sessions_as_buyers_and_plural_codes(
+    tmp_path: Path, product: str
+) -> None:
+    """OTTO: session, aid, ts (unix ms), type in clicks/carts/orders; an aid is often clicked then carted,
+    so rows repeat it, yet a product named by no known word (ref) is still no buyer."""
+    rng = np.random.default_rng(11)
+    rows = []
+    ts = 1_659_304_800_000
+    for session in range(150):
+        for _ in range(int(rng.integers(1, 30))):
+            aid = int(rng.integers(1, 1_800_000))
+            ts += int(rng.integers(1_000, 600_000))
+            rows.append(f"{session},{aid},{ts},clicks")
+            if rng.random() < 0.3:
+                ts += int(rng.integers(1_000, 60_000))
+                rows.append(f"{session},{aid},{ts},{'orders' if rng.random() < 0.3 else 'carts'}")
+    path = write_rows(tmp_path / "otto.csv", f"session,{product},ts,type", rows)
+    values, draft = draft_values([path], tmp_path, "otto")
+    fields = values["fields"]
+    assert (fields["buyer_id"], fields["session_id"], fields["product_id"]) == ("session", "session", product)
+    assert "no user column found: each session is a buyer" in draft.notes["buyer_id"]
+    assert values["timestamp"]["format"] == "unix_ms"
+    assert values["event_type"]["map"] == {
+        "clicks": "product_view",
+        "carts": "add_to_cart",
+        "orders": "purchase",
+    }
+    assert draft.todo == []
+    check = check_rows([path], MappingAdapter(mapping_from_dict(values)))
+    assert check.counts["rows_kept"] == len(rows) and check.counts["rows_quarantined"] == 0
+
+
+@pytest.mark.parametrize("token", sorted(MISSING_WORDS))
+def test_missing_value_tokens_count_as_empty_user_ids(tmp_path: Path, token: str) -> None:
+    """A user column holding a missing-value token in most rows makes each session a buyer."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for session in range(100):
+        user = token if session % 10 < 7 else str(int(rng.integers(1, 30)))
+        for step in range(int(rng.integers(1, 5))):
+            rows.append(f"{session};{user};{int(rng.integers(1000, 1400))};2016-05-{9 + step:02d}")
+    path = write_rows(tmp_path / "views.csv", "sessionId;userId;itemId;eventdate", rows)
+    values, draft = draft_values([path], tmp_path, "views")
+    assert values["fields"]["buyer_id"] == "sessionId"
+    assert f"'userId' is empty or {token} in" in draft.notes["buyer_id"]
+
+
+def test_diginetica_purchases_na_users_are_noted_and_timeframe_is_no_category(tmp_path: Path) -> None:
+    """Diginetica's train-purchases.csv: `;`, userId NA in about half the rows, timeframe a millisecond
+    offset and ordernumber, both one value per order; an order holds one item or a few."""
+    rng = np.random.default_rng(8)
+    rows = []
+    order = 10_000
+    for session in range(150, 1500, 3):
+        user = "NA" if rng.random() < 0.45 else str(int(rng.integers(1, 30_000)))
+        day = f"2016-{int(rng.integers(1, 6)):02d}-{int(rng.integers(1, 29)):02d}"
+        timeframe = int(rng.integers(10_000, 5_000_000))
+        order += int(rng.integers(1, 20))
+        for _ in range(int(rng.choice([1, 1, 1, 1, 1, 1, 1, 2, 2, 3]))):
+            rows.append(f"{session};{user};{timeframe};{day};{order};{int(rng.integers(1, 180_000))}")
+    path = write_rows(
+        tmp_path / "train-purchases.csv", "sessionId;userId;timeframe;eventdate;ordernumber;itemId", rows
+    )
+    values, draft = draft_values([path], tmp_path, "purchases")
+    fields = values["fields"]
+    empty = sum(row.split(";")[1] == "NA" for row in rows) / len(rows)
+    assert 0.4 < empty < 0.5  # under the share that makes sessions buyers: kept, with a note
+    assert fields["buyer_id"] == "userId" and fields["session_id"] == "sessionId"
+    assert draft.notes["buyer_id"] == (
+        f"empty or NA in {empty:.0%} of sampled rows: those rows would be quarantined;"
+        " for anonymous visits write buyer_id: sessionId"
+    )
+    assert fields["product_id"] == "itemId" and fields["ts"] == "eventdate"
+    assert "category_id" not in fields  # neither timeframe nor ordernumber
+    assert "# not used: timeframe, ordernumber" in draft.text
+
+
+def coveo_hash(rng: np.random.Generator) -> str:
+    return "".join(rng.choice(list("0123456789abcdef"), size=64))
+
+
+def test_coveo_browsing_hashed_log_takes_the_sku_not_the_action_or_the_url(tmp_path: Path) -> None:
+    """Coveo's browsing_train.csv: every id hashed; product_action and product_sku_hash are empty on
+    page views; consecutive rows often share a page (hashed_url)."""
+    rng = np.random.default_rng(2)
+    skus = [coveo_hash(rng) for _ in range(400)]
+    rows = []
+    ts = 1_550_885_210_881
+    for _ in range(120):
+        session = coveo_hash(rng)
+        for _ in range(int(rng.integers(2, 20))):
+            url = coveo_hash(rng)
+            ts += int(rng.integers(500, 90_000))
+            if rng.random() < 0.6:
+                rows.append(f"{session},pageview,,,{ts},{url}")
+                continue
+            sku = skus[int(rng.integers(len(skus)))]
+            for action in (
+                "detail",
+                *rng.choice(["add", "remove", "purchase", "click"], size=int(rng.integers(0, 2))),
+            ):
+                rows.append(f"{session},event_product,{action},{sku},{ts},{url}")
+    header = "session_id_hash,event_type,product_action,product_sku_hash,server_timestamp_epoch_ms,hashed_url"
+    path = write_rows(tmp_path / "browsing_train.csv", header, rows)
+    values, draft = draft_values([path], tmp_path, "coveo")
+    fields = values["fields"]
+    assert fields["product_id"] == "product_sku_hash"
+    assert fields["buyer_id"] == fields["session_id"] == "session_id_hash"
+    assert "no user column found" in draft.notes["buyer_id"]
+    assert "hashed_url" not in fields.values() and "category_id" not in fields
+    assert values["timestamp"]["format"] == "unix_ms"
+
+
+def test_coveo_search_query_vector_is_no_query(tmp_path: Path) -> None:
+    """Coveo's search_train.csv: the query comes as a list of 50 numbers, the skus as lists (a clicked
+    one often alone: no spaces)."""
+    rng = np.random.default_rng(4)
+    rows = []
+    ts = 1_550_885_210_881
+    for _ in range(300):
+        vector = "[" + ", ".join(f"{x:.6g}" for x in rng.normal(0, 0.1, size=50)) + "]"
+        shown = [coveo_hash(rng)[:12] for _ in range(int(rng.integers(1, 5)))]
+        clicked = str(shown[:1]) if rng.random() < 0.5 else ""  # Python lists, as in the real file
+        ts += int(rng.integers(500, 90_000))
+        rows.append(f'{coveo_hash(rng)},"{vector}","{clicked}","{shown}",{ts}')
+    header = "session_id_hash,query_vector,clicked_skus_hash,product_skus_hash,server_timestamp_epoch_ms"
+    path = write_rows(tmp_path / "search_train.csv", header, rows)
+    values, draft = draft_values([path], tmp_path, "search")
+    assert "query" not in values["fields"] and "# query: none found" in draft.text
+    assert "product_id" not in values["fields"]  # lists of skus are no product id
+    assert values["fields"]["buyer_id"] == "session_id_hash"

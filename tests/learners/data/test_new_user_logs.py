@@ -1,0 +1,178 @@
+"""Logs a new user brought: OTTO's nested JSON lines, GA4's microseconds, a unit read wrongly, NA ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from engine.commands.prepare import check_lines
+from learners.data.adapters import MappingAdapter
+from learners.data.mapping import mapping_from_dict
+from learners.data.mapping_draft import DraftConfig, draft_mapping
+from learners.data.prepare import check_rows
+from tests.learners.data.test_adapters import collect
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
+OTTO = yaml.safe_load((EXAMPLES / "otto.yaml").read_text())
+"""The shipped OTTO mapping (examples/mappings/otto.yaml)."""
+
+
+def otto_lines(path: Path) -> None:
+    sessions = [
+        {
+            "session": 0,
+            "events": [
+                {"aid": 11, "ts": 1659304800025, "type": "clicks"},
+                {"aid": 11, "ts": 1659304904511, "type": "carts"},
+            ],
+        },
+        {"session": 1, "events": [{"aid": 7, "ts": 1659367439426, "type": "orders"}]},
+        {"session": 2, "events": []},
+        {"session": 3, "events": "none"},
+    ]
+    path.write_text("".join(json.dumps(s) + "\n" for s in sessions))
+
+
+def test_exploded_events_become_rows_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    otto_lines(path)
+    events, quarantine, _ = collect(MappingAdapter(mapping_from_dict(OTTO, "otto.yaml")), [path])
+    assert events["buyer_id"].to_pylist() == ["0", "0", "1"]
+    assert events["product_id"].to_pylist() == ["11", "11", "7"]
+    assert events["event_type"].to_pylist() == ["product_view", "add_to_cart", "purchase"]
+    assert [str(t) for t in events["ts"].to_pylist()][0].startswith("2022-07-31 22:00:00.025")
+    assert quarantine["line"].to_pylist() == [3, 4]
+    assert "empty list" in quarantine["reason"][0].as_py()
+    assert "not a list of objects" in quarantine["reason"][1].as_py()
+
+
+def test_nested_events_without_explode_name_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    otto_lines(path)
+    values = {k: v for k, v in OTTO.items() if k != "jsonl"}
+    fix = r"fix: the events are nested in 'events': add jsonl: \{explode: events\}"
+    with pytest.raises(ValueError, match=r"no column 'ts'.*" + fix):
+        collect(MappingAdapter(mapping_from_dict(values, "otto.yaml")), [path])
+    values["fields"] = {"merchant_id": {"constant": "otto"}, "buyer_id": "session", "ts": "events"}
+    values["event_type"] = {"constant": "product_view"}
+    _, quarantine, _ = collect(MappingAdapter(mapping_from_dict(values, "otto.yaml")), [path])
+    assert "holds a nested list, expected a scalar; jsonl: {explode: KEY}" in quarantine["reason"][0].as_py()
+
+
+def test_dotted_columns_read_nested_objects(tmp_path: Path) -> None:
+    path = tmp_path / "ga4.jsonl"
+    row = {"user_pseudo_id": "u1", "event_timestamp": 1609459200123456, "event_name": "view_item"}
+    path.write_text(json.dumps(row | {"items": {"item_id": "sku9"}}) + "\n")
+    values = {
+        "fields": {"merchant_id": {"constant": "gms"}, "buyer_id": "user_pseudo_id", "ts": "event_timestamp"}
+        | {"product_id": "items.item_id"},
+        "timestamp": {"format": "unix_us"},
+        "event_type": {"column": "event_name", "map": {"view_item": "product_view"}},
+    }
+    events, quarantine, _ = collect(MappingAdapter(mapping_from_dict(values, "ga4.yaml")), [path])
+    assert quarantine.num_rows == 0
+    assert events["product_id"].to_pylist() == ["sku9"]
+    assert str(events["ts"][0].as_py()) == "2021-01-01 00:00:00.123000+00:00"
+
+
+def test_a_column_no_object_has_stops_the_read_with_the_keys_it_has(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    otto_lines(path)
+    values = dict(OTTO, fields=dict(OTTO["fields"], ts="timestamp"))
+    with pytest.raises(
+        ValueError, match=r"train.jsonl: .* no column 'timestamp' .*available columns: .*\bts\b"
+    ):
+        collect(MappingAdapter(mapping_from_dict(values, "otto.yaml")), [path])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value"),
+    [("unix_s", 1659304800), ("unix_us", 1659304800000000), ("unix_ns", 1659304800000000000)],
+)
+def test_every_unix_unit_reads_the_same_instant(tmp_path: Path, fmt: str, value: int) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(f"user,when,kind\nu1,{value},v\n")
+    values = {
+        "fields": {"merchant_id": {"constant": "m"}, "buyer_id": "user", "ts": "when"},
+        "timestamp": {"format": fmt},
+        "event_type": {"column": "kind", "map": {"v": "product_view"}},
+    }
+    events, _, _ = collect(MappingAdapter(mapping_from_dict(values, "m.yaml")), [path])
+    assert str(events["ts"][0].as_py()) == "2022-07-31 22:00:00+00:00"
+
+
+def test_milliseconds_read_as_seconds_are_quarantined_with_the_unit_fix_and_check_shows_the_range(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user,when,kind\nu1,1659304800025,v\nu2,1659304800,v\n")
+    values = {
+        "fields": {"merchant_id": {"constant": "m"}, "buyer_id": "user", "ts": "when"},
+        "timestamp": {"format": "unix_s"},
+        "event_type": {"column": "kind", "map": {"v": "product_view"}},
+    }
+    check = check_rows([path], MappingAdapter(mapping_from_dict(values, "m.yaml")))
+    assert check.counts["rows_kept"] == 1 and check.counts["rows_quarantined"] == 1
+    (reason,) = check.quarantine_by_reason
+    assert "after 2100" in reason and "13 unix_ms" in reason
+    text = "\n".join(check_lines(check))
+    assert "events from 2022-07-31 22:00 to 2022-07-31 22:00 UTC" in text
+
+
+def test_a_word_for_no_value_is_no_buyer(tmp_path: Path) -> None:
+    """Diginetica writes userId NA for anonymous sessions: NA is no buyer, not one buyer of them all."""
+    path = tmp_path / "train-purchases.csv"
+    path.write_text(
+        "sessionId;userId;timeframe;eventdate;ordernumber;itemId\n"
+        "150;18278;849079;2016-05-06;25;24667\n"
+        "151;NA;4049;2016-05-06;26;2337\n"
+        "152;null;22123;2016-05-06;27;NA\n"
+    )
+    values = {
+        "csv": {"delimiter": ";"},
+        "fields": {"merchant_id": {"constant": "dg"}, "buyer_id": "userId", "ts": "eventdate"}
+        | {"session_id": "sessionId", "product_id": "itemId"},
+        "timestamp": {"format": "%Y-%m-%d", "resolution": "day"},
+        "event_type": {"constant": "purchase"},
+    }
+    events, quarantine, _ = collect(MappingAdapter(mapping_from_dict(values, "dg.yaml")), [path])
+    assert events["buyer_id"].to_pylist() == ["18278"]
+    assert quarantine["line"].to_pylist() == [3, 4]
+    assert set(quarantine["reason"].to_pylist()) == {
+        "missing buyer_id (column 'userId' holds NA, null or a like word for no value)"
+    }
+    values["fields"] = values["fields"] | {"buyer_id": "sessionId"}
+    events, quarantine, _ = collect(MappingAdapter(mapping_from_dict(values, "dg.yaml")), [path])
+    assert events["buyer_id"].to_pylist() == ["150", "151"]
+    assert quarantine["reason"].to_pylist() == [
+        "missing product id (column 'itemId' is empty) on a product event"
+    ]
+
+
+def test_the_draft_explodes_nested_events_and_the_mapping_reads_them(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    rng = np.random.default_rng(0)
+    with path.open("w") as fh:
+        for session in range(60):
+            start = 1659304800000 + session * 3_600_000
+            kinds = rng.choice(
+                ["clicks", "clicks", "clicks", "carts", "orders"], size=int(rng.integers(2, 8))
+            )
+            events = [
+                {"aid": int(rng.integers(1_000_000)), "ts": start + i * 20_000, "type": str(k)}
+                for i, k in enumerate(kinds)
+            ]
+            fh.write(json.dumps({"session": session, "events": events}) + "\n")
+    draft = draft_mapping([path], DraftConfig(rows=500), tmp_path / "otto.yaml")
+    values = yaml.safe_load(draft.text)
+    assert values["jsonl"] == {"explode": "events"}
+    assert values["fields"]["buyer_id"] == "session" and values["fields"]["product_id"] == "aid"
+    assert values["fields"]["ts"] == "ts" and values["timestamp"]["format"] == "unix_ms"
+    assert values["event_type"]["map"] == OTTO["event_type"]["map"]
+    check = check_rows([path], MappingAdapter(mapping_from_dict(values, "otto.yaml")))
+    assert check.counts["rows_quarantined"] == 0
+    assert check.counts["rows_kept"] == sum(len(json.loads(line)["events"]) for line in path.open())
