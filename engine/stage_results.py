@@ -49,6 +49,23 @@ def time_range_lines(span: dict[str, str] | None, now: datetime | None = None) -
     return lines
 
 
+LONG_SESSION_SHARE = 0.01
+"""Sessions lasting over a day in more than this share read as a session column that is a user's id."""
+
+
+def session_span_lines(manifest: dict[str, Any]) -> list[str]:
+    """A warning when many sessions last over a day: a visit is minutes to hours, so such a session
+    column is more likely a user's (OTTO's "session" spans up to four weeks)."""
+    long, sessions = manifest.get("sessions_over_a_day", 0), manifest["counts"]["sessions"]
+    if not sessions or long <= LONG_SESSION_SHARE * sessions:
+        return []
+    return [
+        f"  check: {long:,} sessions ({long / sessions:.0%}) last over a day: if the session column is a"
+        " user's id, map it as buyer_id and leave session_id out, so visits split at 30 minutes without"
+        " an event"
+    ]
+
+
 def code_labels(by_code: dict[str, int]) -> dict[str, int]:
     return {f"code {code!r}": n for code, n in by_code.items()}
 
@@ -71,6 +88,7 @@ class Prepared:
             f"  buyers {c['buyers']:,}  sessions {c['sessions']:,}  merchants {c['merchants']:,}"
             f"  products {c['products']:,}",
             *time_range_lines(self.manifest.get("time_range")),
+            *session_span_lines(self.manifest),
             f"  quarantined {c['rows_quarantined']:,} rows",
         ]
         lines += count_lines(self.manifest["quarantine_by_reason"], "reasons", "see manifest.json")

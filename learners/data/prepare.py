@@ -67,6 +67,7 @@ from learners.data.readers import delimiter_fix, other_delimiter
 from learners.data.sessions import events_table, order_frame, sessions_table
 
 _QUARANTINE_FLUSH_ROWS = 100_000
+_DAY_MS = 86_400_000
 DICTIONARY_COLUMNS = frozenset(
     {"merchant_id", "event_type", "product_id", "category_id", "query", "file", "column", "reason"}
     | {"event_seq", "gap_seq"}
@@ -243,6 +244,8 @@ class OutputWriters:
         self.first_ts: datetime | None = None
         self.last_ts: datetime | None = None
         """The events' first and last time (the buyers' first_ts and last_ts), for the manifest."""
+        self.sessions_over_a_day = 0
+        """Sessions whose last event is more than a day after their first (the manifest's figure)."""
 
     def __enter__(self) -> OutputWriters:
         return self
@@ -283,6 +286,9 @@ class OutputWriters:
                 first, last = pc.min(table["first_ts"]).as_py(), pc.max(table["last_ts"]).as_py()
                 self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
                 self.last_ts = last if self.last_ts is None else max(self.last_ts, last)
+            if name == "sessions" and table.num_rows:
+                span = pc.subtract(table["end"].cast(pa.int64()), table["start"].cast(pa.int64()))
+                self.sessions_over_a_day += pc.sum(pc.greater(span, _DAY_MS).cast(pa.int64())).as_py() or 0
             result[name] = table
         return PartitionResult(**result)
 
@@ -422,6 +428,7 @@ def finish_outputs(
     manifest = build_manifest(digests, adapter, config, counts, writers.quarantine_reasons, dropped_codes)
     if writers.first_ts is not None and writers.last_ts is not None:
         manifest["time_range"] = {"first": writers.first_ts.isoformat(), "last": writers.last_ts.isoformat()}
+    manifest["sessions_over_a_day"] = writers.sessions_over_a_day
     (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 

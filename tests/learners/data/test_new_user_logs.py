@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from engine.commands.prepare import check_lines
+from engine.stage_results import session_span_lines
 from learners.data.adapters import MappingAdapter
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping
-from learners.data.prepare import check_rows
+from learners.data.prepare import PrepareConfig, check_rows, prepare
 from tests.learners.data.test_adapters import collect
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
@@ -176,3 +177,21 @@ def test_the_draft_explodes_nested_events_and_the_mapping_reads_them(tmp_path: P
     check = check_rows([path], MappingAdapter(mapping_from_dict(values, "otto.yaml")))
     assert check.counts["rows_quarantined"] == 0
     assert check.counts["rows_kept"] == sum(len(json.loads(line)["events"]) for line in path.open())
+
+
+def test_sessions_lasting_weeks_are_flagged_and_the_shipped_mapping_splits_them(tmp_path: Path) -> None:
+    """OTTO's "session" is a user over four weeks: as session_id every visit would be one session."""
+    path = tmp_path / "train.jsonl"
+    with path.open("w") as fh:
+        for session in range(20):
+            start = 1659304800000 + session * 60_000
+            events = [{"aid": 5 + i, "ts": start + i * 3 * 86_400_000, "type": "clicks"} for i in range(4)]
+            fh.write(json.dumps({"session": session, "events": events}) + "\n")
+    as_session = dict(OTTO, fields=dict(OTTO["fields"], session_id="session"))
+    manifest = prepare([path], MappingAdapter(mapping_from_dict(as_session)), PrepareConfig(), tmp_path / "a")
+    assert manifest["sessions_over_a_day"] == 20
+    (warning,) = session_span_lines(manifest)
+    assert "20 sessions (100%) last over a day" in warning and "leave session_id out" in warning
+    manifest = prepare([path], MappingAdapter(mapping_from_dict(OTTO)), PrepareConfig(), tmp_path / "b")
+    assert manifest["counts"]["sessions"] == 80 and manifest["sessions_over_a_day"] == 0
+    assert session_span_lines(manifest) == []
