@@ -36,7 +36,7 @@ class PrepareStage:
     out: str | None = None
     """Output directory (required unless --check)."""
     progress: bool = field(default=True, metadata=option(flag="--no-progress", switch=True))
-    """Progress bars on the console (--no-progress: none)."""
+    """Show progress bars on the console (--no-progress: none)."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig, metadata=option(inline=True))
     """How the events are turned into the prepared tables."""
 

@@ -6,7 +6,7 @@ whether it ran from its own command or inside ``simpersona study``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ def time_range_lines(span: dict[str, str] | None, now: datetime | None = None) -
     return lines
 
 
+RULE_LABEL = "where "
+"""How a drop_rows rule's label begins (learners/data/mapping.DropRule.label), unlike a code's."""
 LONG_SESSION_SHARE = 0.01
 """Sessions lasting over a day in more than this share read as a session column that is a user's id."""
 
@@ -66,8 +68,33 @@ def session_span_lines(manifest: dict[str, Any]) -> list[str]:
     ]
 
 
+def one_type_lines(manifest: dict[str, Any]) -> list[str]:
+    """prepare's and inspect's warning for a log of one event type with a product funnel to miss."""
+    types = manifest.get("events_by_type", {})
+    if len(types) != 1 or "product_view" in types:
+        return []
+    (kind,) = types
+    return [
+        f"  check: every event is a {kind}: no views or carts lead to it, so the buyer types and the agent"
+        " have no shopping to learn, and evaluate's scores cannot tell simulators apart"
+    ]
+
+
+def one_kind_checks(real_kinds: set[str]) -> list[str]:
+    """Evaluate's warning when the real visits take fewer than two kinds of action: a log of purchases
+    only (UCI Online Retail) scores any simulator that buys as perfect."""
+    if len(real_kinds) >= 2:
+        return []
+    kinds = ", ".join(sorted(real_kinds)) or "none"
+    return [
+        f"the real visits take one kind of action ({kinds}): any system that takes it scores as a perfect"
+        " simulator, so these scores cannot tell systems apart; a log of views, carts and purchases can"
+    ]
+
+
 def code_labels(by_code: dict[str, int]) -> dict[str, int]:
-    return {f"code {code!r}": n for code, n in by_code.items()}
+    """Dropped rows' labels: a code quoted, a ``drop_rows`` rule as it names itself."""
+    return {code if code.startswith(RULE_LABEL) else f"code {code!r}": n for code, n in by_code.items()}
 
 
 @dataclass(frozen=True)
@@ -89,11 +116,12 @@ class Prepared:
             f"  products {c['products']:,}",
             *time_range_lines(self.manifest.get("time_range")),
             *session_span_lines(self.manifest),
+            *one_type_lines(self.manifest),
             f"  quarantined {c['rows_quarantined']:,} rows",
         ]
         lines += count_lines(self.manifest["quarantine_by_reason"], "reasons", "see manifest.json")
         if c.get("rows_dropped"):
-            lines.append(f"  dropped on purpose {c['rows_dropped']:,} rows (event_type.drop)")
+            lines.append(f"  dropped on purpose {c['rows_dropped']:,} rows (event_type.drop, drop_rows)")
             by_code = code_labels(self.manifest["rows_dropped_by_code"])
             lines += count_lines(by_code, "codes", "see manifest.json")
         return [*lines, f"  wrote {self.out} (see `simpersona inspect {self.out}`)"]
@@ -248,6 +276,14 @@ class Evaluated:
     notes: str
     merchants: int
     """Merchants compared (the fewest any system was compared on)."""
+    checks: list[str] = field(default_factory=list)
+    """What makes these scores read otherwise than they seem (also in ``notes``)."""
 
     def lines(self) -> list[str]:
-        return [fidelity_text(self.fidelity), "", markdown_table(self.systems), f"report: {self.report}"]
+        return [
+            fidelity_text(self.fidelity),
+            "",
+            markdown_table(self.systems),
+            *(f"check: {c}" for c in self.checks),
+            f"report: {self.report}",
+        ]

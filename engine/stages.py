@@ -48,6 +48,7 @@ from engine.stage_results import (
     Prepared,
     Simulated,
     TracesReplayed,
+    one_kind_checks,
 )
 
 
@@ -297,6 +298,8 @@ def evaluate(config: EvaluateStage, verbose: bool = False) -> Evaluated:
     )
     notes = config.notes or f"real: {config.real}; {len(real)} merchants; one real buyer = one {config.unit}"
     notes += f"; {bounded['visits']['median']:.0f} simulated visits per merchant (median)"
+    checks = one_kind_checks(real_kinds)
+    notes += "".join(f"; check: {c}" for c in checks)
     page = write_report(systems, config.out, main=main, notes=notes, fidelity=bounded)
     merchants_compared = min(s["merchants"] for s in systems.values())
-    return Evaluated(page, systems, bounded, goal_success, notes, merchants_compared)
+    return Evaluated(page, systems, bounded, goal_success, notes, merchants_compared, checks)

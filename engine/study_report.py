@@ -128,7 +128,8 @@ def explain(variant: str, fidelity: dict, main: str) -> str:
     return " ".join(lines)
 
 
-def _value(target: dict) -> str:
+def target_value(target: dict) -> str:
+    """A target's measured value as the console and the report show it."""
     return "–" if target["value"] is None else f"{target['value']:.3f}"
 
 
@@ -143,7 +144,7 @@ def index_html(result: dict) -> str:
     sections = []
     for variant, r in result["variants"].items():
         rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{_value(t)}</td><td>{'met' if t['met'] else 'missed'}</td>"
+            f"<tr><td>{html.escape(name)}</td><td>{target_value(t)}</td><td>{'met' if t['met'] else 'missed'}</td>"
             f"<td>{_perfect(t)}</td></tr>"
             for name, t in result["targets"][variant].items()
         )
@@ -216,7 +217,7 @@ def summary_markdown(result: dict) -> str:
         lines += ["Other figures:", "", markdown_table(r["systems"]), ""]
         lines += ["| target | value | met | a perfect simulator meets it |", "|---|---:|---|---:|"]
         for name, t in result["targets"][variant].items():
-            lines.append(f"| {name} | {_value(t)} | {'yes' if t['met'] else 'no'} | {_perfect(t)} |")
+            lines.append(f"| {name} | {target_value(t)} | {'yes' if t['met'] else 'no'} | {_perfect(t)} |")
     goals = next(iter(result["variants"].values()), {}).get("goal_success") or {}
     if goals:
         draw = result["config"]["simulate"].get("goal_draw", "popular")

@@ -236,7 +236,8 @@ def add_config_args(
     names fields (dotted for a section's) that get no flag."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
-    title = f"{'.'.join(_path) + ': ' if _path else ''}{cls.__name__} fields (override the --config file)"
+    about = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".").replace("`", "")
+    title = f"{'.'.join(_path) + ': ' if _path else ''}{about} (flags override the --config file)"
     group = parser.add_argument_group(title)
     sections = []
     for f in dataclasses.fields(cls):

@@ -38,10 +38,16 @@ EPILOG = "\n".join(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--format", dest="cfg__format", help="a built-in source format, e.g. tmall-ijcai15, rees46"
+        "--format",
+        dest="cfg__format",
+        metavar="NAME",
+        help="a built-in source format, e.g. tmall-ijcai15, rees46",
     )
     source.add_argument(
-        "--mapping", dest="cfg__mapping", help="a YAML mapping describing the source's columns"
+        "--mapping",
+        dest="cfg__mapping",
+        metavar="FILE",
+        help="a YAML mapping describing the source's columns",
     )
     parser.epilog = EPILOG
     parser.add_argument(
@@ -73,7 +79,7 @@ def check_lines(check: RowCheck) -> list[str]:
     if len(check.quarantine_by_reason) > MAX_REASONS:
         rest = list(check.quarantine_by_reason.values())[MAX_REASONS:]
         lines.append(f"    {sum(rest):>10,}  ... {len(rest)} more reasons")
-    lines.append(f"  dropped on purpose {c['rows_dropped']:,} rows (event_type.drop)")
+    lines.append(f"  dropped on purpose {c['rows_dropped']:,} rows (event_type.drop, drop_rows)")
     lines += count_lines(code_labels(check.rows_dropped_by_code), "codes", "all dropped on purpose")
     return lines
 

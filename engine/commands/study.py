@@ -28,7 +28,7 @@ from pathlib import Path
 from engine.report import fidelity_text, markdown_table
 from engine.study import Study
 from engine.study_config import SET_BY_STUDY_FLAGS, StudyConfig
-from engine.study_report import explain
+from engine.study_report import explain, target_value
 from learners.config import add_config_args, build_config
 
 NAME = "study"
@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
                 if t.get("perfect") is None
                 else f"; a perfect simulator meets it in {t['perfect']:.0%} of draws"
             )
-            print(f"  {name}: {'met' if t['met'] else 'missed'} ({t['value']}{perfect})")
+            print(f"  {name}: {'met' if t['met'] else 'missed'} ({target_value(t)}{perfect})")
     print(f"\nstudy finished in {result['wall_s']} s; reports under {Path(config.out) / 'report'}")
     return 0

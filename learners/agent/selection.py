@@ -22,6 +22,7 @@ margin: their prompts' token counts differ by the persona token).
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -39,15 +40,23 @@ def _stable_unit(*parts: object) -> float:
 
 
 def validation_merchants(merchants: Sequence[str], share: float, seed: int) -> list[str]:
-    """A seeded ``share`` of ``merchants`` (rounded, at least one when ``share`` > 0), never all of
-    them: none when fewer than two merchants are given."""
-    unique = sorted(set(merchants))
-    if share <= 0 or len(unique) < 2:
+    """Whole merchants, in a seeded order, holding at most ``share`` of ``merchants``' entries (one per
+    example: a merchant's entries are its size), at least one when ``share`` > 0 (the smallest, if
+    none fits), never all of them: none when fewer than two merchants are given. By examples, not by
+    merchants: one large merchant drawn as a tenth of the merchants took half the examples."""
+    sizes = Counter(merchants)
+    if share <= 0 or len(sizes) < 2:
         return []
     if share >= 1:
         raise ValueError(f"validation_share must be below 1, got {share}")
-    count = min(len(unique) - 1, max(1, round(share * len(unique))))
-    return sorted(unique, key=lambda m: _stable_unit(seed, "validation", m))[:count]
+    order = sorted(sizes, key=lambda m: _stable_unit(seed, "validation", m))
+    budget, held = share * sum(sizes.values()), []
+    for merchant in order:
+        if len(held) == len(order) - 1:
+            break
+        if sum(sizes[m] for m in held) + sizes[merchant] <= budget:
+            held.append(merchant)
+    return sorted(held or [min(order, key=lambda m: sizes[m])])
 
 
 def split_validation(examples: pa.Table, share: float, seed: int) -> tuple[pa.Table, pa.Table, list[str]]:

@@ -38,8 +38,8 @@ class AgentTrainConfig:
     stage2_epochs: int = 2
     """Epochs of stage 2 (the policy); with validation examples, the most it may run."""
     validation_share: float = 0.0
-    """Share of the training merchants (whole merchants, at least one when > 0) held out of training as
-    validation: its loss (item ids left out, train_loop.py) is measured after every epoch of both
+    """Share of the training examples held out of training as validation, by whole merchants (at most
+    this share, at least one merchant when > 0; selection.validation_merchants): its loss (item ids left out, train_loop.py) is measured after every epoch of both
     stages, a stage stops early after `patience` epochs without improvement, and its best epoch is
     kept. 0: no validation, every epoch runs and the last is kept."""
     calibration_rows: int = 6000

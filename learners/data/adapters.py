@@ -27,7 +27,7 @@ from learners.data.mapping import (
     load_mappings,
 )
 from learners.data.readers import file_format, read_raw
-from learners.data.schema import TS_TYPE
+from learners.data.schema import MANIFEST_FILE, TS_TYPE
 
 MS_PER_DAY = 86_400_000
 
@@ -270,15 +270,31 @@ def get_adapter(format: str | None = None, mapping: str | Path | None = None) ->
     return FORMATS[format]()
 
 
+def _own_output(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in a hidden folder (a run's staging folder, .git) or in a folder that a
+    simpersona command wrote (it holds a manifest.json) below ``root``: a re-run in the logs' folder
+    must not read an earlier --out as logs."""
+    return any(
+        part.name.startswith(".") or (part / MANIFEST_FILE).is_file()
+        for part in path.parents
+        if part != root and part.is_relative_to(root)
+    )
+
+
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
-    """Input files in order: files as given, directories expanded recursively (sorted, known extensions)."""
+    """Input files in order: files as given, directories expanded recursively (sorted, known
+    extensions; earlier outputs and hidden folders below them left out)."""
     files: list[Path] = []
     for item in paths:
         path = Path(item)
         if not path.exists():
             raise FileNotFoundError(f"input {path} does not exist; fix: check the path")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p) is not None)
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and file_format(p) is not None and not _own_output(p, path)
+            )
             if not found:
                 others = sorted({p.suffix for p in path.rglob("*") if p.is_file() and p.suffix})
                 named = f" (it holds {', '.join(others[:5])} files)" if others else ""

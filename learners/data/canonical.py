@@ -20,11 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from learners.data.mapping import SourceMapping, TimestampSpec
+from learners.data.mapping import DropRule, SourceMapping, TimestampSpec
 from learners.data.readers import MISSING_WORDS, RawChunk, quarantine_table
 from learners.data.schema import CANONICAL_EVENTS, PRODUCT_EVENT_TYPES, QUARANTINE, TS_TYPE
 
 NAIVE_MS = pa.timestamp("ms")
+NO_PRODUCT_TYPES = ("page_view", "search")
+"""Event types whose canonical row holds no product id or price, whatever the log wrote there."""
 INT_TEXT = r"^-?([0-9]{1,18}|[1-8][0-9]{18})$"
 """An integer int64 holds (unix nanoseconds have 19 digits)."""
 NUMBER_TEXT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
@@ -278,25 +280,50 @@ def _raw_text(chunk: RawChunk, columns: list[str], rows: np.ndarray) -> list[str
     return [json.dumps({c: row.get(c) for c in columns}, default=str, ensure_ascii=False) for row in picked]
 
 
+def _rule_hits(values: pa.Array, rule: DropRule) -> pa.Array:
+    if rule.below is not None:
+        return pc.fill_null(pc.less(_numbers(values), rule.below), False)
+    text = as_text(values)
+    if rule.starts_with is not None:
+        return pc.fill_null(pc.starts_with(text, rule.starts_with), False)
+    return pc.fill_null(pc.is_in(text, value_set=pa.array(rule.values, pa.string())), False)
+
+
 def drop_declared(chunk: RawChunk, mapping: SourceMapping) -> tuple[RawChunk, dict[str, int]]:
-    """The chunk without the rows whose event code is in ``event_type.drop``, and their count per code.
+    """The chunk without the rows a ``drop_rows`` rule or ``event_type.drop`` leaves out, and their
+    count per rule (its label, the first rule a row meets) and per code.
 
     The returned chunk keeps the reader's quarantine; its ``rows_read`` is the original's minus the
     dropped rows, so rows_read = kept + quarantined + dropped still balances for the caller.
     """
     drop = mapping.event_type.drop
-    if not drop or mapping.event_type.column is None or chunk.table.num_rows == 0:
+    n = chunk.table.num_rows
+    if n == 0 or not (mapping.drop_rows or (drop and mapping.event_type.column is not None)):
         return chunk, {}
-    codes = event_codes(chunk.table.column(mapping.event_type.column), drop)
-    hit = pc.fill_null(pc.is_in(codes, value_set=pa.array(drop, pa.string())), False)
-    if not pc.any(hit).as_py():
+    dropped: dict[str, int] = {}
+    hit = np.zeros(n, bool)
+    for rule in mapping.drop_rows:
+        mine = _rule_hits(chunk.table.column(rule.column).combine_chunks(), rule).to_numpy(
+            zero_copy_only=False
+        )
+        mine &= ~hit
+        if mine.any():
+            dropped[rule.label] = int(mine.sum())
+            hit |= mine
+    if drop and mapping.event_type.column is not None:
+        codes = event_codes(chunk.table.column(mapping.event_type.column), drop)
+        mine = pc.fill_null(pc.is_in(codes, value_set=pa.array(drop, pa.string())), False).to_numpy(
+            zero_copy_only=False
+        )
+        mine &= ~hit
+        if mine.any():
+            for item in pc.value_counts(codes.filter(pa.array(mine))).to_pylist():
+                dropped[item["values"]] = item["counts"]
+            hit |= mine
+    if not hit.any():
         return chunk, {}
-    counts = pc.value_counts(codes.filter(hit)).to_pylist()
-    dropped = {item["values"]: item["counts"] for item in counts}
-    keep = pc.invert(hit)
-    kept = dataclasses.replace(
-        chunk, table=chunk.table.filter(keep), lines=chunk.lines[keep.to_numpy(zero_copy_only=False)]
-    )
+    keep = ~hit
+    kept = dataclasses.replace(chunk, table=chunk.table.filter(pa.array(keep)), lines=chunk.lines[keep])
     return kept, dict(sorted(dropped.items()))
 
 
@@ -357,8 +384,13 @@ def canonicalize(
             pc.greater(ms, high if high is not None else 2**62),
         )
         zone = "UTC" if spec.resolution == "day" else spec.timezone
-        bounds = f"{spec.min.isoformat() if spec.min else '-inf'} .. {spec.max.isoformat() if spec.max else '+inf'} ({zone})"
-        checks.add(outside, ts_col, f"timestamp outside valid range {bounds}")
+        if spec.min is not None and spec.max is not None:
+            bounds = f"outside {spec.min.isoformat()} .. {spec.max.isoformat()}"
+        else:
+            bounds = (
+                f"before {spec.min.isoformat()}" if spec.min is not None else f"after {spec.max.isoformat()}"
+            )
+        checks.add(outside, ts_col, f"timestamp {bounds} ({zone}, timestamp.min/max)")
     out["ts"] = ts
 
     code_col = mapping.event_type.column
@@ -420,6 +452,12 @@ def canonicalize(
             f"bad price in column '{price_col}' (expected a non-negative number)",
         )
         out["price"] = pc.if_else(pc.and_(present, pc.invert(bad)), price, pa.scalar(None, pa.float64()))
+    # A search or a listing shows no single product: an id logged on it (Trivago's reference holds the
+    # search text or the clicked filter) would become a product of the storefront.
+    pageless = pc.fill_null(pc.is_in(out["event_type"], value_set=pa.array(NO_PRODUCT_TYPES)), False)
+    if pc.any(pageless).as_py():
+        for name, kind in (("product_id", pa.string()), ("price", pa.float64())):
+            out[name] = pc.if_else(pageless, pa.scalar(None, kind), out[name])
     out["src_order"] = pa.array((np.int64(chunk.file_index) << np.int64(40)) | chunk.lines, pa.int64())
 
     events = pa.Table.from_arrays([out[f.name] for f in CANONICAL_EVENTS], schema=CANONICAL_EVENTS)

@@ -24,9 +24,10 @@ TIMESTAMP_KEYWORDS = ("unix_s", "unix_ms", "unix_us", "unix_ns", "iso")
 RESOLUTIONS = ("second", "day")
 REQUIRED_FIELDS = ("merchant_id", "buyer_id", "ts")
 OPTIONAL_FIELDS = ("session_id", "product_id", "category_id", "price", "query")
-TOP_KEYS = ("name", "format", "csv", "jsonl", "fields", "timestamp", "event_type", "match")
+TOP_KEYS = ("name", "format", "csv", "jsonl", "fields", "timestamp", "event_type", "drop_rows", "match")
 CSV_KEYS = ("delimiter", "header", "columns")
 JSONL_KEYS = ("explode",)
+DROP_TESTS = ("starts_with", "below", "in")
 TIMESTAMP_KEYS = ("format", "year", "timezone", "resolution", "min", "max")
 EVENT_TYPE_KEYS = ("column", "map", "drop", "constant")
 
@@ -50,6 +51,30 @@ class JsonlOptions:
     explode: str | None = None
     """A key whose value is a list of objects, one event each (OTTO: one session per line with its
     ``events``): each becomes a row, its keys read as columns beside the line's own scalar keys."""
+
+
+@dataclass(frozen=True)
+class DropRule:
+    """Rows left out on purpose by a value (``drop_rows``): UCI Online Retail's cancellations are
+    invoices starting with C, with a negative quantity. Exactly one test is set."""
+
+    column: str
+    """The source column tested."""
+    starts_with: str | None = None
+    """Drop rows whose value starts with this text."""
+    below: float | None = None
+    """Drop rows whose value is a number below this one."""
+    values: tuple[str, ...] = ()
+    """Drop rows whose value is one of these (``in:`` in YAML)."""
+
+    @property
+    def label(self) -> str:
+        """How the manifest and the console name the rule (rows_dropped_by_code)."""
+        if self.starts_with is not None:
+            return f"where {self.column} starts with {self.starts_with!r}"
+        if self.below is not None:
+            return f"where {self.column} < {self.below:g}"
+        return f"where {self.column} in [{', '.join(repr(v) for v in self.values)}]"
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,8 @@ class SourceMapping:
     """Where the mapping came from (a file path), for messages."""
     match: str | None = None
     """Glob of the file names this layout reads, in a mapping of several ``sources`` (load_mappings)."""
+    drop_rows: tuple[DropRule, ...] = ()
+    """Rows left out on purpose by a column's value, counted per rule like dropped codes."""
 
     @property
     def day_resolution(self) -> bool:
@@ -130,6 +157,7 @@ class SourceMapping:
         names = [src.column for src in self.fields.values() if src.column is not None]
         if self.event_type.column is not None:
             names.append(self.event_type.column)
+        names += [rule.column for rule in self.drop_rows]
         return list(dict.fromkeys(names))
 
 
@@ -378,6 +406,36 @@ def _csv_options(source: str, values: Any) -> CsvOptions:
     return CsvOptions(delimiter=delimiter, header=header, columns=columns)
 
 
+def _drop_rules(source: str, values: Any) -> tuple[DropRule, ...]:
+    example = 'write e.g. drop_rows: [{column: InvoiceNo, starts_with: "C"}, {column: Quantity, below: 0}]'
+    if not isinstance(values, list):
+        raise _fail(source, "drop_rows", f"expected a list of rules, got {values!r}", example)
+    rules = []
+    for i, value in enumerate(values):
+        where = f"drop_rows[{i}]"
+        value = _check_keys(source, where, value, ("column", *DROP_TESTS))
+        column = _text(source, f"{where}.column", value.get("column"))
+        tests = [t for t in DROP_TESTS if t in value]
+        if len(tests) != 1:
+            raise _fail(
+                source, where, f"expected one of {', '.join(DROP_TESTS)}, got {tests or 'none'}", example
+            )
+        test, given = tests[0], value[tests[0]]
+        if test == "below":
+            if isinstance(given, bool) or not isinstance(given, (int, float)):
+                raise _fail(source, f"{where}.below", f"expected a number, got {given!r}", "write below: 0")
+            rules.append(DropRule(column, below=float(given)))
+        elif test == "starts_with":
+            rules.append(DropRule(column, starts_with=_text(source, f"{where}.starts_with", str(given))))
+        else:
+            if not isinstance(given, list) or not given or any(isinstance(v, (dict, list)) for v in given):
+                raise _fail(
+                    source, f"{where}.in", f"expected a list of values, got {given!r}", "write in: [POST, D]"
+                )
+            rules.append(DropRule(column, values=tuple(str(v) for v in given)))
+    return tuple(rules)
+
+
 def _jsonl_options(source: str, values: Any) -> JsonlOptions:
     values = _check_keys(source, "jsonl", values, JSONL_KEYS)
     explode = values.get("explode")
@@ -430,6 +488,7 @@ def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:
         jsonl=jsonl,
         source=source,
         match=None if values.get("match") is None else _text(source, "match", values["match"]),
+        drop_rows=_drop_rules(source, values["drop_rows"]) if "drop_rows" in values else (),
     )
     if csv.columns is not None:
         missing = [c for c in mapping.columns_used() if c not in csv.columns]

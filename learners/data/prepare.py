@@ -244,6 +244,8 @@ class OutputWriters:
         self.first_ts: datetime | None = None
         self.last_ts: datetime | None = None
         """The events' first and last time (the buyers' first_ts and last_ts), for the manifest."""
+        self.events_by_type: Counter[str] = Counter()
+        """Kept events per canonical type (the manifest's events_by_type)."""
         self.sessions_over_a_day = 0
         """Sessions whose last event is more than a day after their first (the manifest's figure)."""
 
@@ -286,6 +288,9 @@ class OutputWriters:
                 first, last = pc.min(table["first_ts"]).as_py(), pc.max(table["last_ts"]).as_py()
                 self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
                 self.last_ts = last if self.last_ts is None else max(self.last_ts, last)
+            if name == "events" and table.num_rows:
+                for item in table["event_type"].value_counts().to_pylist():
+                    self.events_by_type[item["values"]] += item["counts"]
             if name == "sessions" and table.num_rows:
                 span = pc.subtract(table["end"].cast(pa.int64()), table["start"].cast(pa.int64()))
                 self.sessions_over_a_day += pc.sum(pc.greater(span, _DAY_MS).cast(pa.int64())).as_py() or 0
@@ -429,6 +434,9 @@ def finish_outputs(
     if writers.first_ts is not None and writers.last_ts is not None:
         manifest["time_range"] = {"first": writers.first_ts.isoformat(), "last": writers.last_ts.isoformat()}
     manifest["sessions_over_a_day"] = writers.sessions_over_a_day
+    manifest["events_by_type"] = {
+        t: writers.events_by_type[t] for t in schema.EVENT_TYPES if writers.events_by_type[t]
+    }
     (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 

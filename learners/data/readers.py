@@ -494,6 +494,7 @@ def _check_jsonl_columns(path: Path, seen: dict[str, bool], mapping: SourceMappi
         fix = f"the events are nested in '{lists[0]}': add jsonl: {{explode: {lists[0]}}} to the mapping"
     # An optional field may be left out of every object where it is null; a required one may not.
     required = [mapping.fields[f].column for f in REQUIRED_FIELDS] + [mapping.event_type.column]
+    required += [rule.column for rule in mapping.drop_rows]
     present = [c for c in required if c is not None]
     _check_columns(path, "every object of its first lines", sorted(seen), mapping, fix=fix, columns=present)
 

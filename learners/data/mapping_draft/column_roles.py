@@ -17,7 +17,7 @@ from learners.data.mapping_draft.event_codes import code_counts, event_word
 # Canonical field (or "event") -> words of a source column name that name it. Checked in this order;
 # a column goes to the first role it fits.
 ROLE_WORDS: dict[str, frozenset[str]] = {
-    "session_id": frozenset({"session", "sessionid", "sid"}),
+    "session_id": frozenset({"session", "sessionid", "sid", "invoice", "invoiceno", "invoiceid"}),
     "merchant_id": frozenset(
         {"seller", "sellerid", "merchant", "merchantid", "shop", "shopid", "store", "storeid", "vendor"}
         | {"vendorid", "retailer", "storefront"}
@@ -28,6 +28,7 @@ ROLE_WORDS: dict[str, frozenset[str]] = {
     ),
     "product_id": frozenset(
         {"item", "itemid", "product", "productid", "sku", "skuid", "goods", "article", "asin", "offer", "aid"}
+        | {"stockcode"}
     ),
     "category_id": frozenset({"category", "categoryid", "cat", "catid", "categ"}),
     "event": frozenset(
@@ -44,6 +45,8 @@ product_sku_hash over product_action)."""
 ADDRESS_WORDS = frozenset({"url", "uri", "link", "href", "referrer", "referer"})
 """Words naming a page address: such a column is no id of a buyer, product or category, however
 often consecutive rows repeat it (Coveo's hashed_url)."""
+AMOUNT_WORDS = frozenset({"quantity", "qty", "amount", "count", "total", "sum", "units"})
+"""Words naming an amount: such a column of few integers is no category (UCI's Quantity)."""
 CONTENT_NOTE = "guessed from the values (the column name does not say): check"
 QUERY_TEXT_SHARE = 0.5
 """A query column has text (a letter outside numbers) in at least this share of its values: not
@@ -55,7 +58,7 @@ one value per order."""
 
 
 def _id_like(p: ColumnProfile) -> bool:
-    """Values that may be ids: no decimals, spaces, lists or times, and not a page address."""
+    """Values that may be ids: no decimals, spaces, lists or times, not a page address or an amount."""
     return (
         p.non_null > 0
         and not p.decimals
@@ -63,6 +66,7 @@ def _id_like(p: ColumnProfile) -> bool:
         and not p.lists
         and not pa.types.is_timestamp(p.native)
         and not p.tokens & ADDRESS_WORDS
+        and not p.tokens & AMOUNT_WORDS
     )
 
 

@@ -11,8 +11,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from learners.data.canonical import NUMBER_TEXT
-from learners.data.mapping_draft.column_profile import ColumnProfile
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from learners.data.canonical import INT_TEXT, NUMBER_TEXT
+from learners.data.mapping_draft.column_profile import ColumnProfile, name_tokens
 from learners.data.mapping_draft.event_codes import EventCode
 from learners.data.mapping_draft.sample import Sample
 from learners.data.mapping_draft.timestamps import TimestampGuess
@@ -44,6 +47,14 @@ def _line(text: str, comment: str = "") -> str:
 
 def _numeric(code: str) -> bool:
     return bool(re.match(NUMBER_TEXT, code))
+
+
+ORDER_WORDS = frozenset(
+    {"purchase", "purchases", "order", "orders", "invoice", "invoiceno", "transaction", "transactions"}
+    | {"sale", "sales", "buys", "quantity", "qty"}
+)
+"""Words of a column or file name that say the rows are orders (UCI Online Retail's InvoiceNo and
+Quantity, Diginetica's train-purchases.csv): a log without an event column is then purchases."""
 
 
 def render_yaml(
@@ -187,10 +198,16 @@ def render_yaml(
     if event is None:
         out.append(_line("  column:", "TODO: the column of the event code (view, cart, order, ...)"))
         out.append("  map:")
+        ordered = [p.name for p in profiles.values() if p.tokens & ORDER_WORDS]
+        ordered += [f.name for f in sample.files if name_tokens(f.stem) & ORDER_WORDS]
+        if ordered:
+            constant, why = "purchase", f"{ordered[0]!r} reads as orders: a log of purchases only"
+        else:
+            constant, why = "product_view", "a log of one event type (views only)"
         out.append(
             _line(
-                "  # constant: product_view",
-                "a log of one event type (views only) has no such column: use this instead of column and map",
+                f"  # constant: {constant}",
+                f"{why} has no such column: use this instead of column and map",
             )
         )
         todo.append("event_type (column and map, or constant for a log of one event type)")
@@ -218,4 +235,22 @@ def render_yaml(
                 "codes to leave out on purpose: counted per code in the manifest, not quarantined",
             )
         )
+    out += _returns_hint(profiles)
     return "\n".join(out) + "\n", todo
+
+
+def _returns_hint(profiles: dict[str, ColumnProfile]) -> list[str]:
+    """A commented drop_rows rule where an amount column has negative values: returns or
+    cancellations, which a purchase log would otherwise count as purchases (UCI Online Retail)."""
+    for p in profiles.values():
+        if not p.tokens & {"quantity", "qty", "units"} or p.ints < 0.95:
+            continue
+        values = pc.cast(
+            p.texts.drop_null().filter(pc.match_substring_regex(p.texts.drop_null(), INT_TEXT)), pa.int64()
+        )
+        negative = int(pc.sum(pc.less(values, 0).cast(pa.int64())).as_py() or 0)
+        if negative:
+            rule = f"# drop_rows: [{{column: {_scalar(p.name)}, below: 0}}]"
+            why = f"{negative:,} sampled rows have a negative {p.name}: returns or cancellations? leave them out"
+            return [_line(rule, why)]
+    return []

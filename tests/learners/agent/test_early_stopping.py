@@ -20,7 +20,7 @@ from learners.agent.train_loop import BEST_FILE, EarlyStopping
 
 from .conftest import make_traces
 
-VALIDATION = "m3"  # the merchant a share of 1/3 of m1, m2, m3 draws with seed 0
+VALIDATION = "m3"  # the merchant a validation share of 0.45 of m1, m2, m3 draws with seed 0
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def disagreeing():
     """Traces of m1 and m2, plus m3: m1's pages and buyers, where every step's action is "wait", an
     action training never shows. The better the agent learns m1 and m2, the less likely it finds
     "wait": m3's loss rises from stage 2's first epoch on."""
-    assert validation_merchants(["m1", "m2", VALIDATION], 1 / 3, 0) == [VALIDATION]
+    assert validation_merchants(["m1", "m2", VALIDATION], 0.45, 0) == [VALIDATION]
     traces, codes = make_traces(merchants=("m1", "m2"), buyers=4, sessions=1, seed=2)
 
     def as_validation(table: pa.Table) -> pa.Table:
@@ -52,7 +52,7 @@ def _config(**overrides) -> AgentTrainConfig:
         max_observation_tokens=96,
         goal_share=0.0,
         log_every=1,
-        validation_share=1 / 3,
+        validation_share=0.45,  # m3 alone fits in this share of the examples
         patience=1,
     )
     return AgentTrainConfig(**{**base, **overrides})

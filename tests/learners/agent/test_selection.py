@@ -122,6 +122,18 @@ def test_validation_merchants_are_whole_seeded_and_never_all():
     assert train.num_rows + validation.num_rows == table.num_rows
 
 
+def test_validation_takes_its_share_of_the_examples_not_of_the_merchants():
+    """Trivago by platform: one merchant with half the examples must not be a tenth's validation."""
+    sizes = {"big": 500, **{f"m{i}": 25 for i in range(20)}}
+    merchants = [m for m, n in sizes.items() for _ in range(n)]
+    for seed in range(5):
+        held = validation_merchants(merchants, 0.1, seed=seed)
+        assert "big" not in held and 1 <= len(held) <= 4
+        assert sum(sizes[m] for m in held) <= 0.1 * len(merchants)
+    # Where no merchant fits the share, the smallest is the one held out.
+    assert validation_merchants(["a"] * 10 + ["b"] * 6 + ["c"] * 8, 0.1, seed=0) == ["b"]
+
+
 def test_train_agent_applies_and_reports_the_token_budget(tmp_path):
     traces, codes = make_traces(merchants=("m1", "m2", "m3"), buyers=4, sessions=2, seed=1)
     config = AgentTrainConfig(

@@ -1,4 +1,4 @@
-"""Event codes a mapping drops on purpose (event_type.drop): counted per code, never quarantined, and
+"""Rows a mapping drops on purpose (event_type.drop, drop_rows): counted per code or rule, never quarantined, and
 rows_read = rows_kept + rows_quarantined + rows_dropped."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from engine.commands.prepare import check_lines
 from learners.data import schema
 from learners.data.adapter import CanonicalChunk
 from learners.data.adapters import MappingAdapter, get_adapter
@@ -166,3 +167,52 @@ def test_the_empty_code_can_be_mapped_or_dropped(tmp_path: Path, empty: str | No
     assert EMPTY_CODE not in check.quarantine_by_reason
     assert check.rows_dropped_by_code[""] > 0
     assert sum(check.counts[k] for k in ("rows_kept", "rows_quarantined", "rows_dropped")) == expected["read"]
+
+
+def test_drop_rows_leave_out_cancellations_and_non_products_counted_per_rule(tmp_path: Path) -> None:
+    """UCI Online Retail: purchases only; a cancellation is an invoice C... with a negative quantity,
+    and POST (postage) is no product."""
+    log = tmp_path / "online_retail.csv"
+    log.write_text(
+        "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID\n"
+        "536365,85123A,6,2010-12-01 08:26,2.55,17850\n"
+        "536365,POST,1,2010-12-01 08:26,18.0,17850\n"
+        "C536379,D,-1,2010-12-01 09:41,27.5,14527\n"
+        "536380,22961,-2,2010-12-01 09:41,1.45,14527\n"
+        "536381,22139,3,2010-12-01 09:45,4.95,15311\n"
+    )
+    values = {
+        "fields": {"merchant_id": {"constant": "uci"}, "buyer_id": "CustomerID", "ts": "InvoiceDate"}
+        | {"session_id": "InvoiceNo", "product_id": "StockCode", "price": "UnitPrice"},
+        "timestamp": {"format": "%Y-%m-%d %H:%M"},
+        "event_type": {"constant": "purchase"},
+        "drop_rows": [
+            {"column": "InvoiceNo", "starts_with": "C"},
+            {"column": "Quantity", "below": 0},
+            {"column": "StockCode", "in": ["POST", "D"]},
+        ],
+    }
+    check = check_rows([log], get_adapter(mapping=write_mapping(tmp_path, values)))
+    assert check.counts == {"rows_read": 5, "rows_kept": 2, "rows_quarantined": 0, "rows_dropped": 3}
+    # Each row counts under the first rule it meets: the C invoice is not counted again as < 0.
+    assert check.rows_dropped_by_code == {
+        "where InvoiceNo starts with 'C'": 1,
+        "where Quantity < 0": 1,
+        "where StockCode in ['POST', 'D']": 1,
+    }
+    lines = "\n".join(check_lines(check))
+    assert "where Quantity < 0" in lines and "code 'where" not in lines
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"column": "Quantity"}, "expected one of starts_with, below, in, got none"),
+        ({"column": "Quantity", "below": "zero"}, "expected a number"),
+        ({"column": "Quantity", "below": 0, "in": ["1"]}, "expected one of"),
+        ({"column": "StockCode", "in": "POST"}, "expected a list of values"),
+    ],
+)
+def test_a_bad_drop_rule_names_its_key_and_the_fix(rule: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=rf"key 'drop_rows\[0\].*{message}.*fix: "):
+        mapping_from_dict(dict(MAPPING, drop_rows=[rule]), "bad.yaml")

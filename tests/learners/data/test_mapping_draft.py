@@ -226,6 +226,12 @@ def instants(n: int, seed: int = 0) -> list[dt.datetime]:
         (lambda t: str(int(t.timestamp()) * 10**9 + 5), "unix_ns", "second"),
         (lambda t: t.strftime("%d/%m/%Y %H:%M"), "%d/%m/%Y %H:%M", "second"),
         (lambda t: t.strftime("%Y/%m/%d %H:%M:%S"), "%Y/%m/%d %H:%M:%S", "second"),
+        (
+            lambda t: f"{t.month}/{t.day}/{t:%y} {t.hour}:{t:%M}",
+            "%m/%d/%y %H:%M",
+            "second",
+        ),  # UCI Online Retail
+        (lambda t: t.strftime("%d-%m-%Y %H:%M"), "%d-%m-%Y %H:%M", "second"),
         (lambda t: f"{t.month}-{t.day}", "%m-%d", "day"),
         (lambda t: t.strftime("%m%d"), "%m%d", "day"),
     ],
@@ -277,7 +283,7 @@ def test_zone_hint_and_stray_days(tmp_path: Path) -> None:
     check = check_rows([path], MappingAdapter(mapping_from_dict(values)))
     assert check.counts["rows_quarantined"] == 5
     (reason,) = check.quarantine_by_reason
-    assert reason.startswith("timestamp outside valid range 2024-03-04T00:00:00 .. +inf (America/New_York)")
+    assert reason.startswith("timestamp before 2024-03-04T00:00:00 (America/New_York, timestamp.min/max)")
 
 
 def test_stray_range_leaves_a_continuous_log_alone() -> None:
@@ -507,3 +513,33 @@ def test_coveo_search_query_vector_is_no_query(tmp_path: Path) -> None:
     assert "query" not in values["fields"] and "# query: none found" in draft.text
     assert "product_id" not in values["fields"]  # lists of skus are no product id
     assert values["fields"]["buyer_id"] == "session_id_hash"
+
+
+def test_a_transactions_log_drafts_invoices_as_sessions_and_hints_purchases_and_returns(
+    tmp_path: Path,
+) -> None:
+    """UCI Online Retail's shape: invoices of several lines, a quantity (negative on cancellations)."""
+    rng = np.random.default_rng(3)
+    lines = ["InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"]
+    for invoice in range(120):
+        cancelled = invoice % 17 == 0
+        when = f"12/{1 + invoice // 20}/10 {8 + invoice % 9}:{invoice % 60:02d}"
+        for _ in range(int(rng.integers(1, 6))):
+            quantity = -int(rng.integers(1, 5)) if cancelled else int(rng.choice([1, 2, 3, 6, 12, 24]))
+            code = f"{rng.integers(20000, 23000)}{rng.choice(['', 'A', 'B'])}"
+            lines.append(
+                f"{'C' if cancelled else ''}{536365 + invoice},{code},A THING,{quantity},{when},"
+                f"{rng.integers(1, 900) / 100:.2f},{17850 + invoice % 30},United Kingdom"
+            )
+    path = tmp_path / "online_retail.csv"
+    path.write_text("\n".join(lines) + "\n")
+    values, draft = draft_values([path], tmp_path, "uci")
+    fields = values["fields"]
+    assert (fields["session_id"], fields["product_id"], fields["price"]) == (
+        "InvoiceNo",
+        "StockCode",
+        "UnitPrice",
+    )
+    assert "category_id" not in fields  # not Quantity
+    assert "# constant: purchase" in draft.text
+    assert "# drop_rows: [{column: Quantity, below: 0}]" in draft.text

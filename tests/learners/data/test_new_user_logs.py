@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from engine.commands.prepare import check_lines
-from engine.stage_results import session_span_lines
-from learners.data.adapters import MappingAdapter
+from engine.stage_results import one_kind_checks, one_type_lines, session_span_lines
+from learners.data.adapters import MappingAdapter, expand_inputs
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping
 from learners.data.prepare import PrepareConfig, check_rows, prepare
@@ -195,3 +195,58 @@ def test_sessions_lasting_weeks_are_flagged_and_the_shipped_mapping_splits_them(
     manifest = prepare([path], MappingAdapter(mapping_from_dict(OTTO)), PrepareConfig(), tmp_path / "b")
     assert manifest["counts"]["sessions"] == 80 and manifest["sessions_over_a_day"] == 0
     assert session_span_lines(manifest) == []
+
+
+def test_searches_and_listings_carry_no_product(tmp_path: Path) -> None:
+    """Trivago's reference holds a hotel id on item actions but the search text or a filter on others."""
+    path = tmp_path / "train.csv"
+    path.write_text(
+        "user_id,timestamp,action_type,reference\n"
+        "u1,1541037460,search for destination,Barcelona\n"
+        "u1,1541037470,filter selection,Best Value\n"
+        "u1,1541037480,interaction item image,4455\n"
+    )
+    values = {
+        "fields": {"merchant_id": {"constant": "trivago"}, "buyer_id": "user_id", "ts": "timestamp"}
+        | {"product_id": "reference"},
+        "timestamp": {"format": "unix_s"},
+        "event_type": {
+            "column": "action_type",
+            "map": {"search for destination": "search", "filter selection": "page_view"}
+            | {"interaction item image": "product_view"},
+        },
+    }
+    events, quarantine, _ = collect(MappingAdapter(mapping_from_dict(values, "trivago.yaml")), [path])
+    assert quarantine.num_rows == 0
+    assert events["product_id"].to_pylist() == [None, None, "4455"]
+
+
+def test_a_folder_of_logs_skips_an_earlier_output_inside_it(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    (logs / "data").mkdir(parents=True)
+    (logs / ".data-x.preparing").mkdir()
+    for name in ("a.csv", "data/events.parquet", "data/manifest.json", ".data-x.preparing/events.parquet"):
+        (logs / name).write_text("x")
+    (logs / "more").mkdir()
+    (logs / "more" / "b.csv").write_text("x")
+    assert expand_inputs([logs]) == [logs / "a.csv", logs / "more" / "b.csv"]
+    assert logs / "data" / "events.parquet" in expand_inputs([logs / "data"])  # named: read
+
+
+def test_a_purchases_only_log_is_flagged_by_prepare_and_evaluate(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("user,when,sku\nu1,1659304800,a\nu2,1659304900,b\nu1,1659305000,c\n")
+    values = {
+        "fields": {"merchant_id": {"constant": "m"}, "buyer_id": "user", "ts": "when", "product_id": "sku"},
+        "timestamp": {"format": "unix_s"},
+        "event_type": {"constant": "purchase"},
+    }
+    manifest = prepare([path], MappingAdapter(mapping_from_dict(values)), PrepareConfig(), tmp_path / "d")
+    assert manifest["events_by_type"] == {"purchase": 3}
+    (line,) = one_type_lines(manifest)
+    assert "every event is a purchase" in line
+    assert one_type_lines({"events_by_type": {"product_view": 5}}) == []
+    assert one_type_lines({"events_by_type": {"product_view": 5, "purchase": 1}}) == []
+    (check,) = one_kind_checks({"purchase"})
+    assert "one kind of action (purchase)" in check and "cannot tell systems apart" in check
+    assert one_kind_checks({"purchase", "product_view"}) == []
