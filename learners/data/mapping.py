@@ -319,6 +319,13 @@ def _event_type(source: str, values: Any) -> EventTypeSpec:
         code = _empty_code(code)
         if isinstance(code, bool) or not isinstance(code, (str, int)):
             raise _fail(source, f"event_type.map.{code}", f"code {code!r} is not text", "quote the code")
+        if event in (None, "TODO"):
+            raise _fail(
+                source,
+                f"event_type.map.{code}",
+                "no type given (a TODO of a drafted mapping)",
+                f"write one of {', '.join(EVENT_TYPES)}, or move the code to event_type.drop",
+            )
         if event not in EVENT_TYPES:
             raise _fail(
                 source,

@@ -40,7 +40,7 @@ def test_draft_edit_check_prepare_inspect(tmp_path: Path) -> None:
     text = (tmp_path / "my-shop.yaml").read_text()
     assert all(f'"{code}": TODO' in text for code in codes)
     # The edit the README shows: the five codes mapped, the generic click dropped on purpose.
-    text = re.sub(r"  map:\n(    # .*\n)+", EDIT["map"], text).replace(
+    text = re.sub(r"  map:\n(    .*\n)+", EDIT["map"], text).replace(
         "  # drop: []", EDIT["drop"].rstrip("\n")
     )
     (tmp_path / "my-shop.yaml").write_text(text)

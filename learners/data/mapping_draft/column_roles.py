@@ -128,6 +128,9 @@ def assign_roles(
                 key=lambda p: (
                     _name_score(p, role),
                     role == "product_id" and bool(p.tokens & PRODUCT_ID_WORDS),
+                    # Of two event-named columns, the one whose codes read best as events (Coveo's
+                    # product_action: detail, add, purchase) over one of page kinds (event_type).
+                    worded[p.name] / p.distinct if role == "event" else 0,
                     p.non_null,
                     -order[p.name],
                 ),

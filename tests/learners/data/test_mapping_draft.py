@@ -61,7 +61,7 @@ def test_filled_in_draft_prepares_the_shipped_mappings_tables(real_file, tmp_pat
     assert draft.sample.table.num_rows == SAMPLE_ROWS
     assert {item.split(" ")[0] for item in draft.todo} == EXPECTED_TODO[name]
     # Every code the draft maps by itself means what the shipped mapping says.
-    guessed = values["event_type"]["map"] or {}
+    guessed = {code: event for code, event in (values["event_type"]["map"] or {}).items() if event != "TODO"}
     assert all(shipped["event_type"]["map"][code] == event for code, event in guessed.items())
     if draft.todo:  # an unfinished draft does not load, and says which key to fill in
         with pytest.raises(ValueError, match="timestamp.year|event_type.map"):
@@ -91,9 +91,9 @@ def test_numeric_codes_are_left_to_the_user_with_their_counts(real_file, tmp_pat
     with open(path, newline="") as fh:
         rows = [row["type"] for _, row in zip(range(SAMPLE_ROWS), csv.DictReader(fh), strict=False)]
     for code, n in Counter(rows).items():
-        line = next(line for line in draft.text.splitlines() if line.strip().startswith(f'# "{code}": TODO'))
+        line = next(line for line in draft.text.splitlines() if line.strip().startswith(f'"{code}": TODO'))
         assert f"# {n:,} rows; numeric code" in line
-    assert values["event_type"] == {"column": "type", "map": None}
+    assert values["event_type"] == {"column": "type", "map": dict.fromkeys(Counter(rows), "TODO")}
     assert values["timestamp"]["year"] == 2014  # from the folder name tmall-brand-2014
     assert values["fields"]["merchant_id"] == "brand_id"  # no product column: the brand is the storefront
 
@@ -493,6 +493,19 @@ def test_coveo_browsing_hashed_log_takes_the_sku_not_the_action_or_the_url(tmp_p
     assert "no user column found" in draft.notes["buyer_id"]
     assert "hashed_url" not in fields.values() and "category_id" not in fields
     assert values["timestamp"]["format"] == "unix_ms"
+    # The actions, not the page kinds, are the events; page views have no action: the empty code.
+    assert values["event_type"]["column"] == "product_action"
+    assert values["event_type"]["map"] == {
+        "detail": "product_view",
+        "add": "add_to_cart",
+        "remove": "remove_from_cart",
+        "purchase": "purchase",
+        "click": "product_view",
+        "": "TODO",
+    }
+    values["event_type"]["map"][""] = "page_view"
+    check = check_rows([path], MappingAdapter(mapping_from_dict(values)))
+    assert check.counts["rows_quarantined"] == 0 and check.kept_by_event_type["page_view"] > 0
 
 
 def test_coveo_search_query_vector_is_no_query(tmp_path: Path) -> None:
