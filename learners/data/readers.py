@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import zlib
 from collections.abc import Iterator
@@ -23,7 +24,9 @@ from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from learners.data.mapping import REQUIRED_FIELDS, SourceMapping
@@ -504,6 +507,9 @@ def _jsonl_chunk(
 ) -> tuple[RawChunk, dict[str, bool]]:
     """The chunk, and every column name (dotted paths included) its good objects hold, each with
     whether it holds a list of objects."""
+    fast = _arrow_chunk(path, file_index, columns, first, raws, explode)
+    if fast is not None:
+        return fast
     values: dict[str, list[str | None]] = {c: [] for c in columns}
     lines: list[int] = []
     seen: dict[str, bool] = {}
@@ -522,6 +528,75 @@ def _jsonl_chunk(
     table = pa.table({c: pa.array(v, pa.string()) for c, v in values.items()})
     quarantine = quarantine_table(str(path), *bad)
     return RawChunk(table, np.asarray(lines, np.int64), quarantine, str(path), file_index), seen
+
+
+def _arrow_paths(fields: pa.StructType | pa.Schema, prefix: str = "") -> Iterator[tuple[str, bool]]:
+    """``_paths`` of an Arrow schema: every field and dotted path into structs, and whether it is a
+    list of structs."""
+    for f in fields:
+        listed = pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type)
+        yield prefix + f.name, listed
+        if pa.types.is_struct(f.type):
+            yield from _arrow_paths(f.type, f"{prefix}{f.name}.")
+
+
+def _arrow_text(values: pa.Array) -> pa.Array | None:
+    """A column as ``_json_text`` writes it, for the types whose text Arrow writes alike (strings and
+    integers); None for others (floats, booleans, nesting), which the line-by-line path reads."""
+    if pa.types.is_string(values.type) or pa.types.is_null(values.type):
+        return values.cast(pa.string())
+    if pa.types.is_integer(values.type):
+        return values.cast(pa.string())
+    return None
+
+
+def _arrow_chunk(
+    path: Path, file_index: int, columns: list[str], first: int, raws: list[bytes], explode: str | None
+) -> tuple[RawChunk, dict[str, bool]] | None:
+    """The chunk read by Arrow's JSON reader at once, when every line is a good object of plain
+    columns (the usual case, several times faster than line by line); None sends it line by line,
+    which quarantines what is wrong with each line."""
+    data = b"".join(raws)
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    try:
+        table = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=len(data) + 1))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
+        return None
+    if table.num_rows != len(raws):  # a blank line: its own quarantine reason
+        return None
+    seen = dict(_arrow_paths(table.schema))
+    parent = pa.array(np.arange(len(raws)), pa.int64())
+    inner: pa.StructArray | None = None
+    if explode is not None:
+        events = table.column(explode).combine_chunks() if explode in table.column_names else None
+        if (
+            events is None
+            or not seen[explode]
+            or events.null_count
+            or pc.min(pc.list_value_length(events)).as_py() == 0
+        ):
+            return None
+        inner = pc.list_flatten(events)
+        parent = pc.list_parent_indices(events)
+        seen.update(_arrow_paths(inner.type))
+    out = {}
+    for c in columns:
+        if inner is not None and inner.type.get_field_index(c) >= 0:
+            values = inner.field(c)
+        elif c in table.column_names:
+            values = table.column(c).combine_chunks().take(parent)
+        elif c not in seen:
+            values = pa.nulls(len(parent), pa.string())
+        else:
+            return None  # a dotted path or a name both levels hold: line by line
+        text = _arrow_text(values)
+        if text is None:
+            return None
+        out[c] = text
+    lines = first + parent.to_numpy(zero_copy_only=False).astype(np.int64)
+    chunk = RawChunk(pa.table(out), lines, quarantine_table(str(path), [], [], [], []), str(path), file_index)
+    return chunk, seen
 
 
 def _paths(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, bool]]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import yaml
 
@@ -15,6 +16,7 @@ from learners.data.adapters import MappingAdapter, expand_inputs
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping
 from learners.data.prepare import PrepareConfig, check_rows, prepare
+from learners.data.readers import _arrow_chunk
 from tests.learners.data.test_adapters import collect
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
@@ -250,3 +252,42 @@ def test_a_purchases_only_log_is_flagged_by_prepare_and_evaluate(tmp_path: Path)
     (check,) = one_kind_checks({"purchase"})
     assert "one kind of action (purchase)" in check and "cannot tell systems apart" in check
     assert one_kind_checks({"purchase", "product_view"}) == []
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_a_chunk_read_at_once_equals_the_same_lines_read_one_by_one(tmp_path: Path, nested: bool) -> None:
+    """Arrow reads a chunk of good lines at once; one bad line sends the chunk line by line: the events
+    of the good lines are the same either way."""
+    rng = np.random.default_rng(5)
+    lines = []
+    for session in range(50):
+        events = [
+            {
+                "aid": int(rng.integers(1, 10**12)),
+                "ts": 1659304800000 + i * 1000,
+                "type": str(rng.choice(["clicks", "carts"])),
+            }
+            | ({"note": None} if i % 3 else {})
+            for i in range(int(rng.integers(1, 6)))
+        ]
+        if nested:
+            lines.append(json.dumps({"session": session, "events": events}))
+        else:
+            lines += [json.dumps({"session": str(session)} | e) for e in events]
+    values = dict(OTTO) if nested else {k: v for k, v in OTTO.items() if k != "jsonl"}
+    adapter = MappingAdapter(mapping_from_dict(values, "otto.yaml"))
+    good, broken = tmp_path / "good.jsonl", tmp_path / "broken.jsonl"
+    good.write_text("\n".join(lines) + "\n")
+    broken.write_text("\n".join(lines) + '\n{"session": 9, "events": [\n')
+    explode = "events" if nested else None
+    columns = adapter.mapping.columns_used()
+    assert _arrow_chunk(good, 0, columns, 1, good.read_bytes().splitlines(True), explode) is not None
+    assert _arrow_chunk(broken, 0, columns, 1, broken.read_bytes().splitlines(True), explode) is None
+    fast, none, _ = collect(adapter, [good])
+    slow, quarantined, _ = collect(adapter, [broken])
+    assert none.num_rows == 0 and quarantined["line"].to_pylist() == [len(lines) + 1]
+    assert fast.num_rows == sum(1 for _ in fast["buyer_id"]) > 50
+    assert fast.drop_columns(["src_order"]).equals(slow.drop_columns(["src_order"]))
+    assert (pc.bit_wise_and(fast["src_order"], (1 << 40) - 1)).equals(
+        pc.bit_wise_and(slow["src_order"], (1 << 40) - 1)
+    )
