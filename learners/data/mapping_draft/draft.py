@@ -9,15 +9,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+import pyarrow as pa
 import yaml
 
-from learners.data.mapping import mapping_from_dict
+from learners.data.canonical import as_text, parse_timestamps
+from learners.data.mapping import TimestampSpec, mapping_from_dict
 from learners.data.mapping_draft.column_profile import profile_column
 from learners.data.mapping_draft.column_roles import assign_roles
 from learners.data.mapping_draft.event_codes import EventCode, code_counts, event_word
 from learners.data.mapping_draft.sample import Sample, sample_inputs
-from learners.data.mapping_draft.timestamps import TimestampGuess, guess_timestamp
+from learners.data.mapping_draft.timestamps import YEARLESS_PROBE, TimestampGuess, guess_timestamp
 from learners.data.mapping_draft.yaml_text import render_yaml
+from learners.data.schema import SESSION_GAP_SECONDS
 
 CODE_MAX_DISTINCT = 50
 """An event column has at most this many distinct values in the sample."""
@@ -57,6 +61,33 @@ def _default_name(inputs: Sequence[Path], out: Path | None) -> str:
     return name or "my-shop"
 
 
+LONG_SESSION_SHARE = 0.1
+"""A session column of which this share of sampled sessions (of two events or more) last over a day
+is a user's id, not a visit's: a visit lasts minutes to hours."""
+
+
+def _long_sessions(sample: Sample, ts: TimestampGuess, column: str) -> float | None:
+    """The share of the sampled sessions of two events or more that last over a day, when it is at
+    least ``LONG_SESSION_SHARE``; else None."""
+    if ts.resolution == "day":
+        return None
+    yearless = "%" in ts.format and "%Y" not in ts.format and "%y" not in ts.format
+    year = (ts.year or YEARLESS_PROBE) if yearless else None
+    spec = TimestampSpec(format=ts.format, year=year, resolution=ts.resolution)
+    instants = parse_timestamps(sample.table.column(ts.column).combine_chunks(), spec)
+    frame = pl.DataFrame({"s": as_text(sample.table.column(column)), "t": instants.cast(pa.int64())})
+    spans = (
+        frame.drop_nulls()
+        .group_by("s")
+        .agg(pl.len().alias("n"), (pl.col("t").max() - pl.col("t").min()).alias("span"))
+        .filter(pl.col("n") >= 2)
+    )
+    if spans.height == 0:
+        return None
+    share = float((spans["span"] > 86_400_000).mean())
+    return share if share >= LONG_SESSION_SHARE else None
+
+
 def draft_mapping(inputs: Sequence[Path], config: DraftConfig, out: Path | None = None) -> Draft:
     """Sample the inputs and draft a mapping (see the package docstring)."""
     inputs = [Path(p) for p in inputs]
@@ -73,6 +104,15 @@ def draft_mapping(inputs: Sequence[Path], config: DraftConfig, out: Path | None 
     if ts is not None:
         taken.add(ts.column)
     roles, notes = assign_roles(profiles, taken, config.max_codes)
+    if ts is not None and roles["session_id"] is not None:
+        share = _long_sessions(sample, ts, roles["session_id"])
+        if share is not None:
+            # OTTO's "session" is a user over four weeks: as session_id it would make one visit of them.
+            notes["session_id"] = (
+                f"{share:.0%} of the sampled '{roles['session_id']}' last over a day: a user, not a visit;"
+                f" sessions split after {SESSION_GAP_SECONDS // 60} minutes without events"
+            )
+            roles["session_id"] = None
     fields: dict[str, str | None] = {
         "merchant_id": roles["merchant_id"] or f"={name}",
         "buyer_id": roles["buyer_id"],

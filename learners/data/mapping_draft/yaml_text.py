@@ -147,7 +147,7 @@ def render_yaml(
             out.append(_line(f"  {key}:", missing))
             todo.append(f"fields.{key}")
         else:
-            out.append(f"  # {key}: {missing}")
+            out.append(f"  # {key}: {notes.get(key, missing)}")
     unused = [c for c in profiles if c not in used]
     if unused:
         out.append(f"  # not used: {', '.join(col(c) for c in unused)}")

@@ -197,6 +197,11 @@ def test_sessions_lasting_weeks_are_flagged_and_the_shipped_mapping_splits_them(
     manifest = prepare([path], MappingAdapter(mapping_from_dict(OTTO)), PrepareConfig(), tmp_path / "b")
     assert manifest["counts"]["sessions"] == 80 and manifest["sessions_over_a_day"] == 0
     assert session_span_lines(manifest) == []
+    # The draft sees it too: the column is the buyer, and visits split at 30 minutes.
+    draft = draft_mapping([path], DraftConfig(rows=500), tmp_path / "otto.yaml")
+    values = yaml.safe_load(draft.text)
+    assert values["fields"]["buyer_id"] == "session" and "session_id" not in values["fields"]
+    assert "100% of the sampled 'session' last over a day" in draft.text
 
 
 def test_searches_and_listings_carry_no_product(tmp_path: Path) -> None:
