@@ -10,8 +10,10 @@ per code: they are neither kept nor quarantined, whatever else is wrong with the
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
+import io
 import json
 import zoneinfo
 from collections.abc import Callable
@@ -276,7 +278,16 @@ def _raw_text(chunk: RawChunk, columns: list[str], rows: np.ndarray) -> list[str
     """The quarantined rows as the user wrote them (CSV) or as JSON of the mapped columns."""
     picked = chunk.table.take(pa.array(rows, pa.int64())).to_pylist()
     if chunk.delimiter is not None:
-        return [chunk.delimiter.join("" if v is None else str(v) for v in row.values()) for row in picked]
+        # Quoted as CSV writes them, so a field holding the delimiter reads as one ("Budapest, Hungary").
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter=chunk.delimiter, lineterminator="\n")
+        rows = []
+        for row in picked:
+            out.seek(0)
+            out.truncate()
+            writer.writerow(["" if v is None else str(v) for v in row.values()])
+            rows.append(out.getvalue().rstrip("\n"))
+        return rows
     return [json.dumps({c: row.get(c) for c in columns}, default=str, ensure_ascii=False) for row in picked]
 
 

@@ -317,19 +317,25 @@ def _event_type(source: str, values: Any) -> EventTypeSpec:
     mapped: dict[str, str] = {}
     for code, event in codes.items():
         code = _empty_code(code)
+        key = f"event_type.map.{code if code != '' else repr(code)}"
         if isinstance(code, bool) or not isinstance(code, (str, int)):
-            raise _fail(source, f"event_type.map.{code}", f"code {code!r} is not text", "quote the code")
+            raise _fail(
+                source,
+                key,
+                f"code {code!r} is not text",
+                "quote the code",
+            )
         if event in (None, "TODO"):
             raise _fail(
                 source,
-                f"event_type.map.{code}",
+                key,
                 "no type given (a TODO of a drafted mapping)",
                 f"write one of {', '.join(EVENT_TYPES)}, or move the code to event_type.drop",
             )
         if event not in EVENT_TYPES:
             raise _fail(
                 source,
-                f"event_type.map.{code}",
+                key,
                 f"{event!r} is not a canonical event type",
                 f"use one of {', '.join(EVENT_TYPES)}",
             )

@@ -13,6 +13,7 @@ quoting does not close is quarantined, which keeps every row on one physical lin
 from __future__ import annotations
 
 import csv
+import difflib
 import gzip
 import io
 import json
@@ -284,6 +285,9 @@ def _check_columns(
         fix = f"the header splits on {other!r}, not {delimiter!r}: {delimiter_fix(other)}"
     for column in mapping.columns_used() if columns is None else columns:
         if column not in available:
+            close = difflib.get_close_matches(column, available, n=1)
+            if close and fix == "correct the mapping or the file":
+                fix = f"did you mean '{close[0]}'? correct the mapping or the file"
             raise ValueError(
                 f"{path}: {where} has no column '{column}' named by mapping {mapping.source}; "
                 f"available columns: {', '.join(available) or '(none)'}; fix: {fix}"

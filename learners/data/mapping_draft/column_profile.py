@@ -38,13 +38,14 @@ class ColumnProfile:
     numbers: float
     """Share of non-empty values that are numbers."""
     decimals: bool
-    """Some values have a decimal point (prices, not ids)."""
+    """Some values have a non-zero fraction (prices, not ids; 17850.0 is an id pandas wrote as a float)."""
     run_share: float
     """Share of rows whose value repeats the previous row's (logs grouped by that column)."""
     spaces: bool
     """Some values hold spaces (not an id)."""
     lists: bool
-    """Some values are bracketed lists (Coveo's clicked_skus_hash, ['a1b2']): not an id."""
+    """Some values are lists, bracketed or |-separated (Coveo's clicked_skus_hash ['a1b2'], Trivago's
+    impressions 1|2|3): not an id."""
     letters: float
     """Share of non-empty values with a letter outside their numbers: text, not numbers or lists of
     numbers (Coveo's query_vector)."""
@@ -76,9 +77,11 @@ def profile_column(name: str, values: pa.ChunkedArray | pa.Array) -> ColumnProfi
     if non_null:
         ints = pc.mean(pc.match_substring_regex(present, INT_TEXT).cast(pa.int8())).as_py()
         numbers = pc.mean(pc.match_substring_regex(present, NUMBER_TEXT).cast(pa.int8())).as_py()
-        decimals = bool(pc.any(pc.match_substring(present, ".")).as_py()) and numbers > FIT_SHARE
+        # "17850.0" is an id pandas wrote as a float (a column with NaN): only a fraction makes decimals.
+        fraction = pc.match_substring_regex(present, r"\.[0-9]*[1-9]")
+        decimals = bool(pc.any(fraction).as_py()) and numbers > FIT_SHARE
         spaces = bool(pc.any(pc.match_substring(present, " ")).as_py())
-        lists = bool(pc.any(pc.match_substring_regex(present, r"^\[.*\]$")).as_py())
+        lists = bool(pc.any(pc.match_substring_regex(present, r"^\[.*\]$|^[^|]+(\|[^|]+)+$")).as_py())
         distinct = pc.count_distinct(present).as_py()
         worded = pc.match_substring_regex(pc.replace_substring_regex(present, NUMBER_IN_TEXT, ""), r"\pL")
         letters = pc.mean(worded.cast(pa.int8())).as_py()

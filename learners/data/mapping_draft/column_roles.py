@@ -57,6 +57,12 @@ category groups several products, while Diginetica's timeframe (a time offset) a
 one value per order."""
 
 
+ID_WORDS = frozenset({"id", "no", "key"})
+COUNTER_WORDS = frozenset({"step", "position", "pos", "rank", "index", "idx", "seq", "sequence", "line"})
+"""Words naming a counter (1, 2, 3 ... within a visit or an order): never an id, however many distinct
+values it has (Trivago's step)."""
+
+
 def _id_like(p: ColumnProfile) -> bool:
     """Values that may be ids: no decimals, spaces, lists or times, not a page address or an amount."""
     return (
@@ -67,6 +73,7 @@ def _id_like(p: ColumnProfile) -> bool:
         and not pa.types.is_timestamp(p.native)
         and not p.tokens & ADDRESS_WORDS
         and not p.tokens & AMOUNT_WORDS
+        and not p.tokens & COUNTER_WORDS
     )
 
 
@@ -75,10 +82,14 @@ def _event_ok(p: ColumnProfile, max_codes: int) -> bool:
 
 
 def _name_score(p: ColumnProfile, role: str) -> int:
-    """2: the name says this role with an id word; 1: it says the role; 0: it does not."""
+    """3: the name says this role and nothing else (``product_id``, ``userId``); 2: it says the role
+    with an id word among others (``order_item_id``); 1: it says the role; 0: it does not."""
     if not p.tokens & ROLE_WORDS[role]:
         return 0
-    return 2 if p.tokens & {"id", "no", "key"} else 1
+    words = p.tokens - {max(p.tokens, key=len)} if len(p.tokens) > 1 else p.tokens
+    if words <= ROLE_WORDS[role] | ID_WORDS:
+        return 3
+    return 2 if p.tokens & ID_WORDS else 1
 
 
 def _event_words(p: ColumnProfile, max_codes: int) -> int:
@@ -126,11 +137,11 @@ def assign_roles(
             chosen = max(
                 candidates,
                 key=lambda p: (
-                    _name_score(p, role),
-                    role == "product_id" and bool(p.tokens & PRODUCT_ID_WORDS),
                     # Of two event-named columns, the one whose codes read best as events (Coveo's
                     # product_action: detail, add, purchase) over one of page kinds (event_type).
                     worded[p.name] / p.distinct if role == "event" else 0,
+                    _name_score(p, role),
+                    role == "product_id" and bool(p.tokens & PRODUCT_ID_WORDS),
                     p.non_null,
                     -order[p.name],
                 ),

@@ -114,8 +114,10 @@ def sniff_csv(path: Path) -> CsvOptions:
         delimiter = max(DELIMITERS, key=score)
     rows = [_split(line, delimiter) for line in lines]
     first, rest = rows[0], rows[1:]
-    header = all(c.strip() and not _looks_like_value(c) for c in first) and not any(
-        j < len(r) and r[j] == first[j] for r in rest for j in range(len(first))
+    # pandas' to_csv writes its row index unnamed: a header may begin with one empty cell.
+    named = first[1:] if len(first) > 1 and not first[0].strip() else first
+    header = all(c.strip() and not _looks_like_value(c) for c in named) and not any(
+        j < len(r) and r[j] == first[j] and first[j].strip() for r in rest for j in range(len(first))
     )
     if header:
         return CsvOptions(delimiter=delimiter, header=True)
