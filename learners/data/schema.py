@@ -152,9 +152,9 @@ FEATURE_ASPECTS: dict[str, tuple[str, ...]] = {
     "funnel": ("repeat_view_share", "cart_per_view", "purchase_per_view", "purchase_per_cart", "depth_frac"),
     "prices": ("log_mean_price", "price_index", "markdown_share"),
 }
-"""The aspects of behaviour the features describe, each by one or more columns. The VQ-VAE weighs every
-aspect alike (``FeatureStats``), so the sixteen columns of event counts and shares do not outvote the
-single column of pace or the three of prices."""
+"""The aspects of behaviour the features describe, each by one or more columns. With
+``--balance-aspects`` the VQ-VAE weighs every aspect alike (``FeatureStats``), so the sixteen columns of
+event counts and shares do not outvote the single column of pace or the three of prices."""
 
 BUYERS = pa.schema(
     [

@@ -50,12 +50,13 @@ class VQVAEConfig:
     0.2, benchmarks/vqvae_sweep.py). At K = 32 the synthetic types came out alike (0.88 against 0.90),
     and on Tmall IJCAI-15 the persona agent simulated real conversion with 1.0 (11.5% against 11.2%)
     and over-bought with 0.2 (16.1%; RESULTS.md, sessions 20-21)."""
-    balance_aspects: bool = True
+    balance_aspects: bool = False
     """Standardise the features so every aspect of behaviour (learners/data/schema.FEATURE_ASPECTS:
     event counts, event shares, volume, pace, funnel, prices) carries the same total variance, however
-    many columns describe it. Without it the sixteen event columns outvote pace and prices: on the truth
-    benchmark's held-out merchants the deal hunters, told apart by their searches and prices, were
-    0.34-0.50 pure at K = 8 (benchmarks/type_purity.py, RESULTS.md)."""
+    many columns describe it, instead of every column alike. On the truth benchmark's planted types it
+    helps k-means most (NMI 0.83-0.88 -> 0.92-0.93) and the VQ-VAE little; on Tmall IJCAI-15 the persona
+    agent on balanced codes simulated the same window worse (CRA 0.768 -> 0.671, ARA 0.740 -> 0.678,
+    below the Markov chain), so it is off by default (RESULTS.md, session 23)."""
     sequence_weight: float = 4.0
     """Weight of reconstructing each buyer's event-transition and time-gap distributions."""
     init_sample: int = 50000

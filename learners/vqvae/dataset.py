@@ -55,7 +55,7 @@ class FeatureStats:
     when the aspects are balanced."""
 
     @classmethod
-    def fit(cls, features: np.ndarray, balanced: bool = True) -> FeatureStats:
+    def fit(cls, features: np.ndarray, balanced: bool = False) -> FeatureStats:
         std = features.std(0)
         varies = std > 1e-6
         # A constant feature (e.g. prices in a source without prices) is centred, not scaled.

@@ -30,7 +30,7 @@ def test_aspects_partition_the_features():
 
 def test_balanced_aspects_carry_equal_variance_and_the_total_is_kept():
     x = _features(0)
-    standardised = FeatureStats.fit(x).apply(x)
+    standardised = FeatureStats.fit(x, balanced=True).apply(x)
     per_aspect = _aspect_variance(standardised)
     assert np.allclose(list(per_aspect.values()), N_FEATURES / len(FEATURE_ASPECTS), rtol=1e-3)
     assert np.isclose(standardised.var(0).sum(), N_FEATURES, rtol=1e-3)
@@ -42,7 +42,7 @@ def test_balanced_aspects_carry_equal_variance_and_the_total_is_kept():
 def test_a_log_without_prices_spreads_the_weight_over_the_aspects_it_has():
     prices = FEATURE_ASPECTS["prices"]
     x = _features(1, constant=prices)
-    standardised = FeatureStats.fit(x).apply(x)
+    standardised = FeatureStats.fit(x, balanced=True).apply(x)
     per_aspect = _aspect_variance(standardised)
     assert per_aspect["prices"] == 0.0
     others = [v for a, v in per_aspect.items() if a != "prices"]

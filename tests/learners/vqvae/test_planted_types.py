@@ -1,8 +1,8 @@
-"""End to end on planted types: synth -> prepare -> fit-personas --truth; NMI >= 0.85 at K = 16 with the
-default outcome weight and at K = 8 with the 0.2 the demo uses (there outcome heads weighed as much as
-the features split buyers by whether they bought: NMI 0.76). The k-means baseline is measured beside it
-on the same features; since the features' aspects are balanced (FeatureStats) it matches or beats the
-VQ-VAE on these logs (RESULTS.md, session 23), so the test asserts only that it is reported."""
+"""End to end on planted types: synth -> prepare -> fit-personas --truth; NMI >= 0.85 and above k-means
+on the same features, at K = 16 with the default outcome weight and at K = 8 with the 0.2 the demo uses
+(there outcome heads weighed as much as the features split buyers by whether they bought, and k-means
+did better: NMI 0.76 against 0.83). On aspect-balanced features (--balance-aspects true) k-means reaches
+0.92-0.93 and passes the VQ-VAE (RESULTS.md, session 23)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_vqvae_recovers_planted_types_better_than_kmeans(ray_local, tmp_path, ca
     )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["nmi"] >= 0.85
-    assert 0.0 < metrics["kmeans"]["nmi"] <= 1.0
+    assert metrics["nmi"] > metrics["kmeans"]["nmi"]
     assert metrics["codes_in_use"] >= min(codes, 8)
     for name in (
         "report.md",
