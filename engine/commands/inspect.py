@@ -84,9 +84,11 @@ def merchant_lines(dir: Path, top: int) -> list[list[str]]:
     merchants = pl.read_parquet(_table(dir, "merchants"))
     overall, per_merchant = conversion(dir)
     head = merchants.sort(["buyers", "merchant_id"], descending=[True, False]).head(top)
+    # Wide enough for the ids shown (a 32-character seller hash cut short names another seller).
+    w = max(16, *(len(m) + 1 for m in head["merchant_id"])) if head.height else 16
     counts = [
         f"merchants: {merchants.height:,} (top {head.height} by buyers; a buyer is one user at one merchant)",
-        f"  {'merchant':<16}{'buyers':>9}{'sessions':>10}{'events':>11}{'products':>10}"
+        f"  {'merchant':<{w}}{'buyers':>9}{'sessions':>10}{'events':>11}{'products':>10}"
         f"{'session conv.':>15}{'buyer conv.':>13}",
     ]
     totals = {k: int(merchants[k].sum()) for k in ("events", "products")}
@@ -95,7 +97,7 @@ def merchant_lines(dir: Path, top: int) -> list[list[str]]:
         *((m["merchant_id"], per_merchant[m["merchant_id"]], m) for m in head.iter_rows(named=True)),
     ]:
         counts.append(
-            f"  {name[:15]:<16}{c.buyers:>9,}{c.sessions:>10,}{r['events']:>11,}{r['products']:>10,}"
+            f"  {name:<{w}}{c.buyers:>9,}{c.sessions:>10,}{r['events']:>11,}{r['products']:>10,}"
             f"{c.session_conversion:>15.1%}{c.buyer_conversion:>13.1%}"
         )
     counts += [
@@ -107,11 +109,11 @@ def merchant_lines(dir: Path, top: int) -> list[list[str]]:
     widths = {t: max(len(t), 6) + 2 for t in schema.EVENT_TYPES}
     actions = [
         "buyers who took each action at least once (share of the merchant's buyers):",
-        f"  {'merchant':<16}" + "".join(f"{t:>{widths[t]}}" for t in schema.EVENT_TYPES),
+        f"  {'merchant':<{w}}" + "".join(f"{t:>{widths[t]}}" for t in schema.EVENT_TYPES),
     ]
     for name, c in [(ALL_MERCHANTS, overall), *((m, per_merchant[m]) for m in head["merchant_id"])]:
         shares = "".join(f"{c.action_share(t):>{widths[t]}.1%}" for t in schema.EVENT_TYPES)
-        actions.append(f"  {name[:15]:<16}{shares}")
+        actions.append(f"  {name:<{w}}{shares}")
     return [counts, actions]
 
 

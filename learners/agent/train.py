@@ -391,6 +391,7 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
         "rows": {
             "examples": train.num_rows,
             "quarantined": built.quarantine.num_rows,
+            "quarantine_by_reason": {r["values"]: r["counts"] for r in reasons},
             "validation": validation.num_rows,
         },
         "validation": {

@@ -12,11 +12,14 @@ quoting does not close is quarantined, which keeps every row on one physical lin
 
 from __future__ import annotations
 
+import atexit
 import csv
 import difflib
 import gzip
 import io
 import json
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -294,6 +297,20 @@ def _check_columns(
             )
 
 
+_ARROW_READERS_USED = threading.Event()
+
+
+@atexit.register
+def _let_arrow_release_readers() -> None:
+    """Arrow's CSV reader reads our line blocks ahead on its I/O threads, and the last of them to finish
+    can drop the reader, which needs the GIL to let go of the Python file. If that comes after the
+    interpreter began to shut down, the process aborts ("terminate called without an active
+    exception", 1 run in 10 of `prepare --check` on two files). A pause while Python is still whole
+    lets those threads finish first."""
+    if _ARROW_READERS_USED.is_set():
+        time.sleep(0.05)
+
+
 def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
     """Stream a CSV file (plain or gzip) in chunks with exact physical line numbers."""
     delimiter = _csv_delimiter(path, mapping)
@@ -347,24 +364,28 @@ def _csv_chunks(
         raise _cannot_read(path, err) from None
     cursor = offset + 1
     file = str(path)
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        except pa.ArrowException as err:
-            raise _cannot_read(path, err) from None
-        table = pa.Table.from_batches([batch])
-        lines = _row_lines(cursor, table.num_rows, skipped)
-        end = int(lines[-1]) + 1 if len(lines) else cursor
-        chunk = _split_flagged(table, lines, blocks.flagged, file, file_index, delimiter)
-        bad = sorted(k for k in skipped if k < end)
-        extra = quarantine_table(
-            file, bad, [None] * len(bad), [skipped[k][0] for k in bad], [skipped.pop(k)[1] for k in bad]
-        )
-        chunk.quarantine = pa.concat_tables([chunk.quarantine, extra]).sort_by("line")
-        cursor = end
-        yield chunk
+    try:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowException as err:
+                raise _cannot_read(path, err) from None
+            table = pa.Table.from_batches([batch])
+            lines = _row_lines(cursor, table.num_rows, skipped)
+            end = int(lines[-1]) + 1 if len(lines) else cursor
+            chunk = _split_flagged(table, lines, blocks.flagged, file, file_index, delimiter)
+            bad = sorted(k for k in skipped if k < end)
+            extra = quarantine_table(
+                file, bad, [None] * len(bad), [skipped[k][0] for k in bad], [skipped.pop(k)[1] for k in bad]
+            )
+            chunk.quarantine = pa.concat_tables([chunk.quarantine, extra]).sort_by("line")
+            cursor = end
+            yield chunk
+    finally:
+        reader.close()
+        _ARROW_READERS_USED.set()
     yield from _flush_skipped(path, file_index, skipped, blocks, cursor)
 
 

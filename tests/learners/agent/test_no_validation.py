@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,6 +20,9 @@ def test_one_merchant_cli_run_prints_that_it_has_no_validation(
     tmp_path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     traces, _ = make_traces(merchants=("m1",), buyers=4, sessions=1, seed=2)
+    # Two steps the page could not perform: left out of the examples with their reason.
+    valid = pa.array([i >= 2 for i in range(traces.num_rows)])
+    traces = traces.set_column(traces.column_names.index("valid"), "valid", valid)
     pq.write_table(traces, tmp_path / "traces.parquet")
     argv = ["train-agent", str(tmp_path), "--no-persona", "--out", str(tmp_path / "agent"), "--workers", "0"]
     tiny = ["--stage2-epochs", "1", "--batch-size", "8", "--max-observation-tokens", "96"]
@@ -25,6 +31,9 @@ def test_one_merchant_cli_run_prints_that_it_has_no_validation(
     assert len(lines) == 1
     assert lines[0].startswith("no validation: the traces hold one merchant, and validation holds out whole")
     assert SKIPPED in lines[0]
+    # The rows left out of the examples are counted by reason in the manifest, as on the console.
+    rows = json.loads((tmp_path / "agent" / "manifest.json").read_text())["rows"]
+    assert rows["quarantined"] >= 2 and sum(rows["quarantine_by_reason"].values()) == rows["quarantined"]
 
 
 def test_several_merchants_without_a_validation_share_name_the_flag():
