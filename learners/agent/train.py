@@ -304,10 +304,13 @@ def _prepare(config, traces, codes, codebook, out: Path, source: str, log) -> di
     reasons = (
         built.quarantine.column("reason").value_counts().to_pylist() if built.quarantine.num_rows else []
     )
-    why = "; ".join(f"{r['counts']} {r['values'].split(' (')[0]}" for r in reasons[:3])
+    # A reason's head names it on the console ("inserted search", "action invalid on its page");
+    # the rest of it says why, in data/quarantine.parquet and the manifest.
+    why = "; ".join(f"{r['counts']} {r['values'].split(' (')[0].split(':')[0]}" for r in reasons[:3])
     log(
         f"{built.rows_read} trace rows: {built.examples.num_rows} examples ({built.goal_copies} of them"
-        f" goal-shown copies), {built.quarantine.num_rows} quarantined{f' ({why})' if why else ''};"
+        f" goal-shown copies), {built.quarantine.num_rows} not made examples"
+        f"{f' ({why}; see ' + str(out / 'data' / 'quarantine.parquet') + ')' if why else ''};"
         f" {train.num_rows} for training"
         + (
             f", {validation.num_rows} for validation ({len(validation_merchants)} merchants)"
