@@ -68,6 +68,16 @@ def session_span_lines(manifest: dict[str, Any]) -> list[str]:
     ]
 
 
+def day_month_lines(manifest: dict[str, Any]) -> list[str]:
+    """A warning when the dates could read with day and month swapped (``day_month_open``)."""
+    if not manifest.get("day_month_open"):
+        return []
+    return [
+        "  check: no event's day of the month is above 12, so the dates read as well with day and month"
+        " swapped (timestamp.format %d/%m or %m/%d): make sure the mapping reads them as the log means"
+    ]
+
+
 def one_type_lines(manifest: dict[str, Any]) -> list[str]:
     """prepare's and inspect's warning for a log of one event type with a product funnel to miss."""
     types = manifest.get("events_by_type", {})
@@ -117,6 +127,7 @@ class Prepared:
             *time_range_lines(self.manifest.get("time_range")),
             *session_span_lines(self.manifest),
             *one_type_lines(self.manifest),
+            *day_month_lines(self.manifest),
             f"  quarantined {c['rows_quarantined']:,} rows",
         ]
         lines += count_lines(self.manifest["quarantine_by_reason"], "reasons", "see manifest.json")

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from engine.stage_results import one_type_lines, session_span_lines, time_range_lines
+from engine.stage_results import day_month_lines, one_type_lines, session_span_lines, time_range_lines
 from learners.data import schema
 from learners.data.summary import conversion
 
@@ -50,6 +50,7 @@ def manifest_lines(manifest: dict) -> list[str]:
     lines += time_range_lines(manifest.get("time_range"))
     lines += session_span_lines(manifest)
     lines += one_type_lines(manifest)
+    lines += day_month_lines(manifest)
     return lines
 
 

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from engine.stage_configs import PrepareStage
-from engine.stage_results import MAX_REASONS, code_labels, count_lines, time_range_lines
+from engine.stage_results import MAX_REASONS, code_labels, count_lines, day_month_lines, time_range_lines
 from learners.config import add_config_args, build_config
 from learners.data.prepare import RowCheck
 from learners.data.schema import event_vocabulary_lines
@@ -69,6 +69,7 @@ def check_lines(check: RowCheck) -> list[str]:
         f"  kept {c['rows_kept']:,} rows",
         *(f"    {n:>10,}  {event}" for event, n in check.kept_by_event_type.items()),
         *time_range_lines(check.time_range),
+        *day_month_lines({"day_month_open": check.day_month_open}),
         f"  quarantined {c['rows_quarantined']:,} rows",
     ]
     for reason, n in list(check.quarantine_by_reason.items())[:MAX_REASONS]:

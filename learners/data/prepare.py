@@ -246,6 +246,8 @@ class OutputWriters:
         """The events' first and last time (the buyers' first_ts and last_ts), for the manifest."""
         self.events_by_type: Counter[str] = Counter()
         """Kept events per canonical type (the manifest's events_by_type)."""
+        self.max_day = 0
+        """The highest day of the month of any event (UTC): 12 or less leaves day and month open."""
         self.sessions_over_a_day = 0
         """Sessions whose last event is more than a day after their first (the manifest's figure)."""
 
@@ -289,6 +291,7 @@ class OutputWriters:
                 self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
                 self.last_ts = last if self.last_ts is None else max(self.last_ts, last)
             if name == "events" and table.num_rows:
+                self.max_day = max(self.max_day, pc.max(pc.day(table["ts"])).as_py() or 0)
                 for item in table["event_type"].value_counts().to_pylist():
                     self.events_by_type[item["values"]] += item["counts"]
             if name == "sessions" and table.num_rows:
@@ -434,11 +437,20 @@ def finish_outputs(
     if writers.first_ts is not None and writers.last_ts is not None:
         manifest["time_range"] = {"first": writers.first_ts.isoformat(), "last": writers.last_ts.isoformat()}
     manifest["sessions_over_a_day"] = writers.sessions_over_a_day
+    manifest["day_month_open"] = day_month_open(adapter, writers.max_day)
     manifest["events_by_type"] = {
         t: writers.events_by_type[t] for t in schema.EVENT_TYPES if writers.events_by_type[t]
     }
     (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def day_month_open(adapter: Adapter, max_day: int) -> bool:
+    """Whether the adapter reads dates by a pattern with a day and a month, and no kept event's day is
+    above 12: the same values would read as other dates with the two swapped (UCI's 12/1/10)."""
+    mappings = getattr(adapter, "mappings", None) or [getattr(adapter, "mapping", None)]
+    patterns = [m.timestamp.format for m in mappings if m is not None]
+    return 0 < max_day <= 12 and any("%d" in f and "%m" in f for f in patterns)
 
 
 def use_ray(config: PrepareConfig) -> bool:
@@ -585,6 +597,8 @@ class RowCheck:
     """Up to ``examples`` quarantined rows per reason (file, line, column, raw)."""
     time_range: dict[str, str] | None = None
     """First and last kept event's time, ISO text in UTC (the manifest's time_range); None if none kept."""
+    day_month_open: bool = False
+    """The manifest's day_month_open: no kept day above 12 under a day-and-month pattern."""
 
 
 def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> RowCheck:
@@ -600,6 +614,7 @@ def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> R
     shown: dict[str, list[dict[str, Any]]] = {}
     first: datetime | None = None
     last: datetime | None = None
+    max_day = 0
     for chunk in adapter.read(inputs):
         check_chunk(chunk)
         if chunk.events.num_rows:
@@ -608,6 +623,7 @@ def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> R
                 (low if first is None else min(first, low)),
                 (high if last is None else max(last, high)),
             )
+            max_day = max(max_day, pc.max(pc.day(chunk.events["ts"])).as_py() or 0)
         dropped = chunk.dropped
         counts["rows_read"] += chunk.rows_read
         counts["rows_kept"] += chunk.events.num_rows
@@ -634,4 +650,5 @@ def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> R
         time_range=None
         if first is None or last is None
         else {"first": first.isoformat(), "last": last.isoformat()},
+        day_month_open=day_month_open(adapter, max_day),
     )

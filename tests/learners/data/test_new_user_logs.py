@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from engine.commands.prepare import check_lines
-from engine.stage_results import one_kind_checks, one_type_lines, session_span_lines
+from engine.stage_results import day_month_lines, one_kind_checks, one_type_lines, session_span_lines
 from learners.data.adapters import MappingAdapter, expand_inputs
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping
@@ -296,3 +296,22 @@ def test_a_chunk_read_at_once_equals_the_same_lines_read_one_by_one(tmp_path: Pa
     assert (pc.bit_wise_and(fast["src_order"], (1 << 40) - 1)).equals(
         pc.bit_wise_and(slow["src_order"], (1 << 40) - 1)
     )
+
+
+def test_dates_that_read_as_well_with_day_and_month_swapped_are_flagged(tmp_path: Path) -> None:
+    """UCI Online Retail's 12/1/10 is 1 December (US order); read day first it is 12 January."""
+    path = tmp_path / "retail.csv"
+    path.write_text("user,when,sku\nu1,12/1/10 8:26,a\nu2,12/1/10 9:01,b\nu3,13/1/10 9:01,c\n")
+    values = {
+        "fields": {"merchant_id": {"constant": "m"}, "buyer_id": "user", "ts": "when", "product_id": "sku"},
+        "timestamp": {"format": "%d/%m/%y %H:%M"},
+        "event_type": {"constant": "purchase"},
+    }
+    adapter = MappingAdapter(mapping_from_dict(values))
+    manifest = prepare([path], adapter, PrepareConfig(), tmp_path / "d")
+    assert not manifest["day_month_open"] and day_month_lines(manifest) == []  # the 13th settles it
+    path.write_text("user,when,sku\nu1,12/1/10 8:26,a\nu2,12/1/10 9:01,b\n")
+    manifest = prepare([path], adapter, PrepareConfig(), tmp_path / "d")
+    (line,) = day_month_lines(manifest)
+    assert "day and month swapped" in line
+    assert "day and month swapped" in "\n".join(check_lines(check_rows([path], adapter)))
