@@ -1,4 +1,4 @@
-"""Streaming readers: CSV (plain or gzip, with or without header), Parquet and JSON lines.
+"""Streaming readers: CSV (plain or gzip, with or without header) and Parquet; JSON lines in json_lines.py.
 
 Each reader yields ``RawChunk``s: the structurally sound rows of a slice of one file as an Arrow table,
 the exact 1-based physical line of every row, and the rows that are broken as text (wrong column count,
@@ -16,7 +16,6 @@ import atexit
 import csv
 import difflib
 import gzip
-import io
 import json
 import threading
 import time
@@ -24,21 +23,18 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from learners.data.mapping import REQUIRED_FIELDS, SourceMapping
+from learners.data.mapping import SourceMapping
 from learners.data.schema import QUARANTINE
 
 CSV_BLOCK_BYTES = 8 << 20
 PARQUET_BATCH_ROWS = 1 << 18
-JSONL_BATCH_LINES = 1 << 16
 MISSING_WORDS = ("NA", "N/A", "null", "NULL", "None", "nan", "NaN", "\\N")
 """Texts that exports write for "no value" in an id column (R and pandas' NA, SQL's NULL, MySQL's \\N):
 read as empty."""
@@ -107,22 +103,22 @@ def quarantine_table(
     )
 
 
-def _cannot_read(path: Path, err: BaseException) -> ValueError:
+def cannot_read(path: Path, err: BaseException) -> ValueError:
     return ValueError(
         f"{path}: cannot read the file ({type(err).__name__}: {err}); fix: check that it exists, is readable and is not truncated or corrupt"
     )
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def open_binary(path: Path) -> IO[bytes]:
     try:
         with open(path, "rb") as probe:
             magic = probe.read(2)
         return gzip.open(path, "rb") if magic == GZIP_MAGIC else open(path, "rb")  # noqa: SIM115
     except OSError as err:
-        raise _cannot_read(path, err) from None
+        raise cannot_read(path, err) from None
 
 
-def _text_of(line: bytes) -> str:
+def text_of(line: bytes) -> str:
     return line.decode("utf-8", errors="backslashreplace")
 
 
@@ -152,7 +148,7 @@ class _LineBlocks:
             try:
                 more = self.stream.read(max(nbytes, 1 << 16))
             except READ_ERRORS as err:
-                raise _cannot_read(self.path, err) from None
+                raise cannot_read(self.path, err) from None
             if not more:
                 self.eof = True
                 break
@@ -205,12 +201,12 @@ class _LineBlocks:
             reason = None
             if not line:
                 reason = "empty line"
-            elif not valid_utf8 and not _is_utf8(line):
+            elif not valid_utf8 and not is_utf8(line):
                 reason = "line is not valid UTF-8 text"
             elif b'"' in line and not self._quotes_close(line):
                 reason = "a quoted value does not close on this line (values may not span lines)"
             if reason is not None:
-                self.flagged[first + i] = (reason, _text_of(line))
+                self.flagged[first + i] = (reason, text_of(line))
                 lines[i] = b""
         return b"\n".join(lines) + (b"\n" if block.endswith(b"\n") else b"")
 
@@ -234,7 +230,7 @@ class _LineBlocks:
         self.closed = True
 
 
-def _is_utf8(line: bytes) -> bool:
+def is_utf8(line: bytes) -> bool:
     try:
         line.decode("utf-8")
     except UnicodeDecodeError:
@@ -271,7 +267,7 @@ def delimiter_fix(delimiter: str) -> str:
     return f"write csv: {{delimiter: {json.dumps(delimiter)}}} in the mapping"
 
 
-def _check_columns(
+def check_columns(
     path: Path,
     where: str,
     available: list[str],
@@ -314,7 +310,7 @@ def _let_arrow_release_readers() -> None:
 def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
     """Stream a CSV file (plain or gzip) in chunks with exact physical line numbers."""
     delimiter = _csv_delimiter(path, mapping)
-    stream = _open_binary(path)
+    stream = open_binary(path)
     try:
         blocks = _LineBlocks(stream, path, delimiter)
         if mapping.csv.header:
@@ -322,7 +318,7 @@ def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[Ra
             if header is None:
                 return
             names = _header_names(path, header, delimiter)
-            _check_columns(path, "line 1 (header)", names, mapping, delimiter)
+            check_columns(path, "line 1 (header)", names, mapping, delimiter)
         else:
             names = list(mapping.csv.columns or ())
         yield from _csv_chunks(path, file_index, blocks, names, delimiter, blocks.next_line - 1)
@@ -361,7 +357,7 @@ def _csv_chunks(
         if "Empty CSV file" in str(err):
             yield from _flush_skipped(path, file_index, skipped, blocks, offset + 1)
             return
-        raise _cannot_read(path, err) from None
+        raise cannot_read(path, err) from None
     cursor = offset + 1
     file = str(path)
     try:
@@ -371,7 +367,7 @@ def _csv_chunks(
             except StopIteration:
                 break
             except pa.ArrowException as err:
-                raise _cannot_read(path, err) from None
+                raise cannot_read(path, err) from None
             table = pa.Table.from_batches([batch])
             lines = _row_lines(cursor, table.num_rows, skipped)
             end = int(lines[-1]) + 1 if len(lines) else cursor
@@ -451,8 +447,8 @@ def read_parquet(
     try:
         parquet = pq.ParquetFile(path)
     except READ_ERRORS as err:
-        raise _cannot_read(path, err) from None
-    _check_columns(path, "the Parquet schema", parquet.schema_arrow.names, mapping)
+        raise cannot_read(path, err) from None
+    check_columns(path, "the Parquet schema", parquet.schema_arrow.names, mapping)
     start = 1
     empty = quarantine_table(str(path), [], [], [], [])
     wanted = mapping.columns_used() if columns is None else columns
@@ -468,232 +464,7 @@ def read_parquet(
             )
             start += n
     except READ_ERRORS as err:
-        raise _cannot_read(path, err) from None
-
-
-def _json_text(value: object) -> str | None:
-    """A JSON scalar as source text: strings as they are, numbers as JSON writes them."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)
-
-
-def read_jsonl(
-    path: Path, file_index: int, mapping: SourceMapping, columns: list[str] | None = None
-) -> Iterator[RawChunk]:
-    """Stream a JSON-lines file (plain or gzip): one object per line (or, with ``jsonl.explode``, one
-    per element of its event list); bad lines are quarantined. The table holds the mapped columns (or
-    ``columns``), as text. A mapped column that no object of the first chunk has stops the read."""
-    mapped = columns is None
-    columns = mapping.columns_used() if columns is None else columns
-    stream = _open_binary(path)
-    try:
-        line_no = 0
-        batch: list[bytes] = []
-        while True:
-            try:
-                raw = stream.readline()
-            except READ_ERRORS as err:
-                raise _cannot_read(path, err) from None
-            if raw:
-                batch.append(raw)
-            if batch and (not raw or len(batch) >= JSONL_BATCH_LINES):
-                chunk, seen = _jsonl_chunk(
-                    path, file_index, columns, line_no + 1, batch, mapping.jsonl.explode
-                )
-                if line_no == 0 and seen and mapped:
-                    _check_jsonl_columns(path, seen, mapping)
-                yield chunk
-                line_no += len(batch)
-                batch = []
-            if not raw:
-                break
-    finally:
-        stream.close()
-
-
-def _check_jsonl_columns(path: Path, seen: dict[str, bool], mapping: SourceMapping) -> None:
-    """Stop at a mapped column that no object has; where the events sit in a list, say to explode it."""
-    lists = [key for key, is_list in seen.items() if is_list]
-    fix = "correct the mapping or the file"
-    if lists and mapping.jsonl.explode is None:
-        fix = f"the events are nested in '{lists[0]}': add jsonl: {{explode: {lists[0]}}} to the mapping"
-    # An optional field may be left out of every object where it is null; a required one may not.
-    required = [mapping.fields[f].column for f in REQUIRED_FIELDS] + [mapping.event_type.column]
-    required += [rule.column for rule in mapping.drop_rows]
-    present = [c for c in required if c is not None]
-    _check_columns(path, "every object of its first lines", sorted(seen), mapping, fix=fix, columns=present)
-
-
-def _jsonl_chunk(
-    path: Path, file_index: int, columns: list[str], first: int, raws: list[bytes], explode: str | None
-) -> tuple[RawChunk, dict[str, bool]]:
-    """The chunk, and every column name (dotted paths included) its good objects hold, each with
-    whether it holds a list of objects."""
-    fast = _arrow_chunk(path, file_index, columns, first, raws, explode)
-    if fast is not None:
-        return fast
-    values: dict[str, list[str | None]] = {c: [] for c in columns}
-    lines: list[int] = []
-    seen: dict[str, bool] = {}
-    bad: tuple[list[int], list[str | None], list[str], list[str]] = ([], [], [], [])
-    for i, raw in enumerate(raws):
-        text = _text_of(raw.rstrip(b"\r\n"))
-        problem, column, rows = _parse_json_line(raw, text, columns, explode, seen)
-        if problem is not None:
-            for store, item in zip(bad, (first + i, column, problem, text), strict=True):
-                store.append(item)
-            continue
-        for row in rows:
-            lines.append(first + i)
-            for c in columns:
-                values[c].append(row[c])
-    table = pa.table({c: pa.array(v, pa.string()) for c, v in values.items()})
-    quarantine = quarantine_table(str(path), *bad)
-    return RawChunk(table, np.asarray(lines, np.int64), quarantine, str(path), file_index), seen
-
-
-def _arrow_paths(fields: pa.StructType | pa.Schema, prefix: str = "") -> Iterator[tuple[str, bool]]:
-    """``_paths`` of an Arrow schema: every field and dotted path into structs, and whether it is a
-    list of structs."""
-    for f in fields:
-        listed = pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type)
-        yield prefix + f.name, listed
-        if pa.types.is_struct(f.type):
-            yield from _arrow_paths(f.type, f"{prefix}{f.name}.")
-
-
-def _arrow_text(values: pa.Array) -> pa.Array | None:
-    """A column as ``_json_text`` writes it, for the types whose text Arrow writes alike (strings and
-    integers); None for others (floats, booleans, nesting), which the line-by-line path reads."""
-    if pa.types.is_string(values.type) or pa.types.is_null(values.type):
-        return values.cast(pa.string())
-    if pa.types.is_integer(values.type):
-        return values.cast(pa.string())
-    return None
-
-
-def _arrow_chunk(
-    path: Path, file_index: int, columns: list[str], first: int, raws: list[bytes], explode: str | None
-) -> tuple[RawChunk, dict[str, bool]] | None:
-    """The chunk read by Arrow's JSON reader at once, when every line is a good object of plain
-    columns (the usual case, several times faster than line by line); None sends it line by line,
-    which quarantines what is wrong with each line."""
-    data = b"".join(raws)
-    if not data.endswith(b"\n"):
-        data += b"\n"
-    try:
-        table = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=len(data) + 1))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
-        return None
-    if table.num_rows != len(raws):  # a blank line: its own quarantine reason
-        return None
-    seen = dict(_arrow_paths(table.schema))
-    parent = pa.array(np.arange(len(raws)), pa.int64())
-    inner: pa.StructArray | None = None
-    if explode is not None:
-        events = table.column(explode).combine_chunks() if explode in table.column_names else None
-        if (
-            events is None
-            or not seen[explode]
-            or events.null_count
-            or pc.min(pc.list_value_length(events)).as_py() == 0
-        ):
-            return None
-        inner = pc.list_flatten(events)
-        parent = pc.list_parent_indices(events)
-        seen.update(_arrow_paths(inner.type))
-    out = {}
-    for c in columns:
-        if inner is not None and inner.type.get_field_index(c) >= 0:
-            values = inner.field(c)
-        elif c in table.column_names:
-            values = table.column(c).combine_chunks().take(parent)
-        elif c not in seen:
-            values = pa.nulls(len(parent), pa.string())
-        else:
-            return None  # a dotted path or a name both levels hold: line by line
-        text = _arrow_text(values)
-        if text is None:
-            return None
-        out[c] = text
-    lines = first + parent.to_numpy(zero_copy_only=False).astype(np.int64)
-    chunk = RawChunk(pa.table(out), lines, quarantine_table(str(path), [], [], [], []), str(path), file_index)
-    return chunk, seen
-
-
-def _paths(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, bool]]:
-    """Every key of ``obj`` and dotted path into its nested objects, with whether it holds a list of
-    objects."""
-    for key, value in obj.items():
-        yield prefix + key, isinstance(value, list) and bool(value) and isinstance(value[0], dict)
-        if isinstance(value, dict):
-            yield from _paths(value, f"{prefix}{key}.")
-
-
-def _note_paths(seen: dict[str, bool], obj: dict[str, Any]) -> None:
-    for path, is_list in _paths(obj):
-        seen[path] = seen.get(path, False) or is_list
-
-
-def _lookup(objects: tuple[dict[str, Any], ...], column: str) -> object:
-    """``column`` in the first of ``objects`` that has it: a key, else a dotted path through objects."""
-    for obj in objects:
-        if column in obj:
-            return obj[column]
-        value: object = obj
-        for part in column.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is not None:
-            return value
-    return None
-
-
-def _parse_json_line(
-    raw: bytes, text: str, columns: list[str], explode: str | None, seen: dict[str, bool]
-) -> tuple[str | None, str | None, list[dict[str, str | None]]]:
-    if not text.strip():
-        return "empty line", None, []
-    if not _is_utf8(raw):
-        return "line is not valid UTF-8 text", None, []
-    try:
-        obj = json.loads(text)
-    except ValueError as err:
-        return f"bad JSON: {err}", None, []
-    if not isinstance(obj, dict):
-        return f"bad JSON: expected an object, found {type(obj).__name__}", None, []
-    elements: list[Any] = [None]
-    if explode is not None:
-        elements = obj.get(explode)  # type: ignore[assignment]
-        if not isinstance(elements, list) or not all(isinstance(e, dict) for e in elements):
-            return f"bad JSON: '{explode}' (jsonl.explode) is not a list of objects", explode, []
-        if not elements:
-            return f"no events: '{explode}' (jsonl.explode) is an empty list", explode, []
-    _note_paths(seen, obj)
-    rows: list[dict[str, str | None]] = []
-    for element in elements:
-        objects = (obj,) if element is None else (element, obj)
-        if element is not None:
-            _note_paths(seen, element)
-        row: dict[str, str | None] = {}
-        for c in columns:
-            value = _lookup(objects, c)
-            if isinstance(value, (dict, list)):
-                fix = (
-                    f"; name a key inside it ({c}.KEY)"
-                    if isinstance(value, dict)
-                    else "; jsonl: {explode: KEY}"
-                )
-                return (
-                    f"bad JSON: column '{c}' holds a nested {type(value).__name__}, expected a scalar{fix}",
-                    c,
-                    [],
-                )
-            row[c] = _json_text(value)
-        rows.append(row)
-    return None, None, rows
+        raise cannot_read(path, err) from None
 
 
 def read_raw(
@@ -705,7 +476,7 @@ def read_raw(
     table always holds every column of the file.
     """
     if not path.is_file():
-        raise _cannot_read(
+        raise cannot_read(
             path,
             FileNotFoundError("no such file")
             if not path.exists()
@@ -715,5 +486,8 @@ def read_raw(
     if fmt == "parquet":
         return read_parquet(path, file_index, mapping, columns)
     if fmt == "jsonl":
+        # Imported here: json_lines reads with this module's primitives (RawChunk, check_columns, ...).
+        from learners.data.json_lines import read_jsonl
+
         return read_jsonl(path, file_index, mapping, columns)
     return read_csv(path, file_index, mapping)

@@ -13,10 +13,10 @@ import yaml
 from engine.commands.prepare import check_lines
 from engine.stage_results import day_month_lines, one_kind_checks, one_type_lines, session_span_lines
 from learners.data.adapters import MappingAdapter, expand_inputs
+from learners.data.json_lines import _arrow_chunk
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping
 from learners.data.prepare import PrepareConfig, check_rows, prepare
-from learners.data.readers import _arrow_chunk
 from tests.learners.data.test_adapters import collect
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
