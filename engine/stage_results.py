@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.report import fidelity_text, markdown_table
+from learners.data.mapping import RULE_LABEL
 from learners.data.traces import ReplayReport
 
 MAX_REASONS = 10
@@ -49,8 +50,6 @@ def time_range_lines(span: dict[str, str] | None, now: datetime | None = None) -
     return lines
 
 
-RULE_LABEL = "where "
-"""How a drop_rows rule's label begins (learners/data/mapping.DropRule.label), unlike a code's."""
 LONG_SESSION_SHARE = 0.01
 """Sessions lasting over a day in more than this share read as a session column that is a user's id."""
 

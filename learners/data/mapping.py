@@ -28,6 +28,8 @@ TOP_KEYS = ("name", "format", "csv", "jsonl", "fields", "timestamp", "event_type
 CSV_KEYS = ("delimiter", "header", "columns")
 JSONL_KEYS = ("explode",)
 DROP_TESTS = ("starts_with", "below", "in")
+RULE_LABEL = "where "
+"""How a drop_rows rule's label begins in rows_dropped_by_code, unlike an event code's."""
 TIMESTAMP_KEYS = ("format", "year", "timezone", "resolution", "min", "max")
 EVENT_TYPE_KEYS = ("column", "map", "drop", "constant")
 
@@ -71,10 +73,10 @@ class DropRule:
     def label(self) -> str:
         """How the manifest and the console name the rule (rows_dropped_by_code)."""
         if self.starts_with is not None:
-            return f"where {self.column} starts with {self.starts_with!r}"
+            return f"{RULE_LABEL}{self.column} starts with {self.starts_with!r}"
         if self.below is not None:
-            return f"where {self.column} < {self.below:g}"
-        return f"where {self.column} in [{', '.join(repr(v) for v in self.values)}]"
+            return f"{RULE_LABEL}{self.column} < {self.below:g}"
+        return f"{RULE_LABEL}{self.column} in [{', '.join(repr(v) for v in self.values)}]"
 
 
 @dataclass(frozen=True)
