@@ -240,14 +240,19 @@ def test_a_folder_of_logs_skips_an_earlier_output_inside_it(tmp_path: Path) -> N
     assert logs / "data" / "events.parquet" in expand_inputs([logs / "data"])  # named: read
 
 
+def orders_mapping(timestamp_format: str) -> dict:
+    """A log of purchases only: columns user, when, sku."""
+    return {
+        "fields": {"merchant_id": {"constant": "m"}, "buyer_id": "user", "ts": "when", "product_id": "sku"},
+        "timestamp": {"format": timestamp_format},
+        "event_type": {"constant": "purchase"},
+    }
+
+
 def test_a_purchases_only_log_is_flagged_by_prepare_and_evaluate(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     path.write_text("user,when,sku\nu1,1659304800,a\nu2,1659304900,b\nu1,1659305000,c\n")
-    values = {
-        "fields": {"merchant_id": {"constant": "m"}, "buyer_id": "user", "ts": "when", "product_id": "sku"},
-        "timestamp": {"format": "unix_s"},
-        "event_type": {"constant": "purchase"},
-    }
+    values = orders_mapping("unix_s")
     manifest = prepare([path], MappingAdapter(mapping_from_dict(values)), PrepareConfig(), tmp_path / "d")
     assert manifest["events_by_type"] == {"purchase": 3}
     (line,) = one_type_lines(manifest)
@@ -302,11 +307,7 @@ def test_dates_that_read_as_well_with_day_and_month_swapped_are_flagged(tmp_path
     """UCI Online Retail's 12/1/10 is 1 December (US order); read day first it is 12 January."""
     path = tmp_path / "retail.csv"
     path.write_text("user,when,sku\nu1,12/1/10 8:26,a\nu2,12/1/10 9:01,b\nu3,13/1/10 9:01,c\n")
-    values = {
-        "fields": {"merchant_id": {"constant": "m"}, "buyer_id": "user", "ts": "when", "product_id": "sku"},
-        "timestamp": {"format": "%d/%m/%y %H:%M"},
-        "event_type": {"constant": "purchase"},
-    }
+    values = orders_mapping("%d/%m/%y %H:%M")
     adapter = MappingAdapter(mapping_from_dict(values))
     manifest = prepare([path], adapter, PrepareConfig(), tmp_path / "d")
     assert not manifest["day_month_open"] and day_month_lines(manifest) == []  # the 13th settles it
