@@ -131,9 +131,8 @@ def _arrow_paths(fields: pa.StructType | pa.Schema, prefix: str = "") -> Iterato
 def _arrow_text(values: pa.Array) -> pa.Array | None:
     """A column as ``_json_text`` writes it, for the types whose text Arrow writes alike (strings and
     integers); None for others (floats, booleans, nesting), which the line-by-line path reads."""
-    if pa.types.is_string(values.type) or pa.types.is_null(values.type):
-        return values.cast(pa.string())
-    if pa.types.is_integer(values.type):
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_null(kind) or pa.types.is_integer(kind):
         return values.cast(pa.string())
     return None
 
@@ -177,7 +176,7 @@ def _arrow_chunk(
         elif c not in seen:
             values = pa.nulls(len(parent), pa.string())
         else:
-            return None  # a dotted path or a name both levels hold: line by line
+            return None  # a dotted path into nested objects: line by line
         text = _arrow_text(values)
         if text is None:
             return None
