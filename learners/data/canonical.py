@@ -381,11 +381,15 @@ def canonicalize(
     )
     ms = ts.cast(pa.int64())
     first, last = (int(dt.datetime(y, 1, 1, tzinfo=dt.UTC).timestamp() * 1000) for y in PLAUSIBLE_YEARS)
+    fix = (
+        "fix: timestamp.format for the numbers' unit (10 digits unix_s, 13 unix_ms, 16 unix_us, 19 unix_ns)"
+        if spec.format in UNIX_UNITS
+        else "a stray value?"
+    )
     checks.add(
         pc.or_(pc.less(ms, first), pc.greater_equal(ms, last)),
         ts_col,
-        f"timestamp before {PLAUSIBLE_YEARS[0]} or after {PLAUSIBLE_YEARS[1]} read as {describe_format(spec)};"
-        " fix: timestamp.format for the numbers' unit (10 digits unix_s, 13 unix_ms, 16 unix_us, 19 unix_ns)",
+        f"timestamp before {PLAUSIBLE_YEARS[0]} or after {PLAUSIBLE_YEARS[1]} read as {describe_format(spec)}; {fix}",
     )
     if spec.min is not None or spec.max is not None:
         low = _bound_ms(spec.min, spec) if spec.min is not None else None

@@ -316,3 +316,12 @@ def test_dates_that_read_as_well_with_day_and_month_swapped_are_flagged(tmp_path
     (line,) = day_month_lines(manifest)
     assert "day and month swapped" in line
     assert "day and month swapped" in "\n".join(check_lines(check_rows([path], adapter)))
+
+
+def test_a_date_past_2100_in_text_is_a_stray_value_not_a_unit(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user,when,sku\nu1,2150-01-01T00:00:00Z,a\nu2,2022-08-01T00:00:00Z,b\n")
+    check = check_rows([path], MappingAdapter(mapping_from_dict(orders_mapping("iso"))))
+    assert check.counts["rows_kept"] == 1
+    (reason,) = check.quarantine_by_reason
+    assert reason.endswith("read as an ISO 8601 date/datetime; a stray value?")
