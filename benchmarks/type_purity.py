@@ -18,6 +18,10 @@ buyers and measured on the held-out merchants' buyers:
 - k-means with the same K on the same standardised features (the baseline; the ratio is VQ-VAE / k-means);
 - a logistic regression trained on the training buyers' planted types: not a persona method (no log
   has the labels), but how much of the types the buyer features tell at all.
+
+Each row twice: on features standardised column by column (the default) and with every aspect of
+behaviour weighed alike (``--balance-aspects true``, schema.FEATURE_ASPECTS); the last table gives the
+VQ-VAE's mean purity balanced / column by column per K.
 """
 
 from __future__ import annotations
