@@ -213,6 +213,39 @@ def parquet_options(table_schema: pa.Schema, compression: str) -> dict[str, Any]
     }
 
 
+@dataclass
+class EventSummary:
+    """What prepare's manifest and ``prepare --check`` say about the kept events, summed over chunks."""
+
+    by_type: Counter[str] = field(default_factory=Counter)
+    """Kept events per canonical type."""
+    first: datetime | None = None
+    last: datetime | None = None
+    """The first and last kept event's time."""
+    max_day: int = 0
+    """The highest day of the month of any kept event (UTC): 12 or less leaves day and month open."""
+
+    def add(self, events: pa.Table) -> None:
+        if events.num_rows == 0:
+            return
+        for item in events["event_type"].value_counts().to_pylist():
+            self.by_type[item["values"]] += item["counts"]
+        low, high = pc.min(events["ts"]).as_py(), pc.max(events["ts"]).as_py()
+        self.first = low if self.first is None else min(self.first, low)
+        self.last = high if self.last is None else max(self.last, high)
+        self.max_day = max(self.max_day, pc.max(pc.day(events["ts"])).as_py() or 0)
+
+    def by_type_in_order(self) -> dict[str, int]:
+        """Kept events per type, in funnel order, types without events left out."""
+        return {t: self.by_type[t] for t in schema.EVENT_TYPES if self.by_type[t]}
+
+    def time_range(self) -> dict[str, str] | None:
+        """The manifest's time_range: first and last kept event's time, ISO text; None if none kept."""
+        if self.first is None or self.last is None:
+            return None
+        return {"first": self.first.isoformat(), "last": self.last.isoformat()}
+
+
 class OutputWriters:
     """Streaming Parquet writers for a prepared dir's per-partition tables and quarantine.
 
@@ -241,13 +274,8 @@ class OutputWriters:
         self._quarantine: list[pa.Table] = []
         self.rows: Counter[str] = Counter()
         self.quarantine_reasons: Counter[str] = Counter()
-        self.first_ts: datetime | None = None
-        self.last_ts: datetime | None = None
-        """The events' first and last time (the buyers' first_ts and last_ts), for the manifest."""
-        self.events_by_type: Counter[str] = Counter()
-        """Kept events per canonical type (the manifest's events_by_type)."""
-        self.max_day = 0
-        """The highest day of the month of any event (UTC): 12 or less leaves day and month open."""
+        self.events = EventSummary()
+        """The written events' types and times, for the manifest."""
         self.sessions_over_a_day = 0
         """Sessions whose last event is more than a day after their first (the manifest's figure)."""
 
@@ -286,14 +314,8 @@ class OutputWriters:
         for name, table in tables:
             if name in self.STREAMED:
                 self.write(name, table)
-            if name == "buyers" and table.num_rows:
-                first, last = pc.min(table["first_ts"]).as_py(), pc.max(table["last_ts"]).as_py()
-                self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
-                self.last_ts = last if self.last_ts is None else max(self.last_ts, last)
-            if name == "events" and table.num_rows:
-                self.max_day = max(self.max_day, pc.max(pc.day(table["ts"])).as_py() or 0)
-                for item in table["event_type"].value_counts().to_pylist():
-                    self.events_by_type[item["values"]] += item["counts"]
+            if name == "events":
+                self.events.add(table)
             if name == "sessions" and table.num_rows:
                 span = pc.subtract(table["end"].cast(pa.int64()), table["start"].cast(pa.int64()))
                 self.sessions_over_a_day += pc.sum(pc.greater(span, _DAY_MS).cast(pa.int64())).as_py() or 0
@@ -434,13 +456,11 @@ def finish_outputs(
         "products": writers.rows["catalogs"],
     }
     manifest = build_manifest(digests, adapter, config, counts, writers.quarantine_reasons, dropped_codes)
-    if writers.first_ts is not None and writers.last_ts is not None:
-        manifest["time_range"] = {"first": writers.first_ts.isoformat(), "last": writers.last_ts.isoformat()}
+    if writers.events.time_range() is not None:
+        manifest["time_range"] = writers.events.time_range()
     manifest["sessions_over_a_day"] = writers.sessions_over_a_day
-    manifest["day_month_open"] = day_month_open(adapter, writers.max_day)
-    manifest["events_by_type"] = {
-        t: writers.events_by_type[t] for t in schema.EVENT_TYPES if writers.events_by_type[t]
-    }
+    manifest["day_month_open"] = day_month_open(adapter, writers.events.max_day)
+    manifest["events_by_type"] = writers.events.by_type_in_order()
     (writers.out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -610,28 +630,17 @@ def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> R
     counts = dict.fromkeys(("rows_read", "rows_kept", "rows_quarantined", "rows_dropped"), 0)
     reasons: Counter[str] = Counter()
     dropped_codes: Counter[str] = Counter()
-    kept: Counter[str] = Counter()
+    kept = EventSummary()
     shown: dict[str, list[dict[str, Any]]] = {}
-    first: datetime | None = None
-    last: datetime | None = None
-    max_day = 0
     for chunk in adapter.read(inputs):
         check_chunk(chunk)
-        if chunk.events.num_rows:
-            low, high = pc.min(chunk.events["ts"]).as_py(), pc.max(chunk.events["ts"]).as_py()
-            first, last = (
-                (low if first is None else min(first, low)),
-                (high if last is None else max(last, high)),
-            )
-            max_day = max(max_day, pc.max(pc.day(chunk.events["ts"])).as_py() or 0)
+        kept.add(chunk.events)
         dropped = chunk.dropped
         counts["rows_read"] += chunk.rows_read
         counts["rows_kept"] += chunk.events.num_rows
         counts["rows_quarantined"] += chunk.quarantine.num_rows
         counts["rows_dropped"] += sum(dropped.values())
         dropped_codes.update(dropped)
-        for item in chunk.events["event_type"].value_counts().to_pylist():
-            kept[item["values"]] += item["counts"]
         for item in chunk.quarantine["reason"].value_counts().to_pylist():
             reason = item["values"]
             reasons[reason] += item["counts"]
@@ -645,10 +654,8 @@ def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> R
         counts=counts,
         quarantine_by_reason=by_count(reasons),
         rows_dropped_by_code=by_count(dropped_codes),
-        kept_by_event_type={t: kept[t] for t in schema.EVENT_TYPES if kept[t]},
+        kept_by_event_type=kept.by_type_in_order(),
         examples=shown,
-        time_range=None
-        if first is None or last is None
-        else {"first": first.isoformat(), "last": last.isoformat()},
-        day_month_open=day_month_open(adapter, max_day),
+        time_range=kept.time_range(),
+        day_month_open=day_month_open(adapter, kept.max_day),
     )

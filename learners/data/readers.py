@@ -285,11 +285,10 @@ def check_columns(
     for column in mapping.columns_used() if columns is None else columns:
         if column not in available:
             close = difflib.get_close_matches(column, available, n=1)
-            if close and fix == "correct the mapping or the file":
-                fix = f"did you mean '{close[0]}'? correct the mapping or the file"
+            guess = f"did you mean '{close[0]}'? " if close else ""
             raise ValueError(
                 f"{path}: {where} has no column '{column}' named by mapping {mapping.source}; "
-                f"available columns: {', '.join(available) or '(none)'}; fix: {fix}"
+                f"available columns: {', '.join(available) or '(none)'}; fix: {guess}{fix}"
             )
 
 
@@ -358,30 +357,27 @@ def _csv_chunks(
             yield from _flush_skipped(path, file_index, skipped, blocks, offset + 1)
             return
         raise cannot_read(path, err) from None
+    _ARROW_READERS_USED.set()
     cursor = offset + 1
     file = str(path)
-    try:
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                break
-            except pa.ArrowException as err:
-                raise cannot_read(path, err) from None
-            table = pa.Table.from_batches([batch])
-            lines = _row_lines(cursor, table.num_rows, skipped)
-            end = int(lines[-1]) + 1 if len(lines) else cursor
-            chunk = _split_flagged(table, lines, blocks.flagged, file, file_index, delimiter)
-            bad = sorted(k for k in skipped if k < end)
-            extra = quarantine_table(
-                file, bad, [None] * len(bad), [skipped[k][0] for k in bad], [skipped.pop(k)[1] for k in bad]
-            )
-            chunk.quarantine = pa.concat_tables([chunk.quarantine, extra]).sort_by("line")
-            cursor = end
-            yield chunk
-    finally:
-        reader.close()
-        _ARROW_READERS_USED.set()
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except pa.ArrowException as err:
+            raise cannot_read(path, err) from None
+        table = pa.Table.from_batches([batch])
+        lines = _row_lines(cursor, table.num_rows, skipped)
+        end = int(lines[-1]) + 1 if len(lines) else cursor
+        chunk = _split_flagged(table, lines, blocks.flagged, file, file_index, delimiter)
+        bad = sorted(k for k in skipped if k < end)
+        extra = quarantine_table(
+            file, bad, [None] * len(bad), [skipped[k][0] for k in bad], [skipped.pop(k)[1] for k in bad]
+        )
+        chunk.quarantine = pa.concat_tables([chunk.quarantine, extra]).sort_by("line")
+        cursor = end
+        yield chunk
     yield from _flush_skipped(path, file_index, skipped, blocks, cursor)
 
 

@@ -13,13 +13,13 @@ import polars as pl
 import pyarrow as pa
 import yaml
 
-from learners.data.canonical import as_text, parse_timestamps
-from learners.data.mapping import TimestampSpec, mapping_from_dict
+from learners.data.canonical import as_text
+from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft.column_profile import profile_column
 from learners.data.mapping_draft.column_roles import assign_roles
 from learners.data.mapping_draft.event_codes import EventCode, code_counts, event_word
 from learners.data.mapping_draft.sample import Sample, sample_inputs
-from learners.data.mapping_draft.timestamps import YEARLESS_PROBE, TimestampGuess, guess_timestamp
+from learners.data.mapping_draft.timestamps import TimestampGuess, guess_timestamp
 from learners.data.mapping_draft.yaml_text import render_yaml
 from learners.data.schema import SESSION_GAP_SECONDS
 
@@ -69,13 +69,9 @@ is a user's id, not a visit's: a visit lasts minutes to hours."""
 def _long_sessions(sample: Sample, ts: TimestampGuess, column: str) -> float | None:
     """The share of the sampled sessions of two events or more that last over a day, when it is at
     least ``LONG_SESSION_SHARE``; else None."""
-    if ts.resolution == "day":
+    if ts.resolution == "day" or ts.instants is None:
         return None
-    yearless = "%" in ts.format and "%Y" not in ts.format and "%y" not in ts.format
-    year = (ts.year or YEARLESS_PROBE) if yearless else None
-    spec = TimestampSpec(format=ts.format, year=year, resolution=ts.resolution)
-    instants = parse_timestamps(sample.table.column(ts.column).combine_chunks(), spec)
-    frame = pl.DataFrame({"s": as_text(sample.table.column(column)), "t": instants.cast(pa.int64())})
+    frame = pl.DataFrame({"s": as_text(sample.table.column(column)), "t": ts.instants.cast(pa.int64())})
     spans = (
         frame.drop_nulls()
         .group_by("s")

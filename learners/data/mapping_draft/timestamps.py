@@ -113,6 +113,8 @@ class TimestampGuess:
     max: dt.date | None = None
     range_note: str = ""
     format_note: str = ""
+    instants: pa.Array | None = None
+    """The sampled rows' times under this guess (UTC instants, null where unread), for later checks."""
 
 
 def _read_share(values: pa.Array, spec: TimestampSpec) -> tuple[int, pa.Array]:
@@ -285,6 +287,7 @@ def guess_timestamp(
         format=fmt, year=guess.year or (YEARLESS_PROBE if yearless else None), resolution=resolution
     )
     instants = parse_timestamps(sample.table.column(name).combine_chunks(), spec)
+    guess.instants = instants
     aware = fmt in UNIX_UNITS or "%z" in fmt or (pa.types.is_timestamp(p.native) and p.native.tz)
     if resolution == "day":
         guess.zone_note = "dates only: a day stamp is midnight UTC of its date whatever the zone"

@@ -269,7 +269,7 @@ def test_a_chunk_read_at_once_equals_the_same_lines_read_one_by_one(tmp_path: Pa
     """Arrow reads a chunk of good lines at once; one bad line sends the chunk line by line: the events
     of the good lines are the same either way."""
     rng = np.random.default_rng(5)
-    lines = []
+    lines, written = [], 0
     for session in range(50):
         events = [
             {
@@ -280,6 +280,7 @@ def test_a_chunk_read_at_once_equals_the_same_lines_read_one_by_one(tmp_path: Pa
             | ({"note": None} if i % 3 else {})
             for i in range(int(rng.integers(1, 6)))
         ]
+        written += len(events)
         if nested:
             lines.append(json.dumps({"session": session, "events": events}))
         else:
@@ -296,7 +297,7 @@ def test_a_chunk_read_at_once_equals_the_same_lines_read_one_by_one(tmp_path: Pa
     fast, none, _ = collect(adapter, [good])
     slow, quarantined, _ = collect(adapter, [broken])
     assert none.num_rows == 0 and quarantined["line"].to_pylist() == [len(lines) + 1]
-    assert fast.num_rows == sum(1 for _ in fast["buyer_id"]) > 50
+    assert fast.num_rows == written > 50
     assert fast.drop_columns(["src_order"]).equals(slow.drop_columns(["src_order"]))
     assert (pc.bit_wise_and(fast["src_order"], (1 << 40) - 1)).equals(
         pc.bit_wise_and(slow["src_order"], (1 << 40) - 1)
