@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.report import fidelity_text, markdown_table
+from learners.data.canonical import ONE_EVENT_LABEL
 from learners.data.mapping import RULE_LABEL
 from learners.data.traces import ReplayReport
 
@@ -102,8 +103,12 @@ def one_kind_checks(real_kinds: set[str]) -> list[str]:
 
 
 def code_labels(by_code: dict[str, int]) -> dict[str, int]:
-    """Dropped rows' labels: a code quoted, a ``drop_rows`` rule as it names itself."""
-    return {code if code.startswith(RULE_LABEL) else f"code {code!r}": n for code, n in by_code.items()}
+    """Dropped rows' labels: a code quoted, a ``drop_rows`` rule and the repeats of one event as they
+    name themselves."""
+    return {
+        code if code.startswith(RULE_LABEL) or code == ONE_EVENT_LABEL else f"code {code!r}": n
+        for code, n in by_code.items()
+    }
 
 
 @dataclass(frozen=True)

@@ -300,16 +300,42 @@ def _rule_hits(values: pa.Array, rule: DropRule) -> pa.Array:
     return pc.fill_null(pc.is_in(text, value_set=pa.array(rule.values, pa.string())), False)
 
 
+ONE_EVENT_LABEL = "items past the first of one listing, search or checkout event"
+"""How the counts name the rows of an exploded line past its first where the event is about no one
+product: GA4 lists every product a category page showed in one ``view_item_list``, one page view."""
+
+
+def _one_event_repeats(chunk: RawChunk, mapping: SourceMapping) -> np.ndarray:
+    """Rows of an exploded line (``jsonl.explode``) past its first, whose event type is not about one
+    product (a page view, a search, a checkout): they repeat one event once per listed item."""
+    n = chunk.table.num_rows
+    repeats = np.zeros(n, bool)
+    if mapping.jsonl.explode is None or n < 2:
+        return repeats
+    repeats[1:] = chunk.lines[1:] == chunk.lines[:-1]
+    if not repeats.any():
+        return repeats
+    spec = mapping.event_type
+    if spec.column is None:
+        return repeats if spec.constant not in PRODUCT_EVENT_TYPES else np.zeros(n, bool)
+    pageless = [code for code, kind in spec.map.items() if kind not in PRODUCT_EVENT_TYPES]
+    codes = event_codes(chunk.table.column(spec.column), list(spec.map))
+    hits = pc.fill_null(pc.is_in(codes, value_set=pa.array(pageless, pa.string())), False)
+    return repeats & hits.to_numpy(zero_copy_only=False)
+
+
 def drop_declared(chunk: RawChunk, mapping: SourceMapping) -> tuple[RawChunk, dict[str, int]]:
-    """The chunk without the rows a ``drop_rows`` rule or ``event_type.drop`` leaves out, and their
-    count per rule (its label, the first rule a row meets) and per code.
+    """The chunk without the rows a ``drop_rows`` rule or ``event_type.drop`` leaves out, and those
+    that repeat one event per listed item (``ONE_EVENT_LABEL``), and their count per rule (its label,
+    the first rule a row meets), per code and for the repeats.
 
     The returned chunk keeps the reader's quarantine; its ``rows_read`` is the original's minus the
     dropped rows, so rows_read = kept + quarantined + dropped still balances for the caller.
     """
     drop = mapping.event_type.drop
     n = chunk.table.num_rows
-    if n == 0 or not (mapping.drop_rows or (drop and mapping.event_type.column is not None)):
+    exploded = mapping.jsonl.explode is not None
+    if n == 0 or not (mapping.drop_rows or exploded or (drop and mapping.event_type.column is not None)):
         return chunk, {}
     dropped: dict[str, int] = {}
     hit = np.zeros(n, bool)
@@ -331,6 +357,10 @@ def drop_declared(chunk: RawChunk, mapping: SourceMapping) -> tuple[RawChunk, di
             for item in pc.value_counts(codes.filter(pa.array(mine))).to_pylist():
                 dropped[item["values"]] = item["counts"]
             hit |= mine
+    mine = _one_event_repeats(chunk, mapping) & ~hit
+    if mine.any():
+        dropped[ONE_EVENT_LABEL] = int(mine.sum())
+        hit |= mine
     if not hit.any():
         return chunk, {}
     keep = ~hit

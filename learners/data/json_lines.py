@@ -1,9 +1,14 @@
 """JSON lines: one object per line, or one per element of a nested event list (``jsonl.explode``,
 OTTO's layout), read to text columns with exact line numbers.
 
+A column is a key, or a dotted path through nested objects (``ecommerce.transaction_id``). A path
+step into a list of ``{key, value}`` objects picks the element with that key, as GA4's BigQuery
+export keeps its event parameters: ``event_params.ga_session_id.value.int_value``.
+
 A chunk of good lines of plain columns is read by Arrow's JSON reader at once; a chunk with a bad line
-(bad JSON, blank, not UTF-8, an empty event list) or with floats, booleans, nesting or dotted paths is
-read line by line, so that every line keeps its own quarantine reason. Both give the same rows.
+(bad JSON, blank, not UTF-8, an empty event list) or with floats, booleans or nesting, and a file
+mapped by dotted paths or with ``keep_empty``, is read line by line, so that every line keeps its own
+quarantine reason. Both give the same rows.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from learners.data.mapping import REQUIRED_FIELDS, SourceMapping
+from learners.data.mapping import REQUIRED_FIELDS, JsonlOptions, SourceMapping
 from learners.data.readers import (
     READ_ERRORS,
     RawChunk,
@@ -64,7 +69,7 @@ def read_jsonl(
                 batch.append(raw)
             if batch and (not raw or len(batch) >= JSONL_BATCH_LINES):
                 chunk, seen = _jsonl_chunk(
-                    path, file_index, columns, line_no + 1, batch, mapping.jsonl.explode
+                    path, file_index, columns, line_no + 1, batch, mapping.jsonl, note=line_no == 0
                 )
                 if line_no == 0 and seen and mapped:
                     _check_jsonl_columns(path, seen, mapping)
@@ -91,11 +96,19 @@ def _check_jsonl_columns(path: Path, seen: dict[str, bool], mapping: SourceMappi
 
 
 def _jsonl_chunk(
-    path: Path, file_index: int, columns: list[str], first: int, raws: list[bytes], explode: str | None
+    path: Path,
+    file_index: int,
+    columns: list[str],
+    first: int,
+    raws: list[bytes],
+    options: JsonlOptions,
+    note: bool = True,
 ) -> tuple[RawChunk, dict[str, bool]]:
-    """The chunk, and every column name (dotted paths included) its good objects hold, each with
-    whether it holds a list of objects."""
-    fast = _arrow_chunk(path, file_index, columns, first, raws, explode)
+    """The chunk, and (where ``note``: only the first chunk's are checked) every column name (dotted
+    paths included) its good objects hold, each with whether it holds a list of objects."""
+    # Arrow reads no dotted path nor a line without events: such a file goes line by line (GA4's).
+    arrow = not options.keep_empty and not any("." in c for c in columns)
+    fast = _arrow_chunk(path, file_index, columns, first, raws, options.explode) if arrow else None
     if fast is not None:
         return fast
     values: dict[str, list[str | None]] = {c: [] for c in columns}
@@ -104,7 +117,9 @@ def _jsonl_chunk(
     bad: tuple[list[int], list[str | None], list[str], list[str]] = ([], [], [], [])
     for i, raw in enumerate(raws):
         text = text_of(raw.rstrip(b"\r\n"))
-        problem, column, rows = _parse_json_line(raw, text, columns, explode, seen)
+        problem, column, rows = _parse_json_line(raw, text, columns, options, seen if note else None)
+        # Every mapped column found: the rest of the chunk cannot change the column check.
+        note = note and not all(c in seen for c in columns)
         if problem is not None:
             for store, item in zip(bad, (first + i, column, problem, text), strict=True):
                 store.append(item)
@@ -173,10 +188,8 @@ def _arrow_chunk(
             values = inner.field(c)
         elif c in table.column_names:
             values = table.column(c).combine_chunks().take(parent)
-        elif c not in seen:
+        else:  # no object has it (dotted paths never come here)
             values = pa.nulls(len(parent), pa.string())
-        else:
-            return None  # a dotted path into nested objects: line by line
         text = _arrow_text(values)
         if text is None:
             return None
@@ -186,10 +199,25 @@ def _arrow_chunk(
     return chunk, seen
 
 
+def is_key_value_list(value: object) -> bool:
+    """A list of ``{key, value}`` objects (GA4's ``event_params``, ``user_properties``): a table of
+    named values that a path reads by key, not a list of events."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(e, dict) and "key" in e and "value" in e for e in value)
+    )
+
+
 def _paths(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, bool]]:
-    """Every key of ``obj`` and dotted path into its nested objects, with whether it holds a list of
-    objects."""
+    """Every key of ``obj`` and dotted path into its nested objects and ``{key, value}`` lists, with
+    whether it holds a list of objects (one to explode)."""
     for key, value in obj.items():
+        if is_key_value_list(value):
+            yield prefix + key, False
+            for element in value:
+                yield from _paths({str(element["key"]): element}, f"{prefix}{key}.")
+            continue
         yield prefix + key, isinstance(value, list) and bool(value) and isinstance(value[0], dict)
         if isinstance(value, dict):
             yield from _paths(value, f"{prefix}{key}.")
@@ -205,16 +233,23 @@ def _lookup(objects: tuple[dict[str, Any], ...], column: str) -> object:
     for obj in objects:
         if column in obj:
             return obj[column]
+        if "." not in column:
+            continue
         value: object = obj
         for part in column.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, dict):
+                value = value.get(part)
+            elif isinstance(value, list):  # a {key, value} list: the element of that key
+                value = next((e for e in value if isinstance(e, dict) and e.get("key") == part), None)
+            else:
+                value = None
         if value is not None:
             return value
     return None
 
 
 def _parse_json_line(
-    raw: bytes, text: str, columns: list[str], explode: str | None, seen: dict[str, bool]
+    raw: bytes, text: str, columns: list[str], options: JsonlOptions, seen: dict[str, bool] | None
 ) -> tuple[str | None, str | None, list[dict[str, str | None]]]:
     if not text.strip():
         return "empty line", None, []
@@ -227,17 +262,26 @@ def _parse_json_line(
     if not isinstance(obj, dict):
         return f"bad JSON: expected an object, found {type(obj).__name__}", None, []
     elements: list[Any] = [None]
+    explode = options.explode
     if explode is not None:
         elements = obj.get(explode)  # type: ignore[assignment]
-        if not isinstance(elements, list) or not all(isinstance(e, dict) for e in elements):
+        if options.keep_empty and not elements:  # absent, null or []: the line's own row
+            elements = [None]
+        elif not isinstance(elements, list) or not all(isinstance(e, dict) for e in elements):
             return f"bad JSON: '{explode}' (jsonl.explode) is not a list of objects", explode, []
-        if not elements:
-            return f"no events: '{explode}' (jsonl.explode) is an empty list", explode, []
-    _note_paths(seen, obj)
+        elif not elements:
+            return (
+                f"no events: '{explode}' (jsonl.explode) is an empty list; fix: where such a line is"
+                " an event of its own (one without items), add keep_empty: true under jsonl",
+                explode,
+                [],
+            )
+    if seen is not None:
+        _note_paths(seen, obj)
     rows: list[dict[str, str | None]] = []
     for element in elements:
         objects = (obj,) if element is None else (element, obj)
-        if element is not None:
+        if element is not None and seen is not None:
             _note_paths(seen, element)
         row: dict[str, str | None] = {}
         for c in columns:

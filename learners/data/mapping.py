@@ -26,7 +26,7 @@ REQUIRED_FIELDS = ("merchant_id", "buyer_id", "ts")
 OPTIONAL_FIELDS = ("session_id", "product_id", "category_id", "price", "query")
 TOP_KEYS = ("name", "format", "csv", "jsonl", "fields", "timestamp", "event_type", "drop_rows", "match")
 CSV_KEYS = ("delimiter", "header", "columns")
-JSONL_KEYS = ("explode",)
+JSONL_KEYS = ("explode", "keep_empty")
 DROP_TESTS = ("starts_with", "below", "in")
 RULE_LABEL = "where "
 """How a drop_rows rule's label begins in rows_dropped_by_code, unlike an event code's."""
@@ -53,6 +53,10 @@ class JsonlOptions:
     explode: str | None = None
     """A key whose value is a list of objects, one event each (OTTO: one session per line with its
     ``events``): each becomes a row, its keys read as columns beside the line's own scalar keys."""
+    keep_empty: bool = False
+    """A line whose ``explode`` list is empty or absent is still one row, the list's keys empty (a GA4
+    export lists the ``items`` of an event, and a page view has none); without it such a line is
+    quarantined."""
 
 
 @dataclass(frozen=True)
@@ -456,7 +460,22 @@ def _jsonl_options(source: str, values: Any) -> JsonlOptions:
     explode = values.get("explode")
     if explode is not None:
         explode = _text(source, "jsonl.explode", explode)
-    return JsonlOptions(explode=explode)
+    keep_empty = values.get("keep_empty", False)
+    if not isinstance(keep_empty, bool):
+        raise _fail(
+            source,
+            "jsonl.keep_empty",
+            f"expected true or false, got {keep_empty!r}",
+            "write keep_empty: true",
+        )
+    if keep_empty and explode is None:
+        raise _fail(
+            source,
+            "jsonl.keep_empty",
+            "given without explode",
+            "name the list: jsonl: {explode: KEY, keep_empty: true}",
+        )
+    return JsonlOptions(explode=explode, keep_empty=keep_empty)
 
 
 def mapping_from_dict(values: Any, source: str = "<mapping>") -> SourceMapping:

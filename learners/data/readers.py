@@ -35,9 +35,9 @@ from learners.data.schema import QUARANTINE
 
 CSV_BLOCK_BYTES = 8 << 20
 PARQUET_BATCH_ROWS = 1 << 18
-MISSING_WORDS = ("NA", "N/A", "null", "NULL", "None", "nan", "NaN", "\\N")
-"""Texts that exports write for "no value" in an id column (R and pandas' NA, SQL's NULL, MySQL's \\N):
-read as empty."""
+MISSING_WORDS = ("NA", "N/A", "null", "NULL", "None", "nan", "NaN", "\\N", "(not set)")
+"""Texts that exports write for "no value" in an id column (R and pandas' NA, SQL's NULL, MySQL's \\N,
+Google Analytics' (not set)): read as empty."""
 
 # Known extensions -> format; each may also end in .gz.
 EXTENSION_FORMATS = {

@@ -17,6 +17,11 @@ from learners.data.readers import MISSING_WORDS
 FIT_SHARE = 0.95
 """Share of a column's non-empty sampled values that must fit a reading (a timestamp format, numbers)
 for the column to be taken as such: a few stray values do not veto a reading."""
+TIME_WORDS = frozenset(
+    {"time", "timestamp", "date", "datetime", "ts", "created", "when", "stamp", "day", "at", "dt"}
+)
+"""Words of a column name that say it holds times (bare-digit patterns are only tried on such columns;
+such a column is no id)."""
 NUMBER_IN_TEXT = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"
 """A number anywhere in a value (its exponent's e is not a letter of a word)."""
 
@@ -61,8 +66,8 @@ def name_tokens(name: str) -> frozenset[str]:
     return frozenset([*words, "".join(words)])
 
 
-def profile_column(name: str, values: pa.ChunkedArray | pa.Array) -> ColumnProfile:
-    """Counts and shapes of one sampled column."""
+def profile_column(name: str, values: pa.ChunkedArray | pa.Array, words: str | None = None) -> ColumnProfile:
+    """Counts and shapes of one sampled column; its tokens are the words of ``words``, else of its name."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     native = values.type
@@ -77,8 +82,10 @@ def profile_column(name: str, values: pa.ChunkedArray | pa.Array) -> ColumnProfi
     if non_null:
         ints = pc.mean(pc.match_substring_regex(present, INT_TEXT).cast(pa.int8())).as_py()
         numbers = pc.mean(pc.match_substring_regex(present, NUMBER_TEXT).cast(pa.int8())).as_py()
-        # "17850.0" is an id pandas wrote as a float (a column with NaN): only a fraction makes decimals.
-        fraction = pc.match_substring_regex(present, r"\.[0-9]*[1-9]")
+        # "17850.0" is an id pandas wrote as a float (a column with NaN): only a fraction makes
+        # decimals. So is GA's "1234567890.1612345678" (a client id): no price has nine digits before
+        # its point.
+        fraction = pc.match_substring_regex(present, r"^[+-]?[0-9]{0,8}\.[0-9]*[1-9]")
         decimals = bool(pc.any(fraction).as_py()) and numbers > FIT_SHARE
         spaces = bool(pc.any(pc.match_substring(present, " ")).as_py())
         lists = bool(pc.any(pc.match_substring_regex(present, r"^\[.*\]$|^[^|]+(\|[^|]+)+$")).as_py())
@@ -107,5 +114,5 @@ def profile_column(name: str, values: pa.ChunkedArray | pa.Array) -> ColumnProfi
         spaces=spaces,
         lists=lists,
         letters=letters or 0.0,
-        tokens=name_tokens(name),
+        tokens=name_tokens(words or name),
     )

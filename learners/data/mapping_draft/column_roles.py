@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from learners.data.mapping_draft.column_profile import FIT_SHARE, ColumnProfile
+from learners.data.mapping_draft.column_profile import FIT_SHARE, TIME_WORDS, ColumnProfile
 from learners.data.mapping_draft.event_codes import code_counts, event_word
 
 # Canonical field (or "event") -> words of a source column name that name it. Checked in this order;
@@ -64,7 +64,8 @@ values it has (Trivago's step)."""
 
 
 def _id_like(p: ColumnProfile) -> bool:
-    """Values that may be ids: no decimals, spaces, lists or times, not a page address or an amount."""
+    """Values that may be ids: no decimals, spaces, lists or times, not a page address, an amount or
+    a column named as a time (GA4's user_first_touch_timestamp)."""
     return (
         p.non_null > 0
         and not p.decimals
@@ -74,6 +75,7 @@ def _id_like(p: ColumnProfile) -> bool:
         and not p.tokens & ADDRESS_WORDS
         and not p.tokens & AMOUNT_WORDS
         and not p.tokens & COUNTER_WORDS
+        and not p.tokens & TIME_WORDS
     )
 
 
@@ -142,6 +144,8 @@ def assign_roles(
                     worded[p.name] / p.distinct if role == "event" else 0,
                     _name_score(p, role),
                     role == "product_id" and bool(p.tokens & PRODUCT_ID_WORDS),
+                    # A product's category over a device's (GA4's item_category, device.category).
+                    role == "category_id" and bool(p.tokens & ROLE_WORDS["product_id"]),
                     p.non_null,
                     -order[p.name],
                 ),

@@ -17,7 +17,7 @@ from learners.data.canonical import as_text
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft.column_profile import profile_column
 from learners.data.mapping_draft.column_roles import assign_roles
-from learners.data.mapping_draft.event_codes import EventCode, code_counts, event_word
+from learners.data.mapping_draft.event_codes import GA4_DROPS, EventCode, code_counts, event_word
 from learners.data.mapping_draft.sample import Sample, sample_inputs
 from learners.data.mapping_draft.timestamps import TimestampGuess, guess_timestamp
 from learners.data.mapping_draft.yaml_text import render_yaml
@@ -94,7 +94,9 @@ def draft_mapping(inputs: Sequence[Path], config: DraftConfig, out: Path | None 
             f"{': ' + sample.unreadable_example if sample.unreadable_example else ''}); fix: check the files"
         )
     name = config.name or _default_name(inputs, out)
-    profiles = {n: profile_column(n, sample.table.column(n)) for n in sample.table.column_names}
+    profiles = {
+        n: profile_column(n, sample.table.column(n), sample.words.get(n)) for n in sample.table.column_names
+    }
     taken: set[str] = set()
     ts = guess_timestamp(profiles, sample, taken)
     if ts is not None:
@@ -118,7 +120,9 @@ def draft_mapping(inputs: Sequence[Path], config: DraftConfig, out: Path | None 
     }
     codes: list[EventCode] = []
     if roles["event"] is not None:
-        codes = [EventCode(c, n, event_word(c)) for c, n in code_counts(profiles[roles["event"]])]
+        codes = [
+            EventCode(c, n, event_word(c), GA4_DROPS.get(c)) for c, n in code_counts(profiles[roles["event"]])
+        ]
     header_less = sample.csv is not None and not sample.csv.header
     rename: dict[str, str] = {}
     if header_less:

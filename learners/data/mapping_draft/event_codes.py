@@ -3,6 +3,8 @@
 Only names are matched (view/pv/click -> product_view, cart -> add_to_cart, buy/order -> purchase,
 fav -> favorite, ...), in plural or past forms too (OTTO's clicks/carts/orders); a numeric code or an
 unknown word is left for the user, since a wrong guess would silently mislabel every row of that code.
+Google Analytics 4's own event names are known too, and its events that are no shopping act of their
+own (``session_start``, ``scroll``, ...) are proposed for ``drop``, where they are counted.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from learners.data.schema import EVENT_TYPES
 EVENT_WORDS: dict[str, str] = {
     word: event
     for event, words in {
-        "page_view": "page_view pageview page screen_view home landing visit browse",
-        "search": "search searches query find search_query keyword",
+        "page_view": "page_view pageview page screen_view home landing visit browse view_item_list view_cart",
+        "search": "search searches query find search_query keyword view_search_results",
         "product_view": "view views viewed pv click clicks clicked product_view productview view_item"
         " item_view detail detail_view product_detail view_product",
         "favorite": "fav favs favorite favourite favorited add_to_favorites wish wishlist add_to_wishlist"
@@ -34,6 +36,25 @@ EVENT_WORDS: dict[str, str] = {
     for word in words.split()
 }
 assert set(EVENT_WORDS.values()) <= set(EVENT_TYPES)
+GA4_DROPS: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            *("session_start", "first_visit", "first_open", "user_engagement", "scroll", "click"),
+            *("file_download", "form_start", "form_submit", "video_start", "video_progress"),
+            *("video_complete", "app_remove", "os_update"),
+        ],
+        "GA4 logs it by itself: no shopping act",
+    ),
+    **dict.fromkeys(
+        ["view_promotion", "select_promotion"], "a promotion shown or clicked: no product's page of its own"
+    ),
+    "select_item": "the click on a listed product: GA4 logs view_item for the page it opens",
+    **dict.fromkeys(
+        ["add_shipping_info", "add_payment_info"], "a later step of the checkout begin_checkout starts"
+    ),
+    "refund": "a refund, after the visit: no shopping act of the buyer's",
+}
+"""Google Analytics 4 event names proposed for ``event_type.drop``, each with why."""
 INFLECTIONS = ("s", "es", "ed", "d")
 """Endings cut from a word of a code not in ``EVENT_WORDS`` (carts -> cart, added_to_cart -> add_to_cart)."""
 
@@ -46,6 +67,8 @@ class EventCode:
     rows: int
     event: str | None
     """The canonical type the code obviously means, or None (left for the user)."""
+    drop: str | None = None
+    """Why the code is proposed for ``drop`` (``GA4_DROPS``), where it names no type."""
 
 
 def code_counts(p: ColumnProfile) -> list[tuple[str, int]]:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from learners.data.canonical import NUMBER_TEXT
+from learners.data.json_lines import is_key_value_list
 from learners.data.mapping import (
     CsvOptions,
     EventTypeSpec,
@@ -51,10 +52,13 @@ class Sample:
     unreadable_example: str | None = None
     """The first rejected line's file:line and reason."""
     nested: list[str] = field(default_factory=list)
-    """JSON keys holding objects or lists (not usable as columns)."""
-    explode: str | None = None
-    """The JSON key whose list of objects holds the events (``jsonl.explode``); its elements' keys are
-    columns of the sample beside the line's own."""
+    """JSON keys holding values no column reaches (lists of plain values)."""
+    jsonl: JsonlOptions = field(default_factory=JsonlOptions)
+    """How the events nest (``jsonl.explode``: its elements' keys are columns of the sample beside the
+    line's own)."""
+    words: dict[str, str] = field(default_factory=dict)
+    """Column -> the name whose words say what it holds, where that is not the column's own
+    (a parameter of a ``{key, value}`` list)."""
 
 
 def _sniff_format(path: Path) -> str:
@@ -126,12 +130,56 @@ def sniff_csv(path: Path) -> CsvOptions:
     )
 
 
-def _jsonl_keys(path: Path, rows: int) -> tuple[list[str], list[str], str | None]:
-    """Keys of the first JSON objects in first-seen order, the keys holding nested values, and the
-    first key holding a list of objects: the events, one per element, whose keys come first."""
+@dataclass
+class JsonLayout:
+    """What the first JSON objects hold: the columns a mapping can name, and the events' list."""
+
+    names: list[str]
+    """Columns in first-seen order: the event list's keys first, then the line's own keys, then dotted
+    paths into nested objects and ``{key, value}`` lists."""
+    nested: list[str]
+    """Keys whose values no column reaches (lists of plain values, empty objects)."""
+    explode: str | None
+    keep_empty: bool
+    """Some sampled lines have no element in ``explode``'s list: each is still an event."""
+    words: dict[str, str]
+    """A parameter column's key, whose words name it (``event_params.ga_session_id.value.int_value``
+    reads as ``ga_session_id``)."""
+
+
+def _scalar_paths(obj: dict, prefix: str, out: dict[str, None]) -> None:
+    """Dotted paths to the plain values inside nested objects (``device.web_info.browser``)."""
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            _scalar_paths(value, f"{prefix}{key}.", out)
+        elif not isinstance(value, list):
+            out[prefix + key] = None
+
+
+def _parameter_paths(key: str, elements: list[dict], kinds: dict[str, Counter[str]]) -> None:
+    """Count, per parameter of a ``{key, value}`` list, the value kinds it is written in (GA4 writes
+    ``{"string_value": null, "int_value": "1612069510", ...}``)."""
+    for element in elements:
+        value = element["value"]
+        path = f"{key}.{element['key']}.value"
+        counts = kinds.setdefault(path, Counter())
+        if isinstance(value, dict):
+            counts.update(k for k, v in value.items() if v is not None and not isinstance(v, (dict, list)))
+        elif value is not None and not isinstance(value, list):
+            counts[""] += 1
+
+
+def _jsonl_keys(path: Path, rows: int) -> JsonLayout:
+    """The columns of the first JSON objects and the first key holding a list of objects (not a
+    ``{key, value}`` list): the events, one per element, whose keys come first."""
     keys: dict[str, None] = {}
     nested: dict[str, None] = {}
     inner: dict[str, dict[str, None]] = {}
+    paths: dict[str, None] = {}
+    kinds: dict[str, Counter[str]] = {}
+    reached: set[str] = set()
+    lines = 0
+    empty: Counter[str] = Counter()
     magic = _head_bytes(path, 2)
     opener = gzip.open if magic == b"\x1f\x8b" else open
     with opener(path, "rb") as fh:
@@ -142,27 +190,49 @@ def _jsonl_keys(path: Path, rows: int) -> tuple[list[str], list[str], str | None
                 obj = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(obj, dict):
-                for key, value in obj.items():
-                    (nested if isinstance(value, (dict, list)) else keys)[key] = None
-                    if isinstance(value, list) and value and all(isinstance(e, dict) for e in value):
-                        elements = inner.setdefault(key, {})
-                        for element in value:
-                            elements.update(
-                                dict.fromkeys(
-                                    k for k, v in element.items() if not isinstance(v, (dict, list))
-                                )
-                            )
+            if not isinstance(obj, dict):
+                continue
+            lines += 1
+            for key, value in obj.items():
+                if not isinstance(value, (dict, list)):
+                    keys[key] = None
+                    continue
+                nested[key] = None
+                if isinstance(value, dict):
+                    before = len(paths)
+                    _scalar_paths(value, f"{key}.", paths)
+                    if len(paths) > before:
+                        reached.add(key)
+                elif is_key_value_list(value):
+                    _parameter_paths(key, value, kinds)
+                    reached.add(key)
+                elif value and all(isinstance(e, dict) for e in value):
+                    elements = inner.setdefault(key, {})
+                    for element in value:
+                        elements.update(
+                            dict.fromkeys(k for k, v in element.items() if not isinstance(v, (dict, list)))
+                        )
+            for key in inner:
+                empty[key] += not obj.get(key)
     explode = next(iter(inner), None)
-    if explode is None:
-        return [k for k in keys if k not in nested], list(nested), None
-    names = [*inner[explode], *(k for k in keys if k not in nested and k not in inner[explode])]
-    return names, [k for k in nested if k != explode], explode
+    words: dict[str, str] = {}
+    for stem, counts in kinds.items():
+        if counts:
+            kind = counts.most_common(1)[0][0]
+            words[f"{stem}.{kind}" if kind else stem] = stem.split(".")[-2]
+    reached |= {explode} if explode is not None else set()
+    first = [*inner[explode]] if explode is not None else []
+    names = [*first, *(k for k in keys if k not in first), *(p for p in paths if p not in first), *words]
+    return JsonLayout(
+        names,
+        [k for k in nested if k not in reached],
+        explode,
+        explode is not None and empty[explode] > 0,
+        words,
+    )
 
 
-def _probe(
-    names: list[str], fmt: str, csv_options: CsvOptions | None, explode: str | None = None
-) -> SourceMapping:
+def _probe(names: list[str], fmt: str, csv_options: CsvOptions | None, jsonl: JsonlOptions) -> SourceMapping:
     """A mapping that lets the readers read a file whose columns are not known yet."""
     first = FieldSource(column=names[0])
     return SourceMapping(
@@ -172,7 +242,7 @@ def _probe(
         event_type=EventTypeSpec(column=names[0], map={}),
         format=fmt,
         csv=csv_options or CsvOptions(),
-        jsonl=JsonlOptions(explode=explode),
+        jsonl=jsonl,
         source="mapping draft",
     )
 
@@ -188,8 +258,7 @@ def sample_inputs(inputs: Sequence[Path], rows: int) -> Sample:
     first = Path(inputs[0])
     fmt = _sniff_format(first)
     csv_options: CsvOptions | None = None
-    nested: list[str] = []
-    explode: str | None = None
+    layout = JsonLayout([], [], None, False, {})
     if fmt == "csv":
         csv_options = sniff_csv(first)
         if csv_options.header:
@@ -207,10 +276,12 @@ def sample_inputs(inputs: Sequence[Path], rows: int) -> Sample:
                 f"{first}: cannot read the file ({type(err).__name__}: {err}); fix: check that it is a Parquet file"
             ) from None
     else:
-        names, nested, explode = _jsonl_keys(first, rows)
+        layout = _jsonl_keys(first, rows)
+        names = layout.names
     if not names:
         raise ValueError(f"{first}: no columns found in the first rows; fix: check the file's format")
-    probe = _probe(names, fmt, csv_options, explode)
+    jsonl = JsonlOptions(explode=layout.explode, keep_empty=layout.keep_empty)
+    probe = _probe(names, fmt, csv_options, jsonl)
     tables: list[pa.Table] = []
     taken = unreadable = 0
     example: str | None = None
@@ -244,4 +315,4 @@ def sample_inputs(inputs: Sequence[Path], rows: int) -> Sample:
                 if taken >= rows:
                     break
     table = pa.concat_tables(tables) if tables else pa.table({n: pa.array([], pa.string()) for n in names})
-    return Sample(table, fmt, csv_options, used, unreadable, example, nested, explode)
+    return Sample(table, fmt, csv_options, used, unreadable, example, layout.nested, jsonl, layout.words)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from learners.data.canonical import INT_TEXT, ISO_TEXT, UNIX_UNITS, parse_timestamps
 from learners.data.mapping import TimestampSpec
-from learners.data.mapping_draft.column_profile import FIT_SHARE, ColumnProfile
+from learners.data.mapping_draft.column_profile import FIT_SHARE, TIME_WORDS, ColumnProfile
 from learners.data.mapping_draft.sample import Sample
 
 TROUGH_LOCAL_HOUR = 4
@@ -30,10 +30,6 @@ STRAY_DENSITY = 0.01
 """A tail of days is stray when its rows per day are below this share of the bulk's."""
 STRAY_MAX_SHARE = 0.02
 """At most this share of the sampled rows may lie outside a proposed valid range."""
-TIME_WORDS = frozenset(
-    {"time", "timestamp", "date", "datetime", "ts", "created", "when", "stamp", "day", "at", "dt"}
-)
-"""Words of a column name that say it holds times (bare-digit patterns are only tried on such columns)."""
 
 # Timestamp patterns tried on text values, most specific first: (strptime pattern, resolution).
 PATTERNS: tuple[tuple[str, str], ...] = (

@@ -94,11 +94,18 @@ def render_yaml(
         f"name: {_scalar(name)}",
         f"format: {sample.format}",
     ]
-    if sample.explode is not None:
+    explode = sample.jsonl.explode
+    if explode is not None and sample.jsonl.keep_empty:
         out.append(
             _line(
-                f"jsonl: {{explode: {_scalar(sample.explode)}}}",
-                "each line's events are the elements of this list",
+                f"jsonl: {{explode: {_scalar(explode)}, keep_empty: true}}",
+                "a row per element of this list; a line with none is one row",
+            )
+        )
+    elif explode is not None:
+        out.append(
+            _line(
+                f"jsonl: {{explode: {_scalar(explode)}}}", "each line's events are the elements of this list"
             )
         )
     if sample.csv is not None:
@@ -217,7 +224,7 @@ def render_yaml(
         mapped = [c for c in codes if c.event is not None]
         for c in mapped:
             out.append(_line(f"    {_scalar(c.code)}: {c.event}", f"{c.rows:,} rows"))
-        left = [c for c in codes if c.event is None]
+        left = [c for c in codes if c.event is None and c.drop is None]
         for c in left:
             why = (
                 "numeric code: look up its meaning in the source's documentation"
@@ -234,12 +241,18 @@ def render_yaml(
             left.append(EventCode("", empty, None))
         if left:
             todo.append("event_type.map (" + ", ".join(repr(c.code) for c in left) + ")")
-        out.append(
-            _line(
-                "  # drop: []",
-                "codes to leave out on purpose: counted per code in the manifest, not quarantined",
+        dropped = [c for c in codes if c.event is None and c.drop is not None]
+        if dropped:
+            out.append(_line("  drop:", "codes left out on purpose: counted per code in the manifest"))
+            for c in dropped:
+                out.append(_line(f"    - {_scalar(c.code)}", f"{c.rows:,} rows; {c.drop}"))
+        else:
+            out.append(
+                _line(
+                    "  # drop: []",
+                    "codes to leave out on purpose: counted per code in the manifest, not quarantined",
+                )
             )
-        )
     out += _returns_hint(profiles)
     return "\n".join(out) + "\n", todo
 
