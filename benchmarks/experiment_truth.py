@@ -25,6 +25,9 @@ Steps (each skipped when its output is there, so an interrupted run continues):
 4. The truth at the held-out merchants: the generator's visits there under control and treatment
    (paired), per planted type; per persona code, the mixture of the planted types of the held-out
    buyers with that code (P(type | code)), since an experiment reports per code.
+5. Per planted type, the codes' effects read two ways: weighted by P(code | type), which even a
+   simulator true to every code dilutes by the codes' purity, and recovered by least squares through
+   P(type | code), which gives such a simulator every type's own effect.
 
 Printed (Markdown): per system and treatment, the share of (code x metric) cells whose true effect
 lies inside the simulated 95% interval, and the share with the true sign among the cells whose true
@@ -47,6 +50,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import yaml
 
@@ -256,6 +260,55 @@ def per_planted(
     )
 
 
+def per_planted_recovered(
+    cells: pl.DataFrame, mix: pl.DataFrame, per_type: pl.DataFrame, truth_code: pl.DataFrame
+) -> tuple[pl.DataFrame, float]:
+    """The simulated effect per planted type recovered from the codes' by least squares, and the
+    condition number of the mixing matrix.
+
+    A code's effect is its types' effects mixed by P(type | code) (``S``, codes x types), so the types'
+    effects are ``pinv(S) @ codes' effects``, with the codes' errors carried through (different codes
+    are different buyers: independent). Unlike the weighting by P(code | type) of ``per_planted``, a
+    simulator true to every code gets every type's effect back (``perfect``); the price is wider
+    intervals where the types share codes."""
+    planted = sorted(mix["planted"].unique().to_list())
+    codes = sorted(set(cells["type"].to_list()) & set(mix["code"].to_list()))
+    share = {(r["code"], r["planted"]): r["share"] for r in mix.iter_rows(named=True)}
+    mixing = np.array([[share.get((c, t), 0.0) for t in planted] for c in codes])
+    solve = np.linalg.pinv(mixing)
+    rows = []
+    for (treatment, metric), group in cells.group_by("treatment", "metric"):
+        by_code = {r["type"]: r for r in group.iter_rows(named=True)}
+        effect = np.array([by_code[c]["effect"] for c in codes])
+        se = np.array([by_code[c]["se"] for c in codes])
+        true = {
+            r["code"]: r["truth"]
+            for r in truth_code.filter(
+                (pl.col("treatment") == treatment) & (pl.col("metric") == metric)
+            ).iter_rows(named=True)
+        }
+        perfect = solve @ np.array([true[c] for c in codes])
+        for t, value, sd, best in zip(
+            planted, solve @ effect, np.sqrt(solve**2 @ se**2), perfect, strict=True
+        ):
+            rows.append((treatment, t, metric, float(value), float(sd), float(best)))
+    recovered = pl.DataFrame(
+        rows, schema=["treatment", "planted", "metric", "effect", "se", "perfect"], orient="row"
+    )
+    keys = ["treatment", "planted", "metric"]
+    table = recovered.join(per_type.select(*keys, "truth"), on=keys).with_columns(
+        low=pl.col("effect") - 1.96 * pl.col("se"),
+        high=pl.col("effect") + 1.96 * pl.col("se"),
+        mde=2.8 * pl.col("se"),
+        inside=(pl.col("truth") - pl.col("effect")).abs() <= 1.96 * pl.col("se"),
+        # Exact up to rounding: a zero-width interval (the Markov chain's) still holds it.
+        perfect_inside=(pl.col("truth") - pl.col("perfect")).abs() <= 1.96 * pl.col("se") + 1e-9,
+        detectable=pl.col("truth").abs() > 2.8 * pl.col("se"),
+        same_sign=(pl.col("truth") * pl.col("effect")) > 0,
+    )
+    return table, float(np.linalg.cond(mixing))
+
+
 def summary(results: dict[str, pl.DataFrame], unit: str) -> list[str]:
     """Per system and treatment: coverage of the truth, the sign test over the detectable cells and,
     where the cells carry it, the median variance ratio of the paired design to independent arms."""
@@ -393,6 +446,11 @@ def main() -> None:
         for s in args.systems.split(",")
     }
     planted = {system: per_planted(cells, mix, per_type, truth_code) for system, cells in results.items()}
+    solved = {
+        system: per_planted_recovered(cells, mix, per_type, truth_code) for system, cells in results.items()
+    }
+    recovered = {system: table for system, (table, _) in solved.items()}
+    condition = next(iter(solved.values()))[1]
     lines = [
         f"Synthetic log: {args.buyers} buyers, {args.merchants} merchants, seed {args.synth_seed}; held-out merchants "
         f"{', '.join(merchants)}; {args.buyers_per_merchant} simulated buyers per merchant and arm, experiment seed "
@@ -404,6 +462,21 @@ def main() -> None:
         " perfect simulator at these codes has each code's true effect, its types' mixed):",
         "",
         *summary(planted, "planted type"),
+        "",
+        "Per planted type recovered from the codes by least squares (the codes' effects = P(type | code) x the"
+        f" types' effects; condition number of P(type | code) {condition:.1f}): a perfect simulator at these codes"
+        " recovers each type's own effect.",
+        "",
+        *summary(recovered, "planted type"),
+        "",
+        "| system | treatment | planted type | metric | truth | recovered [95%] | MDE |",
+        "|---|---|---|---|---:|---:|---:|",
+        *(
+            f"| {system} | {r['treatment']} | {r['planted']} | {r['metric']} | {r['truth']:+.4f} | "
+            f"{r['effect']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]{'' if r['inside'] else ' ✗'} | {r['mde']:.4f} |"
+            for system, cells in recovered.items()
+            for r in cells.sort("treatment", "planted", "metric").iter_rows(named=True)
+        ),
         "",
         "Buyers whose visit took another path than in the control (same buyer and draws), per planted type:",
         "",
