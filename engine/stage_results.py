@@ -79,8 +79,14 @@ def day_month_lines(manifest: dict[str, Any]) -> list[str]:
 
 
 def one_type_lines(manifest: dict[str, Any]) -> list[str]:
-    """prepare's and inspect's warning for a log of one event type with a product funnel to miss."""
+    """prepare's and inspect's warning for a log of one event type with a product funnel to miss, or
+    with no purchase at all."""
     types = manifest.get("events_by_type", {})
+    if types and "purchase" not in types:
+        return [
+            "  check: no event is a purchase: every buyer type reads 'never converts' and conversion"
+            " cannot be compared; map the log's order or transaction code to purchase if it has one"
+        ]
     if len(types) != 1 or "product_view" in types:
         return []
     (kind,) = types

@@ -16,7 +16,14 @@ import argparse
 from pathlib import Path
 
 from engine.stage_configs import PrepareStage
-from engine.stage_results import MAX_REASONS, code_labels, count_lines, day_month_lines, time_range_lines
+from engine.stage_results import (
+    MAX_REASONS,
+    code_labels,
+    count_lines,
+    day_month_lines,
+    one_type_lines,
+    time_range_lines,
+)
 from learners.config import add_config_args, build_config
 from learners.data.prepare import RowCheck
 from learners.data.schema import event_vocabulary_lines
@@ -60,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser, PrepareStage, skip=("format", "mapping"))
 
 
+RAW_SHOWN = 300
+"""Characters of a quarantined row shown as an example (a JSON line may be a whole visit, 30 kB)."""
+
+
 def check_lines(check: RowCheck) -> list[str]:
     """What `prepare --check` prints: the row accounting prepare would write, with examples."""
     c = check.counts
@@ -69,6 +80,7 @@ def check_lines(check: RowCheck) -> list[str]:
         f"  kept {c['rows_kept']:,} rows",
         *(f"    {n:>10,}  {event}" for event, n in check.kept_by_event_type.items()),
         *time_range_lines(check.time_range),
+        *one_type_lines({"events_by_type": check.kept_by_event_type}),
         *day_month_lines({"day_month_open": check.day_month_open}),
         f"  quarantined {c['rows_quarantined']:,} rows",
     ]
@@ -76,7 +88,8 @@ def check_lines(check: RowCheck) -> list[str]:
         lines.append(f"    {n:>10,}  {reason}")
         for row in check.examples.get(reason, []):
             column = f" column '{row['column']}'" if row["column"] else ""
-            lines.append(f"                e.g. {row['file']}:{row['line']}{column}: {row['raw']}")
+            raw = row["raw"] if len(row["raw"] or "") <= RAW_SHOWN else row["raw"][:RAW_SHOWN] + " ..."
+            lines.append(f"                e.g. {row['file']}:{row['line']}{column}: {raw}")
     if len(check.quarantine_by_reason) > MAX_REASONS:
         rest = list(check.quarantine_by_reason.values())[MAX_REASONS:]
         lines.append(f"    {sum(rest):>10,}  ... {len(rest)} more reasons")

@@ -300,27 +300,35 @@ def _rule_hits(values: pa.Array, rule: DropRule) -> pa.Array:
     return pc.fill_null(pc.is_in(text, value_set=pa.array(rule.values, pa.string())), False)
 
 
-ONE_EVENT_LABEL = "items past the first of one listing, search or checkout event"
-"""How the counts name the rows of an exploded line past its first where the event is about no one
-product: GA4 lists every product a category page showed in one ``view_item_list``, one page view."""
+ONE_EVENT_LABEL = "items past the first of one page, search, product view or checkout event"
+"""How the counts name the rows of an exploded line past its first where the event is about one page:
+GA4 lists every product a category page showed in one ``view_item_list``, one page view."""
+ONE_PAGE_TYPES = ("page_view", "search", "product_view", "checkout")
+"""Event types of one page each: a product page shows one product, a listing many."""
 
 
 def _one_event_repeats(chunk: RawChunk, mapping: SourceMapping) -> np.ndarray:
-    """Rows of an exploded line (``jsonl.explode``) past its first, whose event type is not about one
-    product (a page view, a search, a checkout): they repeat one event once per listed item."""
+    """Rows that repeat the row before them from the same line (``jsonl.explode``), with the same code
+    and time, of an event type of one page (``ONE_PAGE_TYPES``): one event listed once per item. A
+    line's own events (OTTO's, a visit's hits) each have their time, and stay."""
     n = chunk.table.num_rows
     repeats = np.zeros(n, bool)
     if mapping.jsonl.explode is None or n < 2:
         return repeats
     repeats[1:] = chunk.lines[1:] == chunk.lines[:-1]
+    stamps = as_text(chunk.table.column(mapping.fields["ts"].column)).to_numpy(zero_copy_only=False)
+    repeats[1:] &= stamps[1:] == stamps[:-1]
+    spec = mapping.event_type
     if not repeats.any():
         return repeats
-    spec = mapping.event_type
     if spec.column is None:
-        return repeats if spec.constant not in PRODUCT_EVENT_TYPES else np.zeros(n, bool)
-    pageless = [code for code, kind in spec.map.items() if kind not in PRODUCT_EVENT_TYPES]
-    codes = event_codes(chunk.table.column(spec.column), list(spec.map))
-    hits = pc.fill_null(pc.is_in(codes, value_set=pa.array(pageless, pa.string())), False)
+        return repeats if spec.constant in ONE_PAGE_TYPES else np.zeros(n, bool)
+    codes = event_codes(chunk.table.column(spec.column), list(spec.map)).to_numpy(zero_copy_only=False)
+    repeats[1:] &= codes[1:] == codes[:-1]
+    one_page = [code for code, kind in spec.map.items() if kind in ONE_PAGE_TYPES]
+    hits = pc.fill_null(
+        pc.is_in(pa.array(codes, pa.string()), value_set=pa.array(one_page, pa.string())), False
+    )
     return repeats & hits.to_numpy(zero_copy_only=False)
 
 

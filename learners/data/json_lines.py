@@ -239,8 +239,10 @@ def _lookup(objects: tuple[dict[str, Any], ...], column: str) -> object:
         for part in column.split("."):
             if isinstance(value, dict):
                 value = value.get(part)
-            elif isinstance(value, list):  # a {key, value} list: the element of that key
-                value = next((e for e in value if isinstance(e, dict) and e.get("key") == part), None)
+            elif is_key_value_list(value):  # the element of that key
+                value = next((e for e in value if e["key"] == part), None)  # type: ignore[union-attr]
+            elif isinstance(value, list) and value:
+                return value  # a list of events inside the path: the caller names it
             else:
                 value = None
         if value is not None:
@@ -287,11 +289,15 @@ def _parse_json_line(
         for c in columns:
             value = _lookup(objects, c)
             if isinstance(value, (dict, list)):
-                fix = (
-                    f"; name a key inside it ({c}.KEY)"
-                    if isinstance(value, dict)
-                    else "; jsonl: {explode: KEY}"
-                )
+                if isinstance(value, dict):
+                    fix = f"; name a key inside it ({c}.KEY)"
+                elif explode is not None:
+                    fix = (
+                        f"; a list inside '{explode}' (jsonl.explode) is not read: flatten the file to a row"
+                        " per element first (README, Bring your own logs)"
+                    )
+                else:
+                    fix = "; jsonl: {explode: KEY}"
                 return (
                     f"bad JSON: column '{c}' holds a nested {type(value).__name__}, expected a scalar{fix}",
                     c,

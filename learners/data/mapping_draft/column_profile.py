@@ -83,9 +83,8 @@ def profile_column(name: str, values: pa.ChunkedArray | pa.Array, words: str | N
         ints = pc.mean(pc.match_substring_regex(present, INT_TEXT).cast(pa.int8())).as_py()
         numbers = pc.mean(pc.match_substring_regex(present, NUMBER_TEXT).cast(pa.int8())).as_py()
         # "17850.0" is an id pandas wrote as a float (a column with NaN): only a fraction makes
-        # decimals. So is GA's "1234567890.1612345678" (a client id): no price has nine digits before
-        # its point.
-        fraction = pc.match_substring_regex(present, r"^[+-]?[0-9]{0,8}\.[0-9]*[1-9]")
+        # decimals, and a short one: GA's client id "1005694.5834348403" has ten digits after its point.
+        fraction = pc.match_substring_regex(present, r"^[+-]?[0-9]*\.[0-9]{0,5}[1-9]$")
         decimals = bool(pc.any(fraction).as_py()) and numbers > FIT_SHARE
         spaces = bool(pc.any(pc.match_substring(present, " ")).as_py())
         lists = bool(pc.any(pc.match_substring_regex(present, r"^\[.*\]$|^[^|]+(\|[^|]+)+$")).as_py())

@@ -36,7 +36,7 @@ ROLE_WORDS: dict[str, frozenset[str]] = {
         | {"kind", "activity", "interaction", "act"}
     ),
     "price": frozenset({"price", "amount", "cost", "revenue"}),
-    "query": frozenset({"query", "keyword", "keywords", "term", "searchterm", "q"}),
+    "query": frozenset({"query", "keyword", "keywords", "term", "search", "searchterm", "q"}),
 }
 BRAND_WORDS = frozenset({"brand", "brandid"})
 PRODUCT_ID_WORDS = frozenset({"sku", "skuid", "item", "itemid", "article", "articleid", "aid", "asin"})
@@ -57,19 +57,24 @@ category groups several products, while Diginetica's timeframe (a time offset) a
 one value per order."""
 
 
+MIN_CATEGORIES = 3
+"""A category guessed from content has at least this many values: H&M's sales_channel_id (1 or 2) is
+no category of 3,499 products."""
+
+
 ID_WORDS = frozenset({"id", "no", "key"})
 COUNTER_WORDS = frozenset({"step", "position", "pos", "rank", "index", "idx", "seq", "sequence", "line"})
 """Words naming a counter (1, 2, 3 ... within a visit or an order): never an id, however many distinct
 values it has (Trivago's step)."""
 
 
-def _id_like(p: ColumnProfile) -> bool:
-    """Values that may be ids: no decimals, spaces, lists or times, not a page address, an amount or
-    a column named as a time (GA4's user_first_touch_timestamp)."""
+def _id_like(p: ColumnProfile, spaces: bool = False) -> bool:
+    """Values that may be ids: no decimals, spaces (unless ``spaces``), lists or times, not a page
+    address, an amount or a column named as a time (GA4's user_first_touch_timestamp)."""
     return (
         p.non_null > 0
         and not p.decimals
-        and not p.spaces
+        and (spaces or not p.spaces)
         and not p.lists
         and not pa.types.is_timestamp(p.native)
         and not p.tokens & ADDRESS_WORDS
@@ -129,7 +134,10 @@ def assign_roles(
             return p.numbers >= FIT_SHARE
         if role == "query":
             return p.letters >= QUERY_TEXT_SHARE
-        return _id_like(p) and p.name not in codes
+        if role == "category_id":  # names of categories have spaces ("Home/Apparel/Men's / Unisex/")
+            return _id_like(p, spaces=True) and p.name not in codes
+        # One value in every sampled row is no buyer, product or visit (GA4's user_ltv.currency).
+        return _id_like(p) and p.name not in codes and (p.distinct > 1 or role == "merchant_id")
 
     for role in ROLE_WORDS:
         candidates = [p for p in free() if _name_score(p, role) and fits(p, role)]
@@ -144,8 +152,10 @@ def assign_roles(
                     worded[p.name] / p.distinct if role == "event" else 0,
                     _name_score(p, role),
                     role == "product_id" and bool(p.tokens & PRODUCT_ID_WORDS),
-                    # A product's category over a device's (GA4's item_category, device.category).
+                    # A product's category over a device's (GA4's item_category, device.category),
+                    # a search's term over a campaign's (search_term, term).
                     role == "category_id" and bool(p.tokens & ROLE_WORDS["product_id"]),
+                    role == "query" and "search" in p.tokens,
                     p.non_null,
                     -order[p.name],
                 ),
@@ -206,7 +216,7 @@ def assign_roles(
         notes["product_id"] = CONTENT_NOTE + f"; the most distinct values ({chosen.distinct:,})"
     if roles["category_id"] is None and roles["product_id"] is not None and ids:
         product = profiles[roles["product_id"]]
-        fewer = [p for p in ids if p.distinct <= CATEGORY_SHARE * product.distinct]
+        fewer = [p for p in ids if MIN_CATEGORIES <= p.distinct <= CATEGORY_SHARE * product.distinct]
         if fewer:
             chosen = max(fewer, key=lambda p: (p.distinct, -order[p.name]))
             roles["category_id"] = chosen.name

@@ -138,7 +138,8 @@ class JsonLayout:
     """Columns in first-seen order: the event list's keys first, then the line's own keys, then dotted
     paths into nested objects and ``{key, value}`` lists."""
     nested: list[str]
-    """Keys whose values no column reaches (lists of plain values, empty objects)."""
+    """Keys whose values no column reaches (lists of plain values, empty objects, and lists inside the
+    events' elements: Universal Analytics' ``hits[].product``)."""
     explode: str | None
     keep_empty: bool
     """Some sampled lines have no element in ``explode``'s list: each is still an event."""
@@ -170,11 +171,12 @@ def _parameter_paths(key: str, elements: list[dict], kinds: dict[str, Counter[st
 
 
 def _jsonl_keys(path: Path, rows: int) -> JsonLayout:
-    """The columns of the first JSON objects and the first key holding a list of objects (not a
-    ``{key, value}`` list): the events, one per element, whose keys come first."""
+    """The columns of the first JSON objects and the key holding the events' list of objects (not a
+    ``{key, value}`` list): one event per element, whose keys come first."""
     keys: dict[str, None] = {}
     nested: dict[str, None] = {}
     inner: dict[str, dict[str, None]] = {}
+    inner_lists: dict[str, dict[str, None]] = {}
     paths: dict[str, None] = {}
     kinds: dict[str, Counter[str]] = {}
     reached: set[str] = set()
@@ -208,13 +210,19 @@ def _jsonl_keys(path: Path, rows: int) -> JsonLayout:
                     reached.add(key)
                 elif value and all(isinstance(e, dict) for e in value):
                     elements = inner.setdefault(key, {})
+                    lists = inner_lists.setdefault(key, {})
                     for element in value:
                         elements.update(
                             dict.fromkeys(k for k, v in element.items() if not isinstance(v, (dict, list)))
                         )
+                        lists.update(
+                            dict.fromkeys(k for k, v in element.items() if isinstance(v, list) and v)
+                        )
             for key in inner:
                 empty[key] += not obj.get(key)
-    explode = next(iter(inner), None)
+    # The events' list is the one whose objects carry the most plain values (UA's hits over its
+    # customDimensions of {index, value}).
+    explode = max(inner, key=lambda k: len(inner[k]), default=None)
     words: dict[str, str] = {}
     for stem, counts in kinds.items():
         if counts:
@@ -222,10 +230,13 @@ def _jsonl_keys(path: Path, rows: int) -> JsonLayout:
             words[f"{stem}.{kind}" if kind else stem] = stem.split(".")[-2]
     reached |= {explode} if explode is not None else set()
     first = [*inner[explode]] if explode is not None else []
-    names = [*first, *(k for k in keys if k not in first), *(p for p in paths if p not in first), *words]
+    # A key null on some lines and nested on others is nested (GA4's ecommerce).
+    plain = [k for k in keys if k not in first and k not in nested]
+    deeper = [f"{explode}[].{k}" for k in inner_lists.get(explode, {})] if explode is not None else []
+    names = [*first, *plain, *(p for p in paths if p not in first), *words]
     return JsonLayout(
         names,
-        [k for k in nested if k not in reached],
+        [k for k in nested if k not in reached] + deeper,
         explode,
         explode is not None and empty[explode] > 0,
         words,

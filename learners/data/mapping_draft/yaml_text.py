@@ -160,6 +160,11 @@ def render_yaml(
         out.append(f"  # not used: {', '.join(col(c) for c in unused)}")
     if sample.nested:
         out.append(f"  # not usable (nested JSON values): {', '.join(sample.nested)}")
+    if any("[]." in key for key in sample.nested):
+        out.append(
+            "  # a list inside the events' list is not read: to use it, flatten the file to a row per its"
+            " element first (README, Bring your own logs)"
+        )
 
     out.append("timestamp:")
     if ts is None:
@@ -205,16 +210,17 @@ def render_yaml(
     if event is None:
         out.append(_line("  column:", "TODO: the column of the event code (view, cart, order, ...)"))
         out.append("  map:")
-        ordered = [p.name for p in profiles.values() if p.tokens & ORDER_WORDS]
-        ordered += [f.name for f in sample.files if name_tokens(f.stem) & ORDER_WORDS]
+        # A file's name says more than a column's (H&M's transactions_train.csv, sales_channel_id).
+        ordered = [f.name for f in sample.files if name_tokens(f.stem) & ORDER_WORDS]
+        ordered += [p.name for p in profiles.values() if p.tokens & ORDER_WORDS]
         if ordered:
-            constant, why = "purchase", f"{ordered[0]!r} reads as orders: a log of purchases only"
+            constant, why = "purchase", f"{ordered[0]!r} reads as orders: a log of purchases only?"
         else:
-            constant, why = "product_view", "a log of one event type (views only)"
+            constant, why = "product_view", "a log of one event type (views only)?"
         out.append(
             _line(
                 f"  # constant: {constant}",
-                f"{why} has no such column: use this instead of column and map",
+                f"{why} Then use this line instead of column and map",
             )
         )
         todo.append("event_type (column and map, or constant for a log of one event type)")

@@ -1,4 +1,5 @@
-"""A Google Analytics 4 BigQuery export, as JSON lines: parameters in key/value lists, items nested."""
+"""Google Analytics exports as JSON lines: GA4's (parameters in key/value lists, items nested) and
+Universal Analytics' older ga_sessions (a visit per line, hits nested, products nested in hits)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
+from engine.commands.prepare import RAW_SHOWN, check_lines
 from learners.data.adapters import MappingAdapter
 from learners.data.canonical import ONE_EVENT_LABEL
 from learners.data.mapping import mapping_from_dict
@@ -58,7 +60,8 @@ def ga4_export(path: Path, users: int = 40, seed: int = 0) -> dict[str, int]:
             ("page_view", [_param("page_location", "https://shop.googlemerchandisestore.com/")], []),
             ("view_item_list", [], [_item(p, 16.0 + i) for i, p in enumerate(products)]),
             ("select_item", [], [_item(viewed, 18.0)]),
-            ("view_item", [], [_item(viewed, 18.0)]),
+            # The obfuscated sample's view_item lists related products beside the one viewed.
+            ("view_item", [_param("term", "(none)")], [_item(viewed, 18.0), _item(products[1], 17.0)]),
             ("view_promotion", [], [_item("(not set)", 0.0)]),
             ("scroll", [_param("percent_scrolled", 90)], []),
             ("view_search_results", [_param("search_term", "water bottle")], []),
@@ -88,7 +91,7 @@ def ga4_export(path: Path, users: int = 40, seed: int = 0) -> dict[str, int]:
                 "event_value_in_usd": None,
                 "event_bundle_sequence_id": str(int(rng.integers(10**9))),
                 "user_id": None,
-                "user_pseudo_id": f"{1_000_000_007 + u * 7919}.{1609459200 + u}",
+                "user_pseudo_id": f"{1_005_694 + u * 7919}.{5_834_348_403 + u}",
                 "privacy_info": {
                     "analytics_storage": None,
                     "ads_storage": None,
@@ -105,7 +108,9 @@ def ga4_export(path: Path, users: int = 40, seed: int = 0) -> dict[str, int]:
                 "traffic_source": {"name": "(direct)", "medium": "(none)", "source": "(direct)"},
                 "stream_id": "2100450278",
                 "platform": "WEB",
-                "ecommerce": {"transaction_id": f"T{u}" if name == "purchase" else "(not set)"},
+                "user_ltv": {"revenue": None, "currency": "USD"},
+                # Null on most events, an object on a purchase: a nested key all the same.
+                "ecommerce": {"transaction_id": f"T{u}"} if name == "purchase" else None,
                 "items": items,
             }
             lines.append(json.dumps(row))
@@ -122,8 +127,8 @@ def test_the_shipped_mapping_reads_a_ga4_export(tmp_path: Path) -> None:
     kinds = dict(
         zip(*np.unique(events["event_type"].to_numpy(zero_copy_only=False), return_counts=True), strict=True)
     )
-    # A listing of four items is one page view; a checkout of two items one checkout; a purchase of
-    # two products two purchases.
+    # A listing of four items is one page view, a product page listing another product one product
+    # view, a checkout of two items one checkout; a purchase of two products two purchases.
     assert kinds == {
         "page_view": counts["page_view"] + counts["view_item_list"],
         "search": counts["view_search_results"],
@@ -134,7 +139,7 @@ def test_the_shipped_mapping_reads_a_ga4_export(tmp_path: Path) -> None:
     }
     searches = events.filter(pc.equal(events["event_type"], "search"))
     assert set(searches["query"].to_pylist()) == {"water bottle"}
-    first = events.filter(pc.equal(events["buyer_id"], "1000000007.1609459200"))
+    first = events.filter(pc.equal(events["buyer_id"], "1005694.5834348403"))
     assert set(first["session_id"].to_pylist()) == {"1609459200"}
     bought = events.filter(pc.equal(events["event_type"], "purchase"))
     assert bought["price"].to_pylist()[:2] == [18.0, 16.0]
@@ -143,7 +148,8 @@ def test_the_shipped_mapping_reads_a_ga4_export(tmp_path: Path) -> None:
     assert pages["product_id"].null_count == pages.num_rows
     check = check_rows([path], adapter)
     by_code = check.rows_dropped_by_code
-    assert by_code.pop(ONE_EVENT_LABEL) == 3 * counts["view_item_list"] + counts["begin_checkout"]
+    repeats = 3 * counts["view_item_list"] + counts["view_item"] + counts["begin_checkout"]
+    assert by_code.pop(ONE_EVENT_LABEL) == repeats
     assert by_code == {
         c: counts[c] for c in ("first_visit", "scroll", "select_item", "session_start", "view_promotion")
     }
@@ -220,3 +226,56 @@ def test_the_draft_reads_a_ga4_export(tmp_path: Path) -> None:
 def test_keep_empty_is_checked(jsonl: dict, message: str) -> None:
     with pytest.raises(ValueError, match=f"jsonl.keep_empty': {message}"):
         mapping_from_dict(dict(GA4, jsonl=jsonl), "ga4.yaml")
+
+
+def ua_sessions(path: Path, visits: int = 30) -> None:
+    """Universal Analytics' ga_sessions export: a visit per line, its hits listed, each hit's products
+    listed, a hit's time in milliseconds after the visit's start."""
+    lines = []
+    for v in range(visits):
+        hits = [
+            {"hitNumber": str(h + 1), "time": str(h * 9_000), "type": "PAGE", "page": {"pagePath": f"/p{h}"}}
+            | {"eCommerceAction": {"action_type": "2" if h else "0"}}
+            | {"product": [{"productSKU": f"GGOE{h}{v}", "productPrice": "16990000"}] if h else []}
+            for h in range(4)
+        ]
+        visit = {"visitorId": None, "visitNumber": "1", "visitId": str(1_501_000_000 + v)}
+        visit |= {"visitStartTime": str(1_501_000_000 + v * 600), "fullVisitorId": str(7_000_000_000 + v)}
+        lines.append(
+            json.dumps(visit | {"customDimensions": [{"index": "4", "value": "EMEA"}], "hits": hits})
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_visit_per_line_explodes_its_hits_and_names_the_list_inside_them(tmp_path: Path) -> None:
+    path = tmp_path / "ga_sessions_20170801.json"
+    ua_sessions(path)
+    draft = draft_mapping([path], DraftConfig(rows=500), tmp_path / "ua.yaml")
+    values = yaml.safe_load(draft.text)
+    assert values["jsonl"] == {"explode": "hits"}  # not customDimensions, whose objects hold less
+    assert "hits[].product" in draft.text and "flatten the file" in draft.text
+    # Read as they are, a hit's products are a list inside the exploded list: quarantined with the fix.
+    mapping = {
+        "format": "jsonl",
+        "jsonl": {"explode": "hits"},
+        "fields": {"merchant_id": {"constant": "gms"}, "buyer_id": "fullVisitorId", "ts": "time"}
+        | {"session_id": "visitId", "product_id": "product.productSKU"},
+        "timestamp": {"format": "unix_ms"},
+        "event_type": {
+            "column": "eCommerceAction.action_type",
+            "map": {"0": "page_view", "2": "product_view"},
+        },
+    }
+    adapter = MappingAdapter(mapping_from_dict(mapping, "ua.yaml"))
+    events, quarantine, _ = collect(adapter, [path])
+    reason = quarantine["reason"][0].as_py()
+    assert "a list inside 'hits' (jsonl.explode) is not read: flatten the file" in reason
+    shown = check_lines(check_rows([path], adapter))  # a whole visit's line is cut short
+    examples = [line for line in shown if "e.g. " in line]
+    raws = [line.split("': ", 1)[1] for line in examples]
+    assert raws and all(len(raw) == RAW_SHOWN + 4 and raw.endswith(" ...") for raw in raws)
+    # A visit's hits are its own events, each at its time: none is taken for a repeat of another.
+    del mapping["fields"]["product_id"]
+    mapping["event_type"] = {"constant": "page_view"}
+    events, quarantine, _ = collect(MappingAdapter(mapping_from_dict(mapping, "ua.yaml")), [path])
+    assert quarantine.num_rows == 0 and events.num_rows == 4 * 30

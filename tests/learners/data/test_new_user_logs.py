@@ -257,7 +257,9 @@ def test_a_purchases_only_log_is_flagged_by_prepare_and_evaluate(tmp_path: Path)
     assert manifest["events_by_type"] == {"purchase": 3}
     (line,) = one_type_lines(manifest)
     assert "every event is a purchase" in line
-    assert one_type_lines({"events_by_type": {"product_view": 5}}) == []
+    assert one_type_lines({"events_by_type": {"product_view": 5, "purchase": 1}}) == []
+    (line,) = one_type_lines({"events_by_type": {"product_view": 5, "add_to_cart": 2}})
+    assert "no event is a purchase" in line
     assert one_type_lines({"events_by_type": {"product_view": 5, "purchase": 1}}) == []
     (check,) = one_kind_checks({"purchase"})
     assert "one kind of action (purchase)" in check and "cannot tell systems apart" in check
@@ -326,3 +328,21 @@ def test_a_date_past_2100_in_text_is_a_stray_value_not_a_unit(tmp_path: Path) ->
     assert check.counts["rows_kept"] == 1
     (reason,) = check.quarantine_by_reason
     assert reason.endswith("read as an ISO 8601 date/datetime; a stray value?")
+
+
+def test_a_transactions_file_reads_as_orders_and_a_sales_channel_is_no_category(tmp_path: Path) -> None:
+    """H&M's transactions_train.csv: purchases only, daily, with a sales channel of 1 or 2."""
+    rng = np.random.default_rng(0)
+    rows = ["t_dat,customer_id,article_id,price,sales_channel_id"]
+    for i in range(400):
+        customer = f"{int(rng.integers(60)):064x}"
+        rows.append(
+            f"2018-09-{20 + i % 9:02d},{customer},0{663713001 + int(rng.integers(300)) * 1000},"
+            f"{rng.choice([0.0508, 0.0305, 0.0169, 0.0338])},{int(rng.integers(1, 3))}"
+        )
+    path = tmp_path / "transactions_train.csv"
+    path.write_text("\n".join(rows) + "\n")
+    draft = draft_mapping([path], DraftConfig(rows=1_000), tmp_path / "hm.yaml")
+    assert draft.fields["category_id"] is None
+    assert draft.fields["buyer_id"] == "customer_id" and draft.fields["product_id"] == "article_id"
+    assert "# constant: purchase" in draft.text and "'transactions_train.csv' reads as orders" in draft.text
