@@ -36,7 +36,7 @@ ROLE_WORDS: dict[str, frozenset[str]] = {
         | {"kind", "activity", "interaction", "act"}
     ),
     "price": frozenset({"price", "amount", "cost", "revenue"}),
-    "query": frozenset({"query", "keyword", "keywords", "term", "search", "searchterm", "q"}),
+    "query": frozenset({"query", "keyword", "keywords", "term", "searchterm", "q"}),
 }
 BRAND_WORDS = frozenset({"brand", "brandid"})
 PRODUCT_ID_WORDS = frozenset({"sku", "skuid", "item", "itemid", "article", "articleid", "aid", "asin"})
@@ -93,8 +93,9 @@ def _name_score(p: ColumnProfile, role: str) -> int:
     with an id word among others (``order_item_id``); 1: it says the role; 0: it does not."""
     if not p.tokens & ROLE_WORDS[role]:
         return 0
-    words = p.tokens - {max(p.tokens, key=len)} if len(p.tokens) > 1 else p.tokens
-    if words <= ROLE_WORDS[role] | ID_WORDS:
+    squashed = max(p.tokens, key=len)
+    words = p.tokens - {squashed} if len(p.tokens) > 1 else p.tokens
+    if words <= ROLE_WORDS[role] | ID_WORDS or squashed in ROLE_WORDS[role]:
         return 3
     return 2 if p.tokens & ID_WORDS else 1
 
@@ -106,6 +107,10 @@ def _event_words(p: ColumnProfile, max_codes: int) -> int:
     return sum(event_word(c) is not None for c, _ in code_counts(p))
 
 
+DEVICE_ID_WORDS = frozenset(
+    {"anonymous", "anonymousid", "pseudo", "cookie", "cookieid", "deviceid", "clientid"}
+)
+"""Words naming the id of a browser or device, the buyer of a log whose user id is mostly empty."""
 EMPTY_NOTED = 0.05
 """A buyer column empty in this share of sampled rows gets a note."""
 ANONYMOUS_SHARE = 0.5
@@ -155,7 +160,7 @@ def assign_roles(
                     # A product's category over a device's (GA4's item_category, device.category),
                     # a search's term over a campaign's (search_term, term).
                     role == "category_id" and bool(p.tokens & ROLE_WORDS["product_id"]),
-                    role == "query" and "search" in p.tokens,
+                    len(p.tokens & ROLE_WORDS["query"]) if role == "query" else 0,
                     p.non_null,
                     -order[p.name],
                 ),
@@ -231,16 +236,17 @@ def assign_roles(
             roles["price"] = prices[0].name
             taken.add(prices[0].name)
             notes["price"] = CONTENT_NOTE + "; decimal numbers"
-    _anonymous_buyers(profiles, roles, notes)
+    _anonymous_buyers(profiles, roles, notes, taken)
     return roles, notes
 
 
 def _anonymous_buyers(
-    profiles: dict[str, ColumnProfile], roles: dict[str, str | None], notes: dict[str, str]
+    profiles: dict[str, ColumnProfile], roles: dict[str, str | None], notes: dict[str, str], taken: set[str]
 ) -> None:
     """A buyer column empty in many rows (anonymous visits, as in Diginetica's userId) would get those
-    rows quarantined: past ``ANONYMOUS_SHARE`` the session column plays the buyer, else a note says so.
-    Missing-value tokens (``NA``, ``null``, ...) count as empty."""
+    rows quarantined: past ``ANONYMOUS_SHARE`` a full column of the browser's id (Segment's
+    anonymousId) or else the session column plays the buyer; below it a note says so. Missing-value
+    tokens (``NA``, ``null``, ...) count as empty."""
     buyer, session = roles["buyer_id"], roles["session_id"]
     if buyer is None or buyer == session:
         return
@@ -249,6 +255,24 @@ def _anonymous_buyers(
     if empty < EMPTY_NOTED:
         return
     blank = "empty" + "".join(f" or {token}" for token in p.missing_seen)
+    browsers = [
+        q
+        for q in profiles.values()
+        if q.name not in taken
+        and q.tokens & DEVICE_ID_WORDS
+        and _id_like(q)
+        and q.distinct > 1
+        and q.non_null >= (1.0 - EMPTY_NOTED) * len(q.texts)
+    ]
+    if browsers and empty >= ANONYMOUS_SHARE:
+        roles["buyer_id"] = browsers[0].name
+        taken.add(browsers[0].name)
+        taken.discard(buyer)
+        notes["buyer_id"] = (
+            f"{buyer!r} is {blank} in {empty:.0%} of sampled rows (signed-out visits): the browser's id"
+            f" plays the buyer; write buyer_id: {buyer} to keep only signed-in users"
+        )
+        return
     if session is not None and empty >= ANONYMOUS_SHARE:
         roles["buyer_id"] = session
         notes["buyer_id"] = (

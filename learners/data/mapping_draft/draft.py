@@ -17,7 +17,7 @@ from learners.data.canonical import as_text
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft.column_profile import profile_column
 from learners.data.mapping_draft.column_roles import assign_roles
-from learners.data.mapping_draft.event_codes import GA4_DROPS, EventCode, code_counts, event_word
+from learners.data.mapping_draft.event_codes import EventCode, code_counts, drop_word, event_word
 from learners.data.mapping_draft.sample import Sample, sample_inputs
 from learners.data.mapping_draft.timestamps import TimestampGuess, guess_timestamp
 from learners.data.mapping_draft.yaml_text import render_yaml
@@ -121,7 +121,7 @@ def draft_mapping(inputs: Sequence[Path], config: DraftConfig, out: Path | None 
     codes: list[EventCode] = []
     if roles["event"] is not None:
         codes = [
-            EventCode(c, n, event_word(c), GA4_DROPS.get(c)) for c, n in code_counts(profiles[roles["event"]])
+            EventCode(c, n, event_word(c), drop_word(c)) for c, n in code_counts(profiles[roles["event"]])
         ]
     header_less = sample.csv is not None and not sample.csv.header
     rename: dict[str, str] = {}

@@ -346,3 +346,33 @@ def test_a_transactions_file_reads_as_orders_and_a_sales_channel_is_no_category(
     assert draft.fields["category_id"] is None
     assert draft.fields["buyer_id"] == "customer_id" and draft.fields["product_id"] == "article_id"
     assert "# constant: purchase" in draft.text and "'transactions_train.csv' reads as orders" in draft.text
+
+
+def test_segment_event_names_and_a_browser_id_for_signed_out_buyers(tmp_path: Path) -> None:
+    """A Segment warehouse's tracks: "Order Completed" and the like, user_id only for signed-in buyers."""
+    rng = np.random.default_rng(1)
+    names = ["Product Viewed", "Product Viewed", "Product Added", "Checkout Started", "Order Completed"]
+    names += ["Product Clicked", "Coupon Applied", "Products Searched"]
+    rows = ["anonymous_id,user_id,event,timestamp,product_id,price"]
+    for i in range(600):
+        browser = int(rng.integers(80))
+        signed_in = f"u{browser}" if browser < 20 else ""
+        name = names[int(rng.integers(len(names)))]
+        product = "" if name in ("Products Searched", "Coupon Applied") else f"sku-{int(rng.integers(50))}"
+        stamp = f"2021-03-01T{10 + i // 60:02d}:{i % 60:02d}:00.000Z"
+        rows.append(f"a3f{browser:05d}e9,{signed_in},{name},{stamp},{product},{19.99 if product else ''}")
+    path = tmp_path / "tracks.csv"
+    path.write_text("\n".join(rows) + "\n")
+    draft = draft_mapping([path], DraftConfig(rows=1_000), tmp_path / "shop.yaml")
+    assert draft.fields["buyer_id"] == "anonymous_id" and "signed-out visits" in draft.notes["buyer_id"]
+    values = yaml.safe_load(draft.text)
+    assert values["event_type"]["map"] == {
+        "Product Viewed": "product_view",
+        "Product Added": "add_to_cart",
+        "Checkout Started": "checkout",
+        "Order Completed": "purchase",
+        "Products Searched": "search",
+    }
+    assert set(values["event_type"]["drop"]) == {"Product Clicked", "Coupon Applied"}
+    check = check_rows([path], MappingAdapter(mapping_from_dict(values, "shop.yaml")))
+    assert check.counts["rows_quarantined"] == 0
