@@ -17,14 +17,17 @@ from learners.data.mapping_draft.event_codes import code_counts, event_word
 # Canonical field (or "event") -> words of a source column name that name it. Checked in this order;
 # a column goes to the first role it fits.
 ROLE_WORDS: dict[str, frozenset[str]] = {
-    "session_id": frozenset({"session", "sessionid", "sid", "invoice", "invoiceno", "invoiceid"}),
+    "session_id": frozenset(
+        {"session", "sessionid", "sid", "invoice", "invoiceno", "invoiceid", "basket", "basketid", "orderid"}
+    ),
     "merchant_id": frozenset(
         {"seller", "sellerid", "merchant", "merchantid", "shop", "shopid", "store", "storeid", "vendor"}
         | {"vendorid", "retailer", "storefront"}
     ),
     "buyer_id": frozenset(
         {"user", "userid", "uid", "customer", "customerid", "buyer", "buyerid", "client", "clientid"}
-        | {"visitor", "visitorid", "member", "memberid", "shopper", "account", "accountid"}
+        | {"visitor", "visitorid", "member", "memberid", "shopper", "account", "accountid", "email"}
+        | {"mail", "distinct", "distinctid", "household", "householdkey"}
     ),
     "product_id": frozenset(
         {"item", "itemid", "product", "productid", "sku", "skuid", "goods", "article", "asin", "offer", "aid"}
@@ -57,12 +60,24 @@ category groups several products, while Diginetica's timeframe (a time offset) a
 one value per order."""
 
 
+PLACE_WORDS = frozenset(
+    {"zip", "zipcode", "postal", "postcode", "province", "city", "country", "state", "region", "address"}
+    | {"street", "phone", "billing", "shipping", "geo", "location", "latitude", "longitude"}
+)
+"""Words naming a place or an address: never a product or category guessed from the values."""
+STATUS_WORDS = frozenset({"status", "state", "source", "channel", "method", "medium", "gateway", "type"})
+"""Words naming an order's or a visit's status or channel: never a product or category guessed from
+the values."""
+MIN_BUYERS_GUESSED = 20
+"""A buyer column guessed from content has at least this many values (or a tenth of the rows)."""
 MIN_CATEGORIES = 3
 """A category guessed from content has at least this many values: H&M's sales_channel_id (1 or 2) is
 no category of 3,499 products."""
 
 
 ID_WORDS = frozenset({"id", "no", "key"})
+EVENT_ID_WORDS = frozenset({"insert", "insertid", "uuid", "guid", "messageid", "eventid", "requestid"})
+"""Words naming one event's own id, unique per row: never a buyer, product or category."""
 COUNTER_WORDS = frozenset({"step", "position", "pos", "rank", "index", "idx", "seq", "sequence", "line"})
 """Words naming a counter (1, 2, 3 ... within a visit or an order): never an id, however many distinct
 values it has (Trivago's step)."""
@@ -70,9 +85,11 @@ values it has (Trivago's step)."""
 
 def _id_like(p: ColumnProfile, spaces: bool = False) -> bool:
     """Values that may be ids: no decimals, spaces (unless ``spaces``), lists or times, not a page
-    address, an amount or a column named as a time (GA4's user_first_touch_timestamp)."""
+    address, an amount, a column named as a time (GA4's user_first_touch_timestamp) nor one event's
+    own id (Amplitude's $insert_id)."""
     return (
         p.non_null > 0
+        and not p.tokens & EVENT_ID_WORDS
         and not p.decimals
         and (spaces or not p.spaces)
         and not p.lists
@@ -82,6 +99,14 @@ def _id_like(p: ColumnProfile, spaces: bool = False) -> bool:
         and not p.tokens & COUNTER_WORDS
         and not p.tokens & TIME_WORDS
     )
+
+
+def _says_other(p: ColumnProfile) -> bool:
+    """A name that says the column is something a product or category guessed from values is not: a
+    place (Shopify's Billing Zip), a status or channel (WooCommerce's Status, H&M's sales channel), a
+    device or browser, or an analytics tool's own property (Mixpanel's $device_id, $brand)."""
+    other = PLACE_WORDS | STATUS_WORDS | DEVICE_ID_WORDS | {"device", "browser", "os"}
+    return bool(p.tokens & other) or "$" in p.name
 
 
 def _event_ok(p: ColumnProfile, max_codes: int) -> bool:
@@ -133,8 +158,8 @@ def assign_roles(
         return [p for n, p in profiles.items() if n not in taken]
 
     def fits(p: ColumnProfile, role: str) -> bool:
-        if role == "event":  # named so: few distinct values suffice
-            return 0 < p.distinct <= max_codes
+        if role == "event":  # named so: few distinct values suffice, unless it is an id (event_id)
+            return 0 < p.distinct <= max_codes and not p.tokens & ID_WORDS
         if role == "price":
             return p.numbers >= FIT_SHARE
         if role == "query":
@@ -161,6 +186,8 @@ def assign_roles(
                     # a search's term over a campaign's (search_term, term).
                     role == "category_id" and bool(p.tokens & ROLE_WORDS["product_id"]),
                     len(p.tokens & ROLE_WORDS["query"]) if role == "query" else 0,
+                    # A session named so over an order or basket (Diginetica's sessionId, ordernumber).
+                    role == "session_id" and bool(p.tokens & {"session", "sessionid"}),
                     p.non_null,
                     -order[p.name],
                 ),
@@ -168,7 +195,8 @@ def assign_roles(
             roles[role] = chosen.name
             taken.add(chosen.name)
     if roles["merchant_id"] is None and roles["product_id"] is None:
-        brands = [p for p in free() if p.tokens & BRAND_WORDS and _id_like(p)]
+        # Mixpanel's $brand is the phone's: no storefront.
+        brands = [p for p in free() if p.tokens & BRAND_WORDS and _id_like(p) and "$" not in p.name]
         if brands:
             roles["merchant_id"] = brands[0].name
             taken.add(brands[0].name)
@@ -192,14 +220,16 @@ def assign_roles(
             roles["event"] = chosen.name
             taken.add(chosen.name)
             notes["event"] = CONTENT_NOTE + "; the column with few distinct values"
-    ids = [p for p in free() if _id_like(p) and p.name not in codes and p.distinct > 1]
+    ids = [p for p in free() if _id_like(p) and p.name not in codes and p.distinct > 1 and not _says_other(p)]
     session = profiles[roles["session_id"]] if roles["session_id"] is not None else None
     # A buyer has one session or more: a column with more distinct values than the sessions is no
     # buyer, however often rows repeat it (OTTO's aid, clicked then carted).
     buyers = [p for p in ids if session is None or p.distinct <= session.distinct]
     if roles["buyer_id"] is None and buyers:
-        chosen = max(buyers, key=lambda p: (p.run_share, -order[p.name]))
-        if chosen.run_share >= 0.2:
+        # A handful of values is a status, not buyers (Shopify's Lineitem fulfillment status).
+        buyers = [p for p in buyers if p.distinct >= min(MIN_BUYERS_GUESSED, 0.1 * p.non_null)]
+        chosen = max(buyers, key=lambda p: (p.run_share, -order[p.name]), default=None)
+        if chosen is not None and chosen.run_share >= 0.2:
             roles["buyer_id"] = chosen.name
             taken.add(chosen.name)
             ids.remove(chosen)
@@ -231,7 +261,7 @@ def assign_roles(
                 f" ({product.distinct:,})"
             )
     if roles["price"] is None:
-        prices = [p for p in free() if p.decimals and p.numbers >= FIT_SHARE]
+        prices = [p for p in free() if p.decimals and p.numbers >= FIT_SHARE and "$" not in p.name]
         if prices:
             roles["price"] = prices[0].name
             taken.add(prices[0].name)
@@ -244,9 +274,9 @@ def _anonymous_buyers(
     profiles: dict[str, ColumnProfile], roles: dict[str, str | None], notes: dict[str, str], taken: set[str]
 ) -> None:
     """A buyer column empty in many rows (anonymous visits, as in Diginetica's userId) would get those
-    rows quarantined: past ``ANONYMOUS_SHARE`` a full column of the browser's id (Segment's
-    anonymousId) or else the session column plays the buyer; below it a note says so. Missing-value
-    tokens (``NA``, ``null``, ...) count as empty."""
+    rows quarantined: a full column of the browser's id (Segment's anonymousId, Amplitude's device_id)
+    plays the buyer instead; else, past ``ANONYMOUS_SHARE``, the session column; below it a note says
+    so. Missing-value tokens (``NA``, ``null``, ...) count as empty."""
     buyer, session = roles["buyer_id"], roles["session_id"]
     if buyer is None or buyer == session:
         return
@@ -264,7 +294,7 @@ def _anonymous_buyers(
         and q.distinct > 1
         and q.non_null >= (1.0 - EMPTY_NOTED) * len(q.texts)
     ]
-    if browsers and empty >= ANONYMOUS_SHARE:
+    if browsers:  # every visit kept, signed in or not
         roles["buyer_id"] = browsers[0].name
         taken.add(browsers[0].name)
         taken.discard(buyer)

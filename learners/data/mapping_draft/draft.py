@@ -15,12 +15,12 @@ import yaml
 
 from learners.data.canonical import as_text
 from learners.data.mapping import mapping_from_dict
-from learners.data.mapping_draft.column_profile import profile_column
-from learners.data.mapping_draft.column_roles import assign_roles
+from learners.data.mapping_draft.column_profile import name_tokens, profile_column
+from learners.data.mapping_draft.column_roles import CONTENT_NOTE, assign_roles
 from learners.data.mapping_draft.event_codes import EventCode, code_counts, drop_word, event_word
 from learners.data.mapping_draft.sample import Sample, sample_inputs
 from learners.data.mapping_draft.timestamps import TimestampGuess, guess_timestamp
-from learners.data.mapping_draft.yaml_text import render_yaml
+from learners.data.mapping_draft.yaml_text import ORDER_WORDS, render_yaml
 from learners.data.schema import SESSION_GAP_SECONDS
 
 CODE_MAX_DISTINCT = 50
@@ -102,6 +102,12 @@ def draft_mapping(inputs: Sequence[Path], config: DraftConfig, out: Path | None 
     if ts is not None:
         taken.add(ts.column)
     roles, notes = assign_roles(profiles, taken, config.max_codes)
+    guessed_event = notes.get("event", "").startswith(CONTENT_NOTE)
+    if guessed_event and any(name_tokens(f.stem) & ORDER_WORDS for f in sample.files):
+        # An orders export's status (Shopify's Financial Status: paid, pending) is no event code: the
+        # YAML proposes a log of purchases instead.
+        roles["event"] = None
+        del notes["event"]
     if ts is not None and roles["session_id"] is not None:
         share = _long_sessions(sample, ts, roles["session_id"])
         if share is not None:

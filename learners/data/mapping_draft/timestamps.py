@@ -35,6 +35,7 @@ STRAY_MAX_SHARE = 0.02
 PATTERNS: tuple[tuple[str, str], ...] = (
     ("%Y-%m-%d %H:%M:%S UTC", "second"),
     ("%Y-%m-%d %H:%M:%S%z", "second"),
+    ("%Y-%m-%d %H:%M:%S %z", "second"),  # Shopify's "2022-01-11 04:32:30 -0500"
     ("%Y-%m-%d %H:%M:%S", "second"),
     ("%Y-%m-%d %H:%M", "second"),
     ("%Y/%m/%d %H:%M:%S", "second"),
@@ -68,6 +69,12 @@ NAME_ONLY_PATTERNS = frozenset({"%Y%m%d", "%m%d", "%Y%m%d%H%M%S"})
 """Patterns of bare digits, which ids can match too: proposed only for a column named like a time."""
 YEARLESS_PROBE = 2000  # a leap year, so that Feb 29 reads while a yearless pattern is probed
 UNIX_S_RANGE = (946_684_800, 4_102_444_800)  # 2000-01-01 .. 2100-01-01
+SECONDARY_TIME_WORDS = frozenset(
+    {"client", "device", "server", "upload", "uploaded", "received", "processed", "previous", "first"}
+    | {"last", "updated", "modified", "paid", "fulfilled", "cancelled", "canceled", "closed", "offset"}
+)
+"""Words of a time column that is not when the event happened: Amplitude's client_event_time beside
+event_time, GA4's user_first_touch_timestamp, Shopify's Paid at beside Created at."""
 ZONE_BY_OFFSET: dict[int, str] = {
     -10: "Pacific/Honolulu",
     -8: "America/Los_Angeles",
@@ -121,6 +128,11 @@ def _read_share(values: pa.Array, spec: TimestampSpec) -> tuple[int, pa.Array]:
     return len(values) - parsed.null_count, parsed
 
 
+def _next_year_s() -> int:
+    """Unix seconds of the first of January of next year."""
+    return int(dt.datetime(dt.date.today().year + 1, 1, 1, tzinfo=dt.UTC).timestamp())
+
+
 def timestamp_candidates(p: ColumnProfile) -> list[tuple[str, str, int]]:
     """(format, resolution, values read) of each format that reads at least FIT_SHARE of the column."""
     if p.non_null == 0:
@@ -132,8 +144,11 @@ def timestamp_candidates(p: ColumnProfile) -> list[tuple[str, str, int]]:
     texts = p.texts.drop_null()
     if p.ints >= FIT_SHARE:
         numbers = pc.cast(texts.filter(pc.match_substring_regex(texts, INT_TEXT)), pa.int64())
+        # A column not named as a time reads as one only up to next year: Shopify's order Id read as
+        # unix_ms put its orders in 2036-2098.
+        last = UNIX_S_RANGE[1] if p.tokens & TIME_WORDS else _next_year_s()
         for fmt, scale in (("unix_s", 1), ("unix_ms", 1000), ("unix_us", 10**6), ("unix_ns", 10**9)):
-            low, high = UNIX_S_RANGE[0] * scale, UNIX_S_RANGE[1] * scale
+            low, high = UNIX_S_RANGE[0] * scale, last * scale
             inside = pc.sum(pc.and_(pc.greater_equal(numbers, low), pc.less(numbers, high)).cast(pa.int64()))
             if (inside.as_py() or 0) >= need:
                 found.append((fmt, "second", int(inside.as_py())))
@@ -257,12 +272,18 @@ def guess_timestamp(
     profiles: dict[str, ColumnProfile], sample: Sample, taken: set[str]
 ) -> TimestampGuess | None:
     """The time column and how to read it (name hints first, finer resolution first)."""
-    best: tuple[tuple[int, int, int, int], str, tuple[str, str, int]] | None = None
+    best: tuple[tuple[int, int, int, int, int], str, tuple[str, str, int]] | None = None
     for order, (name, p) in enumerate(profiles.items()):
         if name in taken:
             continue
         for candidate in timestamp_candidates(p):
-            score = (bool(p.tokens & TIME_WORDS), candidate[1] == "second", candidate[2], -order)
+            score = (
+                bool(p.tokens & TIME_WORDS),
+                not p.tokens & SECONDARY_TIME_WORDS,
+                candidate[1] == "second",
+                candidate[2],
+                -order,
+            )
             if best is None or score > best[0]:
                 best = (score, name, candidate)
     if best is None:

@@ -376,3 +376,54 @@ def test_segment_event_names_and_a_browser_id_for_signed_out_buyers(tmp_path: Pa
     assert set(values["event_type"]["drop"]) == {"Product Clicked", "Coupon Applied"}
     check = check_rows([path], MappingAdapter(mapping_from_dict(values, "shop.yaml")))
     assert check.counts["rows_quarantined"] == 0
+
+
+def test_an_orders_export_drafts_as_purchases_by_email_at_its_creation_time(tmp_path: Path) -> None:
+    """Shopify's orders export: a status is no event code, a zip is no category, the order Id no time."""
+    rng = np.random.default_rng(2)
+    header = "Name,Email,Financial Status,Created at,Lineitem quantity,Lineitem name,Lineitem price"
+    rows = [header + ",Lineitem sku,Billing Zip,Source,Id"]
+    for order in range(150):
+        email = f"buyer{int(rng.integers(60))}@example.com"
+        created = f"2022-01-{1 + order // 10:02d} {order % 24:02d}:32:30 -0500"
+        for line in range(int(rng.integers(1, 4))):
+            sku = f"KL-{int(rng.integers(200)):04d}"
+            status = ("paid", "pending")[order % 7 == 0] if line == 0 else ""  # the 2nd+ line items leave it
+            rows.append(
+                f"#{1001 + order},{email},{status},{created},1,Kids Tee {sku},{rng.choice([12.5, 19.99])},"
+                f"{sku},{int(rng.integers(10000, 99999))},web,{4_100_000_000_000 + order * 9_999_999}"
+            )
+    path = tmp_path / "orders_export_1.csv"
+    path.write_text("\n".join(rows) + "\n")
+    draft = draft_mapping([path], DraftConfig(rows=1_000), tmp_path / "shop.yaml")
+    assert draft.fields["buyer_id"] == "Email" and draft.fields["ts"] == "Created at"
+    assert draft.timestamp is not None and draft.timestamp.format == "%Y-%m-%d %H:%M:%S %z"
+    assert draft.fields["event"] is None and "# constant: purchase" in draft.text
+    assert draft.fields["category_id"] is None
+    assert draft.fields["product_id"] == "Lineitem sku" and draft.fields["price"] == "Lineitem price"
+
+
+def test_an_analytics_export_takes_the_event_name_its_time_and_the_device_for_signed_out_users(
+    tmp_path: Path,
+) -> None:
+    """Amplitude: event_id counts events, client_event_time is the phone's clock, $insert_id is one row's."""
+    rng = np.random.default_rng(3)
+    names = ["Product Viewed", "Product Added", "Order Completed", "Cart Viewed"]
+    with (tmp_path / "export.json").open("w") as fh:
+        for i in range(400):
+            device = int(rng.integers(70))
+            row = {
+                "event_id": i % 30,
+                "event_type": names[int(rng.integers(4))],
+                "user_id": f"u{device}" if device % 5 else None,
+                "device_id": f"{device:08x}-7c1e-4c3b",
+                "client_event_time": f"2021-01-01 {i // 60:02d}:{i % 60:02d}:03.123000",
+                "event_time": f"2021-01-01 {i // 60:02d}:{i % 60:02d}:05.456000",
+                "$insert_id": f"{i:08x}-ffff-4c3b-9c2a",
+                "event_properties": {"product_id": f"p{int(rng.integers(40))}"},
+            }
+            fh.write(json.dumps(row) + "\n")
+    draft = draft_mapping([tmp_path / "export.json"], DraftConfig(rows=1_000), tmp_path / "app.yaml")
+    assert draft.fields["event"] == "event_type" and draft.fields["ts"] == "event_time"
+    assert draft.fields["buyer_id"] == "device_id" and "signed-out" in draft.notes["buyer_id"]
+    assert draft.fields["product_id"] == "event_properties.product_id"
