@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from learners.data.mapping import DropRule, SourceMapping, TimestampSpec
+from learners.data.mapping import DropRule, FieldSource, SourceMapping, TimestampSpec
 from learners.data.readers import MISSING_WORDS, RawChunk, quarantine_table
 from learners.data.schema import CANONICAL_EVENTS, PRODUCT_EVENT_TYPES, QUARANTINE, TS_TYPE
 
@@ -63,6 +63,22 @@ def id_text(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     if pc.any(said_none).as_py():
         text = pc.if_else(said_none, pa.scalar(None, pa.string()), text)
     return text, said_none
+
+
+def _empty(source: FieldSource) -> str:
+    """How a reason names an empty field: its column, or both with a fallback."""
+    if source.fallback is None:
+        return f"column '{source.column}' is empty"
+    return f"columns '{source.column}' and '{source.fallback}' are empty"
+
+
+def _id_column(table: pa.Table, source: FieldSource) -> tuple[pa.Array, pa.Array]:
+    """``id_text`` of a field's column, its ``fallback`` column's where it is empty."""
+    text, said_none = id_text(table.column(source.column))
+    if source.fallback is None:
+        return text, said_none
+    other, _ = id_text(table.column(source.fallback))
+    return pc.coalesce(text, other), pc.and_(said_none, pc.is_null(other))
 
 
 def event_codes(values: pa.Array, named: list[str] | tuple[str, ...]) -> pa.Array:
@@ -393,7 +409,7 @@ def canonicalize(
         if source.column is None:
             out[name] = pa.repeat(pa.scalar(source.constant, pa.string()), n)
             continue
-        out[name], said_none = id_text(table.column(source.column))
+        out[name], said_none = _id_column(table, source)
         # The word's own reason first: its cell is null now, so "is empty" would catch it too.
         checks.add(
             said_none,
@@ -403,7 +419,7 @@ def canonicalize(
         checks.add(
             pc.is_null(out[name]),
             source.column,
-            f"missing {name} (column '{source.column}' is empty)",
+            f"missing {name} ({_empty(source)})",
         )
 
     ts_col = fields["ts"].column
@@ -474,7 +490,7 @@ def canonicalize(
         elif source.column is None:
             out[name] = pa.repeat(pa.scalar(source.constant, pa.string()), n)
         else:
-            out[name] = id_text(table.column(source.column))[0]
+            out[name] = _id_column(table, source)[0]
     product = fields.get("product_id")
     if product is not None and product.column is not None:
         # A product event of a log that names products must say which: replay cannot show "a" product.
@@ -484,7 +500,8 @@ def canonicalize(
                 pc.is_null(out["product_id"]),
             ),
             product.column,
-            f"missing product id (column '{product.column}' is empty) on a product event",
+            f"missing product id ({_empty(product)}) on a product event"
+            + ("" if product.fallback else "; a column to read where it is empty: {column: ..., else: ...}"),
         )
     price_source = fields.get("price")
     if price_source is None:

@@ -91,6 +91,9 @@ class FieldSource:
     """The source column name."""
     constant: str | None = None
     """A fixed value for every row (e.g. the merchant of a single-store log)."""
+    fallback: str | None = None
+    """An id column read where ``column`` is empty (``{column: Lineitem sku, else: Lineitem name}``:
+    Shopify's custom items have no SKU)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ class SourceMapping:
     def columns_used(self) -> list[str]:
         """Source columns the mapping reads, in a stable order without repeats."""
         names = [src.column for src in self.fields.values() if src.column is not None]
+        names += [src.fallback for src in self.fields.values() if src.fallback is not None]
         if self.event_type.column is not None:
             names.append(self.event_type.column)
         names += [rule.column for rule in self.drop_rows]
@@ -197,12 +201,21 @@ def _text(source: str, key: str, value: Any) -> str:
 
 def _field_source(source: str, name: str, value: Any) -> FieldSource:
     key = f"fields.{name}"
+    if isinstance(value, dict) and set(value) == {"column", "else"}:
+        if name in ("ts", "price"):
+            raise _fail(
+                source, f"{key}.else", "only an id may fall back to another column", "name one column"
+            )
+        return FieldSource(
+            column=_text(source, f"{key}.column", value["column"]),
+            fallback=_text(source, f"{key}.else", value["else"]),
+        )
     if isinstance(value, dict):
         if set(value) != {"constant"}:
             raise _fail(
                 source,
                 key,
-                f"expected a column name or {{constant: VALUE}}, got {value!r}",
+                f"expected a column name, {{constant: VALUE}} or {{column: NAME, else: NAME}}, got {value!r}",
                 "write e.g. {constant: shop1}",
             )
         constant = value["constant"]

@@ -6,8 +6,10 @@ empty line, invalid UTF-8, broken quoting, bad JSON) already in the QUARANTINE s
 chunk: rows_read == table.num_rows + quarantine.num_rows. Memory stays bounded by the chunk size.
 
 CSV lines end at \\n, \\r\\n or a lone \\r (as pyarrow reads them); a final newline at EOF ends the last
-row, it does not start a new one. Quoted values may hold delimiters but not line breaks: a line whose
-quoting does not close is quarantined, which keeps every row on one physical line.
+row, it does not start a new one. Quoted values may hold delimiters and line breaks (Shopify's order
+notes): such a record is read as one row, on the line where it starts. A quote left open for
+``RECORD_MAX_LINES`` lines or to the end of the file quarantines its first line, and the lines after it
+are read on their own.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import IO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -34,6 +37,10 @@ from learners.data.mapping import SourceMapping
 from learners.data.schema import QUARANTINE
 
 CSV_BLOCK_BYTES = 8 << 20
+RECORD_MAX_LINES = 1000
+"""The most lines one quoted value may span; a quote open longer is a broken line, not a value."""
+NEWLINE_IN_VALUE = "\x1e"
+"""Stands for a line break inside a quoted value while Arrow reads the record as one line."""
 PARQUET_BATCH_ROWS = 1 << 18
 MISSING_WORDS = ("NA", "N/A", "null", "NULL", "None", "nan", "NaN", "\\N", "(not set)")
 """Texts that exports write for "no value" in an id column (R and pandas' NA, SQL's NULL, MySQL's \\N,
@@ -123,11 +130,13 @@ def text_of(line: bytes) -> str:
 
 
 class _LineBlocks:
-    """A file-like object for pyarrow that hands out whole lines only.
+    """A file-like object for pyarrow that hands out whole records only, one per line.
 
-    It normalises line ends to \\n and blanks out lines pyarrow must not parse (empty lines, invalid
-    UTF-8, quoting that does not close on the line), remembering them by physical line number so the
-    reader can quarantine them with the right reason.
+    It normalises line ends to \\n, joins the lines of a record whose quoted value spans them into one
+    (``NEWLINE_IN_VALUE`` for each break, remembered in ``joined``), and blanks out lines pyarrow must
+    not parse (empty lines, invalid UTF-8, quoting that never closes), remembering them so the reader
+    can quarantine them with the right reason. Its line numbers count records; ``physical`` turns
+    them into the file's lines.
     """
 
     def __init__(self, stream: IO[bytes], path: Path, delimiter: str, first_line: int = 1):
@@ -138,6 +147,8 @@ class _LineBlocks:
         self.carry = b""
         self.eof = False
         self.flagged: dict[int, tuple[str, str]] = {}
+        self.joined: list[tuple[int, int]] = []
+        """(record line, lines it spans past its first) of each record joined from several lines."""
         self.closed = False
         self.position = 0
 
@@ -174,45 +185,100 @@ class _LineBlocks:
         return head
 
     def read(self, nbytes: int = -1) -> bytes:
-        block = self._fill(CSV_BLOCK_BYTES if nbytes is None or nbytes < 0 else nbytes)
-        if b"\r" in block:
-            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if block:
-            block = self._screen(block)
+        size = CSV_BLOCK_BYTES if nbytes is None or nbytes < 0 else nbytes
+        block = self._fill(size)
+        while True:
+            if b"\r" in block:
+                block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if not block:
+                break
+            screened, pending = self._screen(block)
+            if not pending:
+                block = screened
+                break
+            if screened:  # the record that continues past this block comes with the next
+                self.carry = pending + self.carry
+                block = screened
+                break
+            block = pending + self._fill(size)  # nothing whole yet: read on
         self.position += len(block)
         return block
 
-    def _screen(self, block: bytes) -> bytes:
-        """Blank out and remember the lines pyarrow must not parse; count lines."""
-        n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        first = self.next_line
-        self.next_line += n_lines
+    def _screen(self, block: bytes) -> tuple[bytes, bytes]:
+        """The block's records (lines joined where a quoted value spans them; lines pyarrow must not
+        parse blanked out and remembered), and the bytes of a record the block ends inside of, left
+        for the next read; counts records."""
         try:
             block.decode("utf-8")
             valid_utf8 = True
         except UnicodeDecodeError:
             valid_utf8 = False
         if valid_utf8 and not block.startswith(b"\n") and b"\n\n" not in block and b'"' not in block:
-            return block
+            self.next_line += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            return block, b""
+        ends = block.endswith(b"\n")
         lines = block.split(b"\n")
-        if block.endswith(b"\n"):
+        if ends:
             lines.pop()
-        for i, line in enumerate(lines):
+        out: list[bytes] = []
+        i = 0
+        while i < len(lines):
+            line, number = lines[i], self.next_line + len(out)
             reason = None
             if not line:
                 reason = "empty line"
             elif not valid_utf8 and not is_utf8(line):
                 reason = "line is not valid UTF-8 text"
             elif b'"' in line and not self._quotes_close(line):
-                reason = "a quoted value does not close on this line (values may not span lines)"
+                last = self._record_end(lines, i)
+                more = not (self.eof and not self.carry)
+                if last is None and len(lines) - i < RECORD_MAX_LINES and more:
+                    self.next_line += len(out)
+                    return _joined(out, True), b"\n".join(lines[i:]) + (b"\n" if ends else b"")
+                if last is not None and last >= 0:
+                    out.append(NEWLINE_IN_VALUE.encode().join(lines[i : last + 1]))
+                    self.joined.append((number, last - i))
+                    i = last + 1
+                    continue
+                reason = (
+                    f"a quoted value does not close within {RECORD_MAX_LINES} lines or by the end of the"
+                    " file (a stray quote?)"
+                )
             if reason is not None:
-                self.flagged[first + i] = (reason, text_of(line))
-                lines[i] = b""
-        return b"\n".join(lines) + (b"\n" if block.endswith(b"\n") else b"")
+                self.flagged[number] = (reason, text_of(line))
+                line = b""
+            out.append(line)
+            i += 1
+        self.next_line += len(out)
+        return _joined(out, ends), b""
+
+    def _record_end(self, lines: list[bytes], first: int) -> int | None:
+        """The line that closes the quoted value opened on line ``first`` (an even count of quotes so
+        far, the record then parsing as CSV); -1 where the lines cannot make one record (not UTF-8,
+        or not CSV once the quotes pair up); None where no line of the block closes it."""
+        quotes = lines[first].count(b'"')
+        for j in range(first + 1, min(len(lines), first + RECORD_MAX_LINES)):
+            if not is_utf8(lines[j]):
+                return -1
+            quotes += lines[j].count(b'"')
+            if quotes % 2 == 0:
+                return j if self._quotes_close(b"\n".join(lines[first : j + 1])) else -1
+        return None
+
+    def physical(self, lines: np.ndarray) -> np.ndarray:
+        """The file's line of each record line (records joined from several lines shift the later)."""
+        if not self.joined or not len(lines):
+            return lines
+        starts = np.fromiter((start for start, _ in self.joined), np.int64)
+        shift = np.cumsum(np.fromiter((extra for _, extra in self.joined), np.int64))
+        before = np.searchsorted(starts, lines, side="left")
+        return lines + np.where(before > 0, shift[np.maximum(before - 1, 0)], 0)
 
     def _quotes_close(self, line: bytes) -> bool:
         try:
             list(csv.reader([line.decode("utf-8")], delimiter=self.delimiter, strict=True))
+        except UnicodeDecodeError:
+            return False
         except csv.Error:
             return False
         return True
@@ -228,6 +294,10 @@ class _LineBlocks:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _joined(lines: list[bytes], ends: bool) -> bytes:
+    return b"\n".join(lines) + (b"\n" if ends and lines else b"")
 
 
 def is_utf8(line: bytes) -> bool:
@@ -377,7 +447,7 @@ def _csv_chunks(
         )
         chunk.quarantine = pa.concat_tables([chunk.quarantine, extra]).sort_by("line")
         cursor = end
-        yield chunk
+        yield _as_written(chunk, blocks)
     yield from _flush_skipped(path, file_index, skipped, blocks, cursor)
 
 
@@ -395,9 +465,29 @@ def _flush_skipped(
         str(path), keys, [None] * len(keys), [reasons[k][0] for k in keys], [reasons[k][1] for k in keys]
     )
     empty = pa.table({}, schema=pa.schema([]))
-    yield RawChunk(
+    chunk = RawChunk(
         table=empty, lines=np.zeros(0, np.int64), quarantine=table, file=str(path), file_index=file_index
     )
+    yield _as_written(chunk, blocks)
+
+
+def _as_written(chunk: RawChunk, blocks: _LineBlocks) -> RawChunk:
+    """The chunk with the file's own line numbers and the line breaks back inside quoted values."""
+    if not blocks.joined:
+        return chunk
+    chunk.lines = blocks.physical(chunk.lines)
+    q = chunk.quarantine
+    line, raw = q.schema.get_field_index("line"), q.schema.get_field_index("raw")
+    q = q.set_column(line, QUARANTINE.field("line"), pa.array(blocks.physical(q["line"].to_numpy())))
+    raw_text = pc.replace_substring(q["raw"], NEWLINE_IN_VALUE, "\n")
+    chunk.quarantine = q.set_column(raw, QUARANTINE.field("raw"), raw_text)
+    chunk.table = pa.table(
+        {
+            name: pc.replace_substring(chunk.table[name], NEWLINE_IN_VALUE, "\n")
+            for name in chunk.table.column_names
+        }
+    )
+    return chunk
 
 
 def _row_lines(cursor: int, n: int, skipped: dict[int, tuple[str, str]]) -> np.ndarray:

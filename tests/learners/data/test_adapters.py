@@ -266,7 +266,7 @@ def test_a_product_event_without_its_product_is_quarantined(tmp_path: Path) -> N
             "file": str(path),
             "line": 3,
             "column": "itemid",
-            "reason": "missing product id (column 'itemid' is empty) on a product event",
+            "reason": "missing product id (column 'itemid' is empty) on a product event; a column to read where it is empty: {column: ..., else: ...}",
             "raw": "1433224214164,992329,view,,",
         }
     ]

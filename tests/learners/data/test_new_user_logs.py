@@ -152,7 +152,7 @@ def test_a_word_for_no_value_is_no_buyer(tmp_path: Path) -> None:
     events, quarantine, _ = collect(MappingAdapter(mapping_from_dict(values, "dg.yaml")), [path])
     assert events["buyer_id"].to_pylist() == ["150", "151"]
     assert quarantine["reason"].to_pylist() == [
-        "missing product id (column 'itemId' is empty) on a product event"
+        "missing product id (column 'itemId' is empty) on a product event; a column to read where it is empty: {column: ..., else: ...}"
     ]
 
 

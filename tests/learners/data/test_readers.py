@@ -87,6 +87,60 @@ def test_quoted_values_and_unbalanced_quotes(tmp_path):
     assert quarantine[0]["line"] == 3 and "quoted value does not close" in quarantine[0]["reason"]
 
 
+def test_a_quoted_value_spanning_lines_is_one_row_on_the_line_it_starts(tmp_path):
+    """Shopify's order notes: a line break inside quotes is the value's, not a new row."""
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        f'{HEADER}\ns,u1,10,v,1\n"s\nnote: gift\n\nwrap",u2,20,v,2\ns,u3,30,b,3\n"s,u4,40,v,4\ns,u5,50,v,5\n'
+    )
+    events, quarantine, rows = run(path)
+    assert [e["merchant_id"] for e in events] == ["s", "s\nnote: gift\n\nwrap", "s", "s"]
+    assert lines_of(events) == [2, 3, 7, 9]  # the record of lines 3-6 is line 3's
+    assert rows == 5  # records, not lines: 4 kept and the stray quote's line quarantined
+    (bad,) = quarantine
+    assert bad["line"] == 8 and "does not close" in bad["reason"] and bad["raw"] == '"s,u4,40,v,4'
+
+
+def test_records_spanning_lines_read_as_the_csv_module_reads_them_across_blocks(tmp_path):
+    """A third of the records span lines, in a file of several of the reader's 64 kB reads (one
+    record crosses from one to the next); every value and line number matches Python's csv module."""
+    import csv
+
+    rows = [HEADER.split(",")]
+    for i in range(12000):
+        shop = f"s{i}" if i % 3 else f's{i}\nline two\n"quoted", and a comma'
+        rows.append([shop, f"u{i}", str(1000 + i), "v", "1.5"])
+    path = tmp_path / "big.csv"
+    with path.open("w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    expected, starts = [], []
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        line = reader.line_num + 1
+        for row in reader:
+            expected.append(row[0])
+            starts.append(line)
+            line = reader.line_num + 1
+    events, quarantine, total = run(path)
+    assert quarantine == [] and total == 12000
+    assert [e["merchant_id"] for e in events] == expected
+    assert lines_of(events) == starts
+
+
+def test_an_id_falls_back_to_another_column_where_it_is_empty(tmp_path):
+    """Shopify's custom items have a name but no SKU: ``{column: Lineitem sku, else: Lineitem name}``."""
+    values = dict(BASE, fields=dict(BASE["fields"], product_id={"column": "sku", "else": "name"}))
+    path = tmp_path / "orders.csv"
+    path.write_text(f"{HEADER},sku,name\ns,u1,10,b,1,KL-1,Tee\ns,u2,20,b,2,,Gift wrap\ns,u3,30,b,3,,\n")
+    events, quarantine, _ = run(path, mapping_from_dict(values))
+    assert [e["product_id"] for e in events] == ["KL-1", "Gift wrap"]
+    (bad,) = quarantine
+    assert bad["line"] == 4 and "columns 'sku' and 'name' are empty" in bad["reason"]
+    with pytest.raises(ValueError, match="only an id may fall back"):
+        mapping_from_dict(dict(BASE, fields=dict(BASE["fields"], ts={"column": "when", "else": "sku"})))
+
+
 def test_invalid_utf8_line_is_quarantined(tmp_path):
     path = tmp_path / "u.csv"
     path.write_bytes(f"{HEADER}\ns,u1,10,v,1\ns,\xff\xfe,20,v,1\ns,u3,30,v,1\n".encode("latin-1"))
