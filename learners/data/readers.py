@@ -39,6 +39,8 @@ from learners.data.schema import QUARANTINE
 CSV_BLOCK_BYTES = 8 << 20
 RECORD_MAX_LINES = 1000
 """The most lines one quoted value may span; a quote open longer is a broken line, not a value."""
+OPEN_QUOTE = "open quote"
+"""``_LineBlocks._broken``'s answer for a line whose quoted value goes on past it."""
 NEWLINE_IN_VALUE = "\x1e"
 """Stands for a line break inside a quoted value while Arrow reads the record as one line."""
 PARQUET_BATCH_ROWS = 1 << 18
@@ -220,16 +222,35 @@ class _LineBlocks:
         lines = block.split(b"\n")
         if ends:
             lines.pop()
-        out: list[bytes] = []
-        i = 0
+        for i, line in enumerate(lines):
+            reason = self._broken(line, valid_utf8)
+            if reason == OPEN_QUOTE:  # rare: the slower walk that joins records takes over
+                return self._records(lines, i, valid_utf8, ends)
+            if reason is not None:
+                self.flagged[self.next_line + i] = (reason, text_of(line))
+                lines[i] = b""
+        self.next_line += len(lines)
+        return _joined(lines, ends), b""
+
+    def _broken(self, line: bytes, valid_utf8: bool) -> str | None:
+        """Why pyarrow must not parse a line, ``OPEN_QUOTE`` where its quoting does not close, or None."""
+        if not line:
+            return "empty line"
+        if not valid_utf8 and not is_utf8(line):
+            return "line is not valid UTF-8 text"
+        if b'"' in line and not self._quotes_close(line):
+            return OPEN_QUOTE
+        return None
+
+    def _records(self, lines: list[bytes], start: int, valid_utf8: bool, ends: bool) -> tuple[bytes, bytes]:
+        """``_screen`` from line ``start`` on (the lines before it screened), joining the lines of a
+        record whose quoted value spans them."""
+        out = lines[:start]
+        i = start
         while i < len(lines):
             line, number = lines[i], self.next_line + len(out)
-            reason = None
-            if not line:
-                reason = "empty line"
-            elif not valid_utf8 and not is_utf8(line):
-                reason = "line is not valid UTF-8 text"
-            elif b'"' in line and not self._quotes_close(line):
+            reason = self._broken(line, valid_utf8)
+            if reason == OPEN_QUOTE:
                 last = self._record_end(lines, i)
                 more = not (self.eof and not self.carry)
                 if last is None and len(lines) - i < RECORD_MAX_LINES and more:
