@@ -364,7 +364,9 @@ def touched(results: dict[str, pl.DataFrame], mix: pl.DataFrame) -> list[str]:
 
 def markdown(results: dict[str, pl.DataFrame], mix: pl.DataFrame) -> list[str]:
     out = summary(results, "code")
-    dominant = mix.sort("share", descending=True).group_by("code", maintain_order=True).first()
+    dominant = (
+        mix.sort(["share", "planted"], descending=[True, False]).group_by("code", maintain_order=True).first()
+    )
     names = {r["code"]: f"{r['planted']} ({r['share']:.0%})" for r in dominant.iter_rows(named=True)}
     out += [
         "",
@@ -377,6 +379,26 @@ def markdown(results: dict[str, pl.DataFrame], mix: pl.DataFrame) -> list[str]:
             out.append(
                 f"| {system} | {r['treatment']} | {r['type']} {names.get(r['type'], '')} | {r['metric']} | "
                 f"{r['truth']:+.4f} | {r['effect']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]{mark} | {r['mde']:.4f} |"
+            )
+    return out
+
+
+def planted_cells(results: dict[str, pl.DataFrame], reading: str, perfect: bool = False) -> list[str]:
+    """Every (system, treatment, planted type, metric) cell: the truth beside ``reading``'s effect and
+    interval (✗ where the truth lies outside), and where ``perfect``, a perfect simulator's."""
+    head = "| system | treatment | planted type | metric | truth |"
+    head += " a perfect simulator at these codes |" if perfect else ""
+    out = [
+        head + f" {reading} [95%] | MDE |",
+        "|---|---|---|---|---:|" + ("---:|" if perfect else "") + "---:|---:|",
+    ]
+    for system, cells in results.items():
+        for r in cells.sort("treatment", "planted", "metric").iter_rows(named=True):
+            best = f" {r['perfect']:+.4f} |" if perfect else ""
+            mark = "" if r["inside"] else " ✗"
+            out.append(
+                f"| {system} | {r['treatment']} | {r['planted']} | {r['metric']} | {r['truth']:+.4f} |{best} "
+                f"{r['effect']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]{mark} | {r['mde']:.4f} |"
             )
     return out
 
@@ -469,27 +491,13 @@ def main() -> None:
         "",
         *summary(recovered, "planted type"),
         "",
-        "| system | treatment | planted type | metric | truth | recovered [95%] | MDE |",
-        "|---|---|---|---|---:|---:|---:|",
-        *(
-            f"| {system} | {r['treatment']} | {r['planted']} | {r['metric']} | {r['truth']:+.4f} | "
-            f"{r['effect']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]{'' if r['inside'] else ' ✗'} | {r['mde']:.4f} |"
-            for system, cells in recovered.items()
-            for r in cells.sort("treatment", "planted", "metric").iter_rows(named=True)
-        ),
+        *planted_cells(recovered, "recovered"),
         "",
         "Buyers whose visit took another path than in the control (same buyer and draws), per planted type:",
         "",
         *touched(results, mix),
         "",
-        "| system | treatment | planted type | metric | truth | a perfect simulator at these codes | simulated [95%] | MDE |",
-        "|---|---|---|---|---:|---:|---:|---:|",
-        *(
-            f"| {system} | {r['treatment']} | {r['planted']} | {r['metric']} | {r['truth']:+.4f} | {r['perfect']:+.4f} | "
-            f"{r['effect']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]{'' if r['inside'] else ' ✗'} | {r['mde']:.4f} |"
-            for system, cells in planted.items()
-            for r in cells.sort("treatment", "planted", "metric").iter_rows(named=True)
-        ),
+        *planted_cells(planted, "simulated", perfect=True),
         "",
         "Truth per planted type at the held-out merchants:",
         "",

@@ -175,6 +175,15 @@ def _fail(source: str, key: str, problem: str, fix: str) -> ValueError:
     return ValueError(f"mapping {source}: key '{key}': {problem}; fix: {fix}")
 
 
+def _flag(source: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        name = key.split(".")[-1]
+        raise _fail(
+            source, key, f"expected true or false, got {value!r}", f"write {name}: true or {name}: false"
+        )
+    return value
+
+
 def _check_keys(source: str, where: str, values: Any, known: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise _fail(
@@ -404,14 +413,7 @@ def _csv_options(source: str, values: Any) -> CsvOptions:
         raise _fail(
             source, "csv.delimiter", f"expected one character, got {delimiter!r}", 'write e.g. delimiter: ","'
         )
-    header = values.get("header", True)
-    if not isinstance(header, bool):
-        raise _fail(
-            source,
-            "csv.header",
-            f"expected true or false, got {header!r}",
-            "write header: true or header: false",
-        )
+    header = _flag(source, "csv.header", values.get("header", True))
     columns = values.get("columns")
     if columns is not None:
         if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns):
@@ -473,14 +475,7 @@ def _jsonl_options(source: str, values: Any) -> JsonlOptions:
     explode = values.get("explode")
     if explode is not None:
         explode = _text(source, "jsonl.explode", explode)
-    keep_empty = values.get("keep_empty", False)
-    if not isinstance(keep_empty, bool):
-        raise _fail(
-            source,
-            "jsonl.keep_empty",
-            f"expected true or false, got {keep_empty!r}",
-            "write keep_empty: true",
-        )
+    keep_empty = _flag(source, "jsonl.keep_empty", values.get("keep_empty", False))
     if keep_empty and explode is None:
         raise _fail(
             source,

@@ -330,6 +330,13 @@ def test_a_date_past_2100_in_text_is_a_stray_value_not_a_unit(tmp_path: Path) ->
     assert reason.endswith("read as an ISO 8601 date/datetime; a stray value?")
 
 
+def draft_csv(tmp_path: Path, name: str, rows: list[str]):
+    """The draft of a CSV file of ``rows`` named ``name``."""
+    path = tmp_path / name
+    path.write_text("\n".join(rows) + "\n")
+    return draft_mapping([path], DraftConfig(rows=1_000), tmp_path / "shop.yaml")
+
+
 def test_a_transactions_file_reads_as_orders_and_a_sales_channel_is_no_category(tmp_path: Path) -> None:
     """H&M's transactions_train.csv: purchases only, daily, with a sales channel of 1 or 2."""
     rng = np.random.default_rng(0)
@@ -340,9 +347,7 @@ def test_a_transactions_file_reads_as_orders_and_a_sales_channel_is_no_category(
             f"2018-09-{20 + i % 9:02d},{customer},0{663713001 + int(rng.integers(300)) * 1000},"
             f"{rng.choice([0.0508, 0.0305, 0.0169, 0.0338])},{int(rng.integers(1, 3))}"
         )
-    path = tmp_path / "transactions_train.csv"
-    path.write_text("\n".join(rows) + "\n")
-    draft = draft_mapping([path], DraftConfig(rows=1_000), tmp_path / "hm.yaml")
+    draft = draft_csv(tmp_path, "transactions_train.csv", rows)
     assert draft.fields["category_id"] is None
     assert draft.fields["buyer_id"] == "customer_id" and draft.fields["product_id"] == "article_id"
     assert "# constant: purchase" in draft.text and "'transactions_train.csv' reads as orders" in draft.text
@@ -361,9 +366,8 @@ def test_segment_event_names_and_a_browser_id_for_signed_out_buyers(tmp_path: Pa
         product = "" if name in ("Products Searched", "Coupon Applied") else f"sku-{int(rng.integers(50))}"
         stamp = f"2021-03-01T{10 + i // 60:02d}:{i % 60:02d}:00.000Z"
         rows.append(f"a3f{browser:05d}e9,{signed_in},{name},{stamp},{product},{19.99 if product else ''}")
+    draft = draft_csv(tmp_path, "tracks.csv", rows)
     path = tmp_path / "tracks.csv"
-    path.write_text("\n".join(rows) + "\n")
-    draft = draft_mapping([path], DraftConfig(rows=1_000), tmp_path / "shop.yaml")
     assert draft.fields["buyer_id"] == "anonymous_id" and "signed-out visits" in draft.notes["buyer_id"]
     values = yaml.safe_load(draft.text)
     assert values["event_type"]["map"] == {
@@ -393,9 +397,7 @@ def test_an_orders_export_drafts_as_purchases_by_email_at_its_creation_time(tmp_
                 f"#{1001 + order},{email},{status},{created},1,Kids Tee {sku},{rng.choice([12.5, 19.99])},"
                 f"{sku},{int(rng.integers(10000, 99999))},web,{4_100_000_000_000 + order * 9_999_999}"
             )
-    path = tmp_path / "orders_export_1.csv"
-    path.write_text("\n".join(rows) + "\n")
-    draft = draft_mapping([path], DraftConfig(rows=1_000), tmp_path / "shop.yaml")
+    draft = draft_csv(tmp_path, "orders_export_1.csv", rows)
     assert draft.fields["buyer_id"] == "Email" and draft.fields["ts"] == "Created at"
     assert draft.timestamp is not None and draft.timestamp.format == "%Y-%m-%d %H:%M:%S %z"
     assert draft.fields["event"] is None and "# constant: purchase" in draft.text
