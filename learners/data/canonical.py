@@ -3,9 +3,10 @@
 ``canonicalize(chunk, mapping)`` returns (CANONICAL_EVENTS table, QUARANTINE table). Each row is
 checked in a fixed order (missing merchant_id, missing buyer_id, timestamp, valid range, event code,
 price); the first failing check is the row's quarantine reason. Only quarantined rows go through
-per-row Python (to format their reason and raw text). Rows whose event code the mapping drops on
-purpose (``event_type.drop``) are taken out before any check by ``drop_declared``, which counts them
-per code: they are neither kept nor quarantined, whatever else is wrong with them.
+per-row Python (to format their reason and raw text). Rows the mapping leaves out on purpose (a code
+under ``event_type.drop``, a ``drop_rows`` rule, the repeats of one page's event an exploded JSON line
+lists per item) are taken out before any check by ``drop_declared``, which counts them per code or
+rule: they are neither kept nor quarantined, whatever else is wrong with them.
 """
 
 from __future__ import annotations
