@@ -141,6 +141,7 @@ class JsonLayout:
     """Keys whose values no column reaches (lists of plain values, empty objects, and lists inside the
     events' elements: Universal Analytics' ``hits[].product``)."""
     explode: str | None
+    """The key whose list of objects holds the events (``jsonl.explode``)."""
     keep_empty: bool
     """Some sampled lines have no element in ``explode``'s list: each is still an event."""
     words: dict[str, str]
@@ -180,7 +181,6 @@ def _jsonl_keys(path: Path, rows: int) -> JsonLayout:
     paths: dict[str, None] = {}
     kinds: dict[str, Counter[str]] = {}
     reached: set[str] = set()
-    lines = 0
     empty: Counter[str] = Counter()
     magic = _head_bytes(path, 2)
     opener = gzip.open if magic == b"\x1f\x8b" else open
@@ -194,7 +194,6 @@ def _jsonl_keys(path: Path, rows: int) -> JsonLayout:
                 continue
             if not isinstance(obj, dict):
                 continue
-            lines += 1
             for key, value in obj.items():
                 if not isinstance(value, (dict, list)):
                     keys[key] = None
