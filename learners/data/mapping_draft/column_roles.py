@@ -65,7 +65,7 @@ PLACE_WORDS = frozenset(
     | {"street", "phone", "billing", "shipping", "geo", "location", "latitude", "longitude"}
 )
 """Words naming a place or an address: never a product or category guessed from the values."""
-STATUS_WORDS = frozenset({"status", "state", "source", "channel", "method", "medium", "gateway", "type"})
+STATUS_WORDS = frozenset({"status", "state", "source", "channel", "method", "medium", "gateway"})
 """Words naming an order's or a visit's status or channel: never a product or category guessed from
 the values."""
 MIN_BUYERS_GUESSED = 20
