@@ -21,6 +21,7 @@ import gzip
 import json
 import threading
 import time
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ EXTENSION_FORMATS = {
     ".json": "jsonl",
 }
 GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"
 DELIMITERS = (",", "\t", ";", "|")
 """The CSV delimiters a header is checked for (and the mapping draft detects)."""
 READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
@@ -87,13 +89,36 @@ class RawChunk:
 
 
 def file_format(path: Path, mapping_format: str | None = None) -> str | None:
-    """The format of a file: the mapping's, else from its extension; None when unknown."""
+    """The format of a file: the mapping's, else from its extension (inside ``.gz`` or ``.zip``, or a
+    zip archive's one file's); None when unknown."""
     if mapping_format is not None:
         return mapping_format
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
+    if suffixes and suffixes[-1] in (".gz", ".zip"):
         suffixes = suffixes[:-1]
+        if not suffixes and path.suffix.lower() == ".zip":
+            try:
+                suffixes = [Path(_zip_member_name(path)).suffix.lower()]
+            except (OSError, ValueError, zipfile.BadZipFile):
+                return None
     return EXTENSION_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _zip_member_name(path: Path) -> str:
+    """The one file a zip archive holds (Kaggle ships logs so); a workbook or several files cannot be
+    read as one log."""
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")]
+    if "[Content_Types].xml" in names:
+        raise ValueError(
+            f"{path}: an Excel workbook, not a log file; fix: save each sheet as CSV (UTF-8) and pass those"
+        )
+    if len(names) != 1:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(
+            f"{path}: a zip archive of {len(names)} files ({shown}); fix: unzip it and pass the folder"
+        )
+    return names[0]
 
 
 def quarantine_table(
@@ -119,11 +144,16 @@ def cannot_read(path: Path, err: BaseException) -> ValueError:
 
 
 def open_binary(path: Path) -> IO[bytes]:
+    """The file's bytes, unpacked from gzip or from a zip archive's one file."""
     try:
         with open(path, "rb") as probe:
-            magic = probe.read(2)
-        return gzip.open(path, "rb") if magic == GZIP_MAGIC else open(path, "rb")  # noqa: SIM115
-    except OSError as err:
+            magic = probe.read(4)
+        if magic[:2] == GZIP_MAGIC:
+            return gzip.open(path, "rb")  # noqa: SIM115
+        if magic == ZIP_MAGIC:
+            return zipfile.ZipFile(path).open(_zip_member_name(path))  # noqa: SIM115
+        return open(path, "rb")  # noqa: SIM115
+    except (OSError, zipfile.BadZipFile) as err:
         raise cannot_read(path, err) from None
 
 

@@ -7,7 +7,6 @@ lines the readers reject are counted (they will be quarantined), not guessed aro
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import re
 from collections import Counter
@@ -29,7 +28,7 @@ from learners.data.mapping import (
     SourceMapping,
     TimestampSpec,
 )
-from learners.data.readers import DELIMITERS, READ_ERRORS, file_format, read_raw
+from learners.data.readers import DELIMITERS, READ_ERRORS, file_format, open_binary, read_raw
 
 SNIFF_BYTES = 1 << 16
 SNIFF_LINES = 200
@@ -73,10 +72,7 @@ def _sniff_format(path: Path) -> str:
 
 def _head_bytes(path: Path, n: int) -> bytes:
     try:
-        with open(path, "rb") as fh:
-            magic = fh.read(2)
-        opener = gzip.open if magic == b"\x1f\x8b" else open
-        with opener(path, "rb") as fh:
+        with open_binary(path) as fh:
             return fh.read(n)
     except READ_ERRORS as err:
         raise ValueError(
@@ -182,9 +178,7 @@ def _jsonl_keys(path: Path, rows: int) -> JsonLayout:
     kinds: dict[str, Counter[str]] = {}
     reached: set[str] = set()
     empty: Counter[str] = Counter()
-    magic = _head_bytes(path, 2)
-    opener = gzip.open if magic == b"\x1f\x8b" else open
-    with opener(path, "rb") as fh:
+    with open_binary(path) as fh:
         for i, raw in enumerate(fh):
             if i >= rows:
                 break

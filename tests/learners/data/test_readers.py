@@ -141,6 +141,31 @@ def test_an_id_falls_back_to_another_column_where_it_is_empty(tmp_path):
         mapping_from_dict(dict(BASE, fields=dict(BASE["fields"], ts={"column": "when", "else": "sku"})))
 
 
+def test_a_zip_archive_of_one_log_reads_as_the_log_and_others_say_what_to_do(tmp_path):
+    """Kaggle ships logs zipped; a workbook is a zip too."""
+    import zipfile
+
+    plain = tmp_path / "events.csv"
+    plain.write_text(f"{HEADER}\ns,u1,10,v,1\ns,u2,20,b,2\n")
+    one = tmp_path / "events.zip"  # no inner extension in the name: the member's says CSV
+    with zipfile.ZipFile(one, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(plain, "2019-Oct.csv")
+    assert readers.file_format(one) == "csv"
+    assert run(one) == run(plain)
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as archive:
+        archive.write(plain, "a.csv")
+        archive.write(plain, "b.csv")
+    with pytest.raises(ValueError, match=r"a zip archive of 2 files \(a.csv, b.csv\); fix: unzip it"):
+        run(two)
+    book = tmp_path / "orders.xlsx"
+    with zipfile.ZipFile(book, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/workbook.xml", "<workbook/>")
+    with pytest.raises(ValueError, match="an Excel workbook, not a log file; fix: save each sheet as CSV"):
+        run(book)
+
+
 def test_invalid_utf8_line_is_quarantined(tmp_path):
     path = tmp_path / "u.csv"
     path.write_bytes(f"{HEADER}\ns,u1,10,v,1\ns,\xff\xfe,20,v,1\ns,u3,30,v,1\n".encode("latin-1"))
