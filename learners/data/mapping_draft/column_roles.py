@@ -10,6 +10,7 @@ at all, gets a note, so the YAML says which lines to check.
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from learners.data.mapping_draft.column_profile import FIT_SHARE, TIME_WORDS, ColumnProfile
 from learners.data.mapping_draft.event_codes import code_counts, event_word
@@ -99,6 +100,15 @@ def _id_like(p: ColumnProfile, spaces: bool = False) -> bool:
         and not p.tokens & COUNTER_WORDS
         and not p.tokens & TIME_WORDS
     )
+
+
+def _counts_up(p: ColumnProfile) -> bool:
+    """Values that are the integers 0 or 1 up to some n, each of them: a counter within an order
+    (Olist's order_item_id) or of a buyer's orders (Instacart's order_number), no product or category."""
+    if p.ints < 1.0 or not 2 <= p.distinct <= 10_000:
+        return False
+    values = sorted(int(v) for v in pc.unique(p.texts.drop_null()).to_pylist())
+    return values[0] in (0, 1) and values[-1] - values[0] == len(values) - 1
 
 
 def _says_other(p: ColumnProfile) -> bool:
@@ -220,7 +230,11 @@ def assign_roles(
             roles["event"] = chosen.name
             taken.add(chosen.name)
             notes["event"] = CONTENT_NOTE + "; the column with few distinct values"
-    ids = [p for p in free() if _id_like(p) and p.name not in codes and p.distinct > 1 and not _says_other(p)]
+    ids = [
+        p
+        for p in free()
+        if _id_like(p) and p.name not in codes and p.distinct > 1 and not _says_other(p) and not _counts_up(p)
+    ]
     session = profiles[roles["session_id"]] if roles["session_id"] is not None else None
     # A buyer has one session or more: a column with more distinct values than the sessions is no
     # buyer, however often rows repeat it (OTTO's aid, clicked then carted).

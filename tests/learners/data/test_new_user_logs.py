@@ -429,3 +429,19 @@ def test_an_analytics_export_takes_the_event_name_its_time_and_the_device_for_si
     assert draft.fields["event"] == "event_type" and draft.fields["ts"] == "event_time"
     assert draft.fields["buyer_id"] == "device_id" and "signed-out" in draft.notes["buyer_id"]
     assert draft.fields["product_id"] == "event_properties.product_id"
+
+
+def test_a_counter_within_an_order_is_no_category(tmp_path: Path) -> None:
+    """Olist's order items: order_item_id counts 1, 2, ... within an order, a category it is not."""
+    rng = np.random.default_rng(4)
+    rows = ["order_id,order_item_id,product_id,seller_id,shipping_limit_date,price,freight_value"]
+    for order in range(300):
+        seller = f"{int(rng.integers(12)):032x}"
+        for item in range(1, int(rng.integers(1, 6)) + 1):
+            rows.append(
+                f"{order * 7919:032x},{item},{int(rng.integers(400)) * 104729:032x},{seller},"
+                f"2017-09-{1 + order % 28:02d} 09:{order % 60:02d}:00,{rng.integers(500, 9000) / 100:.2f},13.29"
+            )
+    draft = draft_csv(tmp_path, "olist_order_items_dataset.csv", rows)
+    assert draft.fields["product_id"] == "product_id" and draft.fields["merchant_id"] == "seller_id"
+    assert draft.fields["category_id"] is None and draft.fields["buyer_id"] != "order_item_id"
