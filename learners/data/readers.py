@@ -17,10 +17,11 @@ from __future__ import annotations
 import atexit
 import csv
 import difflib
+import gc
 import gzip
 import json
-import threading
 import time
+import weakref
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -388,6 +389,10 @@ def delimiter_fix(delimiter: str) -> str:
     return f"write csv: {{delimiter: {json.dumps(delimiter)}}} in the mapping"
 
 
+SHOWN_COLUMNS = 30
+"""Columns an error names of a file's header (an Adobe feed has 294; a data row read as one, more)."""
+
+
 def check_columns(
     path: Path,
     where: str,
@@ -407,24 +412,37 @@ def check_columns(
         if column not in available:
             close = difflib.get_close_matches(column, available, n=1)
             guess = f"did you mean '{close[0]}'? " if close else ""
+            if "." in column and delimiter is not None:
+                guess += "a dotted path reads nested JSON lines, not a CSV column; "
+            shown = ", ".join(available[:SHOWN_COLUMNS]) or "(none)"
+            if len(available) > SHOWN_COLUMNS:
+                shown += f", ... ({len(available)} in all)"
             raise ValueError(
                 f"{path}: {where} has no column '{column}' named by mapping {mapping.source}; "
-                f"available columns: {', '.join(available) or '(none)'}; fix: {guess}{fix}"
+                f"available columns: {shown}; fix: {guess}{fix}"
             )
 
 
-_ARROW_READERS_USED = threading.Event()
+_HELD_BY_ARROW: weakref.WeakSet[object] = weakref.WeakSet()
+"""The Python objects an Arrow CSV reader may still hold: its line blocks and invalid-row handler."""
+RELEASE_WAIT_S = 5.0
+"""The longest the exit waits for Arrow to let go of them."""
 
 
 @atexit.register
 def _let_arrow_release_readers() -> None:
     """Arrow's CSV reader reads our line blocks ahead on its I/O threads, and the last of them to finish
-    can drop the reader, which needs the GIL to let go of the Python file. If that comes after the
-    interpreter began to shut down, the process aborts ("terminate called without an active
-    exception", 1 run in 10 of `prepare --check` on two files). A pause while Python is still whole
-    lets those threads finish first."""
-    if _ARROW_READERS_USED.is_set():
-        time.sleep(0.05)
+    can drop the reader, which needs the GIL to let go of its Python objects (a gdb backtrace: the
+    invalid-row handler, released by ``StreamingReaderImpl``'s destructor on a pool thread). If that
+    comes after the interpreter began to shut down, the process aborts ("terminate called without an
+    active exception": 1 run in 10 of `prepare --check` on two files, and 1 in 12 to 30 of a draft
+    that stops at a second file's header on a busy machine, where a fixed 50 ms pause was too short).
+    So the exit waits, while Python is still whole, until Arrow has let go of every one of them."""
+    gc.collect()
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while _HELD_BY_ARROW and time.monotonic() < deadline:
+        time.sleep(0.005)
+        gc.collect()
 
 
 def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
@@ -433,6 +451,7 @@ def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[Ra
     stream = open_binary(path)
     try:
         blocks = _LineBlocks(stream, path, delimiter)
+        _HELD_BY_ARROW.add(blocks)
         if mapping.csv.header:
             header = blocks.readline()
             if header is None:
@@ -460,6 +479,8 @@ def _csv_chunks(
         skipped[row.number + offset] = (why, row.text)
         return "skip"
 
+    _HELD_BY_ARROW.add(on_invalid)
+
     try:
         reader = pacsv.open_csv(
             blocks,
@@ -478,7 +499,6 @@ def _csv_chunks(
             yield from _flush_skipped(path, file_index, skipped, blocks, offset + 1)
             return
         raise cannot_read(path, err) from None
-    _ARROW_READERS_USED.set()
     cursor = offset + 1
     file = str(path)
     while True:

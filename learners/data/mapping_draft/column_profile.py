@@ -18,7 +18,8 @@ FIT_SHARE = 0.95
 """Share of a column's non-empty sampled values that must fit a reading (a timestamp format, numbers)
 for the column to be taken as such: a few stray values do not veto a reading."""
 TIME_WORDS = frozenset(
-    {"time", "timestamp", "date", "datetime", "ts", "created", "when", "stamp", "day", "days", "at", "dt"}
+    {"time", "timestamp", "date", "datetime", "ts", "tstamp", "created", "when", "stamp", "day", "days"}
+    | {"at", "dt"}
 )
 """Words of a column name that say it holds times (bare-digit patterns are only tried on such columns;
 such a column is no id)."""

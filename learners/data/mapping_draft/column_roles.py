@@ -28,7 +28,7 @@ ROLE_WORDS: dict[str, frozenset[str]] = {
     "buyer_id": frozenset(
         {"user", "userid", "uid", "customer", "customerid", "buyer", "buyerid", "client", "clientid"}
         | {"visitor", "visitorid", "member", "memberid", "shopper", "account", "accountid", "email"}
-        | {"mail", "distinct", "distinctid", "household", "householdkey"}
+        | {"mail", "distinct", "distinctid", "household", "householdkey", "visid"}
     ),
     "product_id": frozenset(
         {"item", "itemid", "product", "productid", "sku", "skuid", "goods", "article", "asin", "offer", "aid"}
@@ -77,9 +77,15 @@ no category of 3,499 products."""
 
 
 ID_WORDS = frozenset({"id", "no", "key"})
-EVENT_ID_WORDS = frozenset({"insert", "insertid", "uuid", "guid", "messageid", "eventid", "requestid"})
-"""Words naming one event's own id, unique per row: never a buyer, product or category."""
-COUNTER_WORDS = frozenset({"step", "position", "pos", "rank", "index", "idx", "seq", "sequence", "line"})
+EVENT_ID_WORDS = frozenset(
+    {"insert", "insertid", "uuid", "guid", "messageid", "eventid", "requestid", "fingerprint"}
+    | {"ip", "ipaddress", "useragent", "agent"}
+)
+"""Words naming one event's own id (unique per row) or a network address: never a buyer, product or
+category (Snowplow's event_fingerprint and user_ipaddress, which many browsers share)."""
+COUNTER_WORDS = frozenset(
+    {"step", "position", "pos", "rank", "index", "idx", "seq", "sequence", "line", "num"}
+)
 """Words naming a counter (1, 2, 3 ... within a visit or an order): never an id, however many distinct
 values it has (Trivago's step)."""
 
@@ -102,6 +108,18 @@ def _id_like(p: ColumnProfile, spaces: bool = False) -> bool:
     )
 
 
+def _reads_as_times(p: ColumnProfile) -> bool:
+    """Integers in the range of unix seconds or milliseconds of 2000-2100: times, no product or
+    category (Adobe's post_cust_hit_time_gmt)."""
+    if p.ints < FIT_SHARE:
+        return False
+    texts = p.texts.drop_null()
+    numbers = pc.cast(texts.filter(pc.match_substring_regex(texts, r"^[0-9]{10}$|^[0-9]{13}$")), pa.int64())
+    seconds = pc.if_else(pc.greater(numbers, 10**11), pc.divide(numbers, 1000), numbers)
+    inside = pc.and_(pc.greater_equal(seconds, 946_684_800), pc.less(seconds, 4_102_444_800))
+    return (pc.sum(inside.cast(pa.int64())).as_py() or 0) >= FIT_SHARE * p.non_null
+
+
 def _counts_up(p: ColumnProfile) -> bool:
     """Values that are the integers 0 or 1 up to some n, each of them: a counter within an order
     (Olist's order_item_id) or of a buyer's orders (Instacart's order_number), no product or category."""
@@ -114,8 +132,12 @@ def _counts_up(p: ColumnProfile) -> bool:
 def _says_other(p: ColumnProfile) -> bool:
     """A name that says the column is something a product or category guessed from values is not: a
     place (Shopify's Billing Zip), a status or channel (WooCommerce's Status, H&M's sales channel), a
-    device or browser, or an analytics tool's own property (Mixpanel's $device_id, $brand)."""
+    device or browser, a buyer or a visit, or an analytics tool's own property (Mixpanel's $device_id,
+    $brand)."""
     other = PLACE_WORDS | STATUS_WORDS | DEVICE_ID_WORDS | {"device", "browser", "os"}
+    other |= (
+        ROLE_WORDS["buyer_id"] | ROLE_WORDS["session_id"]
+    )  # Adobe's post_visid_low, Snowplow's domain_userid
     return bool(p.tokens & other) or "$" in p.name
 
 
@@ -176,6 +198,8 @@ def assign_roles(
             return p.letters >= QUERY_TEXT_SHARE
         if role == "category_id":  # names of categories have spaces ("Home/Apparel/Men's / Unisex/")
             return _id_like(p, spaces=True) and p.name not in codes
+        if role == "merchant_id" and "event" in p.tokens:  # Snowplow's event_vendor: a schema's
+            return False
         # One value in every sampled row is no buyer, product or visit (GA4's user_ltv.currency).
         return _id_like(p) and p.name not in codes and (p.distinct > 1 or role == "merchant_id")
 
@@ -198,7 +222,11 @@ def assign_roles(
                     len(p.tokens & ROLE_WORDS["query"]) if role == "query" else 0,
                     # A session named so over an order or basket (Diginetica's sessionId, ordernumber).
                     role == "session_id" and bool(p.tokens & {"session", "sessionid"}),
+                    # An event named so over a type (Adobe's post_event_list over connection_type).
+                    role == "event" and "event" in p.tokens,
                     p.non_null,
+                    # Of two buyer ids the finer (Adobe's post_visid_low over post_visid_high).
+                    p.distinct if role == "buyer_id" else 0,
                     -order[p.name],
                 ),
             )
@@ -233,7 +261,12 @@ def assign_roles(
     ids = [
         p
         for p in free()
-        if _id_like(p) and p.name not in codes and p.distinct > 1 and not _says_other(p) and not _counts_up(p)
+        if _id_like(p)
+        and p.name not in codes
+        and p.distinct > 1
+        and not _says_other(p)
+        and not _counts_up(p)
+        and not _reads_as_times(p)
     ]
     session = profiles[roles["session_id"]] if roles["session_id"] is not None else None
     # A buyer has one session or more: a column with more distinct values than the sessions is no
@@ -275,7 +308,7 @@ def assign_roles(
                 f" ({product.distinct:,})"
             )
     if roles["price"] is None:
-        prices = [p for p in free() if p.decimals and p.numbers >= FIT_SHARE and "$" not in p.name]
+        prices = [p for p in free() if p.decimals and p.numbers >= FIT_SHARE and not _says_other(p)]
         if prices:
             roles["price"] = prices[0].name
             taken.add(prices[0].name)

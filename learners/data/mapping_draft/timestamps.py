@@ -72,9 +72,11 @@ UNIX_S_RANGE = (946_684_800, 4_102_444_800)  # 2000-01-01 .. 2100-01-01
 SECONDARY_TIME_WORDS = frozenset(
     {"client", "device", "server", "upload", "uploaded", "received", "processed", "previous", "first"}
     | {"last", "updated", "modified", "paid", "fulfilled", "cancelled", "canceled", "closed", "offset"}
+    | {"dvce", "etl", "collector", "sent"}
 )
 """Words of a time column that is not when the event happened: Amplitude's client_event_time beside
-event_time, GA4's user_first_touch_timestamp, Shopify's Paid at beside Created at."""
+event_time, GA4's user_first_touch_timestamp, Shopify's Paid at beside Created at, Snowplow's
+dvce_created_tstamp and collector_tstamp beside derived_tstamp."""
 ZONE_BY_OFFSET: dict[int, str] = {
     -10: "Pacific/Honolulu",
     -8: "America/Los_Angeles",
@@ -272,7 +274,7 @@ def guess_timestamp(
     profiles: dict[str, ColumnProfile], sample: Sample, taken: set[str]
 ) -> TimestampGuess | None:
     """The time column and how to read it (name hints first, finer resolution first)."""
-    best: tuple[tuple[int, int, int, int, int], str, tuple[str, str, int]] | None = None
+    best: tuple[tuple[int, ...], str, tuple[str, str, int]] | None = None
     for order, (name, p) in enumerate(profiles.items()):
         if name in taken:
             continue
@@ -280,6 +282,7 @@ def guess_timestamp(
             score = (
                 bool(p.tokens & TIME_WORDS),
                 not p.tokens & SECONDARY_TIME_WORDS,
+                bool(p.tokens & {"gmt", "utc"}),  # Adobe's hit_time_gmt over its local date_time
                 candidate[1] == "second",
                 candidate[2],
                 -order,

@@ -445,3 +445,24 @@ def test_a_counter_within_an_order_is_no_category(tmp_path: Path) -> None:
     draft = draft_csv(tmp_path, "olist_order_items_dataset.csv", rows)
     assert draft.fields["product_id"] == "product_id" and draft.fields["merchant_id"] == "seller_id"
     assert draft.fields["category_id"] is None and draft.fields["buyer_id"] != "order_item_id"
+
+
+def test_a_tracker_export_takes_its_derived_time_and_no_fingerprint_or_address_for_an_id(
+    tmp_path: Path,
+) -> None:
+    """Snowplow's events: event_fingerprint is one event's, user_ipaddress many browsers', and
+    derived_tstamp the event's own time beside the device's and the collector's."""
+    rng = np.random.default_rng(5)
+    header = "app_id,dvce_created_tstamp,collector_tstamp,derived_tstamp,event,event_fingerprint"
+    rows = [header + ",user_ipaddress,domain_userid,domain_sessionid,event_vendor"]
+    for i in range(500):
+        browser = int(rng.integers(60))
+        stamp = f"2022-02-{1 + i // 100:02d} 1{i % 10}:{i % 60:02d}:0"
+        rows.append(
+            f"shop,{stamp}1,{stamp}3,{stamp}2,{('page_view', 'unstruct')[i % 2]},{rng.integers(10**15):x},"
+            f"10.0.0.{browser % 7},{browser:08x}-d1,{browser:08x}-{i // 50},com.snowplowanalytics.{i % 3}"
+        )
+    draft = draft_csv(tmp_path, "events.csv", rows)
+    assert draft.fields["ts"] == "derived_tstamp" and draft.fields["buyer_id"] == "domain_userid"
+    assert draft.fields["session_id"] == "domain_sessionid" and draft.fields["merchant_id"] == "=shop"
+    assert "event_fingerprint" not in draft.fields.values() and "user_ipaddress" not in draft.fields.values()

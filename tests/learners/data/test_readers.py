@@ -166,6 +166,16 @@ def test_a_zip_archive_of_one_log_reads_as_the_log_and_others_say_what_to_do(tmp
         run(book)
 
 
+def test_a_missing_column_names_the_first_columns_and_says_a_dotted_path_is_for_json(tmp_path):
+    """Adobe's feed has 294 columns; a dotted path names a key of nested JSON lines, not a CSV column."""
+    names = [f"c{i}" for i in range(40)]
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(names) + "\n" + ",".join("1" * 40) + "\n")
+    values = dict(BASE, fields={"merchant_id": "c0", "buyer_id": "c1", "ts": "contexts.product.id"})
+    with pytest.raises(ValueError, match=r"c29, \.\.\. \(40 in all\); fix: a dotted path reads nested JSON"):
+        run(path, mapping_from_dict(values))
+
+
 def test_invalid_utf8_line_is_quarantined(tmp_path):
     path = tmp_path / "u.csv"
     path.write_bytes(f"{HEADER}\ns,u1,10,v,1\ns,\xff\xfe,20,v,1\ns,u3,30,v,1\n".encode("latin-1"))
