@@ -182,6 +182,8 @@ class _LineBlocks:
         self.flagged: dict[int, tuple[str, str]] = {}
         self.joined: list[tuple[int, int]] = []
         """(record line, lines it spans past its first) of each record joined from several lines."""
+        self.columns: int | None = None
+        """The header's number of values, which a record joined from several lines must hold."""
         self.closed = False
         self.position = 0
 
@@ -306,15 +308,19 @@ class _LineBlocks:
 
     def _record_end(self, lines: list[bytes], first: int) -> int | None:
         """The line that closes the quoted value opened on line ``first`` (an even count of quotes so
-        far, the record then parsing as CSV); -1 where the lines cannot make one record (not UTF-8,
-        or not CSV once the quotes pair up); None where no line of the block closes it."""
+        far, the record then parsing as CSV with the header's number of values); -1 where the lines
+        cannot make one record (not UTF-8, not CSV once the quotes pair up, or another number of
+        values: stray quotes in broken lines, which must not swallow the good lines between them);
+        None where no line of the block closes it."""
         quotes = lines[first].count(b'"')
         for j in range(first + 1, min(len(lines), first + RECORD_MAX_LINES)):
             if not is_utf8(lines[j]):
                 return -1
             quotes += lines[j].count(b'"')
             if quotes % 2 == 0:
-                return j if self._quotes_close(b"\n".join(lines[first : j + 1])) else -1
+                values = self._fields(b"\n".join(lines[first : j + 1]))
+                fits = values is not None and (self.columns is None or values == self.columns)
+                return j if fits else -1
         return None
 
     def physical(self, lines: np.ndarray) -> np.ndarray:
@@ -327,13 +333,15 @@ class _LineBlocks:
         return lines + np.where(before > 0, shift[np.maximum(before - 1, 0)], 0)
 
     def _quotes_close(self, line: bytes) -> bool:
+        return self._fields(line) is not None
+
+    def _fields(self, record: bytes) -> int | None:
+        """How many values a record holds, None where its quoting is broken."""
         try:
-            list(csv.reader([line.decode("utf-8")], delimiter=self.delimiter, strict=True))
-        except UnicodeDecodeError:
-            return False
-        except csv.Error:
-            return False
-        return True
+            rows = list(csv.reader([record.decode("utf-8")], delimiter=self.delimiter, strict=True))
+        except (UnicodeDecodeError, csv.Error):
+            return None
+        return len(rows[0]) if rows else 0
 
     def tell(self) -> int:
         return self.position
@@ -460,6 +468,7 @@ def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[Ra
             check_columns(path, "line 1 (header)", names, mapping, delimiter)
         else:
             names = list(mapping.csv.columns or ())
+        blocks.columns = len(names)
         yield from _csv_chunks(path, file_index, blocks, names, delimiter, blocks.next_line - 1)
     finally:
         stream.close()

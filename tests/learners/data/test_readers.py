@@ -101,6 +101,15 @@ def test_a_quoted_value_spanning_lines_is_one_row_on_the_line_it_starts(tmp_path
     assert bad["line"] == 8 and "does not close" in bad["reason"] and bad["raw"] == '"s,u4,40,v,4'
 
 
+def test_stray_quotes_do_not_swallow_the_good_lines_between_them(tmp_path):
+    """Joined, these three lines would make one record of 2 values, not the header's 5: they stay lines."""
+    path = tmp_path / "stray.csv"
+    path.write_text(f'{HEADER}\ns,"u2,20,v,1\ns,u3,30,v,1\nx",u4,40\n')
+    events, quarantine, rows = run(path)
+    assert lines_of(events) == [3] and rows == 3
+    assert [q["line"] for q in quarantine] == [2, 4]
+
+
 def test_records_spanning_lines_read_as_the_csv_module_reads_them_across_blocks(tmp_path):
     """A third of the records span lines, in a file of several of the reader's 64 kB reads (one
     record crosses from one to the next); every value and line number matches Python's csv module."""
