@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from learners.data import readers
+from learners.data import csv_lines, readers
 from learners.data.adapters import MappingAdapter
 from learners.data.mapping import mapping_from_dict
 
@@ -194,7 +194,7 @@ def test_invalid_utf8_line_is_quarantined(tmp_path):
 
 
 def test_many_chunks_keep_line_numbers(tmp_path, monkeypatch):
-    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 64)
+    monkeypatch.setattr(csv_lines, "CSV_BLOCK_BYTES", 64)
     body = [HEADER]
     for i in range(300):
         body.append("" if i % 17 == 0 else (f"s,u{i},{i},v" if i % 23 == 0 else f"s,u{i},{i},v,1"))
