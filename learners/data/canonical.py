@@ -311,6 +311,8 @@ def _raw_text(chunk: RawChunk, columns: list[str], rows: np.ndarray) -> list[str
 def _rule_hits(values: pa.Array, rule: DropRule) -> pa.Array:
     if rule.below is not None:
         return pc.fill_null(pc.less(_numbers(values), rule.below), False)
+    if rule.above is not None:
+        return pc.fill_null(pc.greater(_numbers(values), rule.above), False)
     text = as_text(values)
     if rule.starts_with is not None:
         return pc.fill_null(pc.starts_with(text, rule.starts_with), False)

@@ -27,7 +27,7 @@ OPTIONAL_FIELDS = ("session_id", "product_id", "category_id", "price", "query")
 TOP_KEYS = ("name", "format", "csv", "jsonl", "fields", "timestamp", "event_type", "drop_rows", "match")
 CSV_KEYS = ("delimiter", "header", "columns")
 JSONL_KEYS = ("explode", "keep_empty")
-DROP_TESTS = ("starts_with", "below", "in")
+DROP_TESTS = ("starts_with", "below", "above", "in")
 RULE_LABEL = "where "
 """How a drop_rows rule's label begins in rows_dropped_by_code, unlike an event code's."""
 TIMESTAMP_KEYS = ("format", "year", "timezone", "resolution", "min", "max")
@@ -70,6 +70,8 @@ class DropRule:
     """Drop rows whose value starts with this text."""
     below: float | None = None
     """Drop rows whose value is a number below this one."""
+    above: float | None = None
+    """Drop rows whose value is a number above this one (Adobe Analytics' exclude_hit above 0)."""
     values: tuple[str, ...] = ()
     """Drop rows whose value is one of these (``in:`` in YAML)."""
 
@@ -80,6 +82,8 @@ class DropRule:
             return f"{RULE_LABEL}{self.column} starts with {self.starts_with!r}"
         if self.below is not None:
             return f"{RULE_LABEL}{self.column} < {self.below:g}"
+        if self.above is not None:
+            return f"{RULE_LABEL}{self.column} > {self.above:g}"
         return f"{RULE_LABEL}{self.column} in [{', '.join(repr(v) for v in self.values)}]"
 
 
@@ -455,10 +459,12 @@ def _drop_rules(source: str, values: Any) -> tuple[DropRule, ...]:
                 source, where, f"expected one of {', '.join(DROP_TESTS)}, got {tests or 'none'}", example
             )
         test, given = tests[0], value[tests[0]]
-        if test == "below":
+        if test in ("below", "above"):
             if isinstance(given, bool) or not isinstance(given, (int, float)):
-                raise _fail(source, f"{where}.below", f"expected a number, got {given!r}", "write below: 0")
-            rules.append(DropRule(column, below=float(given)))
+                raise _fail(
+                    source, f"{where}.{test}", f"expected a number, got {given!r}", f"write {test}: 0"
+                )
+            rules.append(DropRule(column, **{test: float(given)}))
         elif test == "starts_with":
             rules.append(DropRule(column, starts_with=_text(source, f"{where}.starts_with", str(given))))
         else:

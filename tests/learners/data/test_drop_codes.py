@@ -202,12 +202,17 @@ def test_drop_rows_leave_out_cancellations_and_non_products_counted_per_rule(tmp
     }
     lines = "\n".join(check_lines(check))
     assert "where Quantity < 0" in lines and "code 'where" not in lines
+    # Adobe Analytics' excluded hits: exclude_hit above 0 (here the large orders, above 5).
+    values["drop_rows"] = [{"column": "Quantity", "above": 5}]
+    check = check_rows([log], get_adapter(mapping=write_mapping(tmp_path, values)))
+    assert check.rows_dropped_by_code == {"where Quantity > 5": 1}
 
 
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
-        ({"column": "Quantity"}, "expected one of starts_with, below, in, got none"),
+        ({"column": "Quantity"}, "expected one of starts_with, below, above, in, got none"),
+        ({"column": "Quantity", "above": "1"}, "expected a number"),
         ({"column": "Quantity", "below": "zero"}, "expected a number"),
         ({"column": "Quantity", "below": 0, "in": ["1"]}, "expected one of"),
         ({"column": "StockCode", "in": "POST"}, "expected a list of values"),
