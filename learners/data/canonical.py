@@ -335,19 +335,18 @@ def _one_event_repeats(chunk: RawChunk, mapping: SourceMapping) -> np.ndarray:
     if mapping.jsonl.explode is None or n < 2:
         return repeats
     repeats[1:] = chunk.lines[1:] == chunk.lines[:-1]
+    if not repeats.any():  # a line per row: nothing was exploded into several
+        return repeats
     stamps = as_text(chunk.table.column(mapping.fields["ts"].column)).to_numpy(zero_copy_only=False)
     repeats[1:] &= stamps[1:] == stamps[:-1]
     spec = mapping.event_type
-    if not repeats.any():
-        return repeats
     if spec.column is None:
         return repeats if spec.constant in ONE_PAGE_TYPES else np.zeros(n, bool)
-    codes = event_codes(chunk.table.column(spec.column), list(spec.map)).to_numpy(zero_copy_only=False)
-    repeats[1:] &= codes[1:] == codes[:-1]
+    codes = event_codes(chunk.table.column(spec.column), list(spec.map))
+    text = codes.to_numpy(zero_copy_only=False)
+    repeats[1:] &= text[1:] == text[:-1]
     one_page = [code for code, kind in spec.map.items() if kind in ONE_PAGE_TYPES]
-    hits = pc.fill_null(
-        pc.is_in(pa.array(codes, pa.string()), value_set=pa.array(one_page, pa.string())), False
-    )
+    hits = pc.fill_null(pc.is_in(codes, value_set=pa.array(one_page, pa.string())), False)
     return repeats & hits.to_numpy(zero_copy_only=False)
 
 

@@ -279,6 +279,8 @@ def _let_arrow_release_readers() -> None:
     active exception": 1 run in 10 of `prepare --check` on two files, and 1 in 12 to 30 of a draft
     that stops at a second file's header on a busy machine, where a fixed 50 ms pause was too short).
     So the exit waits, while Python is still whole, until Arrow has let go of every one of them."""
+    if not _HELD_BY_ARROW:  # no CSV read, or every reader already let go: no collection at exit
+        return
     gc.collect()
     deadline = time.monotonic() + RELEASE_WAIT_S
     while _HELD_BY_ARROW and time.monotonic() < deadline:
@@ -287,7 +289,7 @@ def _let_arrow_release_readers() -> None:
 
 
 def read_csv(path: Path, file_index: int, mapping: SourceMapping) -> Iterator[RawChunk]:
-    """Stream a CSV file (plain or gzip) in chunks with exact physical line numbers."""
+    """Stream a CSV file (plain, gzip or zipped) in chunks with the line where each row starts."""
     delimiter = _csv_delimiter(path, mapping)
     stream = open_binary(path)
     try:

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from learners.data.mapping_draft.column_profile import FIT_SHARE, TIME_WORDS, ColumnProfile
 from learners.data.mapping_draft.event_codes import code_counts, event_word
+from learners.data.mapping_draft.timestamps import UNIX_S_RANGE
 
 # Canonical field (or "event") -> words of a source column name that name it. Checked in this order;
 # a column goes to the first role it fits.
@@ -116,7 +117,7 @@ def _reads_as_times(p: ColumnProfile) -> bool:
     texts = p.texts.drop_null()
     numbers = pc.cast(texts.filter(pc.match_substring_regex(texts, r"^[0-9]{10}$|^[0-9]{13}$")), pa.int64())
     seconds = pc.if_else(pc.greater(numbers, 10**11), pc.divide(numbers, 1000), numbers)
-    inside = pc.and_(pc.greater_equal(seconds, 946_684_800), pc.less(seconds, 4_102_444_800))
+    inside = pc.and_(pc.greater_equal(seconds, UNIX_S_RANGE[0]), pc.less(seconds, UNIX_S_RANGE[1]))
     return (pc.sum(inside.cast(pa.int64())).as_py() or 0) >= FIT_SHARE * p.non_null
 
 
