@@ -45,7 +45,8 @@ class AgentPlan:
     base_model: str
     examples: int
     tokens_per_epoch: int
-    """Prompt + target tokens of one pass over the examples (what the training loop counts)."""
+    """Prompt + target tokens of one pass over the examples (what the training loop counts), at most
+    the agent's token budget (``max_tokens``)."""
     epochs: int
     """Passes over the examples: stage 1 (persona agent) + stage 2."""
     counted: str

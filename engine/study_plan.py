@@ -120,6 +120,7 @@ class Planner:
             stages += agent_rows
             simulations = self.simulations(data, split, counts.cutoff, traces, policies)
             stages += self.simulation_rows(simulations)
+            stages += self.rollout_calibration_rows(agents, traces)
             ray_rate = calibrate_command(data, split["heldout"][0], c)
         finally:
             torch.set_num_threads(threads)
@@ -276,13 +277,17 @@ class Planner:
                 )
                 continue
             rate = rates[model_name]
-            seconds = round(counted.tokens * epochs / (rate.per_s * self.workers), 1)
+            # A token budget caps each epoch (learners/agent/selection.py); it keeps whole sessions, so
+            # an epoch holds up to the budget.
+            per_epoch = min(counted.tokens, c.agent.max_tokens or counted.tokens)
+            budget = f", {per_epoch:,} per epoch (max_tokens)" if per_epoch < counted.tokens else ""
+            seconds = round(per_epoch * epochs / (rate.per_s * self.workers), 1)
             plans.append(
                 AgentPlan(
                     key,
                     model_name,
                     examples.num_rows,
-                    counted.tokens,
+                    per_epoch,
                     epochs,
                     counted.counted,
                     rate.name,
@@ -292,7 +297,7 @@ class Planner:
             rows.append(
                 StageRow(
                     f"train {key} agent",
-                    f"{examples.num_rows:,} examples, {counted.tokens:,} tokens x {epochs} epochs",
+                    f"{examples.num_rows:,} examples, {counted.tokens:,} tokens{budget} x {epochs} epochs",
                     seconds,
                     f"{rate.name}{workers}; {counted.counted}"
                     + ("; stage 1 at the stage-2 rate" if key == "persona" and c.agent.stage1_epochs else ""),
@@ -325,10 +330,7 @@ class Planner:
         # Strict runs cover the held-out merchants with codes from the earlier window; the others all.
         merchants = {"strict": merchants_before(data, heldout, cutoff) if cutoff else heldout}
         merchants["same-window"] = merchants["shared"] = heldout
-        session_keys = pc.binary_join_element_wise(
-            traces["merchant_id"], traces["buyer_id"], traces["session_id"], "\x1f"
-        )
-        replayed = pc.value_counts(session_keys).field("counts").to_numpy()
+        replayed = session_lengths(traces)
         policies = policies | {"random": RandomPolicy().act}
         measured: dict[str, tuple[Rate, float | None]] = {}
         plans: list[SimPlan] = []
@@ -370,7 +372,7 @@ class Planner:
             if system.policy == "random" and per_visit is not None:
                 steps, basis = min(per_visit, max_steps), "measured on the random policy's own visits"
             else:  # the policies fitted to the traces: an untrained stand-in's visits would say nothing
-                steps = float(np.minimum(replayed, max_steps).mean()) if len(replayed) else float(max_steps)
+                steps = mean_steps(replayed, max_steps)
                 basis = f"the replayed sessions' mean (each capped at {max_steps})"
             visits = {run: sum(counts.values()) for run, counts in per_run.items()}
             sim = SimPlan(
@@ -406,6 +408,44 @@ class Planner:
                 )
             )
         return rows
+
+    def rollout_calibration_rows(self, agents: list[AgentPlan], traces: pa.Table) -> list[StageRow]:
+        """Each LLM agent's rollout calibration (``agent.calibration_visits``): visits it walks in
+        process, one per replayed session up to the cap, every round, at its simulations' measured rate."""
+        c = self.config.agent
+        if c.calibration_visits <= 0 or c.calibration_rounds <= 0:
+            return []
+        replayed = session_lengths(traces)
+        steps = mean_steps(replayed, self.config.simulate.max_steps)
+        visits = min(c.calibration_visits, len(replayed)) * c.calibration_rounds
+        rates = {r.name: r for r in self.calibration}
+        rows = []
+        for agent in agents:
+            rate = rates.get(f"simulate {agent.base_model}")
+            rows.append(
+                StageRow(
+                    f"rollout-calibrate {agent.key} agent",
+                    f"{visits:,} visits ({c.calibration_rounds} rounds), ~{round(visits * steps):,} steps",
+                    round(visits * steps / rate.per_s, 1) if rate else None,
+                    f"{rate.name}, in process; {steps:.1f} steps/visit: the replayed sessions' mean"
+                    if rate
+                    else "not measured",
+                )
+            )
+        return rows
+
+
+def session_lengths(traces: pa.Table) -> np.ndarray:
+    """Steps of each replayed session in ``traces``."""
+    keys = pc.binary_join_element_wise(
+        traces["merchant_id"], traces["buyer_id"], traces["session_id"], "\x1f"
+    )
+    return pc.value_counts(keys).field("counts").to_numpy()
+
+
+def mean_steps(lengths: np.ndarray, max_steps: int) -> float:
+    """Mean steps per visit of sessions of these lengths, each cut at ``max_steps`` as the env cuts a visit."""
+    return float(np.minimum(lengths, max_steps).mean()) if len(lengths) else float(max_steps)
 
 
 def plan_study(config: StudyConfig, log: Callable[[str], None] = print) -> StudyPlan:

@@ -29,6 +29,7 @@ CONFIG = {
     "goal_seeds": 2,
     "personas": {"codes": 4, "epochs": 2, "warmup_epochs": 1},
     "traces": {"max_sessions": 2},
+    "agent": {"calibration_visits": 30, "calibration_rounds": 2, "max_tokens": 12_000},
     "simulate": {
         "buyers_per_merchant": 12,
         "buyers_per_real_session": 0.5,
@@ -91,6 +92,13 @@ def test_the_plan_prints_a_table_and_trains_nothing(planned):
         "Ray command",
     } <= names
     assert all(rate["per_s"] > 0 for rate in plan["calibration"])
+    # Each LLM agent's rollout calibration: one visit per replayed session up to the cap, every round,
+    # at the agent's measured simulation rate.
+    visits = min(30, plan["split"]["replayed_sessions"]) * 2
+    for key in ("persona", "no-persona"):
+        row = next(r for r in plan["stages"] if r["stage"] == f"rollout-calibrate {key} agent")
+        assert row["work"].startswith(f"{visits:,} visits (2 rounds)") and row["seconds"] > 0, row
+        assert row["basis"].startswith("simulate tiny, in process")
 
 
 def test_replayed_steps_and_tokens_are_what_the_study_then_produces(planned, tmp_path):
@@ -129,7 +137,11 @@ def test_replayed_steps_and_tokens_are_what_the_study_then_produces(planned, tmp
         torch.set_num_threads(threads)
     agent = next(a for a in plan["agents"] if a["key"] == "no-persona")
     assert agent["examples"] == trained.examples
-    assert agent["tokens_per_epoch"] == trained.epochs[0]["tokens"]
+    # Counted exactly, and each epoch capped by the study's token budget.
+    budget = config["agent"]["max_tokens"]
+    assert budget < trained.epochs[0]["tokens"] and agent["tokens_per_epoch"] == budget
+    row = next(r for r in plan["stages"] if r["stage"] == "train no-persona agent")
+    assert f"{trained.epochs[0]['tokens']:,} tokens, {budget:,} per epoch (max_tokens)" in row["work"]
     assert agent["epochs"] == 2  # stage2_epochs of the study (default); the persona agent adds stage 1
     assert next(a for a in plan["agents"] if a["key"] == "persona")["epochs"] == 3
     assert "larger" not in {a["key"] for a in plan["agents"]}  # no chosen system uses it
