@@ -118,9 +118,10 @@ class Planner:
             )
             agents, policies, agent_rows = self.agents(data, traces)
             stages += agent_rows
-            simulations = self.simulations(data, split, counts.cutoff, traces, policies)
+            replayed = session_lengths(traces)
+            simulations = self.simulations(data, split, counts.cutoff, replayed, policies)
             stages += self.simulation_rows(simulations)
-            stages += self.rollout_calibration_rows(agents, traces)
+            stages += self.rollout_calibration_rows(agents, replayed)
             ray_rate = calibrate_command(data, split["heldout"][0], c)
         finally:
             torch.set_num_threads(threads)
@@ -318,7 +319,7 @@ class Planner:
         return plans, policies, rows
 
     def simulations(
-        self, data: Path, split: dict, cutoff: str | None, traces: pa.Table, policies: dict[str, Callable]
+        self, data: Path, split: dict, cutoff: str | None, replayed: np.ndarray, policies: dict[str, Callable]
     ) -> list[SimPlan]:
         """Visits per system (the simulations' own sizing rule), steps, and time at measured steps/s."""
         from engine.placement import in_runner
@@ -330,7 +331,6 @@ class Planner:
         # Strict runs cover the held-out merchants with codes from the earlier window; the others all.
         merchants = {"strict": merchants_before(data, heldout, cutoff) if cutoff else heldout}
         merchants["same-window"] = merchants["shared"] = heldout
-        replayed = session_lengths(traces)
         policies = policies | {"random": RandomPolicy().act}
         measured: dict[str, tuple[Rate, float | None]] = {}
         plans: list[SimPlan] = []
@@ -409,13 +409,12 @@ class Planner:
             )
         return rows
 
-    def rollout_calibration_rows(self, agents: list[AgentPlan], traces: pa.Table) -> list[StageRow]:
+    def rollout_calibration_rows(self, agents: list[AgentPlan], replayed: np.ndarray) -> list[StageRow]:
         """Each LLM agent's rollout calibration (``agent.calibration_visits``): visits it walks in
         process, one per replayed session up to the cap, every round, at its simulations' measured rate."""
         c = self.config.agent
         if c.calibration_visits <= 0 or c.calibration_rounds <= 0:
             return []
-        replayed = session_lengths(traces)
         steps = mean_steps(replayed, self.config.simulate.max_steps)
         visits = min(c.calibration_visits, len(replayed)) * c.calibration_rounds
         rates = {r.name: r for r in self.calibration}

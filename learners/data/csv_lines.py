@@ -155,7 +155,7 @@ class _LineBlocks:
             return "empty line"
         if not valid_utf8 and not is_utf8(line):
             return "line is not valid UTF-8 text"
-        if b'"' in line and not self._quotes_close(line):
+        if b'"' in line and self._fields(line) is None:
             return OPEN_QUOTE
         return None
 
@@ -216,15 +216,9 @@ class _LineBlocks:
         before = np.searchsorted(starts, lines, side="left")
         return lines + np.where(before > 0, shift[np.maximum(before - 1, 0)], 0)
 
-    def _quotes_close(self, line: bytes) -> bool:
-        try:
-            next(csv.reader([line.decode("utf-8")], delimiter=self.delimiter, strict=True), None)
-        except (UnicodeDecodeError, csv.Error):
-            return False
-        return True
-
     def _fields(self, record: bytes) -> int | None:
-        """How many values a record holds, None where its quoting is broken."""
+        """How many values a record holds, None where its quoting is broken (on one line: a quoted
+        value that does not close there)."""
         try:
             rows = list(csv.reader([record.decode("utf-8")], delimiter=self.delimiter, strict=True))
         except (UnicodeDecodeError, csv.Error):
