@@ -215,6 +215,7 @@ def _calibrate_rollouts(config: TrainAgentStage, traces, codes) -> str | None:
             visits=agent.calibration_visits,
             rounds=agent.calibration_rounds,
             seed=agent.seed,
+            per_code=agent.calibration_per_code,
         )
     record.save(out)
     return record.line()

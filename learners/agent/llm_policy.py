@@ -57,6 +57,7 @@ from learners.agent.scoring import (
     check_scoring_rule,
     item_groups,
     pick,
+    read_code_bias,
     read_kind_bias,
     read_price_bias,
     read_row_choice,
@@ -99,8 +100,10 @@ class LLMPolicy:
         kind_bias: Mapping[str, float] | None = None,
         price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
         row_choice: Mapping[int | None, Sequence[float]] | None = None,
+        code_bias: Mapping[int | None, Mapping[str, float]] | None = None,
     ) -> None:
         """``kind_bias``: the agent's calibration (calibration.py), added to each action kind's scores;
+        ``code_bias``: its per-code biases on top (engine/rollout_calibration.py);
         ``price_bias``: its per-code biases on each price cell's pages (price_response.py);
         ``row_choice``: its per-code choice among a listing's rows (row_choice.py)."""
         if mode not in ("score", "generate"):
@@ -119,6 +122,7 @@ class LLMPolicy:
         self.kind_bias = dict(kind_bias or {})
         self.price_bias = {k: {c: dict(b) for c, b in v.items()} for k, v in (price_bias or {}).items()}
         self.row_choice = {k: list(v) for k, v in (row_choice or {}).items()}
+        self.code_bias = {k: dict(v) for k, v in (code_bias or {}).items()}
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._targets: dict[str, list[int]] = {}
@@ -134,17 +138,24 @@ class LLMPolicy:
     @classmethod
     def from_pretrained(cls, agent_dir: str | Path, device: str = "cpu", **kwargs) -> LLMPolicy:
         """Load an exported agent (train.py) or any causal LM directory / hub id (then no persona),
-        with its calibration (``kind_bias``, ``price_bias`` and ``row_choice``, each read from the
-        directory unless given). Raises ValueError for an agent whose manifest names another scoring rule (scoring.py)."""
+        with its calibration (``kind_bias``, ``code_bias``, ``price_bias`` and ``row_choice``, each read
+        from the directory unless given). Raises ValueError for an agent whose manifest names another scoring rule (scoring.py)."""
         check_scoring_rule(agent_dir)
         model = AutoModelForCausalLM.from_pretrained(agent_dir).to(device)
         tokenizer = AutoTokenizer.from_pretrained(agent_dir)
         fmt = kwargs.pop("fmt", None) or saved_prompt_format(agent_dir)
         tokens = agent_persona_tokens(agent_dir, tokenizer)
         kwargs.setdefault("kind_bias", read_kind_bias(agent_dir))
+        kwargs.setdefault("code_bias", read_code_bias(agent_dir))
         kwargs.setdefault("price_bias", read_price_bias(agent_dir))
         kwargs.setdefault("row_choice", read_row_choice(agent_dir))
         return cls(model, tokenizer, tokens, fmt, **kwargs)
+
+    @property
+    def biases(self) -> tuple:
+        """What ``pick`` and ``action_scores`` add to the model's scores, in their argument order:
+        kind, price-cell, row-choice and per-code biases."""
+        return self.kind_bias, self.price_bias, self.row_choice, self.code_bias
 
     def prompt(self, request: ActRequest) -> Prompt:
         """The request's prompt ids (prompt.py's ``encode_prompt``) as (page part, buyer part)."""
@@ -208,10 +219,7 @@ class LLMPolicy:
         log-probs, or its mean; the search template's from the page's searches)."""
         prompts = prompts if prompts is not None else [self.prompt(r) for r in requests]
         found = self._scores(prompts, [scored_candidates(r) for r in requests])
-        return [
-            action_scores(r, values, self.kind_bias, self.price_bias, self.row_choice)
-            for r, values in zip(requests, found, strict=True)
-        ]
+        return [action_scores(r, values, *self.biases) for r, values in zip(requests, found, strict=True)]
 
     def _scores(self, prompts: list[Prompt], candidates: list[list[str]]) -> list[np.ndarray]:
         """Per request, each candidate's score under scoring.py's rule."""
@@ -321,9 +329,7 @@ class LLMPolicy:
         for r, prompt, trie, scores, choices in zip(
             requests, prompts, tries, all_scores, candidates, strict=True
         ):
-            action, score, per_action = pick(
-                r, choices, scores, self.temperature, self.kind_bias, self.price_bias, self.row_choice
-            )
+            action, score, per_action = pick(r, choices, scores, self.temperature, *self.biases)
             tokens = sum(map(len, prompt)) + sum(trie.lengths)
             info = {"scores": per_action.tolist(), "candidates": list(r.valid_actions)}
             results.append(ActResult(action, score, tokens, info))

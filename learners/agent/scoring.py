@@ -55,10 +55,12 @@ is divided by its target length.
 
 A calibrated agent (calibration.py) also adds one bias per action kind, fitted on stores it never
 trained on, to every valid action's score (``action_scores``): the same in both backends, and kind
-wide, so no ranking within a kind changes. On a product page, it adds its buyer's code's biases
-for the page's price cell too (price_response.py: the part of a type's answer to a price the model
-misses); on a listing, which row an ``open product`` opens follows its code's row choice
-(row_choice.py) instead of the model's id scores, within the template, whose mass it keeps.
+wide, so no ranking within a kind changes; rollout calibration (engine/rollout_calibration.py) adds
+one more per code and kind, where a type's own rates on walked visits part from its real buyers'.
+On a product page, it adds its buyer's code's biases for the page's price cell too
+(price_response.py: the part of a type's answer to a price the model misses); on a listing, which
+row an ``open product`` opens follows its code's row choice (row_choice.py) instead of the model's
+id scores, within the template, whose mass it keeps.
 
 The rule reads the model's probabilities only, but v2's search template is only sound for agents
 trained on examples that show inserted searches with their goal alone (examples.py), which came
@@ -125,11 +127,13 @@ def action_scores(
     kind_bias: Mapping[str, float] | None = None,
     price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
     row_choice: Mapping[int | None, Sequence[float]] | None = None,
+    code_bias: Mapping[int | None, Mapping[str, float]] | None = None,
 ) -> np.ndarray:
     """Each valid action's score from the scores of ``scored_candidates(request)``: the search
-    template's is the logsumexp of the suggested searches' scores; plus its kind's bias, if any, in a
-    goal-free request, and on a product page the buyer's code's bias for the kind on the page's price
-    cell (``price_bias``, price_response.py); on a listing, which row its ``open product`` opens is
+    template's is the logsumexp of the suggested searches' scores; plus, in a goal-free request, its
+    kind's bias, if any, and the buyer's code's own bias for the kind (``code_bias``, rollout
+    calibration's), and on a product page the code's bias for the kind on the page's price cell
+    (``price_bias``, price_response.py); on a listing, which row its ``open product`` opens is
     the code's row choice (``row_choice``: coefficients of ``ROW_FEATURES``, row_choice.py; the pooled
     fit, key ``POOLED_ROWS``, for a code without its own) in place of the model's, so opening a
     product keeps its probability. The biases are fitted on goal-free rows (calibration.py): they
@@ -142,6 +146,9 @@ def action_scores(
     out = np.array([searches if a == SEARCH_TEMPLATE else next(values) for a in request.valid_actions])
     if kind_bias and request.goal is None:
         out += np.array([kind_bias.get(action_kind(a), 0.0) for a in request.valid_actions])
+    own = (code_bias or {}).get(request.persona) if request.goal is None else None
+    if own:
+        out += np.array([own.get(action_kind(a), 0.0) for a in request.valid_actions])
     cells = (price_bias or {}).get(request.persona)
     response = cells.get(price_cell(request.observation) or "") if cells and request.goal is None else None
     if response:
@@ -189,13 +196,14 @@ def pick(
     kind_bias: Mapping[str, float] | None = None,
     price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
     row_choice: Mapping[int | None, Sequence[float]] | None = None,
+    code_bias: Mapping[int | None, Mapping[str, float]] | None = None,
 ) -> tuple[str, float, np.ndarray]:
     """The chosen action (a search with its query filled in; the goal's real id where the agent
     named it ``your goal``), its score, and each valid action's score; ``candidates`` and ``scores``
     are ``scored_candidates(request)`` and their scores (``candidate_scores``), ``kind_bias``,
-    ``price_bias`` and ``row_choice`` the agent's calibration (calibration.py, price_response.py,
-    row_choice.py)."""
-    per_action = action_scores(request, scores, kind_bias, price_bias, row_choice)
+    ``price_bias``, ``row_choice`` and ``code_bias`` the agent's calibration (calibration.py,
+    price_response.py, row_choice.py, engine/rollout_calibration.py)."""
+    per_action = action_scores(request, scores, kind_bias, price_bias, row_choice, code_bias)
     k = choose(per_action, temperature, request.seed)
     if request.valid_actions[k] != SEARCH_TEMPLATE:
         return request.valid_actions[k], float(per_action[k]), per_action
@@ -291,6 +299,19 @@ def read_kind_bias(agent_dir: str | Path) -> dict[str, float]:
     if not path.exists():
         return {}
     return {str(k): float(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["bias"].items()}
+
+
+def read_code_bias(agent_dir: str | Path) -> dict[int | None, dict[str, float]]:
+    """An agent directory's per-code biases, on top of the per-kind ones (engine/rollout_calibration.py;
+    empty when it was not rollout-calibrated per code)."""
+    path = Path(agent_dir) / CALIBRATION_FILE
+    if not path.exists():
+        return {}
+    codes = json.loads(path.read_text(encoding="utf-8")).get("code_bias", {})
+    return {
+        None if key == "none" else int(key): {str(k): float(v) for k, v in bias.items()}
+        for key, bias in codes.items()
+    }
 
 
 def read_price_bias(agent_dir: str | Path) -> dict[int | None, dict[str, dict[str, float]]]:

@@ -59,6 +59,11 @@ class AgentTrainConfig:
     drifts on a store it never saw."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
+    calibration_per_code: bool = True
+    """In that refinement, each persona code's kinds also get biases of their own, moved by that
+    code's real rates against its simulated ones (pulled toward all buyers' rates where a code has few
+    sessions): the agent's types then act at their own rates, as the per-type Markov chain's do
+    (engine/rollout_calibration.py; benchmarks/RESULTS.md, session 26)."""
     price_rows: int = 50000
     """After calibration, each persona code's answer to a price that the model misses (a markdown, a
     price below its category's typical one) is measured within buyers on up to this many goal-free

@@ -43,6 +43,7 @@ from learners.agent.scoring import (
     check_scoring_rule,
     item_groups,
     pick,
+    read_code_bias,
     read_kind_bias,
     read_price_bias,
     read_row_choice,
@@ -65,14 +66,15 @@ class VLLMPolicy:
         kind_bias: Mapping[str, float] | None = None,
         price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None = None,
         row_choice: Mapping[int | None, Sequence[float]] | None = None,
+        code_bias: Mapping[int | None, Mapping[str, float]] | None = None,
         **engine_options: Any,
     ) -> None:
         """``ids_per_request``: most next-token ids scored by one engine request (default and upper
         bound: vLLM's ``MAX_LOGPROB_TOKEN_IDS``); ``kind_bias``: the agent's calibration
-        (calibration.py), ``price_bias`` its per-code biases on each price cell's pages
-        (price_response.py) and ``row_choice`` its per-code choice among a listing's rows (row_choice.py), each
-        read from its directory when not given; ``engine_options`` go to
-        ``AsyncEngineArgs``."""
+        (calibration.py), ``code_bias`` its per-code biases on top (engine/rollout_calibration.py),
+        ``price_bias`` its per-code biases on each price cell's pages (price_response.py) and
+        ``row_choice`` its per-code choice among a listing's rows (row_choice.py), each read from its
+        directory when not given; ``engine_options`` go to ``AsyncEngineArgs``."""
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
@@ -88,6 +90,7 @@ class VLLMPolicy:
         self.kind_bias = dict(read_kind_bias(directory) if kind_bias is None else kind_bias)
         self.price_bias = read_price_bias(directory) if price_bias is None else dict(price_bias)
         self.row_choice = read_row_choice(directory) if row_choice is None else dict(row_choice)
+        self.code_bias = read_code_bias(directory) if code_bias is None else dict(code_bias)
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         self.tokens = agent_persona_tokens(directory, self.tokenizer)
         self.fmt = saved_prompt_format(directory)
@@ -109,6 +112,12 @@ class VLLMPolicy:
         self.engine = AsyncLLM.from_engine_args(args)
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def biases(self) -> tuple:
+        """What ``pick`` and ``action_scores`` add to the model's scores, in their argument order:
+        kind, price-cell, row-choice and per-code biases."""
+        return self.kind_bias, self.price_bias, self.row_choice, self.code_bias
 
     def prompt_ids(self, request: ActRequest) -> list[int]:
         return request_prompt_ids(self.tokenizer, request, self.tokens, self.fmt)
@@ -176,9 +185,7 @@ class VLLMPolicy:
         logprobs = await self._token_logprobs(prompt, targets)
         groups = item_groups(self.tokenizer, candidates, targets)
         scores = candidate_scores(logprobs, [len(t) for t in targets], groups, self.length_normalize)
-        action, score, per_action = pick(
-            request, candidates, scores, self.temperature, self.kind_bias, self.price_bias, self.row_choice
-        )
+        action, score, per_action = pick(request, candidates, scores, self.temperature, *self.biases)
         tokens = len(prompt) + sum(map(len, targets))
         info: dict[str, Any] = {"scores": per_action.tolist(), "candidates": list(request.valid_actions)}
         return ActResult(action, score, tokens, info)

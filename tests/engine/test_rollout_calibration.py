@@ -11,6 +11,7 @@ import pytest
 
 from engine.rollout_calibration import (
     CALIBRATED,
+    CODE_PRIOR,
     DEPTH,
     MAX_STEP,
     REFERENCE,
@@ -18,8 +19,10 @@ from engine.rollout_calibration import (
     RolloutCalibration,
     bias_step,
     calibrate_rollouts,
+    code_visit_rates,
     prepared_of,
     session_buyers,
+    shrunk,
     visit_rates,
 )
 from learners.agent.llm_policy import LLMPolicy
@@ -134,6 +137,52 @@ def test_rounds_carry_simulated_rates_toward_the_real_ones(tmp_path):
     assert RolloutCalibration(**saved["rollouts"]).bias == record.bias  # the record round-trips
 
 
+def test_per_code_rounds_part_two_codes_that_the_pooled_bias_treats_alike(tmp_path):
+    data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
+    agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
+    # Code 1's buyers favourite in every visit, code 2's in none; the pooled share is one half.
+    favourites = ["open product p0", "favorite", "exit"]
+    sessions = {("m1", f"u{i}", "s"): favourites if i % 2 else ["open product p0", "exit"] for i in range(40)}
+    codes = pa.Table.from_pylist(
+        [{"merchant_id": "m1", "buyer_id": f"u{i}", "code": 2 - i % 2} for i in range(40)]
+    )
+    real = code_visit_rates(_traces(sessions), 30, {("m1", f"u{i}"): 2 - i % 2 for i in range(40)})
+    assert real[2] == ({k: 0.0 for k in CALIBRATED} | {"product_view": 1.0}, 20)
+    assert real[1][0]["favorite"] == 1.0 and visit_rates(_traces(sessions), 30)[0]["favorite"] == 0.5
+
+    def favourite_share(policy, code: int) -> float:
+        tally = KindTally(policy, 1.0)
+        request = ActRequest("page", ("favorite", "exit"), persona=code)
+        tally([request])
+        return tally.total["favorite"]
+
+    policy = LLMPolicy.from_pretrained(agent, temperature=1.0)
+    record = calibrate_rollouts(policy, data, _traces(sessions), codes, visits=40, rounds=3, max_steps=10)
+    assert set(record.code_bias) == {"1", "2"} and policy.code_bias == {
+        1: record.code_bias["1"],
+        2: record.code_bias["2"],
+    }
+    assert record.code_bias["1"]["favorite"] > record.code_bias["2"]["favorite"] + 1.0
+    assert len(record.code_error) == 3 and record.code_error[-1] < record.code_error[0]
+    assert "per code, mean abs log(real / simulated)" in record.line()
+    record.save(agent)
+    served = LLMPolicy.from_pretrained(agent, temperature=1.0)
+    assert served.code_bias == policy.code_bias
+    assert favourite_share(served, 1) > favourite_share(served, 2)
+    # Without per-code biases the two codes share the pooled ones.
+    pooled = LLMPolicy.from_pretrained(write_tiny_agent(tmp_path / "pooled", data, num_codes=4))
+    plain = calibrate_rollouts(pooled, data, _traces(sessions), codes, visits=40, rounds=1, per_code=False)
+    assert plain.code_bias == {} and plain.code_error == [] and pooled.code_bias == {}
+
+
+def test_a_codes_rates_are_pulled_to_the_pooled_ones_by_the_prior():
+    pooled = {"favorite": 0.5, "purchase": 0.1}
+    assert shrunk({"favorite": 1.0}, 0, pooled) == pytest.approx(pooled)
+    few = shrunk({"favorite": 1.0, "purchase": 0.0}, CODE_PRIOR, pooled)
+    assert few == pytest.approx({"favorite": 0.75, "purchase": 0.05})
+    assert shrunk({"favorite": 1.0}, 1e9, pooled)["favorite"] == pytest.approx(1.0)
+
+
 def test_buyers_are_the_replayed_sessions_with_their_codes_and_a_seeded_sample():
     sessions = {("m1", f"u{i}", "s"): ["exit"] for i in range(10)} | {("m2", "w", "s"): ["exit"]}
     codes = pa.Table.from_pylist(
@@ -179,6 +228,7 @@ def test_train_agent_refines_an_agent_unless_turned_off(tmp_path):
     assert line.startswith("rollout-calibrated on 8 simulated visits of 1 merchants, 2 rounds")
     assert saved["rollouts"]["visits"] == 8 and saved["step_bias"] == {"exit": 0.1}
     assert saved["bias"]["exit"] == 0.1 and saved["bias"]["favorite"] != 0.0
+    assert saved["code_bias"] == {}  # a no-persona agent's buyers have no code to bias
     # An agent without per-step biases (no validation merchants) is refined from none.
     (agent / CALIBRATION_FILE).unlink()
     _calibrate_rollouts(stage(calibration_visits=8), traces, None)

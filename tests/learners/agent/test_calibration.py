@@ -91,6 +91,20 @@ def test_scoring_adds_the_kind_bias_to_goal_free_requests_and_keeps_rankings_wit
     assert np.array_equal(action_scores(goal_task, raw, bias), action_scores(goal_task, raw))
 
 
+def test_a_codes_own_biases_add_to_the_kind_biases_for_its_buyers_only():
+    actions = ("open product a", "open product b", "home", "exit")
+    raw = np.array([-1.0, -2.5, -1.2, -0.7])
+    bias = {"product_view": 1.0, "exit": -0.5}
+    own = {3: {"exit": 2.0}, None: {"home": 5.0}}
+    coded = ActRequest("page", actions, 3, None, (), 3)
+    assert action_scores(coded, raw, bias, code_bias=own).tolist() == pytest.approx([0.0, -1.5, -1.2, 0.8])
+    assert pick(coded, list(actions), raw, 0.0, bias, code_bias=own)[0] == "exit"
+    other = ActRequest("page", actions, 2, None, (), 3)  # a code without biases of its own
+    assert np.array_equal(action_scores(other, raw, bias, code_bias=own), action_scores(other, raw, bias))
+    goal_task = ActRequest("page", actions, 3, "a", (), 3)
+    assert np.array_equal(action_scores(goal_task, raw, bias, code_bias=own), raw)
+
+
 def _config(**overrides) -> AgentTrainConfig:
     base = dict(
         workers=0,

@@ -61,9 +61,12 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     data = write_prepared(tmp_path / "prepared")
     agent = write_tiny_agent(tmp_path / "agent", data)
     (agent / "manifest.json").write_text(json.dumps({"scoring": SCORING_RULE}), encoding="utf-8")
-    # A calibrated agent: both backends add the same kind biases (read from its directory).
+    # A calibrated agent: both backends add the same kind biases (read from its directory), and
+    # per-code ones on top (rollout calibration's; code 3 has none of its own).
     bias = {"exit": -1.5, "product_view": 0.7, "page_view": 0.3}
-    (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": bias}), encoding="utf-8")
+    code_bias = {str(c): {"exit": 0.4 * c - 0.6, "search": 0.5 - 0.3 * c} for c in range(3)}
+    calibration = {"bias": bias, "code_bias": code_bias}
+    (agent / CALIBRATION_FILE).write_text(json.dumps(calibration), encoding="utf-8")
     # And per-code biases on each price cell's product pages (price_response.py).
     cells = {
         str(c): {
@@ -116,6 +119,7 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     served = json.loads(out.read_text(encoding="utf-8"))
     policy = LLMPolicy.from_pretrained(agent, temperature=0.0)
     assert policy.kind_bias == bias and policy.price_bias == read_price_bias(agent) != {}
+    assert policy.code_bias == {c: code_bias[str(c)] for c in range(3)}
     assert policy.row_choice == read_row_choice(agent) != {}
     # The row choice is in play: some goal-free listings of a fitted code list several rows.
     assert any(
