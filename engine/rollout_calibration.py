@@ -141,7 +141,7 @@ def visit_rates(traces: pa.Table, max_steps: int) -> tuple[dict[str, float], int
     kind, else the share of sessions that take it; real events only (a replay's inserted navigation
     is not behaviour), each session cut after its first purchase and after ``max_steps`` steps of any
     kind (as the env ends a visit); and the session count."""
-    return code_visit_rates(traces, max_steps, {})[None]
+    return code_visit_rates(traces, max_steps, {}).get(None, (dict.fromkeys(CALIBRATED, 0.0), 0))
 
 
 def code_visit_rates(
@@ -174,8 +174,6 @@ def code_visit_rates(
             tally[kind] += 1
             taken.add(kind)
         done = kind == "purchase"
-    if not counts:
-        counts[None] = Counter()
     return {c: ({k: n[k] / max(sessions[c], 1) for k in CALIBRATED}, sessions[c]) for c, n in counts.items()}
 
 

@@ -144,11 +144,10 @@ def action_scores(
     values = iter(scores[:plain])
     searches = float(np.logaddexp.reduce(scores[plain:])) if len(scores) > plain else -np.inf
     out = np.array([searches if a == SEARCH_TEMPLATE else next(values) for a in request.valid_actions])
-    if kind_bias and request.goal is None:
-        out += np.array([kind_bias.get(action_kind(a), 0.0) for a in request.valid_actions])
-    own = (code_bias or {}).get(request.persona) if request.goal is None else None
-    if own:
-        out += np.array([own.get(action_kind(a), 0.0) for a in request.valid_actions])
+    own = (code_bias or {}).get(request.persona) or {}
+    if (kind_bias or own) and request.goal is None:
+        kinds = [action_kind(a) for a in request.valid_actions]
+        out += np.array([(kind_bias or {}).get(k, 0.0) + own.get(k, 0.0) for k in kinds])
     cells = (price_bias or {}).get(request.persona)
     response = cells.get(price_cell(request.observation) or "") if cells and request.goal is None else None
     if response:

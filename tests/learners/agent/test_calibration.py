@@ -95,12 +95,16 @@ def test_a_codes_own_biases_add_to_the_kind_biases_for_its_buyers_only():
     actions = ("open product a", "open product b", "home", "exit")
     raw = np.array([-1.0, -2.5, -1.2, -0.7])
     bias = {"product_view": 1.0, "exit": -0.5}
-    own = {3: {"exit": 2.0}, None: {"home": 5.0}}
+    own = {3: {"exit": 2.0}, None: {"page_view": 5.0}}
     coded = ActRequest("page", actions, 3, None, (), 3)
     assert action_scores(coded, raw, bias, code_bias=own).tolist() == pytest.approx([0.0, -1.5, -1.2, 0.8])
     assert pick(coded, list(actions), raw, 0.0, bias, code_bias=own)[0] == "exit"
     other = ActRequest("page", actions, 2, None, (), 3)  # a code without biases of its own
     assert np.array_equal(action_scores(other, raw, bias, code_bias=own), action_scores(other, raw, bias))
+    no_persona = ActRequest("page", actions, None, None, (), 3)  # key None: a no-persona agent's
+    assert action_scores(no_persona, raw, bias, code_bias=own).tolist() == pytest.approx(
+        [0.0, -1.5, 3.8, -1.2]
+    )
     goal_task = ActRequest("page", actions, 3, "a", (), 3)
     assert np.array_equal(action_scores(goal_task, raw, bias, code_bias=own), raw)
 

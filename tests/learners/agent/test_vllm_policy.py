@@ -120,6 +120,7 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
     policy = LLMPolicy.from_pretrained(agent, temperature=0.0)
     assert policy.kind_bias == bias and policy.price_bias == read_price_bias(agent) != {}
     assert policy.code_bias == {c: code_bias[str(c)] for c in range(3)}
+    assert any(r.persona in policy.code_bias and r.goal is None for r in requests)  # in play
     assert policy.row_choice == read_row_choice(agent) != {}
     # The row choice is in play: some goal-free listings of a fitted code list several rows.
     assert any(
