@@ -1,7 +1,8 @@
 """The plan's measured rates: how fast this machine runs each kind of a study's work.
 
 Each calibration is short and runs the study's own code on real data, on one thread (the plan sets
-that), as a Ray worker with one CPU runs: AdamW steps of a base model (training tokens/s), one VQ-VAE
+that), as a Ray worker with one CPU runs (AdamW steps on as many threads as an agent's Ray Train
+worker takes CPUs, learners/worker_cpus.py): AdamW steps of a base model (training tokens/s), one VQ-VAE
 epoch on a subset of the training buyers (buyers/s), a few hundred simulated steps of a policy on the
 held-out merchants' storefronts (steps/s), and one tiny Ray command (the fixed cost of each command).
 ``engine.study_plan`` scales these rates by its exact counts into a time per stage.
@@ -158,7 +159,7 @@ def calibrate_training(name: str, model, tokenizer, pairs: list, seed: int) -> R
             tokens, timed, seconds = tokens + batch.tokens, timed + 1, seconds + took
         step += 1
     model.eval()
-    basis = f"{timed} AdamW steps of {cfg.batch_size} real examples"
+    basis = f"{timed} AdamW steps of {cfg.batch_size} real examples, {torch.get_num_threads()} thread(s)"
     return Rate(name, tokens / max(seconds, 1e-9), "tokens", basis, round(seconds, 2))
 
 

@@ -161,7 +161,10 @@ def format_plan(plan: StudyPlan) -> str:
     for sim in plan.simulations:
         runs = ", ".join(f"{run} {n:,}" for run, n in sim.visits_per_run.items())
         lines.append(f"visits of {sim.system}: {sim.visits:,} ({runs}); at most {sim.steps_max:,} steps")
-    lines += ["", f"calibration on this machine, one thread each ({plan.calibration_seconds:.0f} s):"]
+    lines += [
+        "",
+        f"calibration on this machine, one thread each but training ({plan.calibration_seconds:.0f} s):",
+    ]
     lines += [
         f"  {r.name:<28} {r.per_s:>12,.1f} {r.unit}/s  ({r.basis})"
         if r.unit != "commands"

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from engine import stages
 from engine.population import goal_draw_fits
 from engine.report import headline, plot_bounds
+from engine.side_by_side import SideStage, run_side_by_side, shared_cpus
 from engine.stage_configs import (
     AssignStage,
     EvaluateStage,
@@ -260,6 +261,7 @@ class Study:
         goal_only = needed - {SYSTEMS[s].agent for s in c.systems}
         paths = self.agent_paths()
         codes = str(self.out / "codes")
+        jobs: list[tuple[str, TrainAgentStage, Path]] = []
         trained = [
             ("persona", codes, c.agent.base_model),
             ("no-persona", None, c.agent.base_model),
@@ -271,12 +273,42 @@ class Study:
                 if key in goal_only:
                     agent = replace(agent, price_rows=0, row_choice_rows=0)
                 config = TrainAgentStage(str(traces), str(paths[key]), personas, agent=agent)
-                self.stage(f"train {key} agent", stages.train_agent, config, paths[key] / "manifest.json")
+                jobs.append((f"train {key} agent", config, paths[key] / "manifest.json"))
+        self.train(jobs)
         if "markov" in needed:
             agent_dir = str(paths["persona"]) if "persona" in needed else None
             markov = FitMarkovStage(str(traces), str(paths["markov"]), codes, agent_dir, seed=c.seed)
             self.stage("fit Markov chain", stages.fit_markov, markov, paths["markov"])
         return paths
+
+    def train(self, jobs: list[tuple[str, TrainAgentStage, Path]]) -> None:
+        """Each ``(heading, config, done)`` training stage: side by side (``agents_side_by_side``,
+        engine/side_by_side.py) when two or more are left to run, else one at a time here."""
+        todo = [(what, config) for what, config, done in jobs if not done.exists()]
+        if not self.config.agents_side_by_side or len(todo) < 2:
+            for what, config, done in jobs:
+                self.stage(what, stages.train_agent, config, done)
+            return
+        for what, config, done in jobs:
+            if done.exists():
+                self.stage(what, stages.train_agent, config, done)  # logged as skipped
+        agent = self.config.agent
+        cpus, threads = shared_cpus(len(todo), agent.workers, agent.cpus_per_worker)
+        side = [
+            SideStage(w, "train_agent", replace(c, agent=replace(c.agent, cpus_per_worker=cpus)))
+            for w, c in todo
+        ]
+        seconds = run_side_by_side(side, self.out / "side-by-side", threads, self.verbose)
+        for stage in side:
+            command = command_line(stage.config)
+            self.log.append(
+                {
+                    "stage": stage.what,
+                    "command": command,
+                    "seconds": seconds[stage.what],
+                    "side_by_side": True,
+                }
+            )
 
     def distributions(self, dists: dict[str, Path], split: dict) -> dict[tuple[str, str], Path]:
         """Code distributions per (codes kind, variant), restricted to the held-out merchants."""

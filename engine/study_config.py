@@ -73,7 +73,10 @@ SET_BY_STUDY_FLAGS = tuple(f"{section}.{name}" for section, names in SET_BY_STUD
 RUN_ONLY_FIELDS = (
     "out",
     "personas.workers",
+    "personas.cpus_per_worker",
     "agent.workers",
+    "agent.cpus_per_worker",
+    "agents_side_by_side",
     "simulate.runners",
     "simulate.envs_per_runner",
     "simulate.policy_placement",
@@ -130,6 +133,10 @@ class StudyConfig:
     """Systems to simulate and compare (keys of engine.study_config.SYSTEMS); the first is the main one."""
     bootstrap: int = 1000
     """Bootstrap replicates of the intervals, the ceiling and the floor."""
+    agents_side_by_side: bool = True
+    """Train the agents (persona, no-persona, larger) at once, each in a process of its own (the stage
+    `simpersona train-agent` runs) with an equal share of this machine's CPUs, its lines printed when
+    it ends (engine/side_by_side.py); false: one after another in this process, each with all of them."""
     goal_systems: list[str] = field(
         default_factory=lambda: ["persona", "no-persona", "larger-no-persona", "markov"]
     )

@@ -13,7 +13,7 @@ fitting or simulating anything:
   on real examples (tokens/s), one VQ-VAE epoch on a subset of the training buyers (buyers/s), a few
   hundred simulated steps of each policy kind on the held-out merchants' storefronts (steps/s), and
   one tiny Ray command (a simulate, as the study runs its commands); each on one thread, as a Ray
-  worker with one CPU runs;
+  worker with one CPU runs, but training on as many as an agent's worker takes CPUs;
 - scales the rates by the counts into a time per stage, each naming the measurement it comes from.
 
 What is not measured is marked ``not estimated`` and left out of the total, never guessed.
@@ -53,6 +53,8 @@ from engine.plan_counts import (
     system_runs,
 )
 from engine.plan_report import AgentPlan, SimPlan, SplitCounts, StageRow, StudyPlan
+from engine.rollout_calibration import round_sizes
+from engine.side_by_side import shared_cpus
 from engine.study import GOAL_MAX_STEPS, Study
 from engine.study_config import SYSTEMS, StudyConfig
 from learners.config import config_to_dict
@@ -69,6 +71,17 @@ class Planner:
         # Ray Train workers run at once up to the cores (agents: 0 trains in process, as one).
         self.vq_workers = max(1, min(config.personas.workers, os.cpu_count() or 1))
         self.workers = max(1, min(config.agent.workers, os.cpu_count() or 1))
+        # Each agent worker trains on as many threads as it takes CPUs (learners/worker_cpus.py): a
+        # share of this machine's, shared with the other agents when they train side by side.
+        at_once = len(needed_agents(config) - {"markov"}) if config.agents_side_by_side else 1
+        cpus = shared_cpus(max(at_once, 1), config.agent.workers, config.agent.cpus_per_worker)[0]
+        self.worker_threads = max(cpus, 1)
+        if at_once > 1:
+            self.notes.append(
+                f"the {at_once} agents train side by side (agents_side_by_side), each on"
+                f" {self.worker_threads} thread(s): their training and rollout-calibration rows overlap in"
+                " time, and the total counts them one after another (an upper bound)"
+            )
 
     def plan(self) -> StudyPlan:
         import torch
@@ -214,6 +227,8 @@ class Planner:
         self, data: Path, traces: pa.Table
     ) -> tuple[list[AgentPlan], dict[str, Callable], list[StageRow]]:
         """Examples and tokens of each trained agent, its training time, and the simulation policies."""
+        import torch
+
         from learners.agent.base_models import load_base
         from learners.agent.examples import build_examples
         from learners.agent.llm_policy import LLMPolicy
@@ -262,9 +277,13 @@ class Planner:
                 tokens = tokens if key == "persona" else None
                 counted = count_tokens(examples, tokenizer, tokens, c.seed)
                 if model_name not in rates:
-                    rates[model_name] = calibrate_training(
-                        f"train {model_name}", model, tokenizer, counted.pairs, c.seed
-                    )
+                    torch.set_num_threads(self.worker_threads)
+                    try:
+                        rates[model_name] = calibrate_training(
+                            f"train {model_name}", model, tokenizer, counted.pairs, c.seed
+                        )
+                    finally:
+                        torch.set_num_threads(1)
                     self.calibration.append(rates[model_name])
             except (OSError, ValueError) as err:  # e.g. a hub model that is not available offline
                 self.notes.append(f"{key} agent ({model_name}) not sized: {str(err).splitlines()[0]}")
@@ -411,12 +430,13 @@ class Planner:
 
     def rollout_calibration_rows(self, agents: list[AgentPlan], replayed: np.ndarray) -> list[StageRow]:
         """Each LLM agent's rollout calibration (``agent.calibration_visits``): visits it walks in
-        process, one per replayed session up to the cap, every round, at its simulations' measured rate."""
+        process, one per replayed session up to the cap, in each round its share (``round_sizes``), at
+        its simulations' measured rate."""
         c = self.config.agent
         if c.calibration_visits <= 0 or c.calibration_rounds <= 0:
             return []
         steps = mean_steps(replayed, self.config.simulate.max_steps)
-        visits = min(c.calibration_visits, len(replayed)) * c.calibration_rounds
+        visits = sum(round_sizes(min(c.calibration_visits, len(replayed)), c.calibration_rounds))
         rates = {r.name: r for r in self.calibration}
         rows = []
         for agent in agents:

@@ -226,5 +226,7 @@ def summary_markdown(result: dict) -> str:
     lines += ["", "## Commands", "", "| stage | command | s |", "|---|---|---:|"]
     for entry in result["log"]:
         seconds = "done before" if entry.get("skipped") else entry["seconds"]
+        if entry.get("side_by_side"):
+            seconds = f"{seconds} (side by side)"
         lines.append(f"| {entry['stage']} | `{entry['command']}` | {seconds} |")
     return "\n".join(lines) + "\n"

@@ -75,6 +75,7 @@ from learners.agent.train_loop import (
     run_stages,
 )
 from learners.config import config_to_dict
+from learners.worker_cpus import scaling_config
 
 MANIFEST_FILE = "manifest.json"
 VALIDATION_FILE = "validation.parquet"
@@ -176,7 +177,13 @@ def train_agent(
         )
         epochs, latest = store.metrics, store.latest()
     else:
-        epochs, latest = _fit_on_ray(config, init_dir, train_path, out, progress, validation)
+        scaling = scaling_config(config.workers, config.use_gpu, config.cpus_per_worker)
+        cpus = scaling.num_cpus_per_worker
+        log(
+            f"Ray Train: {config.workers} worker{'s' * (config.workers != 1)}, {cpus:g}"
+            f" CPU{'s' * (cpus != 1)} (torch threads) each"
+        )
+        epochs, latest = _fit_on_ray(config, init_dir, train_path, out, scaling, progress, validation)
     _export(config, init_dir, latest, out)
     if (out / "data" / CALIBRATION_ROWS_FILE).exists():
         policy = LLMPolicy.from_pretrained(out, device=str(_device(config.use_gpu)), kind_bias={})
@@ -428,10 +435,11 @@ def _fit_on_ray(
     init_dir: Path,
     train_path: Path,
     out: Path,
+    scaling,
     progress: Callable[[str], None] | None = None,
     validation_path: str | None = None,
 ):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
@@ -443,7 +451,7 @@ def _fit_on_ray(
             "validation_path": validation_path,
             "progress": progress,
         },
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
+        scaling_config=scaling,
         run_config=RunConfig(
             name=RUN_NAME,
             storage_path=str(out / "ray"),

@@ -49,11 +49,12 @@ class AgentTrainConfig:
     validation: not calibrated."""
     calibration_visits: int = 0
     """With > 0, the biases are then refined on visits the agent walks itself: up to this many
-    simulated visits of the replayed merchants (one per real session, its buyer's code) per round,
+    simulated visits of the replayed merchants (one per real session, its buyer's code) in each of the
+    last two rounds (the earlier ones play a half, a quarter, ... of them: `round_sizes`),
     each kind's bias moved by the log ratio of its real to its simulated share of visits taking it
     (uses per visit for product views; engine/rollout_calibration.py, run by `simpersona train-agent`
-    and the study; 4 rounds of 600 visits took under 40 s for the Tmall CPU recipe's persona agent
-    on a 2-core box). Off by default: measured on three study agents (benchmarks/RESULTS.md, session
+    and the study; 4 rounds of 600 visits each took under 40 s for the Tmall CPU recipe's persona
+    agent on a 2-core box in session 13). Off by default: measured on three study agents (benchmarks/RESULTS.md, session
     13) it brought the Tmall agent's favourites to the real share of visits, changed nothing on one
     brand-log agent and cost another ARA, because the replayed stores cannot show how an agent
     drifts on a store it never saw."""
@@ -112,6 +113,9 @@ class AgentTrainConfig:
     """Share of the remaining merchants' buyers held out of training."""
     workers: int = 1
     """Ray Train workers (0: train in this process without Ray)."""
+    cpus_per_worker: int = 0
+    """CPUs (torch threads) each Ray Train worker takes; 0: as many as the cluster can give every
+    worker (learners/worker_cpus.py)."""
     use_gpu: bool = field(default=False, metadata=option(switch=True))
     """One GPU per worker (bf16 autocast)."""
     max_failures: int = 0

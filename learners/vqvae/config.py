@@ -67,6 +67,9 @@ class VQVAEConfig:
     """Seed of model initialisation, per-epoch shuffles and code restarts."""
     workers: int = 1
     """Ray Train workers (DDP processes)."""
+    cpus_per_worker: int = 0
+    """CPUs (torch threads) each worker takes; 0: as many as the cluster can give every worker
+    (learners/worker_cpus.py)."""
     use_gpu: bool = field(default=False, metadata=option(switch=True))
     """Give each worker a GPU (NCCL) instead of CPU (gloo)."""
     stop_after_epoch: int = 0

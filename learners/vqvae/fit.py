@@ -34,6 +34,7 @@ from learners.vqvae.config import VQVAEConfig
 from learners.vqvae.dataset import BuyerBatch, BuyerRows, FeatureStats, buyers_path, load_rows
 from learners.vqvae.model import BuyerVQVAE, feature_weights, reconstruction_loss
 from learners.vqvae.quantizer import gather_rows
+from learners.worker_cpus import scaling_config
 
 RUN_NAME = "vqvae"
 TRAIN_DIR = "train"
@@ -252,7 +253,7 @@ def fit_codebook(
     refused before anything is written. ``rows``: the buyers already read (``load_rows``), if any.
     """
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     data_dir = Path(data_dir).resolve()
@@ -277,7 +278,7 @@ def fit_codebook(
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": config, "data_dir": str(data_dir), "progress": progress},
-            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
+            scaling_config=scaling_config(config.workers, config.use_gpu, config.cpus_per_worker),
             run_config=RunConfig(
                 name=RUN_NAME,
                 storage_path=str(storage),

@@ -21,6 +21,7 @@ from engine.rollout_calibration import (
     calibrate_rollouts,
     code_visit_rates,
     prepared_of,
+    round_sizes,
     session_buyers,
     shrunk,
     visit_rates,
@@ -133,7 +134,8 @@ def test_rounds_carry_simulated_rates_toward_the_real_ones(tmp_path):
     saved = json.loads((agent / CALIBRATION_FILE).read_text())
     assert saved["bias"] == record.bias and saved["step_bias"] == step_bias
     assert LLMPolicy.from_pretrained(agent).kind_bias == record.bias
-    assert "rollout-calibrated on 24 simulated visits of 2 merchants" in record.line()
+    assert [r["visits"] for r in record.rounds] == [12, 24, 24]  # round_sizes
+    assert "rollout-calibrated on simulated visits of 2 merchants, 3 rounds of 12/24/24" in record.line()
     assert RolloutCalibration(**saved["rollouts"]).bias == record.bias  # the record round-trips
 
 
@@ -173,6 +175,12 @@ def test_per_code_rounds_part_two_codes_that_the_pooled_bias_treats_alike(tmp_pa
     pooled = LLMPolicy.from_pretrained(write_tiny_agent(tmp_path / "pooled", data, num_codes=4))
     plain = calibrate_rollouts(pooled, data, _traces(sessions), codes, visits=40, rounds=1, per_code=False)
     assert plain.code_bias == {} and plain.code_error == [] and pooled.code_bias == {}
+
+
+def test_the_early_rounds_play_part_of_the_visits():
+    assert round_sizes(1600, 4) == [400, 800, 1600, 1600]
+    assert round_sizes(1600, 1) == [1600] and round_sizes(5, 2) == [5, 5]
+    assert round_sizes(3, 5) == [1, 1, 1, 3, 3]  # never an empty round
 
 
 def test_a_codes_rates_are_pulled_to_the_pooled_ones_by_the_prior():
@@ -225,7 +233,7 @@ def test_train_agent_refines_an_agent_unless_turned_off(tmp_path):
     assert "rollouts" not in json.loads((agent / CALIBRATION_FILE).read_text())
     line = _calibrate_rollouts(stage(calibration_visits=8), traces, None)
     saved = json.loads((agent / CALIBRATION_FILE).read_text())
-    assert line.startswith("rollout-calibrated on 8 simulated visits of 1 merchants, 2 rounds")
+    assert line.startswith("rollout-calibrated on simulated visits of 1 merchants, 2 rounds of 8/8")
     assert saved["rollouts"]["visits"] == 8 and saved["step_bias"] == {"exit": 0.1}
     assert saved["bias"]["exit"] == 0.1 and saved["bias"]["favorite"] != 0.0
     assert saved["code_bias"] == {}  # a no-persona agent's buyers have no code to bias

@@ -92,8 +92,8 @@ def test_the_plan_prints_a_table_and_trains_nothing(planned):
         "Ray command",
     } <= names
     assert all(rate["per_s"] > 0 for rate in plan["calibration"])
-    # Each LLM agent's rollout calibration: one visit per replayed session up to the cap, every round,
-    # at the agent's measured simulation rate.
+    # Each LLM agent's rollout calibration: one visit per replayed session up to the cap, in each of
+    # its 2 rounds (round_sizes), at the agent's measured simulation rate.
     visits = min(30, plan["split"]["replayed_sessions"]) * 2
     for key in ("persona", "no-persona"):
         row = next(r for r in plan["stages"] if r["stage"] == f"rollout-calibrate {key} agent")
