@@ -1,10 +1,11 @@
 """The plan's measured rates: how fast this machine runs each kind of a study's work.
 
-Each calibration is short and runs the study's own code on real data, on one thread (the plan sets
-that), as a Ray worker with one CPU runs (AdamW steps on as many threads as an agent's Ray Train
-worker takes CPUs, learners/worker_cpus.py): AdamW steps of a base model (training tokens/s), one VQ-VAE
-epoch on a subset of the training buyers (buyers/s), a few hundred simulated steps of a policy on the
-held-out merchants' storefronts (steps/s), and one tiny Ray command (the fixed cost of each command).
+Each calibration is short and runs the study's own code on real data: AdamW steps of a base model
+(training tokens/s) on as many threads as an agent's Ray Train worker takes CPUs
+(learners/worker_cpus.py), and on one thread (the plan sets that), as a Ray worker with one CPU runs,
+one VQ-VAE epoch on a subset of the training buyers (buyers/s), a few hundred simulated steps of a
+policy on the held-out merchants' storefronts (steps/s), and one tiny Ray command (the fixed cost of
+each command).
 ``engine.study_plan`` scales these rates by its exact counts into a time per stage.
 """
 

@@ -104,7 +104,10 @@ def run_side_by_side(
         for process, _, _ in running.values():
             process.terminate()
         for process, _, _ in running.values():
-            process.wait(timeout=60)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
     return seconds
 
 

@@ -54,10 +54,10 @@ class AgentTrainConfig:
     each kind's bias moved by the log ratio of its real to its simulated share of visits taking it
     (uses per visit for product views; engine/rollout_calibration.py, run by `simpersona train-agent`
     and the study; 4 rounds of 600 visits each took under 40 s for the Tmall CPU recipe's persona
-    agent on a 2-core box in session 13). Off by default: measured on three study agents (benchmarks/RESULTS.md, session
-    13) it brought the Tmall agent's favourites to the real share of visits, changed nothing on one
-    brand-log agent and cost another ARA, because the replayed stores cannot show how an agent
-    drifts on a store it never saw."""
+    agent on a 2-core box in session 13). Off by default: measured on three study agents
+    (benchmarks/RESULTS.md, session 13) it brought the Tmall agent's favourites to the real share of
+    visits, changed nothing on one brand-log agent and cost another ARA, because the replayed stores
+    cannot show how an agent drifts on a store it never saw."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
     calibration_per_code: bool = True
