@@ -32,8 +32,8 @@ and ``exit``, once per visit, is the reference.
   product to open) the model still chooses. The early rounds, whose steps are large, play a seeded
   part of the visits (``round_sizes``: a quarter, a half, then all of them twice for four rounds).
   Measured on the demo's persona agent (1,600 visits, benchmarks/RESULTS.md, session 27): on 1,600
-  fresh visits its per-code error was 0.230 against 0.219 with every visit in every round, and the
-  rounds took 69% of the time.
+  fresh visits its per-code error was 0.230 against 0.219 with every visit in every round, at 69% of
+  the visits (79% of the time).
 - Per persona code too (``per_code``): each code's kinds get a bias of their own on top
   (``code_bias``), moved by the log ratio of that code's real rate to its simulated one beyond the
   pooled step. The per-type Markov chain matches each type's rates by construction; the tiny agent
