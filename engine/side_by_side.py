@@ -17,9 +17,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import engine
 from engine import stage_configs, stages
@@ -33,11 +34,11 @@ TAIL_LINES = 30
 
 @dataclass
 class SideStage:
-    """One stage to run side by side: its heading, the ``engine.stages`` function that runs it, and
-    its stage config (with an ``out`` directory)."""
+    """One stage to run side by side: its heading, the ``engine.stages`` function that runs it (its
+    process finds it there by name), and its stage config (with an ``out`` directory)."""
 
     what: str
-    function: str
+    function: Callable[[Any, bool], Any]
     config: object
 
 
@@ -76,7 +77,7 @@ def run_side_by_side(
         for stage in side:
             name = Path(stage.config.out).name  # type: ignore[attr-defined]
             job = {
-                "function": stage.function,
+                "function": stage.function.__name__,
                 "config_type": type(stage.config).__name__,
                 "config": config_to_dict(stage.config),
                 "verbose": verbose,

@@ -295,7 +295,7 @@ class Study:
         agent = self.config.agent
         cpus, threads = shared_cpus(len(todo), agent.workers, agent.cpus_per_worker)
         side = [
-            SideStage(w, "train_agent", replace(c, agent=replace(c.agent, cpus_per_worker=cpus)))
+            SideStage(w, stages.train_agent, replace(c, agent=replace(c.agent, cpus_per_worker=cpus)))
             for w, c in todo
         ]
         seconds = run_side_by_side(side, self.out / "side-by-side", threads, self.verbose)

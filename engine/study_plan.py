@@ -277,13 +277,14 @@ class Planner:
                 tokens = tokens if key == "persona" else None
                 counted = count_tokens(examples, tokenizer, tokens, c.seed)
                 if model_name not in rates:
+                    threads = torch.get_num_threads()
                     torch.set_num_threads(self.worker_threads)
                     try:
                         rates[model_name] = calibrate_training(
                             f"train {model_name}", model, tokenizer, counted.pairs, c.seed
                         )
                     finally:
-                        torch.set_num_threads(1)
+                        torch.set_num_threads(threads)
                     self.calibration.append(rates[model_name])
             except (OSError, ValueError) as err:  # e.g. a hub model that is not available offline
                 self.notes.append(f"{key} agent ({model_name}) not sized: {str(err).splitlines()[0]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import pyarrow.parquet as pq
@@ -44,12 +45,15 @@ def test_stages_run_at_once_and_print_their_lines_once(raw, tmp_path, capsys):
         )
 
     side = [
-        SideStage("prepare one", "prepare", stage("one")),
-        SideStage("prepare two", "prepare", stage("two")),
+        SideStage("prepare one", stages.prepare, stage("one")),
+        SideStage("prepare two", stages.prepare, stage("two")),
     ]
+    start = time.perf_counter()
     seconds = run_side_by_side(side, tmp_path / "side", threads=1)
+    wall = time.perf_counter() - start
 
     assert set(seconds) == {"prepare one", "prepare two"} and all(s > 0 for s in seconds.values())
+    assert wall < sum(seconds.values())  # they overlapped: one after the other would take the sum
     events = pq.read_table(tmp_path / "one" / "events.parquet")
     assert events.num_rows > 0 and events.equals(pq.read_table(tmp_path / "two" / "events.parquet"))
     out = capsys.readouterr().out
@@ -65,7 +69,10 @@ def test_a_failed_stage_is_reported_with_its_output(raw, tmp_path):
         [str(tmp_path / "nowhere")], mapping=str(raw / "mapping.yaml"), out=str(tmp_path / "bad")
     )
     good = PrepareStage([str(raw / "logs")], mapping=str(raw / "mapping.yaml"), out=str(tmp_path / "good"))
-    side = [SideStage("prepare bad", "prepare", missing), SideStage("prepare good", "prepare", good)]
+    side = [
+        SideStage("prepare bad", stages.prepare, missing),
+        SideStage("prepare good", stages.prepare, good),
+    ]
     with pytest.raises(
         RuntimeError, match=r"prepare bad failed \(exit 1\); its output is in .*bad\.log"
     ) as err:
