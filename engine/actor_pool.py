@@ -1,7 +1,9 @@
 """The run's Ray actors: env runner slots fed from the work queue, and the policy router.
 
-Every actor starts at once, and a runner takes chunks as soon as it answers its start-up probe; the
-policy server's probe answers when every replica has loaded the policy. With the policy in the
+Every actor starts at once. The policy server's probe answers when every replica has loaded the
+policy, and a runner takes chunks once both it and the policy server have answered theirs: a call
+sent to a replica still loading would wait there, time out on a busy machine, and have the replica
+replaced as hung (the run then failed to start). With the policy in the
 runners a slot holds no actor: its chunks are Ray tasks (``play_chunk``) that build the policy in a
 pooled worker, so nothing has to start. A runner actor keeps ``chunks_per_runner`` chunks queued (the
 bounded work queue); a task slot holds one, since a queued task would start at once on a free CPU.
@@ -113,6 +115,8 @@ class RunnerPool:
         # While the driver plays it stands in for one runner, so runners + driver use `runners` cores
         # (on a laptop with as many runners as cores, one more process would slow them all down).
         active = self.slots[:-1] if len(self.slots) > 1 and driver_playing else self.slots
+        if None in self.probes.values():
+            return  # the policy server is still loading
         for slot in active:
             while slot.ready and queue and len(slot.in_flight) < depth:
                 chunk_id = queue.popleft()

@@ -28,6 +28,9 @@ and ``exit``, once per visit, is the reference.
 - Every replayed merchant, not only the validation ones: a few stores' rates are not a new store's.
   Session 10 fitted Tmall's 4 validation sellers, who favourite more and buy less than the held-out
   ones, and held-out conversion fell from 13.0% to 8.8% (real 11.2%).
+- Walked under ids the agent never saw (``unseen_ids``, engine/unseen_stores.py): the replayed
+  stores' shop and product ids are the ones it trained on, and it acts otherwise on them than on a
+  held-out store, whose ids it has never read.
 - A few rounds, each step clipped to ``MAX_STEP``. The biases stay kind-wide, so within a kind (which
   product to open) the model still chooses. The early rounds, whose steps are large, play a seeded
   part of the visits (``round_sizes``: a quarter, a half, then all of them twice for four rounds).
@@ -53,9 +56,11 @@ more than on the replayed ones, and the replayed stores cannot show it.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +68,7 @@ import pyarrow as pa
 
 from engine.episode_player import EnvSpec, EpisodePlayer
 from engine.population import SimBuyer, buyer_seed, stable_hash
+from engine.unseen_stores import write_unseen_stores
 from learners.agent.actions import action_kind
 from learners.agent.policy import ActRequest, ActResult
 from learners.agent.scoring import CALIBRATION_FILE
@@ -98,6 +104,9 @@ class RolloutCalibration:
     """Per persona code (its decimal string), its own biases on top of ``bias``."""
     code_error: list[float] = field(default_factory=list)
     """Per round, the mean over codes and kinds of abs(log(real / simulated rate)), both shrunk."""
+    unseen_ids: bool = False
+    """Whether the visits were walked on the merchants under ids the agent never saw
+    (engine/unseen_stores.py)."""
 
     @property
     def bias(self) -> dict[str, float]:
@@ -120,8 +129,9 @@ class RolloutCalibration:
             else ""
         )
         sizes = "/".join(f"{r.get('visits', self.visits):,}" for r in self.rounds)
+        unseen = " under unseen ids" if self.unseen_ids else ""
         return (
-            f"rollout-calibrated on simulated visits of {self.merchants} merchants, {len(self.rounds)}"
+            f"rollout-calibrated on simulated visits of {self.merchants} merchants{unseen}, {len(self.rounds)}"
             f" rounds of {sizes}, per visit: {parts}{per_code}"
         )
 
@@ -282,58 +292,66 @@ def calibrate_rollouts(
     max_steps: int = 30,
     seed: int = 0,
     per_code: bool = True,
+    unseen_ids: bool = True,
 ) -> RolloutCalibration:
     """Refine ``policy.kind_bias`` (an ``LLMPolicy``, with its per-step calibration when it has one)
     on simulated visits of the merchants in ``traces`` (the replayed sessions) in ``prepared``, each
     cut at ``max_steps`` (the studies' and the example experiment's cap), sampled at the policy's
-    temperature, and with ``per_code`` and ``codes`` its ``code_bias`` too; the policy keeps the
-    result."""
+    temperature, and with ``per_code`` and ``codes`` its ``code_bias`` too; with ``unseen_ids``, on a
+    copy of those merchants under ids the agent never saw (engine/unseen_stores.py). The policy keeps
+    the result."""
     target, _ = visit_rates(traces, max_steps)
     buyers = session_buyers(traces, codes, visits, seed)
     if not buyers:
         raise ValueError("rollout calibration needs replayed sessions (with persona codes); there are none")
-    player = EpisodePlayer(
-        EnvSpec(kwargs={"data": str(prepared)}),
-        max_envs=256,
-        max_steps=max_steps,
-        use_persona=codes is not None,
-    )
-    temperature = max(policy.temperature, 1e-3)  # argmax: the tally of a very sharp softmax
-    merchants = len({b.merchant_id for b in buyers})
-    record = RolloutCalibration(len(buyers), merchants, target, dict(policy.kind_bias))
-    coded = per_code and codes is not None
-    real = code_visit_rates(traces, max_steps, buyer_codes(codes)) if coded else {}
-    bias, own = dict(policy.kind_bias), {c: {} for c in sorted({b.code for b in buyers}) if c in real}
-    order = np.random.default_rng(seed).permutation(len(buyers))
-    for size in round_sizes(len(buyers), rounds):
-        played = [buyers[i] for i in np.sort(order[:size])]
+    merchants = sorted({b.merchant_id for b in buyers})
+    with tempfile.TemporaryDirectory(prefix="unseen-stores-") if unseen_ids else nullcontext() as work:
+        if unseen_ids:
+            renamed = write_unseen_stores(prepared, merchants, work, seed)
+            buyers = [replace(b, merchant_id=renamed[b.merchant_id]) for b in buyers]
+        player = EpisodePlayer(
+            EnvSpec(kwargs={"data": work or str(prepared)}),
+            max_envs=256,
+            max_steps=max_steps,
+            use_persona=codes is not None,
+        )
+        record = RolloutCalibration(
+            len(buyers), len(merchants), target, dict(policy.kind_bias), unseen_ids=unseen_ids
+        )
+        temperature = max(policy.temperature, 1e-3)  # argmax: the tally of a very sharp softmax
+        coded = per_code and codes is not None
+        real = code_visit_rates(traces, max_steps, buyer_codes(codes)) if coded else {}
+        bias, own = dict(policy.kind_bias), {c: {} for c in sorted({b.code for b in buyers}) if c in real}
+        order = np.random.default_rng(seed).permutation(len(buyers))
+        for size in round_sizes(len(buyers), rounds):
+            played = [buyers[i] for i in np.sort(order[:size])]
+            policy.kind_bias, policy.code_bias = bias, own
+            tally = KindTally(policy, temperature)
+            player.play(played, tally)
+            simulated = {k: v / len(played) for k, v in tally.total.items()}
+            step = bias_step(target, simulated)
+            bias = {k: round(bias.get(k, 0.0) + step.get(k, 0.0), 6) for k in set(bias) | set(step)}
+            record.rounds.append({"visits": size, "simulated": simulated, "bias": dict(sorted(bias.items()))})
+            walked = Counter(b.code for b in played)
+            errors = []
+            for code, offsets in own.items():
+                if not walked[code]:
+                    continue  # none of its visits in this round: nothing of its own to go by
+                real_rates = shrunk(real[code][0], real[code][1], target)
+                code_rates = {k: v / walked[code] for k, v in tally.by_code.get(code, {}).items()}
+                sim_rates = shrunk(code_rates, walked[code], simulated)
+                errors += [
+                    abs(np.log(real_rates[k] / sim_rates[k]))
+                    for k in real_rates
+                    if real_rates[k] > 0 and sim_rates.get(k, 0.0) > 0
+                ]
+                # The pooled step moves every code; a code's own bias takes what is left of its step.
+                for k, v in bias_step(real_rates, sim_rates).items():
+                    offsets[k] = round(offsets.get(k, 0.0) + v - step.get(k, 0.0), 6)
+            if own:
+                record.code_error.append(float(np.mean(errors)) if errors else 0.0)
         policy.kind_bias, policy.code_bias = bias, own
-        tally = KindTally(policy, temperature)
-        player.play(played, tally)
-        simulated = {k: v / len(played) for k, v in tally.total.items()}
-        step = bias_step(target, simulated)
-        bias = {k: round(bias.get(k, 0.0) + step.get(k, 0.0), 6) for k in set(bias) | set(step)}
-        record.rounds.append({"visits": size, "simulated": simulated, "bias": dict(sorted(bias.items()))})
-        walked = Counter(b.code for b in played)
-        errors = []
-        for code, offsets in own.items():
-            if not walked[code]:
-                continue  # none of its visits in this round: nothing of its own to go by
-            real_rates = shrunk(real[code][0], real[code][1], target)
-            code_rates = {k: v / walked[code] for k, v in tally.by_code.get(code, {}).items()}
-            sim_rates = shrunk(code_rates, walked[code], simulated)
-            errors += [
-                abs(np.log(real_rates[k] / sim_rates[k]))
-                for k in real_rates
-                if real_rates[k] > 0 and sim_rates.get(k, 0.0) > 0
-            ]
-            # The pooled step moves every code; a code's own bias takes what is left of its step.
-            for k, v in bias_step(real_rates, sim_rates).items():
-                offsets[k] = round(offsets.get(k, 0.0) + v - step.get(k, 0.0), 6)
-        if own:
-            record.code_error.append(float(np.mean(errors)) if errors else 0.0)
-    policy.kind_bias, policy.code_bias = bias, own
-    record.code_bias = {str(c): dict(sorted(v.items())) for c, v in sorted(own.items())}
+        record.code_bias = {str(c): dict(sorted(v.items())) for c, v in sorted(own.items())}
     return record
 
 

@@ -216,6 +216,7 @@ def _calibrate_rollouts(config: TrainAgentStage, traces, codes) -> str | None:
             rounds=agent.calibration_rounds,
             seed=agent.seed,
             per_code=agent.calibration_per_code,
+            unseen_ids=agent.calibration_unseen_ids,
         )
     record.save(out)
     return record.line()

@@ -57,7 +57,9 @@ class AgentTrainConfig:
     agent on a 2-core box in session 13). Off by default: measured on three study agents
     (benchmarks/RESULTS.md, session 13) it brought the Tmall agent's favourites to the real share of
     visits, changed nothing on one brand-log agent and cost another ARA, because the replayed stores
-    cannot show how an agent drifts on a store it never saw."""
+    cannot show how an agent drifts on a store it never saw. Walked under unseen ids
+    (`calibration_unseen_ids`) they show part of it: session 28's brand-log agent kept its ARA (0.728
+    off, 0.736 on, one draw), and the demo's and Tmall's agents gained."""
     calibration_rounds: int = 4
     """Rounds of that refinement (each simulates the visits again with the biases so far)."""
     calibration_per_code: bool = True
@@ -65,6 +67,11 @@ class AgentTrainConfig:
     code's real rates against its simulated ones (pulled toward all buyers' rates where a code has few
     sessions): the agent's types then act at their own rates, as the per-type Markov chain's do
     (engine/rollout_calibration.py; benchmarks/RESULTS.md, session 26)."""
+    calibration_unseen_ids: bool = True
+    """In that refinement, the visits are walked on a copy of the replayed stores whose shop and
+    product ids the agent never read in training, as a held-out store's (engine/unseen_stores.py): the
+    biases then fit how the agent acts on a store it does not know, not on one it learned by heart.
+    Measured on the demo's four seeds (benchmarks/RESULTS.md, session 28)."""
     price_rows: int = 50000
     """After calibration, each persona code's answer to a price that the model misses (a markdown, a
     price below its category's typical one) is measured within buyers on up to this many goal-free

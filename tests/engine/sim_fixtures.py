@@ -118,6 +118,14 @@ def uniform_policy() -> UniformPolicy:
     return UniformPolicy()
 
 
+class SlowStartPolicy(UniformPolicy):
+    """A ``UniformPolicy`` that takes ``start_s`` to build, like a model loading on a busy machine."""
+
+    def __init__(self, start_s: float) -> None:
+        time.sleep(start_s)
+        super().__init__()
+
+
 class CrashOncePolicy(UniformPolicy):
     """A ``UniformPolicy`` whose process dies (like a lost node) at the first batch of the first
     process to create ``marker``; every later process plays normally."""

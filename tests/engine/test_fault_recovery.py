@@ -13,7 +13,7 @@ import ray
 from engine.episode_player import EpisodePlayer
 from engine.simulation import env_spec, simulate
 from engine.simulation_config import build_population
-from tests.engine.sim_fixtures import CrashOncePolicy, UniformPolicy, tiny_simulation
+from tests.engine.sim_fixtures import CrashOncePolicy, SlowStartPolicy, UniformPolicy, tiny_simulation
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,14 @@ def test_lost_task_runner_worker_is_retried(ray_local, base, reference, tmp_path
     assert manifest["policy_placement"] == "runner" and manifest["startup_s"] == 0.0
     assert manifest["buyers_completed"] == manifest["buyers_requested"] == 24
     assert rows(tmp_path / "out") == reference
+
+
+def test_a_policy_server_slower_to_start_than_a_call_timeout_is_waited_for(
+    ray_local, base, reference, tmp_path
+):
+    # Runners that took chunks before the server was up timed out on their first calls, and the
+    # recovery replaced the still-loading replica: the run failed with "failed to start".
+    config = replace(base, out=str(tmp_path), call_timeout_s=2.0)
+    manifest = simulate(config, policy=partial(SlowStartPolicy, start_s=5.0))
+    assert manifest["policy_restarts"] == 0 and manifest["buyers_completed"] == 24
+    assert rows(tmp_path) == reference

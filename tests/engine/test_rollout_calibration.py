@@ -135,7 +135,10 @@ def test_rounds_carry_simulated_rates_toward_the_real_ones(tmp_path):
     assert saved["bias"] == record.bias and saved["step_bias"] == step_bias
     assert LLMPolicy.from_pretrained(agent).kind_bias == record.bias
     assert [r["visits"] for r in record.rounds] == [12, 24, 24]  # round_sizes
-    assert "rollout-calibrated on simulated visits of 2 merchants, 3 rounds of 12/24/24" in record.line()
+    assert (
+        "rollout-calibrated on simulated visits of 2 merchants under unseen ids, 3 rounds of 12/24/24"
+        in record.line()
+    )
     assert RolloutCalibration(**saved["rollouts"]).bias == record.bias  # the record round-trips
 
 
@@ -175,6 +178,38 @@ def test_per_code_rounds_part_two_codes_that_the_pooled_bias_treats_alike(tmp_pa
     pooled = LLMPolicy.from_pretrained(write_tiny_agent(tmp_path / "pooled", data, num_codes=4))
     plain = calibrate_rollouts(pooled, data, _traces(sessions), codes, visits=40, rounds=1, per_code=False)
     assert plain.code_bias == {} and plain.code_error == [] and pooled.code_bias == {}
+
+
+def test_visits_are_walked_on_the_stores_under_ids_the_agent_never_saw_unless_turned_off(tmp_path):
+    data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
+    agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
+    sessions = {
+        (m, f"u{i}", "s"): ["open product p0", "favorite", "exit"] for m in ("m1", "m2") for i in range(6)
+    }
+    codes = pa.Table.from_pylist([{"merchant_id": m, "buyer_id": b, "code": 1} for m, b, _ in sessions])
+
+    class Seeing(LLMPolicy):
+        pages: list[str] = []
+
+        def act(self, requests):
+            self.pages.extend(r.observation for r in requests)
+            return super().act(requests)
+
+    shops = {}
+    for unseen in (True, False):
+        Seeing.pages = []
+        policy = Seeing.from_pretrained(agent, temperature=1.0)
+        record = calibrate_rollouts(
+            policy, data, _traces(sessions), codes, visits=12, rounds=1, unseen_ids=unseen
+        )
+        shops[unseen] = {
+            line for page in Seeing.pages for line in page.splitlines() if line.startswith("Shop ")
+        }
+        assert record.unseen_ids is unseen and ("under unseen ids" in record.line()) is unseen
+        products = {w for page in Seeing.pages for w in page.split() if w.startswith("p") and w[1:].isdigit()}
+        assert products and (products.isdisjoint({f"p{i}" for i in range(6)}) is unseen)
+    assert {s.split()[1] for s in shops[False]} == {"m1", "m2"}
+    assert {s.split()[1] for s in shops[True]} == {"m3", "m4"}  # new names, the same two stores
 
 
 def test_the_early_rounds_play_part_of_the_visits():
@@ -233,7 +268,9 @@ def test_train_agent_refines_an_agent_unless_turned_off(tmp_path):
     assert "rollouts" not in json.loads((agent / CALIBRATION_FILE).read_text())
     line = _calibrate_rollouts(stage(calibration_visits=8), traces, None)
     saved = json.loads((agent / CALIBRATION_FILE).read_text())
-    assert line.startswith("rollout-calibrated on simulated visits of 1 merchants, 2 rounds of 8/8")
+    assert line.startswith(
+        "rollout-calibrated on simulated visits of 1 merchants under unseen ids, 2 rounds of 8/8"
+    )
     assert saved["rollouts"]["visits"] == 8 and saved["step_bias"] == {"exit": 0.1}
     assert saved["bias"]["exit"] == 0.1 and saved["bias"]["favorite"] != 0.0
     assert saved["code_bias"] == {}  # a no-persona agent's buyers have no code to bias
@@ -242,6 +279,8 @@ def test_train_agent_refines_an_agent_unless_turned_off(tmp_path):
     _calibrate_rollouts(stage(calibration_visits=8), traces, None)
     saved = json.loads((agent / CALIBRATION_FILE).read_text())
     assert saved["step_bias"] == {} and saved["bias"]["favorite"] != 0.0
+    line = _calibrate_rollouts(stage(calibration_visits=8, calibration_unseen_ids=False), traces, None)
+    assert line.startswith("rollout-calibrated on simulated visits of 1 merchants, 2 rounds")
     # Traces with no prepared directory behind them: the trained agent is kept, and the line says why.
     bare = TrainAgentStage(
         str(tmp_path), str(agent), agent=AgentTrainConfig(no_persona=True, calibration_visits=8)
