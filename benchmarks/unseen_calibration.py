@@ -1,7 +1,7 @@
 """Rollout calibration under unseen ids against the replayed stores as they are (engine/unseen_stores.py).
 
   .venv/bin/python -m benchmarks.unseen_calibration --study demo-run/study \
-      [--config examples/study-demo.yaml] [--seeds 0,1,2] [--markdown FILE]
+      [--config examples/study-demo.yaml] [--seeds 0,1,2] [--visits 1600] [--markdown FILE]
 
 Takes a finished study's persona agent back to its per-step biases and refines them twice with the
 study's settings (``--visits`` where its recipe leaves rollout calibration off): on the replayed
