@@ -36,6 +36,7 @@ import pyarrow as pa
 import ray
 import torch
 
+from benchmarks.table_output import publish
 from envs.catalog import Catalog, Product
 from envs.storefront import OPEN_PRODUCT, Storefront
 from learners.agent.actions import page_kind
@@ -359,10 +360,7 @@ def main() -> None:
         "",
         *grounding_lines(grounding),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
+    publish(lines, args.markdown)
 
 
 if __name__ == "__main__":

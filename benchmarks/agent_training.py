@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.agent import walk_traces
+from benchmarks.table_output import publish
 from learners.agent.prompt import IGNORE_INDEX, PromptFormat
 from learners.agent.sources import load_traces
 from learners.agent.tokens import PERSONA_TOKENS_FILE, PersonaTokens
@@ -146,10 +147,7 @@ def main() -> None:
         padding = statistics.median(r["padding"] for r in results)
         loss = statistics.median(r["mean_loss"] for r in results)
         lines.append(f"| {name} | {rate:,.0f} | {rate / base:.2f}x | {padding:.2f} | {loss:.4f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
+    publish(lines, args.markdown)
 
 
 if __name__ == "__main__":

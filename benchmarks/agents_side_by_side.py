@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.table_output import publish
 from engine.study import Study
 from engine.study_config import StudyConfig
 from learners.config import config_from_dict
@@ -79,10 +80,7 @@ def main() -> None:
         cells = [f"{a['val_loss']}, {a['code_error']}" for a in agents.values()]
         lines.append(f"| {name} | {seconds:.0f} | " + " | ".join(cells) + " |")
     lines += ["", f"side by side / one at a time: {side / one:.2f}"]
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
+    publish(lines, args.markdown)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ import numpy as np
 import polars as pl
 import yaml
 
+from benchmarks.table_output import publish
 from envs.treatments import Treatment
 from learners.agent.scoring import PRICE_RESPONSE_FILE, ROW_CHOICE_FILE
 from learners.data.synth import SynthConfig
@@ -508,10 +509,7 @@ def main() -> None:
             for r in per_type.iter_rows(named=True)
         ),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n", encoding="utf-8")
+    publish(lines, args.markdown)
 
 
 if __name__ == "__main__":

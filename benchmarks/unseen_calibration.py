@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
+from benchmarks.table_output import publish
 from engine.evaluate import fidelity, real_stats, sim_stats
 from engine.rollout_calibration import calibrate_rollouts, prepared_of
 from engine.study import Study
@@ -140,10 +141,7 @@ def main() -> None:
         "",
         f"calibration seconds, unseen ids / as they are: {seconds['unseen ids'] / seconds['as they are']:.2f}",
     ]
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
+    publish(lines, args.markdown)
 
 
 if __name__ == "__main__":

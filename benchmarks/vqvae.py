@@ -22,6 +22,7 @@ import pyarrow as pa
 import ray
 import torch
 
+from benchmarks.table_output import publish
 from learners.data.synth import SynthConfig, synth_prepared
 from learners.vqvae.assign import CodeAssigner, assign_codes
 from learners.vqvae.dataset import buyers_path, read_buyers, rows_from_table
@@ -134,10 +135,7 @@ def main() -> None:
     )
     lines = [head, "", "| measure | value | note |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows_md]
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
+    publish(lines, args.markdown)
 
 
 if __name__ == "__main__":

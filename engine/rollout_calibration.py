@@ -235,9 +235,12 @@ def round_sizes(visits: int, rounds: int) -> list[int]:
     return [max(1, visits >> max(0, rounds - 2 - r)) for r in range(rounds)]
 
 
-def session_buyers(traces: pa.Table, codes: pa.Table | None, visits: int, seed: int) -> list[SimBuyer]:
+def session_buyers(
+    traces: pa.Table, code_of: Mapping[tuple[str, str], int] | None, visits: int, seed: int
+) -> list[SimBuyer]:
     """One simulated buyer per real session of ``traces`` (a seeded sample of ``visits`` when there
-    are more), with that buyer's persona code (0 without codes)."""
+    are more), with that buyer's persona code (``code_of``, from ``buyer_codes``; 0 for every buyer
+    without codes, and with codes only the buyers that have one)."""
     sessions = (
         traces.select(["merchant_id", "buyer_id", "session_id"])
         .group_by(["merchant_id", "buyer_id", "session_id"])
@@ -248,14 +251,16 @@ def session_buyers(traces: pa.Table, codes: pa.Table | None, visits: int, seed: 
     if len(sessions) > visits:
         keep = np.sort(np.random.default_rng(seed).choice(len(sessions), visits, replace=False))
         sessions = [sessions[i] for i in keep]
-    code_of = buyer_codes(codes)
     run_seed = stable_hash(f"rollout-calibration\t{seed}")
     return [
         SimBuyer(
-            i, s["merchant_id"], code_of.get((s["merchant_id"], s["buyer_id"]), 0), buyer_seed(run_seed, i)
+            i,
+            s["merchant_id"],
+            (code_of or {}).get((s["merchant_id"], s["buyer_id"]), 0),
+            buyer_seed(run_seed, i),
         )
         for i, s in enumerate(sessions)
-        if codes is None or (s["merchant_id"], s["buyer_id"]) in code_of
+        if code_of is None or (s["merchant_id"], s["buyer_id"]) in code_of
     ]
 
 
@@ -301,7 +306,8 @@ def calibrate_rollouts(
     copy of those merchants under ids the agent never saw (engine/unseen_stores.py). The policy keeps
     the result."""
     target, _ = visit_rates(traces, max_steps)
-    buyers = session_buyers(traces, codes, visits, seed)
+    code_of = buyer_codes(codes) if codes is not None else None
+    buyers = session_buyers(traces, code_of, visits, seed)
     if not buyers:
         raise ValueError("rollout calibration needs replayed sessions (with persona codes); there are none")
     merchants = sorted({b.merchant_id for b in buyers})
@@ -320,7 +326,7 @@ def calibrate_rollouts(
         )
         temperature = max(policy.temperature, 1e-3)  # argmax: the tally of a very sharp softmax
         coded = per_code and codes is not None
-        real = code_visit_rates(traces, max_steps, buyer_codes(codes)) if coded else {}
+        real = code_visit_rates(traces, max_steps, code_of or {}) if coded else {}
         bias, own = dict(policy.kind_bias), {c: {} for c in sorted({b.code for b in buyers}) if c in real}
         order = np.random.default_rng(seed).permutation(len(buyers))
         for size in round_sizes(len(buyers), rounds):

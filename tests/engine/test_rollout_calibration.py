@@ -18,6 +18,7 @@ from engine.rollout_calibration import (
     KindTally,
     RolloutCalibration,
     bias_step,
+    buyer_codes,
     calibrate_rollouts,
     code_visit_rates,
     prepared_of,
@@ -232,7 +233,7 @@ def test_buyers_are_the_replayed_sessions_with_their_codes_and_a_seeded_sample()
         [{"merchant_id": "m1", "buyer_id": f"u{i}", "code": i % 3} for i in range(9)]
         + [{"merchant_id": "m2", "buyer_id": "w", "code": 2}]
     )
-    buyers = session_buyers(_traces(sessions), codes, visits=100, seed=0)
+    buyers = session_buyers(_traces(sessions), buyer_codes(codes), visits=100, seed=0)
     expected = [("m1", i % 3) for i in range(9)] + [("m2", 2)]  # u9 has no code
     assert [(b.merchant_id, b.code) for b in buyers] == expected
     sample = session_buyers(_traces(sessions), None, visits=4, seed=1)
