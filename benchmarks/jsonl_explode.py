@@ -35,7 +35,7 @@ import yaml
 
 from learners.data.adapters import MappingAdapter
 from learners.data.mapping import mapping_from_dict
-from learners.data.prepare import check_rows
+from learners.data.row_check import check_rows
 from learners.data.schema import PRODUCT_EVENT_TYPES
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "examples" / "mappings"

@@ -25,7 +25,7 @@ from engine.stage_results import (
     time_range_lines,
 )
 from learners.config import add_config_args, build_config
-from learners.data.prepare import RowCheck
+from learners.data.row_check import RowCheck
 from learners.data.schema import event_vocabulary_lines
 
 NAME = "prepare"
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         # Imported here so that `simpersona --help` does not load every reader.
         from learners.data.adapters import expand_inputs, get_adapter
-        from learners.data.prepare import check_rows
+        from learners.data.row_check import check_rows
 
         adapter = get_adapter(config.format, config.mapping)
         for line in check_lines(check_rows(expand_inputs(config.inputs), adapter)):

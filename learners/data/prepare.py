@@ -15,15 +15,14 @@ Every output is ordered by buyer hash (hence by bucket), independent of how buck
 into partitions, so the same input and config give byte-identical Parquet files, and the Ray path
 (prepare_ray.py) gives equal tables. The manifest is written last and checks the row accounting:
 rows_read = rows_kept + rows_quarantined + rows_dropped (rows a mapping leaves out on purpose, by code).
-``check_rows`` does that accounting alone, writing nothing (`simpersona prepare --check`).
+row_check.py does that accounting alone, writing nothing (`simpersona prepare --check`); prepared_manifest.py
+builds the manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +61,7 @@ from learners.data.features import (
     reference_prices,
 )
 from learners.data.partitions import BuyerPartitions, assign_buckets
+from learners.data.prepared_manifest import build_manifest, file_digest
 from learners.data.readers import delimiter_fix, other_delimiter
 from learners.data.sessions import events_table, order_frame, sessions_table
 
@@ -360,74 +359,6 @@ class PartialAggregates:
         return catalogs_table(catalogs), merchants_table(build_merchants(self.merchant, catalogs))
 
 
-def file_digest(path: Path) -> dict[str, Any]:
-    """Path, size and sha256 of an input file, for the manifest."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(block)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha.hexdigest()}
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def build_manifest(
-    inputs: Sequence[dict[str, Any]],
-    adapter: Adapter,
-    config: PrepareConfig,
-    counts: dict[str, int],
-    quarantine_reasons: Counter[str],
-    dropped_codes: Counter[str] | None = None,
-) -> dict[str, Any]:
-    """The prepared directory's manifest (``inputs``: file_digest of each input); raises when
-    rows_read != rows_kept + rows_quarantined + rows_dropped."""
-    dropped_codes = dropped_codes or Counter()
-    counts.setdefault("rows_dropped", sum(dropped_codes.values()))
-    check_accounting(counts)
-    if counts["rows_dropped"] != sum(dropped_codes.values()):
-        raise RuntimeError(
-            f"row accounting broken: rows_dropped {counts['rows_dropped']} != the sum by code"
-            f" {sum(dropped_codes.values())}"
-        )
-    if counts["events"] != counts["rows_kept"]:
-        raise RuntimeError(f"events written {counts['events']} != rows kept {counts['rows_kept']}")
-    return {
-        "adapter": adapter.name,
-        "ts_resolution": "day" if adapter.day_resolution else "second",
-        "inputs": list(inputs),
-        "config": config_to_dict(config),
-        "versions": {
-            "python": platform.python_version(),
-            "pyarrow": pa.__version__,
-            "polars": pl.__version__,
-            "simpersona": _version("simpersona"),
-        },
-        "counts": counts,
-        "quarantine_by_reason": by_count(quarantine_reasons),
-        "rows_dropped_by_code": by_count(dropped_codes),
-        "tables": dict(schema.TABLE_FILES),
-    }
-
-
-def by_count(counter: Counter[str]) -> dict[str, int]:
-    """A counter as a dict, most frequent first (ties by key), as the manifest lists them."""
-    return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def check_accounting(counts: dict[str, int]) -> None:
-    """Raise unless rows_read == rows_kept + rows_quarantined + rows_dropped (a bug, never bad input)."""
-    if counts["rows_read"] != counts["rows_kept"] + counts["rows_quarantined"] + counts["rows_dropped"]:
-        raise RuntimeError(
-            f"row accounting broken: rows_read {counts['rows_read']} != kept {counts['rows_kept']}"
-            f" + quarantined {counts['rows_quarantined']} + dropped {counts['rows_dropped']}"
-        )
-
-
 def finish_outputs(
     writers: OutputWriters,
     partials: PartialAggregates,
@@ -455,7 +386,9 @@ def finish_outputs(
         "merchants": writers.rows["merchants"],
         "products": writers.rows["catalogs"],
     }
-    manifest = build_manifest(digests, adapter, config, counts, writers.quarantine_reasons, dropped_codes)
+    manifest = build_manifest(
+        digests, adapter, config_to_dict(config), counts, writers.quarantine_reasons, dropped_codes
+    )
     if writers.events.time_range() is not None:
         manifest["time_range"] = writers.events.time_range()
     manifest["sessions_over_a_day"] = writers.sessions_over_a_day
@@ -599,63 +532,3 @@ def _prepare_into(
             rows_kept=rows_kept,
             dropped_codes=dropped_codes,
         )
-
-
-@dataclass
-class RowCheck:
-    """What `prepare` would do with every input row, without writing anything (``check_rows``)."""
-
-    counts: dict[str, int]
-    """rows_read, rows_kept, rows_quarantined, rows_dropped (the manifest's figures of the same name)."""
-    quarantine_by_reason: dict[str, int]
-    """Quarantined rows per reason, most frequent first (the manifest's quarantine_by_reason)."""
-    rows_dropped_by_code: dict[str, int]
-    """Rows left out on purpose per source event code (the manifest's rows_dropped_by_code)."""
-    kept_by_event_type: dict[str, int]
-    """Kept rows per canonical event type, in funnel order."""
-    examples: dict[str, list[dict[str, Any]]]
-    """Up to ``examples`` quarantined rows per reason (file, line, column, raw)."""
-    time_range: dict[str, str] | None = None
-    """First and last kept event's time, ISO text in UTC (the manifest's time_range); None if none kept."""
-    day_month_open: bool = False
-    """The manifest's day_month_open: no kept day above 12 under a day-and-month pattern."""
-
-
-def check_rows(inputs: Sequence[Path], adapter: Adapter, examples: int = 2) -> RowCheck:
-    """Read every input row through ``adapter`` and count what prepare would keep, quarantine and
-    drop (the same figures as its manifest), writing no table."""
-    inputs = [Path(p) for p in inputs]
-    if not inputs:
-        raise ValueError("prepare: no input files given; pass one or more files or directories")
-    counts = dict.fromkeys(("rows_read", "rows_kept", "rows_quarantined", "rows_dropped"), 0)
-    reasons: Counter[str] = Counter()
-    dropped_codes: Counter[str] = Counter()
-    kept = EventSummary()
-    shown: dict[str, list[dict[str, Any]]] = {}
-    for chunk in adapter.read(inputs):
-        check_chunk(chunk)
-        kept.add(chunk.events)
-        dropped = chunk.dropped
-        counts["rows_read"] += chunk.rows_read
-        counts["rows_kept"] += chunk.events.num_rows
-        counts["rows_quarantined"] += chunk.quarantine.num_rows
-        counts["rows_dropped"] += sum(dropped.values())
-        dropped_codes.update(dropped)
-        for item in chunk.quarantine["reason"].value_counts().to_pylist():
-            reason = item["values"]
-            reasons[reason] += item["counts"]
-            rows = shown.setdefault(reason, [])
-            if len(rows) < examples:
-                some = chunk.quarantine.filter(pc.equal(chunk.quarantine["reason"], reason))
-                columns = ["file", "line", "column", "raw"]
-                rows.extend(some.slice(0, examples - len(rows)).select(columns).to_pylist())
-    check_accounting(counts)
-    return RowCheck(
-        counts=counts,
-        quarantine_by_reason=by_count(reasons),
-        rows_dropped_by_code=by_count(dropped_codes),
-        kept_by_event_type=kept.by_type_in_order(),
-        examples=shown,
-        time_range=kept.time_range(),
-        day_month_open=day_month_open(adapter, kept.max_day),
-    )

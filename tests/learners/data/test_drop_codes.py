@@ -17,7 +17,8 @@ from learners.data import schema
 from learners.data.adapter import CanonicalChunk
 from learners.data.adapters import MappingAdapter, get_adapter
 from learners.data.mapping import mapping_from_dict
-from learners.data.prepare import PrepareConfig, check_rows, prepare
+from learners.data.prepare import PrepareConfig, prepare
+from learners.data.row_check import check_rows
 
 MAPPED = {"view": "product_view", "cart": "add_to_cart", "buy": "purchase"}
 DROPPED = ("impression", "6")

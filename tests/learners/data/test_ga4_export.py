@@ -16,7 +16,7 @@ from learners.data.adapters import MappingAdapter
 from learners.data.canonical import ONE_EVENT_LABEL
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping
-from learners.data.prepare import check_rows
+from learners.data.row_check import check_rows
 from tests.learners.data.test_adapters import collect
 
 GA4 = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "mappings" / "ga4.yaml").read_text())

@@ -26,8 +26,9 @@ from learners.data import schema
 from learners.data.adapters import MappingAdapter
 from learners.data.mapping import load_mapping, mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping, event_word, sniff_csv, stray_range
-from learners.data.prepare import PrepareConfig, check_rows, prepare
+from learners.data.prepare import PrepareConfig, prepare
 from learners.data.readers import MISSING_WORDS
+from learners.data.row_check import check_rows
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
 SAMPLE_ROWS = 5000

@@ -16,7 +16,8 @@ from learners.data.adapters import MappingAdapter, expand_inputs
 from learners.data.json_lines import _arrow_chunk
 from learners.data.mapping import mapping_from_dict
 from learners.data.mapping_draft import DraftConfig, draft_mapping
-from learners.data.prepare import PrepareConfig, check_rows, prepare
+from learners.data.prepare import PrepareConfig, prepare
+from learners.data.row_check import check_rows
 from tests.learners.data.test_adapters import collect
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
