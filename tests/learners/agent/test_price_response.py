@@ -18,7 +18,9 @@ from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest
 from learners.agent.price_response import (
     PriceResponse,
+    balanced,
     fit_price_response,
+    posterior,
     product_page_rows,
     shrink,
     within_buyer_contrast,
@@ -109,6 +111,35 @@ def test_the_prior_pulls_noise_to_zero_and_keeps_a_clear_contrast():
     assert shrink(np.array([0.3, 0.2]), np.array([np.inf, 0.01]))[0] == 0.0
 
 
+def test_a_contrast_from_a_few_buyers_is_less_sure_of_itself():
+    rng = np.random.default_rng(5)
+    values = rng.normal(0, 1, (12, 1))
+    marked = np.tile([True, False], 6)
+    buyer = np.repeat(np.arange(3), 4)
+    contrast, stderr, buyers = within_buyer_contrast(values, marked, buyer)
+    d = np.array(
+        [values[(buyer == b) & marked].mean() - values[(buyer == b) & ~marked].mean() for b in range(3)]
+    )
+    plain = d.std(ddof=1) / np.sqrt(3)  # equal weights: every buyer has two rows of each
+    assert buyers == 3 and contrast[0] == pytest.approx(d.mean())
+    assert stderr[0] == pytest.approx(plain * 4.302653 / 1.959964, rel=1e-5)  # t(2) and z at 97.5%
+
+
+def test_the_shares_are_balanced_on_the_kinds_that_do_not_answer():
+    model = np.array([0.30, 0.50, 0.20, 0.0])  # add to cart, exit, search, a kind the page lacks
+    shrunk = np.array([0.30, -0.02, 0.0, 0.0])  # a clear answer; the exits it came from, shrunk
+    answer = np.array([1.0, 0.25, 0.0, 0.0])
+    target = balanced(model, shrunk, answer)
+    assert target.sum() == pytest.approx(1.0)
+    assert target[0] == pytest.approx(0.60)  # the answer keeps its whole measured change
+    # The 0.28 left over comes from the others by share and chance of not answering: 0.375 : 0.2.
+    assert target[1:3] == pytest.approx([0.48 - 0.28 * 0.375 / 0.575, 0.20 - 0.28 * 0.2 / 0.575])
+    assert target[3] == 0.0
+    # Scaling every share to sum to 1 would have kept 0.6 / 1.28 of add to cart, a rise of 0.17.
+    # Where every kind answers, the difference is shared by the model's shares alone.
+    assert balanced(model, shrunk, np.ones(4)) == pytest.approx(model + shrunk - 0.28 * model)
+
+
 def test_one_prior_over_every_cell_pulls_a_cluster_of_chance_contrasts_in_one_cell_harder():
     # A kind no code answers: 8 codes x 5 cells of noise, and three contrasts of about 2.5 standard
     # errors that chance put in one cell. Fitted on that cell's 8 codes, the prior takes the three for
@@ -129,9 +160,9 @@ def test_the_fit_shrinks_each_kind_over_every_code_and_cell_at_once(monkeypatch)
 
     def recording(contrast, stderr):
         sizes.append(len(contrast))
-        return shrink(contrast, stderr)
+        return posterior(contrast, stderr)
 
-    monkeypatch.setattr(price_response, "shrink", recording)
+    monkeypatch.setattr(price_response, "posterior", recording)
     fit = fit_price_response(UniformModel(), product_page_rows(_pages(buyers=200, seed=4), 100_000), True)
     cells = {cell for found in fit.codes.values() for cell in found}
     kinds = {kind for found in fit.codes.values() for cell in found.values() for kind in cell.contrast}
