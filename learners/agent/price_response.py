@@ -145,8 +145,8 @@ def within_buyer_contrast(
     """Per column of ``values`` (rows x columns): the weighted mean over buyers who have rows both
     marked and not of (mean on marked − mean on the other rows), weights 1 / (1 / n_marked + 1 /
     n_other); its standard error over buyers; and how many buyers. The error is widened by
-    t(n − 1) / z at 95%: estimated from a few buyers, it is itself uncertain, and three buyers'
-    contrast of 3.5 errors is as likely by chance as one of 1.6 with a known error."""
+    t(n − 1) / z at 95%, so that its 95% interval is the t interval's: estimated from a few buyers,
+    the error is itself uncertain (three buyers' ± 0.076 becomes ± 0.167)."""
     diffs, weights = [], []
     for b in np.unique(buyer):
         mine = buyer == b
