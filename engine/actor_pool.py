@@ -109,14 +109,14 @@ class RunnerPool:
     # ---- work -----------------------------------------------------------------------------------
     def submit(self, queue: collections.deque, driver_playing: bool) -> None:
         """Hand queued chunks to the ready runners, up to each one's queue depth."""
+        if None in self.probes.values():
+            return  # the policy server is still loading
         c = self.config
         # A queued task would start at once on a free CPU slot: task runners hold one chunk each.
         depth = 1 if self.local else max(1, c.chunks_per_runner)
         # While the driver plays it stands in for one runner, so runners + driver use `runners` cores
         # (on a laptop with as many runners as cores, one more process would slow them all down).
         active = self.slots[:-1] if len(self.slots) > 1 and driver_playing else self.slots
-        if None in self.probes.values():
-            return  # the policy server is still loading
         for slot in active:
             while slot.ready and queue and len(slot.in_flight) < depth:
                 chunk_id = queue.popleft()

@@ -252,15 +252,13 @@ def session_buyers(
         keep = np.sort(np.random.default_rng(seed).choice(len(sessions), visits, replace=False))
         sessions = [sessions[i] for i in keep]
     run_seed = stable_hash(f"rollout-calibration\t{seed}")
+    known = code_of or {}
     return [
         SimBuyer(
-            i,
-            s["merchant_id"],
-            (code_of or {}).get((s["merchant_id"], s["buyer_id"]), 0),
-            buyer_seed(run_seed, i),
+            i, s["merchant_id"], known.get((s["merchant_id"], s["buyer_id"]), 0), buyer_seed(run_seed, i)
         )
         for i, s in enumerate(sessions)
-        if code_of is None or (s["merchant_id"], s["buyer_id"]) in code_of
+        if code_of is None or (s["merchant_id"], s["buyer_id"]) in known
     ]
 
 
