@@ -362,9 +362,9 @@ def row_choices(config: ExperimentConfig) -> dict[int, dict[str, float]]:
 
 def price_answers(config: ExperimentConfig) -> dict[int, dict[str, dict[str, float]]]:
     """Code -> price cell -> the agent's measured answer to that cell's product pages against regular
-    ones (learners/agent/price_response.py: the change in P(add to cart) its training added, the
-    measured contrast's standard error and the buyers it was measured on), where the policy is an
-    agent that has one."""
+    ones (learners/agent/price_response.py: the served change in P(add to cart) against the same pages
+    at a regular price, the measured contrast's standard error and the buyers it was measured on),
+    where the policy is an agent that has one."""
     if config.policy not in ("transformers", "vllm") or not config.policy_path:
         return {}
     path = Path(config.policy_path) / PRICE_RESPONSE_FILE

@@ -139,6 +139,21 @@ def price_cell(observation: str) -> str | None:
     return "+".join(part for part in (level, marked) if part) or REGULAR_CELL
 
 
+def at_regular_price(observation: str) -> str:
+    """A product page as it would read at a regular price: no markdown, and at its regular price or
+    its category's typical price, whichever is higher (``price_cell`` reads it as ``REGULAR_CELL``).
+    Other pages come back unchanged. The price response compares a page with it to measure how the
+    model itself reads a price (learners/agent/price_response.py)."""
+    price = PRICE_LINE.search(observation)
+    if price is None:
+        return observation
+    regular = float(price.group(2) or price.group(1))
+    typical = _TYPICAL_LINE.search(observation)
+    if typical is not None:
+        regular = max(regular, float(typical.group(1)))
+    return f"{observation[: price.start()]}{PRICE_PREFIX}{regular:.2f}{observation[price.end() :]}"
+
+
 def listed_products(observation: str) -> list[tuple[str, float | None, str]]:
     """A rendered page's product rows in order: (product id, shown price or None, badge or "")."""
     rows = []

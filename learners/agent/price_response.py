@@ -1,4 +1,4 @@
-"""Each buyer type's answer to a price, measured within buyers and added where the model misses it.
+"""Each buyer type's answer to a price, measured within buyers and served in place of the model's own.
 
 A what-if price cut or a cheapest-first listing works only if the simulated buyers answer a price the
 way their type does. The agent reads the price from the page (``Price: 69.99 (was 99.99)`` and
@@ -9,7 +9,7 @@ marked-down product pages against 14% of the others, while every tiny agent, wit
 themselves as codes, four times the log or higher learning rates, moved by 0.00-0.03; the response
 is 0.0002 nats per training row, too small a part of the loss to learn.
 
-So after training the missing part is measured and added as a score bias, per persona code, price
+So after training each code's answer is measured and served as a score bias, per persona code, price
 cell and action kind, on goal-free product pages. A page's price cell (envs/render.py's
 ``price_cell``) says whether it shows a markdown and whether its price is at or above its category's
 typical price, below it, or far below it; the ``regular`` cell (no markdown, at or above) is the
@@ -23,8 +23,18 @@ and a page of another cell:
   one is compared with themself, and the code's contrast is the mean of those, weighted by
   1 / (1 / n_cell + 1 / n_regular): there the same codes give +0.07 and +0.12 for a markdown, the
   decisive buyers' codes 0.00.
-- **Of what the model misses.** The contrast is of the residual, the real choice's indicator minus the
-  model's probability of each kind, so what the agent already answers is not added twice.
+- **Against the model at a regular price.** The contrast is of the residual, the real choice's
+  indicator minus the model's probability of each kind on the same page shown at a regular price
+  (envs/render.py's ``at_regular_price``). What the model knows of the pages' products is taken out
+  (a cell's products differ from the regular ones), and what it reads into the price itself is not:
+  the contrast is the code's whole answer to the cell, and a code that does not answer has none.
+  Against the model's probability on the page as shown, the contrast was only what the model
+  misses, so the prior pulled a code's small miss to 0 and kept the model's own reading, which the
+  tiny agents get wrong. On the truth benchmark (RESULTS.md, session 30) the model alone lowered the
+  exits of the decisive buyers' codes by 0.010-0.020 on marked-down pages; served against the page as
+  shown, those buyers answered a 30% price cut with +0.016-0.018 in conversion and +0.15-0.17 steps
+  per visit (the truth: 0), served against the page at a regular price with -0.002-+0.008 and
+  +0.02-+0.04.
 - **Shrunk across codes and cells.** A kind's contrasts, every code's on every cell, are pulled toward
   0 by one empirical-Bayes prior fitted on them all: a contrast is exactly 0 with some chance, else
   normal (``shrink``). So a code with a few buyers does not answer a price by noise, even where the
@@ -40,10 +50,10 @@ and a page of another cell:
   are off by is taken from the kinds that do not answer, by share (``balanced``), and a kind that
   answers keeps its measured change.
 - **As biases.** On a code's pages of a cell, one bias per kind is fitted so that the kinds' mean
-  probabilities equal the model's plus the shrunk contrast (calibration.py's ``fit_share_bias``, the
-  kind calibration's own fit). Scoring adds them to goal-free requests by their page's cell
-  (scoring.py's ``action_scores``), so both backends serve them; a no-persona agent has one set for
-  all buyers.
+  probabilities equal the model's on the same pages at a regular price plus the shrunk contrast
+  (calibration.py's ``fit_share_bias``, the kind calibration's own fit). Scoring adds them to
+  goal-free requests by their page's cell (scoring.py's ``action_scores``), so both backends serve
+  them; a no-persona agent has one set for all buyers.
 
 A kind-wide bias keeps every ranking within a kind. A log whose products never change price and
 whose categories have no typical price (fewer than five priced products) has only regular pages, and
@@ -55,7 +65,7 @@ answered a 30% price cut with +0.097 add-to-cart per visit, as a simulator exact
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +73,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
-from envs.render import PRICE_CELLS, PRICE_PREFIX, REGULAR_CELL, price_cell
+from envs.render import PRICE_CELLS, PRICE_PREFIX, REGULAR_CELL, at_regular_price, price_cell
 from learners.agent.actions import action_kind
 from learners.agent.calibration import fit_share_bias
 from learners.agent.offline_eval import ScoringPolicy, requests_for
@@ -97,13 +107,17 @@ class CellResponse:
     rows: int
     """The code's pages of this cell fitted on."""
     contrast: dict[str, float]
-    """Within-buyer contrast (cell − regular) of the real choice less the model's probability."""
+    """Within-buyer contrast (cell − regular) of the real choice less the model's probability of the
+    page at a regular price (``at_regular_price``): the code's whole answer to the cell."""
     stderr: dict[str, float]
     shrunk: dict[str, float]
     """The contrast after the prior across codes and cells, balanced to shares that sum to 1
-    (``balanced``): what the biases add to the model's mean probabilities on the code's pages of
-    this cell."""
+    (``balanced``): the served agent's mean probabilities on the code's pages of this cell less the
+    model's on the same pages at a regular price."""
     bias: dict[str, float]
+    reading: dict[str, float] = field(default_factory=dict)
+    """The model's own answer, before the biases: its mean probabilities on these pages less its
+    probabilities on the same pages at a regular price (a fit before session 30 has none)."""
 
 
 @dataclass
@@ -123,7 +137,7 @@ class PriceResponse:
             f" ({v.buyers} buyers)"
             for k, c, v in top
         )
-        return f"price response (add to cart against a regular page, beyond the model's): {parts}"
+        return f"price response (add to cart against the same pages at a regular price): {parts}"
 
     def save(self, agent_dir: str | Path) -> None:
         codes = {k: {c: asdict(v) for c, v in cells.items()} for k, cells in self.codes.items()}
@@ -259,10 +273,19 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
     kinds = [np.array([index[action_kind(a)] for a in r.valid_actions]) for r in requests]
     chosen = [index[action_kind(a)] for a in rows.column("action").to_pylist()]
     probs = [np.exp(z - np.logaddexp.reduce(z)) for z in scores]
-    residual = np.zeros((len(requests), len(names)))
-    for i, (p, k, c) in enumerate(zip(probs, kinds, chosen, strict=True)):
-        np.add.at(residual[i], k, -p)
-        residual[i, c] += 1.0
+    # The model's answer on each page at a regular price: what a code that does not answer prices does.
+    moved = np.flatnonzero(~regular)
+    at_regular = [replace(requests[i], observation=at_regular_price(requests[i].observation)) for i in moved]
+    baseline = list(probs)
+    for start in range(0, len(moved), 64):
+        for i, z in zip(moved[start : start + 64], policy.score(at_regular[start : start + 64]), strict=True):
+            baseline[i] = np.exp(z - np.logaddexp.reduce(z))
+    model, base = np.zeros((len(requests), len(names))), np.zeros((len(requests), len(names)))
+    for i, k in enumerate(kinds):
+        np.add.at(model[i], k, probs[i])
+        np.add.at(base[i], k, baseline[i])
+    residual = -base
+    residual[np.arange(len(requests)), chosen] += 1.0
     buyer = buyer_keys(rows)
     code = np.array(["none" if r.persona is None else str(r.persona) for r in requests])
     groups = sorted(set(code), key=lambda g: (g == "none", int(g) if g != "none" else 0))
@@ -283,11 +306,9 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
         if measured[c, g][2] == 0:
             continue
         on = np.flatnonzero((code == g) & (cell == c))
-        model = np.zeros(len(names))
-        for i in on:
-            np.add.at(model, kinds[i], probs[i])
-        model /= len(on)
-        target = np.maximum(balanced(model, shrunk[ki], answer[ki]), SMALLEST_SHARE) * (model > 0)
+        mean, at_regular_mean = model[on].mean(0), base[on].mean(0)
+        target = balanced(at_regular_mean, shrunk[ki], answer[ki])
+        target = np.maximum(target, SMALLEST_SHARE) * (mean > 0)
         target /= target.sum()
         bias = fit_share_bias([scores[i] for i in on], [kinds[i] for i in on], target)
         out.codes.setdefault(g, {})[c] = CellResponse(
@@ -295,8 +316,9 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
             rows=len(on),
             contrast=_by_kind(names, contrast[ki]),
             stderr=_by_kind(names, stderr[ki]),
-            shrunk=_by_kind(names, target - model),
+            shrunk=_by_kind(names, target - at_regular_mean),
             bias=_by_kind(names, bias),
+            reading=_by_kind(names, mean - at_regular_mean),
         )
     return out
 

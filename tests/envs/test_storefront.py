@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from envs.catalog import BESTSELLER, Catalog, load_catalogs, placeholder_id
-from envs.render import MAX_OBSERVATION_CHARS, REGULAR_CELL, TYPICAL_PREFIX, price_cell
+from envs.render import MAX_OBSERVATION_CHARS, REGULAR_CELL, TYPICAL_PREFIX, at_regular_price, price_cell
 from envs.storefront import (
     PAGE_SIZE,
     SEARCH_TEMPLATE,
@@ -363,6 +364,13 @@ def test_a_product_page_shows_its_categorys_typical_price_and_its_price_cell():
     assert price_cell(page("a4", 50.0)) == "marked" and price_cell(page("a4", 25.0)) == "below+marked"
     assert price_cell(page("a3", 20.0)) == "far-below+marked"
     assert price_cell(shop.observe(shop.initial_state())) is None  # not a product page
+
+    # At a regular price: the markdown's regular price or the typical one, whichever is higher.
+    for shown, regular in ((page("a0"), 30.0), (page("a4", 50.0), 100.0), (page("a3", 20.0), 40.0)):
+        at_regular = at_regular_price(shown)
+        assert price_cell(at_regular) == REGULAR_CELL and f"Price: {regular:.2f}\n" in at_regular
+        assert at_regular.replace(f"Price: {regular:.2f}", "") == re.sub(r"Price: [^\n]*", "", shown)
+    assert at_regular_price(page("a2")) == page("a2") and at_regular_price(page("a9")) == page("a9")
 
 
 def test_the_most_bought_products_carry_a_bestseller_badge_on_rows_and_page():

@@ -5,13 +5,14 @@ their cell's pages."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from envs.render import PRICE_PREFIX, REGULAR_CELL, price_cell
+from envs.render import PRICE_PREFIX, REGULAR_CELL, at_regular_price, price_cell
 from learners.agent import price_response
 from learners.agent.actions import action_kind
 from learners.agent.llm_policy import LLMPolicy
@@ -213,6 +214,55 @@ def test_the_fit_carries_each_codes_contrast_onto_each_cells_pages(tmp_path):
                     out.append(np.exp(z - np.logaddexp.reduce(z))[r.valid_actions.index(ADD)])
             shrunk = fit.codes[str(code)][cell].shrunk["add_to_cart"]
             assert np.mean(after) - np.mean(before) == pytest.approx(shrunk, abs=2e-3)
+
+
+class MarkdownReader:
+    """A model that reads every markdown as a reason to buy: add to cart scores ``READ`` more on a
+    marked-down page, for every code alike."""
+
+    READ = 0.4
+
+    def score(self, requests):
+        out = []
+        for r in requests:
+            z = np.zeros(len(r.valid_actions))
+            if "marked" in price_cell(r.observation):
+                z[r.valid_actions.index(ADD)] = self.READ
+            out.append(z)
+        return out
+
+
+def test_the_served_answer_is_the_codes_not_the_models_own_reading_of_a_price():
+    rows = product_page_rows(_pages(buyers=400, seed=3), max_rows=100_000)
+    model = MarkdownReader()
+    fit = fit_price_response(model, rows, personas=True)
+    served = read_price_bias_of(fit)
+    observations = rows["observation"].to_pylist()
+    for code in (0, 1):
+        found = fit.codes[str(code)]["marked"]
+        assert found.reading["add_to_cart"] > 0.03  # the model's own answer to a markdown
+        requests = [
+            ActRequest(o, tuple(v), code)
+            for o, v, c in zip(
+                observations, rows["valid_actions"].to_pylist(), rows["code"].to_pylist(), strict=True
+            )
+            if c == code and price_cell(o) == "marked"
+        ]
+        shown, at_regular = [], []
+        for r in requests:
+            regular = replace(r, observation=at_regular_price(r.observation))
+            for out, request in ((shown, r), (at_regular, regular)):
+                z = action_scores(request, model.score([request])[0], None, served)
+                out.append(np.exp(z - np.logaddexp.reduce(z))[r.valid_actions.index(ADD)])
+        # Code 1 does not answer a markdown, so its pages are served as at a regular price; code 0's
+        # answer is the planted one, not the planted one on top of the model's.
+        answer = np.mean(shown) - np.mean(at_regular)
+        assert answer == pytest.approx(_planted(code, "marked"), abs=3 * found.stderr["add_to_cart"] + 0.01)
+        assert answer == pytest.approx(found.shrunk["add_to_cart"], abs=5e-3)
+
+
+def read_price_bias_of(fit: PriceResponse) -> dict[int, dict[str, dict[str, float]]]:
+    return {int(k): {c: v.bias for c, v in cells.items()} for k, cells in fit.codes.items()}
 
 
 def test_scoring_adds_a_codes_bias_only_on_goal_free_pages_of_its_cell():
