@@ -56,6 +56,7 @@ from learners.agent.scoring import (
     candidate_scores,
     check_scoring_rule,
     item_groups,
+    model_request,
     pick,
     read_code_bias,
     read_kind_bias,
@@ -145,10 +146,15 @@ class LLMPolicy:
         tokenizer = AutoTokenizer.from_pretrained(agent_dir)
         fmt = kwargs.pop("fmt", None) or saved_prompt_format(agent_dir)
         tokens = agent_persona_tokens(agent_dir, tokenizer)
-        kwargs.setdefault("kind_bias", read_kind_bias(agent_dir))
-        kwargs.setdefault("code_bias", read_code_bias(agent_dir))
-        kwargs.setdefault("price_bias", read_price_bias(agent_dir))
-        kwargs.setdefault("row_choice", read_row_choice(agent_dir))
+        readers = {
+            "kind_bias": read_kind_bias,
+            "code_bias": read_code_bias,
+            "price_bias": read_price_bias,
+            "row_choice": read_row_choice,
+        }
+        for name, read in readers.items():
+            if name not in kwargs:  # a refit passes its own, and the file on disk may be refused
+                kwargs[name] = read(agent_dir)
         return cls(model, tokenizer, tokens, fmt, **kwargs)
 
     @property
@@ -158,7 +164,9 @@ class LLMPolicy:
         return self.kind_bias, self.price_bias, self.row_choice, self.code_bias
 
     def prompt(self, request: ActRequest) -> Prompt:
-        """The request's prompt ids (prompt.py's ``encode_prompt``) as (page part, buyer part)."""
+        """The request's prompt ids (prompt.py's ``encode_prompt``) as (page part, buyer part), of the
+        page as the model reads it (scoring.py's ``model_request``)."""
+        request = model_request(request, self.price_bias)
         page = self._pages.get(request.observation)
         if page is None:
             if len(self._pages) >= PAGE_CACHE:

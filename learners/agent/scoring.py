@@ -57,8 +57,10 @@ A calibrated agent (calibration.py) also adds one bias per action kind, fitted o
 trained on, to every valid action's score (``action_scores``): the same in both backends, and kind
 wide, so no ranking within a kind changes; rollout calibration (engine/rollout_calibration.py) adds
 one more per code and kind, where a type's own rates on walked visits part from its real buyers'.
-On a product page, it adds its buyer's code's biases for the page's price cell too
-(price_response.py: the part of a type's answer to a price the model misses); on a listing, which
+On a goal-free product page of an agent with a price response, the model reads the page at its
+regular price (``model_request``) and the buyer's code's biases for the page's real price cell are
+added (price_response.py: the type's measured answer to the price, in place of the model's own
+reading); on a listing, which
 row an ``open product`` opens follows its code's row choice (row_choice.py) instead of the model's
 id scores, within the template, whose mass it keeps.
 
@@ -76,14 +78,14 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from envs.catalog import BESTSELLER
-from envs.render import listed_products, price_cell
+from envs.render import REGULAR_CELL, at_regular_price, listed_products, price_cell
 from envs.storefront import OPEN_CATEGORY, OPEN_PRODUCT, REMOVE_PRODUCT
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE, action_kind
 from learners.agent.policy import ActRequest, choose
@@ -97,6 +99,10 @@ CALIBRATION_FILE = "calibration.json"
 """An agent directory's per-kind biases (calibration.py), when it was calibrated."""
 PRICE_RESPONSE_FILE = "price_response.json"
 """An agent directory's per-code, per-price-cell biases on product pages (price_response.py)."""
+PRICE_PAGES_READ = "at a regular price"
+"""How the model reads the product pages a price response's biases are served on (``model_request``),
+recorded in the file as ``model_reads``: biases fitted against the page as shown (before session 30)
+do not fit this serving, and ``read_price_bias`` refuses them."""
 ROW_CHOICE_FILE = "row_choice.json"
 """An agent directory's per-code choice among a listing's rows (row_choice.py)."""
 POOLED_ROWS = -1
@@ -313,13 +319,37 @@ def read_code_bias(agent_dir: str | Path) -> dict[int | None, dict[str, float]]:
     }
 
 
+def model_request(
+    request: ActRequest, price_bias: Mapping[int | None, Mapping[str, Mapping[str, float]]] | None
+) -> ActRequest:
+    """The request as the model reads it: where the policy serves a price response (``price_bias``
+    not empty), a goal-free product page whose price is not regular is read at its regular price
+    (envs/render.py's ``at_regular_price``), and ``action_scores`` adds the code's biases for the
+    page's real cell, so the type's measured answer to the price stands in for the model's own reading
+    (price_response.py). Every other request is read as it is."""
+    if not price_bias or request.goal is not None:
+        return request
+    cell = price_cell(request.observation)
+    if cell is None or cell == REGULAR_CELL:
+        return request
+    return replace(request, observation=at_regular_price(request.observation))
+
+
 def read_price_bias(agent_dir: str | Path) -> dict[int | None, dict[str, dict[str, float]]]:
     """An agent directory's per-code biases on each price cell's pages (price_response.py; empty when
-    none were fitted)."""
+    none were fitted). Raises ValueError for a fit whose biases were fitted for another reading of the
+    pages (``PRICE_PAGES_READ``)."""
     path = Path(agent_dir) / PRICE_RESPONSE_FILE
     if not path.exists():
         return {}
-    codes = json.loads(path.read_text(encoding="utf-8"))["codes"]
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    codes = saved["codes"]
+    if codes and saved.get("model_reads") != PRICE_PAGES_READ:
+        raise ValueError(
+            f"{path}: its biases were fitted on product pages as shown, and this version has the model"
+            f" read them {PRICE_PAGES_READ} (learners/agent/scoring.py's model_request); train the agent"
+            " again with this version, or delete the file to serve the agent without a price response"
+        )
     return {
         None if key == "none" else int(key): {
             cell: {str(k): float(v) for k, v in fit["bias"].items()}

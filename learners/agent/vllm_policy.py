@@ -42,6 +42,7 @@ from learners.agent.scoring import (
     candidate_scores,
     check_scoring_rule,
     item_groups,
+    model_request,
     pick,
     read_code_bias,
     read_kind_bias,
@@ -120,7 +121,10 @@ class VLLMPolicy:
         return self.kind_bias, self.price_bias, self.row_choice, self.code_bias
 
     def prompt_ids(self, request: ActRequest) -> list[int]:
-        return request_prompt_ids(self.tokenizer, request, self.tokens, self.fmt)
+        """The request's prompt ids, of the page as the model reads it (scoring.py's ``model_request``)."""
+        return request_prompt_ids(
+            self.tokenizer, model_request(request, self.price_bias), self.tokens, self.fmt
+        )
 
     async def _run(self, token_ids: list[int], params: Any) -> Any:
         from vllm.inputs import TokensPrompt

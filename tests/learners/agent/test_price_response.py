@@ -4,6 +4,7 @@ their cell's pages."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 
@@ -26,7 +27,7 @@ from learners.agent.price_response import (
     shrink,
     within_buyer_contrast,
 )
-from learners.agent.scoring import action_scores, pick, read_price_bias
+from learners.agent.scoring import action_scores, model_request, pick, read_price_bias
 from learners.agent.train import PRICE_ROWS_FILE, AgentTrainConfig, train_agent
 
 from .conftest import make_traces, storefront
@@ -250,10 +251,13 @@ def test_the_served_answer_is_the_codes_not_the_models_own_reading_of_a_price():
         ]
         shown, at_regular = [], []
         for r in requests:
-            regular = replace(r, observation=at_regular_price(r.observation))
-            for out, request in ((shown, r), (at_regular, regular)):
-                z = action_scores(request, model.score([request])[0], None, served)
-                out.append(np.exp(z - np.logaddexp.reduce(z))[r.valid_actions.index(ADD)])
+            # Served: the model reads the page at a regular price, the code's biases for its cell added.
+            read = model_request(r, served)
+            assert read.observation == at_regular_price(r.observation) != r.observation
+            z = action_scores(r, model.score([read])[0], None, served)
+            shown.append(np.exp(z - np.logaddexp.reduce(z))[r.valid_actions.index(ADD)])
+            z = model.score([read])[0]
+            at_regular.append(np.exp(z - np.logaddexp.reduce(z))[r.valid_actions.index(ADD)])
         # Code 1 does not answer a markdown, so its pages are served as at a regular price; code 0's
         # answer is the planted one, not the planted one on top of the model's.
         answer = np.mean(shown) - np.mean(at_regular)
@@ -263,6 +267,32 @@ def test_the_served_answer_is_the_codes_not_the_models_own_reading_of_a_price():
 
 def read_price_bias_of(fit: PriceResponse) -> dict[int, dict[str, dict[str, float]]]:
     return {int(k): {c: v.bias for c, v in cells.items()} for k, cells in fit.codes.items()}
+
+
+def test_the_model_reads_a_goal_free_product_page_at_a_regular_price_only_where_a_response_is_served(
+    tmp_path,
+):
+    rows = _pages(buyers=4, seed=0)
+    pages = [
+        ActRequest(o, tuple(v), 0)
+        for o, v in zip(rows["observation"].to_pylist(), rows["valid_actions"].to_pylist(), strict=True)
+    ]
+    marked = next(r for r in pages if price_cell(r.observation) == "marked")
+    regular = next(r for r in pages if price_cell(r.observation) == REGULAR_CELL)
+    served = {0: {"marked": {"add_to_cart": 1.0}}}
+    assert model_request(marked, served).observation == at_regular_price(marked.observation)
+    assert model_request(marked, served).observation != marked.observation
+    for same in (model_request(marked, {}), model_request(replace(marked, goal="p1"), served)):
+        assert same.observation == marked.observation  # no response served, or a goal task
+    assert model_request(regular, served) is regular
+    home = storefront("m1")
+    listing = ActRequest(home.observe(home.initial_state()), ("exit",), 0)
+    assert model_request(listing, served) is listing
+
+    # A fit from before the model read pages at a regular price is refused, with what to do.
+    (tmp_path / "price_response.json").write_text('{"codes": {"0": {"marked": {"bias": {"exit": 1.0}}}}}')
+    with pytest.raises(ValueError, match="price_response.json.*train the agent again.*or delete the file"):
+        read_price_bias(tmp_path)
 
 
 def test_scoring_adds_a_codes_bias_only_on_goal_free_pages_of_its_cell():
@@ -359,6 +389,23 @@ def test_training_measures_each_codes_answer_and_the_policy_serves_it(tmp_path):
     cell = max((c for c in common if "marked" in c), key=lambda c: saved.codes["0"][c].rows)
     missed = {code: saved.codes[code][cell].contrast["add_to_cart"] for code in saved.codes}
     assert missed["0"] - missed["1"] > 0.1, missed
-    served = LLMPolicy.from_pretrained(tmp_path / "agent").price_bias
+    policy = LLMPolicy.from_pretrained(tmp_path / "agent")
+    served = policy.price_bias
     assert served == read_price_bias(tmp_path / "agent") and set(served) == {0, 1}
+    # Served: the model's scores of the page at a regular price, plus the code's biases for its cell.
+    plain = LLMPolicy.from_pretrained(tmp_path / "agent", price_bias={})
+    page = next(
+        ActRequest(o, tuple(v), 0)
+        for o, v in zip(pages["observation"].to_pylist(), pages["valid_actions"].to_pylist(), strict=True)
+        if price_cell(o) == cell
+    )
+    at_regular = replace(page, observation=at_regular_price(page.observation))
+    biases = [served[0][cell].get(action_kind(a), 0.0) for a in page.valid_actions]
+    np.testing.assert_allclose(policy.score([page])[0], plain.score([at_regular])[0] + biases, atol=1e-6)
+    # A fit from before this reading is refused on load; a refit, which passes its own biases, loads.
+    old = {"codes": {"0": {cell: {"bias": {"add_to_cart": 1.0}}}}}
+    (tmp_path / "agent" / "price_response.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="train the agent again"):
+        LLMPolicy.from_pretrained(tmp_path / "agent")
+    assert LLMPolicy.from_pretrained(tmp_path / "agent", price_bias={}).price_bias == {}
     assert any(line.startswith("price response (add to cart") for line in lines)

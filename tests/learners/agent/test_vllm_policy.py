@@ -17,6 +17,7 @@ from learners.agent.actions import SEARCH_TEMPLATE
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.scoring import (
     CALIBRATION_FILE,
+    PRICE_PAGES_READ,
     PRICE_RESPONSE_FILE,
     ROW_CHOICE_FILE,
     ROW_FEATURES,
@@ -75,7 +76,8 @@ def test_vllm_greedy_choices_equal_transformers_backend(tmp_path):
         }
         for c in range(4)
     }
-    (agent / PRICE_RESPONSE_FILE).write_text(json.dumps({"codes": cells}), encoding="utf-8")
+    fit = {"model_reads": PRICE_PAGES_READ, "codes": cells}
+    (agent / PRICE_RESPONSE_FILE).write_text(json.dumps(fit), encoding="utf-8")
     # And per-code choices among a listing's rows (row_choice.py).
     rows = {
         str(c): {"coef": dict(zip(ROW_FEATURES, (1.0 - c, -0.5 * c, 0.3), strict=True))} for c in range(3)
