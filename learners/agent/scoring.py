@@ -60,9 +60,8 @@ one more per code and kind, where a type's own rates on walked visits part from 
 On a goal-free product page of an agent with a price response, the model reads the page at its
 regular price (``model_request``) and the buyer's code's biases for the page's real price cell are
 added (price_response.py: the type's measured answer to the price, in place of the model's own
-reading); on a listing, which
-row an ``open product`` opens follows its code's row choice (row_choice.py) instead of the model's
-id scores, within the template, whose mass it keeps.
+reading); on a listing, which row an ``open product`` opens follows its code's row choice
+(row_choice.py) instead of the model's id scores, within the template, whose mass it keeps.
 
 The rule reads the model's probabilities only, but v2's search template is only sound for agents
 trained on examples that show inserted searches with their goal alone (examples.py), which came
