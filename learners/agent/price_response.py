@@ -281,11 +281,10 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
     # The model's answer on each page at a regular price: what a code that does not answer prices does.
     moved = np.flatnonzero(~regular)
     at_regular = [replace(requests[i], observation=at_regular_price(requests[i].observation)) for i in moved]
-    read = list(scores)
+    read, baseline = list(scores), list(probs)
     for start in range(0, len(moved), 64):
         for i, z in zip(moved[start : start + 64], policy.score(at_regular[start : start + 64]), strict=True):
-            read[i] = z
-    baseline = [np.exp(z - np.logaddexp.reduce(z)) for z in read]
+            read[i], baseline[i] = z, np.exp(z - np.logaddexp.reduce(z))
     model, base = np.zeros((len(requests), len(names))), np.zeros((len(requests), len(names)))
     for i, k in enumerate(kinds):
         np.add.at(model[i], k, probs[i])

@@ -233,11 +233,12 @@ class MarkdownReader:
         return out
 
 
-def test_the_served_answer_is_the_codes_not_the_models_own_reading_of_a_price():
+def test_the_served_answer_is_the_codes_not_the_models_own_reading_of_a_price(tmp_path):
     rows = product_page_rows(_pages(buyers=400, seed=3), max_rows=100_000)
     model = MarkdownReader()
     fit = fit_price_response(model, rows, personas=True)
-    served = read_price_bias_of(fit)
+    fit.save(tmp_path)
+    served = read_price_bias(tmp_path)
     observations = rows["observation"].to_pylist()
     for code in (0, 1):
         found = fit.codes[str(code)]["marked"]
@@ -263,10 +264,6 @@ def test_the_served_answer_is_the_codes_not_the_models_own_reading_of_a_price():
         answer = np.mean(shown) - np.mean(at_regular)
         assert answer == pytest.approx(_planted(code, "marked"), abs=3 * found.stderr["add_to_cart"] + 0.01)
         assert answer == pytest.approx(found.shrunk["add_to_cart"], abs=5e-3)
-
-
-def read_price_bias_of(fit: PriceResponse) -> dict[int, dict[str, dict[str, float]]]:
-    return {int(k): {c: v.bias for c, v in cells.items()} for k, cells in fit.codes.items()}
 
 
 def test_the_model_reads_a_goal_free_product_page_at_a_regular_price_only_where_a_response_is_served(
