@@ -3,7 +3,7 @@
 P(next action kind | previous action kind, page kind, persona code) from counts of the goal-free
 examples (the chain reads no goal), smoothed by interpolation with ever shorter contexts:
 (previous, page, code) -> (previous, page) -> (page) -> all kinds (add-one). At a step the policy
-restricts that distribution to the kinds the page offers, draws a kind (seeded by
+restricts that distribution to the kinds the page offers, draws a kind (``policy.choose``, seeded by
 ``ActRequest.seed``), then an action template of that kind (``actions.action_template``) weighted by
 how often the training buyers took it in the same (previous kind, page) context, plus one, and then a
 concrete action of that template weighted by how often they took it, plus one (popular products
@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from learners.agent.actions import ACTION_KINDS, SEARCH_TEMPLATE, action_kind, action_template, page_kind
-from learners.agent.policy import ActRequest, ActResult
+from learners.agent.policy import ActRequest, ActResult, choose
 from learners.agent.random_policy import fill_search
 
 START = "start"
@@ -108,7 +108,6 @@ class MarkovPolicy:
     def _act_one(self, i: int, r: ActRequest) -> ActResult:
         if not r.valid_actions:
             raise ValueError(f"request {i} has no valid actions: nothing to choose (the episode has ended)")
-        rng = np.random.default_rng(r.seed)
         by_kind: dict[str, list[str]] = defaultdict(list)
         for action in r.valid_actions:
             by_kind[action_kind(action)].append(action)
@@ -118,21 +117,19 @@ class MarkovPolicy:
         kinds = list(by_kind)
         weights = np.array([p.get(k, 0.0) for k in kinds])
         weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(kinds), 1 / len(kinds))
-        j = int(rng.choice(len(kinds), p=weights))
+        j = choose(_log(weights), 1.0, (r.seed, 0), kinds)
         options, template_logp = self._template_of(
-            by_kind[kinds[j]], self.template_counts.get(_key(prev, page), {}), rng
+            by_kind[kinds[j]], self.template_counts.get(_key(prev, page), {}), r.seed
         )
         if options == [SEARCH_TEMPLATE]:
-            options = [fill_search(SEARCH_TEMPLATE, r.observation, rng)]
+            options = [fill_search(SEARCH_TEMPLATE, r.observation, np.random.default_rng(r.seed))]
         counts = np.array([self.action_counts.get(a, 0) + 1.0 for a in options])
-        k = int(rng.choice(len(options), p=counts / counts.sum()))
+        k = choose(np.log(counts), 1.0, (r.seed, 2), options)
         logprob = float(np.log(weights[j]) + template_logp + np.log(counts[k] / counts.sum()))
         return ActResult(options[k], logprob, 0, {"kind": kinds[j]})
 
     @staticmethod
-    def _template_of(
-        options: list[str], seen: dict[str, int], rng: np.random.Generator
-    ) -> tuple[list[str], float]:
+    def _template_of(options: list[str], seen: dict[str, int], seed: int) -> tuple[list[str], float]:
         """The options of one template, drawn by how often it was taken in this context, plus one, and
         the log-probability of that draw."""
         if not seen:
@@ -144,7 +141,7 @@ class MarkovPolicy:
             return options, 0.0
         names = list(by_template)
         weights = np.array([seen.get(t, 0) + 1.0 for t in names])
-        t = int(rng.choice(len(names), p=weights / weights.sum()))
+        t = choose(np.log(weights), 1.0, (seed, 1), names)
         return by_template[names[t]], float(np.log(weights[t] / weights.sum()))
 
     def save(self, path: str | Path) -> Path:
@@ -164,3 +161,8 @@ class MarkovPolicy:
         return cls(
             payload["counts"], payload["action_counts"], payload["smoothing"], payload.get("template_counts")
         )
+
+
+def _log(weights: np.ndarray) -> np.ndarray:
+    """``log(weights)`` with -inf, and no warning, where a weight is 0."""
+    return np.log(weights, out=np.full(len(weights), -np.inf), where=weights > 0)

@@ -7,6 +7,7 @@ parses strictly against its valid actions).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -55,11 +56,25 @@ class Policy(Protocol):
         ...
 
 
-def choose(scores: np.ndarray, temperature: float, seed: int | Sequence[int]) -> int:
-    """The index a scoring policy picks: the argmax at ``temperature <= 0``, else a seeded draw from
-    the softmax of ``scores / temperature`` (every scoring backend uses this rule, so they agree)."""
+def choose(scores: np.ndarray, temperature: float, seed: int | Sequence[int], keys: Sequence[str]) -> int:
+    """The index a policy picks among ``keys`` (the options' texts) scored ``scores``: the argmax at
+    ``temperature <= 0``, else a draw from the softmax of ``scores / temperature`` by the Gumbel-max
+    rule, each option's noise fixed by the seed and its text (``keyed_gumbel``). Every policy uses this
+    rule, so backends agree, and a buyer replayed under a storefront change (same seed, same step)
+    keeps its choice unless the change moved it: reordering the options changes nothing, and raising
+    one option's score can only make that option the choice."""
     if temperature <= 0:
         return int(np.argmax(scores))
     z = np.asarray(scores, dtype=np.float64) / temperature
-    p = np.exp(z - z.max())
-    return int(np.random.default_rng(seed).choice(len(p), p=p / p.sum()))
+    return int(np.argmax(z + keyed_gumbel(keys, seed)))
+
+
+def keyed_gumbel(keys: Sequence[str], seed: int | Sequence[int]) -> np.ndarray:
+    """Standard Gumbel noise, one draw per key, fixed by ``(seed, key)`` alone (blake2b, 53 bits)."""
+    salt = ",".join(str(int(s)) for s in np.atleast_1d(seed))
+    bits = [
+        int.from_bytes(hashlib.blake2b(f"{salt}\x1f{key}".encode(), digest_size=8).digest(), "big") >> 11
+        for key in keys
+    ]
+    u = (np.array(bits, dtype=np.float64) + 0.5) / 2.0**53
+    return -np.log(-np.log(u))

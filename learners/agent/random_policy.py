@@ -14,7 +14,7 @@ import numpy as np
 
 from envs.storefront import MAX_QUERY_CHARS
 from learners.agent.actions import SEARCH_PREFIX, SEARCH_TEMPLATE
-from learners.agent.policy import ActRequest, ActResult
+from learners.agent.policy import ActRequest, ActResult, choose
 
 _IDS = re.compile(r"\b(?:product|category)(?: id)?:? ([^\s|\"()]+)", re.IGNORECASE)
 FALLBACK_QUERY = "product"
@@ -60,8 +60,7 @@ class RandomPolicy:
                 raise ValueError(
                     f"request {i} has no valid actions: nothing to choose (the episode has ended)"
                 )
-            rng = np.random.default_rng(r.seed)
-            k = int(rng.integers(len(r.valid_actions)))
-            action = fill_search(r.valid_actions[k], r.observation, rng)
+            k = choose(np.zeros(len(r.valid_actions)), 1.0, r.seed, r.valid_actions)
+            action = fill_search(r.valid_actions[k], r.observation, np.random.default_rng(r.seed))
             results.append(ActResult(action, float(-np.log(len(r.valid_actions)))))
         return results

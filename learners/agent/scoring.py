@@ -208,11 +208,11 @@ def pick(
     ``price_bias``, ``row_choice`` and ``code_bias`` the agent's calibration (calibration.py,
     price_response.py, row_choice.py, engine/rollout_calibration.py)."""
     per_action = action_scores(request, scores, kind_bias, price_bias, row_choice, code_bias)
-    k = choose(per_action, temperature, request.seed)
+    k = choose(per_action, temperature, request.seed, request.valid_actions)
     if request.valid_actions[k] != SEARCH_TEMPLATE:
         return request.valid_actions[k], float(per_action[k]), per_action
     plain = len(request.valid_actions) - 1
-    j = plain + choose(scores[plain:], temperature, (request.seed, 1))
+    j = plain + choose(scores[plain:], temperature, (request.seed, 1), candidates[plain:])
     return unalias_goal(candidates[j], request.goal), float(scores[j]), per_action
 
 

@@ -18,7 +18,7 @@ from learners.agent.examples import build_examples
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.markov_policy import START, MarkovPolicy
 from learners.agent.packing import PADDING_SLACK, length_groups
-from learners.agent.policy import ActRequest, Policy
+from learners.agent.policy import ActRequest, Policy, choose
 from learners.agent.prompt import PromptFormat, encode_prompt, encode_target
 from learners.agent.random_policy import (
     FALLBACK_QUERY,
@@ -234,6 +234,44 @@ def test_policies_only_return_offered_actions(llm, examples):
         RandomPolicy().act([ActRequest("x", tuple("abcdefgh"), seed=s)])[0].action for s in range(20)
     }
     assert len(seeds_differ) > 1
+
+
+def test_the_draw_is_the_softmax_keyed_by_each_options_text():
+    keys, scores = ["a", "b", "c", "d"], np.array([0.0, 1.0, 2.0, -1.0])
+    seeds = range(20000)
+    first = np.array([choose(scores, 1.0, s, keys) for s in seeds])
+    softmax = np.exp(scores) / np.exp(scores).sum()
+    assert np.bincount(first, minlength=4) / len(seeds) == pytest.approx(softmax, abs=0.012)
+    # Reordered options: every seed picks the same option (a draw through the cumulative
+    # probabilities in list order would not).
+    order = [2, 0, 3, 1]
+    again = [choose(scores[order], 1.0, s, [keys[i] for i in order]) for s in seeds]
+    assert [keys[order[k]] for k in again] == [keys[k] for k in first]
+    # One option made likelier: a seed's choice moves only to it, and only as often as its
+    # probability rose.
+    raised = scores + np.array([0.0, 1.0, 0.0, 0.0])
+    after = np.array([choose(raised, 1.0, s, keys) for s in seeds])
+    moved = after != first
+    assert set(after[moved]) == {1}
+    grown = np.exp(raised[1]) / np.exp(raised).sum() - softmax[1]
+    assert moved.mean() == pytest.approx(grown, abs=0.012)
+    assert choose(scores, 0.0, 5, keys) == 2 and choose(scores, 1.0, (5, 1), keys) != -1
+
+
+def test_policies_answer_alike_whatever_the_order_of_the_actions(llm, examples):
+    model, tok, tokens = llm
+    requests = _requests(examples, n=12, seed=4)
+    assert all(len(r.valid_actions) > 2 for r in requests)
+    flipped = [replace(r, valid_actions=r.valid_actions[::-1]) for r in requests]
+    policies: dict[str, Policy] = {
+        "random": RandomPolicy(),
+        "markov": MarkovPolicy.fit(examples),
+        "llm-score": LLMPolicy(model, tok, tokens, temperature=1.0),
+    }
+    for name, policy in policies.items():
+        answers = [r.action for r in policy.act(requests)]
+        assert [r.action for r in policy.act(flipped)] == answers, name
+        assert len(set(answers)) > 1, name
 
 
 def test_generation_is_parsed_strictly(llm, examples):
