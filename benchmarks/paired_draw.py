@@ -1,19 +1,24 @@
 """Common random numbers at the draw: how often a simulated buyer's choice differs between two arms
-whose page differs only a little, for the keyed Gumbel-max draw every policy uses
-(``learners.agent.policy.choose``) against the draw it replaced (the inverse of the cumulative
-probabilities in the page's action order, ``numpy.random.Generator.choice``), beside the least any
-draw can do: the total variation distance between the two arms' choice probabilities.
+whose page differs only a little, for the draw every policy uses (``learners.agent.policy.choose``:
+an action template, then one of its options, each by keyed Gumbel-max) against the draw it replaced
+(the inverse of the cumulative probabilities in the page's action order,
+``numpy.random.Generator.choice``) and a one-step keyed Gumbel-max over the options, beside the least
+any draw can do: the total variation distance between the two arms' choice probabilities.
 
   .venv/bin/python -m benchmarks.paired_draw
-  .venv/bin/python -m benchmarks.paired_draw --pages 20000 --options 14 --markdown out.md
+  .venv/bin/python -m benchmarks.paired_draw --pages 20000 --markdown out.md
 
-Each page has ``--options`` actions with standard normal scores and its own seed, the same in both
-arms (a buyer at one step). The arms differ by: the actions' order (a listing order treatment on a
-policy that does not read the order), one action's score raised by 0.5, the item actions' (half of
-them) raised by 0.3 (a price cut every row answers), the exit's lowered by 0.2. A choice that differs
-where no probability moved, or more often than the probabilities moved, parts a buyer's path from
-its control path for no reason of the treatment's, and every later step of the visit with it: that
-is variance the paired design exists to remove. Also timed: microseconds per draw.
+Each page has 7 ``open product`` actions, 6 ``category`` links and ``exit``, with standard normal
+scores (the products' 1 lower) and its own seed, the same in both arms (a buyer at one step). The
+arms differ by: the actions' order (a listing order treatment on a policy that does not read the
+order); other products listed (a reordered listing's first page), at scores drawn alike; one
+product's score raised by 0.5; every product's by 0.3 (a price cut every row answers); the exit's
+lowered by 0.2. A choice that differs where no probability moved, or more often than the
+probabilities moved, parts a buyer's path from its control path for no reason of the treatment's,
+and every later step of the visit with it: variance the paired design exists to remove. Counted:
+pages whose chosen action differs, and whose chosen template differs (a product opened in one arm
+and the exit taken in the other, say), which is what moves a visit's outcomes. Also timed:
+microseconds per draw.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.table_output import publish
-from learners.agent.policy import choose
+from learners.agent.actions import action_template
+from learners.agent.policy import choose, keyed_gumbel
 
 Draw = Callable[[np.ndarray, int, list[str]], int]
+PRODUCTS, CATEGORIES = 7, 6
 
 
 def cumulative(scores: np.ndarray, seed: int, keys: list[str]) -> int:
@@ -37,21 +44,36 @@ def cumulative(scores: np.ndarray, seed: int, keys: list[str]) -> int:
     return int(np.random.default_rng(seed).choice(len(p), p=p / p.sum()))
 
 
-def keyed(scores: np.ndarray, seed: int, keys: list[str]) -> int:
+def one_step(scores: np.ndarray, seed: int, keys: list[str]) -> int:
+    """Keyed Gumbel-max over the options at once, without the template step."""
+    return int(np.argmax(scores + keyed_gumbel(keys, seed)))
+
+
+def two_step(scores: np.ndarray, seed: int, keys: list[str]) -> int:
     return choose(scores, 1.0, seed, keys)
 
 
+RULES: dict[str, Draw] = {"two_step": two_step, "one_step": one_step, "cumulative": cumulative}
+
+
 def arms(scores: np.ndarray, keys: list[str], rng: np.random.Generator) -> dict[str, tuple]:
-    """Each change's treated (scores, keys, position of each treated option in the control list)."""
+    """Each change's treated (scores, keys, control scores in the treated options' order for the
+    least possible share; None where the options differ)."""
     n = len(keys)
     order = rng.permutation(n)
-    items = np.arange(n) < n // 2
-    exit_ = np.arange(n) == n - 1
+    products = np.arange(n) < PRODUCTS
+    other = scores.copy()
+    other[:PRODUCTS] = rng.standard_normal(PRODUCTS) - 1.0
     return {
-        "order of the actions": (scores[order], [keys[i] for i in order], order),
-        "one action +0.5": (scores + 0.5 * (np.arange(n) == 0), keys, np.arange(n)),
-        "item actions +0.3": (scores + 0.3 * items, keys, np.arange(n)),
-        "exit -0.2": (scores - 0.2 * exit_, keys, np.arange(n)),
+        "order of the actions": (scores[order], [keys[i] for i in order], scores[order]),
+        "other products listed": (
+            other,
+            [f"open product q{i}" for i in range(PRODUCTS)] + keys[PRODUCTS:],
+            None,
+        ),
+        "one product +0.5": (scores + 0.5 * (np.arange(n) == 0), keys, scores),
+        "every product +0.3": (scores + 0.3 * products, keys, scores),
+        "exit -0.2": (scores - 0.2 * (np.arange(n) == n - 1), keys, scores),
     }
 
 
@@ -60,29 +82,33 @@ def total_variation(a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * float(np.abs(pa / pa.sum() - pb / pb.sum()).sum())
 
 
-def measure(pages: int, options: int, seed: int) -> dict[str, dict[str, float]]:
+def measure(pages: int, seed: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per change and rule: the share of pages whose chosen action, and template, differ."""
     rng = np.random.default_rng(seed)
-    keys = [f"open product p{i}" for i in range(options // 2)]
-    keys += [f"category c{i}" for i in range(options - options // 2 - 1)] + ["exit"]
-    rules: dict[str, Draw] = {"keyed": keyed, "cumulative": cumulative}
-    out: dict[str, dict[str, float]] = {}
+    keys = [f"open product p{i}" for i in range(PRODUCTS)] + [f"category c{i}" for i in range(CATEGORIES)]
+    keys.append("exit")
+    out: dict[str, dict[str, list[float]]] = {}
     for page in range(pages):
-        scores = rng.standard_normal(options)
-        for change, (treated, treated_keys, position) in arms(scores, keys, rng).items():
-            row = out.setdefault(change, {"least": 0.0} | dict.fromkeys(rules, 0.0))
-            control_scores = scores[position]
-            row["least"] += total_variation(control_scores, treated) / pages
-            for name, draw in rules.items():
-                control = keys[draw(scores, page, keys)]
-                row[name] += (treated_keys[draw(treated, page, treated_keys)] != control) / pages
-    return out
+        scores = rng.standard_normal(len(keys)) - 1.0 * (np.arange(len(keys)) < PRODUCTS)
+        for change, (treated, treated_keys, control) in arms(scores, keys, rng).items():
+            row = out.setdefault(change, {name: [0.0, 0.0] for name in ["least", *RULES]})
+            if control is not None:
+                row["least"][0] += total_variation(control, treated) / pages
+            for name, draw in RULES.items():
+                a = keys[draw(scores, page, keys)]
+                b = treated_keys[draw(treated, page, treated_keys)]
+                row[name][0] += (a != b) / pages
+                row[name][1] += (action_template(a) != action_template(b)) / pages
+    return {change: {k: (v[0], v[1]) for k, v in row.items()} for change, row in out.items()}
 
 
-def timing(options: int, repeats: int = 20000) -> dict[str, float]:
-    scores = np.random.default_rng(0).standard_normal(options)
-    keys = [f"open product p{i}" for i in range(options)]
+def timing(repeats: int = 20000) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    keys = [f"open product p{i}" for i in range(PRODUCTS)] + [f"category c{i}" for i in range(CATEGORIES)]
+    keys.append("exit")
+    scores = rng.standard_normal(len(keys))
     out = {}
-    for name, draw in (("keyed", keyed), ("cumulative", cumulative)):
+    for name, draw in RULES.items():
         start = time.perf_counter()
         for s in range(repeats):
             draw(scores, s, keys)
@@ -95,25 +121,28 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pages", type=int, default=20000)
-    parser.add_argument("--options", type=int, default=14, help="actions per page")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
-    shares = measure(args.pages, args.options, args.seed)
-    micro = timing(args.options)
+    shares = measure(args.pages, args.seed)
+    micro = timing()
     lines = [
-        f"Share of {args.pages:,} pages ({args.options} actions, seed {args.seed}) whose choice differs "
-        "between the arms",
+        f"Share of {args.pages:,} pages (14 actions, seed {args.seed}) whose chosen action (template) "
+        "differs between the arms",
         "",
-        "| the arms differ by | keyed Gumbel-max | cumulative (replaced) | least possible (TV) |",
-        "|---|---:|---:|---:|",
+        "| the arms differ by | two steps, keyed (kept) | one step, keyed | cumulative (replaced) "
+        "| least possible (TV) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for change, row in shares.items():
-        lines.append(f"| {change} | {row['keyed']:.4f} | {row['cumulative']:.4f} | {row['least']:.4f} |")
+        cells = [f"{row[name][0]:.4f} ({row[name][1]:.4f})" for name in RULES]
+        least = f"{row['least'][0]:.4f}" if change != "other products listed" else "n/a"
+        lines.append(f"| {change} | {' | '.join(cells)} | {least} |")
     lines += [
         "",
-        f"Time per draw: keyed {micro['keyed']:.1f} µs, cumulative {micro['cumulative']:.1f} µs "
-        f"(ratio {micro['keyed'] / micro['cumulative']:.2f}).",
+        "Time per draw: "
+        + ", ".join(f"{name} {us:.1f} µs" for name, us in micro.items())
+        + f" (two steps / cumulative {micro['two_step'] / micro['cumulative']:.2f}).",
     ]
     publish(lines, args.markdown)
 

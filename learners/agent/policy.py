@@ -7,12 +7,18 @@ parses strictly against its valid actions).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from learners.agent.actions import action_template
+
+TEMPLATE_KEY = "\x1etemplate "
+"""Prefixed to a template's text for its noise, so that it never shares an option's."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +64,35 @@ class Policy(Protocol):
 
 def choose(scores: np.ndarray, temperature: float, seed: int | Sequence[int], keys: Sequence[str]) -> int:
     """The index a policy picks among ``keys`` (the options' texts) scored ``scores``: the argmax at
-    ``temperature <= 0``, else a draw from the softmax of ``scores / temperature`` by the Gumbel-max
-    rule, each option's noise fixed by the seed and its text (``keyed_gumbel``). Every policy uses this
-    rule, so backends agree, and a buyer replayed under a storefront change (same seed, same step)
-    keeps its choice unless the change moved it: reordering the options changes nothing, and raising
-    one option's score can only make that option the choice."""
+    ``temperature <= 0``, else a draw from the softmax of ``scores / temperature``, in two Gumbel-max
+    steps: an action template (``actions.action_template``: ``open product``, ``exit``, ...) by its
+    options' total probability, then one of its options, each option's and template's noise fixed by
+    the seed and its text (``keyed_gumbel``). Every policy uses this rule, so backends agree, and a
+    buyer replayed under a storefront change (same seed, same step) keeps its choice unless the
+    change moved it: reordering the options changes nothing, raising one option's score moves a
+    choice only to it or its template, and a listing of other products at the same total
+    probability keeps the choice of opening one (benchmarks/paired_draw.py)."""
     if temperature <= 0:
         return int(np.argmax(scores))
     z = np.asarray(scores, dtype=np.float64) / temperature
-    return int(np.argmax(z + keyed_gumbel(keys, seed)))
+    templates = [_template(k) for k in keys]
+    names = sorted(set(templates))
+    if len(names) > 1:
+        place = {n: i for i, n in enumerate(names)}
+        group = np.array([place[t] for t in templates])
+        mass = np.full(len(names), -np.inf)
+        np.logaddexp.at(mass, group, z)
+        picked = int(np.argmax(mass + keyed_gumbel([TEMPLATE_KEY + n for n in names], seed)))
+        within = np.flatnonzero(group == picked)
+    else:
+        within = np.arange(len(z))
+    noise = keyed_gumbel([keys[i] for i in within], seed)
+    return int(within[np.argmax(z[within] + noise)])
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _template(action: str) -> str:
+    return action_template(action)
 
 
 def keyed_gumbel(keys: Sequence[str], seed: int | Sequence[int]) -> np.ndarray:
