@@ -4,16 +4,17 @@ An experiment is a set of *arms*, each a storefront (the control, usually unchan
 treatment of envs/treatments.py: a price change, another listing order, a banner, ...). Every arm is
 an ordinary simulation (engine/simulation.py) of the same config except the env: the same merchants,
 persona mixes, buyers and seeds. Buyer seeds derive from (run seed, buyer index) and step seeds from
-the buyer's seed (engine/population.py), so the same buyer meets the same random draws in every
-arm: *common random numbers*. A draw picks an action template (open a product, exit, ...) and then
-one of its actions, each with noise of its own fixed by the step's seed and its text
-(``learners.agent.policy.choose``), so a buyer's choice changes only where the treatment changed
-its probability, not where it reordered or changed other actions (a draw through the cumulative
-probabilities in the page's order parted 5-6x more choices than needed, ``benchmarks/paired_draw.py``).
-Whatever differs between a buyer's visit in two arms is caused by the
-storefront, and an effect is the mean of per-buyer paired differences (engine/experiment_effects.py),
-far more precise than comparing two independent populations. ``common_random_numbers: false``
-draws each arm with its own run seed instead (independent arms; an A/A check of the intervals).
+the buyer's seed (engine/population.py), so the same buyer meets the same random draws in every arm:
+*common random numbers*. A draw picks an action template (open a product, exit, ...) and then one of
+its actions, each with noise of its own fixed by the step's seed and its text
+(``learners.agent.policy.choose``), so a buyer's choice changes only where the treatment changed its
+probability, not where it reordered or changed other actions (a draw through the cumulative
+probabilities in the page's order parted 5-7x more choices than needed,
+``benchmarks/paired_draw.py``). Whatever differs between a buyer's visit in two arms is caused by
+the storefront, and an effect is the mean of per-buyer paired differences
+(engine/experiment_effects.py), far more precise than comparing two independent populations.
+``common_random_numbers: false`` draws each arm with its own run seed instead (independent arms; an
+A/A check of the intervals).
 
 Each arm writes ``OUT/arms/<arm>/rollouts/part-*.parquet`` and its manifest; an arm whose complete
 rollouts are there (with the same settings) is not simulated again, an interrupted one resumes.
