@@ -13,7 +13,6 @@ feature, so that the buyer has to search or browse for it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from envs.catalog import Catalog
 from envs.storefront import FEATURED
+from learners.agent.policy import stable_hash
 
 DISTRIBUTION_COLUMNS = ("merchant_id", "code", "p")
 GOAL_STREAM = 0x60A1
@@ -51,11 +51,6 @@ class SimBuyer:
     """The run seed the buyer was drawn with (differs between replicates of one run)."""
     goal: str | None = None
     """Target product id of a goal task, or None for free shopping."""
-
-
-def stable_hash(text: str) -> int:
-    """A 63-bit hash of a string that, unlike ``hash``, is the same in every process."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") >> 1
 
 
 def buyer_seed(run_seed: int, index: int) -> int:

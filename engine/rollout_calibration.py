@@ -67,10 +67,10 @@ import numpy as np
 import pyarrow as pa
 
 from engine.episode_player import EnvSpec, EpisodePlayer
-from engine.population import SimBuyer, buyer_seed, stable_hash
+from engine.population import SimBuyer, buyer_seed
 from engine.unseen_stores import write_unseen_stores
 from learners.agent.actions import action_kind
-from learners.agent.policy import ActRequest, ActResult
+from learners.agent.policy import ActRequest, ActResult, stable_hash
 from learners.agent.scoring import CALIBRATION_FILE
 
 MAX_STEP = 1.5

@@ -96,11 +96,14 @@ def _template(action: str) -> str:
 
 
 def keyed_gumbel(keys: Sequence[str], seed: int | Sequence[int]) -> np.ndarray:
-    """Standard Gumbel noise, one draw per key, fixed by ``(seed, key)`` alone (blake2b, 53 bits)."""
+    """Standard Gumbel noise, one draw per key, fixed by ``(seed, key)`` alone (``stable_hash``'s top
+    53 bits)."""
     salt = ",".join(str(int(s)) for s in np.atleast_1d(seed))
-    bits = [
-        int.from_bytes(hashlib.blake2b(f"{salt}\x1f{key}".encode(), digest_size=8).digest(), "big") >> 11
-        for key in keys
-    ]
+    bits = [stable_hash(f"{salt}\x1f{key}") >> 10 for key in keys]
     u = (np.array(bits, dtype=np.float64) + 0.5) / 2.0**53
     return -np.log(-np.log(u))
+
+
+def stable_hash(text: str) -> int:
+    """A 63-bit hash of a string that, unlike ``hash``, is the same in every process."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") >> 1
