@@ -37,8 +37,18 @@ agents: given the marks but writing real ids, goal success 0.00 (200 episodes); 
 reading the other ids, 0.12 (200; it exited at the new storefronts' cart and checkout pages); with
 this view, 0.90 (400). What the agent does toward its goal depends on where the page shows it, not
 on which storefront it is. Training examples with a hindsight goal are goal-task pages too (examples.py), so
-they get the same view. A goal-free prompt is exactly as in the previous layout (``page-first``),
-but agents trained on it never saw goal pages and are refused.
+they get the same view.
+
+Prices (layout ``page-first-goal-marked-unpriced-rows``): the model reads a price on a product page
+only. A listing's, cart's or checkout's product rows are shown without theirs, and what a buyer type
+makes of the listed prices is fitted on the logs instead: which row it opens (row_choice.py) and
+how it answers the product page's price (price_response.py). A model that reads the rows' prices
+answers a cheaper listing whatever its persona: on the truth benchmark's held-out merchants
+(RESULTS.md, session 32) the agent of the previous layout searched from the home page with P 0.30
+under the merchants' own order and 0.25 with the cheapest products listed first (window shoppers,
+researchers and cart abandoners' codes; 0.27 and 0.28 with the rows' prices left out), and over
+whole visits those codes viewed 0.13-0.68 more products, where the planted types view as many.
+Agents of the previous layout (``page-first-goal-marked``) read the rows' prices and are refused.
 """
 
 from __future__ import annotations
@@ -76,7 +86,7 @@ class PromptFormat:
     """Observation tokens kept; a longer page keeps its first and last halves (title and actions)."""
 
 
-PROMPT_LAYOUT = "page-first-goal-marked"
+PROMPT_LAYOUT = "page-first-goal-marked-unpriced-rows"
 """The layout above; an agent's manifest names the layout it was trained on."""
 PAGE_CUE = "Page:\n"
 ACTION_CUE = "\nAction:"
@@ -139,6 +149,8 @@ _PRODUCT_ID_LINES = (
     re.compile(r"^(Product id: )(\S+)(.*)$"),  # a product page
     re.compile(r"^(== Product )(\S+)( ==)$"),  # an untitled product's page title
 )
+_ROW_PRICE = re.compile(r"^(- product .+? \| category .*?) \| price (?:n/a|[0-9.]+)(?= \||$)", re.M)
+"""A product row's price field (envs/render.py's ``ProductRow``), which the prompt leaves out."""
 _SHOP_LINE = re.compile(r"^(Shop )(\S+)( \|.*)$")
 _SEARCH_TITLE = re.compile(r'^(== Search results for ")([^"]*)(".*)$')
 
@@ -162,14 +174,16 @@ def _goal_view(line: str, goal: str) -> str:
 def page_text(observation: str) -> str:
     """The page as the prompt shows it: a goal-free page as observed but its category's typical price
     (envs/render.py; the price response reads it, price_response.py: in the prompt the demo's agent
-    did worse with it, RESULTS.md session 19); a goal task's page (it states the goal) also without
-    its goal line (the buyer part states the goal), the goal product named ``GOAL_ALIAS`` and every
-    other product, and the shop, ``OTHER_ID``: what the agent does toward its goal does not depend
-    on the ids of a storefront it has never seen."""
+    did worse with it, RESULTS.md session 19) and its product rows' prices (the module docstring); a
+    goal task's page (it states the goal) also without its goal line (the buyer part states the
+    goal), the goal product named ``GOAL_ALIAS`` and every other product, and the shop,
+    ``OTHER_ID``: what the agent does toward its goal does not depend on the ids of a storefront it
+    has never seen."""
     if TYPICAL_PREFIX in observation:
         observation = "\n".join(
             line for line in observation.split("\n") if not line.startswith(TYPICAL_PREFIX)
         )
+    observation = _ROW_PRICE.sub(r"\1", observation)
     if GOAL_PREFIX not in observation:
         return observation
     lines = observation.split("\n")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pyarrow as pa
 import pytest
 
-from envs.render import GOAL_MARK, TYPICAL_PREFIX, mark_goal, price_cell
+from envs.render import GOAL_MARK, TYPICAL_PREFIX, listed_products, mark_goal, price_cell
 from learners.agent.actions import action_kind, listed_actions, page_kind
 from learners.agent.base_models import load_base
 from learners.agent.examples import (
@@ -339,19 +340,22 @@ def test_a_goal_tasks_page_names_the_goal_and_no_id():
         for line, seen in zip(lines, text.split("\n"), strict=True):
             if "m1p" not in line and not line.startswith("Shop "):
                 assert seen == line  # lines without an id are as observed
-            elif line.startswith(("- product ", "open product ", "Product id: ")):
+            elif line.startswith("- product "):  # and without its price
+                named = line.replace(goal, "your goal").replace(line.split()[2], "other")
+                assert seen == re.sub(r" \| price [0-9.]+", "", named)
+            elif line.startswith(("open product ", "Product id: ")):
                 assert seen == line.replace(goal, "your goal").replace(line.split()[2], "other")
     assert '== Search results for "your goal" ==' in shown[1]
     assert "- product your goal | category" in shown[1] and shown[1].count(GOAL_MARK) == 1
     assert shown[2].startswith("== Product your goal ==") and f"Product id: your goal{GOAL_MARK}" in shown[2]
     assert "== Product other ==" in shown[5] and GOAL_MARK not in shown[5]
-    # A goal-free page is the observation itself.
+    # A goal-free page is the observation itself, its rows without their prices.
     free = shop.observe(shop.initial_state())
-    assert page_text(free) == free
+    assert page_text(free) == re.sub(r" \| price [0-9.]+", "", free) != free
 
 
 def test_a_goal_free_prompt_keeps_the_page_first_layout():
-    page = "== Home ==\nShop m1 | Cart: 0 items | Favourites: 0\nProducts:\n- product p1 | category c | price 1.00"
+    page = "== Home ==\nShop m1 | Cart: 0 items | Favourites: 0\nProducts:\n- product p1 | category c | bestseller"
     page += "\nActions:\nopen product p1\nexit"
     tokens = object()  # render_prompt only asks whether the agent has persona tokens
     fmt = PromptFormat(history_len=2)
@@ -369,6 +373,10 @@ def test_serving_refuses_an_agent_trained_on_another_prompt_layout(tmp_path):
     manifest.write_text(json.dumps({"config": config, "prompt_layout": "page-first"}))  # unmarked goal pages
     with pytest.raises(ValueError, match="page-first prompt layout.*page-first-goal-marked.*retrain"):
         saved_prompt_format(tmp_path)
+    priced_rows = {"config": config, "prompt_layout": "page-first-goal-marked"}
+    manifest.write_text(json.dumps(priced_rows))
+    with pytest.raises(ValueError, match="page-first-goal-marked prompt layout.*unpriced-rows.*retrain"):
+        saved_prompt_format(tmp_path)
     manifest.write_text(json.dumps({"config": config, "prompt_layout": PROMPT_LAYOUT}))
     assert saved_prompt_format(tmp_path) == PromptFormat(3, 64)
 
@@ -383,3 +391,23 @@ def test_the_prompt_leaves_out_the_typical_price_the_price_response_reads():
     assert shown == "\n".join(line for line in page.split("\n") if not line.startswith(TYPICAL_PREFIX))
     goal_page = shop.observe(replace(state, goal="m1p0"))
     assert TYPICAL_PREFIX in goal_page and TYPICAL_PREFIX not in page_text(goal_page)
+
+
+def test_the_prompt_leaves_out_the_rows_prices_and_row_choice_reads_them():
+    shop = storefront("m1", n_products=30)
+    listing = shop.observe(shop.step(shop.initial_state(), "open category c0")[0])
+    cheaper = re.sub(r"\| price ([0-9.]+)", lambda m: f"| price {float(m.group(1)) / 3:.2f}", listing)
+    assert cheaper != listing and listed_products(cheaper) != listed_products(listing)
+    # The model reads both listings alike; the rows keep their ids, places and badges.
+    assert page_text(cheaper) == page_text(listing)
+    rows = [line for line in page_text(listing).split("\n") if line.startswith("- product ")]
+    listed = listed_products(listing)
+    assert [r.split(" | ")[0][len("- product ") :] for r in rows] == [p for p, _, _ in listed]
+    assert all(" price " not in r for r in rows)
+    assert sum(r.endswith("| bestseller") for r in rows) == sum(b == "bestseller" for _, _, b in listed)
+    # A cart row keeps its quantity; a product page keeps its price line.
+    state = shop.step(shop.step(shop.initial_state(), "open category c0")[0], "open product m1p0")[0]
+    product = shop.observe(state)
+    assert "\nPrice: " in page_text(product)
+    cart = shop.observe(shop.step(shop.step(state, "add to cart")[0], "go to cart")[0])
+    assert "- product m1p0 | category c0 | quantity 1" in page_text(cart).split("\n")
