@@ -47,8 +47,10 @@ answers a cheaper listing whatever its persona: on the truth benchmark's held-ou
 (RESULTS.md, session 32) the agent of the previous layout searched from the home page with P 0.30
 under the merchants' own order and 0.25 with the cheapest products listed first (window shoppers,
 researchers and cart abandoners' codes; 0.27 and 0.28 with the rows' prices left out), and over
-whole visits those codes viewed 0.13-0.68 more products, where the planted types view as many.
-Agents of the previous layout (``page-first-goal-marked``) read the rows' prices and are refused.
+whole visits the window shoppers viewed 0.59 more products and the researchers 0.15 more (recovered
+from the codes), where the planted types view as many; with them left out, -0.09 and -0.05.
+Agents of earlier layouts (``page-first``: no goal pages; ``page-first-goal-marked``: rows priced)
+are refused.
 """
 
 from __future__ import annotations
