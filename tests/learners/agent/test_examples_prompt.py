@@ -34,6 +34,7 @@ from learners.agent.prompt import (
     saved_prompt_format,
 )
 from learners.agent.random_policy import page_queries
+from learners.agent.scoring import listing_features
 from learners.agent.tokens import add_persona_tokens
 from learners.agent.train_loop import collate
 from learners.data.traces import RealEvent, ReplayReport, TraceRows, replay_session
@@ -395,18 +396,22 @@ def test_the_prompt_leaves_out_the_typical_price_the_price_response_reads():
 
 def test_the_prompt_leaves_out_the_rows_prices_and_row_choice_reads_them():
     shop = storefront("m1", n_products=30)
-    listing = shop.observe(shop.step(shop.initial_state(), "open category c0")[0])
-    cheaper = re.sub(r"\| price ([0-9.]+)", lambda m: f"| price {float(m.group(1)) / 3:.2f}", listing)
-    assert cheaper != listing and listed_products(cheaper) != listed_products(listing)
+    state = shop.step(shop.initial_state(), "open category c0")[0]
+    listing, actions = shop.observe(state), shop.valid_actions(state)
+    # The first row three times dearer: its price against the page's median changes.
+    dearer = re.sub(r"\| price ([0-9.]+)", lambda m: f"| price {float(m.group(1)) * 3:.2f}", listing, count=1)
+    _, seen = listing_features(listing, actions)
+    _, seen_dearer = listing_features(dearer, actions)
+    assert seen_dearer[0, 2] > seen[0, 2] and (seen_dearer[:, :2] == seen[:, :2]).all()
     # The model reads both listings alike; the rows keep their ids, places and badges.
-    assert page_text(cheaper) == page_text(listing)
+    assert page_text(dearer) == page_text(listing)
     rows = [line for line in page_text(listing).split("\n") if line.startswith("- product ")]
     listed = listed_products(listing)
     assert [r.split(" | ")[0][len("- product ") :] for r in rows] == [p for p, _, _ in listed]
     assert all(" price " not in r for r in rows)
     assert sum(r.endswith("| bestseller") for r in rows) == sum(b == "bestseller" for _, _, b in listed)
     # A cart row keeps its quantity; a product page keeps its price line.
-    state = shop.step(shop.step(shop.initial_state(), "open category c0")[0], "open product m1p0")[0]
+    state = shop.step(state, "open product m1p0")[0]
     product = shop.observe(state)
     assert "\nPrice: " in page_text(product)
     cart = shop.observe(shop.step(shop.step(state, "add to cart")[0], "go to cart")[0])
