@@ -5,6 +5,7 @@ match the effect the synthetic generator itself shows, per buyer type?
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt --buyers-per-merchant 1500 --markdown out.md
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-digits --split-digits   # agents read prices digit by digit
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-k16 --codes 16   # 16 buyer types, purer
+  .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-ov --codes 16 --agent-codes other-visits
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-demo --max-tokens 1350000   # the demo's agent budget
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-small --base-model small --stage2-epochs 8 --patience 2
 
@@ -55,6 +56,7 @@ import polars as pl
 import yaml
 
 from benchmarks.table_output import publish
+from engine.study_config import AGENT_CODES
 from envs.treatments import Treatment
 from learners.agent.scoring import PRICE_RESPONSE_FILE, ROW_CHOICE_FILE
 from learners.data.synth import SynthConfig
@@ -103,10 +105,15 @@ def simpersona(*args: str) -> None:
 
 
 def prepare(
-    work: Path, synth: SynthConfig, truth_visits: int, agent: dict | None = None, personas: dict | None = None
+    work: Path,
+    synth: SynthConfig,
+    truth_visits: int,
+    agent: dict | None = None,
+    personas: dict | None = None,
+    agent_codes: str = "all-visits",
 ) -> None:
     """The synthetic log with its truth, then the study; ``agent`` and ``personas`` override the demo
-    recipe's agent and VQ-VAE fields."""
+    recipe's agent and VQ-VAE fields, ``agent_codes`` is the study's (engine/study_config.py)."""
     raw = work / "raw"
     if not (raw / "truth.parquet").exists():
         (work / "treatments.yaml").write_text(yaml.safe_dump(TREATMENTS), encoding="utf-8")
@@ -124,6 +131,7 @@ def prepare(
             "variants": ["same-window"],
             "systems": ["persona", "no-persona", "markov"],
             "goal_systems": [],
+            "agent_codes": agent_codes,
         }
         config["agent"] = config.get("agent", {}) | (agent or {})
         config["personas"] = config.get("personas", {}) | (personas or {})
@@ -444,6 +452,13 @@ def main() -> None:
     parser.add_argument(
         "--codes", type=int, default=8, help="persona codes K (the demo's 8; purer codes need more)"
     )
+    parser.add_argument(
+        "--agent-codes",
+        choices=AGENT_CODES,
+        default="all-visits",
+        help="the codes the persona agent and the Markov chain train with (other-visits: each visit's"
+        " code from the buyer's other visits)",
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -455,7 +470,7 @@ def main() -> None:
         "stage2_epochs": args.stage2_epochs,
         "patience": args.patience,
     }
-    prepare(args.work, synth, args.truth_visits, agent, {"codes": args.codes})
+    prepare(args.work, synth, args.truth_visits, agent, {"codes": args.codes}, args.agent_codes)
     merchants = json.loads((args.work / "study" / "split.json").read_text(encoding="utf-8"))["heldout"]
     per_type = truth_per_type(synth, merchants, args.truth_visits, args.seed)
     mix = type_mix(args.work, merchants)

@@ -70,6 +70,7 @@ from engine.episode_player import EnvSpec, EpisodePlayer
 from engine.population import SimBuyer, buyer_seed
 from engine.unseen_stores import write_unseen_stores
 from learners.agent.actions import action_kind
+from learners.agent.examples import code_key
 from learners.agent.policy import ActRequest, ActResult, stable_hash
 from learners.agent.scoring import CALIBRATION_FILE
 
@@ -161,10 +162,10 @@ def visit_rates(traces: pa.Table, max_steps: int) -> tuple[dict[str, float], int
 
 
 def code_visit_rates(
-    traces: pa.Table, max_steps: int, code_of: Mapping[tuple[str, str], int]
+    traces: pa.Table, max_steps: int, code_of: Mapping[tuple[str, str, str], int]
 ) -> dict[int | None, tuple[dict[str, float], int]]:
-    """``visit_rates`` per persona code of each session's buyer (``code_of``: (merchant, buyer) to
-    code; None for a buyer it lacks)."""
+    """``visit_rates`` per persona code of each session (``code_of``: (merchant, buyer, session) to
+    code, ``visit_codes``; None for a session it lacks)."""
     keys = zip(
         *(traces.column(c).to_pylist() for c in ("merchant_id", "buyer_id", "session_id")), strict=True
     )
@@ -178,7 +179,7 @@ def code_visit_rates(
     current, steps, done, taken, tally = None, 0, False, set(), Counter()
     for key, action, is_real in zip(keys, traces.column("action").to_pylist(), real, strict=True):
         if key != current:
-            code = code_of.get(key[:2])
+            code = code_of.get(key)
             current, steps, done, taken = key, 0, False, set()
             tally = counts.setdefault(code, Counter())
             sessions[code] += 1
@@ -236,11 +237,11 @@ def round_sizes(visits: int, rounds: int) -> list[int]:
 
 
 def session_buyers(
-    traces: pa.Table, code_of: Mapping[tuple[str, str], int] | None, visits: int, seed: int
+    traces: pa.Table, code_of: Mapping[tuple[str, str, str], int] | None, visits: int, seed: int
 ) -> list[SimBuyer]:
     """One simulated buyer per real session of ``traces`` (a seeded sample of ``visits`` when there
-    are more), with that buyer's persona code (``code_of``, from ``buyer_codes``; 0 for every buyer
-    without codes, and with codes only the buyers that have one)."""
+    are more), with that session's persona code (``code_of``, from ``visit_codes``; 0 for every
+    session without codes, and with codes only the sessions that have one)."""
     sessions = (
         traces.select(["merchant_id", "buyer_id", "session_id"])
         .group_by(["merchant_id", "buyer_id", "session_id"])
@@ -253,21 +254,28 @@ def session_buyers(
         sessions = [sessions[i] for i in keep]
     run_seed = stable_hash(f"rollout-calibration\t{seed}")
     known = code_of or {}
+    keys = [(s["merchant_id"], s["buyer_id"], s["session_id"]) for s in sessions]
     return [
-        SimBuyer(
-            i, s["merchant_id"], known.get((s["merchant_id"], s["buyer_id"]), 0), buyer_seed(run_seed, i)
-        )
-        for i, s in enumerate(sessions)
-        if code_of is None or (s["merchant_id"], s["buyer_id"]) in known
+        SimBuyer(i, key[0], known.get(key, 0), buyer_seed(run_seed, i))
+        for i, key in enumerate(keys)
+        if code_of is None or key in known
     ]
 
 
-def buyer_codes(codes: pa.Table | None) -> dict[tuple[str, str], int]:
-    """Each (merchant, buyer)'s persona code in ``codes`` (empty without codes)."""
+def visit_codes(traces: pa.Table, codes: pa.Table | None) -> dict[tuple[str, str, str], int]:
+    """Each replayed (merchant, buyer, session)'s persona code in ``codes``: its buyer's, or its own
+    where the codes are per visit (``examples.code_key``); empty without codes."""
     if codes is None:
         return {}
-    rows = codes.select(["merchant_id", "buyer_id", "code"]).to_pylist()
-    return {(r["merchant_id"], r["buyer_id"]): int(r["code"]) for r in rows}
+    key = code_key(codes)
+    visits = (
+        traces.select(["merchant_id", "buyer_id", "session_id"])
+        .group_by(["merchant_id", "buyer_id", "session_id"])
+        .aggregate([])
+    )
+    joined = visits.join(codes.select([*key, "code"]), key, join_type="inner")
+    rows = joined.to_pylist()
+    return {(r["merchant_id"], r["buyer_id"], r["session_id"]): int(r["code"]) for r in rows}
 
 
 def bias_step(target: dict[str, float], simulated: dict[str, float]) -> dict[str, float]:
@@ -304,7 +312,7 @@ def calibrate_rollouts(
     copy of those merchants under ids the agent never saw (engine/unseen_stores.py). The policy keeps
     the result."""
     target, _ = visit_rates(traces, max_steps)
-    code_of = buyer_codes(codes) if codes is not None else None
+    code_of = visit_codes(traces, codes) if codes is not None else None
     buyers = session_buyers(traces, code_of, visits, seed)
     if not buyers:
         raise ValueError("rollout calibration needs replayed sessions (with persona codes); there are none")

@@ -73,6 +73,9 @@ class AssignStage:
     """Stream the buyers through Ray Data map_batches."""
     concurrency: int = 2
     """Ray Data actors holding the model (--ray)."""
+    other_visits: bool = field(default=False, metadata=option(switch=True))
+    """Give each visit the code of the buyer's other visits (learners/vqvae/other_visits.py): codes
+    to train an agent on that do not know the visit's outcome, for what-if experiments (in-process)."""
 
 
 @dataclass
@@ -96,7 +99,8 @@ class TrainAgentStage:
     out: str
     """Output directory (AGENT)."""
     personas: str | None = None
-    """Codes directory or VQ-VAE run (not needed with --no-persona)."""
+    """Codes directory or VQ-VAE run (not needed with --no-persona); codes of `assign --other-visits`
+    give each visit the code of the buyer's other visits."""
     resume: bool = field(default=False, metadata=option(switch=True))
     """Continue the run in AGENT after its last checkpoint."""
     agent: AgentTrainConfig = field(default_factory=AgentTrainConfig, metadata=option(inline=True))

@@ -205,6 +205,27 @@ class Assigned:
 
 
 @dataclass(frozen=True)
+class VisitsAssigned:
+    """Every visit's code from the buyer's other visits (learners/vqvae/other_visits.py)."""
+
+    out: Path
+    visits: int
+    visits_from_other_visits: int
+    visits_with_own_code: int
+    visits_without_code: int
+    left_out_quarantined: int
+    seconds: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"coded {self.visits:,} visits in {self.seconds:.2f} s: {self.visits_from_other_visits:,} from the"
+            f" buyer's other visits, {self.visits_with_own_code:,} of one-visit buyers by their own code,"
+            f" {self.visits_without_code:,} without a code ({self.left_out_quarantined:,} other-visit"
+            f" histories quarantined) -> {self.out}"
+        ]
+
+
+@dataclass(frozen=True)
 class TracesReplayed:
     """traces.parquet and how well the real events mapped onto storefront actions."""
 

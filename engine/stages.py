@@ -3,7 +3,7 @@
     stage            config (engine/stage_configs.py)   result (engine/stage_results.py)   command
     prepare          PrepareStage                        Prepared                           prepare
     fit_personas     FitPersonasStage                    PersonasFitted                     fit-personas
-    assign           AssignStage                         Assigned                           assign
+    assign           AssignStage                         Assigned (VisitsAssigned)          assign
     replay_traces    ReplayTracesStage                   TracesReplayed                     traces
     train_agent      TrainAgentStage                     AgentTrained                       train-agent
     fit_markov       FitMarkovStage                      MarkovFitted                       fit-markov
@@ -48,6 +48,7 @@ from engine.stage_results import (
     Prepared,
     Simulated,
     TracesReplayed,
+    VisitsAssigned,
     one_kind_checks,
 )
 
@@ -114,9 +115,18 @@ def fit_personas(config: FitPersonasStage, verbose: bool = False) -> PersonasFit
     )
 
 
-def assign(config: AssignStage, verbose: bool = False) -> Assigned:
-    """Each buyer's code under a fitted run, one encoder pass (learners/vqvae/assign.py)."""
+def assign(config: AssignStage, verbose: bool = False) -> Assigned | VisitsAssigned:
+    """Each buyer's code under a fitted run, one encoder pass (learners/vqvae/assign.py); with
+    ``other_visits``, each visit's code from the buyer's other visits (learners/vqvae/other_visits.py)."""
     from learners.vqvae.assign import assign as assign_codes
+
+    if config.other_visits:
+        if config.ray:
+            raise ValueError("--other-visits runs in-process; leave out --ray")
+        from learners.vqvae.other_visits import assign_other_visits
+
+        manifest = assign_other_visits(config.run, config.data, config.out)
+        return VisitsAssigned(Path(config.out), **manifest["counts"], seconds=manifest["seconds"])
 
     # Without ray the buyers are encoded in this process: no Ray, nothing of its to route.
     with ray_session(config.out, verbose) if config.ray else nullcontext():

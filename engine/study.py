@@ -261,6 +261,16 @@ class Study:
         goal_only = needed - {SYSTEMS[s].agent for s in c.systems}
         paths = self.agent_paths()
         codes = str(self.out / "codes")
+        if c.agent_codes == "other-visits" and ("persona" in needed or "markov" in needed):
+            codes = str(self.out / "codes-other-visits")
+            run, data = str(self.out / "personas"), str(self.out / "train-data")
+            assign = AssignStage(run, data, codes, other_visits=True)
+            self.stage(
+                "assign (each training visit from the buyer's other visits)",
+                stages.assign,
+                assign,
+                Path(codes) / "manifest.json",
+            )
         jobs: list[tuple[str, TrainAgentStage, Path]] = []
         trained = [
             ("persona", codes, c.agent.base_model),

@@ -97,6 +97,10 @@ def _simulate_defaults() -> SimulationConfig:
     )
 
 
+AGENT_CODES = ("all-visits", "other-visits")
+"""What ``StudyConfig.agent_codes`` may be."""
+
+
 @dataclass
 class StudyConfig:
     """One run of the evaluation protocol (``simpersona study CONFIG``)."""
@@ -153,6 +157,11 @@ class StudyConfig:
     personas: VQVAEConfig = field(default_factory=lambda: VQVAEConfig(epochs=10))
     """The VQ-VAE fitted on the training merchants (simpersona fit-personas' settings): codes is the
     codebook size K, epochs its training epochs, workers its Ray Train workers."""
+    agent_codes: str = "all-visits"
+    """The codes the persona agent and the Markov chain train with: all-visits (each buyer's code from
+    all of its visits, as the held-out buyers are coded) or other-visits (each visit's code from the
+    buyer's other visits, learners/vqvae/other_visits.py): a code then predicts a visit instead of
+    describing it, which is what a what-if experiment asks of it."""
     traces: TracesConfig = field(default_factory=TracesConfig)
     """The training merchants' sessions replayed into traces (simpersona traces' settings): max_sessions
     caps them per merchant (default: every session; size the agents with agent.max_tokens instead)."""
@@ -170,6 +179,10 @@ class StudyConfig:
     envs_per_runner and policy_placement ("runner" suits a CPU-only box)."""
 
     def __post_init__(self) -> None:
+        if self.agent_codes not in AGENT_CODES:
+            raise ValueError(
+                f"study config: agent_codes {self.agent_codes!r}; choose from {list(AGENT_CODES)}"
+            )
         unknown = [s for s in [*self.systems, *self.goal_systems] if s not in SYSTEMS]
         if unknown:
             raise ValueError(f"study config: unknown system(s) {unknown}; choose from {list(SYSTEMS)}")

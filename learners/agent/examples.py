@@ -233,6 +233,13 @@ def _problem(row: dict, needs_code: bool) -> tuple[str | None, str | None]:
     return None, None
 
 
+def code_key(codes: pa.Table) -> list[str]:
+    """The columns a codes table is keyed by: a visit's (``session_id`` too; simpersona assign
+    --other-visits, learners/vqvae/other_visits.py) or a buyer's."""
+    buyer = ["merchant_id", "buyer_id"]
+    return [*buyer, "session_id"] if "session_id" in codes.column_names else buyer
+
+
 def build_examples(
     traces: pa.Table,
     codes: pa.Table | None,
@@ -248,10 +255,9 @@ def build_examples(
     frame = pl.from_arrow(traces).with_row_index("_row")
     if codes is not None:
         _check_columns(codes, ("merchant_id", "buyer_id", "code"), "codes")
-        code_frame = pl.from_arrow(codes.select(["merchant_id", "buyer_id", "code"])).unique(
-            ["merchant_id", "buyer_id"], keep="first"
-        )
-        frame = frame.join(code_frame, on=["merchant_id", "buyer_id"], how="left")
+        key = code_key(codes)
+        code_frame = pl.from_arrow(codes.select([*key, "code"])).unique(key, keep="first")
+        frame = frame.join(code_frame, on=key, how="left")
     else:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Int32).alias("code"))
     if "valid_actions" not in frame.columns:

@@ -186,33 +186,41 @@ def within_buyer_contrast(
     return mean, np.sqrt(var) * widen, len(d)
 
 
-def shrink(contrast: np.ndarray, stderr: np.ndarray) -> np.ndarray:
+def shrink(contrast: np.ndarray, stderr: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """Each contrast's posterior mean under an empirical-Bayes prior at 0 (``contrast`` is one kind's
     over codes and cells): exactly 0 with chance ``spike``, else normal with variance ``tau2``, the
     two fitted by maximum marginal likelihood over the contrasts on a grid. ``spike`` 0 is a normal
     prior; a spike pulls the codes that look like noise to 0 even where another code's contrast is
     large, which a normal prior, its variance set by that code, does not (adaptive shrinkage,
-    Stephens 2017)."""
-    return posterior(contrast, stderr)[0]
+    Stephens 2017). With ``groups`` (a label per contrast: its code), a group answers on all its
+    contrasts or on none: the spike is drawn once per group (``posterior``)."""
+    return posterior(contrast, stderr, groups)[0]
 
 
-def posterior(contrast: np.ndarray, stderr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def posterior(
+    contrast: np.ndarray, stderr: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``shrink``'s posterior mean of each contrast, and the posterior chance that it is an answer
-    (not the spike at 0); both 0 where the error is infinite."""
+    (not the spike at 0); both 0 where the error is infinite. With ``groups``, the chance is its
+    group's, from all the group's contrasts at once: a code whose every cheaper cell shows a
+    contrast of two or three standard errors answers prices, though each cell alone could be chance,
+    while a code with one such contrast among cells of noise is weighed with that noise."""
     finite = np.isfinite(stderr)
     mean, answer = np.zeros_like(contrast), np.zeros_like(contrast)
     x, s2 = contrast[finite], np.maximum(stderr[finite], 1e-9) ** 2
     top = float(np.max(x**2)) if len(x) else 0.0
     if top <= 0:
         return mean, answer
+    label = np.arange(len(contrast)) if groups is None else np.asarray(groups)
+    _, group = np.unique(label[finite], return_inverse=True)
     tau2 = top * TAU_GRID[:, None]  # [T, 1]
-    null = _log_normal(x, s2)  # [n]
-    slab = _log_normal(x, s2 + tau2)  # [T, n]
+    null = np.bincount(group, _log_normal(x, s2))  # [G]
+    slab = np.stack([np.bincount(group, row) for row in _log_normal(x, s2 + tau2)])  # [T, G]
     spike = SPIKE_GRID[:, None, None]  # [S, 1, 1]
     with np.errstate(divide="ignore"):  # log 0: the normal prior, no spike
-        joint = np.logaddexp(np.log(spike) + null, np.log1p(-spike) + slab)  # [S, T, n]
+        joint = np.logaddexp(np.log(spike) + null, np.log1p(-spike) + slab)  # [S, T, G]
     si, ti = np.unravel_index(np.argmax(joint.sum(-1)), joint.shape[:2])
-    answer[finite] = np.exp(np.log1p(-SPIKE_GRID[si]) + slab[ti] - joint[si, ti])
+    answer[finite] = np.exp(np.log1p(-SPIKE_GRID[si]) + slab[ti] - joint[si, ti])[group]
     mean[finite] = answer[finite] * x * tau2[ti] / (tau2[ti] + s2)
     return mean, answer
 
@@ -303,7 +311,8 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
     keys = list(measured)
     contrast = np.array([measured[k][0] for k in keys])
     stderr = np.array([measured[k][1] for k in keys])
-    fitted = [posterior(contrast[:, j], stderr[:, j]) for j in range(len(names))]
+    by_code = np.array([g for _, g in keys])
+    fitted = [posterior(contrast[:, j], stderr[:, j], by_code) for j in range(len(names))]
     shrunk = np.column_stack([mean for mean, _ in fitted])
     answer = np.column_stack([chance for _, chance in fitted])
     out = PriceResponse()

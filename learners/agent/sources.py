@@ -2,7 +2,8 @@
 
 Traces: a ``traces.parquet`` file, a directory holding one (``simpersona traces --out``), or a
 prepared directory (``simpersona prepare --out``), which is replayed into traces on the spot.
-Personas: a codes directory (``simpersona assign --out``: codes.parquet, its manifest naming the run),
+Personas: a codes directory (``simpersona assign --out``: codes.parquet, per buyer or, with
+``--other-visits``, per visit; its manifest naming the run),
 or a VQ-VAE run directory (``simpersona fit-personas --out``), whose assignment of the prepared
 directory's buyers is computed on the spot. The codebook (to initialise the persona rows) comes from
 the run's ``model.safetensors`` (tensor ``quantizer.codebook``) when the run can be found.

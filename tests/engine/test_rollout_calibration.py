@@ -18,13 +18,13 @@ from engine.rollout_calibration import (
     KindTally,
     RolloutCalibration,
     bias_step,
-    buyer_codes,
     calibrate_rollouts,
     code_visit_rates,
     prepared_of,
     round_sizes,
     session_buyers,
     shrunk,
+    visit_codes,
     visit_rates,
 )
 from learners.agent.llm_policy import LLMPolicy
@@ -152,7 +152,7 @@ def test_per_code_rounds_part_two_codes_that_the_pooled_bias_treats_alike(tmp_pa
     codes = pa.Table.from_pylist(
         [{"merchant_id": "m1", "buyer_id": f"u{i}", "code": 2 - i % 2} for i in range(40)]
     )
-    real = code_visit_rates(_traces(sessions), 30, {("m1", f"u{i}"): 2 - i % 2 for i in range(40)})
+    real = code_visit_rates(_traces(sessions), 30, visit_codes(_traces(sessions), codes))
     assert real[2] == ({k: 0.0 for k in CALIBRATED} | {"product_view": 1.0}, 20)
     assert real[1][0]["favorite"] == 1.0 and visit_rates(_traces(sessions), 30)[0]["favorite"] == 0.5
 
@@ -233,7 +233,7 @@ def test_buyers_are_the_replayed_sessions_with_their_codes_and_a_seeded_sample()
         [{"merchant_id": "m1", "buyer_id": f"u{i}", "code": i % 3} for i in range(9)]
         + [{"merchant_id": "m2", "buyer_id": "w", "code": 2}]
     )
-    buyers = session_buyers(_traces(sessions), buyer_codes(codes), visits=100, seed=0)
+    buyers = session_buyers(_traces(sessions), visit_codes(_traces(sessions), codes), visits=100, seed=0)
     expected = [("m1", i % 3) for i in range(9)] + [("m2", 2)]  # u9 has no code
     assert [(b.merchant_id, b.code) for b in buyers] == expected
     sample = session_buyers(_traces(sessions), None, visits=4, seed=1)

@@ -34,6 +34,7 @@ def study(ray_local, tmp_path_factory):
             "mapping": str(root / "raw" / "mapping.yaml"),
             "heldout": 2,
             "systems": ["markov", "markov-mismatched-merchant", "random"],
+            "agent_codes": "other-visits",
             "min_sessions": 10,
             "bootstrap": 200,
             "goal_systems": ["markov"],
@@ -58,6 +59,21 @@ def test_held_out_merchants_are_never_seen_in_training(study):
         assert trained and not trained & held
     traced = set(pl.read_parquet(f"{out}/traces/traces.parquet")["merchant_id"].unique())
     assert traced and not traced & held
+
+
+def test_the_chain_trains_on_each_visits_code_from_the_buyers_other_visits(study):
+    config, result = study
+    stages = [entry["stage"] for entry in result["log"]]
+    assert "assign (each training visit from the buyer's other visits)" in stages
+    per_visit = pl.read_parquet(f"{config.out}/codes-other-visits/codes.parquet")
+    visits = pl.read_parquet(f"{config.out}/train-data/sessions.parquet", columns=["session_id"])
+    assert per_visit.columns == ["merchant_id", "buyer_id", "session_id", "code"]
+    assert per_visit.height == visits.height
+    fitted = next(e for e in result["log"] if e["stage"] == "fit Markov chain")
+    assert "codes-other-visits" in fitted["command"]
+    # The held-out buyers are simulated with the codes of all their visits.
+    held = pl.read_parquet(f"{config.out}/codes/codes.parquet")
+    assert set(result["split"]["heldout"]) <= set(held["merchant_id"].unique())
 
 
 def test_strict_variant_codes_come_from_the_earlier_window(study):

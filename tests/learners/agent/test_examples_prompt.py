@@ -416,3 +416,31 @@ def test_the_prompt_leaves_out_the_rows_prices_and_row_choice_reads_them():
     assert "\nPrice: " in page_text(product)
     cart = shop.observe(shop.step(shop.step(state, "add to cart")[0], "go to cart")[0])
     assert "- product m1p0 | category c0 | quantity 1" in page_text(cart).split("\n")
+
+
+def test_per_visit_codes_give_each_visit_its_own(traces_and_codes):
+    traces, _ = traces_and_codes
+    visits = (
+        traces.select(["merchant_id", "buyer_id", "session_id"])
+        .group_by(["merchant_id", "buyer_id", "session_id"])
+        .aggregate([])
+    )
+    rows = sorted(visits.to_pylist(), key=lambda r: (r["merchant_id"], r["buyer_id"], r["session_id"]))
+    # Codes per visit (simpersona assign --other-visits): numbered in visit order, one visit left out.
+    coded = {tuple(r.values()): i for i, r in enumerate(rows[1:], start=1)}
+    codes = pa.Table.from_pylist(
+        [
+            {**dict(zip(("merchant_id", "buyer_id", "session_id"), k, strict=True)), "code": c}
+            for k, c in coded.items()
+        ]
+    )
+    built = build_examples(traces, codes)
+    goal_free = [r for r in built.examples.to_pylist() if r["goal"] is None]
+    seen = {(r["merchant_id"], r["buyer_id"], r["session_id"]): r["code"] for r in goal_free}
+    assert seen and all(coded[k] == c for k, c in seen.items())
+    assert len(set(seen.values())) == len(seen)  # a buyer's visits differ: not the buyer's one code
+    first = tuple(rows[0].values())
+    assert first not in seen
+    assert any(
+        r.startswith("buyer has no persona code") for r in built.quarantine.column("reason").to_pylist()
+    )

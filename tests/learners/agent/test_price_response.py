@@ -157,12 +157,33 @@ def test_one_prior_over_every_cell_pulls_a_cluster_of_chance_contrasts_in_one_ce
         assert np.abs(pooled).max() < np.abs(per_cell).max()
 
 
+def test_a_code_that_answers_on_every_cell_keeps_what_each_cell_alone_would_lose():
+    # 12 codes x 5 cells of noise; code 10 answers +0.30 on one cell (a clear answer), code 11 about
+    # +0.12 on every cell, 2.7 standard errors each: alone, each cell of code 11 could be chance.
+    stderr = np.full((12, 5), 0.045)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        contrast = rng.normal(0, 0.045, (12, 5))
+        contrast[10, 0] = 0.30
+        contrast[11] = 0.12 + rng.normal(0, 0.01, 5)
+        codes = np.repeat(np.arange(12), 5)
+        per_contrast = shrink(contrast.ravel(), stderr.ravel()).reshape(12, 5)
+        per_code = shrink(contrast.ravel(), stderr.ravel(), codes).reshape(12, 5)
+        assert per_code[11].mean() > 0.7 * 0.12 and per_contrast[11].mean() < 0.75 * per_code[11].mean()
+        assert per_code[10, 0] > 0.2  # the one clear answer stays
+        # A chance contrast is weighed with its code's other cells: the noise codes keep no more
+        # than they would alone, and less than they show.
+        noise, alone = np.abs(per_code[:10]).max(), np.abs(per_contrast[:10]).max()
+        assert noise <= alone + 1e-9 and noise < np.abs(contrast[:10]).max()
+
+
 def test_the_fit_shrinks_each_kind_over_every_code_and_cell_at_once(monkeypatch):
     sizes = []
 
-    def recording(contrast, stderr):
+    def recording(contrast, stderr, groups=None):
         sizes.append(len(contrast))
-        return posterior(contrast, stderr)
+        assert groups is not None and len(groups) == len(contrast)  # grouped by code
+        return posterior(contrast, stderr, groups)
 
     monkeypatch.setattr(price_response, "posterior", recording)
     fit = fit_price_response(UniformModel(), product_page_rows(_pages(buyers=200, seed=4), 100_000), True)
