@@ -195,14 +195,16 @@ def train_agent(config: TrainAgentStage, verbose: bool = False) -> AgentTrained:
 
 
 def _calibrate_rollouts(config: TrainAgentStage, traces, codes) -> str | None:
-    """Refine the trained agent's biases on its own simulated visits (engine/rollout_calibration.py);
-    its console line (or why it was skipped), or None when it is off."""
+    """Refine the trained agent's biases on its own simulated visits (engine/rollout_calibration.py)
+    and fit its price response again on the agent so refined; its console lines (or why it was
+    skipped), or None when it is off."""
     agent = config.agent
     if agent.calibration_visits <= 0 or agent.calibration_rounds <= 0:
         return None
     from engine.rollout_calibration import calibrate_rollouts, prepared_of
     from learners.agent.llm_policy import LLMPolicy
     from learners.agent.sources import load_personas, load_traces
+    from learners.agent.train import fit_page_responses
 
     out = Path(config.out)
     try:
@@ -229,7 +231,13 @@ def _calibrate_rollouts(config: TrainAgentStage, traces, codes) -> str | None:
             unseen_ids=agent.calibration_unseen_ids,
         )
     record.save(out)
-    return record.line()
+    # The price response was fitted on the agent before its per-code biases; served with them, a code
+    # the calibration held back would miss its answer (learners/agent/price_response.py): fit it again.
+    refitted: list[str] = []
+    fit_page_responses(out, replace(agent, row_choice_rows=0), refitted.append)
+    return "\n".join(
+        [record.line(), *(f"{line} (refitted after the rollout calibration)" for line in refitted)]
+    )
 
 
 def fit_markov(config: FitMarkovStage, verbose: bool = False) -> MarkovFitted:

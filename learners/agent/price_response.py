@@ -44,7 +44,13 @@ and a page of another cell:
   0.032 exit contrast (the pooled one keeps −0.006), and under a price cut its biases lengthened the
   cart abandoners' visits by 0.35 steps (0.02 without them; the truth: 0). A contrast's error over
   a few buyers is widened to a t interval's, so three buyers' chance −0.27 in exits is not taken for
-  an answer.
+  an answer. A code answers a kind on all of its cells or on none: the spike is drawn once per code
+  and kind, from all its cells' contrasts at once, each cell keeping its own size. A deal hunters'
+  code whose every cheaper cell shows two or three standard errors answers prices, though each cell
+  alone could be chance; a code with one such cell among cells of noise is weighed with that noise.
+  On the truth benchmark (RESULTS.md, session 33) the deal hunters' code 6 kept +0.12 of +0.15 ±
+  0.07 in add to cart on pages marked down below the typical price (+0.02 with a spike per
+  contrast), their code 12 +0.04–0.08 on every cell (+0.00–0.04).
 - **Balanced.** The kinds are shrunk apart, so the shrunk contrasts no longer sum to 0; what they
   are off by is taken from the kinds that do not answer, by share (``balanced``), and a kind that
   answers keeps its measured change.
@@ -58,6 +64,13 @@ and a page of another cell:
   markdown than the logs show: biases fitted to cancel the reading on the training pages alone left
   the truth benchmark's window shoppers viewing 0.26-0.37 more products under a 30% cut; served so,
   0.02-0.05 (the truth: 0). A no-persona agent has one set for all buyers.
+- **On the agent as served.** Training fits them before its rollout calibration
+  (engine/rollout_calibration.py), whose simulated visits need them, and again after it
+  (engine/stages.py), on the model with the per-code biases that calibration adds. Fitted only
+  before, a code the calibration held back was served its target plus that push: on the truth
+  benchmark (RESULTS.md, session 33) the deal hunters' code 12, whose buyers rarely added to cart
+  in the logs, answered a 30% cut with +0.04 add to cart per visit (seed 0, with the spike per code
+  or per contrast); fitted again, +0.14 (seed 1: +0.22; its buyers' types: +0.17, +0.16).
 
 A kind-wide bias keeps every ranking within a kind. A log whose products never change price and
 whose categories have no typical price (fewer than five priced products) has only regular pages, and

@@ -290,6 +290,39 @@ def test_train_agent_refines_an_agent_unless_turned_off(tmp_path):
     assert skipped.startswith("not rollout-calibrated:") and "--calibration-visits 0" in skipped
 
 
+def test_the_price_response_is_fitted_again_on_the_refined_agent(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from engine.stage_configs import TrainAgentStage
+    from engine.stages import _calibrate_rollouts
+    from learners.agent import train
+    from learners.agent.price_response import PriceResponse
+    from learners.agent.train_config import AgentTrainConfig
+
+    data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
+    agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
+    (agent / CALIBRATION_FILE).write_text(json.dumps({"bias": {"exit": 0.1}}))
+    (agent / "data").mkdir()
+    pq.write_table(pa.table({"observation": ["page"]}), agent / "data" / train.PRICE_ROWS_FILE)
+    seen = []
+
+    def fit(policy, rows, personas):
+        seen.append(dict(policy.kind_bias))
+        return PriceResponse()
+
+    monkeypatch.setattr(train, "fit_price_response", fit)
+    traces = _traces({("m1", f"u{i}", "s"): ["open product p0", "favorite", "exit"] for i in range(8)})
+    settings = AgentTrainConfig(no_persona=True, calibration_rounds=2, calibration_visits=8)
+    line = _calibrate_rollouts(TrainAgentStage(str(data), str(agent), agent=settings), traces, None)
+    refined = json.loads((agent / CALIBRATION_FILE).read_text())["bias"]
+    assert seen == [refined] and refined != {"exit": 0.1}  # fitted on the biases the agent is served with
+    assert line.splitlines()[1].endswith("(refitted after the rollout calibration)")
+    seen.clear()
+    off = AgentTrainConfig(no_persona=True, calibration_rounds=2, calibration_visits=8, price_rows=0)
+    line = _calibrate_rollouts(TrainAgentStage(str(data), str(agent), agent=off), traces, None)
+    assert seen == [] and len(line.splitlines()) == 1
+
+
 def test_a_round_moves_logged_kinds_and_steers_unlogged_checkouts_by_purchases():
     target = dict.fromkeys(CALIBRATED, 0.0) | {"product_view": 2.0, "favorite": 0.1, "purchase": 0.05}
     simulated = {"product_view": 1.0, "favorite": 1.0, "purchase": 0.1, "checkout": 0.2, "search": 0.3}
