@@ -161,7 +161,8 @@ class StudyConfig:
     """The codes the persona agent and the Markov chain train with: all-visits (each buyer's code from
     all of its visits, as the held-out buyers are coded) or other-visits (each visit's code from the
     buyer's other visits, learners/vqvae/other_visits.py): a code then predicts a visit instead of
-    describing it, which is what a what-if experiment asks of it."""
+    describing it, as a what-if experiment asks, but is read from fewer visits (README, What-if
+    experiments, measures the trade)."""
     traces: TracesConfig = field(default_factory=TracesConfig)
     """The training merchants' sessions replayed into traces (simpersona traces' settings): max_sessions
     caps them per merchant (default: every session; size the agents with agent.max_tokens instead)."""
