@@ -19,6 +19,8 @@ is already there, so an interrupted study continues where it stopped:
 4. ``agents``: traces replayed from the training merchants; the persona agent, the same-size agent
    without persona tokens and the larger no-persona model fine-tuned on them; the per-type Markov
    chain fitted on the same examples as the persona agent. Only what the chosen systems use is built.
+   With ``agent_codes: other-visits`` the persona agent and the chain train on each visit's code from
+   the buyer's other visits (``codes-other-visits``, learners/vqvae/other_visits.py).
 5. ``simulate``: every system simulates, per held-out merchant, at least ``simulate.buyers_per_merchant``
    visits and ``simulate.buyers_per_real_session`` per real session, and goal tasks (buy a target
    product within 20 steps; ``simulate.goal_draw`` says which products are targets) over ``goal_seeds``

@@ -19,7 +19,8 @@ predicts the visit rather than describing it; a buyer with one visit keeps its o
 the manifest). Training on these codes (``simpersona train-agent --personas OUT``, or the study's
 ``agent_codes: other-visits``) fits each code's behaviour in visits its code did not see. The
 merchants' mixes stay those of whole buyers (assign.py): a simulated buyer's code is read from
-everything it did. The price: a code read from fewer visits is less pure (on that log, on average,
+everything it did. The copies hold each buyer's events once per other visit (quadratic in a buyer's
+visits), in this process. The price: a code read from fewer visits is less pure (on that log, on average,
 74% of a code's training visits are of its main type, against 83%), which costs the types' other
 answers.
 """
@@ -35,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from learners.data.features import buyer_frame, buyers_table, price_partial, reference_prices
+from learners.data.schema import TABLE_FILES
 from learners.data.sessions import order_frame
 from learners.vqvae.assign import (
     CODES_FILE,
@@ -107,7 +109,13 @@ def assign_other_visits(run_dir: str | Path, data_dir: str | Path, out: str | Pa
     out = Path(out)
     assigner = CodeAssigner(run_dir)
     whole, _ = assigner.codes_of(read_buyers(buyers_path(data_dir)))
-    events = pl.read_parquet(Path(data_dir) / "events.parquet")
+    events = pl.read_parquet(Path(data_dir) / TABLE_FILES["events"])
+    odd = events.filter(pl.col("buyer_id").str.contains(SEPARATOR, literal=True))
+    if odd.height:
+        raise ValueError(
+            f"{data_dir}: buyer id {odd['buyer_id'][0]!r} holds the separator \\x1f that other-visit codes"
+            " use; rename such buyers in the mapping or leave out --other-visits"
+        )
     codes, counts = codes_from_other_visits(assigner, events, whole)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(codes, out / CODES_FILE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +17,12 @@ from learners.data.synth import SynthConfig, synth_prepared
 from learners.vqvae.assign import CodeAssigner
 from learners.vqvae.dataset import read_buyers
 from learners.vqvae.fit import VQVAEConfig, fit_codebook
-from learners.vqvae.other_visits import SEPARATOR, codes_from_other_visits, other_visit_events
+from learners.vqvae.other_visits import (
+    SEPARATOR,
+    assign_other_visits,
+    codes_from_other_visits,
+    other_visit_events,
+)
 
 from .conftest import TINY
 
@@ -133,3 +139,19 @@ def test_cli_assign_other_visits(synthetic_run, synthetic, tmp_path, capsys):
     mixes = pq.read_table(out / "merchant_distributions.parquet").to_pandas()
     assert mixes.groupby("merchant_id")["p"].sum().round(9).eq(1.0).all()
     assert main(["assign", str(synthetic_run), str(data), "--out", str(out), "--other-visits", "--ray"]) == 2
+
+
+def test_a_buyer_id_holding_the_separator_is_refused_with_the_fix(synthetic_run, synthetic, tmp_path):
+    data, events = synthetic
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    first = events["buyer_id"][0]
+    renamed = events.with_columns(
+        buyer_id=pl.when(pl.col("buyer_id") == first)
+        .then(pl.lit(first + SEPARATOR + "x"))
+        .otherwise("buyer_id")
+    )
+    renamed.write_parquet(copy / "events.parquet")
+    with pytest.raises(ValueError, match="holds the separator .* rename such buyers"):
+        assign_other_visits(synthetic_run, copy, tmp_path / "codes")
+    assert not (tmp_path / "codes").exists()  # nothing half-written
