@@ -215,9 +215,7 @@ def posterior(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``shrink``'s posterior mean of each contrast, and the posterior chance that it is an answer
     (not the spike at 0); both 0 where the error is infinite. With ``groups``, the chance is its
-    group's, from all the group's contrasts at once: a code whose every cheaper cell shows a
-    contrast of two or three standard errors answers prices, though each cell alone could be chance,
-    while a code with one such contrast among cells of noise is weighed with that noise."""
+    group's, from all the group's contrasts at once (the module doc's "Shrunk" item)."""
     finite = np.isfinite(stderr)
     mean, answer = np.zeros_like(contrast), np.zeros_like(contrast)
     x, s2 = contrast[finite], np.maximum(stderr[finite], 1e-9) ** 2
