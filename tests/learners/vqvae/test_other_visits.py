@@ -47,7 +47,7 @@ def synthetic_run(ray_local, synthetic, tmp_path_factory) -> Path:
 def test_each_visit_has_a_copy_of_the_buyers_other_events(synthetic):
     _, events = synthetic
     copies = other_visit_events(events)
-    visits = events.select(KEY).unique()
+    visits = events.select(KEY).unique().sort(KEY)
     counts = events.group_by("merchant_id", "buyer_id").len("events")
     expected = (
         visits.join(events.group_by(KEY).len("own"), on=KEY)
