@@ -6,6 +6,7 @@ match the effect the synthetic generator itself shows, per buyer type?
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-digits --split-digits   # agents read prices digit by digit
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-k16 --codes 16   # 16 buyer types, purer
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-ov --codes 16 --agent-codes other-visits
+  .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt --codes 16 --fit-draws 8   # intervals with the fit's uncertainty
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-demo --max-tokens 1350000   # the demo's agent budget
   .venv/bin/python -m benchmarks.experiment_truth --work /tmp/xt-small --base-model small --stage2-epochs 8 --patience 2
 
@@ -150,13 +151,21 @@ def copy_biases(agent: Path, to: Path, cells: str | None, rows: bool) -> None:
         (to / PRICE_RESPONSE_FILE).write_text(json.dumps(fit, indent=1) + "\n", encoding="utf-8")
 
 
-def experiment(work: Path, system: str, merchants: list[str], buyers: int, seed: int) -> pl.DataFrame:
-    out = work / "experiments" / system
+def experiment(
+    work: Path, system: str, merchants: list[str], buyers: int, seed: int, fit_draws: int = 0
+) -> pl.DataFrame:
+    """One system's experiment; with ``fit_draws``, its intervals carry that many posterior draws of
+    the agent's price response (engine/experiment_fit.py), the arms copied from the run without."""
+    name = system + (f"-fit{fit_draws}" if fit_draws else "")
+    out = work / "experiments" / name
     if not (out / "effects.parquet").exists():
         spec = SYSTEMS[system]
         study = work / "study"
         if ("cells" in spec or "rows" in spec) and not (study / spec["path"]).exists():
             copy_biases(study / "agent", study / spec["path"], spec.get("cells"), spec.get("rows", True))
+        plain = work / "experiments" / system / "arms"
+        if fit_draws and plain.exists() and not (out / "arms").exists():
+            shutil.copytree(plain, out / "arms")  # the same arms: only the draws are simulated
         config = {
             "out": str(out),
             "data": str(study / "data"),
@@ -171,11 +180,18 @@ def experiment(work: Path, system: str, merchants: list[str], buyers: int, seed:
             "arms": {"control": {"kind": "none"}, **TREATMENTS},
             "simulation": {"use_persona": spec["use_persona"], "runners": 2, "envs_per_runner": 256}
             | ({"temperature": 1.0} if spec["policy"] != "markov" else {}),
+            "fit_draws": fit_draws,
         }
-        path = work / f"experiment-{system}.yaml"
+        path = work / f"experiment-{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         simpersona("experiment", str(path))
     return pl.read_parquet(out / "effects.parquet")
+
+
+def drawable(system: str) -> bool:
+    """Whether the system serves a price response to draw (an agent that keeps its biases)."""
+    spec = SYSTEMS[system]
+    return spec["policy"] != "markov" and spec.get("cells") != ""
 
 
 def truth_per_type(synth: SynthConfig, merchants: list[str], visits: int, seed: int) -> pl.DataFrame:
@@ -218,9 +234,13 @@ def type_mix(work: Path, merchants: list[str]) -> pl.DataFrame:
 
 
 def compare(effects: pl.DataFrame, truth_code: pl.DataFrame) -> pl.DataFrame:
+    """Each code's simulated effect beside its truth; ``se`` the whole error (the fit's spread over
+    posterior draws in quadrature, where the run has it), which the readings per planted type use."""
     cells = effects.filter((pl.col("merchant") == "all") & pl.col("type").is_not_null()).join(
         truth_code, left_on=["treatment", "type", "metric"], right_on=["treatment", "code", "metric"]
     )
+    if "fit_sd" in cells.columns:
+        cells = cells.with_columns(se=(pl.col("se") ** 2 + pl.col("fit_sd").fill_null(0.0) ** 2).sqrt())
     return cells.with_columns(
         inside=(pl.col("truth") >= pl.col("low")) & (pl.col("truth") <= pl.col("high")),
         detectable=pl.col("truth").abs() > pl.col("mde"),
@@ -459,6 +479,13 @@ def main() -> None:
         help="the codes the persona agent and the Markov chain train with (other-visits: each visit's"
         " code from the buyer's other visits)",
     )
+    parser.add_argument(
+        "--fit-draws",
+        type=int,
+        default=0,
+        help="beside each agent that serves a price response, the same run whose intervals carry this many"
+        " posterior draws of it (engine/experiment_fit.py); 0: none",
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -479,10 +506,14 @@ def main() -> None:
         .group_by("treatment", "code", "metric")
         .agg((pl.col("share") * pl.col("truth")).sum().alias("truth"))
     )
-    results = {
-        s: compare(experiment(args.work, s, merchants, args.buyers_per_merchant, args.seed), truth_code)
-        for s in args.systems.split(",")
-    }
+    results = {}
+    for s in args.systems.split(","):
+        results[s] = compare(
+            experiment(args.work, s, merchants, args.buyers_per_merchant, args.seed), truth_code
+        )
+        if args.fit_draws and drawable(s):
+            effects = experiment(args.work, s, merchants, args.buyers_per_merchant, args.seed, args.fit_draws)
+            results[f"{s}, fit drawn x{args.fit_draws}"] = compare(effects, truth_code)
     planted = {system: per_planted(cells, mix, per_type, truth_code) for system, cells in results.items()}
     solved = {
         system: per_planted_recovered(cells, mix, per_type, truth_code) for system, cells in results.items()

@@ -26,13 +26,14 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from engine.experiment_effects import estimate, pair_visits
+from engine.experiment_fit import draw_buyers, draw_configs, widen
 from engine.experiment_outcomes import METRIC_LABELS, METRICS, OUTCOMES_FILE, arm_outcomes, arm_storefronts
 from engine.experiment_report import write_report
 from engine.rollout_store import MANIFEST, RESULT_FIELDS
@@ -108,6 +109,14 @@ class ExperimentConfig:
     """`--plan`: the smallest effect (absolute, in the metric's unit) the experiment should detect."""
     mde_metric: str = "conversion"
     """`--plan`: the metric `mde` is in: conversion, add_to_cart, product_views, revenue or visit_length."""
+    fit_draws: int = 0
+    """Posterior draws of the agent's price response to run every arm again with (at least 2; the
+    agent keeps `price_draws` of them): the intervals and MDEs then add the spread of the effects over
+    the draws, the uncertainty the logs leave in how each type answers a price, to the simulation's
+    (engine/experiment_fit.py). 0: the simulation's noise only."""
+    fit_draw_buyers: int = 0
+    """Simulated visits per merchant in each draw's arms (the same buyers in every draw); 0: a quarter
+    of `buyers_per_merchant`."""
     simulation: dict[str, Any] = field(default_factory=dict)
     """Further SimulationConfig fields for every arm (runners, envs_per_runner, policy_placement,
     chunk_size, temperature, env_modules, policy_num_gpus, ...; see `simpersona simulate --help`).
@@ -143,6 +152,11 @@ class ExperimentConfig:
             raise ValueError(
                 f"experiment config: simulation.{taken} are set by the experiment itself; set the top-level"
                 " field (or the arm's treatment) instead"
+            )
+        if self.fit_draws == 1 or self.fit_draws < 0 or self.fit_draw_buyers < 0:
+            raise ValueError(
+                f"experiment config: fit_draws {self.fit_draws} (fit_draw_buyers {self.fit_draw_buyers}):"
+                " a spread needs at least 2 draws; use 0 (none) or 2 or more, and buyers 0 (a quarter) or more"
             )
         if self.bootstrap < 2:
             raise ValueError(
@@ -279,39 +293,46 @@ def arm_status(sim: SimulationConfig) -> str:
 
 
 def run_arms(config: ExperimentConfig, verbose: bool = False) -> dict[str, dict[str, Any]]:
-    """Simulate every arm that is not already complete (one Ray session for all); each arm's manifest."""
+    """Simulate every arm that is not already complete, and each posterior draw's arms
+    (``fit_draws``), in one Ray session; the main run's manifest per arm."""
     arms = experiment_arms(config)
     for line in unchanged_storefronts(config):
         print(line, flush=True)
-    plans = {arm.name: arm_simulation(config, arm) for arm in arms}
-    status = {name: arm_status(sim) for name, sim in plans.items()}
-    for name, state in status.items():
+    runs = [("", config), *((f"draw {d} ", c) for d, c in enumerate(draw_configs(config)))]
+    plans = [(label, arm, arm_simulation(c, arm)) for label, c in runs for arm in arms]
+    status = [arm_status(sim) for _, _, sim in plans]
+    for (label, arm, sim), state in zip(plans, status, strict=True):
         if state == "done":
-            print(f"arm {name}: rollouts exist in {plans[name].out}; not simulated again", flush=True)
-    todo = [arm for arm in arms if status[arm.name] != "done"]
+            print(f"{label}arm {arm.name}: rollouts exist in {sim.out}; not simulated again", flush=True)
+    todo = [
+        (label, arm, sim, state)
+        for (label, arm, sim), state in zip(plans, status, strict=True)
+        if state != "done"
+    ]
     if todo:
         from engine.console_log import quiet_model_loading, ray_session
         from engine.simulation import simulate
 
         quiet_model_loading()
         with ray_session(config.out, verbose, address=config.ray_address):
-            for arm in todo:
-                sim = arm_simulation(config, arm, resume=status[arm.name] == "partial")
+            for label, arm, sim, state in todo:
+                sim = replace(sim, resume=state == "partial")
                 what = "resuming" if sim.resume else "simulating"
-                print(f"arm {arm.name} ({treatment_text(arm.treatment)}): {what} ...", flush=True)
+                print(f"{label}arm {arm.name} ({treatment_text(arm.treatment)}): {what} ...", flush=True)
                 started = time.perf_counter()
                 manifest = simulate(sim)
                 print(
-                    f"arm {arm.name}: {manifest['buyers_completed']:,} visits, {manifest['steps']:,} steps"
+                    f"{label}arm {arm.name}: {manifest['buyers_completed']:,} visits, {manifest['steps']:,} steps"
                     f" ({manifest['invalid_steps']:,} invalid) in {time.perf_counter() - started:.1f} s",
                     flush=True,
                 )
     manifests = {}
-    for arm in arms:
-        manifest = json.loads((Path(plans[arm.name].out) / MANIFEST).read_text(encoding="utf-8"))
+    for label, arm, sim in plans:
+        manifest = json.loads((Path(sim.out) / MANIFEST).read_text(encoding="utf-8"))
         if not manifest.get("complete") or manifest["buyers_completed"] != manifest["buyers_requested"]:
-            raise RuntimeError(f"arm {arm.name}: the simulation did not complete ({plans[arm.name].out})")
-        manifests[arm.name] = manifest
+            raise RuntimeError(f"{label}arm {arm.name}: the simulation did not complete ({sim.out})")
+        if not label:
+            manifests[arm.name] = manifest
     return manifests
 
 
@@ -406,12 +427,11 @@ def arm_outcome_frames(config: ExperimentConfig, arms: list[Arm]) -> dict[str, p
     return frames
 
 
-def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = False) -> dict[str, Any]:
-    """Simulate the arms (those not already there), measure every treatment's effects against the
-    control, write OUT/effects.parquet, effects.json and report.html; returns what effects.json holds."""
-    started = time.perf_counter()
-    arms = experiment_arms(config)
-    manifests = run_arms(config, verbose)
+def arm_effects(
+    config: ExperimentConfig, arms: list[Arm], replicates: int
+) -> tuple[list[dict[str, Any]], dict[str, bool], pl.DataFrame]:
+    """Every treatment's effect rows against the control (``replicates`` bootstrap replicates),
+    whether each treatment's visits are the control's buyers, and the control's visits."""
     frames = arm_outcome_frames(config, arms)
     control = frames[config.control]
     rows, same_buyers = [], {}
@@ -423,7 +443,19 @@ def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = 
             )
         same_buyers[arm.name] = pairs.same_buyers
         # Each treatment's resamples from its own stream: adding an arm changes no other arm's intervals.
-        rows += estimate(pairs, arm.name, config.bootstrap, seed=[config.seed, arm.index])
+        rows += estimate(pairs, arm.name, replicates, seed=[config.seed, arm.index])
+    return rows, same_buyers, control
+
+
+def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = False) -> dict[str, Any]:
+    """Simulate the arms (those not already there), measure every treatment's effects against the
+    control, write OUT/effects.parquet, effects.json and report.html; returns what effects.json holds."""
+    started = time.perf_counter()
+    arms = experiment_arms(config)
+    manifests = run_arms(config, verbose)
+    rows, same_buyers, control = arm_effects(config, arms, config.bootstrap)
+    if config.fit_draws:
+        rows = widen(rows, [arm_effects(c, arms, 2)[0] for c in draw_configs(config)])
     descriptions = type_descriptions(config)
     answers = price_answers(config)
     choices = row_choices(config)
@@ -460,6 +492,9 @@ def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = 
         },
         "metrics": {m: METRIC_LABELS[m] for m in METRICS},
         "bootstrap": config.bootstrap,
+        "fit_draws": {"draws": config.fit_draws, "buyers_per_merchant": draw_buyers(config)}
+        if config.fit_draws
+        else None,
         "rows": rows,
     }
     result["elapsed_s"] = round(time.perf_counter() - started, 1)

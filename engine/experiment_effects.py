@@ -21,6 +21,9 @@ For one scope and outcome:
   variance pairing leaves (0.25: the same precision without pairing needs 4x the visits);
 - ``mde`` = 2.80 x se: the smallest true effect this run detects with 80% power in a two-sided test
   at alpha 0.05 (z_0.975 + z_0.8 = 1.96 + 0.84);
+- ``fit_sd``: None here; with posterior draws of the agent's price response, the effect's spread
+  over them, which the interval and MDE then include, and ``fit_noise`` the draws' own standard
+  error (engine/experiment_fit.py);
 - ``changed``: the share of the scope's buyers whose visit took another path in the treatment arm
   (any action different; common random numbers only, else None). A type at 0 did exactly the same in
   both arms: the policy did not respond to what the treatment changes (a Markov chain reads no
@@ -209,6 +212,8 @@ def estimate(
                     "mde": float(MDE_FACTOR * se[j]),
                     "significant": bool(low[j] > 0 or high[j] < 0),
                     "changed": touched,
+                    "fit_sd": None,
+                    "fit_noise": None,
                 }
             )
     return rows
@@ -241,6 +246,8 @@ def effects_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
         },
         "significant": pl.Boolean,
         "changed": pl.Float64,
+        "fit_sd": pl.Float64,
+        "fit_noise": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema)
 

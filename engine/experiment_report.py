@@ -82,6 +82,30 @@ def _treatments(result: dict[str, Any]) -> list[str]:
     return [a["name"] for a in result["arms"] if a["name"] != result["control"]]
 
 
+def fit_text(result: dict[str, Any]) -> str:
+    """How the intervals carry the agent's price-response fit (engine/experiment_fit.py), if they do."""
+    draws = result.get("fit_draws")
+    if not draws:
+        return ""
+    return (
+        f" widened by the spread over {draws['draws']} posterior draws of the agent's price response"
+        f" ({draws['buyers_per_merchant']:,} visits per merchant and arm each)"
+    )
+
+
+def noise_line(rows: list[dict[str, Any]]) -> str:
+    """How many type-level cells' spread over the draws exceeds the draws' own simulation noise."""
+    typed = [r for r in rows if r["type"] is not None and r.get("fit_sd") is not None]
+    if not typed:
+        return ""
+    clear = sum(r["fit_sd"] > r["fit_noise"] for r in typed)
+    return (
+        f"fit draws: the effects' spread over the draws exceeds the draws' own standard error in {clear} of"
+        f" {len(typed)} per-type cells; in the others it may be the draws' simulation noise, which only"
+        " widens the intervals (a larger --fit-draw-buyers tells the two apart)"
+    )
+
+
 def summary_text(result: dict[str, Any]) -> str:
     """One line per treatment x outcome over every buyer, then each treatment's strongest type-level
     effects whose interval excludes 0."""
@@ -91,7 +115,7 @@ def summary_text(result: dict[str, Any]) -> str:
     width = max(len("treatment"), *(len(t) for t in _treatments(result)))
     lines = [
         f"effects vs {result['control']} over {visits:,} visits per arm ({pairing}); 95% bootstrap"
-        " intervals; MDE: smallest effect detected with 80% power at alpha 0.05",
+        f" intervals{fit_text(result)}; MDE: smallest effect detected with 80% power at alpha 0.05",
         f"{'treatment':<{width}} {'outcome':<14} {'control':>9} {'treated':>9}  {'effect [95% interval]':<28}"
         f" {'MDE':>8}  pairing (variance vs independent arms)",
     ]
@@ -104,6 +128,7 @@ def summary_text(result: dict[str, Any]) -> str:
                 f"{pairing_text(r['variance_ratio'])}"
             )
     lines += changed_lines(result)
+    lines += [line for line in [noise_line(result["rows"])] if line]
     lines += price_lines(result)
     lines.append("per type (* above and below: the interval excludes 0):")
     for t in _treatments(result):
@@ -396,7 +421,8 @@ pre{{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}}</style></h
 visits per arm, drawn from each merchant's own persona mix. {crn}</p>
 <p><b>How to read it.</b> An effect is treated − control per visit, in the outcome's unit (conversion 0.02 = two
 more buying visits in a hundred). Its 95% interval comes from a bootstrap over buyers ({result["bootstrap"]}
-replicates, within merchant × type cells); an interval that excludes 0 (bold) is an effect this run supports.
+replicates, within merchant × type cells){fit_text(result)}; an interval that excludes 0 (bold) is an effect this run
+supports. {html.escape(noise_line(result["rows"]))}
 <i>MDE</i> is the smallest true effect this run would detect with 80% power (two-sided, alpha 0.05): a
 treatment whose interval covers 0 may still have an effect smaller than that. The unpaired interval is what
 two independent populations of the same size would give; the pairing column says how much of that variance

@@ -135,6 +135,10 @@ class CellResponse:
     reading: dict[str, float] = field(default_factory=dict)
     """The model's own answer, before the biases: its mean probabilities on these pages less its
     probabilities on the same pages at a regular price (a fit before session 30 has none)."""
+    draws: list[dict[str, float]] = field(default_factory=list)
+    """The biases of posterior draws of the contrasts (``posterior_draws``, then ``balanced`` and
+    fitted as ``bias`` is), one per draw: what the logs leave uncertain in the answer, which an
+    experiment carries into its intervals (engine/experiment_fit.py). A fit before session 34 has none."""
 
 
 @dataclass
@@ -169,6 +173,21 @@ class PriceResponse:
             return cls()
         codes = json.loads(path.read_text(encoding="utf-8"))["codes"]
         return cls({k: {c: CellResponse(**v) for c, v in cells.items()} for k, cells in codes.items()})
+
+    @property
+    def draw_count(self) -> int:
+        """Posterior draws every fitted cell carries (0 when any has none)."""
+        counts = [len(v.draws) for cells in self.codes.values() for v in cells.values()]
+        return min(counts) if counts else 0
+
+    def drawn(self, draw: int) -> PriceResponse:
+        """The fit with draw ``draw``'s biases served in place of the posterior mean's."""
+        return PriceResponse(
+            {
+                k: {c: replace(v, bias=v.draws[draw], draws=[]) for c, v in cells.items()}
+                for k, cells in self.codes.items()
+            }
+        )
 
 
 def within_buyer_contrast(
@@ -216,12 +235,50 @@ def posterior(
     """``shrink``'s posterior mean of each contrast, and the posterior chance that it is an answer
     (not the spike at 0); both 0 where the error is infinite. With ``groups``, the chance is its
     group's, from all the group's contrasts at once (the module doc's "Shrunk" item)."""
-    finite = np.isfinite(stderr)
     mean, answer = np.zeros_like(contrast), np.zeros_like(contrast)
+    prior = _fitted_prior(contrast, stderr, groups)
+    if prior is None:
+        return mean, answer
+    finite, x, s2, group, chance, tau2 = prior
+    answer[finite] = chance[group]
+    mean[finite] = answer[finite] * x * tau2 / (tau2 + s2)
+    return mean, answer
+
+
+def posterior_draws(
+    contrast: np.ndarray,
+    stderr: np.ndarray,
+    groups: np.ndarray | None,
+    draws: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(draws, len(contrast)) draws of the contrasts from ``posterior``'s posterior: per draw, each group
+    answers with its posterior chance (all its contrasts or none), and an answering contrast is normal
+    around its slab mean x tau2 / (tau2 + s2) with variance tau2 s2 / (tau2 + s2). The prior's spike
+    and variance are the fitted ones, held fixed. 0 where the error is infinite."""
+    out = np.zeros((draws, len(contrast)))
+    prior = _fitted_prior(contrast, stderr, groups)
+    if prior is None:
+        return out
+    finite, x, s2, group, chance, tau2 = prior
+    keep = tau2 / (tau2 + s2)
+    answers = rng.random((draws, len(chance))) < chance  # (draws, groups)
+    slab = x * keep + rng.standard_normal((draws, len(x))) * np.sqrt(keep * s2)
+    out[:, finite] = answers[:, group] * slab
+    return out
+
+
+def _fitted_prior(
+    contrast: np.ndarray, stderr: np.ndarray, groups: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """The prior fitted by maximum marginal likelihood on the grid: (which contrasts have a finite
+    error, their values, their squared errors, their group's index, each group's posterior chance of
+    answering, the prior's slab variance); None when no finite contrast differs from 0."""
+    finite = np.isfinite(stderr)
     x, s2 = contrast[finite], np.maximum(stderr[finite], 1e-9) ** 2
     top = float(np.max(x**2)) if len(x) else 0.0
     if top <= 0:
-        return mean, answer
+        return None
     label = np.arange(len(contrast)) if groups is None else np.asarray(groups)
     _, group = np.unique(label[finite], return_inverse=True)
     tau2 = top * TAU_GRID[:, None]  # [T, 1]
@@ -231,9 +288,8 @@ def posterior(
     with np.errstate(divide="ignore"):  # log 0: the normal prior, no spike
         joint = np.logaddexp(np.log(spike) + null, np.log1p(-spike) + slab)  # [S, T, G]
     si, ti = np.unravel_index(np.argmax(joint.sum(-1)), joint.shape[:2])
-    answer[finite] = np.exp(np.log1p(-SPIKE_GRID[si]) + slab[ti] - joint[si, ti])[group]
-    mean[finite] = answer[finite] * x * tau2[ti] / (tau2[ti] + s2)
-    return mean, answer
+    chance = np.exp(np.log1p(-SPIKE_GRID[si]) + slab[ti] - joint[si, ti])
+    return finite, x, s2, group, chance, float(tau2[ti, 0])
 
 
 def _log_normal(x: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -280,10 +336,13 @@ def whole_buyers(rows: pa.Table, keys: np.ndarray, max_rows: int, seed: int) -> 
     return rows.filter(pa.array([k in keep for k in keys]))
 
 
-def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) -> PriceResponse:
+def fit_price_response(
+    policy: ScoringPolicy, rows: pa.Table, personas: bool, draws: int = 0, seed: int = 0
+) -> PriceResponse:
     """Fit the per-code, per-cell biases (module doc) for ``policy`` (scoring with its kind
     calibration, without price biases) on ``rows`` (``product_page_rows``); ``personas``: whether it
-    reads codes."""
+    reads codes; ``draws``: posterior draws of the biases kept beside them (``CellResponse.draws``),
+    drawn with ``seed``."""
     requests = requests_for(rows, "true" if personas else "none")
     cell = np.array([price_cell(r.observation) for r in requests])
     regular = cell == REGULAR_CELL
@@ -326,17 +385,25 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
     fitted = [posterior(contrast[:, j], stderr[:, j], by_code) for j in range(len(names))]
     shrunk = np.column_stack([mean for mean, _ in fitted])
     answer = np.column_stack([chance for _, chance in fitted])
+    rng = np.random.default_rng(seed)
+    drawn = np.stack(
+        [posterior_draws(contrast[:, j], stderr[:, j], by_code, draws, rng) for j in range(len(names))],
+        axis=-1,
+    )  # (draws, keys, kinds)
     out = PriceResponse()
     for ki, (c, g) in enumerate(keys):
         if measured[c, g][2] == 0:
             continue
         on = np.flatnonzero((code == g) & (cell == c))
         mean, at_regular_mean = model[on].mean(0), base[on].mean(0)
-        target = balanced(at_regular_mean, shrunk[ki], answer[ki])
-        target = np.maximum(target, SMALLEST_SHARE) * (mean > 0)
-        target /= target.sum()
+        target = _target(at_regular_mean, shrunk[ki], answer[ki], mean > 0)
         # Served on the page read at a regular price (scoring.py's model_request).
-        bias = fit_share_bias([read[i] for i in on], [kinds[i] for i in on], target)
+        scores_on, kinds_on = [read[i] for i in on], [kinds[i] for i in on]
+        bias = fit_share_bias(scores_on, kinds_on, target)
+        biases = [
+            fit_share_bias(scores_on, kinds_on, _target(at_regular_mean, d[ki], answer[ki], mean > 0))
+            for d in drawn
+        ]
         out.codes.setdefault(g, {})[c] = CellResponse(
             buyers=measured[c, g][2],
             rows=len(on),
@@ -345,8 +412,16 @@ def fit_price_response(policy: ScoringPolicy, rows: pa.Table, personas: bool) ->
             shrunk=_by_kind(names, target - at_regular_mean),
             bias=_by_kind(names, bias),
             reading=_by_kind(names, mean - at_regular_mean),
+            draws=[_by_kind(names, b) for b in biases],
         )
     return out
+
+
+def _target(model: np.ndarray, shrunk: np.ndarray, answer: np.ndarray, offered: np.ndarray) -> np.ndarray:
+    """The kinds' target shares (``balanced``), none below SMALLEST_SHARE among the kinds the pages
+    offer (``offered``), summing to 1."""
+    target = np.maximum(balanced(model, shrunk, answer), SMALLEST_SHARE) * offered
+    return target / target.sum()
 
 
 def balanced(model: np.ndarray, shrunk: np.ndarray, answer: np.ndarray) -> np.ndarray:

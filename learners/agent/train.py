@@ -215,7 +215,13 @@ def fit_page_responses(out: Path, config: AgentTrainConfig, log: Callable[[str],
         pages, response = out / "data" / PRICE_ROWS_FILE, PriceResponse()
         if pages.exists():
             policy = LLMPolicy.from_pretrained(out, device=device, price_bias={})
-            response = fit_price_response(policy, pq.read_table(pages), personas=not config.no_persona)
+            response = fit_price_response(
+                policy,
+                pq.read_table(pages),
+                personas=not config.no_persona,
+                draws=config.price_draws,
+                seed=config.seed,
+            )
         response.save(out)
         log(response.line())
     if config.row_choice_rows > 0:

@@ -80,6 +80,10 @@ class AgentTrainConfig:
     cut) and served as per-code score biases on each price cell's pages
     (learners/agent/price_response.py). 0: not fitted. A log whose pages are all regular fits
     nothing."""
+    price_draws: int = 8
+    """Posterior draws of that answer kept beside it: what the logs leave uncertain, which
+    `simpersona experiment --fit-draws` carries into an experiment's intervals
+    (engine/experiment_fit.py). 0: none."""
     row_choice_rows: int = 50000
     """Then each persona code's choice among a listing's rows (by their place, bestseller badge and
     price) is fitted as a conditional logit on up to this many goal-free listing pages of the training
@@ -139,3 +143,5 @@ class AgentTrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if self.price_draws < 0:
+            raise ValueError(f"price_draws {self.price_draws}: use 0 (none) or more")

@@ -171,13 +171,16 @@ def storefront_pages(
     return out
 
 
-def write_tiny_agent(directory: Path, data: Path, num_codes: int = 4, seed: int = 0) -> Path:
-    """An untrained tiny agent exported like train-agent's (save_pretrained + persona tokens)."""
+def write_tiny_agent(
+    directory: Path, data: Path, num_codes: int = 4, seed: int = 0, merchants: Sequence[str] = MERCHANTS
+) -> Path:
+    """An untrained tiny agent exported like train-agent's (save_pretrained + persona tokens), its
+    vocabulary from ``merchants``' pages in ``data``."""
     from learners.agent.base_models import load_base
     from learners.agent.tokens import add_persona_tokens
 
-    corpus = [r.observation for r in storefront_pages(data, steps=12)]
-    corpus += [" ".join(r.valid_actions) for r in storefront_pages(data)]
+    corpus = [r.observation for r in storefront_pages(data, merchants, steps=12)]
+    corpus += [" ".join(r.valid_actions) for r in storefront_pages(data, merchants)]
     model, tokenizer = load_base("tiny", corpus, seed=seed)
     tokens = add_persona_tokens(model, tokenizer, num_codes, seed=seed)
     directory.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from learners.agent.price_response import (
     balanced,
     fit_price_response,
     posterior,
+    posterior_draws,
     product_page_rows,
     shrink,
     within_buyer_contrast,
@@ -427,3 +428,46 @@ def test_training_measures_each_codes_answer_and_the_policy_serves_it(tmp_path):
         LLMPolicy.from_pretrained(tmp_path / "agent")
     assert LLMPolicy.from_pretrained(tmp_path / "agent", price_bias={}).price_bias == {}
     assert any(line.startswith("price response (add to cart") for line in lines)
+
+
+def test_posterior_draws_centre_on_the_posterior_and_draw_a_group_whole():
+    # Group "a": three clear answers; group "b": noise around 0; one contrast without an error.
+    contrast = np.array([0.30, 0.25, 0.28, 0.01, -0.02, 0.015, 0.5])
+    stderr = np.array([0.05, 0.05, 0.05, 0.05, 0.05, 0.05, np.inf])
+    groups = np.array(["a", "a", "a", "b", "b", "b", "c"])
+    mean, answer = posterior(contrast, stderr, groups)
+    draws = posterior_draws(contrast, stderr, groups, 20_000, np.random.default_rng(0))
+    assert draws.shape == (20_000, 7)
+    assert draws.mean(0) == pytest.approx(mean, abs=0.005)
+    assert (draws[:, 6] == 0).all()  # no error, no answer: never drawn
+    # A group answers on all its contrasts or none, as often as its posterior chance says.
+    for members in ([0, 1, 2], [3, 4, 5]):
+        zero = draws[:, members] == 0
+        assert (zero.all(1) | ~zero.any(1)).all()
+        assert (~zero[:, 0]).mean() == pytest.approx(answer[members[0]], abs=0.01)
+    # An answering contrast keeps the slab's spread, about its error (the prior is far wider here).
+    answering = draws[:, 0][draws[:, 0] != 0]
+    assert 0.8 * 0.05 < answering.std() < 0.05
+
+
+def test_the_fit_keeps_posterior_draws_of_its_biases_and_serves_one_whole(tmp_path):
+    rows = product_page_rows(_pages(buyers=400, seed=3), max_rows=100_000)
+    fit = fit_price_response(UniformModel(), rows, personas=True, draws=6, seed=1)
+    assert fit.draw_count == 6
+    again = fit_price_response(UniformModel(), rows, personas=True, draws=6, seed=1)
+    assert again == fit  # seeded
+    plain = fit_price_response(UniformModel(), rows, personas=True)
+    assert plain.draw_count == 0
+    # The draws leave the posterior mean's biases as they were.
+    assert {k: {c: v.bias for c, v in cs.items()} for k, cs in plain.codes.items()} == {
+        k: {c: v.bias for c, v in cs.items()} for k, cs in fit.codes.items()
+    }
+    # Code 0 answers a markdown: its add-to-cart bias varies across draws, around the served one.
+    marked = fit.codes["0"]["marked"]
+    drawn = np.array([d["add_to_cart"] for d in marked.draws])
+    assert drawn.std() > 0.01 and drawn.min() < marked.bias["add_to_cart"] < drawn.max()
+    # A draw is served in place of the posterior mean on every cell, and keeps no draws of its own.
+    fit.drawn(2).save(tmp_path)
+    served = read_price_bias(tmp_path)
+    assert served == {int(k): {c: v.draws[2] for c, v in cs.items()} for k, cs in fit.codes.items()}
+    assert PriceResponse.load(tmp_path).draw_count == 0
