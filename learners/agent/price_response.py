@@ -72,6 +72,10 @@ and a page of another cell:
   in the logs, answered a 30% cut with +0.04 add to cart per visit (seed 0, with the spike per code
   or per contrast); fitted again, +0.14 (seed 1: +0.22; its buyers' types: +0.17, +0.16).
 
+Beside the biases of the posterior mean, the fit keeps those of a few posterior draws of the contrasts
+(``posterior_draws``, ``CellResponse.draws``), each fitted the same way, so that an experiment can
+carry what the logs leave uncertain in a type's answer into its intervals (engine/experiment_fit.py).
+
 A kind-wide bias keeps every ranking within a kind. A log whose products never change price and
 whose categories have no typical price (fewer than five priced products) has only regular pages, and
 nothing is fitted. On the truth benchmark (RESULTS.md, session 20) the persona agent's deal hunters

@@ -306,8 +306,9 @@ def test_the_price_response_is_fitted_again_on_the_refined_agent(tmp_path, monke
     pq.write_table(pa.table({"observation": ["page"]}), agent / "data" / train.PRICE_ROWS_FILE)
     seen = []
 
-    def fit(policy, rows, personas):
+    def fit(policy, rows, personas, draws, seed):
         seen.append(dict(policy.kind_bias))
+        assert draws == settings.price_draws > 0  # the posterior draws are fitted again too
         return PriceResponse()
 
     monkeypatch.setattr(train, "fit_price_response", fit)
