@@ -292,13 +292,15 @@ def arm_status(sim: SimulationConfig) -> str:
     return "done" if manifest.get("complete") else "partial"
 
 
-def run_arms(config: ExperimentConfig, verbose: bool = False) -> dict[str, dict[str, Any]]:
-    """Simulate every arm that is not already complete, and each posterior draw's arms
-    (``fit_draws``), in one Ray session; the main run's manifest per arm."""
+def run_arms(
+    config: ExperimentConfig, verbose: bool = False, draws: list[ExperimentConfig] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Simulate every arm that is not already complete, and each posterior draw's arms (``draws``,
+    experiment_fit.py's ``draw_configs``), in one Ray session; the main run's manifest per arm."""
     arms = experiment_arms(config)
     for line in unchanged_storefronts(config):
         print(line, flush=True)
-    runs = [("", config), *((f"draw {d} ", c) for d, c in enumerate(draw_configs(config)))]
+    runs = [("", config), *((f"draw {d} ", c) for d, c in enumerate(draws or []))]
     plans = [(label, arm, arm_simulation(c, arm)) for label, c in runs for arm in arms]
     status = [arm_status(sim) for _, _, sim in plans]
     for (label, arm, sim), state in zip(plans, status, strict=True):
@@ -452,10 +454,11 @@ def run_experiment(config: ExperimentConfig, command: str = "", verbose: bool = 
     control, write OUT/effects.parquet, effects.json and report.html; returns what effects.json holds."""
     started = time.perf_counter()
     arms = experiment_arms(config)
-    manifests = run_arms(config, verbose)
+    draws = draw_configs(config)
+    manifests = run_arms(config, verbose, draws)
     rows, same_buyers, control = arm_effects(config, arms, config.bootstrap)
-    if config.fit_draws:
-        rows = widen(rows, [arm_effects(c, arms, 2)[0] for c in draw_configs(config)])
+    if draws:
+        rows = widen(rows, [arm_effects(c, arms, 2)[0] for c in draws])
     descriptions = type_descriptions(config)
     answers = price_answers(config)
     choices = row_choices(config)
