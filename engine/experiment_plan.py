@@ -17,6 +17,15 @@ half the effect). v comes from, in this order:
 Other outcomes (product views, revenue, visit length) have no bound without a pilot. A type's visits
 come from every merchant in proportion to its share of that merchant's mix, so the buyers per
 merchant a type needs is its visits over the sum of its shares.
+
+With ``fit_draws`` (engine/experiment_fit.py) an effect's error also holds the fit's spread over the
+price response's posterior draws, sd_fit, which more simulated visits do not shrink: detecting
+``mde`` needs n = 2.80^2 v / (mde^2 - (2.80 sd_fit)^2) visits, and no number of visits detects an
+effect at or below 2.80 sd_fit (the type's floor: more real buyers would lower it, not more
+simulated ones). sd_fit comes from a pilot run with draws in OUT (its effects.parquet; the largest
+over the treatments); it holds some of the draws' own noise, so it errs high. Without one the sizes
+hold the simulation's noise only, and the plan says so. The plan also counts the visits the draws
+add.
 """
 
 from __future__ import annotations
@@ -38,8 +47,9 @@ from engine.experiment import (
     type_descriptions,
 )
 from engine.experiment_effects import MDE_FACTOR, pair_visits, per_visit_variance
+from engine.experiment_fit import draw_buyers
 from engine.experiment_outcomes import METRICS
-from engine.experiment_report import type_name
+from engine.experiment_report import EFFECTS_PARQUET, type_name
 from engine.population import PopulationSampler
 from engine.rollout_store import MANIFEST
 from engine.simulation_config import build_population
@@ -49,11 +59,13 @@ BERNOULLI = {"conversion": "converted", "add_to_cart": "n_carts"}
 PLAN_FILE = "plan.json"
 
 
-def visits_needed(variance: float, mde: float) -> int:
-    """Visits of a paired test that detect ``mde`` with 80% power at alpha 0.05 (two-sided)."""
+def visits_needed(variance: float, mde: float, fit_sd: float = 0.0) -> int | None:
+    """Visits of a paired test that detect ``mde`` with 80% power at alpha 0.05 (two-sided), the
+    fit's spread ``fit_sd`` added to the error; None when that spread alone hides ``mde``."""
     if mde <= 0:
         raise ValueError(f"mde must be > 0, got {mde}")
-    return math.ceil(MDE_FACTOR**2 * variance / mde**2)
+    room = mde**2 - (MDE_FACTOR * fit_sd) ** 2
+    return math.ceil(MDE_FACTOR**2 * variance / room) if room > 0 else None
 
 
 def real_rates(data: str, metric: str, merchants: list[str]) -> dict[str, float]:
@@ -90,6 +102,35 @@ def pilot_variances(config: ExperimentConfig, metric: str) -> tuple[dict[int | N
         worst,
         f"pilot: paired variance measured on the {visits:,} visits per arm in {config.out} ({names})",
     )
+
+
+def pilot_fit_spread(config: ExperimentConfig, metric: str) -> dict[int | None, float] | None:
+    """Per type, the fit's spread over the draws (``fit_sd``) that a pilot run with fit draws measured
+    in OUT, the largest over the treatments; None without ``fit_draws`` or such a run."""
+    path = Path(config.out) / EFFECTS_PARQUET
+    if not config.fit_draws or not path.exists():
+        return None
+    rows = pl.read_parquet(path)
+    if "fit_sd" not in rows.columns:
+        return None
+    rows = rows.filter(
+        (pl.col("merchant") == "all") & (pl.col("metric") == metric) & pl.col("fit_sd").is_not_null()
+    )
+    if rows.is_empty():
+        return None
+    worst = rows.group_by("type").agg(pl.col("fit_sd").max())
+    return dict(zip(worst["type"].to_list(), worst["fit_sd"].to_list(), strict=True))
+
+
+def draw_cost(config: ExperimentConfig, merchants: int) -> dict[str, int]:
+    """Visits of the main run and the ones ``fit_draws`` adds (every arm once per draw)."""
+    arms = len(experiment_arms(config))
+    return {
+        "draws": config.fit_draws,
+        "draw_buyers_per_merchant": draw_buyers(config),
+        "main_visits": arms * config.buyers_per_merchant * merchants,
+        "draw_visits": config.fit_draws * arms * draw_buyers(config) * merchants,
+    }
 
 
 def _complete(config: ExperimentConfig, arm: Any) -> bool:
@@ -148,11 +189,12 @@ def plan(config: ExperimentConfig, metric: str | None = None, mde: float | None 
             " from the prepared data (`data`)"
         )
     descriptions = type_descriptions(config)
+    spread = pilot_fit_spread(config, metric)
     rows = []
     share = mix.sum(0)
     for code in [*sorted(k for k in variances if k is not None), None]:
-        v = variances[code]
-        need = visits_needed(v, mde)
+        v, fit = variances[code], (spread or {}).get(code)
+        need = visits_needed(v, mde, fit or 0.0)
         per_merchant_share = len(merchants) if code is None else float(share[code])
         have = sum(current.values()) if code is None else current.get(code, 0)
         rows.append(
@@ -162,14 +204,23 @@ def plan(config: ExperimentConfig, metric: str | None = None, mde: float | None 
                 "share": float(per_merchant_share / len(merchants)),
                 "variance": v,
                 "variance_from": sources[code],
+                "fit_sd": fit,
+                "mde_floor": None if fit is None else MDE_FACTOR * fit,
                 "visits_needed": need,
                 "buyers_per_merchant_needed": math.ceil(need / per_merchant_share)
-                if per_merchant_share
+                if per_merchant_share and need is not None
                 else None,
                 "visits_now": int(have),
-                "mde_now": float(MDE_FACTOR * math.sqrt(v / have)) if have else None,
+                "mde_now": float(MDE_FACTOR * math.sqrt(v / have + (fit or 0.0) ** 2)) if have else None,
             }
         )
+    draws = None
+    if config.fit_draws:
+        draws = draw_cost(config, len(merchants)) | {
+            "spread_from": None
+            if spread is None
+            else f"pilot: the fit's spread over the draws in {config.out}"
+        }
     return {
         "metric": metric,
         "mde": mde,
@@ -179,29 +230,51 @@ def plan(config: ExperimentConfig, metric: str | None = None, mde: float | None 
         "variance_source": source,
         "merchants": merchants,
         "buyers_per_merchant": config.buyers_per_merchant,
+        "fit_draws": draws,
         "rows": rows,
     }
 
 
 def format_plan(result: dict[str, Any]) -> str:
-    """The plan as a fixed-width table with a header that says where the variance comes from."""
+    """The plan as a fixed-width table with a header that says where the variance (and, with fit
+    draws, the fit's spread) comes from."""
     lines = [
         f"visits needed to detect an effect of {result['mde']:g} on {result['metric']} (80% power, alpha 0.05,"
         f" two-sided; {result['formula']})",
         f"variance: {result['variance_source']}",
         f"now: {result['buyers_per_merchant']} buyers per merchant x {len(result['merchants'])} merchants;"
         " buyers/merchant: what gives the type its visits (each merchant sends it its share of visits)",
+    ]
+    draws = result.get("fit_draws")
+    if draws:
+        lines.append(
+            f"fit draws: {draws['draws']} draws of every arm at {draws['draw_buyers_per_merchant']:,} buyers per"
+            f" merchant add {draws['draw_visits']:,} visits to the main run's {draws['main_visits']:,}"
+            f" ({draws['draw_visits'] / max(draws['main_visits'], 1):.2g}x)"
+        )
+        lines.append(
+            f"fit's spread: {draws['spread_from']}; the error adds it in quadrature, and no number of visits"
+            " detects an effect at or below a type's floor (2.80 x its spread: more real buyers lower it)"
+            if draws["spread_from"]
+            else "fit's spread: not known before a run with fit draws (run this one as a pilot first); the"
+            " sizes below hold the simulation's noise only, so they are lower bounds"
+        )
+    floors = any(r.get("mde_floor") is not None for r in result["rows"])
+    lines += [
         "",
-        f"{'type':<44} {'share':>6} {'variance':>9} {'from':>5} {'visits needed':>13} {'buyers/merchant':>15}"
-        f" {'visits now':>10} {'MDE now':>8}",
+        f"{'type':<44} {'share':>6} {'variance':>9} {'from':>5}"
+        + (f" {'floor':>8}" if floors else "")
+        + f" {'visits needed':>13} {'buyers/merchant':>15} {'visits now':>10} {'MDE now':>8}",
     ]
     for r in result["rows"]:
         mde_now = "–" if r["mde_now"] is None else f"{r['mde_now']:.4g}"
         per = "–" if r["buyers_per_merchant_needed"] is None else f"{r['buyers_per_merchant_needed']:,}"
+        need = "below floor" if r["visits_needed"] is None else f"{r['visits_needed']:,}"
+        floor = "–" if r.get("mde_floor") is None else f"{r['mde_floor']:.4g}"
         lines.append(
             f"{r['name'][:44]:<44} {r['share']:>6.1%} {r['variance']:>9.4g} {r['variance_from']:>5}"
-            f" {r['visits_needed']:>13,} {per:>15}"
-            f" {r['visits_now']:>10,} {mde_now:>8}"
+            + (f" {floor:>8}" if floors else "")
+            + f" {need:>13} {per:>15} {r['visits_now']:>10,} {mde_now:>8}"
         )
     return "\n".join(lines)
 

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plan",
         action="store_true",
         help="print the visits each buyer type needs to detect --mde on --mde-metric (from a pilot run in OUT,"
-        " else a conservative Bernoulli bound) and write OUT/plan.json; simulates nothing",
+        " else a conservative Bernoulli bound; with --fit-draws, their visits and, from a pilot with draws, each"
+        " type's floor: the fit's spread no number of visits beats) and write OUT/plan.json; simulates nothing",
     )
     add_config_args(parser, ExperimentConfig)
 

@@ -24,9 +24,9 @@ from engine.experiment import (
     run_experiment,
     unchanged_storefronts,
 )
-from engine.experiment_effects import Pairs, estimate
+from engine.experiment_effects import MDE_FACTOR, Pairs, estimate
 from engine.experiment_outcomes import METRICS, path_hash, replay_visit
-from engine.experiment_plan import plan
+from engine.experiment_plan import format_plan, plan
 from engine.experiment_report import price_lines, report_html, summary_text
 from engine.simulation_config import SimulationConfig
 from envs.catalog import Catalog
@@ -365,6 +365,47 @@ def test_config_is_checked_early(store, tmp_path):
     sim = arm_simulation(experiment(store, tmp_path, {"cut": {"kind": "price", "percent": -10}}), arms[1])
     assert sim.env_id == "simpersona/TreatedStorefront-v0" and sim.env_kwargs["treatment"]["percent"] == -10.0
     assert plan(experiment(store, tmp_path / "p", {"b": {}}), "conversion", 0.05)["rows"][-1]["type"] is None
+
+
+def test_the_plan_with_fit_draws_counts_their_visits_and_no_visits_beat_the_fits_floor(store, tmp_path):
+    config = experiment(
+        store, tmp_path, {"cut": {"kind": "price", "percent": -10}}, fit_draws=4, fit_draw_buyers=15
+    )
+    unknown = plan(config, "conversion", 0.05)
+    assert unknown["fit_draws"] == {
+        "draws": 4,
+        "draw_buyers_per_merchant": 15,
+        "main_visits": 2 * 60 * 2,  # arms x buyers per merchant x merchants
+        "draw_visits": 4 * 2 * 15 * 2,
+        "spread_from": None,
+    }
+    assert "not known before a run with fit draws" in format_plan(unknown)
+    plain = {
+        r["type"]: r["visits_needed"]
+        for r in plan(
+            experiment(store, tmp_path / "plain", {"cut": {"kind": "price", "percent": -10}}),
+            "conversion",
+            0.05,
+        )["rows"]
+    }
+    assert {r["type"]: r["visits_needed"] for r in unknown["rows"]} == plain
+    # A pilot run with draws in OUT: per type its largest spread over the treatments, overall ("all") only.
+    spread = [("cut", "all", 0, "conversion", 0.01), ("cut", "all", 1, "conversion", 0.01)]
+    spread += [("more", "all", 1, "conversion", 0.03), ("cut", "all", None, "conversion", 0.005)]
+    spread += [("cut", "all", 2, "revenue", 9.0), ("cut", "m", 2, "conversion", 9.0)]
+    columns = ["treatment", "merchant", "type", "metric", "fit_sd"]
+    pl.DataFrame(spread, schema=columns, orient="row").write_parquet(tmp_path / "effects.parquet")
+    result = plan(config, "conversion", 0.05)
+    rows = {r["type"]: r for r in result["rows"]}
+    assert result["fit_draws"]["spread_from"].startswith("pilot")
+    assert rows[0]["fit_sd"] == 0.01 and rows[0]["mde_floor"] == pytest.approx(MDE_FACTOR * 0.01)
+    room = 0.05**2 - (MDE_FACTOR * 0.01) ** 2
+    assert rows[0]["visits_needed"] == int(np.ceil(MDE_FACTOR**2 * rows[0]["variance"] / room)) > plain[0]
+    # Type 1's spread alone hides an effect of 0.05 (floor 0.084): no number of visits detects it.
+    assert rows[1]["fit_sd"] == 0.03 and rows[1]["visits_needed"] is None
+    assert rows[1]["buyers_per_merchant_needed"] is None and "below floor" in format_plan(result)
+    assert rows[2]["fit_sd"] is None and rows[2]["visits_needed"] == plain[2]  # no spread for it: as before
+    assert rows[None]["fit_sd"] == 0.005
 
 
 def test_an_arm_that_changes_no_storefront_is_refused_and_a_partial_one_named(store, tmp_path):
