@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -506,7 +507,8 @@ def _ray_worker(loop_config: dict) -> None:
 
 
 class RayStore(CheckpointStore):
-    """Checkpoints through ``ray.train.report``; the latest comes back from ``ray.train.get_checkpoint``."""
+    """Checkpoints through ``ray.train.report``; the latest comes back from ``ray.train.get_checkpoint``,
+    copied into a directory of this worker's own."""
 
     def __init__(self) -> None:
         import ray.train
@@ -514,7 +516,11 @@ class RayStore(CheckpointStore):
         checkpoint = ray.train.get_checkpoint()
         self._latest: Path | None = None
         if checkpoint is not None:
-            self._latest = Path(checkpoint.to_directory())
+            # Without a path, every rank on a node shares one download directory, and a rank that
+            # comes late downloads into it again while another reads it: a resumed 2-worker run
+            # failed on a torn optimizer file (test_train.py's resume test, twice in 11 runs).
+            self._download = tempfile.TemporaryDirectory(prefix="agent-resume-")
+            self._latest = Path(checkpoint.to_directory(self._download.name))
 
     def latest(self) -> Path | None:
         return self._latest

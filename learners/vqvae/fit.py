@@ -214,8 +214,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     work = WorkerTraining(config, rows.batch(stats), stats, device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            work.restore(Path(directory))
+        # A copy of this worker's own: ranks sharing Ray's download directory can rewrite it under
+        # each other (learners/agent/train.py's RayStore).
+        with tempfile.TemporaryDirectory(prefix="vqvae-resume-") as own:
+            work.restore(Path(checkpoint.to_directory(own)))
     # The EMA statistics are all-reduced inside the quantizer; DDP need not copy rank 0's buffers.
     work.wrap(
         lambda m: ray.train.torch.prepare_model(m, parallel_strategy_kwargs={"forward_sync_buffers": False})

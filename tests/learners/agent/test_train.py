@@ -4,17 +4,20 @@ Ray Train with two workers produces a directory transformers' Auto classes load.
 from __future__ import annotations
 
 import json
+import pickle
 
 import pyarrow.parquet as pq
 import pytest
 import ray
+import ray.train
 import torch
+from ray.train import Checkpoint
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.cli import main
 from learners.agent.tokens import PersonaTokens
-from learners.agent.train import AgentTrainConfig, train_agent
+from learners.agent.train import AgentTrainConfig, RayStore, train_agent
 
 from .conftest import make_traces
 
@@ -128,6 +131,20 @@ def test_cli_no_persona_baseline(tmp_path, small, capsys):
     AutoModelForCausalLM.from_pretrained(out)
     assert main(argv) == 2  # a second run into a non-empty AGENT without --resume is refused
     assert main(["train-agent", str(tmp_path), "--out", str(tmp_path / "x"), "--workers", "0"]) == 2
+
+
+def test_each_ray_worker_reads_its_own_copy_of_the_checkpoint(tmp_path, monkeypatch):
+    """Ranks on one node resume from copies of their own: a shared download directory is written
+    again by a late rank while an early one reads it."""
+    saved = tmp_path / "checkpoint"
+    saved.mkdir()
+    (saved / "optimizer.pt").write_bytes(bytes(range(256)) * 64)
+    sent = pickle.dumps(Checkpoint.from_directory(str(saved)))  # as Ray Train sends it to every rank
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: pickle.loads(sent))
+    first, second = RayStore(), RayStore()
+    assert len({first.latest(), second.latest(), saved}) == 3
+    for store in (first, second):
+        assert (store.latest() / "optimizer.pt").read_bytes() == (saved / "optimizer.pt").read_bytes()
 
 
 @pytest.fixture(scope="module")
