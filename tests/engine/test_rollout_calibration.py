@@ -7,12 +7,14 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from engine.rollout_calibration import (
     CALIBRATED,
     CODE_PRIOR,
     DEPTH,
+    LOG_PRIOR_EVENTS,
     MAX_STEP,
     REFERENCE,
     KindTally,
@@ -20,12 +22,14 @@ from engine.rollout_calibration import (
     bias_step,
     calibrate_rollouts,
     code_visit_rates,
+    log_rates,
     prepared_of,
     round_sizes,
     session_buyers,
     shrunk,
     visit_codes,
     visit_rates,
+    with_log_prior,
 )
 from learners.agent.llm_policy import LLMPolicy
 from learners.agent.policy import ActRequest, ActResult
@@ -343,3 +347,77 @@ def test_no_replayed_session_with_a_code_is_a_clear_error(tmp_path):
     codes = pa.Table.from_pylist([{"merchant_id": "m", "buyer_id": "other", "code": 0}])
     with pytest.raises(ValueError, match="replayed sessions"):
         calibrate_rollouts(object(), tmp_path, _traces({("m", "u", "s"): ["exit"]}), codes)
+
+
+def _write_events(data, sessions: dict[tuple[str, str, str], list[str]]) -> None:
+    rows = [
+        {"merchant_id": m, "buyer_id": b, "session_id": s, "ts": i, "seq": i, "event_type": e}
+        for (m, b, s), events in sessions.items()
+        for i, e in enumerate(events)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), data / "events.parquet")
+
+
+def test_the_whole_logs_rates_count_each_session_up_to_its_first_purchase_and_the_cap(tmp_path):
+    data = write_prepared(tmp_path / "data")
+    assert log_rates(data, 30) == {}  # no events: no prior
+    _write_events(
+        data,
+        {
+            ("m1", "u1", "s1"): ["product_view", "add_to_cart", "purchase", "favorite"],  # cut after buying
+            ("m1", "u2", "s1"): ["product_view", "product_view", "favorite", "favorite"],
+            ("m2", "u1", "s1"): [
+                "product_view",
+                "product_view",
+                "product_view",
+                "add_to_cart",
+            ],  # past the cap
+            ("m2", "u2", "s1"): ["search"],
+        },
+    )
+    assert log_rates(data, 3) == pytest.approx(
+        dict.fromkeys(CALIBRATED, 0.0)
+        | {"product_view": 6 / 4, "add_to_cart": 1 / 4, "purchase": 1 / 4, "favorite": 1 / 4, "search": 1 / 4}
+    )
+
+
+def test_a_kind_the_replayed_sessions_rarely_take_borrows_the_whole_logs_rate():
+    replayed = {"add_to_cart": 1 / 2000, "favorite": 0.2, "search": 0.0}
+    log = {"add_to_cart": 0.002, "favorite": 0.1, "search": 0.0}
+    target = with_log_prior(replayed, 2000, log)
+    # One cart in 2,000 sessions is mostly the log's rate; 400 favourites keep their own.
+    assert target["add_to_cart"] == pytest.approx((1 + LOG_PRIOR_EVENTS) / (2000 + LOG_PRIOR_EVENTS / 0.002))
+    assert 0.0015 < target["add_to_cart"] < 0.002
+    assert target["favorite"] == pytest.approx(0.2, rel=0.03) and target["favorite"] < 0.2
+    assert target["search"] == 0.0  # the source does not log it
+    assert with_log_prior(replayed, 2000, {}) == replayed
+
+
+def test_rare_kinds_move_the_pooled_bias_toward_the_logs_rate_and_no_codes_own(tmp_path):
+    data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
+    agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
+    # The replayed sessions: code 1 favourites and carts in each visit, code 2 in none, but only 2 carts.
+    carted = ["open product p0", "add to cart", "exit"]
+    sessions = {("m1", f"u{i}", "s"): ["open product p0", "favorite", "exit"] for i in range(1, 40, 2)}
+    sessions |= {("m1", f"u{i}", "s"): ["open product p0", "exit"] for i in range(0, 40, 2)}
+    sessions |= {("m1", "u1", "t"): carted, ("m1", "u3", "t"): carted}
+    codes = pa.Table.from_pylist(
+        [{"merchant_id": "m1", "buyer_id": f"u{i}", "code": 2 - i % 2} for i in range(40)]
+    )
+    # The whole log: carts in a tenth of its sessions.
+    _write_events(
+        data, {("m9", f"b{i}", "s"): ["product_view", *(["add_to_cart"] * (i % 10 == 0))] for i in range(500)}
+    )
+    policy = LLMPolicy.from_pretrained(agent, temperature=1.0)
+    record = calibrate_rollouts(
+        policy, data, _traces(sessions), codes, visits=42, rounds=3, max_steps=10, unseen_ids=False
+    )
+    assert record.replayed["add_to_cart"] == pytest.approx(2 / 42) and record.log["add_to_cart"] == 0.1
+    assert record.real["add_to_cart"] == pytest.approx(
+        with_log_prior(record.replayed, 42, record.log)["add_to_cart"]
+    )
+    assert record.bias["add_to_cart"] != record.start.get("add_to_cart", 0.0)
+    assert all("add_to_cart" not in own for own in record.code_bias.values())
+    assert (
+        record.code_bias["1"]["favorite"] > record.code_bias["2"]["favorite"] + 1.0
+    )  # 20 events: own biases
