@@ -366,12 +366,8 @@ def test_the_whole_logs_rates_count_each_session_up_to_its_first_purchase_and_th
         {
             ("m1", "u1", "s1"): ["product_view", "add_to_cart", "purchase", "favorite"],  # cut after buying
             ("m1", "u2", "s1"): ["product_view", "product_view", "favorite", "favorite"],
-            ("m2", "u1", "s1"): [
-                "product_view",
-                "product_view",
-                "product_view",
-                "add_to_cart",
-            ],  # past the cap
+            # The cart comes after the cap of 3 events.
+            ("m2", "u1", "s1"): ["product_view", "product_view", "product_view", "add_to_cart"],
             ("m2", "u2", "s1"): ["search"],
         },
     )
@@ -396,7 +392,7 @@ def test_a_kind_the_replayed_sessions_rarely_take_borrows_the_whole_logs_rate():
 def test_rare_kinds_move_the_pooled_bias_toward_the_logs_rate_and_no_codes_own(tmp_path):
     data = write_prepared(tmp_path / "data", merchants=("m1", "m2"))
     agent = write_tiny_agent(tmp_path / "agent", data, num_codes=4)
-    # The replayed sessions: code 1 favourites and carts in each visit, code 2 in none, but only 2 carts.
+    # The replayed sessions: code 1 favourites in each visit, code 2 in none; two visits of code 1 cart.
     carted = ["open product p0", "add to cart", "exit"]
     sessions = {("m1", f"u{i}", "s"): ["open product p0", "favorite", "exit"] for i in range(1, 40, 2)}
     sessions |= {("m1", f"u{i}", "s"): ["open product p0", "exit"] for i in range(0, 40, 2)}
@@ -418,6 +414,5 @@ def test_rare_kinds_move_the_pooled_bias_toward_the_logs_rate_and_no_codes_own(t
     )
     assert record.bias["add_to_cart"] != record.start.get("add_to_cart", 0.0)
     assert all("add_to_cart" not in own for own in record.code_bias.values())
-    assert (
-        record.code_bias["1"]["favorite"] > record.code_bias["2"]["favorite"] + 1.0
-    )  # 20 events: own biases
+    # 20 favourites are enough for each code's own bias.
+    assert record.code_bias["1"]["favorite"] > record.code_bias["2"]["favorite"] + 1.0
