@@ -214,8 +214,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     work = WorkerTraining(config, rows.batch(stats), stats, device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        # A copy of this worker's own: ranks sharing Ray's download directory can rewrite it under
-        # each other (learners/agent/train.py's RayStore).
+        # A copy of this worker's own: from remote storage, ranks sharing Ray's download directory
+        # can rewrite it under each other (learners/agent/train.py's RayStore).
         with tempfile.TemporaryDirectory(prefix="vqvae-resume-") as own:
             work.restore(Path(checkpoint.to_directory(own)))
     # The EMA statistics are all-reduced inside the quantizer; DDP need not copy rank 0's buffers.
